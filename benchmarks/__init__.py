@@ -1,0 +1,1 @@
+"""mrdl_bench: PyTorch vs ONNX Runtime vs TensorRT latency, throughput, memory and parity."""

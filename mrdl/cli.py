@@ -1,0 +1,44 @@
+"""The ``mrdl`` command: one click group whose subcommands are imported only when used.
+
+Lazy loading keeps ``mrdl --help`` fast and lets a subcommand's heavy dependencies (onnx,
+onnxruntime, tensorrt) stay optional until that subcommand runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+# name -> "module:attribute" of a click command
+SUBCOMMANDS = {
+    "embed-text": "mrdl.data.embed_cli:embed_text",
+    "train": "mrdl.train_cli:train",
+    "evaluate": "mrdl.train_cli:evaluate",
+    "export": "mrdl_export.cli:export_command",
+    "predict": "mrdl.predict_cli:predict",
+    "demo": "mrdl.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {n for n in SUBCOMMANDS if self._available(n)})
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = SUBCOMMANDS[name].split(":")[0]
+        return importlib.util.find_spec(module) is not None
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in SUBCOMMANDS and self._available(name):
+            module, attribute = SUBCOMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mrdl")
+def main() -> None:
+    """mrdl: text-guided medical image segmentation (MRDL, IJCAI 2024) from training to deployment."""

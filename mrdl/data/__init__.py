@@ -1,0 +1,1 @@
+"""Datasets in LViT's layout, the built-in synthetic dataset and precomputed text embeddings."""

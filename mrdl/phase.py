@@ -1,0 +1,138 @@
+"""Phase spectrum of an image and the frequency prompt encoder Enc_P.
+
+phi = arg(DFT2(I)) per channel, in (-pi, pi], no fftshift. Two implementations agree up to
+float error (compare them on the unit circle, |e^{ia} - e^{ib}|, never raw):
+
+* ``fft``: ``torch.fft.fft2`` + ``torch.angle``. The training reference. Not exportable: the
+  TorchScript exporter cannot export ``torch.fft``, dynamo emits ONNX ``DFT`` (TensorRT 10
+  cannot parse it) and ``torch.angle`` exports with the wrong sign at Im = 0, Re < 0.
+* ``matmul``: the export path. The 2-D DFT of a real map X is C X C - S X S (real part) and
+  -(S X C + C X S) (imaginary part), with C[k,n] = cos(2 pi k n / N), S[k,n] = sin(2 pi k n / N)
+  precomputed exactly (structural zeros are exact zeros). Three matmuls: [C; S] X, then that
+  stack times C and times S. The angle is atan + where with torch.angle's conventions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import ChannelLayerNorm
+
+
+def dft_matrices(size: int, *, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin DFT matrices of order ``size`` with exact 0 and +-1 entries.
+
+    The angle index k*n is reduced mod ``size`` in integers first, so entries that are exactly
+    zero in theory (sin at 0 and pi, cos at pi/2 and 3pi/2) are exactly zero here.
+    """
+    index = torch.arange(size, dtype=torch.int64)
+    m = (index[:, None] * index[None, :]) % size  # (N, N) integer angle index
+    angle = m.to(torch.float64) * (2.0 * math.pi / size)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    quarter_turns = (4 * m) % size == 0  # the angle is a multiple of pi/2
+    q = torch.div(4 * m, size, rounding_mode="floor") % 4
+    exact_cos = torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=torch.float64)[q]
+    exact_sin = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=torch.float64)[q]
+    cos = torch.where(quarter_turns, exact_cos, cos)
+    sin = torch.where(quarter_turns, exact_sin, sin)
+    return cos.to(dtype), sin.to(dtype)
+
+
+def atan2_export_safe(imag: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """atan2(imag, real) from atan + where, with torch.angle's conventions.
+
+    arg = +pi when Im is +-0 and Re < 0, and 0 at the origin. Exports as Atan/Div/Where/Less,
+    which every ONNX runtime and TensorRT parse.
+    """
+    zero = torch.zeros((), dtype=real.dtype, device=real.device)
+    pi = torch.full((), math.pi, dtype=real.dtype, device=real.device)
+    half_pi = torch.full((), math.pi / 2, dtype=real.dtype, device=real.device)
+    real_is_zero = real == 0
+    safe_real = torch.where(real_is_zero, torch.ones_like(real), real)
+    base = torch.atan(imag / safe_real)  # in (-pi/2, pi/2)
+    left_half = torch.where(imag < 0, base - pi, base + pi)  # Re < 0; Im = -0 counts as >= 0
+    on_imag_axis = torch.where(imag > 0, half_pi, torch.where(imag < 0, -half_pi, zero))
+    return torch.where(real_is_zero, on_imag_axis, torch.where(real < 0, left_half, base))
+
+
+def phase_spectrum_fft(image: torch.Tensor) -> torch.Tensor:
+    """Reference phase spectrum: (B,C,H,W) -> (B,C,H,W) in (-pi, pi]."""
+    return torch.angle(torch.fft.fft2(image.float()))
+
+
+class MatmulPhaseSpectrum(nn.Module):
+    """Export-safe phase spectrum at a fixed square size (see the module docstring)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        cos, sin = dft_matrices(size)
+        self.size = size
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("cos_sin", torch.cat([cos, sin], dim=0), persistent=False)  # (2N, N)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        rows = torch.matmul(self.cos_sin, image)  # (B, C, 2N, N): [C X; S X]
+        with_cos = torch.matmul(rows, self.cos)  # [C X C; S X C]
+        with_sin = torch.matmul(rows, self.sin)  # [C X S; S X S]
+        n = self.size
+        real = with_cos[..., :n, :] - with_sin[..., n:, :]  # C X C - S X S
+        imag = -(with_cos[..., n:, :] + with_sin[..., :n, :])  # -(S X C + C X S)
+        return atan2_export_safe(imag, real)
+
+
+class PhaseSpectrum(nn.Module):
+    """phi = arg(DFT2(image)) per channel; ``mode`` is ``fft`` or ``matmul``."""
+
+    def __init__(self, size: int, *, mode: str = "fft") -> None:
+        super().__init__()
+        if mode not in ("fft", "matmul"):
+            raise ValueError(f"phase mode must be 'fft' or 'matmul', got {mode!r}")
+        self.mode = mode
+        self.matmul = MatmulPhaseSpectrum(size)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.mode == "fft":
+            return phase_spectrum_fft(image)
+        return self.matmul(image)
+
+
+def unit_circle_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|e^{ia} - e^{ib}| = 2 |sin((a - b) / 2)|: phase error that ignores the 2 pi wrap."""
+    return 2.0 * torch.sin((a - b) / 2.0).abs()
+
+
+class FrequencyPromptEncoder(nn.Module):
+    """Enc_P: phase spectrum -> F_pha (B, C, H, W).
+
+    Enc_P1 = 2 x [conv3x3 stride 2 -> channel LayerNorm -> GELU] (in -> C/2 -> C, H -> H/4);
+    Enc_P2 = 2 x [ConvTranspose 2x2 stride 2 -> channel LayerNorm -> GELU] (C -> C, H/4 -> H).
+    """
+
+    def __init__(self, *, in_channels: int, channels: int, image_size: int, phase: str = "fft") -> None:
+        super().__init__()
+        half = channels // 2
+        self.phase = PhaseSpectrum(image_size, mode=phase)
+        self.down = nn.Sequential(
+            nn.Conv2d(in_channels, half, kernel_size=3, stride=2, padding=1),
+            ChannelLayerNorm(half),
+            nn.GELU(),
+            nn.Conv2d(half, channels, kernel_size=3, stride=2, padding=1),
+            ChannelLayerNorm(channels),
+            nn.GELU(),
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
+            ChannelLayerNorm(channels),
+            nn.GELU(),
+            nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
+            ChannelLayerNorm(channels),
+            nn.GELU(),
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        phase = self.phase(image)  # (B, 3, H, W) in (-pi, pi]
+        return self.up(self.down(phase))  # (B, C, H, W)

@@ -1,0 +1,1 @@
+"""mrdl_runtime: run exported MRDL models with numpy + onnxruntime or TensorRT; never imports torch."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: the tiny config, a seeded tiny model and paths to the real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MONUSEG = ROOT.parent / "shared" / "data" / "MoNuSeg"
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from mrdl.config import load_config
+
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_prompt_features(tiny_config):
+    from mrdl.model import deterministic_prompt_features
+
+    return deterministic_prompt_features(tiny_config)
+
+
+@pytest.fixture
+def tiny_model(tiny_config, tiny_prompt_features):
+    from mrdl.model import create_model
+
+    return create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0)
+
+
+@pytest.fixture(scope="session")
+def monuseg_root() -> Path:
+    if not (MONUSEG / "Val_Folder" / "img").is_dir():
+        pytest.skip(f"real MoNuSeg data not found at {MONUSEG} (it lives in the shared/ folder beside the repo)")
+    return MONUSEG

@@ -1,0 +1,58 @@
+"""Packaging: the wheel holds exactly our four import packages; the runtime imports without torch."""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED_PACKAGES = {"mrdl", "mrdl_export", "mrdl_runtime", "mrdl_bench"}
+
+# Makes `import torch` (and mrdl, which needs it) fail, as on a machine that never installed them.
+BLOCK_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'mrdl', 'torchvision', 'open_clip'):
+            raise ImportError(f'{name} is blocked for this test')
+sys.meta_path.insert(0, _Block())
+"""
+
+
+@pytest.mark.slow
+def test_wheel_holds_exactly_our_packages(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("mrdl-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == EXPECTED_PACKAGES
+    assert "mrdl/configs/base.json" in names and "mrdl/configs/tiny.json" in names
+    assert not any(n.startswith(("tests/", "runtime/cpp")) or "/cpp/" in n and n.endswith(".o") for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for script in ("mrdl =", "mrdl-export =", "mrdl-bench ="):
+        assert script in text
+
+
+def test_runtime_imports_without_torch():
+    import mrdl_runtime
+
+    modules = [m.name for m in pkgutil.walk_packages(mrdl_runtime.__path__, "mrdl_runtime.")]
+    code = BLOCK_TORCH + "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in ["mrdl_runtime", *modules]) + \
+        "assert 'torch' not in sys.modules\nprint('ok')\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_block_really_blocks_torch():
+    result = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import torch"], capture_output=True, text=True)
+    assert result.returncode != 0 and "blocked" in result.stderr
