@@ -93,14 +93,15 @@ def _write_split(folder: Path, split: str, indices: range, *, size: int, seed: i
         Image.fromarray(image).save(img_dir / name)
         Image.fromarray(mask * np.uint8(255)).save(mask_dir / name)
         sheet.append([name, sentence])
-    book.save(folder / f"{split}_text.xlsx")
+    book.save(folder / f"{split}_Folder" / f"{split}_text.xlsx")
 
 
 def write_synthetic_dataset(root: Path, *, n_train: int = 16, n_val: int = 8, size: int = 224, seed: int = 0) -> Path:
     """Write the synthetic dataset in LViT's layout under ``root`` and return ``root``.
 
-    Layout: ``root/{Train,Val}_Folder/{img,labelcol}/synthetic_NNNN.png`` (masks 0/255) and
-    ``root/{Train,Val}_text.xlsx`` (columns Image, Description keyed by the mask file name). Train uses
+    Layout (as LViT ships MoNuSeg): ``root/{Train,Val}_Folder/{img,labelcol}/synthetic_NNNN.png`` (masks
+    0/255) and ``root/{Train,Val}_Folder/{Train,Val}_text.xlsx`` (columns Image, Description keyed by the
+    mask file name). Train uses
     indices ``0..n_train-1`` and Val ``n_train..n_train+n_val-1``. Written into a temporary sibling folder
     and renamed into place; an existing ``root`` is refused.
     """

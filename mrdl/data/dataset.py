@@ -1,0 +1,236 @@
+"""Segmentation datasets in LViT's layout (ARCHITECTURE.md section 2).
+
+    <root>/<Split>_Folder/img/*.{png,tif,tiff,jpg,jpeg,bmp}   RGB images
+    <root>/<Split>_Folder/labelcol/<same stem>.*              8-bit masks, {0,255} or {0,1}
+    <root>/<Split>_Folder/<Split>_text.xlsx  (or <root>/<Split>_text.xlsx, or .csv)
+                                                              columns Image, Description keyed by mask file name
+
+Every image is read with :mod:`mrdl.data.preprocess` (the contract the runtimes re-implement), resized to
+the model size (masks nearest-neighbour) and kept in memory. Train-time augmentation is LViT's: with
+p=0.5 a random rot90 plus a random flip, otherwise with p=0.5 (0.25 overall) a rotation by up to ±20°.
+Augmentation draws from a generator seeded by (seed, epoch, index), so a run is reproducible and a
+resumed run sees the same augmented images as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .preprocess import SCALE, ImageReadError, read_rgb, resize_mask, resize_rgb
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+SPLITS = ("Train", "Val", "Test")
+
+
+class DatasetError(ValueError):
+    """A dataset folder that does not follow LViT's layout or holds bad files."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: its name (the mask's file name), files and description (None if unknown)."""
+
+    name: str
+    image_path: Path
+    mask_path: Path
+    description: str | None
+
+
+def split_folder(root: str | Path, split: str) -> Path:
+    """``root/<split>_Folder``, checked to exist with its ``img`` and ``labelcol`` folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a folder")
+    folder = root / f"{split}_Folder"
+    for path in (folder, folder / "img", folder / "labelcol"):
+        if not path.is_dir():
+            raise DatasetError(f"missing folder {path}: expected LViT's layout "
+                               f"<root>/{split}_Folder/{{img,labelcol}} (splits: {', '.join(SPLITS)})")
+    return folder
+
+
+def text_table_path(root: str | Path, split: str) -> Path | None:
+    """The description table of a split: xlsx or csv, inside the split folder or at the root."""
+    root = Path(root)
+    for folder in (root / f"{split}_Folder", root):
+        for suffix in (".xlsx", ".csv"):
+            path = folder / f"{split}_text{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+def _table_rows(path: Path) -> list[tuple[object, ...]]:
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return [tuple(row) for row in csv.reader(handle)]
+    from openpyxl import load_workbook
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises several unrelated types for a bad file
+        raise DatasetError(f"cannot read {path} as an xlsx workbook: {exc}") from exc
+    try:
+        return [tuple(row) for row in book.active.iter_rows(values_only=True)]
+    finally:
+        book.close()
+
+
+def read_descriptions(path: str | Path) -> dict[str, str]:
+    """Read a description table (xlsx or csv, header ``Image, Description``) into {mask name: text}."""
+    path = Path(path)
+    rows = [row for row in _table_rows(path) if any(cell not in (None, "") for cell in row)]
+    if not rows:
+        raise DatasetError(f"{path} is empty; expected a header row 'Image, Description'")
+    header = [str(cell).strip() if cell is not None else "" for cell in rows[0]]
+    if "Image" not in header or "Description" not in header:
+        raise DatasetError(f"{path} must have columns 'Image' and 'Description', found {header}")
+    image_col, text_col = header.index("Image"), header.index("Description")
+    descriptions: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        name = row[image_col] if image_col < len(row) else None
+        text = row[text_col] if text_col < len(row) else None
+        if name in (None, ""):
+            raise DatasetError(f"{path} row {line} has no Image name")
+        if text is None or not str(text).strip():
+            raise DatasetError(f"{path} row {line} ({name}) has an empty Description")
+        descriptions[str(name).strip()] = str(text).strip()
+    return descriptions
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            if path.stem in files:
+                raise DatasetError(f"two files share the name {path.stem!r} in {folder}: {files[path.stem].name}, {path.name}")
+            files[path.stem] = path
+    return files
+
+
+def list_samples(root: str | Path, split: str, *, require_text: bool = True) -> list[Sample]:
+    """Pair every image of a split with its mask and description; any gap is a :class:`DatasetError`."""
+    folder = split_folder(root, split)
+    images = _files_by_stem(folder / "img")
+    masks = _files_by_stem(folder / "labelcol")
+    if not images:
+        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder / 'img'}")
+    for stem, path in images.items():
+        if stem not in masks:
+            raise DatasetError(f"image {path} has no mask in {folder / 'labelcol'} (expected {stem}.png or similar)")
+    for stem, path in masks.items():
+        if stem not in images:
+            raise DatasetError(f"mask {path} has no image in {folder / 'img'}")
+    table = text_table_path(root, split)
+    if table is None and require_text:
+        raise DatasetError(f"no description table for split {split}: expected {folder / f'{split}_text.xlsx'} "
+                           f"(or .csv) with columns Image, Description")
+    descriptions = read_descriptions(table) if table is not None else {}
+    samples = []
+    for stem, image_path in images.items():
+        mask_path = masks[stem]
+        text = descriptions.get(mask_path.name, descriptions.get(image_path.name))
+        if text is None and require_text:
+            raise DatasetError(f"mask {mask_path.name} has no description in {table}")
+        samples.append(Sample(mask_path.name, image_path, mask_path, text))
+    return samples
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask file as HxW uint8 in {0, 1}; values other than {0,255} or {0,1} are refused."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            mask = np.asarray(img)
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(f"cannot read mask {path} as an image: {exc}") from exc
+    if mask.ndim == 3:
+        if not (mask[..., :3] == mask[..., :1]).all():
+            raise DatasetError(f"mask {path} is a colour image; expected one 8-bit channel with values {{0,255}}")
+        mask = mask[..., 0]
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    values = set(np.unique(mask).tolist())
+    if values <= {0, 255}:
+        return (mask == 255).astype(np.uint8)
+    if values <= {0, 1}:
+        return mask.astype(np.uint8)
+    raise DatasetError(f"mask {path} has values {sorted(values)[:8]}; expected {{0,255}} or {{0,1}}")
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """LViT's train-time augmentation of an (S, S, 3) image and (S, S) mask, drawn from ``rng``."""
+    if rng.random() > 0.5:
+        k = int(rng.integers(4))
+        axis = int(rng.integers(2))
+        image = np.flip(np.rot90(image, k), axis=axis)
+        mask = np.flip(np.rot90(mask, k), axis=axis)
+    elif rng.random() > 0.5:
+        angle = float(rng.uniform(-20.0, 20.0))
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).rotate(angle, Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).rotate(angle, Image.NEAREST))
+    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+class SegmentationDataset:
+    """A split of an LViT-layout dataset as a torch-style map dataset.
+
+    Item ``i`` is a dict: ``image`` float32 (3, S, S) in [0, 1], ``mask`` int64 (S, S) in {0, 1},
+    ``name`` (the mask's file name) and ``index``. Images are decoded and resized once, at construction.
+    """
+
+    def __init__(self, root: str | Path, split: str, *, image_size: int, augment: bool = False,
+                 seed: int = 0, require_text: bool = True) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.image_size = image_size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.samples = list_samples(root, split, require_text=require_text)
+        self._images: list[np.ndarray] = []  # (S, S, 3) uint8 each
+        self._masks: list[np.ndarray] = []  # (S, S) uint8 each
+        for sample in self.samples:
+            image = read_rgb(sample.image_path)
+            mask = read_mask(sample.mask_path)
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
+                                   f"is {image.shape[1]}x{image.shape[0]}")
+            self._images.append(resize_rgb(image, image_size))
+            self._masks.append(resize_mask(mask, image_size))
+
+    @property
+    def names(self) -> list[str]:
+        return [sample.name for sample in self.samples]
+
+    @property
+    def descriptions(self) -> dict[str, str | None]:
+        return {sample.name: sample.description for sample in self.samples}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (call before iterating each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The resized, unaugmented (S, S, 3) uint8 image and (S, S) uint8 mask of item ``index``."""
+        return self._images[index], self._masks[index]
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        image, mask = self.raw(index)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, mask = augment(image, mask, rng)
+        pixels = image.astype(np.float32).transpose(2, 0, 1) * np.float32(SCALE)  # (3, S, S), as preprocess()
+        return {"image": torch.from_numpy(np.ascontiguousarray(pixels)),
+                "mask": torch.from_numpy(mask.astype(np.int64)),
+                "name": self.samples[index].name, "index": index}

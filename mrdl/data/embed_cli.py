@@ -1,0 +1,52 @@
+"""``mrdl embed-text``: precompute the CLIP text features of a dataset (thin CLI over embeddings.py)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import click
+
+
+@click.command("embed-text")
+@click.argument("data_root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Local open_clip checkpoint file for the text tower (its sha256 is recorded).")
+@click.option("--pretrained", default=None,
+              help="open_clip pretrained tag to download (online only; refused when HF_HUB_OFFLINE=1).")
+@click.option("--config", "config_name", default="base", show_default=True,
+              help="Config name or JSON file: fixes the CLIP model, its width and the prompt.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: DATA_ROOT/mrdl_text_<clip model>_<width>.safetensors].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random initialisation when no weights are given.")
+def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | None, config_name: str,
+               out: Path | None, seed: int) -> None:
+    """Embed every description of DATA_ROOT (LViT layout) and the prompt with the frozen CLIP text tower.
+
+    Training reads the resulting file and never runs CLIP. Without --clip-weights or --pretrained the
+    tower is randomly initialised: the features then carry no language meaning.
+    """
+    from ..config import load_config
+    from ..text import RandomTextTowerWarning
+    from .dataset import DatasetError
+    from .embeddings import compute_embeddings
+
+    if clip_weights is not None and pretrained is not None:
+        raise click.UsageError("give either --clip-weights or --pretrained, not both")
+    if pretrained is not None and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise click.UsageError(f"HF_HUB_OFFLINE=1: cannot download pretrained tag {pretrained!r}; "
+                               "pass a local file with --clip-weights")
+    config = load_config(config_name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RandomTextTowerWarning)
+        try:
+            path = compute_embeddings(data_root, config, out=out, clip_weights=clip_weights,
+                                      pretrained=pretrained, seed=seed)
+        except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    for warning in caught:
+        if issubclass(warning.category, RandomTextTowerWarning):
+            click.secho(f"WARNING: {warning.message}", fg="red", bold=True, err=True)
+    click.echo(f"wrote {path}")
