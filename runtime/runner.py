@@ -1,0 +1,112 @@
+"""The runner base class: a backend session with a lifecycle that times its own inferences.
+
+A runner is opened (the backend loads the model), asked to ``infer`` any number of times, and
+closed; it is also a context manager. Every ``infer`` is timed (wall clock around the backend
+call, host<->device copies included), so callers read ``last_latency_ms``, ``mean_latency_ms`` and
+``count`` without timing code of their own.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend that was asked for by name but cannot run here (library, GPU or artifact missing)."""
+
+
+@dataclass
+class LatencyStats:
+    """Timing of a runner's inferences since it was opened."""
+
+    count: int = 0
+    total_s: float = 0.0
+    last_s: float = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.count += 1
+        self.total_s += seconds
+        self.last_s = seconds
+
+    @property
+    def mean_ms(self) -> float:
+        return 1000.0 * self.total_s / self.count if self.count else 0.0
+
+    @property
+    def last_ms(self) -> float:
+        return 1000.0 * self.last_s
+
+
+class Runner(ABC):
+    """One inference backend session: ``open`` -> ``infer``... -> ``close``; times itself."""
+
+    backend: str = "abstract"
+
+    def __init__(self) -> None:
+        self.is_open = False
+        self.stats = LatencyStats()
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Load the model into the backend."""
+
+    @abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: input name -> array in, output name -> array out."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Release the backend's resources."""
+
+    def open(self) -> Runner:
+        """Load the model; opening an open runner is an error (close it first)."""
+        if self.is_open:
+            raise RuntimeError(f"{self.backend} runner is already open")
+        self._open()
+        self.is_open = True
+        self.stats = LatencyStats()
+        return self
+
+    def close(self) -> None:
+        """Release the backend; closing a closed runner does nothing."""
+        if self.is_open:
+            self._close()
+            self.is_open = False
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch and record its latency."""
+        if not self.is_open:
+            raise RuntimeError(f"{self.backend} runner is not open; call open() or use it as a context manager")
+        start = time.perf_counter()
+        outputs = self._infer(feeds)
+        self.stats.record(time.perf_counter() - start)
+        return outputs
+
+    @property
+    def last_latency_ms(self) -> float:
+        """Latency of the latest ``infer`` in milliseconds."""
+        return self.stats.last_ms
+
+    @property
+    def mean_latency_ms(self) -> float:
+        """Mean ``infer`` latency since ``open`` in milliseconds (0 before the first call)."""
+        return self.stats.mean_ms
+
+    @property
+    def count(self) -> int:
+        """Number of ``infer`` calls since ``open``."""
+        return self.stats.count
+
+    def __enter__(self) -> Runner:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"{type(self).__name__}({state}, {self.count} inferences, mean {self.mean_latency_ms:.2f} ms)"
