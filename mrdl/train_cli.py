@@ -1,0 +1,95 @@
+"""``mrdl train`` and ``mrdl evaluate``: thin click commands over :mod:`mrdl.train` and :mod:`mrdl.evaluate`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+
+def _report_random_tower(caught: list) -> None:
+    from .text import RandomTextTowerWarning
+
+    for warning in caught:
+        if issubclass(warning.category, RandomTextTowerWarning):
+            click.secho(f"WARNING: {warning.message}", fg="red", bold=True, err=True)
+
+
+@click.command("train")
+@click.option("--config", "config_name", default="small", show_default=True, help="Config name (tiny, small, base) or JSON file.")
+@click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Dataset root in LViT's layout [default: the built-in synthetic dataset, generated into OUT/data].")
+@click.option("--embeddings", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text embedding file from `mrdl embed-text` [default: the one beside --data; with the synthetic "
+                   "data, OUT/text_embeddings.safetensors, built with a random tower].")
+@click.option("--epochs", type=int, default=None, help="Epochs [default: from the config].")
+@click.option("--batch-size", type=int, default=None, help="Batch size [default: from the config].")
+@click.option("--kl-weight", type=float, default=None, help="lambda_3, the weight of L_KL [default: from the config].")
+@click.option("--no-text", is_flag=True, help="Ablation: train without text features (lambda_3 = 0).")
+@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Local open_clip checkpoint used when the synthetic data's embeddings are built here.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/train"),
+              show_default=True, help="Run folder: checkpoints, metrics.csv, curves.png.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped (its saved settings win).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice].")
+def train(config_name: str, data_root: Path | None, embeddings: Path | None, epochs: int | None,
+          batch_size: int | None, kl_weight: float | None, no_text: bool, clip_weights: Path | None,
+          out_dir: Path, seed: int, resume: bool, threads: int | None) -> None:
+    """Train MRDL on a dataset's Train split with early stopping on its Val split's Dice."""
+    import torch
+
+    from .config import load_config
+    from .data.embeddings import compute_embeddings, default_embeddings_path
+    from .train import prepare_synthetic_data, train_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    config = load_config(config_name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if resume:
+            data_root = embeddings = Path()
+        elif data_root is None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            data_root, default_embeddings = prepare_synthetic_data(out_dir, config, seed=seed)
+            if embeddings is None and clip_weights is not None:
+                embeddings = compute_embeddings(data_root, config, out=out_dir / "text_embeddings_clip.safetensors",
+                                                clip_weights=clip_weights)
+            embeddings = embeddings or default_embeddings
+        elif embeddings is None:
+            embeddings = default_embeddings_path(data_root, config)
+        try:
+            result = train_model(config=config, data_root=data_root, embeddings_path=embeddings, out_dir=out_dir,
+                                 epochs=epochs, seed=seed, use_text=not no_text, kl_weight=kl_weight,
+                                 batch_size=batch_size, resume=resume)
+        except (ValueError, RuntimeError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    _report_random_tower(caught)
+    if result.interrupted:
+        click.echo(f"interrupted after epoch {result.epochs_completed}; continue with: mrdl train --out {out_dir} --resume")
+    elif result.stopped_early:
+        click.echo(f"early stop after epoch {result.epochs_completed} (no Val Dice gain for the patience window)")
+    click.echo(f"best Val Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}; "
+               f"best: {result.best_checkpoint}; last: {result.last_checkpoint}; {result.wall_seconds:.0f} s")
+
+
+@click.command("evaluate")
+@click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), required=True, help="mrdl checkpoint (.safetensors).")
+@click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Dataset root in LViT's layout.")
+@click.option("--split", default="Val", show_default=True, help="Split to evaluate (Train, Val or Test).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for per_image.csv, summary.json and overlays.png.")
+def evaluate(ckpt: Path, data_root: Path, split: str, out_dir: Path) -> None:
+    """Per-image Dice and IoU of a checkpoint (threshold 0.5 at the model size), averaged over images."""
+    from .evaluate import evaluate_checkpoint
+
+    try:
+        summary = evaluate_checkpoint(ckpt, data_root, split, out_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({k: summary[k] for k in ("split", "images", "dice", "iou")}))
+    click.echo(f"wrote {out_dir / 'per_image.csv'}, {out_dir / 'summary.json'}, {out_dir / 'overlays.png'}")
