@@ -1,0 +1,134 @@
+"""The deploy module: an MRDL checkpoint reduced to what inference needs.
+
+In eval mode under ``fusion="distribution"`` the fused feature F = mu_r (the mean of the
+learnable features F_L over K) does not depend on the input. Everything computed from F alone
+is therefore a constant and is folded here:
+
+* F = mu_r                           (N, C)
+* y1 = P_CM down block 1 (F)         (N, C)
+* y1' = P_CM up block 1 (y1)         (N, C)
+
+The vision embedding F_V, the text projection ConvB and the KL term only feed L_KL, a
+training-time loss, so they are dropped; the graph has one input, the image. Under
+``fusion="addition"`` F = F_V + F_T depends on both inputs, nothing is folded, ConvB stays, and
+the graph takes the precomputed text features as a second input.
+
+The activation (sigmoid for one class, softmax for several) is applied in the graph, so the
+output is ``probabilities`` as the deploy manifest states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mrdl.distribution import fused_feature
+from mrdl.model import MRDL
+
+
+@dataclass
+class FoldReport:
+    """What :func:`build_deploy_module` folded away and what that saves."""
+
+    folded: list[str] = field(default_factory=list)  # human-readable names of folded sub-graphs
+    dropped: list[str] = field(default_factory=list)  # modules that no longer run at inference
+    flops_full: int = 0  # one image through MRDL.forward in eval mode (image only)
+    flops_full_with_text: int = 0  # the same with text features (ConvB + L_KL computed too)
+    flops_deploy: int = 0  # one image through the deploy module
+
+    @property
+    def flops_saved(self) -> int:
+        return self.flops_full - self.flops_deploy
+
+    def to_dict(self) -> dict:
+        return {"folded": self.folded, "dropped": self.dropped, "flops_full": self.flops_full,
+                "flops_full_with_text": self.flops_full_with_text, "flops_deploy": self.flops_deploy,
+                "flops_saved": self.flops_saved}
+
+
+class DeployModule(nn.Module):
+    """MRDL inference graph: image [+ text features] -> probabilities (B, n_classes, H, W)."""
+
+    def __init__(self, model: MRDL) -> None:
+        super().__init__()
+        if model.cfg.phase != "matmul":
+            raise ValueError("the deploy module needs the export-safe 'matmul' phase; load the checkpoint "
+                             "with phase='matmul'")
+        model = model.eval()
+        self.fusion = model.cfg.fusion
+        self.n_classes = model.cfg.n_classes
+        self.vision_encoder = model.vision_encoder
+        self.cross_modality = model.cross_modality
+        self.frequency_prompt = model.frequency_prompt
+        self.decoder = model.decoder
+        if self.fusion == "distribution":
+            with torch.no_grad():
+                fused = fused_feature(model.learnable_features, batch=1, sample=False,
+                                      eps=model.cfg.variance_eps)  # F = mu_r: (1, N, C)
+                y1 = self.cross_modality.first_level(fused)  # (1, N, C)
+                y1_up = self.cross_modality.up_blocks[0](y1)  # (1, N, C)
+            self.register_buffer("y1", y1.detach().clone())
+            self.register_buffer("y1_up", y1_up.detach().clone())
+        else:
+            self.vision_embedding = model.vision_embedding
+            self.text_projection = model.text_projection
+
+    def forward(self, image: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.vision_encoder(image)  # x1..x5
+        batch = image.shape[0]
+        if self.fusion == "distribution":
+            y1 = self.y1.expand(batch, -1, -1)  # (B, N, C) constant
+            y1_up = self.y1_up.expand(batch, -1, -1)  # (B, N, C) constant
+        else:
+            fused = self.vision_embedding(features[0]) + self.text_projection(text_features)  # (B, N, C)
+            y1 = self.cross_modality.first_level(fused)
+            y1_up = None
+        reconstructed = self.cross_modality(y1, features[:4], y1_up=y1_up)  # R1..R4
+        phase_features = self.frequency_prompt(image)  # F_pha: (B, C, H, W)
+        skips = [x + r for x, r in zip(features[:4], reconstructed)]
+        skips[0] = skips[0] + phase_features
+        logits = self.decoder(skips, features[4])  # (B, n_classes, H, W)
+        if self.n_classes == 1:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
+
+
+def example_inputs(model: MRDL, *, batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """Inputs the deploy module takes: (image,) or (image, text_features) under addition."""
+    cfg = model.cfg
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=generator)
+    if cfg.fusion == "addition":
+        text = torch.randn(batch, cfg.text.context_length, cfg.text.width, generator=generator)
+        return image, text
+    return (image,)
+
+
+def count_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one forward pass, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    return int(counter.get_total_flops())
+
+
+def build_deploy_module(model: MRDL) -> tuple[DeployModule, FoldReport]:
+    """The deploy module of ``model`` (matmul phase) and a report of what was folded."""
+    model = model.eval()
+    deploy = DeployModule(model).eval()
+    cfg = model.cfg
+    report = FoldReport()
+    if cfg.fusion == "distribution":
+        report.folded = ["F = mu_r (mean of F_L over K)", "y1 = P_CM.down_blocks[0](F)",
+                         "y1' = P_CM.up_blocks[0](y1)"]
+        report.dropped = ["vision_embedding (F_V)", "text_projection (ConvB)", "learnable_features (F_L)",
+                          "L_KL"]
+    image = example_inputs(model)[0]
+    text = torch.randn(1, cfg.text.context_length, cfg.text.width)
+    report.flops_deploy = count_flops(deploy, example_inputs(model))
+    report.flops_full_with_text = count_flops(model, (image, text))
+    report.flops_full = report.flops_full_with_text if cfg.fusion == "addition" else count_flops(model, (image,))
+    return deploy, report
