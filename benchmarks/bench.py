@@ -1,0 +1,219 @@
+"""``run_benchmark``: every requested backend on the same inputs, one report.
+
+Order of work: fix the thread count; load the inputs; measure the machine's matmul peak; count
+FLOPs per image; compute the PyTorch FP32 reference (torch-fft eager) once; then, per backend,
+activate it (a failure skips it with the reason), and per batch size run a separate warm-up and
+the timed iterations while sampling memory; finally the parity pass on every input image, the
+export-safe phase's share of latency, and the derived columns (speed-up, GFLOP/s).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
+from .measure import (MEMORY_METHOD, LatencyStats, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
+                      parity, phase_share, release_freed_memory)
+from .report import BackendResult, BenchReport, SkippedBackend, machine_info, write_report
+from .runners import BACKENDS, BackendUnavailable, Runner, TorchRunner, make_runner
+
+DEFAULT_BACKENDS = ("torch-fft", "torch-matmul", "torch-compile", "ort-fp32", "ort-int8", "ort-fp16", "ort-cuda", "tensorrt")
+REFERENCE = "torch-fft"
+QUANTISED = ("ort-int8", "ort-fp16", "tensorrt")
+
+
+class BenchError(ValueError):
+    """Benchmark settings that cannot work: a missing file, an unknown backend, a bad batch size."""
+
+
+def parse_backends(text: str | Sequence[str]) -> list[str]:
+    """``"ort-fp32,ort-int8"`` or a list -> validated backend names, in the order given, no repeats."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise BenchError(f"unknown backend(s) {unknown or '(none given)'}; expected a comma-separated list of "
+                         f"{', '.join(BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_batches(text: str | Sequence[int]) -> list[int]:
+    """``"1,4,8"`` or a list -> positive batch sizes, in the order given, no repeats."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        batches = [int(str(p).strip()) for p in parts if str(p).strip()]
+    except ValueError:
+        raise BenchError(f"batch sizes must be comma-separated positive integers like 1,4,8; got {text!r}") from None
+    if not batches or any(b < 1 for b in batches):
+        raise BenchError(f"batch sizes must be comma-separated positive integers like 1,4,8; got {text!r}")
+    return list(dict.fromkeys(batches))
+
+
+def _check_sources(ckpt: Path, model_dir: Path):
+    from mrdl.checkpoint import CheckpointError, read_checkpoint
+    from mrdl_runtime.manifest import ManifestError, load_manifest
+
+    try:
+        config = read_checkpoint(ckpt).config
+        manifest = load_manifest(model_dir)
+    except (CheckpointError, ManifestError) as exc:
+        raise BenchError(str(exc)) from exc
+    size = config.model.image_size
+    if tuple(manifest.size) != (size, size):
+        raise BenchError(f"{model_dir} was exported at {manifest.size}, but {ckpt} is a {size}x{size} model; "
+                         f"benchmark a checkpoint with the model directory exported from it")
+    if manifest.text_input is not None or config.model.fusion != "distribution":
+        raise BenchError("mrdl-bench measures image-only models (fusion 'distribution'); this one needs text features")
+    return config, manifest
+
+
+def _measure(runner: Runner, inputs: InputSet, *, batch: int, warmup: int, iters: int, include_prepost: bool,
+             threshold: float, baseline_rss: int) -> tuple[LatencyStats, dict[str, float], float]:
+    """Warm-up then timed iterations of one runner at one batch size: (latency, warm-up, peak MB)."""
+
+    def step(index: int) -> None:
+        if include_prepost:
+            images = [inputs.raw[i] for i in inputs.indices(index, batch)]
+            postprocess_batch(runner.infer(preprocess_batch(images, inputs.size)), images, threshold=threshold)
+        else:
+            runner.infer(inputs.batch(index, batch))
+
+    with PeakRSSSampler(baseline=baseline_rss) as memory:
+        warm_times = []
+        for index in range(warmup):
+            start = time.perf_counter()
+            step(index)
+            warm_times.append(time.perf_counter() - start)
+        runner.inference_times.clear()
+        step_times = []
+        for index in range(warmup, warmup + iters):
+            start = time.perf_counter()
+            step(index)
+            step_times.append(time.perf_counter() - start)
+    # Without pre/post-processing the runner's own clock is the latency; with it, the whole step's.
+    latency = LatencyStats.from_seconds(step_times if include_prepost else list(runner.inference_times))
+    warm = {"iterations": warmup, "total_ms": 1e3 * sum(warm_times), "first_ms": 1e3 * warm_times[0] if warm_times else 0.0}
+    return latency, warm, memory.peak_delta_mb
+
+
+def _all_outputs(runner: Runner, inputs: InputSet, *, batch: int) -> np.ndarray:
+    """Probabilities for every input image, in order: (N, n_classes, S, S)."""
+    chunks = [runner.infer(np.ascontiguousarray(inputs.tensors[start:start + batch]))
+              for start in range(0, len(inputs), batch)]
+    return np.concatenate(chunks)
+
+
+def _profiles(results: list[BackendResult], *, ckpt: Path, batch: int, size: int, threads: int, iters: int,
+              out_dir: Path) -> list[dict]:
+    """Per-operator profiles of torch eager and of every CPU onnxruntime backend that ran."""
+    from .profiling import profile_onnxruntime, profile_torch
+
+    profiles = [profile_torch(ckpt, phase="fft", batch=batch, iters=iters)]
+    cpu_ort = {r.backend: r.model_file for r in results if r.backend in ("ort-fp32", "ort-int8", "ort-fp16")}
+    for backend, model_file in cpu_ort.items():
+        profile = profile_onnxruntime(Path(model_file), batch=batch, size=size, threads=threads, iters=iters,
+                                      out_dir=out_dir)
+        profiles.append({**profile, "backend": backend})
+    return profiles
+
+
+def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Sequence[str] = DEFAULT_BACKENDS,
+                  batches: str | Sequence[int] = (1,), data: str | Path | None = None, images: int = 8,
+                  warmup: int = 3, iters: int = 20, threads: int | None = None, include_prepost: bool = False,
+                  device: str = "cpu", out: str | Path | None = None, profile_dir: str | Path | None = None,
+                  phase_iters: int | None = None, progress: bool = True) -> BenchReport:
+    """Benchmark ``backends`` at each batch size on the same inputs; write the report into ``out`` if given.
+
+    ``images``: how many input images (synthetic, or the first of ``data``) form the pool that
+    batches cycle over and parity is computed on. ``threads``: torch and onnxruntime intra-op
+    threads (default: all logical cores). ``profile_dir``: profile torch eager and the CPU
+    onnxruntime backends at the smallest batch (traces written there, op summaries in the report).
+    """
+    import torch
+    from tqdm import tqdm
+
+    ckpt, model_dir = Path(ckpt), Path(model_dir)
+    backends, batches = parse_backends(backends), parse_batches(batches)
+    threads = threads or os.cpu_count() or 1
+    if threads < 1 or warmup < 0 or iters < 1:
+        raise BenchError(f"need threads >= 1, warmup >= 0 and iters >= 1; got {threads}, {warmup}, {iters}")
+    config, manifest = _check_sources(ckpt, model_dir)
+    if max(batches) > manifest.max_batch:
+        raise BenchError(f"batch {max(batches)} exceeds the model directory's max_batch {manifest.max_batch}")
+    torch.set_num_threads(threads)
+    machine = machine_info()
+    inputs = load_inputs(size=config.model.image_size, data=data, count=images)
+    peak = matmul_peak_gflops(threads=threads)
+    flops = flops_per_image(ckpt)
+    threshold = manifest.threshold
+
+    with TorchRunner(REFERENCE, ckpt=ckpt, phase="fft", device=device) as reference_runner:
+        reference = _all_outputs(reference_runner, inputs, batch=min(batches))
+    outputs: dict[str, np.ndarray] = {}
+    results: list[BackendResult] = []
+    skipped: list[SkippedBackend] = []
+    bar = tqdm(total=len(backends) * len(batches), desc="mrdl-bench", disable=not progress)
+    for name in backends:
+        runner = make_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device)
+        release_freed_memory()
+        baseline_rss = current_rss()
+        try:
+            runner.activate()
+        except BackendUnavailable as exc:
+            skipped.append(SkippedBackend(name, str(exc)))
+            bar.update(len(batches))
+            continue
+        try:
+            for batch in batches:
+                bar.set_postfix_str(f"{name} batch {batch}")
+                latency, warm, peak_mb = _measure(runner, inputs, batch=batch, warmup=warmup, iters=iters,
+                                                  include_prepost=include_prepost, threshold=threshold,
+                                                  baseline_rss=baseline_rss)
+                results.append(BackendResult(
+                    backend=name, batch=batch, latency_ms=latency, warmup=warm,
+                    throughput_ips=batch / (latency.mean / 1e3), peak_memory_mb=peak_mb, memory_method=MEMORY_METHOD,
+                    model_size_mb=runner.model_size_bytes / 2**20, model_file=str(runner.model_path),
+                    parity=None, parity_vs_onnx_fp32=None, prepost_included=include_prepost,
+                    notes={"activation_s": runner.activation_seconds, "load_average_1min": os.getloadavg()[0],
+                           **({"compile_s": runner.compile_seconds} if getattr(runner, "compile_seconds", None) else {})}))
+                bar.update(1)
+            outputs[name] = _all_outputs(runner, inputs, batch=min(batches))
+        finally:
+            runner.deactivate()
+    bar.close()
+
+    for result in results:
+        result.parity = parity(outputs[result.backend], reference, reference_name=REFERENCE, threshold=threshold)
+        if result.backend in QUANTISED and "ort-fp32" in outputs:
+            result.parity_vs_onnx_fp32 = parity(outputs[result.backend], outputs["ort-fp32"],
+                                                reference_name="ort-fp32", threshold=threshold)
+        result.gflops_achieved = flops * result.throughput_ips / 1e9
+        result.peak_fraction = result.gflops_achieved / peak["gflops"]
+    for result in results:
+        eager = next((r for r in results if r.backend == REFERENCE and r.batch == result.batch), None)
+        if eager is not None:
+            result.speedup_vs_torch_eager = eager.latency_ms.p50 / result.latency_ms.p50
+
+    shares = []
+    for batch in batches:
+        matmul_model = next((r for r in results if r.backend == "torch-matmul" and r.batch == batch), None)
+        model_ms = matmul_model.latency_ms.mean if matmul_model is not None and not include_prepost else None
+        shares.append(phase_share(ckpt, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters,
+                                  model_ms=model_ms))
+    profiles = _profiles(results, ckpt=ckpt, batch=min(batches), size=config.model.image_size, threads=threads,
+                         iters=max(1, min(iters, 5)), out_dir=Path(profile_dir)) if profile_dir else []
+    machine["load_average_end"] = list(os.getloadavg())
+    settings = {"model": config.name, "ckpt": str(ckpt), "model_dir": str(model_dir), "backends": backends,
+                "batches": batches, "warmup": warmup, "iters": iters, "threads": threads,
+                "torch_threads": torch.get_num_threads(), "include_prepost": include_prepost, "device": device,
+                "inputs": inputs.source, "images": len(inputs), "image_size": config.model.image_size,
+                "reference": REFERENCE}
+    report = BenchReport(settings=settings, machine=machine, flops_per_image=flops, matmul_peak=peak, results=results,
+                         skipped=skipped, phase_share=shares, profiles=profiles)
+    if out is not None:
+        write_report(report, Path(out))
+    return report

@@ -1,0 +1,56 @@
+"""``mrdl-bench``: the command-line face of :func:`mrdl_bench.bench.run_benchmark`.
+
+Only click is imported at start-up, so ``mrdl-bench --help`` works without torch, onnxruntime,
+TensorRT or CUDA.
+"""
+
+from __future__ import annotations
+
+import click
+
+BACKEND_NAMES = "torch-fft,torch-matmul,torch-compile,ort-fp32,ort-int8,ort-fp16,ort-cuda,tensorrt"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="mrdl checkpoint (.safetensors): the PyTorch model and the parity reference.")
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Model directory written by mrdl-export from the same checkpoint (holds model.json).")
+@click.option("--backends", default=BACKEND_NAMES, show_default=True,
+              help="Comma-separated backends; those that cannot run here are skipped with the reason.")
+@click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4,8.")
+@click.option("--data", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Real images: an LViT-layout root (its Val_Folder/img) or a folder of images. Default: synthetic.")
+@click.option("--images", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Input pool size (batches cycle over it; parity is computed on all of it).")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="Untimed warm-up iterations.")
+@click.option("--iters", default=20, show_default=True, type=click.IntRange(min=1), help="Timed iterations.")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="torch and onnxruntime intra-op threads. Default: all logical cores.")
+@click.option("--include-prepost/--exclude-prepost", default=False, show_default=True,
+              help="Time preprocessing (resize, /255) and postprocessing (resize back, threshold) too.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for the PyTorch backends (cpu, cuda).")
+@click.option("--profile-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Write onnxruntime profiles (JSON traces) of the ORT backends here.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default="bench-report", show_default=True,
+              help="Folder for bench.json, bench.md and bench.png.")
+def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | None, images: int, warmup: int, iters: int,
+         threads: int | None, include_prepost: bool, device: str, profile_dir: str | None, out: str) -> None:
+    """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
+    from .bench import BenchError, parse_backends, parse_batches, run_benchmark
+    from .inputs import InputError
+    from .report import format_table
+
+    try:
+        report = run_benchmark(ckpt=ckpt, model_dir=model_dir, backends=parse_backends(backends),
+                               batches=parse_batches(batches), data=data, images=images, warmup=warmup, iters=iters,
+                               threads=threads, include_prepost=include_prepost, device=device, out=out,
+                               profile_dir=profile_dir)
+    except (BenchError, InputError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(format_table(report))
+    click.echo(f"report written to {out}: " + ", ".join(sorted(report.files.values())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Measurements: latency statistics, peak memory, parity, FLOPs, the machine's matmul peak, phase share."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+MEMORY_METHOD = "peak RSS minus RSS before loading the backend, psutil sampling every 2 ms"
+
+
+@dataclass
+class LatencyStats:
+    """Latency of the timed iterations, milliseconds."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    stdev: float
+    min: float
+    max: float
+    iterations: int
+
+    @classmethod
+    def from_seconds(cls, times: list[float]) -> "LatencyStats":
+        if not times:
+            raise ValueError("no timed iterations to summarise")
+        ms = np.asarray(times, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(ms.mean()),
+                   stdev=float(statistics.stdev(ms)) if len(ms) > 1 else 0.0,
+                   min=float(ms.min()), max=float(ms.max()), iterations=len(ms))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and ask glibc to return freed heap pages, so the next RSS baseline is honest."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def current_rss() -> int:
+    """This process's resident set size in bytes."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class PeakRSSSampler:
+    """Samples this process's resident set size in a thread; ``peak_delta_mb`` over the baseline.
+
+    ``baseline``: RSS in bytes to measure from (default: the RSS when the sampler is created).
+    """
+
+    def __init__(self, *, baseline: int | None = None, interval_s: float = 0.002) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval_s = interval_s
+        self.baseline = self.process.memory_info().rss if baseline is None else baseline  # bytes
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakRSSSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def peak_delta_mb(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+@dataclass
+class Parity:
+    """Agreement of one backend's probabilities with a reference's on the same images."""
+
+    reference: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    dice_agreement: float  # mean over images of Dice(mask, reference mask); both empty counts 1
+    images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def masks_from_probabilities(probabilities: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
+    """(N, n_classes, H, W) -> (N, H, W) labels: ``p > threshold`` for one class, else argmax."""
+    if probabilities.shape[1] == 1:
+        return (probabilities[:, 0] > threshold).astype(np.uint8)
+    return probabilities.argmax(axis=1).astype(np.uint8)
+
+
+def mask_dice_agreement(masks: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over images of the foreground Dice between two (N, H, W) label maps."""
+    flat, ref = masks.reshape(len(masks), -1) > 0, reference.reshape(len(reference), -1) > 0
+    intersection = (flat & ref).sum(1)
+    sizes = flat.sum(1) + ref.sum(1)
+    dice = np.where(sizes == 0, 1.0, 2.0 * intersection / np.maximum(sizes, 1))
+    return float(dice.mean())
+
+
+def parity(probabilities: np.ndarray, reference: np.ndarray, *, reference_name: str, threshold: float = 0.5) -> Parity:
+    """Compare two (N, n_classes, H, W) probability arrays: max/mean |delta| and mask Dice agreement."""
+    if probabilities.shape != reference.shape:
+        raise ValueError(f"output shape {probabilities.shape} differs from the reference's {reference.shape}")
+    delta = np.abs(probabilities.astype(np.float64) - reference.astype(np.float64))
+    dice = mask_dice_agreement(masks_from_probabilities(probabilities, threshold=threshold),
+                               masks_from_probabilities(reference, threshold=threshold))
+    return Parity(reference=reference_name, max_abs_diff=float(delta.max()), mean_abs_diff=float(delta.mean()),
+                  dice_agreement=dice, images=len(reference))
+
+
+def matmul_peak_gflops(*, threads: int, size: int = 2048, repeats: int = 5) -> dict:
+    """Measured float32 GEMM rate of this machine: torch.matmul of size x size, best of ``repeats``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    torch.matmul(a, b)  # warm-up: thread pool and caches
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return {"gflops": 2.0 * size**3 / best / 1e9, "method": f"torch.matmul float32 {size}x{size}, best of {repeats}",
+            "threads": threads, "seconds": best}
+
+
+def flops_per_image(ckpt: Path) -> int:
+    """FLOPs of one image through the PyTorch model (``matmul`` phase, eval), by FlopCounterMode.
+
+    The ``matmul`` phase is counted because FlopCounterMode does not count torch.fft; its DFT
+    matmuls are part of the work every exported backend does.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mrdl.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt, phase="matmul")
+    model.eval()
+    size = model.cfg.image_size
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return int(counter.get_total_flops())
+
+
+def time_callable(function: Callable[[], object], *, warmup: int, iters: int) -> list[float]:
+    """Seconds of ``iters`` calls of ``function`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def phase_share(ckpt: Path, *, batch: int, warmup: int, iters: int, model_ms: float | None = None) -> dict:
+    """Latency of the export-safe phase spectrum (MatmulPhaseSpectrum) alone vs the whole model.
+
+    ``model_ms``: the whole ``matmul``-phase model's mean latency at this batch when already
+    measured (torch-matmul); otherwise it is measured here with the same warm-up and iterations.
+    """
+    import torch
+
+    from mrdl.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt, phase="matmul")
+    model.eval()
+    size = model.cfg.image_size
+    image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))  # (B, 3, S, S)
+    phase_module = model.frequency_prompt.phase.matmul
+    with torch.inference_mode():
+        phase_ms = float(np.mean(time_callable(lambda: phase_module(image), warmup=warmup, iters=iters))) * 1e3
+        source = "torch-matmul timed iterations"
+        if model_ms is None:
+            model_ms = float(np.mean(time_callable(lambda: model(image), warmup=warmup, iters=iters))) * 1e3
+            source = "measured here"
+    return {"batch": batch, "phase_ms": phase_ms, "model_ms": model_ms, "share": phase_ms / model_ms,
+            "model_ms_source": source}

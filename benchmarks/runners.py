@@ -1,0 +1,206 @@
+"""Backend runners with a lifecycle (activate -> infer ... -> deactivate) that time themselves.
+
+Every runner maps a preprocessed batch (B, 3, S, S) float32 to probabilities (B, n_classes, S, S)
+float32 as a numpy array. ``infer`` records its own wall time in ``inference_times``; runners that
+use a GPU synchronise before the clock stops. The ONNX Runtime and TensorRT backends are
+``mrdl_runtime``'s runners behind an adapter; heavy backends are imported when a runner activates,
+so a missing one only skips that runner, with a reason.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("torch-fft", "torch-matmul", "torch-compile", "ort-fp32", "ort-int8", "ort-fp16", "ort-cuda", "tensorrt")
+TORCH_PHASE = {"torch-fft": "fft", "torch-matmul": "matmul", "torch-compile": "fft"}
+RUNTIME_BACKEND = {"ort-fp32": ("onnxruntime-cpu", "fp32"), "ort-int8": ("onnxruntime-cpu", "int8"),
+                   "ort-fp16": ("onnxruntime-cpu", "fp16"), "ort-cuda": ("onnxruntime-cuda", "fp32"),
+                   "tensorrt": ("tensorrt", "fp32")}  # tensorrt: the precision the engine was built with
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run here; the message is the reason recorded in the report."""
+
+
+class Runner(ABC):
+    """One backend. Use as a context manager, or call ``activate`` / ``deactivate`` yourself."""
+
+    name: str
+    uses_cuda: bool = False
+
+    def __init__(self) -> None:
+        self.inference_times: list[float] = []  # seconds, one per ``infer`` call
+        self.activation_seconds = 0.0
+        self.is_active = False
+
+    @property
+    @abstractmethod
+    def model_path(self) -> Path:
+        """The file this runner loads (its size on disk is reported)."""
+
+    @abstractmethod
+    def _activate(self) -> None:
+        """Load the model; raise :class:`BackendUnavailable` when it cannot run here."""
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) float32 -> (B, n_classes, S, S) float32 probabilities."""
+
+    def _deactivate(self) -> None:
+        """Release what ``_activate`` loaded."""
+
+    def _synchronize(self) -> None:
+        if self.uses_cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def activate(self) -> "Runner":
+        start = time.perf_counter()
+        self._activate()
+        self.activation_seconds = time.perf_counter() - start
+        self.is_active = True
+        return self
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch and record how long it took (GPU work included: synchronised)."""
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name} is not active; call activate() first")
+        start = time.perf_counter()
+        probabilities = self._infer(batch)
+        self._synchronize()
+        self.inference_times.append(time.perf_counter() - start)
+        return probabilities
+
+    def deactivate(self) -> None:
+        self._deactivate()
+        self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @property
+    def model_size_bytes(self) -> int:
+        return self.model_path.stat().st_size
+
+
+class TorchRunner(Runner):
+    """PyTorch eager (``fft`` or ``matmul`` phase) or torch.compile of the eager model, eval mode."""
+
+    def __init__(self, name: str, *, ckpt: Path, phase: str, device: str = "cpu", compile_model: bool = False) -> None:
+        super().__init__()
+        self.name, self.ckpt, self.phase, self.device = name, Path(ckpt), phase, device
+        self.compile_model = compile_model
+        self.uses_cuda = device.startswith("cuda")
+        self.compile_seconds: float | None = None
+        self.model: Any = None
+
+    @property
+    def model_path(self) -> Path:
+        return self.ckpt
+
+    def _activate(self) -> None:
+        import torch
+
+        from mrdl.checkpoint import load_checkpoint
+
+        if self.uses_cuda and not torch.cuda.is_available():
+            raise BackendUnavailable(f"torch has no CUDA device here (device {self.device!r} requested)")
+        model, _ = load_checkpoint(self.ckpt, phase=self.phase)
+        model = model.eval().to(self.device)
+        self.n_classes = model.cfg.n_classes
+        self.model = model
+        if self.compile_model:
+            self._compile(model)
+
+    def _compile(self, model: Any) -> None:
+        """torch.compile and run once (the compilation happens there); any failure skips the runner."""
+        import torch
+
+        size = model.cfg.image_size
+        start = time.perf_counter()
+        try:
+            compiled = torch.compile(model)
+            with torch.inference_mode():
+                compiled(torch.zeros(1, 3, size, size, device=self.device))
+        except Exception as exc:  # the compiler fails in many ways (no C++ compiler, unsupported op, ...)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise BackendUnavailable(f"torch.compile failed: {type(exc).__name__}: {first_line}") from exc
+        self.compile_seconds = time.perf_counter() - start
+        self.model = compiled
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(batch).to(self.device)).logits  # (B, n_classes, S, S)
+            probabilities = torch.sigmoid(logits) if self.n_classes == 1 else torch.softmax(logits, dim=1)
+            return probabilities.float().cpu().numpy()
+
+    def _deactivate(self) -> None:
+        self.model = None
+
+
+class RuntimeRunner(Runner):
+    """An ``mrdl_runtime`` backend (ONNX Runtime CPU / CUDA EP, native TensorRT) on one artifact.
+
+    The runtime chooses and checks the backend (``unavailable_reason``) and owns the session; this
+    adapter gives it the benchmark's array-in, array-out interface.
+    """
+
+    def __init__(self, name: str, *, model_dir: Path, backend: str, precision: str, threads: int) -> None:
+        super().__init__()
+        self.name, self.model_dir, self.backend, self.precision, self.threads = name, Path(model_dir), backend, precision, threads
+        self.uses_cuda = False  # the runtime's runners copy results back to the host, which waits for the GPU
+        self.runner: Any = None
+
+    @property
+    def model_path(self) -> Path:
+        from mrdl_runtime.manifest import load_manifest
+
+        return load_manifest(self.model_dir).artifact_path("tensorrt" if self.backend == "tensorrt" else self.precision)
+
+    def _activate(self) -> None:
+        from mrdl_runtime.backends import engine_precision, make_runner, unavailable_reason
+        from mrdl_runtime.manifest import load_manifest
+        from mrdl_runtime.runner import BackendUnavailableError
+
+        manifest = load_manifest(self.model_dir)
+        if self.backend == "tensorrt":
+            self.precision = engine_precision(manifest) or "fp32"
+        reason = unavailable_reason(manifest, self.backend, self.precision)
+        if reason is not None:
+            raise BackendUnavailable(reason)
+        try:
+            self.runner = make_runner(manifest, self.backend, self.precision, intra_op_threads=self.threads).open()
+        except BackendUnavailableError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        self.input_name = manifest.image_input.name
+        self.output_name = manifest.outputs[0].name
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.runner.infer({self.input_name: batch})[self.output_name]  # (B, n_classes, S, S)
+
+    def _deactivate(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = None
+
+
+def make_runner(name: str, *, ckpt: Path, model_dir: Path, threads: int, device: str = "cpu") -> Runner:
+    """The (inactive) runner for backend ``name`` (one of :data:`BACKENDS`)."""
+    if name in TORCH_PHASE:
+        return TorchRunner(name, ckpt=ckpt, phase=TORCH_PHASE[name], device=device,
+                           compile_model=name == "torch-compile")
+    if name in RUNTIME_BACKEND:
+        backend, precision = RUNTIME_BACKEND[name]
+        return RuntimeRunner(name, model_dir=model_dir, backend=backend, precision=precision, threads=threads)
+    raise ValueError(f"unknown backend {name!r}; expected some of {', '.join(BACKENDS)}")
