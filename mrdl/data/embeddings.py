@@ -59,6 +59,8 @@ def default_embeddings_path(data_root: str | Path, config: MRDLConfig) -> Path:
 
 def dataset_texts(data_root: str | Path, config: MRDLConfig) -> dict[str, str]:
     """Every description of every split present under ``data_root``, plus the prompt: {key: sentence}."""
+    if not Path(data_root).is_dir():
+        raise DatasetError(f"dataset root {data_root} does not exist or is not a folder")
     texts: dict[str, str] = {}
     found = False
     for split in SPLITS:
