@@ -41,7 +41,7 @@ class ExportResult:
     engine_path: Path | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # artefact file name -> bytes
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
-    atan2_check: dict[str, float] = field(default_factory=dict)
+    phase_check: dict[str, float] = field(default_factory=dict)
 
 
 def _prepare_out_dir(out_dir: Path, *, force: bool) -> Path:
@@ -58,7 +58,15 @@ def _prepare_out_dir(out_dir: Path, *, force: bool) -> Path:
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished temp folder onto ``out_dir``, replacing an old one only after success."""
+    """Rename the finished temp folder onto ``out_dir``, replacing an old one only after success.
+
+    Temporary names are created private (0700/0600); the published files get the umask's modes.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for path in tmp.iterdir():
+        os.chmod(path, 0o666 & ~umask)
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -68,29 +76,72 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _calibration_inputs(config, *, calib_data: Path | None, data: Path | None, count: int):
+    from .parity import load_images, text_features_for
+
+    images, source = load_images(size=config.model.image_size, data=calib_data or data, count=count)
+    extra = [text_features_for(config, len(images))] if config.model.fusion == "addition" else []
+    return [images, *extra], source
+
+
+def _timed(timings: dict[str, float], name: str, function, *args, **kwargs):
+    mark = time.perf_counter()
+    value = function(*args, **kwargs)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - mark
+    return value
+
+
 def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = None, int8: bool = False,
                  calib_data: Path | None = None, fp16: bool = False, trt: bool = False, force: bool = False,
                  opset: int = 20, max_batch: int = 16, atol: float = DEFAULT_ATOL,
-                 min_dice: float = DEFAULT_MIN_DICE, parity_images: int = 8, expected_config: str | None = None,
+                 min_dice: float = DEFAULT_MIN_DICE, parity_images: int = 8, calib_images: int = 32,
+                 int8_min_dice: float | None = None, trt_check: bool = False, trt_precision: str | None = None,
+                 min_batch: int = 1, opt_batch: int | None = None, workspace_mb: int = 2048,
+                 timing_cache: Path | None = None, expected_config: str | None = None,
                  exporter: str = "dynamo", progress: bool = False) -> ExportResult:
     """Export the checkpoint ``ckpt`` to the deploy directory ``out_dir`` and verify it.
 
     ``data``: dataset root (LViT layout) or folder of images for the parity gate (default: the
     synthetic set). ``atol`` / ``min_dice``: the gate's limits on max |delta probability| and
-    mean mask Dice agreement. ``expected_config``: refuse a checkpoint of another architecture.
-    Raises :class:`ExportError` on bad input and :class:`ParityError` when the gate fails.
+    mean mask Dice agreement (FP32). ``int8``: INT8 QDQ variant calibrated on ``calib_images``
+    images of ``calib_data`` (else ``data``, else synthetic); its parity is reported and gated
+    only when ``int8_min_dice`` is given. ``fp16``: FP16 variant. ``trt_check``: fail when the
+    TensorRT 10.x report flags an unsupported op. ``trt``: build a TensorRT engine of
+    ``trt_precision`` (default: int8 if ``int8``, else fp16 if ``fp16``, else fp32) with batch
+    profile ``min_batch``/``opt_batch``/``max_batch``. ``expected_config``: refuse a checkpoint
+    of another architecture. Raises :class:`ExportError` on bad input or a failed step,
+    :class:`ParityError` when a gate fails and ``TensorRTUnavailable`` when ``trt`` is asked for
+    on a machine without TensorRT or a GPU; nothing is left under ``out_dir`` in those cases.
     """
+    import onnx
+    from tqdm import tqdm
+
     from mrdl.checkpoint import CheckpointError, load_checkpoint
 
+    from . import tensorrt_build
     from .deploy import build_deploy_module, example_inputs
-    from .manifest import ARTIFACT_NAMES, build_manifest, embed_manifest, file_sha256, write_manifest
-    from .onnx_export import atan2_sign_check, export_onnx, op_counts
+    from .manifest import ARTIFACT_NAMES, build_manifest, embed_manifest, file_sha256, input_specs, write_manifest
+    from .onnx_export import export_onnx, op_counts, phase_sign_check
     from .parity import compare, load_images, onnx_probabilities, reference_probabilities, text_features_for
+    from .quantize import convert_fp16, quantize_int8
+    from .trt_report import check_graph, format_report
 
-    if int8 or fp16 or trt:
-        raise ExportError("INT8, FP16 and TensorRT variants are not available in this build yet")
-    if max_batch < 1:
-        raise ExportError(f"max_batch must be >= 1, got {max_batch}")
+    if max_batch < 1 or parity_images < 1 or calib_images < 1:
+        raise ExportError(f"max_batch, parity_images and calib_images must be >= 1, got {max_batch}, "
+                          f"{parity_images}, {calib_images}")
+    precision = trt_precision or ("int8" if int8 else "fp16" if fp16 else "fp32")
+    engine_options = tensorrt_build.EngineOptions(precision=precision, min_batch=min_batch, opt_batch=opt_batch,
+                                                  max_batch=max_batch, workspace_mb=workspace_mb,
+                                                  timing_cache=timing_cache)
+    try:
+        engine_options.validate()
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    if trt:  # fail fast, before any work, on a machine that cannot build engines
+        tensorrt_build.major_version(tensorrt_build.load_tensorrt())
+        tensorrt_build.detect_gpu()
+    if trt and precision == "int8" and not int8:
+        raise ExportError("an INT8 engine is built from the INT8 QDQ model: add --int8")
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -99,49 +150,107 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
         reference, _ = load_checkpoint(ckpt)  # the checkpoint as trained (its own phase implementation)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from exc
+    timings["load"] = time.perf_counter() - start
     config = checkpoint.config
     tmp = _prepare_out_dir(out_dir, force=force)
+    steps = tqdm(total=4 + int8 + fp16 + trt, desc="mrdl-export", unit="step", disable=not progress)
     try:
-        timings["load"] = time.perf_counter() - start
-        mark = time.perf_counter()
-        deploy, folding = build_deploy_module(model)
-        timings["deploy_module"] = time.perf_counter() - mark
+        steps.set_postfix_str("deploy module")
+        deploy, folding = _timed(timings, "deploy_module", build_deploy_module, model)
+        steps.update()
+        steps.set_postfix_str("onnx export")
+        onnx_path = _timed(timings, "onnx_export", export_onnx, deploy, example_inputs(model),
+                           tmp / ARTIFACT_NAMES["fp32"], opset=opset, exporter=exporter)
+        phase_check = _timed(timings, "onnx_export", phase_sign_check, onnx_path)
+        steps.update()
 
-        mark = time.perf_counter()
-        onnx_path = export_onnx(deploy, example_inputs(model), tmp / ARTIFACT_NAMES["fp32"], opset=opset,
-                                exporter=exporter)
-        atan2 = atan2_sign_check(opset=opset, exporter=exporter, workdir=tmp)
-        timings["onnx_export"] = time.perf_counter() - mark
-
+        steps.set_postfix_str("parity gate")
         mark = time.perf_counter()
         images, source = load_images(size=config.model.image_size, data=data, count=parity_images)
         inputs = [images] + ([text_features_for(config, len(images))] if config.model.fusion == "addition" else [])
         expected = reference_probabilities(reference, inputs)
         parity = {"fp32": compare(expected, onnx_probabilities(onnx_path, inputs), source=source)}
         timings["parity"] = time.perf_counter() - mark
-        if not parity["fp32"].passes(atol=atol, min_dice=min_dice):
-            p = parity["fp32"]
-            raise ParityError(f"parity gate failed for {ckpt}: max |delta| {p.max_abs_diff:.3g} (limit {atol:g}), "
-                              f"mask Dice agreement {p.dice_agreement:.4f} (limit {min_dice:g}) on {p.images} "
-                              f"{source} images; no model was written")
+        _gate(parity["fp32"], "FP32", ckpt=ckpt, atol=atol, min_dice=min_dice)
+        steps.update()
 
         artifacts = {"fp32": ARTIFACT_NAMES["fp32"]}
+        calibration_source = None
+        if int8:
+            steps.set_postfix_str("int8 quantization")
+            calibration, calibration_source = _calibration_inputs(config, calib_data=calib_data, data=data,
+                                                                  count=calib_images)
+            int8_path = _timed(timings, "int8", quantize_int8, onnx_path, tmp / ARTIFACT_NAMES["int8"], calibration)
+            parity["int8"] = compare(expected, onnx_probabilities(int8_path, inputs), source=source)
+            if int8_min_dice is not None:
+                _gate(parity["int8"], "INT8", ckpt=ckpt, atol=1.0, min_dice=int8_min_dice)
+            artifacts["int8"] = ARTIFACT_NAMES["int8"]
+            steps.update()
+        if fp16:
+            steps.set_postfix_str("fp16 conversion")
+            fp16_path = _timed(timings, "fp16", convert_fp16, onnx_path, tmp / ARTIFACT_NAMES["fp16"])
+            parity["fp16"] = compare(expected, onnx_probabilities(fp16_path, inputs), source=source)
+            artifacts["fp16"] = ARTIFACT_NAMES["fp16"]
+            steps.update()
+
+        steps.set_postfix_str("tensorrt report")
+        report = check_graph(onnx.load(str(onnx_path)))
+        variant_reports = {key: check_graph(onnx.load(str(tmp / name))).to_dict()
+                           for key, name in artifacts.items() if key != "fp32"}
+        if trt_check and not report.compatible("10.x"):
+            raise ExportError(f"--trt-check: the graph is not TensorRT 10 compatible\n{format_report(report)}")
+        steps.update()
+
+        engine_record = None
+        if trt:
+            steps.set_postfix_str("tensorrt engine")
+            module = tensorrt_build.load_tensorrt()
+            source_key = tensorrt_build.engine_source(precision, tensorrt_build.major_version(module))
+            if source_key not in artifacts:
+                raise ExportError(f"a {precision} engine for TensorRT {module.__version__} is built from "
+                                  f"{ARTIFACT_NAMES[source_key]}: add --{source_key}")
+            shapes = {spec["name"]: tuple(spec["shape"][1:]) for spec in input_specs(config)}
+            engine_record = _timed(timings, "tensorrt", tensorrt_build.build_engine, tmp / artifacts[source_key],
+                                   tmp / ARTIFACT_NAMES["tensorrt"], shapes, engine_options, trt=module)
+            artifacts["tensorrt"] = ARTIFACT_NAMES["tensorrt"]
+            steps.update()
+
+        extra = {"folding": folding.to_dict(), "tensorrt_compatibility": report.to_dict()}
+        if variant_reports:
+            extra["tensorrt_compatibility_variants"] = variant_reports
+        if calibration_source:
+            extra["int8_calibration"] = {"source": calibration_source, "images": calib_images,
+                                         "method": "MinMax, symmetric INT8, per-channel weights"}
+        if engine_record:
+            extra["tensorrt"] = engine_record
         manifest = build_manifest(config, checkpoint_path=ckpt, checkpoint_sha256=file_sha256(ckpt),
                                   artifacts=artifacts, opset=opset, max_batch=max_batch,
-                                  parity={k: v.to_dict() for k, v in parity.items()},
-                                  extra={"folding": folding.to_dict()})
-        for name in artifacts.values():
-            embed_manifest(tmp / name, manifest)
+                                  parity={k: v.to_dict() for k, v in parity.items()}, extra=extra)
+        for key, name in artifacts.items():
+            if key != "tensorrt":
+                embed_manifest(tmp / name, manifest)
         write_manifest(tmp / "model.json", manifest)
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        import onnx
-
         ops = op_counts(onnx.load(str(onnx_path)))
         _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        steps.close()
     timings["total"] = time.perf_counter() - start
-    return ExportResult(out_dir=out_dir, manifest_path=out_dir / "model.json", onnx_path=out_dir / onnx_path.name,
-                        manifest=manifest, parity=parity, ops=ops, folding=folding.to_dict(), sizes=sizes,
-                        timings=timings, atan2_check=atan2)
+
+    def published(key: str) -> Path | None:
+        return out_dir / artifacts[key] if key in artifacts else None
+
+    return ExportResult(out_dir=out_dir, manifest_path=out_dir / "model.json", onnx_path=published("fp32"),
+                        manifest=manifest, parity=parity, ops=ops, folding=folding.to_dict(), trt_report=report,
+                        int8_path=published("int8"), fp16_path=published("fp16"), engine_path=published("tensorrt"),
+                        sizes=sizes, timings=timings, phase_check=phase_check)
+
+
+def _gate(result: ParityResult, label: str, *, ckpt: Path, atol: float, min_dice: float) -> None:
+    if not result.passes(atol=atol, min_dice=min_dice):
+        raise ParityError(f"{label} parity gate failed for {ckpt}: max |delta| {result.max_abs_diff:.3g} "
+                          f"(limit {atol:g}), mask Dice agreement {result.dice_agreement:.4f} (limit {min_dice:g}) "
+                          f"on {result.images} images from {result.source}; no model was written")

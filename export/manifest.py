@@ -25,6 +25,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def input_specs(config) -> list[dict[str, Any]]:
+    """The graph inputs of a model exported from ``config``: ``image`` [+ ``text_features``]."""
+    cfg = config.model
+    size = cfg.image_size
+    specs = [{"name": "image", "shape": ["batch", cfg.in_channels, size, size], "dtype": "float32"}]
+    if cfg.fusion == "addition":
+        specs.append({"name": "text_features", "shape": ["batch", cfg.text.context_length, cfg.text.width],
+                      "dtype": "float32"})
+    return specs
+
+
 def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: str, artifacts: dict[str, str],
                    opset: int, max_batch: int, parity: dict[str, Any], precision: str = "fp32",
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -37,10 +48,6 @@ def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: st
 
     cfg = config.model
     size = cfg.image_size
-    inputs = [{"name": "image", "shape": ["batch", cfg.in_channels, size, size], "dtype": "float32"}]
-    if cfg.fusion == "addition":
-        inputs.append({"name": "text_features", "shape": ["batch", cfg.text.context_length, cfg.text.width],
-                       "dtype": "float32"})
     classes = ["background", "foreground"] if cfg.n_classes == 1 else [f"class_{i}" for i in range(cfg.n_classes)]
     manifest = {
         "format": FORMAT,
@@ -49,7 +56,7 @@ def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: st
         "n_classes": cfg.n_classes,
         "classes": classes,
         "artifacts": dict(artifacts),
-        "inputs": inputs,
+        "inputs": input_specs(config),
         "outputs": [{"name": "probabilities", "shape": ["batch", cfg.n_classes, size, size], "dtype": "float32"}],
         "max_batch": max_batch,
         "preprocessing": {"size": [size, size], "resize": "bilinear", "channel_order": "RGB", "layout": "NCHW",

@@ -101,41 +101,46 @@ def check_export_safe(model, *, opset: int = MAX_OPSET) -> None:
         raise ExportSafetyError(f"exported graph has complex tensors {complex_values[:5]}; TensorRT has no complex type")
 
 
-class _Atan2Probe(nn.Module):
-    def forward(self, imag: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        from mrdl.phase import atan2_export_safe
+def phase_tensor_name(model) -> str:
+    """Name of the phase-spectrum tensor in a dynamo export (last node scoped under ``frequency_prompt.phase``)."""
+    for node in reversed(model.graph.node):
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes" and "frequency_prompt.phase" in prop.value:
+                return node.output[0]
+    raise ExportSafetyError("cannot find the phase spectrum in the graph (no node scoped under "
+                            "'frequency_prompt.phase'); the sign check needs a dynamo export")
 
-        return atan2_export_safe(imag, real)
 
+def phase_sign_check(onnx_path: Path) -> dict[str, float]:
+    """Run the exported graph's phase spectrum in onnxruntime where atan2's sign conventions matter.
 
-def atan2_sign_check(*, opset: int = MAX_OPSET, exporter: str = "dynamo", workdir: Path) -> dict[str, float]:
-    """Export the phase's atan2 with the same exporter and run it in onnxruntime at its edge cases.
-
-    Returns the onnxruntime values at (Im, Re) = (+0, -1), (-0, -1), (0, 0), (1, 0), (-1, 0);
-    raises :class:`ExportSafetyError` unless they are +pi, +pi, 0, pi/2, -pi/2 (torch.angle's
-    conventions; a naive atan/where decomposition gives -pi at Im = -0).
+    The sub-graph image -> phase is cut out of the exported file and fed an image whose DFT has
+    Re < 0 and Im = -0 exactly at known bins (channel 0: x = (1 - (-1)^w) / 2 -> bin (0, N/2);
+    channel 1 the same along h -> bin (N/2, 0)) and Re > 0 at the origin. torch.angle gives +pi
+    there and 0 at the origin; a plain atan/where decomposition gives -pi for Im = -0.
     """
     import numpy as np
+    import onnx
     import onnxruntime as ort
 
-    imag = torch.tensor([0.0, -0.0, 0.0, 1.0, -1.0, 0.5])
-    real = torch.tensor([-1.0, -1.0, 0.0, 0.0, 0.0, -0.5])
-    path = Path(workdir) / "atan2_probe.onnx"
-    probe = _Atan2Probe()
-    with torch.no_grad():
-        if exporter == "dynamo":
-            program = torch.onnx.export(probe, (imag, real), input_names=["imag", "real"], output_names=["angle"],
-                                        opset_version=opset, dynamo=True, verbose=False)
-            program.save(str(path))
-        else:
-            torch.onnx.export(probe, (imag, real), str(path), input_names=["imag", "real"], output_names=["angle"],
-                              opset_version=opset, dynamo=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"imag": imag.numpy(), "real": real.numpy()})[0]
-    path.unlink()
-    expected = np.array([math.pi, math.pi, 0.0, math.pi / 2, -math.pi / 2, 3 * math.pi / 4], dtype=np.float32)
-    if not np.allclose(got, expected, atol=1e-6):
-        raise ExportSafetyError(f"exported atan2 gives {got.tolist()} at (Im, Re) = (+0,-1), (-0,-1), (0,0), "
-                                f"(1,0), (-1,0), (0.5,-0.5); expected {expected.tolist()}")
-    labels = ["(+0,-1)", "(-0,-1)", "(0,0)", "(1,0)", "(-1,0)", "(0.5,-0.5)"]
-    return {label: float(value) for label, value in zip(labels, got)}
+    model = onnx.load(str(onnx_path))
+    phase_name = phase_tensor_name(model)
+    image_input = next(i for i in model.graph.input if i.name == "image")
+    size = image_input.type.tensor_type.shape.dim[3].dim_value
+    sub = onnx.utils.Extractor(model).extract_model(["image"], [phase_name])
+    alternating = (1.0 - (-1.0) ** np.arange(size)) / 2.0  # (N,): 0, 1, 0, 1, ...
+    image = np.zeros((1, 3, size, size), dtype=np.float32)
+    image[0, 0] = alternating[None, :]
+    image[0, 1] = alternating[:, None]
+    image[0, 2] = 0.25
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    phase = session.run(None, {"image": image})[0][0]  # (3, N, N)
+    half = size // 2
+    got = {"(0,N/2) Re<0 Im=-0": float(phase[0, 0, half]), "(N/2,0) Re<0 Im=-0": float(phase[1, half, 0]),
+           "origin Re>0": float(phase[2, 0, 0])}
+    expected = {"(0,N/2) Re<0 Im=-0": math.pi, "(N/2,0) Re<0 Im=-0": math.pi, "origin Re>0": 0.0}
+    wrong = {k: v for k, v in got.items() if abs(v - expected[k]) > 1e-5}
+    if wrong:
+        raise ExportSafetyError(f"the exported phase spectrum has the wrong atan2 convention: {wrong}, expected "
+                                f"+pi where Im = -0 and Re < 0 and 0 at the origin")
+    return got
