@@ -1,0 +1,64 @@
+// mrdl_segment MODEL_DIR IN.png OUT.png [--backend onnxruntime|tensorrt] [--device cpu|cuda|tensorrt]
+//                                       [--precision fp32|int8|fp16]
+// Segments one PNG with an exported model and writes the mask as an 8-bit gray PNG at the input's
+// size: 0/255 for a one-class model, the class index otherwise.
+#include <cstdint>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "mrdl/segmenter.hpp"
+#include "png_io.hpp"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: mrdl_segment MODEL_DIR IN.png OUT.png [--backend onnxruntime|tensorrt] "
+    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16]";
+
+mrdl::SegmenterOptions parse_options(const std::vector<std::string>& args) {
+    mrdl::SegmenterOptions options;
+    for (size_t i = 0; i < args.size(); i += 2) {
+        if (i + 1 >= args.size()) throw std::invalid_argument(args[i] + " needs a value");
+        const std::string& key = args[i];
+        const std::string& value = args[i + 1];
+        if (key == "--backend" && value == "onnxruntime") options.backend = mrdl::BackendKind::OnnxRuntime;
+        else if (key == "--backend" && value == "tensorrt") options.backend = mrdl::BackendKind::TensorRT;
+        else if (key == "--device" && value == "cpu") options.device = mrdl::Device::CPU;
+        else if (key == "--device" && value == "cuda") options.device = mrdl::Device::CUDA;
+        else if (key == "--device" && value == "tensorrt") options.device = mrdl::Device::TensorRT;
+        else if (key == "--precision") options.precision = value;
+        else throw std::invalid_argument("unknown option " + key + " " + value);
+    }
+    return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 4) {
+        std::cerr << kUsage << "\n";
+        return 2;
+    }
+    try {
+        const mrdl::SegmenterOptions options = parse_options(std::vector<std::string>(argv + 4, argv + argc));
+        mrdl::Segmenter segmenter(argv[1], options);
+        const mrdl::Image image = mrdl::png::read_rgb(argv[2]);
+        const mrdl::Segmentation result = segmenter.segment(image.view());
+        std::vector<uint8_t> mask = result.mask;  // (H, W)
+        if (result.n_classes == 1)
+            for (uint8_t& value : mask) value = value ? 255 : 0;
+        mrdl::png::write(argv[3], mrdl::ImageView{mask.data(), result.height, result.width, 1});
+        size_t foreground = 0;
+        for (uint8_t value : result.mask) foreground += value != 0;
+        std::cout << argv[3] << ": " << result.width << "x" << result.height << " mask, " << foreground
+                  << " foreground pixels (" << segmenter.backend_description() << ")\n";
+    } catch (const std::invalid_argument& error) {
+        std::cerr << "mrdl_segment: " << error.what() << "\n" << kUsage << "\n";
+        return 2;
+    } catch (const std::exception& error) {
+        std::cerr << "mrdl_segment: " << error.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

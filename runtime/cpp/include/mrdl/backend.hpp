@@ -1,0 +1,53 @@
+// Inference backends: something that maps the model's input tensors to its probabilities.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mrdl/manifest.hpp"
+
+namespace mrdl {
+
+/// Which engine runs the model.
+enum class BackendKind {
+    OnnxRuntime,  // model{,.int8,.fp16}.onnx through ONNX Runtime's C++ API
+    TensorRT,     // model.engine through the TensorRT runtime (built only where the SDK is found)
+};
+
+/// Where ONNX Runtime runs the model (ignored by the TensorRT backend, which always uses a GPU).
+enum class Device {
+    CPU,
+    CUDA,      // ONNX Runtime's CUDA execution provider
+    TensorRT,  // ONNX Runtime's TensorRT execution provider (CUDA as fallback)
+};
+
+/// How a Segmenter loads its model.
+struct SegmenterOptions {
+    BackendKind backend = BackendKind::OnnxRuntime;
+    Device device = Device::CPU;
+    std::string precision = "fp32";  // a key of manifest.artifacts: "fp32", "int8", "fp16"
+    int device_id = 0;               // GPU ordinal for CUDA / TensorRT
+    int intra_op_threads = 0;        // ONNX Runtime CPU threads; 0 lets ONNX Runtime choose
+};
+
+/// A loaded model. `run` takes the image batch (B, 3, H, W) and, under fusion "addition", the
+/// text features (B, 77, D); it returns the probabilities (B, n_classes, H, W), row-major.
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual std::vector<float> run(const std::vector<float>& images, const std::vector<float>* text_features,
+                                   int64_t batch) = 0;
+    /// A short description, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)".
+    virtual std::string describe() const = 0;
+};
+
+/// The backends compiled into this build, e.g. {"onnxruntime", "tensorrt"}.
+std::vector<std::string> available_backends();
+
+/// Load the artifact for `options` from `model_dir`; throws BackendError naming what is missing.
+std::unique_ptr<Backend> make_backend(const std::string& model_dir, const Manifest& manifest,
+                                      const SegmenterOptions& options);
+
+}  // namespace mrdl

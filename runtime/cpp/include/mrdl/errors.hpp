@@ -1,0 +1,33 @@
+// Exceptions thrown by the mrdl C++ runtime. Every message names what was expected.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace mrdl {
+
+/// Base class of every error the runtime throws.
+class Error : public std::runtime_error {
+public:
+    explicit Error(const std::string& message) : std::runtime_error(message) {}
+};
+
+/// model.json is missing, unreadable, or breaks the deploy-manifest contract.
+class ManifestError : public Error {
+public:
+    explicit ManifestError(const std::string& message) : Error(message) {}
+};
+
+/// An input image (or text-feature buffer) whose shape, channel count or size is not accepted.
+class InputError : public Error {
+public:
+    explicit InputError(const std::string& message) : Error(message) {}
+};
+
+/// A backend could not load or run the model (missing artifact, version mismatch, provider absent).
+class BackendError : public Error {
+public:
+    explicit BackendError(const std::string& message) : Error(message) {}
+};
+
+}  // namespace mrdl

@@ -1,0 +1,65 @@
+// The deploy manifest (model.json) written by mrdl-export; docs/deploy-manifest.md is the contract.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mrdl {
+
+/// One graph input or output: its name, shape (kDynamic for the "batch" axis) and dtype.
+struct TensorSpec {
+    static constexpr int64_t kDynamic = -1;
+    std::string name;
+    std::vector<int64_t> shape;
+    std::string dtype;
+};
+
+/// How an image becomes the model's input tensor.
+struct Preprocessing {
+    int height = 0;  // size[0]
+    int width = 0;   // size[1]
+    std::string resize;         // "bilinear" (Pillow semantics)
+    std::string channel_order;  // "RGB"
+    std::string layout;         // "NCHW"
+    double scale = 0.0;         // multiplier applied to uint8 values (1/255)
+    std::string grayscale;      // "replicate"
+};
+
+/// How the model's probabilities become a mask.
+struct Postprocessing {
+    std::string activation;  // "sigmoid" (one class) or "softmax"
+    bool activation_in_graph = true;
+    double threshold = 0.5;
+    std::string resize_to_original;  // "bilinear" (Pillow mode "F" semantics)
+};
+
+/// The parsed and validated model.json.
+struct Manifest {
+    std::string format;  // "mrdl-deploy/1"
+    std::string name;
+    std::string fusion;  // "distribution" or "addition"
+    int n_classes = 0;
+    std::vector<std::string> classes;
+    std::map<std::string, std::string> artifacts;  // precision key -> file name
+    std::vector<TensorSpec> inputs;
+    std::vector<TensorSpec> outputs;
+    int max_batch = 1;
+    Preprocessing preprocessing;
+    Postprocessing postprocessing;
+    std::string precision;
+    std::map<std::string, std::string> versions;  // every value rendered as a string
+
+    /// Read and validate `path` (a model.json); throws ManifestError naming what was expected.
+    static Manifest load(const std::string& path);
+    /// Parse and validate JSON text; `source` names it in error messages.
+    static Manifest parse(const std::string& text, const std::string& source);
+
+    /// The input spec called `name`; throws ManifestError when absent.
+    const TensorSpec& input(const std::string& name) const;
+    /// True when the graph takes precomputed text features (fusion "addition").
+    bool needs_text_features() const { return fusion == "addition"; }
+};
+
+}  // namespace mrdl

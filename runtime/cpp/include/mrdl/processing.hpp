@@ -1,0 +1,34 @@
+// Pre- and postprocessing shared by every backend; the same rules as the Python mrdl_runtime.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "mrdl/image.hpp"
+#include "mrdl/manifest.hpp"
+
+namespace mrdl {
+
+/// HxW gray (C=1), RGB (C=3) or RGBA (C=4) -> HxWx3 RGB: gray replicated, alpha dropped.
+Image to_rgb(const ImageView& image);
+
+/// An image -> the model's input for one sample: (3, H, W) float32 = Pillow-bilinear-resized
+/// uint8 * scale, channels in RGB order.
+std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec);
+
+/// The mask and probabilities of one image, both at the image's original size.
+struct Segmentation {
+    int height = 0;
+    int width = 0;
+    int n_classes = 0;
+    std::vector<uint8_t> mask;          // (H, W): 0/1 for one class, else the argmax class index
+    std::vector<float> probabilities;   // (n_classes, H, W)
+};
+
+/// (n_classes, h, w) probabilities at the model's size -> a Segmentation at (height, width):
+/// each class plane resized like Pillow mode "F" bilinear, then thresholded (one class, prob >
+/// threshold) or arg-maxed (first maximum wins on ties).
+Segmentation postprocess(const float* probabilities, int n_classes, int model_height, int model_width,
+                         int height, int width, const Postprocessing& spec);
+
+}  // namespace mrdl

@@ -1,0 +1,27 @@
+// Pillow-compatible bilinear resizing (Image.resize(..., Image.BILINEAR)).
+//
+// Pillow resamples separably: a horizontal pass, then a vertical one, each a convolution with the
+// triangle filter max(0, 1 - |x|) whose support is stretched by the scale factor when shrinking
+// (so downsampling averages, i.e. is antialiased). For uint8 images the weights are rounded to
+// 22-bit fixed point and each pass rounds back to uint8; for float ("F") images the passes
+// accumulate in double and store float32. These functions reproduce that arithmetic exactly,
+// horizontal pass first as Pillow always did. Pillow 13 runs the vertical pass first for some
+// shapes whose height shrinks much more than their width (python-pillow/Pillow#9549); the
+// intermediate rounding then differs, by at most one uint8 level (float: ~1e-7), which the deploy
+// contract allows. Square-to-square resizes, the common case, are bit-identical.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "mrdl/image.hpp"
+
+namespace mrdl {
+
+/// (H, W, C) uint8 -> (out_height, out_width, C) uint8, every channel filtered independently.
+Image resize_bilinear(const ImageView& image, int out_height, int out_width);
+
+/// (H, W) float32 -> (out_height, out_width) float32, as Pillow resizes a mode "F" image.
+std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width);
+
+}  // namespace mrdl

@@ -1,0 +1,43 @@
+// The entry point for applications: load an exported model directory, segment images.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mrdl/backend.hpp"
+#include "mrdl/errors.hpp"
+#include "mrdl/image.hpp"
+#include "mrdl/manifest.hpp"
+#include "mrdl/processing.hpp"
+
+namespace mrdl {
+
+/// Segments images with a model exported by mrdl-export: reads model.json, preprocesses exactly
+/// as the Python runtime does, runs the chosen backend and returns masks at the original size.
+class Segmenter {
+public:
+    /// Load `model_dir` (holding model.json and the artifacts it lists).
+    explicit Segmenter(const std::string& model_dir, const SegmenterOptions& options = {});
+    ~Segmenter();
+    Segmenter(Segmenter&&) noexcept;
+    Segmenter& operator=(Segmenter&&) noexcept;
+
+    /// Segment one HxWxC uint8 image (C = 1, 3 or 4). Under fusion "addition" pass its text
+    /// features, (77, D) float32 row-major; otherwise leave them empty.
+    Segmentation segment(const ImageView& image, const std::vector<float>& text_features = {});
+
+    /// Segment several images in batches of at most manifest().max_batch.
+    std::vector<Segmentation> segment(const std::vector<ImageView>& images,
+                                      const std::vector<std::vector<float>>& text_features = {});
+
+    const Manifest& manifest() const { return manifest_; }
+    /// The backend in use, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)".
+    std::string backend_description() const;
+
+private:
+    Manifest manifest_;
+    std::unique_ptr<Backend> backend_;
+};
+
+}  // namespace mrdl

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Build the C++ runtime and run its ctest suite: what `make test-cpp` runs.
+#
+#   runtime/cpp/scripts/build_and_test.sh [PYTHON]
+#
+# PYTHON (default: the repo's .venv) provides onnxruntime's library for fetch_onnxruntime.sh and
+# the Python runtime that writes the reference data the tests compare against.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cpp_root="$(dirname "$here")"
+python="$(readlink -f "${1:-$cpp_root/../../.venv/bin/python}")"
+build="$cpp_root/build"
+
+ort_root="$("$here/fetch_onnxruntime.sh" "$python" | tail -n1)"
+cmake -S "$cpp_root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_ROOT="$ort_root" -DMRDL_PYTHON="$python"
+cmake --build "$build" -j2
+cd "$build"
+ctest --output-on-failure

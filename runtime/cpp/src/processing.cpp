@@ -1,0 +1,64 @@
+// Pre- and postprocessing: the deploy-manifest rules, identical to mrdl_runtime's.
+#include "mrdl/processing.hpp"
+
+#include <string>
+
+#include "mrdl/errors.hpp"
+#include "mrdl/resample.hpp"
+
+namespace mrdl {
+
+Image to_rgb(const ImageView& image) {
+    if (image.data == nullptr) throw InputError("image has no pixel data (expected an HxWxC uint8 buffer)");
+    if (image.height < 1 || image.width < 1)
+        throw InputError("image must be at least 1x1, got " + std::to_string(image.height) + "x" +
+                         std::to_string(image.width));
+    if (image.channels != 1 && image.channels != 3 && image.channels != 4)
+        throw InputError("image must have 1 (gray), 3 (RGB) or 4 (RGBA) channels, got " +
+                         std::to_string(image.channels));
+    const size_t pixels = static_cast<size_t>(image.height) * image.width;
+    Image rgb{image.height, image.width, 3, std::vector<uint8_t>(pixels * 3)};
+    for (size_t p = 0; p < pixels; ++p)
+        for (int ch = 0; ch < 3; ++ch)
+            rgb.pixels[p * 3 + ch] = image.data[p * image.channels + (image.channels == 1 ? 0 : ch)];
+    return rgb;
+}
+
+std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec) {
+    const Image resized = resize_bilinear(to_rgb(image).view(), spec.height, spec.width);  // (H, W, 3)
+    const float scale = static_cast<float>(spec.scale);
+    const size_t plane = static_cast<size_t>(spec.height) * spec.width;
+    std::vector<float> tensor(3 * plane);  // (3, H, W)
+    for (size_t p = 0; p < plane; ++p)
+        for (int ch = 0; ch < 3; ++ch) tensor[ch * plane + p] = static_cast<float>(resized.pixels[p * 3 + ch]) * scale;
+    return tensor;
+}
+
+Segmentation postprocess(const float* probabilities, int n_classes, int model_height, int model_width, int height,
+                         int width, const Postprocessing& spec) {
+    if (n_classes < 1) throw InputError("postprocess needs n_classes >= 1, got " + std::to_string(n_classes));
+    const size_t model_plane = static_cast<size_t>(model_height) * model_width;
+    const size_t plane = static_cast<size_t>(height) * width;
+    Segmentation result{height, width, n_classes, std::vector<uint8_t>(plane), {}};
+    result.probabilities.reserve(n_classes * plane);
+    for (int c = 0; c < n_classes; ++c) {
+        const std::vector<float> resized =
+            resize_bilinear(probabilities + c * model_plane, model_height, model_width, height, width);
+        result.probabilities.insert(result.probabilities.end(), resized.begin(), resized.end());
+    }
+    const float* probs = result.probabilities.data();  // (n_classes, H, W)
+    if (n_classes == 1) {
+        const float threshold = static_cast<float>(spec.threshold);
+        for (size_t p = 0; p < plane; ++p) result.mask[p] = probs[p] > threshold ? 1 : 0;
+        return result;
+    }
+    for (size_t p = 0; p < plane; ++p) {
+        int best = 0;
+        for (int c = 1; c < n_classes; ++c)
+            if (probs[c * plane + p] > probs[best * plane + p]) best = c;
+        result.mask[p] = static_cast<uint8_t>(best);
+    }
+    return result;
+}
+
+}  // namespace mrdl

@@ -1,0 +1,44 @@
+// The example program: mrdl_segment MODEL_DIR IN.png OUT.png writes mrdl_runtime's mask.
+//   test_example MRDL_SEGMENT_EXE TEST_DATA_DIR
+#include <cstdlib>
+#include <filesystem>
+
+#include "png_io.hpp"
+#include "test_support.hpp"
+
+using namespace mrdl;
+using namespace mrdl::testing;
+
+int main(int argc, char** argv) {
+    if (argc != 3) {
+        std::cerr << "usage: test_example MRDL_SEGMENT_EXE TEST_DATA_DIR\n";
+        return 2;
+    }
+    const std::string exe = argv[1];
+    const std::string dir = argv[2];
+    const nlohmann::json segment = read_index(dir).at("segment");
+    const std::string model = dir + "/" + segment.at("model_dir").get<std::string>();
+    const std::filesystem::path out_dir = std::filesystem::temp_directory_path() / "mrdl_cpp_test_example";
+    std::filesystem::create_directories(out_dir);
+
+    for (const auto& c : segment.at("cases")) {
+        const std::string name = c.at("name");
+        run("mrdl_segment " + name, [&] {
+            const std::string out = (out_dir / (name + ".png")).string();
+            const std::string command = "\"" + exe + "\" \"" + model + "\" \"" + dir + "/" +
+                                        c.at("png").get<std::string>() + "\" \"" + out + "\"";
+            check(std::system(command.c_str()) == 0, "command failed: " + command);
+            const Image written = png::read_rgb(out);
+            const Image expected = png::read_rgb(dir + "/" + c.at("mask_png").get<std::string>());
+            check(written.height == expected.height && written.width == expected.width, "mask size");
+            check(written.pixels == expected.pixels, "the PNG mask differs from mrdl_runtime's");
+        });
+    }
+    run("bad arguments give usage and a non-zero exit", [&] {
+        check(std::system(("\"" + exe + "\" only-one-arg").c_str()) != 0, "missing arguments accepted");
+        const std::string missing = "\"" + exe + "\" \"" + model + "\" /nonexistent.png " + (out_dir / "x.png").string();
+        check(std::system(missing.c_str()) != 0, "a missing input image was accepted");
+    });
+    std::filesystem::remove_all(out_dir);
+    return finish();
+}

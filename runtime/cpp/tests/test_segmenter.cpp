@@ -1,0 +1,85 @@
+// End to end: the C++ Segmenter's masks equal mrdl_runtime's on the synthetic images, for the
+// tiny model exported by make_test_data.py.
+//   test_segmenter TEST_DATA_DIR
+#include "mrdl/segmenter.hpp"
+#include "test_support.hpp"
+
+using namespace mrdl;
+using namespace mrdl::testing;
+
+namespace {
+
+constexpr float kProbabilityTolerance = 1e-5f;  // ONNX Runtime builds may differ in float rounding
+
+struct Case {
+    std::string name;
+    std::vector<uint8_t> pixels;
+    ImageView view;
+    std::vector<uint8_t> mask;
+    std::vector<float> probabilities;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        std::cerr << "usage: test_segmenter TEST_DATA_DIR\n";
+        return 2;
+    }
+    const std::string dir = argv[1];
+    const nlohmann::json index = read_index(dir);
+    const nlohmann::json& segment = index.at("segment");
+    std::vector<Case> cases;
+    for (const auto& c : segment.at("cases")) {
+        Case item{c.at("name"), read_array<uint8_t>(dir + "/" + c.at("image").get<std::string>()), {},
+                  read_array<uint8_t>(dir + "/" + c.at("expected_mask").get<std::string>()),
+                  read_array<float>(dir + "/" + c.at("expected_probabilities").get<std::string>())};
+        item.view = ImageView{item.pixels.data(), c.at("shape")[0], c.at("shape")[1], c.at("shape")[2]};
+        cases.push_back(std::move(item));
+    }
+    check(!cases.empty(), "the test data holds end-to-end cases");
+
+    Segmenter segmenter(dir + "/" + segment.at("model_dir").get<std::string>());
+    std::cout << "backend: " << segmenter.backend_description() << "\n";
+    size_t foreground = 0;
+    for (const Case& c : cases) {
+        run("segment " + c.name + " (" + std::to_string(c.view.height) + "x" + std::to_string(c.view.width) + "x" +
+                std::to_string(c.view.channels) + ")",
+            [&] {
+                const Segmentation result = segmenter.segment(c.view);
+                check(result.height == c.view.height && result.width == c.view.width, "mask at the original size");
+                size_t differing = 0;
+                for (size_t i = 0; i < c.mask.size() && i < result.mask.size(); ++i)
+                    differing += result.mask[i] != c.mask[i];
+                check(result.mask.size() == c.mask.size() && differing == 0,
+                      std::to_string(differing) + " mask pixels differ from mrdl_runtime");
+                const float diff = max_abs_diff(result.probabilities, c.probabilities);
+                check(diff <= kProbabilityTolerance, "max |probability diff| " + std::to_string(diff));
+                for (uint8_t value : result.mask) foreground += value;
+            });
+    }
+    check(foreground > 0, "some pixel is foreground (the comparison is not all-background)");
+
+    run("batched segmentation equals one image at a time", [&] {
+        std::vector<ImageView> views;
+        for (const Case& c : cases) views.push_back(c.view);
+        const std::vector<Segmentation> results = segmenter.segment(views);
+        check(results.size() == cases.size(), "one result per image");
+        for (size_t i = 0; i < results.size() && i < cases.size(); ++i) {
+            check(results[i].mask == cases[i].mask, cases[i].name + ": batched mask differs");
+            check(max_abs_diff(results[i].probabilities, cases[i].probabilities) <= kProbabilityTolerance,
+                  cases[i].name + ": batched probabilities differ");
+        }
+    });
+    run("text features are refused by a distribution-fusion model", [&] {
+        expect_error<InputError>("text", "takes no text features",
+                                 [&] { segmenter.segment(cases.front().view, std::vector<float>(77 * 8)); });
+    });
+    run("the TensorRT backend is either built or says how to get it", [&] {
+        SegmenterOptions options;
+        options.backend = BackendKind::TensorRT;
+        expect_error<BackendError>("tensorrt", "tensorrt",
+                                   [&] { Segmenter s(dir + "/" + segment.at("model_dir").get<std::string>(), options); });
+    });
+    return finish();
+}
