@@ -23,7 +23,12 @@ install: $(STAMP)
 test-py: $(STAMP)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-test: test-py
+# The C++ runtime: installs its Debian build dependencies when missing (as root), assembles ONNX
+# Runtime, builds runtime/cpp and runs its ctest suite against the Python runtime.
+test-cpp: $(STAMP)
+	runtime/cpp/scripts/build_and_test.sh $(PY)
+
+test: test-py test-cpp
 
 demo: $(STAMP)
 	$(VENV)/bin/mrdl demo $(if $(DATA),--data $(DATA),)

@@ -9,7 +9,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cpp_root="$(dirname "$here")"
-python="$(readlink -f "${1:-$cpp_root/../../.venv/bin/python}")"
+python="${1:-$cpp_root/../../.venv/bin/python}"
+[ -e "$python" ] || { echo "build_and_test: no Python at $python (run make install first)" >&2; exit 1; }
+python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"  # absolute, venv symlink kept
 build="$cpp_root/build"
 
 ort_root="$("$here/fetch_onnxruntime.sh" "$python" | tail -n1)"
