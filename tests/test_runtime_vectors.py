@@ -1,0 +1,141 @@
+"""Shared test vectors for the C++ runtime: images -> model input, probability maps -> masks.
+
+Writes ``preprocess.json`` and ``postprocess.json`` (format: runtime/VECTORS.md) into
+``$MRDL_VECTORS_DIR`` when set, else into pytest's tmp_path, after checking every vector against
+the training-side reference (``mrdl.data.preprocess``) and against Pillow directly, so C++ compares
+with numbers that Python itself has verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FORMAT = "mrdl-runtime-vectors/1"
+MODEL_SIZE = (64, 64)  # (height, width), the tiny config's input
+SCALE = 1.0 / 255.0
+THRESHOLD = 0.5
+
+
+def _test_image(height: int, width: int, channels: int, seed: int) -> np.ndarray:
+    """Noise on a diagonal gradient: sharp detail (tests the filter) and smooth ramps (tests rounding)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.add.outer(np.linspace(0, 160, height), np.linspace(0, 80, width))[:, :, None]
+    image = np.clip(ramp + rng.integers(0, 96, size=(height, width, max(channels, 1))), 0, 255).astype(np.uint8)
+    return image[:, :, 0] if channels == 0 else image
+
+
+# name, height, width, channels (0 = HxW grayscale)
+PREPROCESS_CASES = [
+    ("rgb_37x53", 37, 53, 3),
+    ("rgb_150x97", 150, 97, 3),
+    ("rgb_9x13_upsample", 9, 13, 3),
+    ("rgb_64x64_identity", 64, 64, 3),
+    ("gray_45x61", 45, 61, 0),
+    ("gray1_23x31", 23, 31, 1),
+    ("rgba_21x19", 21, 19, 4),
+]
+
+
+def _probability_map(n_classes: int, seed: int) -> np.ndarray:
+    """(C, 64, 64) float32: a sigmoid or softmax of smooth waves plus a little noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:MODEL_SIZE[0], 0:MODEL_SIZE[1]] / 8.0
+    logits = np.stack([3 * np.sin(x * (1 + c) + y * 0.7) * np.cos(y * 0.9 - c) for c in range(n_classes)])
+    logits = logits + 0.3 * rng.standard_normal(logits.shape)
+    if n_classes == 1:
+        return (1 / (1 + np.exp(-logits))).astype(np.float32)
+    exp = np.exp(logits - logits.max(axis=0))
+    return (exp / exp.sum(axis=0)).astype(np.float32)
+
+
+# name, n_classes, original (height, width)
+POSTPROCESS_CASES = [
+    ("sigmoid_to_37x53", 1, (37, 53)),
+    ("sigmoid_to_150x97", 1, (150, 97)),
+    ("sigmoid_to_64x64_identity", 1, (64, 64)),
+    ("softmax3_to_41x29", 3, (41, 29)),
+]
+
+
+def _flat(array: np.ndarray) -> list:
+    return array.reshape(-1).tolist()  # float32 -> Python float holds the exact float32 value
+
+
+def preprocess_vectors() -> dict:
+    from mrdl.data.preprocess import preprocess as training_preprocess
+    from mrdl_runtime.imaging import check_image, preprocess, resize_rgb
+
+    cases = []
+    for index, (name, height, width, channels) in enumerate(PREPROCESS_CASES):
+        image = _test_image(height, width, channels, seed=index)
+        tensor = preprocess(image, MODEL_SIZE, scale=SCALE)  # (3, 64, 64)
+        np.testing.assert_array_equal(tensor, training_preprocess(image, MODEL_SIZE[0]))
+        resized = resize_rgb(check_image(image), MODEL_SIZE)  # (64, 64, 3) uint8
+        cases.append({"name": name, "height": height, "width": width, "channels": image.shape[2] if image.ndim == 3 else 1,
+                      "image": _flat(image), "resized": _flat(resized), "tensor": _flat(tensor)})
+    return {"format": FORMAT, "kind": "preprocess", "size": list(MODEL_SIZE), "scale": SCALE, "cases": cases}
+
+
+def postprocess_vectors() -> dict:
+    from mrdl_runtime.imaging import probabilities_to_mask, resize_probabilities
+
+    cases = []
+    for index, (name, n_classes, original) in enumerate(POSTPROCESS_CASES):
+        probabilities = _probability_map(n_classes, seed=index)
+        resized = resize_probabilities(probabilities, original)  # (C, H, W)
+        for channel, resized_channel in zip(probabilities, resized):
+            direct = Image.fromarray(channel).resize((original[1], original[0]), Image.BILINEAR)
+            np.testing.assert_array_equal(resized_channel, np.asarray(direct))
+        mask = probabilities_to_mask(resized, threshold=THRESHOLD)  # (H, W) uint8
+        assert len(np.unique(mask)) == max(n_classes, 2), f"{name}: the mask misses a class"
+        cases.append({"name": name, "n_classes": n_classes, "original_size": list(original),
+                      "probabilities": _flat(probabilities), "resized_probabilities": _flat(resized),
+                      "mask": _flat(mask)})
+    return {"format": FORMAT, "kind": "postprocess", "size": list(MODEL_SIZE), "threshold": THRESHOLD, "cases": cases}
+
+
+@pytest.fixture
+def vectors_dir(tmp_path) -> Path:
+    target = os.environ.get("MRDL_VECTORS_DIR")
+    return Path(target) if target else tmp_path
+
+
+def _write_json(doc: dict, path: Path) -> None:
+    from mrdl.checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+
+
+def test_write_preprocess_vectors(vectors_dir):
+    doc = preprocess_vectors()
+    _write_json(doc, vectors_dir / "preprocess.json")
+    back = json.loads((vectors_dir / "preprocess.json").read_text())
+    assert back["format"] == FORMAT and len(back["cases"]) == len(PREPROCESS_CASES)
+    for case in back["cases"]:
+        image = np.array(case["image"], dtype=np.uint8)
+        assert image.size == case["height"] * case["width"] * case["channels"]
+        tensor = np.array(case["tensor"], dtype=np.float32).reshape(3, *MODEL_SIZE)
+        resized = np.array(case["resized"], dtype=np.uint8).reshape(*MODEL_SIZE, 3)
+        np.testing.assert_array_equal(tensor, resized.transpose(2, 0, 1).astype(np.float32) * np.float32(SCALE))
+    by_name = {c["name"]: c for c in back["cases"]}
+    identity = by_name["rgb_64x64_identity"]
+    assert identity["image"] == identity["resized"]  # Pillow returns a same-size image unchanged
+
+
+def test_write_postprocess_vectors(vectors_dir):
+    doc = postprocess_vectors()
+    _write_json(doc, vectors_dir / "postprocess.json")
+    back = json.loads((vectors_dir / "postprocess.json").read_text())
+    assert [c["name"] for c in back["cases"]] == [name for name, _, _ in POSTPROCESS_CASES]
+    for case, original in zip(back["cases"], doc["cases"]):
+        height, width = case["original_size"]
+        resized = np.array(case["resized_probabilities"], dtype=np.float32).reshape(case["n_classes"], height, width)
+        np.testing.assert_array_equal(resized.reshape(-1), np.array(original["resized_probabilities"], np.float32))
+        assert len(case["mask"]) == height * width
