@@ -30,11 +30,64 @@ def _test_image(height: int, width: int, channels: int, seed: int) -> np.ndarray
     return image[:, :, 0] if channels == 0 else image
 
 
+def _axis_weights(n_in: int, n_out: int) -> list[tuple[int, np.ndarray]]:
+    """Pillow's bilinear weights for one axis (runtime/VECTORS.md): (first source index, weights) per output."""
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    rows = []
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        first = max(int(center - filterscale + 0.5), 0)
+        last = min(int(center + filterscale + 0.5), n_in)
+        taps = np.maximum(0.0, 1.0 - np.abs((np.arange(first, last) - center + 0.5) * (1.0 / filterscale)))
+        total = 0.0
+        for tap in taps:  # sequential sum, as Pillow
+            total += float(tap)
+        rows.append((first, taps / total))
+    return rows
+
+
+def _resize_axis(image: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """One pass: uint8 with 22-bit fixed-point weights, float32 with double weights."""
+    source = np.moveaxis(image, axis, 0)
+    out = np.empty((n_out, *source.shape[1:]), image.dtype)
+    for i, (first, weights) in enumerate(_axis_weights(source.shape[0], n_out)):
+        window = source[first:first + len(weights)]
+        if image.dtype == np.uint8:
+            fixed = np.trunc(weights * (1 << 22) + np.where(weights < 0, -0.5, 0.5)).astype(np.int64)
+            total = (1 << 21) + np.tensordot(fixed, window.astype(np.int64), axes=(0, 0))
+            out[i] = np.clip(total >> 22, 0, 255)
+        else:
+            total = np.zeros(source.shape[1:], np.float64)
+            for weight, row in zip(weights, window):
+                total = total + row.astype(np.float64) * weight
+            out[i] = total.astype(np.float32)
+    return np.moveaxis(out, 0, axis)
+
+
+def documented_resize(image: np.ndarray, size: tuple[int, int], *, vertical_first: bool) -> np.ndarray:
+    """The resize runtime/VECTORS.md describes, HxW[xC] uint8 or float32 -> size, in the given pass order."""
+    passes = [(size[0], 0), (size[1], 1)] if vertical_first else [(size[1], 1), (size[0], 0)]
+    for n_out, axis in passes:
+        if image.shape[axis] != n_out:
+            image = _resize_axis(image, n_out, axis)
+    return image
+
+
+def pass_order(image: np.ndarray, size: tuple[int, int], pillow: np.ndarray) -> str:
+    """Which pass order of :func:`documented_resize` reproduces Pillow's output exactly."""
+    horizontal = np.array_equal(documented_resize(image, size, vertical_first=False), pillow)
+    vertical = np.array_equal(documented_resize(image, size, vertical_first=True), pillow)
+    assert horizontal or vertical, "runtime/VECTORS.md no longer describes Pillow's resize"
+    return "either" if horizontal and vertical else "horizontal_first" if horizontal else "vertical_first"
+
+
 # name, height, width, channels (0 = HxW grayscale)
 PREPROCESS_CASES = [
     ("rgb_37x53", 37, 53, 3),
     ("rgb_150x97", 150, 97, 3),
     ("rgb_9x13_upsample", 9, 13, 3),
+    ("rgb_120x40_mixed", 120, 40, 3),
     ("rgb_64x64_identity", 64, 64, 3),
     ("gray_45x61", 45, 61, 0),
     ("gray1_23x31", 23, 31, 1),
@@ -78,7 +131,8 @@ def preprocess_vectors() -> dict:
         np.testing.assert_array_equal(tensor, training_preprocess(image, MODEL_SIZE[0]))
         resized = resize_rgb(check_image(image), MODEL_SIZE)  # (64, 64, 3) uint8
         cases.append({"name": name, "height": height, "width": width, "channels": image.shape[2] if image.ndim == 3 else 1,
-                      "image": _flat(image), "resized": _flat(resized), "tensor": _flat(tensor)})
+                      "image": _flat(image), "resized": _flat(resized), "tensor": _flat(tensor),
+                      "pass_order": pass_order(check_image(image), MODEL_SIZE, resized)})
     return {"format": FORMAT, "kind": "preprocess", "size": list(MODEL_SIZE), "scale": SCALE, "cases": cases}
 
 
@@ -92,11 +146,13 @@ def postprocess_vectors() -> dict:
         for channel, resized_channel in zip(probabilities, resized):
             direct = Image.fromarray(channel).resize((original[1], original[0]), Image.BILINEAR)
             np.testing.assert_array_equal(resized_channel, np.asarray(direct))
+        orders = {pass_order(channel, original, resized_channel)
+                  for channel, resized_channel in zip(probabilities, resized)}
         mask = probabilities_to_mask(resized, threshold=THRESHOLD)  # (H, W) uint8
         assert len(np.unique(mask)) == max(n_classes, 2), f"{name}: the mask misses a class"
         cases.append({"name": name, "n_classes": n_classes, "original_size": list(original),
                       "probabilities": _flat(probabilities), "resized_probabilities": _flat(resized),
-                      "mask": _flat(mask)})
+                      "mask": _flat(mask), "pass_order": orders.pop() if len(orders) == 1 else "mixed"})
     return {"format": FORMAT, "kind": "postprocess", "size": list(MODEL_SIZE), "threshold": THRESHOLD, "cases": cases}
 
 
