@@ -77,9 +77,10 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 
 def _calibration_inputs(config, *, calib_data: Path | None, data: Path | None, count: int):
-    from .parity import load_images, text_features_for
+    from .parity import CALIBRATION_SPLITS, load_images, text_features_for
 
-    images, source = load_images(size=config.model.image_size, data=calib_data or data, count=count)
+    images, source = load_images(size=config.model.image_size, data=calib_data or data, count=count,
+                                 splits=CALIBRATION_SPLITS, synthetic_offset=1000)
     extra = [text_features_for(config, len(images))] if config.model.fusion == "addition" else []
     return [images, *extra], source
 

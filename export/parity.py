@@ -40,12 +40,16 @@ class ParityResult:
         return self.max_abs_diff <= atol and self.dice_agreement >= min_dice
 
 
-def image_files(data: Path) -> list[Path]:
-    """Images of a dataset root in LViT's layout (Val, then Test, then Train split) or of a plain folder."""
+EVALUATION_SPLITS = ("Val", "Test", "Train")
+CALIBRATION_SPLITS = ("Train", "Val", "Test")
+
+
+def image_files(data: Path, *, splits: tuple[str, ...] = EVALUATION_SPLITS) -> list[Path]:
+    """Images of a dataset root in LViT's layout (first split of ``splits`` present) or of a plain folder."""
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"--data {data} is not a folder (expected an LViT dataset root or a folder of images)")
-    for split in ("Val", "Test", "Train"):
+    for split in splits:
         folder = data / f"{split}_Folder" / "img"
         if folder.is_dir():
             data = folder
@@ -56,18 +60,24 @@ def image_files(data: Path) -> list[Path]:
     return files
 
 
-def load_images(*, size: int, data: Path | None = None, count: int = 8) -> tuple[np.ndarray, str]:
-    """``count`` preprocessed images (count, 3, size, size) float32 and a description of their source."""
+def load_images(*, size: int, data: Path | None = None, count: int = 8,
+                splits: tuple[str, ...] = EVALUATION_SPLITS, synthetic_offset: int = 0) -> tuple[np.ndarray, str]:
+    """``count`` preprocessed images (count, 3, size, size) float32 and a description of their source.
+
+    ``splits``: which LViT split of a dataset root to read first; ``synthetic_offset``: first synthetic
+    index (calibration and parity use disjoint synthetic images).
+    """
     from mrdl.data.preprocess import preprocess, read_rgb
 
     if count < 1:
         raise ValueError(f"the parity gate needs at least one image, got count={count}")
     if data is not None:
-        files = image_files(data)[:count]
+        files = image_files(data, splits=splits)[:count]
         return np.stack([preprocess(read_rgb(f), size) for f in files]), f"{files[0].parent} ({len(files)} images)"
     from mrdl.data.synthetic import synthetic_sample
 
-    images = [preprocess(synthetic_sample(i, size=size, seed=0)[0], size) for i in range(count)]
+    images = [preprocess(synthetic_sample(i, size=size, seed=0)[0], size)
+              for i in range(synthetic_offset, synthetic_offset + count)]
     return np.stack(images), "synthetic"
 
 

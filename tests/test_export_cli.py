@@ -1,0 +1,122 @@
+"""The mrdl-export command through click's CliRunner: success, the failing parity gate, each bad input
+and the exit codes (0 ok, 1 failure, 2 usage, 3 TensorRT/GPU missing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_config, tiny_prompt_features):
+    from mrdl.checkpoint import save_checkpoint
+    from mrdl.model import create_model
+
+    model = create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0)
+    return save_checkpoint(tmp_path_factory.mktemp("cli") / "tiny.safetensors", model)
+
+
+def _invoke(*args: str):
+    from mrdl_export.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_the_options():
+    from mrdl.cli import main as mrdl_main
+
+    result = CliRunner().invoke(mrdl_main, ["export", "--help"])
+    assert result.exit_code == 0
+    for option in ("--ckpt", "--int8", "--calib-data", "--fp16", "--trt", "--trt-check", "--min-batch",
+                   "--opt-batch", "--max-batch", "--workspace", "--timing-cache", "--force", "--atol", "--min-dice",
+                   "--print"):
+        assert option in result.output
+
+
+@pytest.mark.slow
+def test_export_succeeds_and_prints_the_summary(tiny_ckpt, tmp_path):
+    out = tmp_path / "deploy"
+    result = _invoke("--ckpt", tiny_ckpt, "--out", out, "--parity-images", "2", "--trt-check", "--print")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "model.json").read_text())["artifacts"] == {"fp32": "model.onnx"}
+    for text in ("parity vs PyTorch", "TensorRT 10.x: compatible", "FLOPs per image", "ops ("):
+        assert text in result.output
+    again = _invoke("--ckpt", tiny_ckpt, "--out", out)
+    assert again.exit_code == 1 and "--force" in again.output
+
+
+@pytest.mark.slow
+def test_perturbed_model_fails_the_gate_and_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch):
+    import mrdl_export.deploy as deploy
+
+    original = deploy.build_deploy_module
+
+    def perturbed(model):
+        module, report = original(model)
+        with torch.no_grad():
+            module.decoder.head.bias += 0.5  # shifts every logit: probabilities move, masks flip
+        return module, report
+
+    monkeypatch.setattr(deploy, "build_deploy_module", perturbed)
+    result = _invoke("--ckpt", tiny_ckpt, "--out", tmp_path / "deploy", "--parity-images", "2")
+    assert result.exit_code == 1
+    assert "parity gate failed" in result.output
+    assert list(tmp_path.iterdir()) == []  # neither the deploy folder nor a temporary one
+
+
+def _corrupt_copy(ckpt, path):
+    data = bytearray(ckpt.read_bytes())
+    data[-100] ^= 0xFF  # a flipped bit in the tensor bytes
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "not_safetensors", "not_ours", "corrupt", "other_config"])
+def test_bad_checkpoints_exit_1_with_a_clear_message(case, tiny_ckpt, tmp_path):
+    from safetensors.torch import save_file
+
+    ckpt, extra, expected = tiny_ckpt, [], ""
+    if case == "missing":
+        ckpt, expected = tmp_path / "nope.safetensors", "does not exist"
+    elif case == "not_safetensors":
+        ckpt, expected = tmp_path / "text.safetensors", "not a readable safetensors file"
+        ckpt.write_text("hello")
+    elif case == "not_ours":
+        ckpt, expected = tmp_path / "other.safetensors", "not an mrdl checkpoint"
+        save_file({"weight": torch.zeros(2)}, str(ckpt))
+    elif case == "corrupt":
+        ckpt, expected = _corrupt_copy(tiny_ckpt, tmp_path / "corrupt.safetensors"), "corrupt"
+    else:
+        extra, expected = ["--config", "small"], "differs from the expected 'small'"
+    result = _invoke("--ckpt", ckpt, "--out", tmp_path / "deploy", *extra)
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_unwritable_out_exits_1(tiny_ckpt, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = _invoke("--ckpt", tiny_ckpt, "--out", blocker / "deploy")
+    assert result.exit_code == 1 and "cannot write into" in result.output
+
+
+def test_bad_batch_profile_and_usage_errors(tiny_ckpt, tmp_path):
+    result = _invoke("--ckpt", tiny_ckpt, "--out", tmp_path / "d", "--min-batch", "8", "--max-batch", "4")
+    assert result.exit_code == 1 and "min <= opt <= max" in result.output
+    assert _invoke("--out", tmp_path / "d").exit_code == 2  # --ckpt missing: click usage error
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_trt_without_tensorrt_exits_3_with_one_line(tiny_ckpt, tmp_path):
+    result = _invoke("--ckpt", tiny_ckpt, "--out", tmp_path / "deploy", "--trt")
+    assert result.exit_code == 3
+    assert result.output.strip().count("\n") == 0 and "TensorRT is not installed" in result.output
+    assert not (tmp_path / "deploy").exists()
