@@ -123,7 +123,8 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     from .deploy import build_deploy_module, example_inputs
     from .manifest import ARTIFACT_NAMES, build_manifest, embed_manifest, file_sha256, input_specs, write_manifest
     from .onnx_export import export_onnx, op_counts, phase_sign_check
-    from .parity import compare, load_images, onnx_probabilities, reference_probabilities, text_features_for
+    from .parity import (compare, image_files, load_images, onnx_probabilities, reference_probabilities,
+                         text_features_for)
     from .quantize import convert_fp16, quantize_int8
     from .trt_report import check_graph, format_report
 
@@ -143,6 +144,12 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
         tensorrt_build.detect_gpu()
     if trt and precision == "int8" and not int8:
         raise ExportError("an INT8 engine is built from the INT8 QDQ model: add --int8")
+    for folder in (data, calib_data):  # refuse a bad image folder before minutes of work
+        if folder is not None:
+            try:
+                image_files(folder)
+            except FileNotFoundError as exc:
+                raise ExportError(str(exc)) from exc
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -120,3 +120,12 @@ def test_trt_without_tensorrt_exits_3_with_one_line(tiny_ckpt, tmp_path):
     assert result.exit_code == 3
     assert result.output.strip().count("\n") == 0 and "TensorRT is not installed" in result.output
     assert not (tmp_path / "deploy").exists()
+
+
+def test_missing_data_folder_exits_1_before_exporting(tiny_ckpt, tmp_path):
+    result = _invoke("--ckpt", tiny_ckpt, "--out", tmp_path / "deploy", "--data", tmp_path / "no_such_dir")
+    assert result.exit_code == 1 and "is not a folder" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _invoke("--ckpt", tiny_ckpt, "--out", tmp_path / "deploy", "--int8", "--calib-data", empty)
+    assert result.exit_code == 1 and "no images" in result.output
