@@ -132,6 +132,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     batches cycle over and parity is computed on. ``threads``: torch and onnxruntime intra-op
     threads (default: all logical cores). ``profile_dir``: profile torch eager and the CPU
     onnxruntime backends at the smallest batch (traces written there, op summaries in the report).
+    ``phase_iters``: timed passes for the phase-share measurement (default: ``iters``).
     """
     import torch
     from tqdm import tqdm
@@ -198,12 +199,9 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
         if eager is not None:
             result.speedup_vs_torch_eager = eager.latency_ms.p50 / result.latency_ms.p50
 
-    shares = []
-    for batch in batches:
-        matmul_model = next((r for r in results if r.backend == "torch-matmul" and r.batch == batch), None)
-        model_ms = matmul_model.latency_ms.mean if matmul_model is not None and not include_prepost else None
-        shares.append(phase_share(ckpt, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters,
-                                  model_ms=model_ms))
+    shares = [phase_share(ckpt, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters) for batch in batches]
+    for share in shares:
+        share["phase_flops_share"] = share["phase_flops_per_image"] / flops
     profiles = _profiles(results, ckpt=ckpt, batch=min(batches), size=config.model.image_size, threads=threads,
                          iters=max(1, min(iters, 5)), out_dir=Path(profile_dir)) if profile_dir else []
     machine["load_average_end"] = list(os.getloadavg())

@@ -184,13 +184,15 @@ def time_callable(function: Callable[[], object], *, warmup: int, iters: int) ->
     return times
 
 
-def phase_share(ckpt: Path, *, batch: int, warmup: int, iters: int, model_ms: float | None = None) -> dict:
-    """Latency of the export-safe phase spectrum (MatmulPhaseSpectrum) alone vs the whole model.
+def phase_share(ckpt: Path, *, batch: int, warmup: int, iters: int) -> dict:
+    """Share of the PyTorch model's latency spent in the export-safe phase spectrum (MatmulPhaseSpectrum).
 
-    ``model_ms``: the whole ``matmul``-phase model's mean latency at this batch when already
-    measured (torch-matmul); otherwise it is measured here with the same warm-up and iterations.
+    Timed inside the same forward passes of the ``matmul``-phase model (forward hooks around the
+    phase module), so load on a shared machine hits both parts alike. Also the phase's share of
+    the FLOPs, which does not depend on the machine.
     """
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from mrdl.checkpoint import load_checkpoint
 
@@ -198,12 +200,22 @@ def phase_share(ckpt: Path, *, batch: int, warmup: int, iters: int, model_ms: fl
     model.eval()
     size = model.cfg.image_size
     image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))  # (B, 3, S, S)
-    phase_module = model.frequency_prompt.phase.matmul
+    phase_module = model.frequency_prompt.phase
+    marks: list[float] = []
+    phase_module.register_forward_pre_hook(lambda *_: marks.append(time.perf_counter()))
+    phase_module.register_forward_hook(lambda *_: marks.append(time.perf_counter()))
+    phase_s, model_s = [], []
     with torch.inference_mode():
-        phase_ms = float(np.mean(time_callable(lambda: phase_module(image), warmup=warmup, iters=iters))) * 1e3
-        source = "torch-matmul timed iterations"
-        if model_ms is None:
-            model_ms = float(np.mean(time_callable(lambda: model(image), warmup=warmup, iters=iters))) * 1e3
-            source = "measured here"
+        for index in range(warmup + iters):
+            marks.clear()
+            start = time.perf_counter()
+            model(image)
+            if index >= warmup:
+                model_s.append(time.perf_counter() - start)
+                phase_s.append(marks[1] - marks[0])
+        with FlopCounterMode(display=False) as phase_counter:
+            phase_module(image[:1])
+    phase_ms, model_ms = 1e3 * float(np.mean(phase_s)), 1e3 * float(np.mean(model_s))
     return {"batch": batch, "phase_ms": phase_ms, "model_ms": model_ms, "share": phase_ms / model_ms,
-            "model_ms_source": source}
+            "phase_flops_per_image": int(phase_counter.get_total_flops()),
+            "method": "forward hooks around the phase module inside the torch-matmul model's forward passes"}

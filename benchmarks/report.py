@@ -148,7 +148,8 @@ def _footer(report: BenchReport) -> list[str]:
         lines.append(f"skipped {skip.backend}: {skip.reason}")
     for share in report.phase_share:
         lines.append(f"export-safe phase (MatmulPhaseSpectrum) at batch {share['batch']}: {share['phase_ms']:.2f} ms of "
-                     f"{share['model_ms']:.1f} ms = {100 * share['share']:.2f}% of the torch-matmul model")
+                     f"{share['model_ms']:.1f} ms = {100 * share['share']:.2f}% of the torch-matmul model's latency "
+                     f"({100 * share['phase_flops_share']:.2f}% of its FLOPs)")
     for profile in report.profiles:
         ops = ", ".join(f"{op['op']} {100 * op['share']:.0f}%" for op in profile["top_ops"][:4])
         lines.append(f"profile {profile['backend']} (batch {profile['batch']}): {ops}")

@@ -78,7 +78,7 @@ def test_report_has_every_field_for_every_backend_and_batch(report):
     assert report.machine["cpu_model"] and report.machine["logical_cores"] >= 1
     assert report.machine["libraries"]["onnxruntime"] and report.settings["threads"] == 2
     assert [share["batch"] for share in report.phase_share] == [1, 2]
-    assert all(0 < share["share"] < 1 for share in report.phase_share)
+    assert all(0 < share["share"] < 1 and 0 < share["phase_flops_share"] < 1 for share in report.phase_share)
 
 
 def test_skipped_backends_carry_a_reason(report):
@@ -116,7 +116,6 @@ def test_prepost_included_is_timed_and_flagged(tiny_deploy, tmp_path):
                            warmup=1, iters=2, threads=1, include_prepost=True, progress=False)
     result = report.results[0]
     assert result.prepost_included is True and report.settings["include_prepost"] is True
-    assert report.phase_share[0]["model_ms_source"] == "measured here"
 
 
 def test_cli_runs_and_writes_report(tiny_deploy, tmp_path):
