@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "mrdl/errors.hpp"
 
@@ -17,6 +18,7 @@ struct FilterTaps {
     std::vector<int> first;
     std::vector<int> count;
     std::vector<double> weights;  // (out_size, taps_per_output), normalised to sum 1
+    std::vector<int32_t> fixed;   // the same weights in 22-bit fixed point, for uint8 images
 };
 
 double triangle(double x) {
@@ -50,114 +52,86 @@ FilterTaps bilinear_taps(int in_size, int out_size) {
         taps.first[out] = lo;
         taps.count[out] = hi - lo;
     }
+    taps.fixed.resize(taps.weights.size());
+    for (size_t i = 0; i < taps.fixed.size(); ++i) {
+        const double scaled = taps.weights[i] * (1 << kPrecisionBits);
+        taps.fixed[i] = static_cast<int32_t>(taps.weights[i] < 0 ? scaled - 0.5 : scaled + 0.5);
+    }
     return taps;
 }
 
-std::vector<int32_t> fixed_point(const FilterTaps& taps) {
-    std::vector<int32_t> k(taps.weights.size());
-    for (size_t i = 0; i < k.size(); ++i) {
-        const double scaled = taps.weights[i] * (1 << kPrecisionBits);
-        k[i] = static_cast<int32_t>(taps.weights[i] < 0 ? scaled - 0.5 : scaled + 0.5);
+/// One output value from `count` inputs `stride` apart: uint8 in fixed point, float in double.
+uint8_t filter_one(const uint8_t* in, size_t stride, const FilterTaps& taps, int out) {
+    const int32_t* k = &taps.fixed[static_cast<size_t>(out) * taps.taps_per_output];
+    int32_t acc = 1 << (kPrecisionBits - 1);
+    for (int i = 0; i < taps.count[out]; ++i) acc += in[i * stride] * k[i];
+    return static_cast<uint8_t>(std::clamp(acc >> kPrecisionBits, 0, 255));
+}
+
+float filter_one(const float* in, size_t stride, const FilterTaps& taps, int out) {
+    const double* k = &taps.weights[static_cast<size_t>(out) * taps.taps_per_output];
+    double acc = 0.0;
+    for (int i = 0; i < taps.count[out]; ++i) acc += in[i * stride] * k[i];
+    return static_cast<float>(acc);
+}
+
+/// Resize along the width: (H, W, C) -> (H, out_width, C).
+template <typename T>
+std::vector<T> horizontal_pass(const std::vector<T>& in, int height, int width, int channels, int out_width) {
+    const FilterTaps taps = bilinear_taps(width, out_width);
+    std::vector<T> out(static_cast<size_t>(height) * out_width * channels);
+    for (int y = 0; y < height; ++y) {
+        const T* row = &in[static_cast<size_t>(y) * width * channels];
+        T* dst = &out[static_cast<size_t>(y) * out_width * channels];
+        for (int x = 0; x < out_width; ++x)
+            for (int ch = 0; ch < channels; ++ch)
+                dst[x * channels + ch] = filter_one(row + taps.first[x] * channels + ch, channels, taps, x);
     }
-    return k;
+    return out;
 }
 
-uint8_t clip8(int32_t accumulator) {
-    return static_cast<uint8_t>(std::clamp(accumulator >> kPrecisionBits, 0, 255));
+/// Resize along the height: (H, W, C) -> (out_height, W, C).
+template <typename T>
+std::vector<T> vertical_pass(const std::vector<T>& in, int height, int width, int channels, int out_height) {
+    const FilterTaps taps = bilinear_taps(height, out_height);
+    const size_t row = static_cast<size_t>(width) * channels;
+    std::vector<T> out(out_height * row);
+    for (int y = 0; y < out_height; ++y)
+        for (size_t i = 0; i < row; ++i) out[y * row + i] = filter_one(&in[taps.first[y] * row + i], row, taps, y);
+    return out;
 }
 
-void check_sizes(int height, int width, int out_height, int out_width) {
+template <typename T>
+std::vector<T> resize(std::vector<T> pixels, int height, int width, int channels, int out_height, int out_width,
+                      PassOrder order) {
     if (height < 1 || width < 1 || out_height < 1 || out_width < 1)
         throw InputError("resize needs positive sizes, got " + std::to_string(height) + "x" + std::to_string(width) +
                          " -> " + std::to_string(out_height) + "x" + std::to_string(out_width));
+    const bool horizontal = out_width != width;
+    const bool vertical = out_height != height;
+    if (order == PassOrder::VerticalFirst && vertical) {
+        pixels = vertical_pass(pixels, height, width, channels, out_height);
+        return horizontal ? horizontal_pass(pixels, out_height, width, channels, out_width) : pixels;
+    }
+    if (horizontal) pixels = horizontal_pass(pixels, height, width, channels, out_width);
+    return vertical ? vertical_pass(pixels, height, out_width, channels, out_height) : pixels;
 }
 
 }  // namespace
 
-Image resize_bilinear(const ImageView& image, int out_height, int out_width) {
-    check_sizes(image.height, image.width, out_height, out_width);
-    const int c = image.channels;
-    if (c < 1 || c > 4) throw InputError("resize expects 1 to 4 channels, got " + std::to_string(c));
-    const FilterTaps vertical = bilinear_taps(image.height, out_height);
-    const int rows_first = vertical.first.front();
-    const int rows_end = vertical.first.back() + vertical.count.back();
-
-    // Horizontal pass over the rows the vertical pass reads: (rows, out_width, C) uint8.
-    Image horizontal{image.height, image.width, c, {}};
-    const uint8_t* rows = image.data;
-    int row_offset = 0;
-    if (out_width != image.width) {
-        const FilterTaps taps = bilinear_taps(image.width, out_width);
-        const std::vector<int32_t> k = fixed_point(taps);
-        horizontal = Image{rows_end - rows_first, out_width, c, {}};
-        horizontal.pixels.resize(static_cast<size_t>(horizontal.height) * out_width * c);
-        for (int y = 0; y < horizontal.height; ++y) {
-            const uint8_t* src = image.data + static_cast<size_t>(y + rows_first) * image.width * c;
-            uint8_t* dst = &horizontal.pixels[static_cast<size_t>(y) * out_width * c];
-            for (int x = 0; x < out_width; ++x) {
-                const int32_t* kx = &k[static_cast<size_t>(x) * taps.taps_per_output];
-                for (int ch = 0; ch < c; ++ch) {
-                    int32_t acc = 1 << (kPrecisionBits - 1);
-                    for (int i = 0; i < taps.count[x]; ++i) acc += src[(taps.first[x] + i) * c + ch] * kx[i];
-                    dst[x * c + ch] = clip8(acc);
-                }
-            }
-        }
-        rows = horizontal.pixels.data();
-        row_offset = rows_first;
-    }
-    const int width = out_width;
-    if (out_height == image.height) {
-        if (out_width != image.width) return horizontal;
-        return Image{image.height, image.width, c,
-                     std::vector<uint8_t>(image.data, image.data + static_cast<size_t>(image.height) * image.width * c)};
-    }
-
-    // Vertical pass: (out_height, out_width, C) uint8.
-    const std::vector<int32_t> k = fixed_point(vertical);
-    Image out{out_height, width, c, std::vector<uint8_t>(static_cast<size_t>(out_height) * width * c)};
-    for (int y = 0; y < out_height; ++y) {
-        const int32_t* ky = &k[static_cast<size_t>(y) * vertical.taps_per_output];
-        const int first = vertical.first[y] - row_offset;
-        for (int x = 0; x < width * c; ++x) {
-            int32_t acc = 1 << (kPrecisionBits - 1);
-            for (int i = 0; i < vertical.count[y]; ++i) acc += rows[static_cast<size_t>(first + i) * width * c + x] * ky[i];
-            out.pixels[static_cast<size_t>(y) * width * c + x] = clip8(acc);
-        }
-    }
-    return out;
+Image resize_bilinear(const ImageView& image, int out_height, int out_width, PassOrder order) {
+    if (image.channels < 1 || image.channels > 4)
+        throw InputError("resize expects 1 to 4 channels, got " + std::to_string(image.channels));
+    const size_t size = static_cast<size_t>(std::max(image.height, 0)) * std::max(image.width, 0) * image.channels;
+    std::vector<uint8_t> pixels(image.data, image.data + size);
+    return Image{out_height, out_width, image.channels,
+                 resize(std::move(pixels), image.height, image.width, image.channels, out_height, out_width, order)};
 }
 
-std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width) {
-    check_sizes(height, width, out_height, out_width);
-    std::vector<float> horizontal(plane, plane + static_cast<size_t>(height) * width);  // (H, out_width)
-    if (out_width != width) {
-        const FilterTaps taps = bilinear_taps(width, out_width);
-        std::vector<float> next(static_cast<size_t>(height) * out_width);
-        for (int y = 0; y < height; ++y) {
-            const float* src = plane + static_cast<size_t>(y) * width;
-            for (int x = 0; x < out_width; ++x) {
-                const double* kx = &taps.weights[static_cast<size_t>(x) * taps.taps_per_output];
-                double acc = 0.0;
-                for (int i = 0; i < taps.count[x]; ++i) acc += src[taps.first[x] + i] * kx[i];
-                next[static_cast<size_t>(y) * out_width + x] = static_cast<float>(acc);
-            }
-        }
-        horizontal.swap(next);
-    }
-    if (out_height == height) return horizontal;
-    const FilterTaps taps = bilinear_taps(height, out_height);
-    std::vector<float> out(static_cast<size_t>(out_height) * out_width);  // (out_height, out_width)
-    for (int y = 0; y < out_height; ++y) {
-        const double* ky = &taps.weights[static_cast<size_t>(y) * taps.taps_per_output];
-        for (int x = 0; x < out_width; ++x) {
-            double acc = 0.0;
-            for (int i = 0; i < taps.count[y]; ++i)
-                acc += horizontal[static_cast<size_t>(taps.first[y] + i) * out_width + x] * ky[i];
-            out[static_cast<size_t>(y) * out_width + x] = static_cast<float>(acc);
-        }
-    }
-    return out;
+std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width,
+                                   PassOrder order) {
+    std::vector<float> values(plane, plane + static_cast<size_t>(std::max(height, 0)) * std::max(width, 0));
+    return resize(std::move(values), height, width, 1, out_height, out_width, order);
 }
 
 }  // namespace mrdl

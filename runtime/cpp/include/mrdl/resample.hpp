@@ -18,10 +18,16 @@
 
 namespace mrdl {
 
+/// Which axis is resampled first. The runtime uses HorizontalFirst; VerticalFirst reproduces
+/// Pillow 13 exactly on the shapes where it chose that order (the shared test vectors record it).
+enum class PassOrder { HorizontalFirst, VerticalFirst };
+
 /// (H, W, C) uint8 -> (out_height, out_width, C) uint8, every channel filtered independently.
-Image resize_bilinear(const ImageView& image, int out_height, int out_width);
+Image resize_bilinear(const ImageView& image, int out_height, int out_width,
+                      PassOrder order = PassOrder::HorizontalFirst);
 
 /// (H, W) float32 -> (out_height, out_width) float32, as Pillow resizes a mode "F" image.
-std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width);
+std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width,
+                                   PassOrder order = PassOrder::HorizontalFirst);
 
 }  // namespace mrdl
