@@ -43,8 +43,8 @@ def score_masks(predictions: dict[str, np.ndarray], dataset: SegmentationDataset
     """Per-image Dice and IoU of ``predictions`` against the dataset's masks, in dataset order."""
     rows = []
     for index, name in enumerate(dataset.names):
-        truth = torch.from_numpy(dataset.raw(index)[1])[None]  # (1, S, S)
-        dice, iou = dice_iou_per_image(torch.from_numpy(predictions[name])[None], truth)
+        truth = torch.tensor(dataset.raw(index)[1])[None]  # (1, S, S)
+        dice, iou = dice_iou_per_image(torch.tensor(predictions[name])[None], truth)
         rows.append({"image": name, "dice": float(dice[0]), "iou": float(iou[0]),
                      "gt_pixels": int(truth.sum()), "pred_pixels": int(predictions[name].sum())})
     return rows

@@ -113,7 +113,7 @@ def _train_epoch(model, optimizer, loader, texts: TextEmbeddings | None, config:
         for name, value in zip(sums, terms):
             sums[name] += float(value.detach()) * n
         bar.update(1)
-        bar.set_postfix(loss=f"{float(terms.total):.3f}")
+        bar.set_postfix(loss=f"{float(terms.total.detach()):.3f}")
     return {name: total / seen for name, total in sums.items()}
 
 

@@ -1,0 +1,129 @@
+"""Training on the synthetic data: Dice rises, files are written, resume is exact, the CLI works."""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mrdl.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from mrdl.cli import main
+from mrdl.data.embeddings import compute_embeddings
+from mrdl.data.synthetic import write_synthetic_dataset
+from mrdl.text import RandomTextTowerWarning
+from mrdl.train import ResumeError, train_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the CPUs are shared, and oversubscribed threads slow tiny models down badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, tiny_config) -> tuple[Path, Path]:
+    root = write_synthetic_dataset(tmp_path_factory.mktemp("data") / "syn", n_train=6, n_val=3, size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomTextTowerWarning)
+        embeddings = compute_embeddings(root, tiny_config, out=root.parent / "text.safetensors")
+    return root, embeddings
+
+
+def _train(tiny_config, data, out: Path, **kwargs):
+    root, embeddings = data
+    return train_model(config=tiny_config, data_root=root, embeddings_path=embeddings, out_dir=out,
+                       progress=False, **kwargs)
+
+
+def test_validation_dice_rises(tmp_path: Path, tiny_config):
+    root = write_synthetic_dataset(tmp_path / "syn", n_train=16, n_val=6, size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomTextTowerWarning)
+        embeddings = compute_embeddings(root, tiny_config, out=tmp_path / "text.safetensors")
+    result = _train(tiny_config, (root, embeddings), tmp_path / "run", epochs=12, seed=0)
+    dice = [row["val_dice"] for row in result.history]
+    assert result.epochs_completed == 12 and not result.interrupted
+    assert result.best_val_dice == max(dice) and result.best_val_dice > dice[0] + 0.25, dice
+    model, ckpt = load_checkpoint(result.best_checkpoint)
+    assert ckpt.provenance["epoch"] == result.best_epoch and ckpt.provenance["val_dice"] == pytest.approx(max(dice))
+    assert ckpt.provenance["dataset"] == str(root.resolve()) and ckpt.provenance["clip_weights"] == "random-init"
+    assert ckpt.provenance["step"] == result.best_epoch * 4 and ckpt.config.train.epochs == 12
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and float(rows[-1]["val_dice"]) == pytest.approx(dice[-1])
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[-1]["lr"]) < 1e-4  # cosine annealing
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path, tiny_config, small_data):
+    straight = _train(tiny_config, small_data, tmp_path / "straight", epochs=3, seed=3)
+
+    def interrupt_after_first(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    stopped = _train(tiny_config, small_data, tmp_path / "resumed", epochs=3, seed=3, on_epoch_end=interrupt_after_first)
+    assert stopped.interrupted and stopped.epochs_completed == 1
+    resumed = train_model(config=tiny_config, data_root="ignored", embeddings_path="ignored",
+                          out_dir=tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.epochs_completed == 3
+    a = read_checkpoint(straight.last_checkpoint).state_dict
+    b = read_checkpoint(resumed.last_checkpoint).state_dict
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(straight.history) == drop(resumed.history)
+
+
+def test_same_seed_same_weights_and_no_text(tmp_path: Path, tiny_config, small_data):
+    first = _train(tiny_config, small_data, tmp_path / "a", epochs=1, seed=1, use_text=False)
+    second = _train(tiny_config, small_data, tmp_path / "b", epochs=1, seed=1, use_text=False)
+    a = read_checkpoint(first.last_checkpoint)
+    b = read_checkpoint(second.last_checkpoint)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert first.history[0]["train_kl"] == 0.0 and a.config.loss.kl_weight == 0.0
+    assert a.provenance["use_text"] is False
+
+
+def test_resume_refuses_a_missing_or_mismatched_run(tmp_path: Path, tiny_config, small_data):
+    with pytest.raises(ResumeError, match="expected last.safetensors and last.state.pt"):
+        train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=tmp_path, resume=True)
+    run = _train(tiny_config, small_data, tmp_path / "run", epochs=1)
+    model, _ = load_checkpoint(run.last_checkpoint)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_checkpoint(run.last_checkpoint, model)  # weights no longer match the sidecar
+    with pytest.raises(ResumeError, match="does not belong"):
+        train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=run.out_dir, resume=True)
+
+
+def test_stale_embeddings_are_refused(tmp_path: Path, tiny_config, small_data):
+    root, _ = small_data
+    other = write_synthetic_dataset(tmp_path / "other", n_train=2, n_val=1, size=64, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomTextTowerWarning)
+        wrong = compute_embeddings(other, tiny_config, out=tmp_path / "wrong.safetensors")
+    with pytest.raises(ValueError, match="mrdl embed-text"):
+        _train(tiny_config, (root, wrong), tmp_path / "run", epochs=1)
+
+
+def test_cli_trains_on_builtin_synthetic_data(tmp_path: Path):
+    out = tmp_path / "cli"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--config", "tiny", "--epochs", "1", "--out", str(out), "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOMLY INITIALISED" in result.output and "best Val Dice" in result.output
+    assert (out / "data" / "Train_Folder" / "img").is_dir() and (out / "last.safetensors").is_file()
+    assert read_checkpoint(out / "last.safetensors").config.train.batch_size == 8
+    again = runner.invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "1"])
+    assert again.exit_code == 0 and "at epoch 1" in again.output
+    failed = runner.invoke(main, ["train", "--out", str(tmp_path / "empty"), "--resume"])
+    assert failed.exit_code != 0 and "cannot resume" in failed.output
+    helped = runner.invoke(main, ["train", "--help"])
+    assert "--no-text" in helped.output and "--resume" in helped.output
