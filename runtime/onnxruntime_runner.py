@@ -63,6 +63,7 @@ class OnnxRuntimeRunner(Runner):
         self.trt_profile = trt_profile or []
         self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_TRT_CACHE
         self.session = None
+        self.input_names: list[str] = []
         self.output_names: list[str] = []
 
     def _provider_list(self) -> list:
@@ -102,6 +103,7 @@ class OnnxRuntimeRunner(Runner):
                 f"ONNX Runtime could not start {wanted} for backend {self.backend} (the session got "
                 f"{session.get_providers()}); check the CUDA / cuDNN / TensorRT libraries and the GPU")
         self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -49,6 +49,8 @@ class Runner(ABC):
     def __init__(self) -> None:
         self.is_open = False
         self.stats = LatencyStats()
+        self.input_names: list[str] = []  # filled by open()
+        self.output_names: list[str] = []
 
     @abstractmethod
     def _open(self) -> None:

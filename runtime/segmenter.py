@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends import make_runner, select_backend
 from .imaging import ImageInputError, preprocess, probabilities_to_mask, resize_probabilities
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, ManifestError, load_manifest
 from .runner import Runner
 
 logger = logging.getLogger("mrdl_runtime")
@@ -57,6 +57,12 @@ class Segmenter:
         runner = make_runner(manifest, chosen, precision, device_id=device_id,
                              intra_op_threads=intra_op_threads, cache_dir=cache_dir)
         runner.open()
+        expected = ([spec.name for spec in manifest.inputs], [spec.name for spec in manifest.outputs])
+        if (sorted(runner.input_names), sorted(runner.output_names)) != tuple(map(sorted, expected)):
+            runner.close()
+            raise ManifestError(f"{manifest.model_dir}/model.json lists inputs {expected[0]} and outputs {expected[1]}, "
+                                f"but the {chosen} model takes {runner.input_names} and gives {runner.output_names}; "
+                                "re-export the directory")
         return cls(manifest, runner, backend=chosen, precision=precision, reason=reason)
 
     @property

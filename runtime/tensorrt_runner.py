@@ -60,8 +60,6 @@ class TensorRTRunner(Runner):
         self._trt = self._cudart = None
         self.engine = self.context = self.stream = None
         self.device_buffers: dict[str, int] = {}
-        self.input_names: list[str] = []
-        self.output_names: list[str] = []
         self.dtypes: dict[str, np.dtype] = {}
 
     def _check(self, result: tuple) -> object:

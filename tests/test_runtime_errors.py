@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -95,6 +96,30 @@ def test_bad_manifests(edited_model_dir, change, message):
 
     with pytest.raises(ManifestError, match=message):
         Segmenter.load(edited_model_dir(change))
+
+
+def test_manifest_that_does_not_match_the_model(edited_model_dir):
+    from mrdl_runtime import ManifestError, Segmenter
+
+    text = {"name": "text_features", "shape": ["batch", 77, 32], "dtype": "float32"}
+    with pytest.raises(ManifestError, match=r"lists inputs \['image', 'text_features'\].*takes \['image'\]"):
+        Segmenter.load(edited_model_dir(lambda d: d["inputs"].append(text)))
+
+
+def test_addition_models_check_their_text_features(model_dir):
+    from mrdl_runtime import Segmenter
+    from mrdl_runtime.manifest import TensorSpec
+
+    image = np.zeros((10, 12, 3), np.uint8)
+    with Segmenter.load(model_dir) as segmenter:
+        spec = TensorSpec("text_features", ("batch", 77, 32), "float32")
+        segmenter.manifest = dataclasses.replace(segmenter.manifest, fusion="addition",
+                                                 inputs=(*segmenter.manifest.inputs, spec))
+        with pytest.raises(ValueError, match=r"needs text_features of shape \(77, 32\) per image"):
+            segmenter.predict(image)
+        with pytest.raises(ValueError, match=r"must have shape \(77, 32\) \(one for all\) or \(2, 77, 32\)"):
+            segmenter.predict_batch([image, image], text_features=np.zeros((3, 77, 32), np.float32))
+        assert segmenter.runner.count == 0
 
 
 def test_listed_artifact_that_is_missing(edited_model_dir):
