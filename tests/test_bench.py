@@ -39,7 +39,7 @@ def tiny_deploy(tmp_path_factory, tiny_model_session):
 
     root = tmp_path_factory.mktemp("bench")
     ckpt = save_checkpoint(root / "tiny.safetensors", tiny_model_session)
-    export_model(ckpt, root / "deploy", int8=True)
+    export_model(ckpt, root / "deploy", int8=True, calib_images=4, parity_images=2)
     return ckpt, root / "deploy"
 
 
