@@ -1,8 +1,27 @@
-"""mrdl: Multimodal Representation Distribution Learning for medical image segmentation."""
+"""mrdl: Multimodal Representation Distribution Learning for medical image segmentation.
+
+The top-level names are imported lazily, so ``mrdl predict`` (which only needs
+``mrdl_runtime``) runs on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import MRDLConfig, load_config  # noqa: E402
-from .model import MRDL, create_model  # noqa: E402
+_LAZY = {
+    "MRDL": "mrdl.model",
+    "create_model": "mrdl.model",
+    "MRDLConfig": "mrdl.config",
+    "load_config": "mrdl.config",
+}
 
-__all__ = ["MRDL", "MRDLConfig", "create_model", "load_config", "__version__"]
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mrdl' has no attribute {name!r}")
