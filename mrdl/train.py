@@ -18,6 +18,7 @@ import dataclasses
 import json
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,6 +32,7 @@ from .data.dataset import SegmentationDataset
 from .data.embeddings import TextEmbeddings, compute_embeddings, key, load_embeddings
 from .evaluate import predict_dataset, score_masks
 from .losses import segmentation_loss
+from .text import RANDOM_INIT, RandomTextTowerWarning
 
 BEST, LAST, STATE = "best.safetensors", "last.safetensors", "last.state.pt"
 METRICS = ("epoch", "step", "lr", "train_loss", "train_dice_loss", "train_ce", "train_kl", "val_dice", "val_iou", "seconds")
@@ -150,6 +152,9 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
     expected = {key("Train", name): text for name, text in train_set.descriptions.items()} if use_text else {}
     embeddings = load_embeddings(settings["embeddings"], config, expected_texts=expected, data_root=data_root)
     texts = embeddings if use_text else None
+    if embeddings.provenance.get("weights") == RANDOM_INIT:
+        warnings.warn(f"text embeddings {settings['embeddings']} come from a RANDOMLY INITIALISED CLIP tower: "
+                      "they carry no language meaning", RandomTextTowerWarning, stacklevel=2)
 
     model = create_model(config, prompt_features=embeddings.prompt, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import click
 
-
-def _report_random_tower(caught: list) -> None:
-    from .text import RandomTextTowerWarning
-
-    for warning in caught:
-        if issubclass(warning.category, RandomTextTowerWarning):
-            click.secho(f"WARNING: {warning.message}", fg="red", bold=True, err=True)
+from .data.embed_cli import loud_random_tower_warnings
 
 
 @click.command("train")
@@ -48,8 +41,10 @@ def train(config_name: str, data_root: Path | None, embeddings: Path | None, epo
     if threads is not None:
         torch.set_num_threads(threads)
     config = load_config(config_name)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    if clip_weights is not None and data_root is not None:
+        raise click.UsageError("--clip-weights only applies to the built-in synthetic data; for --data run "
+                               "`mrdl embed-text DATA --clip-weights PATH` and pass --embeddings")
+    with loud_random_tower_warnings():
         if resume:
             data_root = embeddings = Path()
         elif data_root is None:
@@ -67,7 +62,6 @@ def train(config_name: str, data_root: Path | None, embeddings: Path | None, epo
                                  batch_size=batch_size, resume=resume)
         except (ValueError, RuntimeError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from exc
-    _report_random_tower(caught)
     if result.interrupted:
         click.echo(f"interrupted after epoch {result.epochs_completed}; continue with: mrdl train --out {out_dir} --resume")
     elif result.stopped_early:

@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import click
+
+
+@contextmanager
+def loud_random_tower_warnings() -> Iterator[None]:
+    """Show warnings as they happen; a randomly initialised CLIP tower in bold red on stderr."""
+    from ..text import RandomTextTowerWarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RandomTextTowerWarning):
+            click.secho(f"WARNING: {message}", fg="red", bold=True, err=True)
+        else:
+            click.echo(warnings.formatwarning(message, category, filename, lineno, line).rstrip(), err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RandomTextTowerWarning)
+        warnings.showwarning = show
+        yield
 
 
 @click.command("embed-text")
@@ -29,7 +48,6 @@ def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | Non
     tower is randomly initialised: the features then carry no language meaning.
     """
     from ..config import load_config
-    from ..text import RandomTextTowerWarning
     from .dataset import DatasetError
     from .embeddings import compute_embeddings
 
@@ -39,14 +57,10 @@ def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | Non
         raise click.UsageError(f"HF_HUB_OFFLINE=1: cannot download pretrained tag {pretrained!r}; "
                                "pass a local file with --clip-weights")
     config = load_config(config_name)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RandomTextTowerWarning)
+    with loud_random_tower_warnings():
         try:
             path = compute_embeddings(data_root, config, out=out, clip_weights=clip_weights,
                                       pretrained=pretrained, seed=seed)
         except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc
-    for warning in caught:
-        if issubclass(warning.category, RandomTextTowerWarning):
-            click.secho(f"WARNING: {warning.message}", fg="red", bold=True, err=True)
     click.echo(f"wrote {path}")
