@@ -66,6 +66,9 @@ def train(config_name: str, data_root: Path | None, embeddings: Path | None, epo
         click.echo(f"interrupted after epoch {result.epochs_completed}; continue with: mrdl train --out {out_dir} --resume")
     elif result.stopped_early:
         click.echo(f"early stop after epoch {result.epochs_completed} (no Val Dice gain for the patience window)")
+    if result.epochs_completed == 0:
+        click.echo(f"no epoch completed; the initial state is saved in {out_dir}")
+        return
     click.echo(f"best Val Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}; "
                f"best: {result.best_checkpoint}; last: {result.last_checkpoint}; {result.wall_seconds:.0f} s")
 

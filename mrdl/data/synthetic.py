@@ -112,6 +112,7 @@ def write_synthetic_dataset(root: Path, *, n_train: int = 16, n_val: int = 8, si
         raise FileExistsError(f"{root} already exists and is not empty; choose another folder or remove it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a dataset is meant to be shared
     try:
         _write_split(tmp, "Train", range(n_train), size=size, seed=seed)
         _write_split(tmp, "Val", range(n_train, n_train + n_val), size=size, seed=seed)
