@@ -73,6 +73,10 @@ def format_summary(result) -> str:
     for key, p in result.parity.items():
         lines.append(f"{key:<20}{p.max_abs_diff:>11.2e}{p.mean_abs_diff:>11.2e}{p.dice_agreement:>9.4f}"
                      f"{p.min_dice_agreement:>10.4f}  {p.images} ({p.source})")
+    drift = result.training_phase_parity
+    if drift is not None:
+        lines.append(f"{'fp32 vs fft phase':<20}{drift.max_abs_diff:>11.2e}{drift.mean_abs_diff:>11.2e}"
+                     f"{drift.dice_agreement:>9.4f}{drift.min_dice_agreement:>10.4f}  (training reference)")
     lines.append("")
     report = result.trt_report
     for line in TABLES:

@@ -19,6 +19,7 @@ output is ``probabilities`` as the deploy manifest states.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -118,7 +119,7 @@ def count_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
 def build_deploy_module(model: MRDL) -> tuple[DeployModule, FoldReport]:
     """The deploy module of ``model`` (matmul phase) and a report of what was folded."""
     model = model.eval()
-    deploy = DeployModule(model).eval()
+    deploy = DeployModule(copy.deepcopy(model)).eval()  # own weights: the parity reference stays untouched
     cfg = model.cfg
     report = FoldReport()
     if cfg.fusion == "distribution":

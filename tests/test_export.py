@@ -61,6 +61,8 @@ def test_distribution_export_writes_the_manifest_contract(distribution_export):
     assert manifest["versions"]["opset"] == 20
     assert len(manifest["source_checkpoint"]["sha256"]) == 64
     assert set(manifest["parity"]) == {"fp32", "int8", "fp16"}
+    assert manifest["training_phase_parity"]["phase"] == "fft"  # the checkpoint's own phase, measured too
+    assert result.training_phase_parity.dice_agreement > 0.99
     from mrdl_export.manifest import read_embedded_manifest
 
     embedded = read_embedded_manifest(result.out_dir / "model.int8.onnx")
