@@ -22,7 +22,7 @@ from .measure import (MEMORY_METHOD, LatencyStats, PeakRSSSampler, current_rss, 
 from .report import BackendResult, BenchReport, SkippedBackend, machine_info, write_report
 from .runners import BACKENDS, BackendUnavailable, Runner, TorchRunner, make_runner
 
-DEFAULT_BACKENDS = ("torch-fft", "torch-matmul", "torch-compile", "ort-fp32", "ort-int8", "ort-fp16", "ort-cuda", "tensorrt")
+DEFAULT_BACKENDS = BACKENDS  # every backend; those that cannot run here are skipped with the reason
 REFERENCE = "torch-fft"
 QUANTISED = ("ort-int8", "ort-fp16", "tensorrt")
 
@@ -96,8 +96,17 @@ def _measure(runner: Runner, inputs: InputSet, *, batch: int, warmup: int, iters
             step_times.append(time.perf_counter() - start)
     # Without pre/post-processing the runner's own clock is the latency; with it, the whole step's.
     latency = LatencyStats.from_seconds(step_times if include_prepost else list(runner.inference_times))
-    warm = {"iterations": warmup, "total_ms": 1e3 * sum(warm_times), "first_ms": 1e3 * warm_times[0] if warm_times else 0.0}
+    warm = {"iterations": warmup, "total_ms": 1e3 * sum(warm_times),
+            "first_ms": 1e3 * warm_times[0] if warm_times else 0.0}
     return latency, warm, memory.peak_delta_mb
+
+
+def _notes(runner: Runner) -> dict[str, float]:
+    """Load time, machine load while measuring, and torch.compile's compile time where it applies."""
+    notes = {"activation_s": runner.activation_seconds, "load_average_1min": os.getloadavg()[0]}
+    if getattr(runner, "compile_seconds", None):
+        notes["compile_s"] = runner.compile_seconds
+    return notes
 
 
 def _all_outputs(runner: Runner, inputs: InputSet, *, batch: int) -> np.ndarray:
@@ -179,8 +188,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                     throughput_ips=batch / (latency.mean / 1e3), peak_memory_mb=peak_mb, memory_method=MEMORY_METHOD,
                     model_size_mb=runner.model_size_bytes / 2**20, model_file=str(runner.model_path),
                     parity=None, parity_vs_onnx_fp32=None, prepost_included=include_prepost,
-                    notes={"activation_s": runner.activation_seconds, "load_average_1min": os.getloadavg()[0],
-                           **({"compile_s": runner.compile_seconds} if getattr(runner, "compile_seconds", None) else {})}))
+                    notes=_notes(runner)))
                 bar.update(1)
             outputs[name] = _all_outputs(runner, inputs, batch=min(batches))
         finally:

@@ -25,6 +25,8 @@ BACKEND_NAMES = "torch-fft,torch-matmul,torch-compile,ort-fp32,ort-int8,ort-fp16
               help="Input pool size (batches cycle over it; parity is computed on all of it).")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="Untimed warm-up iterations.")
 @click.option("--iters", default=20, show_default=True, type=click.IntRange(min=1), help="Timed iterations.")
+@click.option("--phase-iters", default=None, type=click.IntRange(min=1),
+              help="Timed passes for the export-safe phase's share of latency. Default: --iters.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="torch and onnxruntime intra-op threads. Default: all logical cores.")
 @click.option("--include-prepost/--exclude-prepost", default=False, show_default=True,
@@ -34,8 +36,9 @@ BACKEND_NAMES = "torch-fft,torch-matmul,torch-compile,ort-fp32,ort-int8,ort-fp16
               help="Write onnxruntime profiles (JSON traces) of the ORT backends here.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="bench-report", show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
-def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | None, images: int, warmup: int, iters: int,
-         threads: int | None, include_prepost: bool, device: str, profile_dir: str | None, out: str) -> None:
+def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | None, images: int, warmup: int,
+         iters: int, phase_iters: int | None, threads: int | None, include_prepost: bool, device: str,
+         profile_dir: str | None, out: str) -> None:
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
     from .bench import BenchError, parse_backends, parse_batches, run_benchmark
     from .inputs import InputError
@@ -44,7 +47,8 @@ def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | Non
     try:
         report = run_benchmark(ckpt=ckpt, model_dir=model_dir, backends=parse_backends(backends),
                                batches=parse_batches(batches), data=data, images=images, warmup=warmup, iters=iters,
-                               threads=threads, include_prepost=include_prepost, device=device, out=out,
+                               phase_iters=phase_iters, threads=threads, include_prepost=include_prepost,
+                               device=device, out=out,
                                profile_dir=profile_dir)
     except (BenchError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc

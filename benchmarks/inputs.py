@@ -84,7 +84,8 @@ def preprocess_batch(images: list[np.ndarray], size: int) -> np.ndarray:
     return np.stack([preprocess(image, size) for image in images])
 
 
-def postprocess_batch(probabilities: np.ndarray, images: list[np.ndarray], *, threshold: float = 0.5) -> list[np.ndarray]:
+def postprocess_batch(probabilities: np.ndarray, images: list[np.ndarray], *,
+                      threshold: float = 0.5) -> list[np.ndarray]:
     """(B, n_classes, S, S) probabilities -> one uint8 mask per image at its original size."""
     from mrdl_runtime.imaging import probabilities_to_mask, resize_probabilities
 

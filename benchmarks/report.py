@@ -66,8 +66,8 @@ class BenchReport:
     def to_dict(self) -> dict:
         return {"settings": self.settings, "machine": self.machine, "flops_per_image": self.flops_per_image,
                 "matmul_peak": self.matmul_peak, "results": [r.to_dict() for r in self.results],
-                "skipped": [asdict(s) for s in self.skipped], "phase_share": self.phase_share, "profiles": self.profiles,
-                "files": self.files}
+                "skipped": [asdict(s) for s in self.skipped], "phase_share": self.phase_share,
+                "profiles": self.profiles, "files": self.files}
 
     def result(self, backend: str, batch: int) -> BackendResult | None:
         return next((r for r in self.results if r.backend == backend and r.batch == batch), None)
@@ -98,7 +98,8 @@ def library_versions() -> dict[str, str | None]:
 def machine_info() -> dict[str, Any]:
     import psutil
 
-    return {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
+    return {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(),
+            "physical_cores": psutil.cpu_count(logical=False),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "platform": platform.platform(),
             "python": platform.python_version(), "libraries": library_versions(),
             "load_average_start": list(os.getloadavg())}
@@ -119,7 +120,8 @@ def table_rows(report: BenchReport) -> list[list[str]]:
         rows.append([r.backend, str(r.batch), f"{lat.p50:.1f}", f"{lat.p90:.1f}", f"{lat.p99:.1f}",
                      f"{lat.mean:.1f}±{lat.stdev:.1f}", f"{r.throughput_ips:.2f}",
                      _fmt(r.speedup_vs_torch_eager, ".2f") + ("x" if r.speedup_vs_torch_eager else ""),
-                     _fmt(r.gflops_achieved, ".1f"), _fmt(None if r.peak_fraction is None else 100 * r.peak_fraction, ".1f"),
+                     _fmt(r.gflops_achieved, ".1f"),
+                     _fmt(None if r.peak_fraction is None else 100 * r.peak_fraction, ".1f"),
                      f"{r.peak_memory_mb:.0f}", f"{r.model_size_mb:.1f}",
                      _fmt(r.parity.max_abs_diff if r.parity else None, ".2e"),
                      _fmt(r.parity.dice_agreement if r.parity else None, ".4f")])
@@ -142,12 +144,15 @@ def _footer(report: BenchReport) -> list[str]:
     lines = [f"threads {s['threads']}; pre/post-processing {'included' if s['include_prepost'] else 'excluded'}; "
              f"inputs {s['inputs']} ({s['images']} images); warm-up {s['warmup']}, timed {s['iters']} iterations; "
              f"speed-up vs torch-fft (PyTorch eager, FP32) p50; parity vs torch-fft",
-             f"FLOPs/image {report.flops_per_image / 1e9:.2f} G; matmul peak {report.matmul_peak['gflops']:.1f} GFLOP/s "
-             f"({report.matmul_peak['method']}); memory: {report.results[0].memory_method if report.results else '-'}"]
+             f"FLOPs/image {report.flops_per_image / 1e9:.2f} G; "
+             f"matmul peak {report.matmul_peak['gflops']:.1f} GFLOP/s "
+             f"({report.matmul_peak['method']}; % peak of INT8 backends can pass 100%: their kernels are not FP32); "
+             f"memory: {report.results[0].memory_method if report.results else '-'}"]
     for skip in report.skipped:
         lines.append(f"skipped {skip.backend}: {skip.reason}")
     for share in report.phase_share:
-        lines.append(f"export-safe phase (MatmulPhaseSpectrum) at batch {share['batch']}: {share['phase_ms']:.2f} ms of "
+        lines.append(f"export-safe phase (MatmulPhaseSpectrum) at batch {share['batch']}: "
+                     f"{share['phase_ms']:.2f} ms of "
                      f"{share['model_ms']:.1f} ms = {100 * share['share']:.2f}% of the torch-matmul model's latency "
                      f"({100 * share['phase_flops_share']:.2f}% of its FLOPs)")
     for profile in report.profiles:
@@ -165,7 +170,7 @@ def format_markdown(report: BenchReport) -> str:
              f"{m['memory_gb']} GB; load average at start {', '.join(f'{x:.2f}' for x in m['load_average_start'])}, "
              f"at end {', '.join(f'{x:.2f}' for x in m.get('load_average_end', []))}.", "",
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v), "",
-             "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+             "| " + " | ".join(c.replace("|", "\\|") for c in TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     lines += [""] + [f"- {line}" for line in _footer(report)]
     return "\n".join(lines) + "\n"

@@ -158,7 +158,8 @@ class RuntimeRunner(Runner):
 
     def __init__(self, name: str, *, model_dir: Path, backend: str, precision: str, threads: int) -> None:
         super().__init__()
-        self.name, self.model_dir, self.backend, self.precision, self.threads = name, Path(model_dir), backend, precision, threads
+        self.name, self.model_dir, self.threads = name, Path(model_dir), threads
+        self.backend, self.precision = backend, precision
         self.uses_cuda = False  # the runtime's runners copy results back to the host, which waits for the GPU
         self.runner: Any = None
 

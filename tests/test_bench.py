@@ -53,9 +53,9 @@ def tiny_model_session(tiny_config, tiny_prompt_features):
 @pytest.fixture(scope="module")
 def report(tiny_deploy, tmp_path_factory):
     ckpt, model_dir = tiny_deploy
-    return run_benchmark(ckpt=ckpt, model_dir=model_dir, backends="torch-fft,torch-matmul,ort-fp32,ort-int8,ort-cuda,tensorrt",
-                         batches="1,2", images=3, warmup=1, iters=3, threads=2, phase_iters=3,
-                         out=tmp_path_factory.mktemp("bench_out"), progress=False)
+    backends = "torch-fft,torch-matmul,ort-fp32,ort-int8,ort-cuda,tensorrt"
+    return run_benchmark(ckpt=ckpt, model_dir=model_dir, backends=backends, batches="1,2", images=3, warmup=1, iters=3,
+                         threads=2, phase_iters=3, out=tmp_path_factory.mktemp("bench_out"), progress=False)
 
 
 def test_report_has_every_field_for_every_backend_and_batch(report):
@@ -105,7 +105,8 @@ def test_files_written(report):
     data = json.loads(files["json"].read_text())
     assert {"settings", "machine", "flops_per_image", "matmul_peak", "results", "skipped", "phase_share"} <= set(data)
     assert len(data["results"]) == 8 and all(r["parity"] for r in data["results"])
-    assert "| backend | batch | p50 ms" in files["markdown"].read_text()
+    markdown = files["markdown"].read_text()
+    assert "| backend | batch | p50 ms" in markdown and "| max\\|Δp\\| |" in markdown
     assert files["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(files["json"].parent.glob(".*tmp"))  # no temporary files left behind
 
@@ -121,9 +122,9 @@ def test_prepost_included_is_timed_and_flagged(tiny_deploy, tmp_path):
 def test_cli_runs_and_writes_report(tiny_deploy, tmp_path):
     ckpt, model_dir = tiny_deploy
     out = tmp_path / "cli"
-    result = CliRunner().invoke(main, ["--ckpt", str(ckpt), "--model-dir", str(model_dir), "--backends", "ort-fp32,tensorrt",
-                                       "--batch", "1", "--images", "2", "--warmup", "0", "--iters", "2", "--threads", "1",
-                                       "--out", str(out)])
+    result = CliRunner().invoke(main, ["--ckpt", str(ckpt), "--model-dir", str(model_dir),
+                                       "--backends", "ort-fp32,tensorrt", "--batch", "1", "--images", "2",
+                                       "--warmup", "0", "--iters", "2", "--threads", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "ort-fp32" in result.output and "skipped tensorrt:" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]
@@ -153,7 +154,8 @@ def test_help_works_without_torch_onnxruntime_or_tensorrt():
 ])
 def test_cli_bad_input_is_a_clear_usage_error(tiny_deploy, tmp_path, args, message):
     ckpt, model_dir = tiny_deploy
-    defaults = {"--ckpt": str(ckpt), "--model-dir": str(model_dir), "--backends": "ort-fp32", "--out": str(tmp_path / "o")}
+    defaults = {"--ckpt": str(ckpt), "--model-dir": str(model_dir), "--backends": "ort-fp32",
+                "--out": str(tmp_path / "o")}
     given = dict(zip(args[::2], (a.format(missing=tmp_path / "missing") for a in args[1::2])))
     argv = [item for key, value in {**defaults, **given}.items() for item in (key, value)]
     result = CliRunner().invoke(main, argv)
