@@ -9,7 +9,8 @@ float error (compare them on the unit circle, |e^{ia} - e^{ib}|, never raw):
 * ``matmul``: the export path. The 2-D DFT of a real map X is C X C - S X S (real part) and
   -(S X C + C X S) (imaginary part), with C[k,n] = cos(2 pi k n / N), S[k,n] = sin(2 pi k n / N)
   precomputed exactly (structural zeros are exact zeros). Three matmuls: [C; S] X, then that
-  stack times C and times S. The angle is atan + where with torch.angle's conventions.
+  stack times C and times S, for rows 0..N/2 only (the rest follows by Hermitian symmetry).
+  The angle is atan + where with torch.angle's conventions.
 """
 
 from __future__ import annotations
@@ -64,24 +65,36 @@ def phase_spectrum_fft(image: torch.Tensor) -> torch.Tensor:
 
 
 class MatmulPhaseSpectrum(nn.Module):
-    """Export-safe phase spectrum at a fixed square size (see the module docstring)."""
+    """Export-safe phase spectrum at a fixed square size (see the module docstring).
+
+    A real image's DFT is Hermitian, X[N-k, N-l] = conj(X[k, l]), so only rows 0..N/2 are
+    computed (half the matmul work and half the atan2); rows N/2+1..N-1 are the negated phase of
+    rows N/2-1..1 with columns mirrored l -> (N - l) mod N, two constant-index gathers.
+    """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         cos, sin = dft_matrices(size)
-        self.size = size
+        rows = size // 2 + 1  # 0..N/2
+        self.size, self.rows = size, rows
+        self.register_buffer("cos_sin_rows", torch.cat([cos[:rows], sin[:rows]], dim=0), persistent=False)  # (2R, N)
         self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("cos_sin", torch.cat([cos, sin], dim=0), persistent=False)  # (2N, N)
         self.register_buffer("sin", sin, persistent=False)
+        mirror_rows = torch.tensor([size - k for k in range(rows, size)], dtype=torch.int64)  # N/2-1 .. 1
+        mirror_cols = torch.tensor([(size - col) % size for col in range(size)], dtype=torch.int64)
+        self.register_buffer("mirror_rows", mirror_rows, persistent=False)
+        self.register_buffer("mirror_cols", mirror_cols, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        rows = torch.matmul(self.cos_sin, image)  # (B, C, 2N, N): [C X; S X]
-        with_cos = torch.matmul(rows, self.cos)  # [C X C; S X C]
-        with_sin = torch.matmul(rows, self.sin)  # [C X S; S X S]
-        n = self.size
-        real = with_cos[..., :n, :] - with_sin[..., n:, :]  # C X C - S X S
-        imag = -(with_cos[..., n:, :] + with_sin[..., :n, :])  # -(S X C + C X S)
-        return atan2_export_safe(imag, real)
+        r = self.rows
+        left = torch.matmul(self.cos_sin_rows, image)  # (B, C, 2R, N): [C X; S X], rows 0..N/2
+        with_cos = torch.matmul(left, self.cos)  # [C X C; S X C]
+        with_sin = torch.matmul(left, self.sin)  # [C X S; S X S]
+        real = with_cos[..., :r, :] - with_sin[..., r:, :]  # C X C - S X S
+        imag = -(with_cos[..., r:, :] + with_sin[..., :r, :])  # -(S X C + C X S)
+        top = atan2_export_safe(imag, real)  # (B, C, R, N)
+        mirrored = top.index_select(-2, self.mirror_rows).index_select(-1, self.mirror_cols)  # (B, C, N-R, N)
+        return torch.cat([top, -mirrored], dim=-2)  # (B, C, N, N)
 
 
 class PhaseSpectrum(nn.Module):

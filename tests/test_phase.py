@@ -28,7 +28,7 @@ def test_dft_matrices_have_exact_structural_zeros():
     assert torch.allclose(sin.double(), -reference.imag, atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [64, 224])
+@pytest.mark.parametrize("size", [63, 64, 224])
 def test_matmul_phase_matches_fft_on_random_images(size):
     image = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
     error = _compare(image)
