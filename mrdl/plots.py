@@ -10,7 +10,7 @@ import numpy as np
 from .checkpoint import atomic_path
 
 GT_COLOUR = np.array([0, 200, 0], dtype=np.float32)
-PRED_COLOUR = np.array([230, 30, 30], dtype=np.float32)
+PRED_COLOUR = np.array([0, 230, 255], dtype=np.float32)  # cyan: visible on pink and purple stains
 
 
 def _pyplot():

@@ -17,6 +17,8 @@ from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.text import RandomTextTowerWarning
 from mrdl.train import ResumeError, train_model
 
+pytestmark = pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
