@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .parity import DEFAULT_ATOL, DEFAULT_MIN_DICE, ParityError, ParityResult
+from .quantize import DEFAULT_CALIBRATION, KEEP_FP32, check_int8_options
 
 
 class ExportError(RuntimeError):
@@ -97,6 +98,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
                  calib_data: Path | None = None, fp16: bool = False, trt: bool = False, force: bool = False,
                  opset: int = 20, max_batch: int = 16, atol: float = DEFAULT_ATOL,
                  min_dice: float = DEFAULT_MIN_DICE, parity_images: int = 8, calib_images: int = 32,
+                 calib_method: str = DEFAULT_CALIBRATION, int8_keep_fp32: tuple[str, ...] = KEEP_FP32,
                  int8_min_dice: float | None = None, trt_check: bool = False, trt_precision: str | None = None,
                  min_batch: int = 1, opt_batch: int | None = None, workspace_mb: int = 2048,
                  timing_cache: Path | None = None, expected_config: str | None = None,
@@ -106,7 +108,9 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     ``data``: dataset root (LViT layout) or folder of images for the parity gate (default: the
     synthetic set). ``atol`` / ``min_dice``: the gate's limits on max |delta probability| and
     mean mask Dice agreement (FP32). ``int8``: INT8 QDQ variant calibrated on ``calib_images``
-    images of ``calib_data`` (else ``data``, else synthetic); its parity is reported and gated
+    images of ``calib_data`` (else ``data``, else synthetic) with ``calib_method`` (minmax,
+    entropy, percentile), the model scopes ``int8_keep_fp32`` left in FP32 (default: the
+    decoder; see :mod:`mrdl_export.quantize`); its parity is reported and gated
     only when ``int8_min_dice`` is given. ``fp16``: FP16 variant. ``trt_check``: fail when the
     TensorRT 10.x report flags an unsupported op. ``trt``: build a TensorRT engine of
     ``trt_precision`` (default: int8 if ``int8``, else fp16 if ``fp16``, else fp32) with batch
@@ -132,6 +136,10 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     if max_batch < 1 or parity_images < 1 or calib_images < 1:
         raise ExportError(f"max_batch, parity_images and calib_images must be >= 1, got {max_batch}, "
                           f"{parity_images}, {calib_images}")
+    try:
+        check_int8_options(calib_method=calib_method, keep_fp32=tuple(int8_keep_fp32))
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
     precision = trt_precision or ("int8" if int8 else "fp16" if fp16 else "fp32")
     engine_options = tensorrt_build.EngineOptions(precision=precision, min_batch=min_batch, opt_batch=opt_batch,
                                                   max_batch=max_batch, workspace_mb=workspace_mb,
@@ -201,7 +209,8 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
             steps.set_postfix_str("int8 quantization")
             calibration, calibration_source = _calibration_inputs(config, calib_data=calib_data, data=data,
                                                                   count=calib_images)
-            int8_path = _timed(timings, "int8", quantize_int8, onnx_path, tmp / ARTIFACT_NAMES["int8"], calibration)
+            int8_path = _timed(timings, "int8", quantize_int8, onnx_path, tmp / ARTIFACT_NAMES["int8"], calibration,
+                               calib_method=calib_method, keep_fp32=tuple(int8_keep_fp32))
             parity["int8"] = compare(expected, onnx_probabilities(int8_path, inputs), source=source)
             if int8_min_dice is not None:
                 _gate(parity["int8"], "INT8", ckpt=ckpt, atol=1.0, min_dice=int8_min_dice)
@@ -243,7 +252,8 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
             extra["tensorrt_compatibility_variants"] = variant_reports
         if calibration_source:
             extra["int8_calibration"] = {"source": calibration_source, "images": calib_images,
-                                         "method": "MinMax, symmetric INT8, per-channel weights"}
+                                         "method": f"{calib_method}, symmetric INT8, per-channel weights",
+                                         "fp32_scopes": ["phase", "attention matmuls", *int8_keep_fp32]}
         if engine_record:
             extra["tensorrt"] = engine_record
         manifest = build_manifest(config, checkpoint_path=ckpt, checkpoint_sha256=file_sha256(ckpt),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, KEEP_FP32, MODEL_SCOPES
+
 EXIT_FAILURE = 1
 EXIT_TENSORRT_MISSING = 3
 
@@ -32,6 +34,11 @@ OPTIONS = [
                  help="INT8 calibration images (dataset root or folder; default: --data, else synthetic)."),
     click.option("--calib-images", type=click.IntRange(min=1), default=32, show_default=True,
                  help="How many calibration images."),
+    click.option("--calib-method", type=click.Choice(list(CALIBRATION_METHODS)), default=DEFAULT_CALIBRATION,
+                 show_default=True, help="INT8 calibration: activation ranges from min/max, entropy or percentile."),
+    click.option("--int8-keep-fp32", "int8_keep_fp32", type=click.Choice([*MODEL_SCOPES, "none"]), multiple=True,
+                 default=KEEP_FP32, show_default=True,
+                 help="Model parts left in FP32 in the INT8 model (repeatable; 'none' quantizes all but the phase)."),
     click.option("--int8-min-dice", type=click.FloatRange(0, 1), default=None,
                  help="Fail when INT8 mask Dice agreement is below this (default: report only)."),
     click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (FP32 IO, norms in FP32)."),
@@ -100,7 +107,7 @@ def format_summary(result) -> str:
 
 
 def run_export(*, ckpt: Path, out: Path, print_summary: bool, atol: float | None, min_dice: float | None,
-               **options) -> None:
+               int8_keep_fp32: tuple[str, ...] = KEEP_FP32, **options) -> None:
     """Run the export and turn its errors into exit codes 1 and 3."""
     from mrdl.checkpoint import CheckpointError
 
@@ -110,6 +117,9 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, atol: float | None
     from .tensorrt_build import TensorRTUnavailable
 
     context = click.get_current_context()
+    if "none" in int8_keep_fp32 and len(int8_keep_fp32) > 1:
+        raise click.BadParameter("'none' cannot be combined with other scopes", param_hint="--int8-keep-fp32")
+    options["int8_keep_fp32"] = tuple(scope for scope in int8_keep_fp32 if scope != "none")
     try:
         result = export_model(ckpt, out, atol=DEFAULT_ATOL if atol is None else atol,
                               min_dice=DEFAULT_MIN_DICE if min_dice is None else min_dice, progress=True, **options)
