@@ -50,7 +50,11 @@ class FoldReport:
 
 
 class DeployModule(nn.Module):
-    """MRDL inference graph: image [+ text features] -> probabilities (B, n_classes, H, W)."""
+    """MRDL inference graph: image [+ text features] -> probabilities (B, n_classes, H, W).
+
+    Holds the model's inference parts under their own names (so the exported graph's name scopes
+    read ``decoder``, ``vision_encoder``, ...) and runs :meth:`MRDL.segment` on them.
+    """
 
     def __init__(self, model: MRDL) -> None:
         super().__init__()
@@ -86,11 +90,7 @@ class DeployModule(nn.Module):
             fused = self.vision_embedding(features[0]) + self.text_projection(text_features)  # (B, N, C)
             y1 = self.cross_modality.first_level(fused)
             y1_up = None
-        reconstructed = self.cross_modality(y1, features[:4], y1_up=y1_up)  # R1..R4
-        phase_features = self.frequency_prompt(image)  # F_pha: (B, C, H, W)
-        skips = [x + r for x, r in zip(features[:4], reconstructed)]
-        skips[0] = skips[0] + phase_features
-        logits = self.decoder(skips, features[4])  # (B, n_classes, H, W)
+        logits = MRDL.segment(self, image, features, y1, y1_up)  # reads cross_modality, frequency_prompt, decoder
         if self.n_classes == 1:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)

@@ -198,17 +198,25 @@ class MRDL(nn.Module):
         fused = fused_feature(self.learnable_features, batch=batch, sample=self.training, eps=eps)
         return fused, kl
 
+    def segment(self, image: torch.Tensor, features: list[torch.Tensor], y1: torch.Tensor,
+                y1_up: torch.Tensor | None = None) -> torch.Tensor:
+        """From the encoder's x1..x5 and y1 = Block(F) to logits (B, n_classes, H, W).
+
+        ``y1_up`` = P_CM's first up block applied to y1, when the caller has it precomputed (the
+        deploy module folds it into a constant).
+        """
+        reconstructed = self.cross_modality(y1, features[:4], y1_up=y1_up)  # R1..R4
+        phase_features = self.frequency_prompt(image)  # F_pha: (B, C, H, W)
+        skips = [x + r for x, r in zip(features[:4], reconstructed)]
+        skips[0] = skips[0] + phase_features
+        return self.decoder(skips, features[4])
+
     def forward(self, image: torch.Tensor, text_features: torch.Tensor | None = None) -> SegmentationOutput:
         self.check_inputs(image, text_features)
         features = self.vision_encoder(image)  # x1..x5
         fused, kl = self.fuse(features[0], text_features)  # F: (B, N, C)
         y1 = self.cross_modality.first_level(fused)
-        reconstructed = self.cross_modality(y1, features[:4])  # R1..R4
-        phase_features = self.frequency_prompt(image)  # F_pha: (B, C, H, W)
-        skips = [x + r for x, r in zip(features[:4], reconstructed)]
-        skips[0] = skips[0] + phase_features
-        logits = self.decoder(skips, features[4])
-        return SegmentationOutput(logits, kl)
+        return SegmentationOutput(self.segment(image, features, y1), kl)
 
 
 def count_parameters(model: nn.Module) -> int:
