@@ -259,6 +259,8 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
         manifest = build_manifest(config, checkpoint_path=ckpt, checkpoint_sha256=file_sha256(ckpt),
                                   artifacts=artifacts, opset=opset, max_batch=max_batch,
                                   parity={k: v.to_dict() for k, v in parity.items()}, extra=extra)
+        if engine_record:  # both runtimes check the engine's TensorRT version here before deserialising
+            manifest["versions"]["tensorrt"] = engine_record["tensorrt_version"]
         for key, name in artifacts.items():
             if key != "tensorrt":
                 embed_manifest(tmp / name, manifest)

@@ -129,3 +129,24 @@ def test_missing_data_folder_exits_1_before_exporting(tiny_ckpt, tmp_path):
     empty.mkdir()
     result = _invoke("--ckpt", tiny_ckpt, "--out", tmp_path / "deploy", "--int8", "--calib-data", empty)
     assert result.exit_code == 1 and "no images" in result.output
+
+
+def test_engine_version_reaches_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
+    """With a stand-in TensorRT, the engine's version lands where mrdl_runtime (and the C++ runtime) read it."""
+    from types import SimpleNamespace
+
+    from mrdl_export import export_model, tensorrt_build
+    from mrdl_runtime.backends import tensorrt_version
+    from mrdl_runtime.manifest import load_manifest
+
+    def fake_build(onnx_path, engine_path, shapes, options, *, trt):
+        engine_path.write_bytes(b"serialized engine")
+        return {"file": engine_path.name, "tensorrt_version": trt.__version__, "precision": options.precision}
+
+    monkeypatch.setattr(tensorrt_build, "load_tensorrt", lambda: SimpleNamespace(__version__="10.9.0.34"))
+    monkeypatch.setattr(tensorrt_build, "detect_gpu", lambda: {"name": "stand-in GPU"})
+    monkeypatch.setattr(tensorrt_build, "build_engine", fake_build)
+    result = export_model(tiny_ckpt, tmp_path / "deploy", trt=True, parity_images=2)
+    assert result.manifest["artifacts"]["tensorrt"] == "model.engine"
+    assert result.manifest["versions"]["tensorrt"] == "10.9.0.34"
+    assert tensorrt_version(load_manifest(tmp_path / "deploy")) == "10.9.0.34"
