@@ -35,6 +35,16 @@ def tiny_model(tiny_config, tiny_prompt_features):
     return create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: the CPUs are shared, and oversubscribed threads slow tiny models down badly."""
+    torch = _torch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def monuseg_root() -> Path:
     if not (MONUSEG / "Val_Folder" / "img").is_dir():

@@ -18,14 +18,7 @@ from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.evaluate import evaluate_checkpoint, predict_dataset, predict_masks, score_masks
 from mrdl.metrics import predict_mask
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the CPUs are shared, and oversubscribed threads slow tiny models down badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

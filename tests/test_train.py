@@ -17,16 +17,8 @@ from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.text import RandomTextTowerWarning
 from mrdl.train import ResumeError, train_model
 
-pytestmark = pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the CPUs are shared, and oversubscribed threads slow tiny models down badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
