@@ -92,17 +92,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, *, provenance: dic
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read and verify a checkpoint file without building a model."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt") as handle:  # one open: metadata and tensors
             metadata = handle.metadata() or {}
-        state = load_file(str(path))
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
     if metadata.get("mrdl.format") != FORMAT:

@@ -16,7 +16,6 @@ and there is no KL term. Build models with :func:`create_model` only.
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from .config import MRDLConfig, ModelConfig, load_config
 from .distribution import fused_feature, representation_kl
-from .layers import DoubleConv, DownBlock, ConvBNReLU, PatchEmbedding, Reconstruct, TokenConvBN, TransformerBlock, UpBlock
+from .layers import DownBlock, ConvBNReLU, PatchEmbedding, Reconstruct, TokenConvBN, TransformerBlock, UpBlock
 from .phase import FrequencyPromptEncoder
 
 
@@ -248,6 +247,4 @@ def deterministic_prompt_features(cfg: MRDLConfig, *, seed: int = 0) -> torch.Te
     """Prompt features from a seeded random tower: reproducible, meaningless. Tests and demos."""
     from .text import random_text_tower
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return random_text_tower(cfg.model.text, seed=seed).encode([cfg.model.prompt])[0]
+    return random_text_tower(cfg.model.text, seed=seed).encode([cfg.model.prompt])[0]
