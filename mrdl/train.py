@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import atomic_path, read_checkpoint, save_checkpoint, tensors_digest
+from .checkpoint import Checkpoint, atomic_path, read_checkpoint, save_checkpoint, tensors_digest
 from .config import MRDLConfig
 from .data.dataset import SegmentationDataset
 from .data.embeddings import TextEmbeddings, compute_embeddings, key, load_embeddings
@@ -137,11 +137,11 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
 
     out_dir = Path(out_dir)
     start_time = time.perf_counter()
-    state = None
+    state = last = None
     if resume:
-        state = _load_state(out_dir)
+        state, last = _load_state(out_dir)
         settings = state["settings"]
-        config = read_checkpoint(out_dir / LAST).config
+        config = last.config
     else:
         config = run_config(config, epochs=epochs, batch_size=batch_size, kl_weight=kl_weight, use_text=use_text)
         settings = {"data_root": str(Path(data_root).resolve()), "embeddings": str(Path(embeddings_path).resolve()),
@@ -164,7 +164,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                   "text_embeddings": settings["embeddings"], "clip_weights": embeddings.provenance.get("weights"),
                   "use_text": use_text, "seed": seed}
     if state is not None:
-        model.load_state_dict(read_checkpoint(out_dir / LAST).state_dict)
+        model.load_state_dict(last.state_dict)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         progress_state = state["progress"]
@@ -239,13 +239,15 @@ def _save_last(out_dir: Path, model, optimizer, scheduler, settings: dict, progr
                                    "best_epoch": progress_state["best_epoch"]}, indent=2))
 
 
-def _load_state(out_dir: Path) -> dict:
+def _load_state(out_dir: Path) -> tuple[dict, Checkpoint]:
+    """The sidecar state and the verified last checkpoint it belongs to."""
     last, sidecar = out_dir / LAST, out_dir / STATE
     if not last.is_file() or not sidecar.is_file():
         raise ResumeError(f"cannot resume {out_dir}: expected {LAST} and {STATE} there (start a new run without --resume)")
     state = torch.load(sidecar, weights_only=False)
     if state.get("format") != "mrdl-train-state/1":
         raise ResumeError(f"{sidecar} is not an mrdl training state file")
-    if tensors_digest(read_checkpoint(last).state_dict) != state["checkpoint_digest"]:
+    checkpoint = read_checkpoint(last)
+    if tensors_digest(checkpoint.state_dict) != state["checkpoint_digest"]:
         raise ResumeError(f"{sidecar} does not belong to {last} (written by different epochs); cannot resume exactly")
-    return state
+    return state, checkpoint
