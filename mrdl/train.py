@@ -134,6 +134,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
     from tqdm import tqdm
 
     from .model import create_model
+    from .plots import plot_training_curves
 
     out_dir = Path(out_dir)
     start_time = time.perf_counter()
@@ -207,8 +208,6 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 progress_state["bad_epochs"] += 1
             _save_last(out_dir, model, optimizer, scheduler, settings, progress_state, provenance)
             _write_metrics(out_dir / "metrics.csv", history)
-            from .plots import plot_training_curves
-
             plot_training_curves(history, out_dir / "curves.png")
             epoch_bar.update(1)
             epoch_bar.set_postfix(val_dice=f"{val_dice:.3f}", best=f"{progress_state['best_val_dice']:.3f}")
