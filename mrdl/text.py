@@ -76,11 +76,15 @@ def _text_architecture(cfg: TextTowerConfig) -> dict:
 
 
 def _text_state_from_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The text-tower subset of a full CLIP state dict (same names as TextTransformer's)."""
-    prefixes = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+    """The text-tower subset of a full CLIP state dict (same names as TextTransformer's).
+
+    ``text_projection`` is left out: per-token features never use the pooled projection.
+    """
+    prefixes = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
     text_state = {k: v for k, v in state.items() if k.startswith(prefixes)}
     if "text.token_embedding.weight" in state:  # CustomTextCLIP checkpoints keep the tower under text.
         text_state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
+        text_state.pop("text_projection", None)
     return text_state
 
 
@@ -106,7 +110,6 @@ def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
         from open_clip.factory import load_state_dict
 
         state = _text_state_from_clip(load_state_dict(str(path)))
-        state.pop("text_projection", None)  # per-token features never use the pooled projection
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if k != "attn_mask"]
         if missing:
@@ -117,7 +120,6 @@ def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
             raise RuntimeError(f"HF_HUB_OFFLINE=1: cannot fetch pretrained tag {pretrained!r}; pass a local file")
         full = open_clip.create_model(cfg.clip_model, pretrained=pretrained)
         state = _text_state_from_clip(full.state_dict())
-        state.pop("text_projection", None)
         model.load_state_dict(state, strict=False)
         provenance = f"pretrained:{pretrained}"
     else:
