@@ -116,7 +116,6 @@ class TorchRunner(Runner):
             raise BackendUnavailable(f"torch has no CUDA device here (device {self.device!r} requested)")
         model, _ = load_checkpoint(self.ckpt, phase=self.phase)
         model = model.eval().to(self.device)
-        self.n_classes = model.cfg.n_classes
         self.model = model
         if self.compile_model:
             self._compile(model)
@@ -140,10 +139,11 @@ class TorchRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        from mrdl.losses import probabilities
+
         with torch.inference_mode():
             logits = self.model(torch.from_numpy(batch).to(self.device)).logits  # (B, n_classes, S, S)
-            probabilities = torch.sigmoid(logits) if self.n_classes == 1 else torch.softmax(logits, dim=1)
-            return probabilities.float().cpu().numpy()
+            return probabilities(logits).float().cpu().numpy()
 
     def _deactivate(self) -> None:
         self.model = None
