@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,21 @@ from mrdl.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mrdl.cli import main
 from mrdl.data.embeddings import compute_embeddings
 from mrdl.data.synthetic import write_synthetic_dataset
-from mrdl.text import RandomTextTowerWarning
 from mrdl.train import ResumeError, train_model
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
 
 
+def _make_data(folder: Path, tiny_config, *, n_train: int, n_val: int) -> tuple[Path, Path]:
+    """A synthetic dataset under ``folder`` and its random-tower embeddings (the warning is filtered above)."""
+    root = write_synthetic_dataset(folder / "syn", n_train=n_train, n_val=n_val, size=64)
+    return root, compute_embeddings(root, tiny_config, out=folder / "text.safetensors")
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, tiny_config) -> tuple[Path, Path]:
-    root = write_synthetic_dataset(tmp_path_factory.mktemp("data") / "syn", n_train=6, n_val=3, size=64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomTextTowerWarning)
-        embeddings = compute_embeddings(root, tiny_config, out=root.parent / "text.safetensors")
-    return root, embeddings
+    return _make_data(tmp_path_factory.mktemp("data"), tiny_config, n_train=6, n_val=3)
 
 
 def _train(tiny_config, data, out: Path, **kwargs):
@@ -37,10 +37,7 @@ def _train(tiny_config, data, out: Path, **kwargs):
 
 
 def test_validation_dice_rises(tmp_path: Path, tiny_config):
-    root = write_synthetic_dataset(tmp_path / "syn", n_train=16, n_val=6, size=64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomTextTowerWarning)
-        embeddings = compute_embeddings(root, tiny_config, out=tmp_path / "text.safetensors")
+    root, embeddings = _make_data(tmp_path, tiny_config, n_train=16, n_val=6)
     result = _train(tiny_config, (root, embeddings), tmp_path / "run", epochs=12, seed=0)
     dice = [row["val_dice"] for row in result.history]
     assert result.epochs_completed == 12 and not result.interrupted
@@ -100,9 +97,7 @@ def test_resume_refuses_a_missing_or_mismatched_run(tmp_path: Path, tiny_config,
 def test_stale_embeddings_are_refused(tmp_path: Path, tiny_config, small_data):
     root, _ = small_data
     other = write_synthetic_dataset(tmp_path / "other", n_train=2, n_val=1, size=64, seed=9)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomTextTowerWarning)
-        wrong = compute_embeddings(other, tiny_config, out=tmp_path / "wrong.safetensors")
+    wrong = compute_embeddings(other, tiny_config, out=tmp_path / "wrong.safetensors")
     with pytest.raises(ValueError, match="mrdl embed-text"):
         _train(tiny_config, (root, wrong), tmp_path / "run", epochs=1)
 
