@@ -108,29 +108,24 @@ class Parity:
         return asdict(self)
 
 
-def masks_from_probabilities(probabilities: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
-    """(N, n_classes, H, W) -> (N, H, W) labels: ``p > threshold`` for one class, else argmax."""
-    if probabilities.shape[1] == 1:
-        return (probabilities[:, 0] > threshold).astype(np.uint8)
-    return probabilities.argmax(axis=1).astype(np.uint8)
-
-
 def mask_dice_agreement(masks: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over images of the foreground Dice between two (N, H, W) label maps."""
-    flat, ref = masks.reshape(len(masks), -1) > 0, reference.reshape(len(reference), -1) > 0
-    intersection = (flat & ref).sum(1)
-    sizes = flat.sum(1) + ref.sum(1)
-    dice = np.where(sizes == 0, 1.0, 2.0 * intersection / np.maximum(sizes, 1))
+    """Mean over images of the foreground Dice between two (N, H, W) label maps (LViT's per-image Dice)."""
+    import torch
+
+    from mrdl.metrics import dice_iou_per_image
+
+    dice, _ = dice_iou_per_image(torch.from_numpy(masks), torch.from_numpy(reference))
     return float(dice.mean())
 
 
 def parity(probabilities: np.ndarray, reference: np.ndarray, *, reference_name: str, threshold: float = 0.5) -> Parity:
     """Compare two (N, n_classes, H, W) probability arrays: max/mean |delta| and mask Dice agreement."""
+    from mrdl_export.parity import masks_of
+
     if probabilities.shape != reference.shape:
         raise ValueError(f"output shape {probabilities.shape} differs from the reference's {reference.shape}")
     delta = np.abs(probabilities.astype(np.float64) - reference.astype(np.float64))
-    dice = mask_dice_agreement(masks_from_probabilities(probabilities, threshold=threshold),
-                               masks_from_probabilities(reference, threshold=threshold))
+    dice = mask_dice_agreement(masks_of(probabilities, threshold=threshold), masks_of(reference, threshold=threshold))
     return Parity(reference=reference_name, max_abs_diff=float(delta.max()), mean_abs_diff=float(delta.mean()),
                   dice_agreement=dice, images=len(reference))
 
