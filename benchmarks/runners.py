@@ -9,6 +9,7 @@ so a missing one only skips that runner, with a reason.
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -163,18 +164,22 @@ class RuntimeRunner(Runner):
         self.uses_cuda = False  # the runtime's runners copy results back to the host, which waits for the GPU
         self.runner: Any = None
 
-    @property
-    def model_path(self) -> Path:
+    @functools.cached_property
+    def manifest(self) -> Any:
+        """The model directory's manifest (``mrdl_runtime.Manifest``), read once."""
         from mrdl_runtime.manifest import load_manifest
 
-        return load_manifest(self.model_dir).artifact_path("tensorrt" if self.backend == "tensorrt" else self.precision)
+        return load_manifest(self.model_dir)
+
+    @property
+    def model_path(self) -> Path:
+        return self.manifest.artifact_path("tensorrt" if self.backend == "tensorrt" else self.precision)
 
     def _activate(self) -> None:
         from mrdl_runtime.backends import engine_precision, make_runner, unavailable_reason
-        from mrdl_runtime.manifest import load_manifest
         from mrdl_runtime.runner import BackendUnavailableError
 
-        manifest = load_manifest(self.model_dir)
+        manifest = self.manifest
         if self.backend == "tensorrt":
             self.precision = engine_precision(manifest) or "fp32"
         reason = unavailable_reason(manifest, self.backend, self.precision)
