@@ -9,7 +9,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -165,18 +164,6 @@ def flops_per_image(ckpt: Path) -> int:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, size, size))
     return int(counter.get_total_flops())
-
-
-def time_callable(function: Callable[[], object], *, warmup: int, iters: int) -> list[float]:
-    """Seconds of ``iters`` calls of ``function`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def phase_share(ckpt: Path, *, batch: int, warmup: int, iters: int) -> dict:
