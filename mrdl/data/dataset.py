@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .preprocess import SCALE, ImageReadError, read_rgb, resize_mask, resize_rgb
+from .preprocess import ImageReadError, read_rgb, resize_mask, resize_rgb, to_model_input
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 SPLITS = ("Train", "Val", "Test")
@@ -230,7 +230,6 @@ class SegmentationDataset:
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask = augment(image, mask, rng)
-        pixels = image.astype(np.float32).transpose(2, 0, 1) * np.float32(SCALE)  # (3, S, S), as preprocess()
-        return {"image": torch.from_numpy(np.ascontiguousarray(pixels)),
+        return {"image": torch.from_numpy(to_model_input(image)),  # (3, S, S), as preprocess()
                 "mask": torch.from_numpy(mask.astype(np.int64)),
                 "name": self.samples[index].name, "index": index}

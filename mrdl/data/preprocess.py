@@ -53,7 +53,12 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8)
 
 
+def to_model_input(resized: np.ndarray) -> np.ndarray:
+    """An already resized HxWx3 uint8 image -> (3, H, W) float32 in [0, 1]."""
+    scaled = resized.astype(np.float32) * np.float32(SCALE)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
+
+
 def preprocess(image: np.ndarray, size: int) -> np.ndarray:
     """HxW[xC] uint8 -> (3, size, size) float32 in [0, 1]: the model's input for one image."""
-    resized = resize_rgb(image, size).astype(np.float32) * np.float32(SCALE)
-    return np.ascontiguousarray(resized.transpose(2, 0, 1))
+    return to_model_input(resize_rgb(image, size))
