@@ -146,6 +146,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     import torch
     from tqdm import tqdm
 
+    from mrdl.checkpoint import load_checkpoint
+
     ckpt, model_dir = Path(ckpt), Path(model_dir)
     backends, batches = parse_backends(backends), parse_batches(batches)
     threads = threads or os.cpu_count() or 1
@@ -158,7 +160,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     machine = machine_info()
     inputs = load_inputs(size=config.model.image_size, data=data, count=images)
     peak = matmul_peak_gflops(threads=threads)
-    flops = flops_per_image(ckpt)
+    matmul_model = load_checkpoint(ckpt, phase="matmul")[0].eval()  # FLOPs and the phase's share of latency
+    flops = flops_per_image(matmul_model)
     threshold = manifest.threshold
 
     with TorchRunner(REFERENCE, ckpt=ckpt, phase="fft", device=device) as reference_runner:
@@ -207,7 +210,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
         if eager is not None:
             result.speedup_vs_torch_eager = eager.latency_ms.p50 / result.latency_ms.p50
 
-    shares = [phase_share(ckpt, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters) for batch in batches]
+    shares = [phase_share(matmul_model, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters)
+              for batch in batches]
     for share in shares:
         share["phase_flops_share"] = share["phase_flops_per_image"] / flops
     profiles = _profiles(results, ckpt=ckpt, batch=min(batches), size=config.model.image_size, threads=threads,

@@ -8,9 +8,12 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mrdl.model import MRDL
 
 MEMORY_METHOD = "peak RSS minus RSS before loading the backend, psutil sampling every 2 ms"
 
@@ -147,8 +150,8 @@ def matmul_peak_gflops(*, threads: int, size: int = 2048, repeats: int = 5) -> d
             "threads": threads, "seconds": best}
 
 
-def flops_per_image(ckpt: Path) -> int:
-    """FLOPs of one image through the PyTorch model (``matmul`` phase, eval), by FlopCounterMode.
+def flops_per_image(model: MRDL) -> int:
+    """FLOPs of one image through the ``matmul``-phase PyTorch model (eval mode), by FlopCounterMode.
 
     The ``matmul`` phase is counted because FlopCounterMode does not count torch.fft; its DFT
     matmuls are part of the work every exported backend does.
@@ -156,36 +159,28 @@ def flops_per_image(ckpt: Path) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mrdl.checkpoint import load_checkpoint
-
-    model, _ = load_checkpoint(ckpt, phase="matmul")
-    model.eval()
     size = model.cfg.image_size
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, size, size))
     return int(counter.get_total_flops())
 
 
-def phase_share(ckpt: Path, *, batch: int, warmup: int, iters: int) -> dict:
-    """Share of the PyTorch model's latency spent in the export-safe phase spectrum (MatmulPhaseSpectrum).
+def phase_share(model: MRDL, *, batch: int, warmup: int, iters: int) -> dict:
+    """Share of the ``matmul``-phase model's latency spent in the export-safe phase spectrum (MatmulPhaseSpectrum).
 
-    Timed inside the same forward passes of the ``matmul``-phase model (forward hooks around the
-    phase module), so load on a shared machine hits both parts alike. Also the phase's share of
-    the FLOPs, which does not depend on the machine.
+    Timed inside the same forward passes of the model (eval mode; forward hooks around the phase
+    module, removed afterwards), so load on a shared machine hits both parts alike. Also the
+    phase's share of the FLOPs, which does not depend on the machine.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mrdl.checkpoint import load_checkpoint
-
-    model, _ = load_checkpoint(ckpt, phase="matmul")
-    model.eval()
     size = model.cfg.image_size
     image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))  # (B, 3, S, S)
     phase_module = model.frequency_prompt.phase
     marks: list[float] = []
-    phase_module.register_forward_pre_hook(lambda *_: marks.append(time.perf_counter()))
-    phase_module.register_forward_hook(lambda *_: marks.append(time.perf_counter()))
+    hooks = [phase_module.register_forward_pre_hook(lambda *_: marks.append(time.perf_counter())),
+             phase_module.register_forward_hook(lambda *_: marks.append(time.perf_counter()))]
     phase_s, model_s = [], []
     with torch.inference_mode():
         for index in range(warmup + iters):
@@ -197,6 +192,8 @@ def phase_share(ckpt: Path, *, batch: int, warmup: int, iters: int) -> dict:
                 phase_s.append(marks[1] - marks[0])
         with FlopCounterMode(display=False) as phase_counter:
             phase_module(image[:1])
+    for hook in hooks:
+        hook.remove()
     phase_ms, model_ms = 1e3 * float(np.mean(phase_s)), 1e3 * float(np.mean(model_s))
     return {"batch": batch, "phase_ms": phase_ms, "model_ms": model_ms, "share": phase_ms / model_ms,
             "phase_flops_per_image": int(phase_counter.get_total_flops()),
