@@ -63,8 +63,6 @@ class OnnxRuntimeRunner(Runner):
         self.trt_profile = trt_profile or []
         self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_TRT_CACHE
         self.session = None
-        self.input_names: list[str] = []
-        self.output_names: list[str] = []
 
     def _provider_list(self) -> list:
         cuda = ("CUDAExecutionProvider", {"device_id": self.device_id})
