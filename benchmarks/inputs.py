@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+from mrdl.data.dataset import IMAGE_SUFFIXES
 
 
 class InputError(ValueError):
