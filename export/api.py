@@ -164,11 +164,11 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     start = time.perf_counter()
     try:
         model, checkpoint = load_checkpoint(ckpt, expected_config=expected_config, phase="matmul")
-        training_model, _ = load_checkpoint(ckpt)  # as trained: its own phase implementation (usually fft)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from exc
     timings["load"] = time.perf_counter() - start
     config = checkpoint.config
+    trained_phase = config.model.phase  # the checkpoint's own phase implementation (usually fft)
     tmp = _prepare_out_dir(out_dir, force=force)
     steps = tqdm(total=4 + int8 + fp16 + trt, desc="mrdl-export", unit="step", disable=not progress)
     try:
@@ -194,12 +194,14 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
         fp32_probabilities = onnx_probabilities(onnx_path, inputs)
         parity = {"fp32": compare(expected, fp32_probabilities, source=source)}
         phase_drift = None
-        if training_model.cfg.phase != "matmul":
-            phase_drift = compare(reference_probabilities(training_model, inputs), fp32_probabilities, source=source)
+        if trained_phase != "matmul":  # the same weights with the phase as trained
+            model.frequency_prompt.phase.mode = trained_phase
+            phase_drift = compare(reference_probabilities(model, inputs), fp32_probabilities, source=source)
+            model.frequency_prompt.phase.mode = "matmul"
         timings["parity"] = time.perf_counter() - mark
         _gate(parity["fp32"], "FP32", ckpt=ckpt, atol=atol, min_dice=min_dice)
         if phase_drift is not None:
-            _gate(phase_drift, f"FP32 vs the {training_model.cfg.phase}-phase model", ckpt=ckpt, atol=1.0,
+            _gate(phase_drift, f"FP32 vs the {trained_phase}-phase model", ckpt=ckpt, atol=1.0,
                   min_dice=min_dice)
         steps.update()
 
@@ -247,7 +249,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
 
         extra = {"folding": folding.to_dict(), "tensorrt_compatibility": report.to_dict()}
         if phase_drift is not None:
-            extra["training_phase_parity"] = {"phase": training_model.cfg.phase, **phase_drift.to_dict()}
+            extra["training_phase_parity"] = {"phase": trained_phase, **phase_drift.to_dict()}
         if variant_reports:
             extra["tensorrt_compatibility_variants"] = variant_reports
         if calibration_source:
