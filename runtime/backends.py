@@ -32,10 +32,8 @@ def engine_precision(manifest: Manifest) -> str | None:
 
 
 def tensorrt_version(manifest: Manifest) -> str | None:
-    """The TensorRT version that built ``model.engine``, where the manifest records it."""
-    section = manifest.raw.get("tensorrt")
-    recorded = section.get("version") if isinstance(section, dict) else None
-    return recorded or manifest.versions.get("tensorrt")
+    """The TensorRT version that built ``model.engine`` (``versions.tensorrt``), where the manifest records it."""
+    return manifest.versions.get("tensorrt")
 
 
 def _gpu_count() -> int:
