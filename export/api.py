@@ -226,7 +226,8 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
             steps.update()
 
         steps.set_postfix_str("tensorrt report")
-        report = check_graph(onnx.load(str(onnx_path)))
+        fp32_graph = onnx.load(str(onnx_path))
+        report, ops = check_graph(fp32_graph), op_counts(fp32_graph)
         variant_reports = {key: check_graph(onnx.load(str(tmp / name))).to_dict()
                            for key, name in artifacts.items() if key != "fp32"}
         if trt_check and not report.compatible("10.x"):
@@ -268,7 +269,6 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
                 embed_manifest(tmp / name, manifest)
         write_manifest(tmp / "model.json", manifest)
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        ops = op_counts(onnx.load(str(onnx_path)))
         _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
