@@ -78,11 +78,11 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _calibration_inputs(config, *, calib_data: Path | None, data: Path | None, count: int):
-    from .parity import CALIBRATION_SPLITS, load_images, text_features_for
+def _model_inputs(config, *, data: Path | None, count: int, **selection):
+    """The graph's inputs for ``count`` images (``load_images``): [images] [+ stand-in text features]."""
+    from .parity import load_images, text_features_for
 
-    images, source = load_images(size=config.model.image_size, data=calib_data or data, count=count,
-                                 splits=CALIBRATION_SPLITS, synthetic_offset=1000)
+    images, source = load_images(size=config.model.image_size, data=data, count=count, **selection)
     extra = [text_features_for(config, len(images))] if config.model.fusion == "addition" else []
     return [images, *extra], source
 
@@ -128,8 +128,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     from .deploy import build_deploy_module, example_inputs
     from .manifest import ARTIFACT_NAMES, build_manifest, embed_manifest, file_sha256, input_specs, write_manifest
     from .onnx_export import export_onnx, op_counts, phase_sign_check
-    from .parity import (compare, image_files, load_images, onnx_probabilities, reference_probabilities,
-                         text_features_for)
+    from .parity import CALIBRATION_SPLITS, compare, image_files, onnx_probabilities, reference_probabilities
     from .quantize import convert_fp16, quantize_int8
     from .trt_report import check_graph, format_report
 
@@ -183,8 +182,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
 
         steps.set_postfix_str("parity gate")
         mark = time.perf_counter()
-        images, source = load_images(size=config.model.image_size, data=data, count=parity_images)
-        inputs = [images] + ([text_features_for(config, len(images))] if config.model.fusion == "addition" else [])
+        inputs, source = _model_inputs(config, data=data, count=parity_images)
         # The gate's reference is the checkpoint in PyTorch with the phase the graph implements
         # (matmul), so it measures the export alone. The fft and matmul phases of one checkpoint
         # differ by float rounding at near-zero DFT bins, where the phase is ill-conditioned: on a
@@ -209,8 +207,8 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
         calibration_source = None
         if int8:
             steps.set_postfix_str("int8 quantization")
-            calibration, calibration_source = _calibration_inputs(config, calib_data=calib_data, data=data,
-                                                                  count=calib_images)
+            calibration, calibration_source = _model_inputs(config, data=calib_data or data, count=calib_images,
+                                                            splits=CALIBRATION_SPLITS, synthetic_offset=1000)
             int8_path = _timed(timings, "int8", quantize_int8, onnx_path, tmp / ARTIFACT_NAMES["int8"], calibration,
                                calib_method=calib_method, keep_fp32=tuple(int8_keep_fp32))
             parity["int8"] = compare(expected, onnx_probabilities(int8_path, inputs), source=source)
