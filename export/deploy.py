@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mrdl.distribution import fused_feature
+from mrdl.losses import probabilities
 from mrdl.model import MRDL
 
 
@@ -63,7 +64,6 @@ class DeployModule(nn.Module):
                              "with phase='matmul'")
         model = model.eval()
         self.fusion = model.cfg.fusion
-        self.n_classes = model.cfg.n_classes
         self.vision_encoder = model.vision_encoder
         self.cross_modality = model.cross_modality
         self.frequency_prompt = model.frequency_prompt
@@ -91,9 +91,7 @@ class DeployModule(nn.Module):
             y1 = self.cross_modality.first_level(fused)
             y1_up = None
         logits = MRDL.segment(self, image, features, y1, y1_up)  # reads cross_modality, frequency_prompt, decoder
-        if self.n_classes == 1:
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=1)
+        return probabilities(logits)  # sigmoid for one class, softmax over classes otherwise
 
 
 def example_inputs(model: MRDL, *, batch: int = 1) -> tuple[torch.Tensor, ...]:

@@ -91,13 +91,14 @@ def reference_probabilities(model, inputs: list[np.ndarray], *, batch: int = 4) 
     """The checkpoint's probabilities in PyTorch (eval mode, activation applied): (B, K, H, W)."""
     import torch
 
+    from mrdl.losses import probabilities
+
     model = model.eval()
     outputs = []
     with torch.no_grad():
         for start in range(0, len(inputs[0]), batch):
             chunk = [torch.from_numpy(x[start:start + batch]) for x in inputs]
-            logits = model(*chunk).logits
-            outputs.append((torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, 1)).numpy())
+            outputs.append(probabilities(model(*chunk).logits).numpy())
     return np.concatenate(outputs)
 
 
