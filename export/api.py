@@ -123,10 +123,11 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     from tqdm import tqdm
 
     from mrdl.checkpoint import CheckpointError, load_checkpoint
+    from mrdl.text import file_sha256
 
     from . import tensorrt_build
     from .deploy import build_deploy_module, example_inputs
-    from .manifest import ARTIFACT_NAMES, build_manifest, embed_manifest, file_sha256, input_specs, write_manifest
+    from .manifest import ARTIFACT_NAMES, build_manifest, embed_manifest, input_specs, write_manifest
     from .onnx_export import export_onnx, op_counts, phase_sign_check
     from .parity import CALIBRATION_SPLITS, compare, image_files, onnx_probabilities, reference_probabilities
     from .quantize import convert_fp16, quantize_int8

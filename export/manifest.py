@@ -6,7 +6,6 @@ postprocessing, classes, fusion, precision, versions, source checkpoint and pari
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,6 @@ FORMAT = "mrdl-deploy/1"
 METADATA_KEY = "mrdl.manifest"
 ARTIFACT_NAMES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx",
                   "tensorrt": "model.engine"}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def input_specs(config) -> list[dict[str, Any]]:
