@@ -7,18 +7,54 @@ docs/deploy-manifest.md is the contract; this module turns the JSON into a typed
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT = "mrdl-deploy/1"
+FORMAT = "mrdl-deploy/2"
 MANIFEST_NAME = "model.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+# artifact key -> the file name mrdl-export gives it
+ARTIFACT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx", "tensorrt": "model.engine"}
+# An artifact entry names a plain file inside the model directory: no separators, no "..", no hidden name.
+ARTIFACT_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")
 
 
 class ManifestError(ValueError):
     """A model directory or manifest the runtime cannot use."""
+
+
+class IntegrityError(ManifestError):
+    """An artifact whose name, size, hash, precision or graph differs from what ``model.json`` records."""
+
+
+def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Lower-case hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_artifact_name(name: object, *, where: str = MANIFEST_NAME) -> str:
+    """``name`` if it is a plain file name inside the model directory, else :class:`ManifestError`."""
+    if not isinstance(name, str) or not ARTIFACT_NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ManifestError(f"{where}: artifact file {name!r} must be a plain file name inside the model directory "
+                            "(letters, digits, '.', '_', '-'; no path separators, no leading '.')")
+    return name
+
+
+def artifact_record(path: str | Path, precision: str) -> dict[str, Any]:
+    """The ``artifacts`` entry of one file: plain name, size in bytes, SHA-256 and the precision it holds."""
+    path = Path(path)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return {"file": check_artifact_name(path.name), "bytes": path.stat().st_size, "sha256": file_sha256(path),
+            "precision": precision}
 
 
 @dataclass(frozen=True)
