@@ -1,53 +1,188 @@
-"""Pre- and postprocessing with numpy + Pillow, exactly as training did (docs/deploy-manifest.md).
+"""Image decoding, pre- and postprocessing with numpy + Pillow, exactly as training did (docs/deploy-manifest.md).
 
-Preprocessing re-implements ``mrdl.data.preprocess`` without importing mrdl: gray replicated to
-RGB, alpha dropped, Pillow bilinear (antialiased) resize on the uint8 RGB image, times ``scale``
-(1/255) in float32, HWC -> CHW. Postprocessing resizes each probability map back to the original
-size with Pillow's mode-"F" bilinear resize, then thresholds (one class) or takes the argmax.
+**Decoding** (one rule for training, this runtime and the C++ runtime): :func:`to_rgb8` maps any
+array to HxWx3 uint8 (uint8 kept; bool -> 0/255; uint16 and other integers in [0, 65535] -> the
+high byte; finite non-negative floats in [0, 1] -> floor(v * 255 + 0.5), in [0, 255] ->
+floor(v + 0.5), computed in float64; gray replicated, gray+alpha and RGBA lose alpha).
+:func:`read_image` decodes a file with Pillow under a pixel limit checked from the header
+before any pixel data is decoded, then applies the same rule.
+
+**Preprocessing**: Pillow bilinear (antialiased) resize on the uint8 RGB image, times ``scale``
+(1/255) in float32, HWC -> CHW. **Postprocessing** resizes each probability map back to the
+original size with Pillow's mode-"F" bilinear resize, then thresholds (one class) or takes the
+argmax; :func:`mask_at_size` does the same one map at a time without holding them all.
 """
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 CHANNEL_ORDERS = ("RGB", "BGR")
+DEFAULT_MAX_PIXELS = 250_000_000  # a 15811 x 15811 image; --max-pixels / max_pixels raises it
+STRIP_BYTES = 1 << 24  # row strips of about 16 MB bound the temporary copies of large images
+_ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-global
 
 
 class ImageInputError(ValueError):
-    """An input image of the wrong dtype, shape or channel count."""
+    """An input image of the wrong dtype, shape, channel count or value range."""
+
+
+class ImageReadError(ImageInputError):
+    """An image file that cannot be read: missing, not an image, truncated, or over the pixel limit."""
+
+
+def _rows_per_strip(row_bytes: int) -> int:
+    return max(1, STRIP_BYTES // max(row_bytes, 1))
+
+
+def _check_layout(array: np.ndarray) -> None:
+    expected = "an HxW, HxWx1 (gray), HxWx2 (gray+alpha), HxWx3 (RGB) or HxWx4 (RGBA) image"
+    if array.ndim not in (2, 3):
+        raise ImageInputError(f"expected {expected}; got a {array.ndim}-d array of shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] not in (1, 2, 3, 4):
+        layout = " (it looks channels-first; transpose to HxWxC)" if array.shape[0] in (1, 2, 3, 4) else ""
+        raise ImageInputError(f"expected {expected}; got shape {array.shape} with {array.shape[2]} channels{layout}")
+    if array.size == 0:
+        raise ImageInputError(f"expected {expected}; got an empty image of shape {array.shape}")
+
+
+def _float_to_uint8(array: np.ndarray) -> np.ndarray:
+    if not all(np.isfinite(array[r:r + 64]).all() for r in range(0, len(array), 64)):
+        raise ImageInputError("float image holds NaN or infinite values; expected finite values in [0, 1] or [0, 255]")
+    low, high = float(array.min()), float(array.max())
+    if low < 0:
+        raise ImageInputError(f"float image values down to {low:g}; expected [0, 1] or [0, 255]")
+    if high > 255.0:
+        raise ImageInputError(f"float image values up to {high:g}; expected [0, 1] or [0, 255]")
+    factor = 255.0 if high <= 1.0 else 1.0
+    out = np.empty(array.shape, dtype=np.uint8)
+    step = _rows_per_strip(8 * array[0].size)
+    for start in range(0, len(array), step):  # float64 in strips: the rule's arithmetic, bounded memory
+        out[start:start + step] = np.floor(array[start:start + step].astype(np.float64) * factor + 0.5)
+    return out
+
+
+def _values_to_uint8(array: np.ndarray) -> np.ndarray:
+    """The per-value part of the rule (any dtype -> uint8, same shape)."""
+    kind = array.dtype.kind
+    if array.dtype == np.uint8:
+        return array
+    if kind == "b":
+        return array.view(np.uint8) * np.uint8(255)
+    if kind in "iu":
+        if not (kind == "u" and array.dtype.itemsize == 2):
+            low, high = int(array.min()), int(array.max())
+            if low < 0 or high > 65535:
+                raise ImageInputError(f"integer image values from {low} to {high}; expected 8-bit (uint8) "
+                                      "or 16-bit values in [0, 65535]")
+        return (array >> 8).astype(np.uint8)
+    if kind == "f":
+        return _float_to_uint8(array)
+    raise ImageInputError(f"image dtype {array.dtype} is not an image type; expected uint8, uint16, bool, "
+                          "an integer type with values in [0, 65535], or float in [0, 1] / [0, 255]")
+
+
+def to_rgb8(array: np.ndarray) -> np.ndarray:
+    """Any HxW / HxWxC (C in 1..4) image array -> HxWx3 uint8 RGB by the one decoding rule.
+
+    Values first (over the whole array, alpha included), then channels: gray (1) replicated,
+    gray+alpha (2) -> gray replicated, RGB (3) kept, RGBA (4) alpha dropped. A uint8 RGB
+    C-contiguous array is returned as is (no copy).
+    """
+    if not isinstance(array, np.ndarray):
+        raise ImageInputError(f"expected a numpy image array, got {type(array).__name__}")
+    _check_layout(array)
+    values = _values_to_uint8(array)
+    if values.ndim == 2:
+        values = values[:, :, None]
+    if values.shape[2] in (1, 2):
+        return np.repeat(values[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(values[:, :, :3])
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Image.open (which reads the header only), then the pixel limit checked from the header's size.
+
+    Pillow's own decompression-bomb check (a warning above Image.MAX_IMAGE_PIXELS, an error above
+    twice that) is switched off for the call and replaced by this check against ``max_pixels``.
+    """
+    with _PILLOW_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageReadError(f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of "
+                             f"{max_pixels:,} pixels; raise it with --max-pixels (max_pixels=) if the file is "
+                             "trusted and memory allows")
+    return image
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as a numpy array, copied in row strips (no full-size bytes object)."""
+    width, height = image.size
+    rows = _rows_per_strip(16 * width)
+    first = np.asarray(image.crop((0, 0, width, min(rows, height))))
+    out = np.empty((height, *first.shape[1:]), dtype=first.dtype)
+    out[:len(first)] = first
+    for start in range(len(first), height, rows):
+        out[start:start + rows] = np.asarray(image.crop((0, start, width, min(start + rows, height))))
+    return out
+
+
+def _decode(image: Image.Image) -> np.ndarray:
+    image.load()
+    if image.mode in ("P", "PA"):  # palette -> its RGB(A) colours
+        image = image.convert("RGBA" if image.mode == "PA" else "RGB")
+    elif image.mode not in _ARRAY_MODES:  # CMYK, YCbCr, LAB, HSV, premultiplied, ...
+        try:
+            image = image.convert("RGB")
+        except ValueError as exc:
+            raise ImageInputError(f"Pillow image mode {image.mode!r} cannot be converted to RGB ({exc})") from exc
+    return to_rgb8(_pixels(image))
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file (first frame) to HxWx3 uint8 RGB by the one decoding rule.
+
+    Images with more than ``max_pixels`` pixels are refused from their header, before any pixel
+    data is decoded. Raises :class:`ImageReadError` naming the file and the problem.
+    """
+    path = Path(path)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if not path.is_file():
+        raise ImageReadError(f"image {path} does not exist or is not a file")
+    try:
+        with _open(path, max_pixels) as image:
+            return _decode(image)
+    except ImageReadError:
+        raise
+    except ImageInputError as exc:
+        raise ImageReadError(f"{path}: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"cannot read {path} as an image: {exc}") from exc
 
 
 def check_image(image: object, *, channel_order: str = "RGB") -> np.ndarray:
-    """Validate one input image and return it as HxWx3 uint8 RGB.
+    """Validate one input image and return it as HxWx3 uint8 RGB (:func:`to_rgb8`'s rule).
 
-    Accepts HxWx3 (RGB, or BGR with ``channel_order="BGR"``), HxWx4 (alpha dropped) and
-    grayscale HxW or HxWx1 (replicated to three channels), all uint8.
+    Accepts HxWx3 (RGB, or BGR with ``channel_order="BGR"``), HxWx4 (alpha dropped), HxWx2
+    (gray+alpha) and grayscale HxW or HxWx1 (replicated), as uint8, bool, uint16, integers in
+    [0, 65535] or floats in [0, 1] / [0, 255].
     """
-    expected = "an HxWx3 uint8 RGB array (or grayscale HxW / HxWx1, or HxWx4 with alpha)"
     if channel_order not in CHANNEL_ORDERS:
         raise ImageInputError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
-    if not isinstance(image, np.ndarray):
-        raise ImageInputError(f"expected {expected}, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        hint = " (scale [0, 1] floats with (x * 255).round().astype(np.uint8))" if image.dtype.kind == "f" else ""
-        raise ImageInputError(f"expected {expected}; got dtype {image.dtype}{hint}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3:
-        raise ImageInputError(f"expected {expected}; got a {image.ndim}-d array of shape {image.shape}")
-    height, width, channels = image.shape
-    if channels not in (1, 3, 4):
-        layout = " (it looks channels-first; transpose to HxWxC)" if height in (1, 3, 4) else ""
-        raise ImageInputError(f"expected {expected}; got shape {image.shape} with {channels} channels{layout}")
-    if height == 0 or width == 0:
-        raise ImageInputError(f"expected {expected}; got an empty image of shape {image.shape}")
-    if channels == 1:
-        return np.repeat(image, 3, axis=2)
-    rgb = image[:, :, :3]
-    if channel_order == "BGR":
-        rgb = rgb[:, :, ::-1]
-    return np.ascontiguousarray(rgb)
+    rgb = to_rgb8(image)
+    return np.ascontiguousarray(rgb[:, :, ::-1]) if channel_order == "BGR" else rgb
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -63,14 +198,30 @@ def preprocess(image: np.ndarray, size: tuple[int, int], *, scale: float = 1.0 /
     return np.ascontiguousarray((resized * np.float32(scale)).transpose(2, 0, 1))  # (3, H, W)
 
 
+def _resized_map(probability: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """One (h, w) probability map -> a Pillow mode-"F" image of size[0] x size[1] (bilinear)."""
+    height, width = size
+    return Image.fromarray(np.ascontiguousarray(probability, dtype=np.float32)).resize((width, height), Image.BILINEAR)
+
+
+def _strips(image: Image.Image):
+    """(row slice, float32 rows) of a mode-"F" image in strips of about STRIP_BYTES."""
+    width, height = image.size
+    rows = _rows_per_strip(4 * width)
+    for start in range(0, height, rows):
+        stop = min(start + rows, height)
+        yield slice(start, stop), np.asarray(image.crop((0, start, width, stop)), dtype=np.float32)
+
+
 def resize_probabilities(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, h, w) float32 -> (C, size[0], size[1]) float32, each map with Pillow mode-"F" bilinear."""
-    height, width = size
-    if probabilities.shape[1:] == (height, width):
+    if probabilities.shape[1:] == tuple(size):
         return probabilities.astype(np.float32, copy=False)
-    maps = [np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32))  # mode "F"
-                       .resize((width, height), Image.BILINEAR), dtype=np.float32) for p in probabilities]
-    return np.stack(maps)
+    out = np.empty((len(probabilities), *size), dtype=np.float32)
+    for resized_maps, probability in zip(out, probabilities):
+        for rows, strip in _strips(_resized_map(probability, size)):
+            resized_maps[rows] = strip
+    return out
 
 
 def probabilities_to_mask(probabilities: np.ndarray, *, threshold: float) -> np.ndarray:
@@ -78,3 +229,25 @@ def probabilities_to_mask(probabilities: np.ndarray, *, threshold: float) -> np.
     if probabilities.shape[0] == 1:
         return (probabilities[0] > threshold).astype(np.uint8)
     return probabilities.argmax(axis=0).astype(np.uint8)
+
+
+def mask_at_size(probabilities: np.ndarray, size: tuple[int, int], *, threshold: float) -> np.ndarray:
+    """(C, h, w) probabilities -> the (size[0], size[1]) uint8 mask, equal to
+    ``probabilities_to_mask(resize_probabilities(probabilities, size))`` but holding one resized map
+    at a time (and a running maximum for several classes) instead of all C at full size."""
+    if probabilities.shape[1:] == tuple(size):
+        return probabilities_to_mask(probabilities, threshold=threshold)
+    mask = np.zeros(size, dtype=np.uint8)
+    best = np.empty(size, dtype=np.float32) if len(probabilities) > 1 else None
+    for label, probability in enumerate(probabilities):
+        for rows, strip in _strips(_resized_map(probability, size)):
+            if best is None:
+                mask[rows] = strip > threshold
+            elif label == 0:
+                best[rows] = strip
+            else:  # argmax: the first maximum wins, and a NaN counts as the maximum (numpy's rule)
+                current = best[rows]
+                better = (strip > current) | (np.isnan(strip) & ~np.isnan(current))
+                mask[rows][better] = label
+                current[better] = strip[better]
+    return mask

@@ -34,10 +34,10 @@ def edited_model_dir(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize(("image", "message"), [
-    (np.zeros((20, 30, 3), np.float32), "got dtype float32 (scale [0, 1] floats"),
-    (np.zeros((20, 30, 3), np.int64), "got dtype int64"),
+    (np.full((20, 30, 3), np.nan, np.float32), "float image holds NaN or infinite values"),
+    (np.full((20, 30, 3), -1, np.int64), "integer image values from -1 to -1; expected 8-bit"),
     (np.zeros((3, 20, 30), np.uint8), "looks channels-first"),
-    (np.zeros((20, 30, 2), np.uint8), "with 2 channels"),
+    (np.zeros((20, 30, 5), np.uint8), "with 5 channels"),
     (np.zeros((2, 20, 30, 3), np.uint8), "4-d array"),
     (np.zeros((0, 30, 3), np.uint8), "empty image"),
     ([[0, 1], [2, 3]], "got list"),
@@ -45,7 +45,7 @@ def edited_model_dir(model_dir, tmp_path):
 def test_bad_images_name_what_was_expected(image, message):
     from mrdl_runtime.imaging import ImageInputError, check_image
 
-    with pytest.raises(ImageInputError, match="HxWx3 uint8 RGB") as info:
+    with pytest.raises(ImageInputError) as info:
         check_image(image)
     assert message in str(info.value)
 
@@ -61,8 +61,8 @@ def test_segmenter_rejects_bad_image_and_text(model_dir):
     from mrdl_runtime import ImageInputError, Segmenter
 
     with Segmenter.load(model_dir) as segmenter:
-        with pytest.raises(ImageInputError, match="got dtype float64"):
-            segmenter.predict(np.zeros((10, 10, 3)))
+        with pytest.raises(ImageInputError, match="float image values up to 300"):
+            segmenter.predict(np.full((10, 10, 3), 300.0))
         with pytest.raises(ValueError, match="takes no text features"):
             segmenter.predict(np.zeros((10, 10, 3), np.uint8), text_features=np.zeros((77, 32), np.float32))
         with pytest.raises(ImageInputError, match=r"float32 batch of shape \(B, 3, 64, 64\)"):
