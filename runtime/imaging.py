@@ -191,11 +191,16 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR), dtype=np.uint8)
 
 
+def to_model_input(resized: np.ndarray, scale: float = 1.0 / 255.0) -> np.ndarray:
+    """An already resized HxWx3 uint8 image -> (3, H, W) float32, values = uint8 * scale."""
+    scaled = resized.astype(np.float32) * np.float32(scale)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1))  # (3, H, W)
+
+
 def preprocess(image: np.ndarray, size: tuple[int, int], *, scale: float = 1.0 / 255.0,
                channel_order: str = "RGB") -> np.ndarray:
     """One image -> the model input (3, size[0], size[1]) float32, values = uint8 * scale."""
-    resized = resize_rgb(check_image(image, channel_order=channel_order), size).astype(np.float32)
-    return np.ascontiguousarray((resized * np.float32(scale)).transpose(2, 0, 1))  # (3, H, W)
+    return to_model_input(resize_rgb(check_image(image, channel_order=channel_order), size), scale)
 
 
 def _resized_map(probability: np.ndarray, size: tuple[int, int]) -> Image.Image:

@@ -1,7 +1,9 @@
-"""Image preprocessing shared by training, evaluation, export parity and (re-implemented without
-torch) both runtimes: RGB uint8 -> Pillow bilinear resize -> float32 / 255, NCHW.
+"""Image reading and preprocessing for training, evaluation and export parity: the runtime's own
+functions (:mod:`mrdl_runtime.imaging`), so training and both runtimes share one implementation.
 
-docs/deploy-manifest.md states the same contract for ``mrdl_runtime`` and the C++ runtime.
+Reading applies the one decoding rule (8/16-bit, gray/RGB/RGBA/palette, float -> RGB uint8) under
+a pixel limit; preprocessing is Pillow bilinear resize -> float32 / 255 -> CHW.
+docs/deploy-manifest.md states the rule and the contract for the C++ runtime.
 """
 
 from __future__ import annotations
@@ -9,43 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from mrdl_runtime import imaging
+from mrdl_runtime.imaging import DEFAULT_MAX_PIXELS, ImageReadError
 
 SCALE = 1.0 / 255.0
 
-
-class ImageReadError(ValueError):
-    """An image file that cannot be read as an image."""
+__all__ = ["SCALE", "ImageReadError", "preprocess", "read_rgb", "resize_mask", "resize_rgb", "to_model_input"]
 
 
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """HxW, HxWx1, HxWx3 or HxWx4 uint8 -> HxWx3 uint8 (gray replicated, alpha dropped)."""
-    if image.dtype != np.uint8:
-        raise TypeError(f"image must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file (PNG, TIF, JPG, ...) as HxWx3 uint8 RGB."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageReadError(f"cannot read {path} as an image: {exc}") from exc
+def read_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file (PNG, TIF, JPG, ...; 8/16-bit, float, palette) as HxWx3 uint8 RGB."""
+    return imaging.read_image(path, max_pixels=max_pixels)
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 -> size x size x 3 uint8 with Pillow's (antialiased) bilinear filter."""
-    return np.asarray(Image.fromarray(to_rgb(image)).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    """Any image array (:func:`~mrdl_runtime.imaging.to_rgb8`) -> size x size x 3 uint8, Pillow bilinear."""
+    return imaging.resize_rgb(imaging.to_rgb8(image), (size, size))
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -55,10 +38,9 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 def to_model_input(resized: np.ndarray) -> np.ndarray:
     """An already resized HxWx3 uint8 image -> (3, H, W) float32 in [0, 1]."""
-    scaled = resized.astype(np.float32) * np.float32(SCALE)
-    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
+    return imaging.to_model_input(resized, SCALE)
 
 
 def preprocess(image: np.ndarray, size: int) -> np.ndarray:
-    """HxW[xC] uint8 -> (3, size, size) float32 in [0, 1]: the model's input for one image."""
+    """HxW[xC] image -> (3, size, size) float32 in [0, 1]: the model's input for one image."""
     return to_model_input(resize_rgb(image, size))
