@@ -2,16 +2,15 @@
 
 Pipeline: load (matmul phase) -> deploy module (constants folded) -> ONNX -> export-safety
 checks -> parity gate against the checkpoint in PyTorch -> optional INT8 / FP16 variants ->
-TensorRT compatibility report -> optional TensorRT engine -> manifest. Everything is written
-into a hidden temporary folder beside ``out_dir`` and renamed onto it only when every step
-passed, so a failed gate leaves no model under the normal name.
+TensorRT compatibility report -> optional TensorRT engine -> manifest (embedded into each ONNX
+file, then every artifact hashed into ``model.json``). Everything is written into a hidden
+temporary folder beside ``out_dir`` and renamed onto it only when every step passed, so a failed
+gate leaves no model under the normal name (:mod:`mrdl_export.publish`).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,38 +43,6 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     phase_check: dict[str, float] = field(default_factory=dict)
     training_phase_parity: ParityResult | None = None  # FP32 ONNX vs the checkpoint's own (fft) phase
-
-
-def _prepare_out_dir(out_dir: Path, *, force: bool) -> Path:
-    """Refuse an existing non-empty ``out_dir`` without ``force``; return a fresh temp dir beside it."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"output {out_dir} exists and is not a folder; choose a folder path for --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(f"output folder {out_dir} already exists and is not empty; pass --force to replace it")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write into {out_dir.parent}: {exc.strerror or exc}; choose a writable --out") from exc
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished temp folder onto ``out_dir``, replacing an old one only after success.
-
-    Temporary names are created private (0700/0600); the published files get the umask's modes.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    for path in tmp.iterdir():
-        os.chmod(path, 0o666 & ~umask)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _model_inputs(config, *, data: Path | None, count: int, **selection):
@@ -123,13 +90,14 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     from tqdm import tqdm
 
     from mrdl.checkpoint import CheckpointError, load_checkpoint
-    from mrdl.text import file_sha256
+    from mrdl_runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, file_sha256
 
     from . import tensorrt_build
     from .deploy import build_deploy_module, example_inputs
-    from .manifest import ARTIFACT_NAMES, build_manifest, embed_manifest, input_specs, write_manifest
+    from .manifest import build_manifest, input_specs, write_deploy_manifest
     from .onnx_export import export_onnx, op_counts, phase_sign_check
     from .parity import CALIBRATION_SPLITS, compare, image_files, onnx_probabilities, reference_probabilities
+    from .publish import check_out_dir, make_partial, publish, remove_leftovers
     from .quantize import convert_fp16, quantize_int8
     from .trt_report import check_graph, format_report
 
@@ -160,6 +128,11 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
             except FileNotFoundError as exc:
                 raise ExportError(str(exc)) from exc
     ckpt, out_dir = Path(ckpt), Path(out_dir)
+    protected = {"checkpoint being exported": ckpt, "--data folder": data, "--calib-data folder": calib_data,
+                 "--timing-cache file": timing_cache}
+    protected = {label: Path(path) for label, path in protected.items() if path is not None}
+    check_out_dir(out_dir, force=force, protected=protected)  # before minutes of work
+    remove_leftovers(out_dir)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
@@ -169,7 +142,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     timings["load"] = time.perf_counter() - start
     config = checkpoint.config
     trained_phase = config.model.phase  # the checkpoint's own phase implementation (usually fft)
-    tmp = _prepare_out_dir(out_dir, force=force)
+    tmp = make_partial(out_dir)
     steps = tqdm(total=4 + int8 + fp16 + trt, desc="mrdl-export", unit="step", disable=not progress)
     try:
         steps.set_postfix_str("deploy module")
@@ -177,7 +150,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
         steps.update()
         steps.set_postfix_str("onnx export")
         onnx_path = _timed(timings, "onnx_export", export_onnx, deploy, example_inputs(model),
-                           tmp / ARTIFACT_NAMES["fp32"], opset=opset, exporter=exporter)
+                           tmp / ARTIFACT_FILES["fp32"], opset=opset, exporter=exporter)
         phase_check = _timed(timings, "onnx_export", phase_sign_check, onnx_path)
         steps.update()
 
@@ -204,24 +177,24 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
                   min_dice=min_dice)
         steps.update()
 
-        artifacts = {"fp32": ARTIFACT_NAMES["fp32"]}
+        artifacts = {"fp32": ARTIFACT_FILES["fp32"]}  # key -> file name in tmp
         calibration_source = None
         if int8:
             steps.set_postfix_str("int8 quantization")
             calibration, calibration_source = _model_inputs(config, data=calib_data or data, count=calib_images,
                                                             splits=CALIBRATION_SPLITS, synthetic_offset=1000)
-            int8_path = _timed(timings, "int8", quantize_int8, onnx_path, tmp / ARTIFACT_NAMES["int8"], calibration,
+            int8_path = _timed(timings, "int8", quantize_int8, onnx_path, tmp / ARTIFACT_FILES["int8"], calibration,
                                calib_method=calib_method, keep_fp32=tuple(int8_keep_fp32))
             parity["int8"] = compare(expected, onnx_probabilities(int8_path, inputs), source=source)
             if int8_min_dice is not None:
                 _gate(parity["int8"], "INT8", ckpt=ckpt, atol=1.0, min_dice=int8_min_dice)
-            artifacts["int8"] = ARTIFACT_NAMES["int8"]
+            artifacts["int8"] = ARTIFACT_FILES["int8"]
             steps.update()
         if fp16:
             steps.set_postfix_str("fp16 conversion")
-            fp16_path = _timed(timings, "fp16", convert_fp16, onnx_path, tmp / ARTIFACT_NAMES["fp16"])
+            fp16_path = _timed(timings, "fp16", convert_fp16, onnx_path, tmp / ARTIFACT_FILES["fp16"])
             parity["fp16"] = compare(expected, onnx_probabilities(fp16_path, inputs), source=source)
-            artifacts["fp16"] = ARTIFACT_NAMES["fp16"]
+            artifacts["fp16"] = ARTIFACT_FILES["fp16"]
             steps.update()
 
         steps.set_postfix_str("tensorrt report")
@@ -240,11 +213,11 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
             source_key = tensorrt_build.engine_source(precision, tensorrt_build.major_version(module))
             if source_key not in artifacts:
                 raise ExportError(f"a {precision} engine for TensorRT {module.__version__} is built from "
-                                  f"{ARTIFACT_NAMES[source_key]}: add --{source_key}")
+                                  f"{ARTIFACT_FILES[source_key]}: add --{source_key}")
             shapes = {spec["name"]: tuple(spec["shape"][1:]) for spec in input_specs(config)}
             engine_record = _timed(timings, "tensorrt", tensorrt_build.build_engine, tmp / artifacts[source_key],
-                                   tmp / ARTIFACT_NAMES["tensorrt"], shapes, engine_options, trt=module)
-            artifacts["tensorrt"] = ARTIFACT_NAMES["tensorrt"]
+                                   tmp / ARTIFACT_FILES["tensorrt"], shapes, engine_options, trt=module)
+            artifacts["tensorrt"] = ARTIFACT_FILES["tensorrt"]
             steps.update()
 
         extra = {"folding": folding.to_dict(), "tensorrt_compatibility": report.to_dict()}
@@ -258,17 +231,17 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
                                          "fp32_scopes": ["phase", "attention matmuls", *int8_keep_fp32]}
         if engine_record:
             extra["tensorrt"] = engine_record
+        precisions = {"fp32": "fp32", "int8": "int8", "fp16": "fp16", "tensorrt": precision}
         manifest = build_manifest(config, checkpoint_path=ckpt, checkpoint_sha256=file_sha256(ckpt),
-                                  artifacts=artifacts, opset=opset, max_batch=max_batch,
+                                  artifacts={key: {"file": name, "precision": precisions[key]}
+                                             for key, name in artifacts.items()},
+                                  opset=opset, max_batch=max_batch,
                                   parity={k: v.to_dict() for k, v in parity.items()}, extra=extra)
         if engine_record:  # both runtimes check the engine's TensorRT version here before deserialising
             manifest["versions"]["tensorrt"] = engine_record["tensorrt_version"]
-        for key, name in artifacts.items():
-            if key != "tensorrt":
-                embed_manifest(tmp / name, manifest)
-        write_manifest(tmp / "model.json", manifest)
+        manifest = write_deploy_manifest(tmp, manifest)
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        _publish(tmp, out_dir)
+        publish(tmp, out_dir, force=force, protected=protected)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -279,7 +252,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     def published(key: str) -> Path | None:
         return out_dir / artifacts[key] if key in artifacts else None
 
-    return ExportResult(out_dir=out_dir, manifest_path=out_dir / "model.json", onnx_path=published("fp32"),
+    return ExportResult(out_dir=out_dir, manifest_path=out_dir / MANIFEST_NAME, onnx_path=published("fp32"),
                         manifest=manifest, parity=parity, ops=ops, folding=folding.to_dict(), trt_report=report,
                         int8_path=published("int8"), fp16_path=published("fp16"), engine_path=published("tensorrt"),
                         sizes=sizes, timings=timings, phase_check=phase_check,

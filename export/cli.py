@@ -1,7 +1,8 @@
 """``mrdl-export`` / ``mrdl export``: a thin click layer over :func:`mrdl_export.export_model`.
 
 Exit codes: 0 exported and verified; 1 bad input or a failed step (parity gate, TensorRT
-check); 2 usage error (click); 3 TensorRT or a CUDA GPU is missing for ``--trt``.
+check, an ``--out`` it must not replace); 2 usage error (click); 3 TensorRT or a CUDA GPU is
+missing for ``--trt``; 130 interrupted (SIGINT), with nothing half-written under ``--out``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, KEEP_FP32, MODEL
 
 EXIT_FAILURE = 1
 EXIT_TENSORRT_MISSING = 3
+EXIT_INTERRUPTED = 130
 
 _PATH = click.Path(path_type=Path)
 OPTIONS = [
@@ -54,7 +56,8 @@ OPTIONS = [
                  help="TensorRT workspace limit in MiB."),
     click.option("--timing-cache", type=_PATH, default=None, help="TensorRT timing cache file (read, then updated)."),
     click.option("--opset", type=click.IntRange(13, 20), default=20, show_default=True, help="ONNX opset (<= 20)."),
-    click.option("--force", is_flag=True, help="Replace an existing, non-empty --out directory."),
+    click.option("--force", is_flag=True,
+                 help="Replace an existing deploy directory written by mrdl-export (never a folder with other files)."),
     click.option("--print", "print_summary", is_flag=True, help="Print a summary table at the end."),
 ]
 
@@ -108,7 +111,7 @@ def format_summary(result) -> str:
 
 def run_export(*, ckpt: Path, out: Path, print_summary: bool, atol: float | None, min_dice: float | None,
                int8_keep_fp32: tuple[str, ...] = KEEP_FP32, **options) -> None:
-    """Run the export and turn its errors into exit codes 1 and 3."""
+    """Run the export and turn its errors into exit codes 1, 3 and 130."""
     from mrdl.checkpoint import CheckpointError
 
     from .api import ExportError, export_model
@@ -129,8 +132,13 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, atol: float | None
     except (ExportError, ParityError, ExportSafetyError, CheckpointError, FileNotFoundError, ValueError) as exc:
         click.echo(f"mrdl-export: error: {exc}", err=True)
         context.exit(EXIT_FAILURE)
+    except KeyboardInterrupt:
+        click.echo(f"mrdl-export: interrupted; nothing half-written is left under {out}. Run the command again "
+                   "to export", err=True)
+        context.exit(EXIT_INTERRUPTED)
+    files = ", ".join(entry["file"] for entry in result.manifest["artifacts"].values())
     fp32 = result.parity["fp32"]
-    click.echo(f"exported {ckpt} -> {result.out_dir} ({', '.join(result.manifest['artifacts'].values())}); "
+    click.echo(f"exported {ckpt} -> {result.out_dir} ({files}); "
                f"FP32 parity max|d| {fp32.max_abs_diff:.2e}, Dice {fp32.dice_agreement:.4f}")
     if print_summary:
         click.echo(format_summary(result))

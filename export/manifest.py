@@ -1,19 +1,22 @@
-"""The deploy manifest ``model.json`` (docs/deploy-manifest.md) and its copy in ONNX metadata.
+"""The deploy manifest ``model.json`` (docs/deploy-manifest.md, format ``mrdl-deploy/2``) and its
+copy in ONNX metadata.
 
 One source of truth for the Python and C++ runtimes: inputs/outputs, preprocessing,
-postprocessing, classes, fusion, precision, versions, source checkpoint and parity figures.
+postprocessing, classes, fusion, precision, versions, source checkpoint, parity figures, and the
+artifacts (plain file name, size, SHA-256, precision) under one ``export_id``. The schema's
+constants and the artifact records come from :mod:`mrdl_runtime.manifest`, which reads it.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
-FORMAT = "mrdl-deploy/1"
+from mrdl_runtime.manifest import FORMAT, MANIFEST_NAME, artifact_record
+
 METADATA_KEY = "mrdl.manifest"
-ARTIFACT_NAMES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx",
-                  "tensorrt": "model.engine"}
 
 
 def input_specs(config) -> list[dict[str, Any]]:
@@ -27,10 +30,14 @@ def input_specs(config) -> list[dict[str, Any]]:
     return specs
 
 
-def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: str, artifacts: dict[str, str],
-                   opset: int, max_batch: int, parity: dict[str, Any], precision: str = "fp32",
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest dict for a model exported from ``config`` (an :class:`mrdl.config.MRDLConfig`)."""
+def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: str,
+                   artifacts: dict[str, dict[str, str]], opset: int, max_batch: int, parity: dict[str, Any],
+                   precision: str = "fp32", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest dict for a model exported from ``config`` (an :class:`mrdl.config.MRDLConfig`).
+
+    ``artifacts``: key -> ``{"file", "precision"}``; :func:`write_deploy_manifest` adds sizes and
+    hashes once the files are final. A fresh ``export_id`` ties the files of this export together.
+    """
     import onnx
     import torch
 
@@ -42,11 +49,12 @@ def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: st
     classes = ["background", "foreground"] if cfg.n_classes == 1 else [f"class_{i}" for i in range(cfg.n_classes)]
     manifest = {
         "format": FORMAT,
+        "export_id": uuid.uuid4().hex,
         "name": config.name,
         "fusion": cfg.fusion,
         "n_classes": cfg.n_classes,
         "classes": classes,
-        "artifacts": dict(artifacts),
+        "artifacts": {key: dict(entry) for key, entry in artifacts.items()},
         "inputs": input_specs(config),
         "outputs": [{"name": "probabilities", "shape": ["batch", cfg.n_classes, size, size], "dtype": "float32"}],
         "max_batch": max_batch,
@@ -78,23 +86,45 @@ def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def embed_manifest(onnx_path: str | Path, manifest: dict[str, Any]) -> None:
-    """Store ``manifest`` (with its ``precision`` set from the file) in the ONNX metadata_props."""
+def embed_manifest(onnx_path: str | Path, manifest: dict[str, Any], *, precision: str) -> None:
+    """Store ``manifest`` in the ONNX metadata_props, with the ``precision`` this file holds.
+
+    The embedded ``artifacts`` entries carry only ``file`` and ``precision``: a file cannot hold
+    its own hash. ``export_id`` is the same as in ``model.json``.
+    """
     import onnx
 
     from mrdl.checkpoint import atomic_path
 
     onnx_path = Path(onnx_path)
     model = onnx.load(str(onnx_path))
-    precision = next((k for k, v in manifest["artifacts"].items() if v == onnx_path.name), manifest["precision"])
+    embedded = {**manifest, "precision": precision,
+                "artifacts": {key: {"file": entry["file"], "precision": entry["precision"]}
+                              for key, entry in manifest["artifacts"].items()}}
     kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
-    entry.value = json.dumps({**manifest, "precision": precision}, sort_keys=False)
+    entry.value = json.dumps(embedded, sort_keys=False)
     with atomic_path(onnx_path) as tmp:
         onnx.save_model(model, str(tmp), save_as_external_data=False)
+
+
+def write_deploy_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Finish the files of ``folder`` and write its ``model.json``; return the manifest written.
+
+    Order matters: the manifest is embedded into each ONNX file first, then every artifact is
+    measured and hashed as it will be published, then ``model.json`` records those figures.
+    """
+    folder = Path(folder)
+    for entry in manifest["artifacts"].values():
+        if entry["file"].endswith(".onnx"):
+            embed_manifest(folder / entry["file"], manifest, precision=entry["precision"])
+    final = {**manifest, "artifacts": {key: artifact_record(folder / entry["file"], entry["precision"])
+                                       for key, entry in manifest["artifacts"].items()}}
+    write_manifest(folder / MANIFEST_NAME, final)
+    return final
 
 
 def read_embedded_manifest(onnx_path: str | Path) -> dict[str, Any]:

@@ -4,8 +4,10 @@ takes seconds on CPU)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -53,8 +55,14 @@ def test_distribution_export_writes_the_manifest_contract(distribution_export):
     files = sorted(p.name for p in result.out_dir.iterdir())
     assert files == ["model.fp16.onnx", "model.int8.onnx", "model.json", "model.onnx"]
     manifest = json.loads(result.manifest_path.read_text())
-    assert manifest["format"] == "mrdl-deploy/1" and manifest["fusion"] == "distribution"
-    assert manifest["artifacts"] == {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+    assert manifest["format"] == "mrdl-deploy/2" and manifest["fusion"] == "distribution"
+    assert re.fullmatch(r"[0-9a-f]{32}", manifest["export_id"])
+    files_by_key = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+    for key, name in files_by_key.items():  # each record describes the published file
+        data = (result.out_dir / name).read_bytes()
+        assert manifest["artifacts"][key] == {"file": name, "bytes": len(data),
+                                              "sha256": hashlib.sha256(data).hexdigest(), "precision": key}
+    assert manifest["precision"] == "fp32" and manifest == result.manifest
     assert manifest["inputs"] == [{"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}]
     assert manifest["outputs"][0]["shape"] == ["batch", 1, 64, 64]
     assert manifest["postprocessing"]["activation"] == "sigmoid"
@@ -65,8 +73,10 @@ def test_distribution_export_writes_the_manifest_contract(distribution_export):
     assert result.training_phase_parity.dice_agreement > 0.99
     from mrdl_export.manifest import read_embedded_manifest
 
-    embedded = read_embedded_manifest(result.out_dir / "model.int8.onnx")
-    assert embedded["precision"] == "int8" and embedded["artifacts"] == manifest["artifacts"]
+    for key, name in files_by_key.items():  # same export, the file's own precision, no self-hash
+        embedded = read_embedded_manifest(result.out_dir / name)
+        assert embedded["export_id"] == manifest["export_id"] and embedded["precision"] == key
+        assert embedded["artifacts"] == {k: {"file": n, "precision": k} for k, n in files_by_key.items()}
     assert not list(result.out_dir.parent.glob(".deploy.*")), "temporary folders were left behind"
 
 

@@ -3,6 +3,7 @@ and the exit codes (0 ok, 1 failure, 2 usage, 3 TensorRT/GPU missing)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 
@@ -45,7 +46,8 @@ def test_export_succeeds_and_prints_the_summary(tiny_ckpt, tmp_path):
     out = tmp_path / "deploy"
     result = _invoke("--ckpt", tiny_ckpt, "--out", out, "--parity-images", "2", "--trt-check", "--print")
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "model.json").read_text())["artifacts"] == {"fp32": "model.onnx"}
+    artifacts = json.loads((out / "model.json").read_text())["artifacts"]
+    assert list(artifacts) == ["fp32"] and artifacts["fp32"]["file"] == "model.onnx"
     for text in ("parity vs PyTorch", "TensorRT 10.x: compatible", "FLOPs per image", "ops ("):
         assert text in result.output
     again = _invoke("--ckpt", tiny_ckpt, "--out", out)
@@ -147,6 +149,8 @@ def test_engine_version_reaches_both_runtimes(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(tensorrt_build, "detect_gpu", lambda: {"name": "stand-in GPU"})
     monkeypatch.setattr(tensorrt_build, "build_engine", fake_build)
     result = export_model(tiny_ckpt, tmp_path / "deploy", trt=True, parity_images=2)
-    assert result.manifest["artifacts"]["tensorrt"] == "model.engine"
+    assert result.manifest["artifacts"]["tensorrt"] == {"file": "model.engine", "bytes": len(b"serialized engine"),
+                                                         "sha256": hashlib.sha256(b"serialized engine").hexdigest(),
+                                                         "precision": "fp32"}
     assert result.manifest["versions"]["tensorrt"] == "10.9.0.34"
     assert tensorrt_version(load_manifest(tmp_path / "deploy")) == "10.9.0.34"
