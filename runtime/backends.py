@@ -26,9 +26,9 @@ AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
 
 
 def engine_precision(manifest: Manifest) -> str | None:
-    """The precision ``model.engine`` was built with, where the manifest records it."""
-    section = manifest.raw.get("tensorrt")
-    return section.get("precision") if isinstance(section, dict) else None
+    """The precision ``model.engine`` was built with (its artifact record), None without an engine."""
+    record = manifest.artifacts.get("tensorrt")
+    return record.precision if record else None
 
 
 def tensorrt_version(manifest: Manifest) -> str | None:
@@ -92,14 +92,16 @@ def select_backend(manifest: Manifest, backend: str = "auto", precision: str = "
     raise BackendUnavailableError(f"no backend can run {manifest.model_dir} at {precision}: " + "; ".join(skipped))
 
 
-def make_runner(manifest: Manifest, backend: str, precision: str, *, device_id: int = 0,
+def make_runner(manifest: Manifest, backend: str, precision: str, *, verify: bool = True, device_id: int = 0,
                 intra_op_threads: int = 0, cache_dir: str | Path | None = None) -> Runner:
-    """The (closed) runner for a chosen backend."""
+    """The (closed) runner for a chosen backend; opening it verifies the artifact against ``model.json``
+    (size and identity always, the SHA-256 too unless ``verify=False``)."""
     if backend == "tensorrt":
         from .tensorrt_runner import TensorRTRunner
 
         return TensorRTRunner(manifest.artifact_path("tensorrt"), max_batch=manifest.max_batch,
-                              built_with=tensorrt_version(manifest), device_id=device_id)
+                              built_with=tensorrt_version(manifest), device_id=device_id, manifest=manifest,
+                              verify=verify)
     if backend not in PROVIDERS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     profile = [(spec.name, (1, *spec.fixed_shape), (manifest.max_batch, *spec.fixed_shape),
@@ -107,4 +109,4 @@ def make_runner(manifest: Manifest, backend: str, precision: str, *, device_id: 
     return OnnxRuntimeRunner(manifest.artifact_path(precision), backend=backend, precision=precision,
                              device_id=device_id, intra_op_threads=intra_op_threads,
                              trt_profile=profile if backend == "onnxruntime-tensorrt" else None,
-                             cache_dir=cache_dir)
+                             cache_dir=cache_dir, manifest=manifest, verify=verify)

@@ -4,6 +4,11 @@ onnxruntime is imported when a runner opens, not when this module is imported. O
 quietly falls back to the CPU when a GPU provider fails to load; the runner checks the providers
 the session really got and raises :class:`BackendUnavailableError` instead, so a backend asked
 for by name is the backend that runs.
+
+Given the manifest, a runner loads its artifact through :func:`mrdl_runtime.integrity.read_artifact`
+(ONNX Runtime gets the bytes that were verified) and, once loaded, checks the file's embedded
+identity and its graph against ``model.json``. A file ONNX Runtime cannot load is an
+:class:`IntegrityError`, not an onnxruntime traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .integrity import check_embedded_manifest, check_graph, graph_spec, read_artifact
+from .manifest import IntegrityError, Manifest
 from .runner import BackendUnavailableError, Runner
 
 PROVIDERS = {
@@ -21,6 +28,10 @@ PROVIDERS = {
     "onnxruntime-tensorrt": "TensorrtExecutionProvider",
 }
 DEFAULT_TRT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrdl" / "ort-tensorrt"
+# ONNX element types -> the numpy dtype names the manifest uses
+ELEMENT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+                 "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+                 "tensor(bool)": "bool"}
 
 
 def import_onnxruntime():
@@ -45,13 +56,17 @@ class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file with one ONNX Runtime execution provider (CPU as the fallback for GPU ones).
 
     ``trt_profile`` gives the TensorRT EP its batch range as (input name, min, opt, max shapes); the
-    TensorRT EP builds and caches engines in ``cache_dir`` on first use, which takes minutes.
+    TensorRT EP builds and caches engines in ``cache_dir`` on first use, which takes minutes. With a
+    ``manifest`` the file is artifact ``precision`` of that directory, verified on every open (the
+    SHA-256 too unless ``verify=False``), and the engine cache is keyed by its recorded SHA-256:
+    the TensorRT EP's own cache key ignores the weights, so two exports of one architecture would
+    otherwise share an engine.
     """
 
     def __init__(self, onnx_path: str | Path, *, backend: str = "onnxruntime-cpu", precision: str = "fp32",
                  device_id: int = 0, intra_op_threads: int = 0,
                  trt_profile: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, manifest: Manifest | None = None, verify: bool = True) -> None:
         super().__init__()
         if backend not in PROVIDERS:
             raise ValueError(f"backend must be one of {sorted(PROVIDERS)}, got {backend!r}")
@@ -62,6 +77,10 @@ class OnnxRuntimeRunner(Runner):
         self.intra_op_threads = intra_op_threads
         self.trt_profile = trt_profile or []
         self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_TRT_CACHE
+        self.manifest = manifest
+        self.verify = verify
+        if manifest is not None:
+            self.cache_dir = self.cache_dir / manifest.artifact(precision).sha256[:16]
         self.session = None
 
     def _provider_list(self) -> list:
@@ -95,14 +114,25 @@ class OnnxRuntimeRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.intra_op_threads
         options.log_severity_level = 3  # errors only; a provider fallback is caught below
-        session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=self._provider_list())
+        model = (read_artifact(self.manifest, self.precision, verify=self.verify) if self.manifest is not None
+                 else str(self.onnx_path))
+        try:
+            session = ort.InferenceSession(model, sess_options=options, providers=self._provider_list())
+        except _load_errors(ort) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise IntegrityError(f"{self.onnx_path}: ONNX Runtime {ort.__version__} cannot load it ({reason}); "
+                                 "the file is corrupt or not an ONNX model: re-export it") from None
         if session.get_providers()[0] != wanted:
             raise BackendUnavailableError(
                 f"ONNX Runtime could not start {wanted} for backend {self.backend} (the session got "
                 f"{session.get_providers()}); check the CUDA / cuDNN / TensorRT libraries and the GPU")
-        self.session = session
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
+        inputs, outputs = ([graph_spec(arg.name, arg.shape, ELEMENT_TYPES.get(arg.type, arg.type)) for arg in args]
+                           for args in (session.get_inputs(), session.get_outputs()))
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        if self.manifest is not None:
+            check_embedded_manifest(self.manifest, self.precision, metadata)
+            check_graph(self.manifest, self.precision, inputs, outputs)
+        self.session, self.input_specs, self.output_specs, self.metadata = session, inputs, outputs, metadata
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, feeds)
@@ -110,3 +140,11 @@ class OnnxRuntimeRunner(Runner):
 
     def _close(self) -> None:
         self.session = None
+
+
+def _load_errors(ort) -> tuple[type[BaseException], ...]:
+    """The exceptions ONNX Runtime raises for a model it cannot parse or build."""
+    state = ort.capi.onnxruntime_pybind11_state
+    names = ("Fail", "InvalidArgument", "InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NotImplemented",
+             "RuntimeException")
+    return tuple(getattr(state, name) for name in names if hasattr(state, name))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .manifest import TensorSpec
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend that was asked for by name but cannot run here (library, GPU or artifact missing)."""
@@ -49,8 +51,19 @@ class Runner(ABC):
     def __init__(self) -> None:
         self.is_open = False
         self.stats = LatencyStats()
-        self.input_names: list[str] = []  # filled by open()
-        self.output_names: list[str] = []
+        self.input_specs: list[TensorSpec] = []  # filled by open(): the loaded graph's inputs and outputs
+        self.output_specs: list[TensorSpec] = []
+        self.metadata: dict[str, str] = {}  # the model file's metadata, where the backend has any
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the loaded graph's inputs."""
+        return [spec.name for spec in self.input_specs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the loaded graph's outputs."""
+        return [spec.name for spec in self.output_specs]
 
     @abstractmethod
     def _open(self) -> None:

@@ -7,7 +7,10 @@ cuda-python's runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart`` in
 < 12.6). Both libraries are imported when the runner opens, never at module import.
 
 An engine only runs under the TensorRT version that built it: the version recorded in the
-manifest (``versions.tensorrt``) is compared with the installed one before deserializing.
+manifest (``versions.tensorrt``) is compared with the installed one before deserializing. Given
+the manifest, the runner deserializes the bytes :func:`mrdl_runtime.integrity.read_artifact`
+verified (name, size, SHA-256 unless ``verify=False``) and checks the engine's inputs and outputs
+against ``model.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .integrity import check_graph, graph_spec, read_artifact
+from .manifest import Manifest
 from .runner import BackendUnavailableError, Runner
 
 
@@ -51,12 +56,14 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, engine_path: str | Path, *, max_batch: int, built_with: str | None = None,
-                 device_id: int = 0) -> None:
+                 device_id: int = 0, manifest: Manifest | None = None, verify: bool = True) -> None:
         super().__init__()
         self.engine_path = Path(engine_path)
         self.max_batch = max_batch
         self.built_with = built_with
         self.device_id = device_id
+        self.manifest = manifest
+        self.verify = verify
         self._trt = self._cudart = None
         self.engine = self.context = self.stream = None
         self.device_buffers: dict[str, int] = {}
@@ -87,8 +94,10 @@ class TensorRTRunner(Runner):
         if int(error) != 0 or count <= self.device_id:
             raise BackendUnavailableError(f"backend 'tensorrt' needs a CUDA GPU (device {self.device_id}); none found")
         self._check(cudart.cudaSetDevice(self.device_id))
+        serialized = (read_artifact(self.manifest, "tensorrt", verify=self.verify) if self.manifest is not None
+                      else self.engine_path.read_bytes())
         logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(self.engine_path.read_bytes())
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
         if self.engine is None:
             raise BackendUnavailableError(f"TensorRT {trt.__version__} could not deserialize {self.engine_path}; "
                                           "it was built for another TensorRT version or GPU: rebuild it on this machine")
@@ -97,8 +106,11 @@ class TensorRTRunner(Runner):
         for index in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(index)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self.input_names if is_input else self.output_names).append(name)
             self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            spec = graph_spec(name, tuple(self.engine.get_tensor_shape(name)), self.dtypes[name].name)
+            (self.input_specs if is_input else self.output_specs).append(spec)
+        if self.manifest is not None:
+            check_graph(self.manifest, "tensorrt", self.input_specs, self.output_specs)
         for name in self.input_names:  # shapes at max_batch size the device buffers
             shape = tuple(self.engine.get_tensor_shape(name))
             self.context.set_input_shape(name, (self.max_batch, *shape[1:]))
@@ -142,4 +154,4 @@ class TensorRTRunner(Runner):
         if self.stream is not None:
             self._check(self._cudart.cudaStreamDestroy(self.stream))
         self.context = self.engine = self.stream = None
-        self.input_names, self.output_names = [], []
+        self.input_specs, self.output_specs = [], []

@@ -82,10 +82,10 @@ def test_missing_directory_and_manifest(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda d: d.update(format="mrdl-deploy/9"), "has format 'mrdl-deploy/9'; this runtime reads 'mrdl-deploy/1'"),
+    (lambda d: d.update(format="mrdl-deploy/9"), "has format 'mrdl-deploy/9'; this runtime reads 'mrdl-deploy/2'"),
     (lambda d: d.pop("preprocessing"), "has no 'preprocessing' field"),
     (lambda d: d.update(max_batch="4"), "field 'max_batch' must be int, got str"),
-    (lambda d: d.update(max_batch=0), "max_batch must be >= 1"),
+    (lambda d: d.update(max_batch=0), r"max_batch is 0; expected an integer in \[1, 4096\]"),
     (lambda d: d["inputs"][0].update(shape=[1, 3, 64, 64]), r'shape must be \["batch", positive ints...\]'),
     (lambda d: d["inputs"][0].update(shape=["batch", 3, 32, 32]), "inputs\\[0\\] must be 'image' of shape"),
     (lambda d: d["preprocessing"].update(channel_order="BGR"), "channel_order is 'BGR'; this runtime implements 'RGB'"),
@@ -99,10 +99,12 @@ def test_bad_manifests(edited_model_dir, change, message):
 
 
 def test_manifest_that_does_not_match_the_model(edited_model_dir):
-    from mrdl_runtime import ManifestError, Segmenter
+    from mrdl_runtime import IntegrityError, Segmenter
 
     text = {"name": "text_features", "shape": ["batch", 77, 32], "dtype": "float32"}
-    with pytest.raises(ManifestError, match=r"lists inputs \['image', 'text_features'\].*takes \['image'\]"):
+    with pytest.raises(IntegrityError, match=r"model.onnx: the graph's inputs are image float32 \[batch, 3, 64, 64\], "
+                                             r"but model.json lists image float32 \[batch, 3, 64, 64\]; "
+                                             r"text_features float32 \[batch, 77, 32\]"):
         Segmenter.load(edited_model_dir(lambda d: d["inputs"].append(text)))
 
 
@@ -187,7 +189,8 @@ def test_auto_picks_native_tensorrt_only_with_an_engine(edited_model_dir):
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed: auto would pick the (absent) engine")
-    copy = edited_model_dir(lambda d: d["artifacts"].update(tensorrt="model.engine"))
+    engine = {"file": "model.engine", "bytes": 0, "sha256": "0" * 64, "precision": "fp32"}
+    copy = edited_model_dir(lambda d: d["artifacts"].update(tensorrt=engine))
     backend, reason = select_backend(load_manifest(copy), "auto")
     assert backend == "onnxruntime-cpu" and "not tensorrt: the tensorrt package is not installed" in reason
 

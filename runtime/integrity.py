@@ -1,0 +1,103 @@
+"""Artifacts checked against ``model.json`` before and after a backend loads them.
+
+Before: :func:`read_artifact` opens the file an artifact record names (a regular file inside the
+model directory, never a link out of it), checks its size and, unless the caller opts out, its
+SHA-256, and returns the bytes it checked. The backend loads those bytes, so the file is read once
+and cannot change between the check and the load.
+
+After: :func:`check_embedded_manifest` compares the identity an ONNX file carries in its
+``mrdl.manifest`` metadata (``export_id`` and precision) with ``model.json``, which catches the
+INT8 file renamed to ``model.onnx`` or another export's ``model.onnx`` even when the hash was
+skipped; :func:`check_graph` compares the graph's inputs and outputs (names, dtypes, non-batch
+dimensions) with the manifest's. Every mismatch is an :class:`IntegrityError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from typing import Mapping, Sequence
+
+from .manifest import MANIFEST_NAME, METADATA_KEY, IntegrityError, Manifest, ManifestError, TensorSpec, parse_json
+
+logger = logging.getLogger("mrdl_runtime")
+REEXPORT = "copy the whole directory of one export, or re-export it"
+
+
+def read_artifact(manifest: Manifest, key: str, *, verify: bool = True) -> bytes:
+    """The bytes of artifact ``key`` once its location, size and (with ``verify``) SHA-256 match
+    its record in ``model.json``; ``verify=False`` skips only the hash and logs a warning saying so."""
+    record = manifest.artifact(key)
+    path = manifest.model_dir / record.file
+    try:
+        resolved, root = path.resolve(strict=True), manifest.model_dir.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        raise ManifestError(f"{MANIFEST_NAME} lists artifact '{key}' as {record.file}, but {path} does not exist") \
+            from None
+    if not resolved.is_relative_to(root):
+        raise IntegrityError(f"{path} links to {resolved}, outside the model directory; an artifact must be a file "
+                             "inside it: copy the file in, or re-export")
+    descriptor = os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the load
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise IntegrityError(f"{path} is not a regular file; {MANIFEST_NAME} lists it as the '{key}' artifact")
+        size, data = info.st_size, b""
+        if size == record.bytes:
+            data = handle.read(record.bytes + 1)
+            size = len(data)  # the file may change while it is read
+    if size != record.bytes:
+        raise IntegrityError(f"{path}: {size} bytes, but {MANIFEST_NAME} records {record.bytes} "
+                             "(file truncated, replaced or corrupt); " + REEXPORT)
+    if verify:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != record.sha256:
+            raise IntegrityError(f"{path}: sha256 {digest[:16]}… differs from the {record.sha256[:16]}… recorded in "
+                                 f"{MANIFEST_NAME} (file changed or corrupt); " + REEXPORT)
+    else:
+        identity = "; its embedded export_id and precision are still checked" if key != "tensorrt" else ""
+        logger.warning("%s: SHA-256 not verified (verify=False / --no-verify): only its name and size were "
+                       "checked%s", path, identity)
+    return data
+
+
+def check_embedded_manifest(manifest: Manifest, key: str, metadata: Mapping[str, str]) -> None:
+    """The ONNX file of artifact ``key`` carries model.json's export_id and the precision its record gives."""
+    record = manifest.artifact(key)
+    path = manifest.model_dir / record.file
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise IntegrityError(f"{path} carries no '{METADATA_KEY}' metadata, so no mrdl-export wrote it for this "
+                             "directory; " + REEXPORT)
+    embedded = parse_json(text, f"{path} metadata '{METADATA_KEY}'")
+    if not isinstance(embedded, dict):
+        raise IntegrityError(f"{path} metadata '{METADATA_KEY}' is not a JSON object; " + REEXPORT)
+    if embedded.get("export_id") != manifest.export_id:
+        raise IntegrityError(f"{path} comes from export {embedded.get('export_id')!r}, but {MANIFEST_NAME} is export "
+                             f"{manifest.export_id!r}: the file belongs to another export; " + REEXPORT)
+    if embedded.get("precision") != record.precision:
+        raise IntegrityError(f"{path} holds {embedded.get('precision')} weights (its embedded manifest says so), but "
+                             f"{MANIFEST_NAME} lists it as the {record.precision} artifact; was a file renamed? "
+                             + REEXPORT)
+
+
+def check_graph(manifest: Manifest, key: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+    """The loaded graph's inputs and outputs equal the manifest's (names, dtypes, batch axis and other dims)."""
+    path = manifest.model_dir / manifest.artifact(key).file
+    for kind, listed, found in (("inputs", manifest.inputs, inputs), ("outputs", manifest.outputs, outputs)):
+        expected = sorted(spec.describe() for spec in listed)
+        got = sorted(spec.describe() for spec in found)
+        if expected != got:
+            raise IntegrityError(f"{path}: the graph's {kind} are {'; '.join(got)}, but {MANIFEST_NAME} lists "
+                                 f"{'; '.join(expected)}; the file and {MANIFEST_NAME} do not belong together: "
+                                 + REEXPORT)
+
+
+def graph_spec(name: str, shape: Sequence[object], dtype: str) -> TensorSpec:
+    """A backend's view of one graph tensor in the manifest's terms: a dynamic first axis is ``"batch"``."""
+    dims = tuple(d if type(d) is int and d > 0 else str(d) for d in shape)
+    if dims:
+        dims = (dims[0] if type(dims[0]) is int else "batch", *dims[1:])
+    return TensorSpec(name, dims, dtype)
