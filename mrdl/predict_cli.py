@@ -1,13 +1,17 @@
 """``mrdl predict``: segment image files with an exported model directory (no PyTorch needed at run time).
 
-A thin click layer over :func:`mrdl_runtime.files.predict_files`.
+A thin click layer over :func:`mrdl_runtime.files.predict_files`. Exit status: 0 when every image
+was segmented, 1 when any failed (each named in a summary at the end), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
+
+from mrdl_runtime.imaging import DEFAULT_MAX_PIXELS
 
 
 @click.command("predict")
@@ -20,17 +24,36 @@ import click
               help="inference backend; a backend named here that cannot run is an error, never a fallback")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "int8", "fp16"]),
               help="which exported model to run")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="refuse images with more pixels than this (checked from the file header, before decoding)")
+@click.option("--on-error", default="skip", show_default=True, type=click.Choice(["skip", "stop"]),
+              help="a bad image: skip it and go on, or stop the run; either way the failures are listed and "
+                   "the exit status is 1")
+@click.option("--overwrite", is_flag=True,
+              help="write into an --out that holds another model's masks (its recorded outputs are deleted first)")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, backend: str, precision: str,
-            progress: bool) -> None:
+            max_pixels: int, on_error: str, overwrite: bool, progress: bool) -> None:
     """Segment IMAGES (files, folders or glob patterns) with the model exported to MODEL_DIR."""
     from mrdl_runtime import BackendUnavailableError, ImageInputError, ManifestError, Segmenter
-    from mrdl_runtime.files import InputFilesError, predict_files
+    from mrdl_runtime.files import InputFilesError, OutputFolderError, PredictInterrupted, predict_files
 
     try:
         with Segmenter.load(model_dir, backend=backend, precision=precision) as segmenter:
             click.echo(f"backend: {segmenter.reason}")
-            summary = predict_files(segmenter, images, out_dir, progress=progress)
-    except (ManifestError, BackendUnavailableError, InputFilesError, ImageInputError) as exc:
+            summary = predict_files(segmenter, images, out_dir, progress=progress, max_pixels=max_pixels,
+                                    on_error=on_error, overwrite=overwrite)
+    except PredictInterrupted as exc:
+        click.echo(f"interrupted: {exc.written} images written to {exc.out_dir}; run the same command again "
+                   "to finish (images already written are segmented again)", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: no images written", err=True)
+        sys.exit(130)
+    except (ManifestError, BackendUnavailableError, InputFilesError, OutputFolderError, ImageInputError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.line())
+    for line in summary.failure_lines():
+        click.echo(line, err=True)
+    if summary.failed:
+        sys.exit(1)

@@ -3,44 +3,83 @@
 The library behind ``mrdl predict``; torch-free like the rest of the runtime. Masks are written
 as 8-bit PNGs (one class: 0 / 255; several: class index scaled to 0..255) and overlays as RGB
 PNGs of the image with the mask tinted in; both go to a temporary name and are renamed.
+
+A bad image (unreadable, truncated, over the pixel limit, NaN floats, ...) is skipped or stops the
+run (``on_error``); the summary names each failed file and why. The output folder is held with an
+exclusive lock (``OUT/.mrdl-predict.lock``) for the whole run, and ``OUT/predict.json`` records
+which model wrote its masks, so two runs or two models never mix their outputs in one folder.
+Large images stay within about three image-sized buffers: masks are resized and thresholded in
+row strips, overlays are tinted in place strip by strip (:func:`mrdl_runtime.imaging.mask_at_size`).
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
-from .segmenter import Prediction, Segmenter
+from .imaging import DEFAULT_MAX_PIXELS, STRIP_BYTES, ImageInputError, read_image
+from .segmenter import Segmenter
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 OVERLAY_COLOURS = np.array([[0, 255, 0], [255, 0, 0], [0, 128, 255], [255, 200, 0], [255, 0, 255]], dtype=np.float32)
 OVERLAY_ALPHA = 0.45
+ON_ERROR = ("skip", "stop")
+LOCK_NAME = ".mrdl-predict.lock"
+RECORD_NAME = "predict.json"
+RECORD_FORMAT = "mrdl-predict/1"
+BATCH_PIXELS = 16_000_000  # a batch is cut early once its images hold this many pixels (bounded memory)
 
 
 class InputFilesError(ValueError):
     """Input paths that name no images, or images that cannot be read."""
 
 
+class OutputFolderError(RuntimeError):
+    """An --out folder in use by another run, or holding another model's outputs."""
+
+
+@dataclass(frozen=True)
+class FailedImage:
+    """An input image that was not segmented, and why."""
+
+    path: Path
+    reason: str
+
+
+class PredictInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`predict_files`; ``written`` images were completed before it."""
+
+    def __init__(self, written: int, out_dir: Path) -> None:
+        super().__init__(f"interrupted after {written} images were written to {out_dir}")
+        self.written = written
+        self.out_dir = out_dir
+
+
 @dataclass(frozen=True)
 class PredictSummary:
-    """What :func:`predict_files` did: counts, where, with which backend, and how fast."""
+    """What :func:`predict_files` did: counts, failures, where, with which backend, and how fast."""
 
-    n_images: int
+    n_images: int  # segmented and written
+    n_inputs: int
     out_dir: Path
     backend: str
     precision: str
     batches: int
     mean_batch_latency_ms: float  # model only, per call of up to max_batch images, since the model was loaded
     total_s: float  # reading, preprocessing, inference, postprocessing and writing
+    failed: tuple[FailedImage, ...] = field(default=())
+    stopped: bool = False  # on_error="stop" ended the run at the first failure
 
     @property
     def per_image_ms(self) -> float:
@@ -51,6 +90,16 @@ class PredictSummary:
         return (f"{self.n_images} images -> {self.out_dir} (masks/, overlays/) | backend {self.backend} "
                 f"{self.precision} | model latency {self.mean_batch_latency_ms:.1f} ms per batch "
                 f"({self.batches} batches) | {self.per_image_ms:.1f} ms per image end to end")
+
+    def failure_lines(self) -> list[str]:
+        """One line per failed file (empty when every image was segmented)."""
+        if not self.failed:
+            return []
+        head = f"{len(self.failed)} of {self.n_inputs} images failed"
+        if self.stopped:
+            rest = self.n_inputs - self.n_images - len(self.failed)
+            head += f"; stopped at the first (--on-error stop), {rest} not attempted"
+        return [head + ":", *(f"  {f.path}: {f.reason}" for f in self.failed)]
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -82,29 +131,30 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return list(found)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB (gray replicated, alpha dropped), as training reads it."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputFilesError(f"cannot read {path} as an image: {exc}") from exc
+def mask_to_png(mask: np.ndarray, n_classes: int, *, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) class indices -> uint8 grey levels: 0 / 255 for one class, evenly spaced for several.
+
+    ``out=mask`` scales in place (labels < n_classes <= 255, so label * step never exceeds 255)."""
+    step = np.uint8(255 // max(n_classes - 1, 1))
+    return np.multiply(mask.astype(np.uint8, copy=False), step, out=out)
 
 
-def mask_to_png(mask: np.ndarray, n_classes: int) -> np.ndarray:
-    """(H, W) class indices -> uint8 grey levels: 0 / 255 for one class, evenly spaced for several."""
-    step = 255 // max(n_classes - 1, 1)
-    return (mask.astype(np.uint16) * step).astype(np.uint8)
+def tint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Tint each foreground class of ``mask`` into ``image`` (HxWx3 uint8) in place, in row strips; returns it."""
+    rows = max(1, STRIP_BYTES // (12 * image.shape[1]))
+    for start in range(0, len(image), rows):
+        labels, block = mask[start:start + rows], image[start:start + rows]
+        for label in np.unique(labels[labels > 0]):
+            where = labels == label
+            colour = OVERLAY_COLOURS[(int(label) - 1) % len(OVERLAY_COLOURS)]
+            blended = (1 - OVERLAY_ALPHA) * block[where].astype(np.float32) + OVERLAY_ALPHA * colour
+            block[where] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return image
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 image with each foreground class tinted in its colour (HxWx3 uint8)."""
-    blended = image.astype(np.float32)
-    for label in range(1, int(mask.max()) + 1):
-        where = mask == label
-        colour = OVERLAY_COLOURS[(label - 1) % len(OVERLAY_COLOURS)]
-        blended[where] = (1 - OVERLAY_ALPHA) * blended[where] + OVERLAY_ALPHA * colour
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    """HxWx3 uint8 image with each foreground class tinted in its colour (a new HxWx3 uint8 array)."""
+    return tint(np.array(image, dtype=np.uint8), mask)
 
 
 def write_png(array: np.ndarray, path: Path) -> None:
@@ -119,27 +169,127 @@ def write_png(array: np.ndarray, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _chunks(paths: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(paths), size):
-        yield paths[start:start + size]
+def _write_record(out_dir: Path, record: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_NAME}.", suffix=".tmp", dir=out_dir)
+    with os.fdopen(fd, "w") as stream:
+        json.dump(record, stream, indent=2)
+    os.replace(tmp, out_dir / RECORD_NAME)
+
+
+@contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking flock on OUT/.mrdl-predict.lock for the block."""
+    import fcntl
+
+    with open(out_dir / LOCK_NAME, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise OutputFolderError(f"{out_dir} is in use by another mrdl predict run (it holds {LOCK_NAME}); "
+                                    "wait for it to finish or choose another --out") from exc
+        yield
+
+
+def _claim(out_dir: Path, model: dict, overwrite: bool) -> list[str]:
+    """Check OUT against the model about to write there; returns the stems already written by it.
+
+    OUT may hold outputs of the same export and precision (a rerun). Another model's recorded
+    outputs are refused, or with ``overwrite`` deleted first; unrecorded PNGs are refused unless
+    ``overwrite`` (they are then kept, and replaced only where a name is written again).
+    """
+    record_path = out_dir / RECORD_NAME
+    advice = "predict into another --out, or pass --overwrite to replace them"
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+            previous, stems = record["model"], [str(s) for s in record["outputs"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if not overwrite:
+                raise OutputFolderError(f"{record_path} is unreadable ({exc}), so the outputs in {out_dir} "
+                                        f"cannot be told apart from this model's; {advice}") from exc
+            return []
+        same = (previous.get("export_id"), previous.get("precision")) == (model["export_id"], model["precision"])
+        if same:
+            return stems
+        if not overwrite:
+            raise OutputFolderError(f"{out_dir} holds masks of another model ({previous.get('model_dir')}, export "
+                                    f"{previous.get('export_id')}, {previous.get('precision')}); {advice}")
+        for stem in stems:
+            for kind in ("masks", "overlays"):
+                (out_dir / kind / f"{Path(stem).name}.png").unlink(missing_ok=True)
+        return []
+    unrecorded = [p for kind in ("masks", "overlays") if (out_dir / kind).is_dir() for p in (out_dir / kind).glob("*.png")]
+    if unrecorded and not overwrite:
+        raise OutputFolderError(f"{out_dir} holds {len(unrecorded)} PNGs in masks/ or overlays/ but no {RECORD_NAME} "
+                                f"naming the model that wrote them; {advice}")
+    return []
+
+
+def _read_batches(paths: list[Path], max_batch: int, max_pixels: int, stop: bool,
+                  failed: list[FailedImage]) -> Iterator[list[tuple[Path, np.ndarray]]]:
+    """Read images into batches of at most ``max_batch`` images / about BATCH_PIXELS pixels; record failures."""
+    batch: list[tuple[Path, np.ndarray]] = []
+    pixels = 0
+    for path in paths:
+        try:
+            image = read_image(path, max_pixels=max_pixels)
+        except ImageInputError as exc:
+            failed.append(FailedImage(path, str(exc)))
+            if stop:
+                break
+            continue
+        batch.append((path, image))
+        pixels += image.shape[0] * image.shape[1]
+        if len(batch) == max_batch or pixels >= BATCH_PIXELS:
+            yield batch
+            batch, pixels = [], 0
+    if batch:
+        yield batch
 
 
 def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: str | Path, *,
-                  progress: bool = True) -> PredictSummary:
+                  progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, on_error: str = "skip",
+                  overwrite: bool = False) -> PredictSummary:
     """Segment every image named by ``inputs`` and write ``out_dir/masks/<stem>.png`` and
-    ``out_dir/overlays/<stem>.png`` at each image's original size."""
+    ``out_dir/overlays/<stem>.png`` at each image's original size.
+
+    ``on_error``: "skip" (every readable image is still segmented) or "stop" (end at the first
+    image that cannot be read); failures are listed in the summary. Raises
+    :class:`OutputFolderError` when ``out_dir`` is in use or holds another model's outputs, and
+    :class:`PredictInterrupted` on Ctrl-C.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputFolderError(f"--out {out_dir} is a file; give a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = segmenter.manifest
+    model = {"model_dir": str(Path(manifest.model_dir).resolve()), "export_id": manifest.export_id,
+             "name": manifest.name, "precision": segmenter.precision}
     start, calls_before = time.perf_counter(), segmenter.runner.count
-    n_classes = segmenter.manifest.n_classes
-    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-        for chunk in _chunks(paths, segmenter.manifest.max_batch):
-            images = [read_image(path) for path in chunk]
-            predictions: list[Prediction] = segmenter.predict_batch(images)
-            for path, image, prediction in zip(chunk, images, predictions):
-                write_png(mask_to_png(prediction.mask, n_classes), out_dir / "masks" / f"{path.stem}.png")
-                write_png(overlay(image, prediction.mask), out_dir / "overlays" / f"{path.stem}.png")
-            bar.update(len(chunk))
-    return PredictSummary(n_images=len(paths), out_dir=out_dir, backend=segmenter.backend,
-                          precision=segmenter.precision, batches=segmenter.runner.count - calls_before,
-                          mean_batch_latency_ms=segmenter.mean_latency_ms, total_s=time.perf_counter() - start)
+    failed: list[FailedImage] = []
+    with _locked(out_dir):
+        written = _claim(out_dir, model, overwrite)
+        n_before = len(written)
+        try:
+            with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+                for batch in _read_batches(paths, manifest.max_batch, max_pixels, on_error == "stop", failed):
+                    predictions = segmenter.predict_batch([image for _, image in batch], with_probabilities=False)
+                    for (path, image), prediction in zip(batch, predictions):
+                        write_png(tint(image if image.flags.writeable else image.copy(), prediction.mask),
+                                  out_dir / "overlays" / f"{path.stem}.png")
+                        write_png(mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask),
+                                  out_dir / "masks" / f"{path.stem}.png")
+                        written.append(path.stem)
+                    bar.update(len(batch))
+        except KeyboardInterrupt as exc:
+            raise PredictInterrupted(len(written) - n_before, out_dir) from exc
+        finally:
+            _write_record(out_dir, {"format": RECORD_FORMAT, "model": model, "outputs": sorted(set(written))})
+    return PredictSummary(n_images=len(written) - n_before, n_inputs=len(paths), out_dir=out_dir,
+                          backend=segmenter.backend, precision=segmenter.precision,
+                          batches=segmenter.runner.count - calls_before, mean_batch_latency_ms=segmenter.mean_latency_ms,
+                          total_s=time.perf_counter() - start, failed=tuple(failed),
+                          stopped=on_error == "stop" and bool(failed))
