@@ -1,8 +1,9 @@
 """The runtime's entry point: load a model directory, then segment images.
 
 ``Segmenter.load`` reads ``model.json``, picks a backend (see :mod:`mrdl_runtime.backends`) and
-opens its runner. ``predict`` preprocesses exactly as training did, runs the model and returns
-the mask and probabilities at the image's original size (or at the model's size, LViT's
+opens its runner, which verifies the artifact against the manifest (:mod:`mrdl_runtime.integrity`)
+before the backend loads it. ``predict`` preprocesses exactly as training did, runs the model and
+returns the mask and probabilities at the image's original size (or at the model's size, LViT's
 evaluation protocol, with ``at_model_size=True``).
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from .backends import make_runner, select_backend
 from .imaging import ImageInputError, mask_at_size, preprocess, probabilities_to_mask, resize_probabilities
-from .manifest import Manifest, ManifestError, load_manifest
+from .manifest import Manifest, load_manifest
 from .runner import Runner
 
 logger = logging.getLogger("mrdl_runtime")
@@ -44,27 +45,26 @@ class Segmenter:
         self.reason = reason
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, backend: str = "auto", precision: str = "fp32", device_id: int = 0,
-             intra_op_threads: int = 0, cache_dir: str | Path | None = None) -> Segmenter:
-        """Read ``model_dir/model.json``, choose the backend and open it.
+    def load(cls, model_dir: str | Path, *, backend: str = "auto", precision: str = "fp32", verify: bool = True,
+             device_id: int = 0, intra_op_threads: int = 0, cache_dir: str | Path | None = None) -> Segmenter:
+        """Read ``model_dir/model.json``, choose the backend, verify its artifact and open it.
 
         ``backend``: "auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt" or
         "tensorrt"; ``precision``: "fp32", "int8" or "fp16" (the matching exported artifact).
+        The artifact must match its record in ``model.json``: a regular file inside the directory,
+        its size, its SHA-256 (``verify=False`` skips only the hash, with a logged warning), the
+        export and precision an ONNX file carries, and the graph's inputs and outputs. A mismatch
+        raises :class:`IntegrityError`.
         """
         manifest = load_manifest(model_dir)
         chosen, reason = select_backend(manifest, backend, precision)
         if backend == "auto":
             logger.info("%s: %s", manifest.model_dir, reason)
-        runner = make_runner(manifest, chosen, precision, device_id=device_id,
+        runner = make_runner(manifest, chosen, precision, verify=verify, device_id=device_id,
                              intra_op_threads=intra_op_threads, cache_dir=cache_dir)
         runner.open()
-        expected = ([spec.name for spec in manifest.inputs], [spec.name for spec in manifest.outputs])
-        if (sorted(runner.input_names), sorted(runner.output_names)) != tuple(map(sorted, expected)):
-            runner.close()
-            raise ManifestError(f"{manifest.model_dir}/model.json lists inputs {expected[0]} and outputs {expected[1]}, "
-                                f"but the {chosen} model takes {runner.input_names} and gives {runner.output_names}; "
-                                "re-export the directory")
-        return cls(manifest, runner, backend=chosen, precision=precision, reason=reason)
+        held = manifest.artifact("tensorrt" if chosen == "tensorrt" else precision).precision  # verified on open
+        return cls(manifest, runner, backend=chosen, precision=held, reason=reason)
 
     @property
     def mean_latency_ms(self) -> float:
