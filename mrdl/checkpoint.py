@@ -69,6 +69,12 @@ def tensors_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def shape_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:
+    """One line per tensor present in both whose shapes differ: name, expected and found shape."""
+    return [f"tensor {name!r} has shape {tuple(given[name].shape)}, expected {tuple(tensor.shape)}"
+            for name, tensor in expected.items() if name in given and given[name].shape != tensor.shape]
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, *, provenance: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s weights, config and provenance atomically to ``path`` (.safetensors)."""
     from safetensors.torch import save_file
@@ -131,9 +137,21 @@ def load_checkpoint(path: str | Path, *, expected_config: str | MRDLConfig | Non
             raise CheckpointError(f"{path} holds a {ckpt.config.name!r} model whose architecture differs from "
                                   f"the expected {expected.name!r} config")
     config = ckpt.config.replace_model(**overrides) if overrides else ckpt.config
-    model = MRDL(config, ckpt.state_dict["prompt_features"])
-    missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path} does not match its own config {ckpt.config.name!r}: "
-                              f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    text = config.model.text
+    prompt = ckpt.state_dict.get("prompt_features", torch.zeros(text.context_length, text.width))
+    try:
+        model = MRDL(config, prompt)
+    except ValueError as exc:  # wrong prompt_features shape
+        raise CheckpointError(f"{path} does not match its own config {ckpt.config.name!r}: {exc}") from exc
+    problems = shape_mismatches(model.state_dict(), ckpt.state_dict)[:3]
+    missing = sorted(set(model.state_dict()) - set(ckpt.state_dict))
+    unexpected = sorted(set(ckpt.state_dict) - set(model.state_dict()))
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}")
+    if problems:
+        raise CheckpointError(f"{path} does not match its own config {ckpt.config.name!r} (edited, or written by "
+                              f"another mrdl version?): {'; '.join(problems)}")
+    model.load_state_dict(ckpt.state_dict)
     return model, ckpt

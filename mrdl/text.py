@@ -2,9 +2,10 @@
 
 Per-token features are ln_final(transformer(tokens)): (L=77, width). They are computed once per
 dataset (``mrdl embed-text``) and at model construction for the prompt T_P; training never runs
-CLIP. Weights come from a local open_clip checkpoint file, from an open_clip pretrained tag when
-online, or nowhere: then the tower is randomly initialised and we say so loudly, because its
-features carry no language meaning.
+CLIP. Weights come from a local open_clip checkpoint in safetensors format, from an open_clip
+pretrained tag when online (its safetensors file), or nowhere: then the tower is randomly
+initialised and we say so loudly, because its features carry no language meaning. Pickle
+checkpoints (.pt, .bin) are refused, never unpickled: unpickling can run arbitrary code.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .checkpoint import shape_mismatches
 from .config import TextTowerConfig
 
 logger = logging.getLogger(__name__)
@@ -75,17 +78,62 @@ def _text_architecture(cfg: TextTowerConfig) -> dict:
     return {key: text_cfg[key] for key in keys if key in text_cfg}
 
 
-def _text_state_from_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The text-tower subset of a full CLIP state dict (same names as TextTransformer's).
+def _text_tensor_names(names: Iterable[str]) -> dict[str, str]:
+    """Map each text-tower tensor name (as in TextTransformer) to its name in a full CLIP state dict.
 
     ``text_projection`` is left out: per-token features never use the pooled projection.
     """
+    plain = {name.removeprefix("module."): name for name in names}
+    if "text.token_embedding.weight" in plain:  # CustomTextCLIP checkpoints keep the tower under text.
+        return {k[len("text."):]: v for k, v in plain.items() if k.startswith("text.") and k != "text.text_projection"}
     prefixes = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
-    text_state = {k: v for k, v in state.items() if k.startswith(prefixes)}
-    if "text.token_embedding.weight" in state:  # CustomTextCLIP checkpoints keep the tower under text.
-        text_state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
-        text_state.pop("text_projection", None)
-    return text_state
+    return {k: v for k, v in plain.items() if k.startswith(prefixes)}
+
+
+def convert_hint(path: str | Path) -> str:
+    """How to turn a trusted pickle CLIP checkpoint into the safetensors file mrdl reads."""
+    out = Path(path).with_suffix(".safetensors")
+    return ("convert it once, in a trusted environment, with: python -c \"import torch; "
+            "from open_clip.factory import load_state_dict; from safetensors.torch import save_file; "
+            f"save_file({{k: v.clone().contiguous() for k, v in load_state_dict('{path}').items()}}, '{out}')\" "
+            f"and pass --clip-weights {out}")
+
+
+def read_clip_text_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The text-tower tensors of a local open_clip checkpoint in safetensors format (nothing else is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = _text_tensor_names(handle.keys())
+            return {name: handle.get_tensor(stored) for name, stored in names.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head == b"PK" or head[:1] == b"\x80":  # torch.save's zip container or a bare pickle stream
+            raise ValueError(f"{path} is a pickle checkpoint (torch.save); mrdl never unpickles files because "
+                             f"that can run arbitrary code; {convert_hint(path)}") from exc
+        raise ValueError(f"{path} is not a safetensors file ({exc}); --clip-weights takes an open_clip checkpoint "
+                         f"in safetensors format (e.g. open_clip_model.safetensors from the Hugging Face hub); "
+                         f"for a trusted pickle checkpoint, {convert_hint(path)}") from exc
+
+
+def _pretrained_file(clip_model: str, tag: str) -> Path:
+    """Download an open_clip pretrained tag's weights and insist on their safetensors form."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(clip_model, tag)
+    if not cfg:
+        raise ValueError(f"open_clip has no pretrained tag {tag!r} for {clip_model}; "
+                         f"see open_clip.list_pretrained_tags_by_model({clip_model!r})")
+    path = Path(open_clip.download_pretrained(cfg))
+    if path.suffix != ".safetensors":
+        raise ValueError(f"open_clip publishes {clip_model}/{tag} only as a pickle file ({path}); mrdl never "
+                         f"unpickles files; {convert_hint(path)}")
+    return path
 
 
 def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
@@ -103,25 +151,12 @@ def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
     tokenizer_name = "ViT-B-32" if cfg.clip_model == "custom" else cfg.clip_model
     tokenizer = open_clip.get_tokenizer(tokenizer_name)
 
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"CLIP weights file {path} does not exist")
-        from open_clip.factory import load_state_dict
-
-        state = _text_state_from_clip(load_state_dict(str(path)))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "attn_mask"]
-        if missing:
-            raise ValueError(f"{path} is not an open_clip {cfg.clip_model} checkpoint: missing {missing[:5]}")
-        provenance = file_sha256(path)
-    elif pretrained is not None:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
+    if weights is not None or pretrained is not None:
+        if weights is None and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise RuntimeError(f"HF_HUB_OFFLINE=1: cannot fetch pretrained tag {pretrained!r}; pass a local file")
-        full = open_clip.create_model(cfg.clip_model, pretrained=pretrained)
-        state = _text_state_from_clip(full.state_dict())
-        model.load_state_dict(state, strict=False)
-        provenance = f"pretrained:{pretrained}"
+        path = Path(weights) if weights is not None else _pretrained_file(cfg.clip_model, pretrained)
+        _load_text_state(model, read_clip_text_state(path), path, cfg.clip_model)
+        provenance = file_sha256(path) if weights is not None else f"pretrained:{pretrained}"
     else:
         warnings.warn(
             f"CLIP text tower {cfg.clip_model} is RANDOMLY INITIALISED (no --clip-weights given): "
@@ -129,6 +164,17 @@ def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
         provenance = RANDOM_INIT
     model.eval().requires_grad_(False)
     return TextTower(model=model, tokenizer=tokenizer, clip_model=cfg.clip_model, weights=provenance)
+
+
+def _load_text_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, clip_model: str) -> None:
+    expected = {k: v for k, v in model.state_dict().items() if k != "attn_mask"}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ValueError(f"{path} is not an open_clip {clip_model} checkpoint: its text tower lacks {missing[:5]}")
+    wrong = shape_mismatches(expected, state)
+    if wrong:
+        raise ValueError(f"{path} is not an open_clip {clip_model} checkpoint: {'; '.join(wrong[:3])}")
+    model.load_state_dict(state, strict=False)
 
 
 def random_text_tower(cfg: TextTowerConfig, *, seed: int = 0) -> TextTower:

@@ -1,11 +1,16 @@
 """Training: AdamW, cosine annealing per epoch, early stopping on validation Dice, exact resume.
 
-A run folder holds ``best.safetensors`` and ``last.safetensors`` (mrdl checkpoints), the sidecar
-``last.state.pt`` (optimizer, scheduler, RNG states, epoch, best score, early-stop counter, history and
-the run's settings; paired with ``last.safetensors`` by its tensors digest), ``metrics.csv`` and
-``curves.png``. Both files of the pair are rewritten atomically after every epoch, and the pair is
-written before the first epoch too, so Ctrl-C at any moment leaves a resumable run: ``resume=True``
-continues from the last completed epoch and produces the same weights as an uninterrupted run.
+A run folder holds ``best.safetensors`` and ``last.safetensors`` (ordinary mrdl checkpoints),
+``resume.safetensors`` (weights, optimizer, scheduler and RNG states, epoch, best score, early-stop
+counter, history and the run's settings: :mod:`mrdl.resume`, no pickle), ``metrics.csv``,
+``curves.png`` and ``run.json`` (a readable summary). Every file is written atomically (temporary
+name, then rename). After each epoch ``resume.safetensors`` is written last: it is the commit point,
+and everything written before it is recomputed identically when that epoch is redone, so a kill at
+any instant leaves a resumable run. ``resume=True`` reads ``resume.safetensors`` alone and produces
+the same weights as an uninterrupted run.
+
+A new run refuses a folder that already holds a run's files unless ``overwrite=True``, which deletes
+only those files (:data:`RUN_FILES`); other files there are left alone.
 
 Text features come from a precomputed embedding file (``mrdl embed-text``); training never runs CLIP.
 Validation runs in eval mode, where the fused feature is mu_r and no text is used (as at deployment).
@@ -16,7 +21,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,20 +30,22 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, atomic_path, read_checkpoint, save_checkpoint, tensors_digest
+from .checkpoint import atomic_path, save_checkpoint
 from .config import MRDLConfig
-from .data.dataset import SegmentationDataset
+from .data.dataset import SegmentationDataset, TableLimits
 from .data.embeddings import TextEmbeddings, compute_embeddings, key, load_embeddings
 from .evaluate import predict_dataset, score_masks
 from .losses import segmentation_loss
+from .resume import LEGACY_STATE, RESUME, load_optimizer_state, read_train_state, restore_rng, save_train_state
 from .text import RANDOM_INIT, RandomTextTowerWarning
 
-BEST, LAST, STATE = "best.safetensors", "last.safetensors", "last.state.pt"
+BEST, LAST, RUN_JSON = "best.safetensors", "last.safetensors", "run.json"
+METRICS_CSV, CURVES = "metrics.csv", "curves.png"
+RUN_FILES = (RESUME, BEST, LAST, METRICS_CSV, CURVES, RUN_JSON, LEGACY_STATE)  # what a run writes (and once wrote)
 METRICS = ("epoch", "step", "lr", "train_loss", "train_dice_loss", "train_ce", "train_kl", "val_dice", "val_iou", "seconds")
 
-
-class ResumeError(RuntimeError):
-    """A run folder that cannot be resumed (missing or mismatched checkpoint / state pair)."""
+class RunExistsError(RuntimeError):
+    """A new run pointed at a folder that already holds a training run."""
 
 
 @dataclass
@@ -80,14 +86,30 @@ def prepare_synthetic_data(out_dir: Path, config: MRDLConfig, *, seed: int = 0) 
     return data_root, embeddings
 
 
-def _rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def run_files(out_dir: str | Path) -> list[str]:
+    """The names of :data:`RUN_FILES` present in ``out_dir``."""
+    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
 
 
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+def check_run_folder(out_dir: str | Path, *, overwrite: bool) -> None:
+    """Refuse to start a new run where a run already is, unless ``overwrite``."""
+    existing = run_files(out_dir)
+    if existing and not overwrite:
+        raise RunExistsError(f"{out_dir} already holds a training run ({', '.join(existing)}); continue it with "
+                             f"--resume, or start again from scratch with --overwrite (replaces those files only)")
+
+
+def _remove_leftover_temporaries(out_dir: Path) -> None:
+    """Delete the temporary files (atomic_path's names) that a killed write of a run file left behind."""
+    for name in RUN_FILES:
+        for leftover in out_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+def _clear_run(out_dir: Path) -> None:
+    """Delete the run's own files (before a new run overwrites a folder)."""
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
@@ -121,14 +143,17 @@ def _train_epoch(model, optimizer, loader, texts: TextEmbeddings | None, config:
 
 def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: str | Path, out_dir: str | Path,
                 epochs: int | None = None, seed: int = 0, use_text: bool = True, kl_weight: float | None = None,
-                batch_size: int | None = None, resume: bool = False, progress: bool = True,
+                batch_size: int | None = None, resume: bool = False, overwrite: bool = False,
+                table_limits: TableLimits = TableLimits(), progress: bool = True,
                 on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
     """Train an MRDL model on ``data_root``'s Train split, validating on Val after every epoch.
 
     ``use_text=False`` is the paper's no-text ablation (no text features, lambda_3 = 0); the prompt's
     features still come from ``embeddings_path``. ``resume=True`` continues the run in ``out_dir`` with
     the settings saved there (the other arguments except ``progress`` and ``on_epoch_end`` are ignored).
-    ``on_epoch_end`` receives each epoch's metrics row after the run's files are written.
+    A new run refuses an ``out_dir`` holding a run (:class:`RunExistsError`) unless ``overwrite=True``.
+    ``table_limits`` bound the description tables read. ``on_epoch_end`` receives each epoch's metrics
+    row after the run's files are written. Ctrl-C during an epoch returns with ``interrupted=True``.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -138,18 +163,21 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
 
     out_dir = Path(out_dir)
     start_time = time.perf_counter()
-    state = last = None
+    state = None
     if resume:
-        state, last = _load_state(out_dir)
-        settings = state["settings"]
-        config = last.config
+        state = read_train_state(out_dir)
+        settings, config = state.settings, state.config
     else:
+        check_run_folder(out_dir, overwrite=overwrite)
         config = run_config(config, epochs=epochs, batch_size=batch_size, kl_weight=kl_weight, use_text=use_text)
         settings = {"data_root": str(Path(data_root).resolve()), "embeddings": str(Path(embeddings_path).resolve()),
-                    "seed": seed, "use_text": use_text}
+                    "seed": seed, "use_text": use_text, "table_limits": dataclasses.asdict(table_limits)}
     data_root, seed, use_text = Path(settings["data_root"]), settings["seed"], settings["use_text"]
-    train_set = SegmentationDataset(data_root, "Train", image_size=config.model.image_size, augment=True, seed=seed)
-    val_set = SegmentationDataset(data_root, "Val", image_size=config.model.image_size, require_text=False)
+    table_limits = TableLimits(**settings.get("table_limits", {}))
+    train_set = SegmentationDataset(data_root, "Train", image_size=config.model.image_size, augment=True, seed=seed,
+                                    table_limits=table_limits)
+    val_set = SegmentationDataset(data_root, "Val", image_size=config.model.image_size, require_text=False,
+                                  table_limits=table_limits)
     expected = {key("Train", name): text for name, text in train_set.descriptions.items()} if use_text else {}
     embeddings = load_embeddings(settings["embeddings"], config, expected_texts=expected, data_root=data_root)
     texts = embeddings if use_text else None
@@ -164,13 +192,15 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
     provenance = {"dataset": str(data_root), "train_images": len(train_set), "val_images": len(val_set),
                   "text_embeddings": settings["embeddings"], "clip_weights": embeddings.provenance.get("weights"),
                   "use_text": use_text, "seed": seed}
+    _remove_leftover_temporaries(out_dir)
     if state is not None:
-        model.load_state_dict(last.state_dict)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        progress_state = state["progress"]
-        _set_rng_states(state["rng"])
+        model.load_state_dict(state.model)
+        load_optimizer_state(optimizer, state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        progress_state = state.progress
+        restore_rng(state.rng)
     else:
+        _clear_run(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _save_last(out_dir, model, optimizer, scheduler, settings, progress_state, provenance)
 
@@ -206,9 +236,9 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                                                                    "val_dice": val_dice, "val_iou": row["val_iou"]})
             else:
                 progress_state["bad_epochs"] += 1
+            _write_metrics(out_dir / METRICS_CSV, history)
+            plot_training_curves(history, out_dir / CURVES)
             _save_last(out_dir, model, optimizer, scheduler, settings, progress_state, provenance)
-            _write_metrics(out_dir / "metrics.csv", history)
-            plot_training_curves(history, out_dir / "curves.png")
             epoch_bar.update(1)
             epoch_bar.set_postfix(val_dice=f"{val_dice:.3f}", best=f"{progress_state['best_val_dice']:.3f}")
             if on_epoch_end is not None:
@@ -224,29 +254,12 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
 
 
 def _save_last(out_dir: Path, model, optimizer, scheduler, settings: dict, progress_state: dict, provenance: dict) -> None:
-    """Write the resumable pair: last.safetensors, then last.state.pt naming its tensors digest."""
+    """Write last.safetensors, then the commit point resume.safetensors, then run.json."""
     save_checkpoint(out_dir / LAST, model, provenance={**provenance, "epoch": progress_state["epoch"],
                                                        "step": progress_state["step"]})
-    state = {"format": "mrdl-train-state/1", "settings": settings, "progress": progress_state,
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_states(),
-             "checkpoint_digest": tensors_digest(model.state_dict())}
-    with atomic_path(out_dir / STATE) as tmp:
-        torch.save(state, tmp)
-    with atomic_path(out_dir / "run.json") as tmp:
+    save_train_state(out_dir / RESUME, model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
+                     progress=progress_state, provenance=provenance)
+    with atomic_path(out_dir / RUN_JSON) as tmp:
         tmp.write_text(json.dumps({"settings": settings, "epoch": progress_state["epoch"],
                                    "best_val_dice": progress_state["best_val_dice"],
                                    "best_epoch": progress_state["best_epoch"]}, indent=2))
-
-
-def _load_state(out_dir: Path) -> tuple[dict, Checkpoint]:
-    """The sidecar state and the verified last checkpoint it belongs to."""
-    last, sidecar = out_dir / LAST, out_dir / STATE
-    if not last.is_file() or not sidecar.is_file():
-        raise ResumeError(f"cannot resume {out_dir}: expected {LAST} and {STATE} there (start a new run without --resume)")
-    state = torch.load(sidecar, weights_only=False)
-    if state.get("format") != "mrdl-train-state/1":
-        raise ResumeError(f"{sidecar} is not an mrdl training state file")
-    checkpoint = read_checkpoint(last)
-    if tensors_digest(checkpoint.state_dict) != state["checkpoint_digest"]:
-        raise ResumeError(f"{sidecar} does not belong to {last} (written by different epochs); cannot resume exactly")
-    return state, checkpoint

@@ -48,9 +48,11 @@ def test_round_trip_with_tiny_tower(dataset_root: Path, tiny_config):
 
 
 def test_local_clip_weights_are_used_and_hashed(dataset_root: Path, tiny_config, tmp_path: Path):
+    from safetensors.torch import save_file
+
     donor = random_text_tower(tiny_config.model.text, seed=5)
-    weights = tmp_path / "clip.pt"
-    torch.save(donor.model.state_dict(), weights)
+    weights = tmp_path / "clip.safetensors"
+    save_file({f"module.text.{k}": v.contiguous() for k, v in donor.model.state_dict().items()}, str(weights))
     path = compute_embeddings(dataset_root, tiny_config, out=tmp_path / "e.safetensors", clip_weights=weights)
     loaded = load_embeddings(path, tiny_config)
     assert loaded.provenance["weights"] == file_sha256(weights)

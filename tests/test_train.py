@@ -13,7 +13,8 @@ from mrdl.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mrdl.cli import main
 from mrdl.data.embeddings import compute_embeddings
 from mrdl.data.synthetic import write_synthetic_dataset
-from mrdl.train import ResumeError, train_model
+from mrdl.resume import RESUME, ResumeError
+from mrdl.train import train_model
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -82,15 +83,22 @@ def test_same_seed_same_weights_and_no_text(tmp_path: Path, tiny_config, small_d
     assert a.provenance["use_text"] is False
 
 
-def test_resume_refuses_a_missing_or_mismatched_run(tmp_path: Path, tiny_config, small_data):
-    with pytest.raises(ResumeError, match="expected last.safetensors and last.state.pt"):
+def test_resume_refuses_a_missing_or_damaged_state(tmp_path: Path, tiny_config, small_data):
+    with pytest.raises(ResumeError, match=f"cannot resume {tmp_path}: expected {RESUME} there"):
         train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=tmp_path, resume=True)
     run = _train(tiny_config, small_data, tmp_path / "run", epochs=1)
     model, _ = load_checkpoint(run.last_checkpoint)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    save_checkpoint(run.last_checkpoint, model)  # weights no longer match the sidecar
-    with pytest.raises(ResumeError, match="does not belong"):
+    save_checkpoint(run.last_checkpoint, model)  # resume reads resume.safetensors alone: this does not matter
+    resumed = train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=run.out_dir, resume=True,
+                          progress=False)
+    assert resumed.epochs_completed == 1 and not resumed.interrupted
+    state = run.out_dir / RESUME
+    data = bytearray(state.read_bytes())
+    data[-3] ^= 0xFF
+    state.write_bytes(bytes(data))
+    with pytest.raises(ResumeError, match="resume.safetensors is corrupt"):
         train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=run.out_dir, resume=True)
 
 

@@ -5,7 +5,11 @@
     <root>/<Split>_Folder/<Split>_text.xlsx  (or <root>/<Split>_text.xlsx, or .csv)
                                                               columns Image, Description keyed by mask file name
 
-Every image is read with :mod:`mrdl.data.preprocess` (the contract the runtimes re-implement), resized to
+Description tables are read within :class:`TableLimits` (file size, unzipped size of an xlsx, rows,
+characters per cell), checked before and while reading, so a small xlsx that unzips to gigabytes or
+holds one huge description is refused with the limit's name and the option that raises it.
+
+Every image is read with :mod:`mrdl.data.preprocess` (the runtime's one decoding rule), resized to
 the model size (masks nearest-neighbour) and kept in memory. Train-time augmentation is LViT's: with
 p=0.5 a random rot90 plus a random flip, otherwise with p=0.5 (0.25 overall) a rotation by up to ±20°.
 Augmentation draws from a generator seeded by (seed, epoch, index), so a run is reproducible and a
@@ -15,6 +19,8 @@ resumed run sees the same augmented images as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,7 @@ from .preprocess import ImageReadError, read_rgb, resize_mask, resize_rgb, to_mo
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 SPLITS = ("Train", "Val", "Test")
+MAX_TABLE_COLUMNS = 64  # columns of a description table beyond this one are never read
 
 
 class DatasetError(ValueError):
@@ -65,34 +72,94 @@ def text_table_path(root: str | Path, split: str) -> Path | None:
     return None
 
 
-def _table_rows(path: Path) -> list[tuple[object, ...]]:
-    if path.suffix == ".csv":
+@dataclass(frozen=True)
+class TableLimits:
+    """Bounds on a description table; each is raised by the CLI option named in its error."""
+
+    max_description_chars: int = 10_000  # per cell; CLIP reads only the first 77 tokens anyway
+    max_table_mib: float = 50.0  # the file, and for xlsx also its unzipped contents
+    max_rows: int = 100_000
+
+    @property
+    def max_table_bytes(self) -> int:
+        return int(self.max_table_mib * 2**20)
+
+
+def _check_table_size(path: Path, limits: TableLimits) -> None:
+    """Refuse a table whose file, or whose unzipped xlsx members, exceed ``limits.max_table_mib``."""
+    raise_it = "raise it with --max-table-mib if you trust the file"
+    size = path.stat().st_size
+    if size > limits.max_table_bytes:
+        raise DatasetError(f"{path} is {size / 2**20:.1f} MiB, over the limit of {limits.max_table_mib:g} MiB "
+                           f"for a description table; {raise_it}")
+    if path.suffix.lower() != ".xlsx":
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            # zipfile never returns more bytes than a member's recorded size (a lie fails its CRC check),
+            # so these sizes bound everything openpyxl can read.
+            unzipped = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path} as an xlsx workbook (not a zip archive): {exc}") from exc
+    if unzipped > limits.max_table_bytes:
+        raise DatasetError(f"{path} unzips to {unzipped / 2**20:.1f} MiB, over the limit of "
+                           f"{limits.max_table_mib:g} MiB for a description table; {raise_it}")
+
+
+def _table_rows(path: Path) -> Iterator[tuple[object, ...]]:
+    """The rows of a csv or xlsx table (first sheet), at most MAX_TABLE_COLUMNS cells each."""
+    if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            return [tuple(row) for row in csv.reader(handle)]
+            try:
+                for row in csv.reader(handle):
+                    yield tuple(row[:MAX_TABLE_COLUMNS])
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise DatasetError(f"cannot read {path} as a UTF-8 csv table: {exc}") from exc
+        return
     from openpyxl import load_workbook
 
     try:
         book = load_workbook(path, read_only=True, data_only=True)
+        sheet = book.active
+        sheet.reset_dimensions()  # a forged <dimension> must not pad rows to 16384 columns
     except Exception as exc:  # openpyxl raises several unrelated types for a bad file
         raise DatasetError(f"cannot read {path} as an xlsx workbook: {exc}") from exc
     try:
-        return [tuple(row) for row in book.active.iter_rows(values_only=True)]
+        yield from sheet.iter_rows(values_only=True, max_col=MAX_TABLE_COLUMNS)
+    except Exception as exc:  # malformed sheet XML: ParseError, KeyError, ValueError, ...
+        raise DatasetError(f"cannot read {path} as an xlsx workbook: {exc}") from exc
     finally:
         book.close()
 
 
-def read_descriptions(path: str | Path) -> dict[str, str]:
+def _bounded_rows(path: Path, limits: TableLimits) -> Iterator[tuple[object, ...]]:
+    """``_table_rows`` with the row and cell-length limits checked as each row arrives."""
+    _check_table_size(path, limits)
+    for line, row in enumerate(_table_rows(path), start=1):
+        if line > limits.max_rows:
+            raise DatasetError(f"{path} has more than {limits.max_rows} rows, the limit for a description table; "
+                               "raise it with --max-rows")
+        for cell in row:
+            if isinstance(cell, str) and len(cell) > limits.max_description_chars:
+                raise DatasetError(f"{path} row {line} holds a text of {len(cell)} characters, over the limit of "
+                                   f"{limits.max_description_chars} characters per description; raise it with "
+                                   "--max-description-chars")
+        yield row
+
+
+def read_descriptions(path: str | Path, *, limits: TableLimits = TableLimits()) -> dict[str, str]:
     """Read a description table (xlsx or csv, header ``Image, Description``) into {mask name: text}."""
     path = Path(path)
-    rows = [row for row in _table_rows(path) if any(cell not in (None, "") for cell in row)]
-    if not rows:
+    rows = (row for row in _bounded_rows(path, limits) if any(cell not in (None, "") for cell in row))
+    first = next(rows, None)
+    if first is None:
         raise DatasetError(f"{path} is empty; expected a header row 'Image, Description'")
-    header = [str(cell).strip() if cell is not None else "" for cell in rows[0]]
+    header = [str(cell).strip() if cell is not None else "" for cell in first]
     if "Image" not in header or "Description" not in header:
         raise DatasetError(f"{path} must have columns 'Image' and 'Description', found {header}")
     image_col, text_col = header.index("Image"), header.index("Description")
     descriptions: dict[str, str] = {}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in enumerate(rows, start=2):
         name = row[image_col] if image_col < len(row) else None
         text = row[text_col] if text_col < len(row) else None
         if name in (None, ""):
@@ -113,7 +180,8 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return files
 
 
-def list_samples(root: str | Path, split: str, *, require_text: bool = True) -> list[Sample]:
+def list_samples(root: str | Path, split: str, *, require_text: bool = True,
+                 limits: TableLimits = TableLimits()) -> list[Sample]:
     """Pair every image of a split with its mask and description; any gap is a :class:`DatasetError`."""
     folder = split_folder(root, split)
     images = _files_by_stem(folder / "img")
@@ -130,7 +198,7 @@ def list_samples(root: str | Path, split: str, *, require_text: bool = True) -> 
     if table is None and require_text:
         raise DatasetError(f"no description table for split {split}: expected {folder / f'{split}_text.xlsx'} "
                            f"(or .csv) with columns Image, Description")
-    descriptions = read_descriptions(table) if table is not None else {}
+    descriptions = read_descriptions(table, limits=limits) if table is not None else {}
     samples = []
     for stem, image_path in images.items():
         mask_path = masks[stem]
@@ -147,7 +215,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             mask = np.asarray(img)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read mask {path} as an image: {exc}") from exc
     if mask.ndim == 3:
         if not (mask[..., :3] == mask[..., :1]).all():
@@ -185,14 +253,14 @@ class SegmentationDataset:
     """
 
     def __init__(self, root: str | Path, split: str, *, image_size: int, augment: bool = False,
-                 seed: int = 0, require_text: bool = True) -> None:
+                 seed: int = 0, require_text: bool = True, table_limits: TableLimits = TableLimits()) -> None:
         self.root = Path(root)
         self.split = split
         self.image_size = image_size
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.samples = list_samples(root, split, require_text=require_text)
+        self.samples = list_samples(root, split, require_text=require_text, limits=table_limits)
         self._images: list[np.ndarray] = []  # (S, S, 3) uint8 each
         self._masks: list[np.ndarray] = []  # (S, S) uint8 each
         for sample in self.samples:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import click
+
+from .dataset import TableLimits
 
 
 @contextmanager
@@ -28,10 +31,36 @@ def loud_random_tower_warnings() -> Iterator[None]:
         yield
 
 
+def table_limit_options(command: Callable) -> Callable:
+    """Add --max-description-chars, --max-table-mib and --max-rows; the command receives ``table_limits``.
+
+    Apply it directly above the function (innermost), so it wraps the function before click sees it.
+    """
+    defaults = TableLimits()
+
+    @functools.wraps(command)
+    def with_limits(*args, max_description_chars: int, max_table_mib: float, max_rows: int, **kwargs):
+        return command(*args, table_limits=TableLimits(max_description_chars=max_description_chars,
+                                                       max_table_mib=max_table_mib, max_rows=max_rows), **kwargs)
+
+    options = (
+        click.option("--max-description-chars", type=click.IntRange(min=1), show_default=True,
+                     default=defaults.max_description_chars, help="Longest text of a description-table cell."),
+        click.option("--max-table-mib", type=click.FloatRange(min=0, min_open=True), show_default=True,
+                     default=defaults.max_table_mib,
+                     help="Largest description table, and largest unzipped contents of an xlsx, in MiB."),
+        click.option("--max-rows", type=click.IntRange(min=1), show_default=True, default=defaults.max_rows,
+                     help="Most rows of a description table."),
+    )
+    for option in reversed(options):
+        with_limits = option(with_limits)
+    return with_limits
+
+
 @click.command("embed-text")
 @click.argument("data_root", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Local open_clip checkpoint file for the text tower (its sha256 is recorded).")
+              help="Local open_clip checkpoint in safetensors format for the text tower (its sha256 is recorded).")
 @click.option("--pretrained", default=None,
               help="open_clip pretrained tag to download (online only; refused when HF_HUB_OFFLINE=1).")
 @click.option("--config", "config_name", default="base", show_default=True,
@@ -40,12 +69,14 @@ def loud_random_tower_warnings() -> Iterator[None]:
               help="Output file [default: DATA_ROOT/mrdl_text_<clip model>_<width>.safetensors].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random initialisation when no weights are given.")
+@table_limit_options
 def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | None, config_name: str,
-               out: Path | None, seed: int) -> None:
+               out: Path | None, seed: int, table_limits: TableLimits) -> None:
     """Embed every description of DATA_ROOT (LViT layout) and the prompt with the frozen CLIP text tower.
 
     Training reads the resulting file and never runs CLIP. Without --clip-weights or --pretrained the
-    tower is randomly initialised: the features then carry no language meaning.
+    tower is randomly initialised: the features then carry no language meaning. --clip-weights takes a
+    safetensors file; pickle checkpoints (.pt, .bin) are refused with the command that converts one.
     """
     from ..config import load_config
     from .dataset import DatasetError
@@ -60,7 +91,7 @@ def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | Non
     with loud_random_tower_warnings():
         try:
             path = compute_embeddings(data_root, config, out=out, clip_weights=clip_weights,
-                                      pretrained=pretrained, seed=seed)
+                                      pretrained=pretrained, seed=seed, limits=table_limits)
         except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {path}")

@@ -18,7 +18,7 @@ import torch
 
 from ..checkpoint import atomic_path
 from ..config import MRDLConfig
-from .dataset import SPLITS, DatasetError, list_samples, split_folder
+from .dataset import SPLITS, DatasetError, TableLimits, list_samples, split_folder
 
 FORMAT = "mrdl-text-embeddings/1"
 PROMPT_KEY = "prompt"
@@ -57,7 +57,8 @@ def default_embeddings_path(data_root: str | Path, config: MRDLConfig) -> Path:
     return Path(data_root) / f"mrdl_text_{config.model.text.clip_model}_{config.model.text.width}.safetensors"
 
 
-def dataset_texts(data_root: str | Path, config: MRDLConfig) -> dict[str, str]:
+def dataset_texts(data_root: str | Path, config: MRDLConfig, *,
+                  limits: TableLimits = TableLimits()) -> dict[str, str]:
     """Every description of every split present under ``data_root``, plus the prompt: {key: sentence}."""
     if not Path(data_root).is_dir():
         raise DatasetError(f"dataset root {data_root} does not exist or is not a folder")
@@ -69,7 +70,7 @@ def dataset_texts(data_root: str | Path, config: MRDLConfig) -> dict[str, str]:
         except DatasetError:
             continue
         found = True
-        for sample in list_samples(data_root, split, require_text=True):
+        for sample in list_samples(data_root, split, require_text=True, limits=limits):
             texts[key(split, sample.name)] = sample.description  # type: ignore[assignment]
     if not found:
         raise DatasetError(f"{data_root} holds none of {[s + '_Folder' for s in SPLITS]}; expected LViT's layout")
@@ -85,18 +86,19 @@ def rebuild_hint(data_root: str | Path | None, config: MRDLConfig, path: Path | 
 
 def compute_embeddings(data_root: str | Path, config: MRDLConfig, *, out: str | Path | None = None,
                        clip_weights: str | Path | None = None, pretrained: str | None = None,
-                       seed: int = 0, batch_size: int = 32) -> Path:
+                       seed: int = 0, batch_size: int = 32, limits: TableLimits = TableLimits()) -> Path:
     """Run the frozen text tower over every description and the prompt and write the embedding file.
 
     Weights from ``clip_weights`` (a local open_clip checkpoint) or ``pretrained`` (an open_clip tag,
     online only); with neither the tower is randomly initialised from ``seed`` and a
-    :class:`mrdl.text.RandomTextTowerWarning` is raised as a warning. Returns the written path.
+    :class:`mrdl.text.RandomTextTowerWarning` is raised as a warning. The description tables are
+    read within ``limits``. Returns the written path.
     """
     from tqdm import tqdm
 
     from ..text import build_text_tower
 
-    texts = dataset_texts(data_root, config)
+    texts = dataset_texts(data_root, config, limits=limits)
     out_path = Path(out) if out is not None else default_embeddings_path(data_root, config)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
