@@ -31,15 +31,18 @@ from mrdl_runtime.imaging import DEFAULT_MAX_PIXELS
                    "the exit status is 1")
 @click.option("--overwrite", is_flag=True,
               help="write into an --out that holds another model's masks (its recorded outputs are deleted first)")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="check the model file's SHA-256 against model.json before loading it; --no-verify skips only "
+                   "the hash (its size, export and graph are still checked) and warns that it did")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, backend: str, precision: str,
-            max_pixels: int, on_error: str, overwrite: bool, progress: bool) -> None:
+            max_pixels: int, on_error: str, overwrite: bool, verify: bool, progress: bool) -> None:
     """Segment IMAGES (files, folders or glob patterns) with the model exported to MODEL_DIR."""
     from mrdl_runtime import BackendUnavailableError, ImageInputError, ManifestError, Segmenter
     from mrdl_runtime.files import InputFilesError, OutputFolderError, PredictInterrupted, predict_files
 
     try:
-        with Segmenter.load(model_dir, backend=backend, precision=precision) as segmenter:
+        with Segmenter.load(model_dir, backend=backend, precision=precision, verify=verify) as segmenter:
             click.echo(f"backend: {segmenter.reason}")
             summary = predict_files(segmenter, images, out_dir, progress=progress, max_pixels=max_pixels,
                                     on_error=on_error, overwrite=overwrite)
