@@ -1,0 +1,104 @@
+"""Peak resident memory of ``mrdl predict`` on one large RGB PNG (issue 10: at most 1.5 GB for 10000x10000).
+
+    python benchmarks/peak_rss.py                       # 10000x10000, a tiny model exported here
+    python benchmarks/peak_rss.py --model-dir deploy/ --size 8000 --limit-mb 1500
+
+Writes a smooth synthetic RGB PNG of ``--size`` x ``--size`` (gradients and discs: it compresses
+well and segments into foreground and background), exports the ``tiny`` config with
+``mrdl_export`` unless ``--model-dir`` is given, runs ``mrdl predict`` on the image in a
+subprocess and reads that one child's peak RSS from ``os.wait4`` (Linux ru_maxrss, KiB). Prints
+the figure and exits 1 when it is above ``--limit-mb`` (decimal megabytes), 2 when predict fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SIZE = 10_000
+DEFAULT_LIMIT_MB = 1500.0  # 1.5 GB
+
+
+def write_test_image(path: Path, size: int) -> None:
+    """A size x size RGB PNG: colour gradients with a grid of bright discs, built in row strips."""
+    from PIL import Image
+
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    x = np.arange(size, dtype=np.float32)
+    cell = max(size // 8, 8)
+    cx = (x % cell) - cell / 2
+    for start in range(0, size, 512):
+        y = np.arange(start, min(start + 512, size), dtype=np.float32)[:, None]
+        disc = (cx[None, :] ** 2 + ((y % cell) - cell / 2) ** 2) < (cell / 3) ** 2
+        image[start:start + len(y), :, 0] = (x[None, :] * 255 / size).astype(np.uint8)
+        image[start:start + len(y), :, 1] = (y * 255 / size).astype(np.uint8)
+        image[start:start + len(y), :, 2] = np.where(disc, 230, 40)
+    Image.fromarray(image).save(path, compress_level=1)
+
+
+def export_tiny_model(folder: Path) -> Path:
+    """Export a randomly initialised ``tiny`` model (needs torch and mrdl_export) to ``folder/deploy``."""
+    from mrdl.checkpoint import save_checkpoint
+    from mrdl.config import load_config
+    from mrdl.model import create_model, deterministic_prompt_features
+    from mrdl_export import export_model
+
+    cfg = load_config("tiny")
+    model = create_model(cfg, prompt_features=deterministic_prompt_features(cfg), seed=0).eval()
+    save_checkpoint(folder / "tiny.safetensors", model)
+    export_model(folder / "tiny.safetensors", folder / "deploy", max_batch=1, parity_images=2)
+    return folder / "deploy"
+
+
+def peak_rss_of_predict(model_dir: Path, image: Path, out_dir: Path, *, backend: str = "onnxruntime-cpu",
+                        extra: tuple[str, ...] = ()) -> tuple[int, float, int, str]:
+    """Run ``mrdl predict`` in a subprocess: (its exit status, seconds, peak RSS in bytes, its output)."""
+    command = [sys.executable, "-c", "from mrdl.cli import main; main()", "predict", str(model_dir), str(image),
+               "--out", str(out_dir), "--backend", backend, "--no-progress", *extra]
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read()
+    return process.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024, output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in pixels (default 10000)")
+    parser.add_argument("--model-dir", type=Path, help="deploy directory (default: export the tiny config here)")
+    parser.add_argument("--limit-mb", type=float, default=DEFAULT_LIMIT_MB, help="bound in MB (default 1500)")
+    parser.add_argument("--backend", default="onnxruntime-cpu")
+    parser.add_argument("--workdir", type=Path, help="keep the image, model and outputs here (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="mrdl-peak-rss-") as temporary:
+        work = args.workdir or Path(temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        image = work / f"large_{args.size}.png"
+        if not image.is_file():
+            write_test_image(image, args.size)
+        model_dir = args.model_dir or export_tiny_model(work)
+        status, seconds, peak, output = peak_rss_of_predict(model_dir, image, work / "out", backend=args.backend)
+    if status != 0:
+        print(output, file=sys.stderr)
+        print(f"mrdl predict failed with exit status {status}", file=sys.stderr)
+        return 2
+    megabytes = peak / 1e6
+    verdict = "within" if megabytes <= args.limit_mb else "ABOVE"
+    print(f"peak RSS of mrdl predict on one {args.size}x{args.size} RGB PNG: {megabytes:.0f} MB "
+          f"({peak / 2**20:.0f} MiB), {verdict} the limit of {args.limit_mb:.0f} MB; {seconds:.1f} s")
+    return 0 if megabytes <= args.limit_mb else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
