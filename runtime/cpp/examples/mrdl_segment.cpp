@@ -1,9 +1,12 @@
 // mrdl_segment MODEL_DIR IN.png OUT.png [--backend onnxruntime|tensorrt] [--device cpu|cuda|tensorrt]
-//                                       [--precision fp32|int8|fp16]
+//                                       [--precision fp32|int8|fp16] [--max-pixels N] [--no-verify]
 // Segments one PNG with an exported model and writes the mask as an 8-bit gray PNG at the input's
-// size: 0/255 for a one-class model, the class index otherwise.
+// size: 0/255 for a one-class model, the class index otherwise. The PNG is decoded by the rule of
+// mrdl/decode.hpp (16-bit: high byte; alpha dropped); --no-verify skips the artifact's SHA-256 check.
+#include <cstddef>
 #include <cstdint>
 #include <iostream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -14,20 +17,37 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: mrdl_segment MODEL_DIR IN.png OUT.png [--backend onnxruntime|tensorrt] "
-    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16]";
+    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16] [--max-pixels N] [--no-verify]";
+
+size_t pixel_limit(const std::string& value) {
+    size_t used = 0;
+    unsigned long long limit = 0;
+    try {
+        limit = std::stoull(value, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != value.size() || limit == 0 || value[0] == '-')
+        throw std::invalid_argument("--max-pixels needs a positive integer, got " + value);
+    return static_cast<size_t>(limit);
+}
 
 mrdl::SegmenterOptions parse_options(const std::vector<std::string>& args) {
     mrdl::SegmenterOptions options;
-    for (size_t i = 0; i < args.size(); i += 2) {
-        if (i + 1 >= args.size()) throw std::invalid_argument(args[i] + " needs a value");
+    for (size_t i = 0; i < args.size(); ++i) {
         const std::string& key = args[i];
-        const std::string& value = args[i + 1];
+        if (key == "--no-verify") {
+            options.verify_artifacts = false;
+            continue;
+        }
+        if (i + 1 >= args.size()) throw std::invalid_argument(key + " needs a value");
+        const std::string& value = args[++i];
         if (key == "--backend" && value == "onnxruntime") options.backend = mrdl::BackendKind::OnnxRuntime;
         else if (key == "--backend" && value == "tensorrt") options.backend = mrdl::BackendKind::TensorRT;
         else if (key == "--device" && value == "cpu") options.device = mrdl::Device::CPU;
         else if (key == "--device" && value == "cuda") options.device = mrdl::Device::CUDA;
         else if (key == "--device" && value == "tensorrt") options.device = mrdl::Device::TensorRT;
         else if (key == "--precision") options.precision = value;
+        else if (key == "--max-pixels") options.max_pixels = pixel_limit(value);
         else throw std::invalid_argument("unknown option " + key + " " + value);
     }
     return options;
@@ -43,7 +63,7 @@ int main(int argc, char** argv) {
     try {
         const mrdl::SegmenterOptions options = parse_options(std::vector<std::string>(argv + 4, argv + argc));
         mrdl::Segmenter segmenter(argv[1], options);
-        const mrdl::Image image = mrdl::png::read_rgb(argv[2]);
+        const mrdl::Image image = mrdl::png::read_rgb(argv[2], options.max_pixels);
         const mrdl::Segmentation result = segmenter.segment(image.view());
         std::vector<uint8_t> mask = result.mask;  // (H, W)
         if (result.n_classes == 1)

@@ -1,6 +1,8 @@
-// Parsing and validation of model.json with nlohmann::json.
+// Parsing and validation of model.json (format mrdl-deploy/2) with nlohmann::json.
 #include "mrdl/manifest.hpp"
 
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -13,7 +15,66 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kFormat = "mrdl-deploy/1";
+constexpr const char* kOlderFormat = "mrdl-deploy/1";
+
+struct TooDeep {};
+
+/// `text` as JSON, refused when larger than kMaxManifestBytes or nested deeper than
+/// kMaxManifestDepth. The depth is checked by the parser callback as each object or array opens,
+/// so a hostile document fails before it is built (nlohmann's parser itself does not recurse).
+template <typename E>
+json parse_limited(const std::string& text, const std::string& source) {
+    if (text.size() > kMaxManifestBytes)
+        throw E(source + ": " + std::to_string(text.size()) + " bytes; a manifest is at most " +
+                std::to_string(kMaxManifestBytes) + " bytes (1 MiB)");
+    const json::parser_callback_t limit = [](int depth, json::parse_event_t event, json&) {
+        const bool opens = event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
+        if (opens && depth >= kMaxManifestDepth) throw TooDeep{};
+        return true;
+    };
+    try {
+        return json::parse(text, limit);
+    } catch (const TooDeep&) {
+        throw E(source + ": JSON nested deeper than " + std::to_string(kMaxManifestDepth) +
+                " levels; a manifest written by mrdl-export is flat");
+    } catch (const json::parse_error& error) {
+        const size_t at = std::min<size_t>(error.byte > 0 ? error.byte - 1 : 0, text.size());
+        const std::string token = text.substr(at, 9);
+        const bool non_finite = token.rfind("NaN", 0) == 0 || token.rfind("Infinity", 0) == 0 ||
+                                token.rfind("-Infinity", 0) == 0;
+        const size_t from = at > 40 ? at - 40 : 0;
+        throw E(source + ": not valid JSON near \"" + text.substr(from, at - from + 9) + "\" (" + error.what() + ")" +
+                (non_finite ? "; NaN and Infinity are not JSON numbers: every number in a manifest must be finite"
+                            : ""));
+    } catch (const json::exception& error) {  // e.g. out_of_range 406: a number beyond double's range
+        throw E(source + ": not valid JSON (" + error.what() + "); every number in a manifest must be finite");
+    }
+}
+
+std::string show(const json& value) {
+    if (value.is_number_float() && !std::isfinite(value.get<double>())) {
+        const double v = value.get<double>();
+        return std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf";
+    }
+    return value.dump();
+}
+
+bool is_hex(const std::string& text, size_t length) {
+    if (text.size() != length) return false;
+    for (char c : text)
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+    return true;
+}
+
+/// ARTIFACT_NAME_PATTERN of mrdl_runtime.manifest: [A-Za-z0-9_-][A-Za-z0-9._-]{0,254}.
+bool is_plain_name(const std::string& name) {
+    if (name.empty() || name.size() > 255 || name[0] == '.') return false;
+    for (char c : name)
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return false;
+    return true;
+}
 
 class Reader {
 public:
@@ -30,20 +91,28 @@ public:
 
     std::string text(const json& object, const std::string& key, const std::string& where) const {
         const json& value = field(object, key, where);
-        if (!value.is_string()) fail(where + "." + key + " must be a string, got " + value.dump());
+        if (!value.is_string()) fail(where + "." + key + " must be a string, got " + show(value));
         return value.get<std::string>();
     }
 
-    int integer(const json& object, const std::string& key, const std::string& where, int minimum) const {
+    int64_t integer(const json& object, const std::string& key, const std::string& where, int64_t minimum,
+                    int64_t maximum) const {
         const json& value = field(object, key, where);
-        if (!value.is_number_integer() || value.get<int64_t>() < minimum)
-            fail(where + "." + key + " must be an integer >= " + std::to_string(minimum) + ", got " + value.dump());
-        return value.get<int>();
+        const bool ok = value.is_number_unsigned() ? value.get<uint64_t>() <= static_cast<uint64_t>(maximum) &&
+                                                         minimum <= static_cast<int64_t>(value.get<uint64_t>())
+                                                   : value.is_number_integer() && value.get<int64_t>() >= minimum &&
+                                                         value.get<int64_t>() <= maximum;
+        if (!ok)
+            fail(where + "." + key + " must be an integer in [" + std::to_string(minimum) + ", " +
+                 std::to_string(maximum) + "], got " + show(value));
+        return value.get<int64_t>();
     }
 
-    double number(const json& object, const std::string& key, const std::string& where) const {
+    double finite(const json& object, const std::string& key, const std::string& where, const std::string& range,
+                  bool (*inside)(double)) const {
         const json& value = field(object, key, where);
-        if (!value.is_number()) fail(where + "." + key + " must be a number, got " + value.dump());
+        if (!value.is_number() || !std::isfinite(value.get<double>()) || !inside(value.get<double>()))
+            fail(where + "." + key + " must be a finite number " + range + ", got " + show(value));
         return value.get<double>();
     }
 
@@ -54,6 +123,34 @@ public:
             list += std::string(list.empty() ? "" : ", ") + "\"" + option + "\"";
         }
         fail(what + " must be one of " + list + ", got \"" + value + "\"");
+    }
+
+    std::map<std::string, Artifact> artifacts(const json& root) const {
+        const json& entries = field(root, "artifacts", "the manifest");
+        if (!entries.is_object() || entries.empty()) fail("\"artifacts\" must be a non-empty object");
+        std::map<std::string, Artifact> out;
+        for (const auto& item : entries.items()) {
+            const std::string where = "artifacts." + item.key();
+            one_of(item.key(), {"fp32", "int8", "fp16", "tensorrt"}, "an artifacts key");
+            Artifact a;
+            a.file = text(item.value(), "file", where);
+            if (!is_plain_name(a.file))
+                fail(where + ".file \"" + a.file + "\" must be a plain file name inside the model directory "
+                     "(letters, digits, '.', '_', '-'; no path separators, no leading '.')");
+            a.bytes = static_cast<uint64_t>(integer(item.value(), "bytes", where, 0, INT64_MAX));
+            a.sha256 = text(item.value(), "sha256", where);
+            if (!is_hex(a.sha256, 64)) fail(where + ".sha256 must be 64 lower-case hex digits, got \"" + a.sha256 + "\"");
+            a.precision = text(item.value(), "precision", where);
+            one_of(a.precision, {"fp32", "fp16", "int8"}, where + ".precision");
+            if (item.key() != "tensorrt" && a.precision != item.key())
+                fail(where + ".precision is \"" + a.precision + "\"; the " + item.key() + " artifact holds " +
+                     item.key());
+            for (const auto& [other, record] : out)
+                if (record.file == a.file)
+                    fail("lists " + a.file + " as both the \"" + other + "\" and the \"" + item.key() + "\" artifact");
+            out[item.key()] = a;
+        }
+        return out;
     }
 
     std::vector<TensorSpec> tensors(const json& root, const std::string& key) const {
@@ -67,16 +164,13 @@ public:
             spec.dtype = text(list[i], "dtype", where);
             one_of(spec.dtype, {"float32"}, where + ".dtype");
             const json& shape = field(list[i], "shape", where);
-            if (!shape.is_array() || shape.empty()) fail(where + ".shape must be a non-empty list");
-            for (size_t d = 0; d < shape.size(); ++d) {
-                if (d == 0 && shape[d] == "batch") {
-                    spec.shape.push_back(TensorSpec::kDynamic);
-                } else if (shape[d].is_number_integer() && shape[d].get<int64_t>() > 0) {
-                    spec.shape.push_back(shape[d].get<int64_t>());
-                } else {
-                    fail(where + ".shape[" + std::to_string(d) + "] must be " +
-                         (d == 0 ? "\"batch\" or " : "") + "a positive integer, got " + shape[d].dump());
-                }
+            if (!shape.is_array() || shape.size() < 2 || shape[0] != "batch")
+                fail(where + ".shape must be [\"batch\", positive integers...], got " + show(shape));
+            spec.shape.push_back(TensorSpec::kDynamic);
+            for (size_t d = 1; d < shape.size(); ++d) {
+                if (!shape[d].is_number_integer() || shape[d].get<int64_t>() < 1 || shape[d].get<int64_t>() > INT32_MAX)
+                    fail(where + ".shape[" + std::to_string(d) + "] must be a positive integer, got " + show(shape[d]));
+                spec.shape.push_back(shape[d].get<int64_t>());
             }
             specs.push_back(std::move(spec));
         }
@@ -87,11 +181,33 @@ private:
     std::string source_;
 };
 
+bool positive(double v) { return v > 0.0; }
+bool open_unit(double v) { return v > 0.0 && v < 1.0; }
+
+void check_format(const json& root, const std::string& source, bool embedded) {
+    const std::string what = embedded ? "the embedded manifest" : "model.json";
+    if (!root.is_object() || !root.contains("format") || !root["format"].is_string())
+        throw ManifestError(source + ": " + what + " has no \"format\"; expected a manifest written by mrdl-export (" +
+                            kManifestFormat + ")");
+    const std::string format = root["format"];
+    if (format == kOlderFormat)
+        throw ManifestError(source + ": format \"" + format + "\" was written by an older mrdl-export; re-export "
+                            "the checkpoint (mrdl-export --ckpt CKPT --out DIR) to get " + kManifestFormat);
+    if (format != kManifestFormat)
+        throw ManifestError(source + ": format must be \"" + kManifestFormat + "\", got \"" + format + "\"");
+}
+
 }  // namespace
 
 Manifest Manifest::load(const std::string& path) {
-    std::ifstream stream(path);
-    if (!stream) throw ManifestError("cannot open " + path + " (expected the model.json written by mrdl-export)");
+    std::error_code error;
+    const auto size = std::filesystem::file_size(path, error);
+    std::ifstream stream(path, std::ios::binary);
+    if (error || !stream)
+        throw ManifestError("cannot open " + path + " (expected the model.json written by mrdl-export)");
+    if (size > kMaxManifestBytes)
+        throw ManifestError(path + ": " + std::to_string(size) + " bytes; a manifest is at most " +
+                            std::to_string(kMaxManifestBytes) + " bytes (1 MiB)");
     std::stringstream buffer;
     buffer << stream.rdbuf();
     return parse(buffer.str(), path);
@@ -99,38 +215,34 @@ Manifest Manifest::load(const std::string& path) {
 
 Manifest Manifest::parse(const std::string& text, const std::string& source) {
     Reader r(source);
-    json root;
-    try {
-        root = json::parse(text);
-    } catch (const json::parse_error& error) {
-        r.fail(std::string("not valid JSON: ") + error.what());
-    }
+    const json root = parse_limited<ManifestError>(text, source);
+    check_format(root, source, false);
     Manifest m;
-    m.format = r.text(root, "format", "the manifest");
-    if (m.format != kFormat) r.fail(std::string("format must be \"") + kFormat + "\", got \"" + m.format + "\"");
+    m.format = kManifestFormat;
+    m.export_id = r.text(root, "export_id", "the manifest");
+    if (!is_hex(m.export_id, 32)) r.fail("export_id must be 32 lower-case hex digits, got \"" + m.export_id + "\"");
     m.name = r.text(root, "name", "the manifest");
     m.fusion = r.text(root, "fusion", "the manifest");
     r.one_of(m.fusion, {"distribution", "addition"}, "fusion");
-    m.n_classes = r.integer(root, "n_classes", "the manifest", 1);
+    m.n_classes = static_cast<int>(r.integer(root, "n_classes", "the manifest", 1, 255));
     const json& classes = r.field(root, "classes", "the manifest");
-    if (!classes.is_array()) r.fail("\"classes\" must be a list of names, got " + classes.dump());
+    if (!classes.is_array()) r.fail("\"classes\" must be a list of names, got " + show(classes));
     for (const json& name : classes) {
-        if (!name.is_string()) r.fail("\"classes\" must hold strings, got " + name.dump());
+        if (!name.is_string()) r.fail("\"classes\" must hold strings, got " + show(name));
         m.classes.push_back(name.get<std::string>());
     }
-    const json& artifacts = r.field(root, "artifacts", "the manifest");
-    if (!artifacts.is_object() || artifacts.empty()) r.fail("\"artifacts\" must be a non-empty object");
-    for (const auto& item : artifacts.items()) m.artifacts[item.key()] = r.text(artifacts, item.key(), "artifacts");
+    m.artifacts = r.artifacts(root);
     m.inputs = r.tensors(root, "inputs");
     m.outputs = r.tensors(root, "outputs");
-    m.max_batch = r.integer(root, "max_batch", "the manifest", 1);
-    m.precision = root.value("precision", "fp32");
+    m.max_batch = static_cast<int>(r.integer(root, "max_batch", "the manifest", 1, 4096));
+    m.precision = r.text(root, "precision", "the manifest");
+    r.one_of(m.precision, {"fp32", "fp16", "int8"}, "precision");
 
     const json& pre = r.field(root, "preprocessing", "the manifest");
     const json& size = r.field(pre, "size", "preprocessing");
-    if (!size.is_array() || size.size() != 2 || !size[0].is_number_integer() || !size[1].is_number_integer() ||
-        size[0].get<int>() < 1 || size[1].get<int>() < 1)
-        r.fail("preprocessing.size must be [height, width] of positive integers, got " + size.dump());
+    const auto in_range = [](const json& v) { return v.is_number_integer() && v >= 1 && v <= 8192; };
+    if (!size.is_array() || size.size() != 2 || !in_range(size[0]) || !in_range(size[1]))
+        r.fail("preprocessing.size must be [height, width], integers in [1, 8192], got " + show(size));
     m.preprocessing.height = size[0].get<int>();
     m.preprocessing.width = size[1].get<int>();
     m.preprocessing.resize = r.text(pre, "resize", "preprocessing");
@@ -139,7 +251,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
     r.one_of(m.preprocessing.channel_order, {"RGB"}, "preprocessing.channel_order");
     m.preprocessing.layout = r.text(pre, "layout", "preprocessing");
     r.one_of(m.preprocessing.layout, {"NCHW"}, "preprocessing.layout");
-    m.preprocessing.scale = r.number(pre, "scale", "preprocessing");
+    m.preprocessing.scale = r.finite(pre, "scale", "preprocessing", "> 0", positive);
     m.preprocessing.grayscale = r.text(pre, "grayscale", "preprocessing");
     r.one_of(m.preprocessing.grayscale, {"replicate"}, "preprocessing.grayscale");
 
@@ -149,9 +261,10 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
     const json& in_graph = r.field(post, "activation_in_graph", "postprocessing");
     if (!in_graph.is_boolean() || !in_graph.get<bool>())
         r.fail("postprocessing.activation_in_graph must be true (the runtimes expect probabilities), got " +
-               in_graph.dump());
+               show(in_graph));
     m.postprocessing.activation_in_graph = true;
-    m.postprocessing.threshold = r.number(post, "threshold", "postprocessing");
+    m.postprocessing.threshold =
+        r.finite(post, "threshold", "postprocessing", "strictly between 0 and 1", open_unit);
     m.postprocessing.resize_to_original = r.text(post, "resize_to_original", "postprocessing");
     r.one_of(m.postprocessing.resize_to_original, {"bilinear"}, "postprocessing.resize_to_original");
 
@@ -166,8 +279,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
                std::to_string(m.preprocessing.width) + "] to match preprocessing.size");
     if (m.needs_text_features()) {
         const TensorSpec& text = m.input("text_features");
-        if (text.shape.size() != 3 || text.shape[0] != TensorSpec::kDynamic)
-            r.fail("inputs \"text_features\" must have shape [\"batch\", L, D]");
+        if (text.shape.size() != 3) r.fail("inputs \"text_features\" must have shape [\"batch\", L, D]");
     }
     if (m.inputs.size() != (m.needs_text_features() ? 2u : 1u))
         r.fail("fusion \"" + m.fusion + "\" expects " + (m.needs_text_features() ? "2 inputs (image, text_features)"
@@ -187,6 +299,22 @@ const TensorSpec& Manifest::input(const std::string& name) const {
     for (const TensorSpec& spec : inputs)
         if (spec.name == name) return spec;
     throw ManifestError("the manifest has no input named \"" + name + "\"");
+}
+
+EmbeddedIdentity parse_embedded_manifest(const std::string& text, const std::string& source) {
+    const json root = parse_limited<IntegrityError>(text, source);
+    try {
+        check_format(root, source, true);
+    } catch (const ManifestError& error) {
+        throw IntegrityError(error.what());
+    }
+    EmbeddedIdentity identity;
+    for (auto [key, target] : {std::pair{"export_id", &identity.export_id}, {"precision", &identity.precision}}) {
+        if (!root.contains(key) || !root[key].is_string())
+            throw IntegrityError(source + ": the embedded manifest has no \"" + key + "\"; re-export");
+        *target = root[key].get<std::string>();
+    }
+    return identity;
 }
 
 }  // namespace mrdl

@@ -3,29 +3,14 @@
 
 #include <string>
 
+#include "mrdl/decode.hpp"
 #include "mrdl/errors.hpp"
 #include "mrdl/resample.hpp"
 
 namespace mrdl {
 
-Image to_rgb(const ImageView& image) {
-    if (image.data == nullptr) throw InputError("image has no pixel data (expected an HxWxC uint8 buffer)");
-    if (image.height < 1 || image.width < 1)
-        throw InputError("image must be at least 1x1, got " + std::to_string(image.height) + "x" +
-                         std::to_string(image.width));
-    if (image.channels != 1 && image.channels != 3 && image.channels != 4)
-        throw InputError("image must have 1 (gray), 3 (RGB) or 4 (RGBA) channels, got " +
-                         std::to_string(image.channels));
-    const size_t pixels = static_cast<size_t>(image.height) * image.width;
-    Image rgb{image.height, image.width, 3, std::vector<uint8_t>(pixels * 3)};
-    for (size_t p = 0; p < pixels; ++p)
-        for (int ch = 0; ch < 3; ++ch)
-            rgb.pixels[p * 3 + ch] = image.data[p * image.channels + (image.channels == 1 ? 0 : ch)];
-    return rgb;
-}
-
-std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec) {
-    const Image resized = resize_bilinear(to_rgb(image).view(), spec.height, spec.width);  // (H, W, 3)
+std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec, size_t max_pixels) {
+    const Image resized = resize_bilinear(to_rgb8(image, max_pixels).view(), spec.height, spec.width);  // (H, W, 3)
     const float scale = static_cast<float>(spec.scale);
     const size_t plane = static_cast<size_t>(spec.height) * spec.width;
     std::vector<float> tensor(3 * plane);  // (3, H, W)

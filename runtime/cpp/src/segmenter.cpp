@@ -6,7 +6,8 @@
 
 namespace mrdl {
 
-Segmenter::Segmenter(const std::string& model_dir, const SegmenterOptions& options) {
+Segmenter::Segmenter(const std::string& model_dir, const SegmenterOptions& options)
+    : max_pixels_(options.max_pixels) {
     if (!std::filesystem::is_directory(model_dir))
         throw ManifestError(model_dir + " is not a directory (expected a model directory written by mrdl-export)");
     manifest_ = Manifest::load((std::filesystem::path(model_dir) / "model.json").string());
@@ -55,7 +56,7 @@ std::vector<Segmentation> Segmenter::segment(const std::vector<ImageView>& image
         batch.reserve(count * image_size);
         std::vector<float> text;  // (B, L, D)
         for (size_t i = start; i < start + count; ++i) {
-            const std::vector<float> tensor = preprocess(images[i], pre);
+            const std::vector<float> tensor = preprocess(images[i], pre, max_pixels_);
             batch.insert(batch.end(), tensor.begin(), tensor.end());
             if (text_size) text.insert(text.end(), text_features[i].begin(), text_features[i].end());
         }

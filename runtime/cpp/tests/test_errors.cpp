@@ -1,4 +1,4 @@
-// Bad manifests, images and options fail with messages naming what was expected.
+// Hostile and broken manifests, images and options fail with messages naming what was expected.
 #include <filesystem>
 #include <fstream>
 
@@ -11,8 +11,12 @@ using namespace mrdl::testing;
 namespace {
 
 const char* kValid = R"({
-  "format": "mrdl-deploy/1", "name": "tiny", "fusion": "distribution", "n_classes": 1,
-  "classes": ["background", "foreground"], "artifacts": {"fp32": "model.onnx"},
+  "format": "mrdl-deploy/2", "export_id": "0123456789abcdef0123456789abcdef",
+  "name": "tiny", "fusion": "distribution", "n_classes": 1,
+  "classes": ["background", "foreground"],
+  "artifacts": {"fp32": {"file": "model.onnx", "bytes": 1234,
+                         "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                         "precision": "fp32"}},
   "inputs": [{"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}],
   "outputs": [{"name": "probabilities", "shape": ["batch", 1, 64, 64], "dtype": "float32"}],
   "max_batch": 16,
@@ -30,6 +34,10 @@ std::string replaced(const std::string& from, const std::string& to) {
     return text.replace(at, from.size(), to);
 }
 
+void refused(const std::string& name, const std::string& from, const std::string& to, const std::string& fragment) {
+    expect_error<ManifestError>(name, fragment, [&] { Manifest::parse(replaced(from, to), "model.json"); });
+}
+
 }  // namespace
 
 int main() {
@@ -38,32 +46,99 @@ int main() {
         check(m.preprocessing.height == 64 && m.preprocessing.width == 64, "size");
         check(m.inputs.front().shape.front() == TensorSpec::kDynamic, "batch axis is dynamic");
         check(m.versions.at("opset") == "20" && m.classes.at(1) == "foreground", "versions and classes");
+        check(m.export_id == "0123456789abcdef0123456789abcdef", "export_id");
+        const Artifact& fp32 = m.artifacts.at("fp32");
+        check(fp32.file == "model.onnx" && fp32.bytes == 1234 && fp32.precision == "fp32" &&
+                  fp32.sha256.substr(0, 4) == "e3b0",
+              "the fp32 artifact record");
     });
     run("manifest errors name what was expected", [] {
         expect_error<ManifestError>("not json", "not valid JSON", [] { Manifest::parse("{", "m.json"); });
-        expect_error<ManifestError>("format", "format must be \"mrdl-deploy/1\"",
-                                    [] { Manifest::parse(replaced("mrdl-deploy/1", "other/2"), "m.json"); });
-        expect_error<ManifestError>("missing key", "missing key \"max_batch\"",
-                                    [] { Manifest::parse(replaced("\"max_batch\": 16,", ""), "m.json"); });
-        expect_error<ManifestError>("layout", "preprocessing.layout must be one of \"NCHW\"",
-                                    [] { Manifest::parse(replaced("NCHW", "NHWC"), "m.json"); });
-        expect_error<ManifestError>("shape", "inputs \"image\" must have shape [\"batch\", 3, 64, 64]",
-                                    [] { Manifest::parse(replaced("\"batch\", 3, 64, 64", "\"batch\", 3, 32, 32"), "m"); });
-        expect_error<ManifestError>("batch axis", "\"batch\" or a positive integer",
-                                    [] { Manifest::parse(replaced("\"batch\", 1, 64", "\"n\", 1, 64"), "m"); });
+        refused("format", "mrdl-deploy/2", "other/2", "format must be \"mrdl-deploy/2\", got \"other/2\"");
+        refused("missing key", "\"max_batch\": 16,", "", "missing key \"max_batch\"");
+        refused("layout", "NCHW", "NHWC", "preprocessing.layout must be one of \"NCHW\"");
+        refused("shape", "\"batch\", 3, 64, 64", "\"batch\", 3, 32, 32", "inputs \"image\" must have shape [\"batch\", 3, 64, 64]");
+        refused("batch axis", "\"batch\", 1, 64", "\"n\", 1, 64", "outputs[0].shape must be [\"batch\", positive integers...]");
+        refused("zero dim", "\"batch\", 1, 64", "\"batch\", 0, 64", "outputs[0].shape[1] must be a positive integer, got 0");
+        refused("export_id", "0123456789abcdef0123456789abcdef", "../x", "export_id must be 32 lower-case hex digits");
         expect_error<ManifestError>("missing file", "expected the model.json written by mrdl-export",
                                     [] { Manifest::load("/nonexistent/model.json"); });
     });
+    run("an mrdl-deploy/1 manifest asks for a re-export", [] {
+        refused("format 1", "mrdl-deploy/2", "mrdl-deploy/1", "written by an older mrdl-export; re-export");
+    });
+    run("numeric fields outside their range are refused", [] {
+        refused("threshold 0", "\"threshold\": 0.5", "\"threshold\": 0",
+                "postprocessing.threshold must be a finite number strictly between 0 and 1, got 0");
+        refused("threshold 1", "\"threshold\": 0.5", "\"threshold\": 1.0", "strictly between 0 and 1, got 1.0");
+        refused("negative threshold", "\"threshold\": 0.5", "\"threshold\": -0.5", "strictly between 0 and 1, got -0.5");
+        refused("infinite threshold", "\"threshold\": 0.5", "\"threshold\": 1e999",
+                "number overflow parsing '1e999'); every number in a manifest must be finite");
+        refused("NaN threshold", "\"threshold\": 0.5", "\"threshold\": NaN",
+                "NaN and Infinity are not JSON numbers: every number in a manifest must be finite");
+        refused("string threshold", "\"threshold\": 0.5", "\"threshold\": \"0.5\"", "strictly between 0 and 1, got \"0.5\"");
+        refused("zero scale", "\"scale\": 0.00392156862745098", "\"scale\": 0",
+                "preprocessing.scale must be a finite number > 0, got 0");
+        refused("negative scale", "\"scale\": 0.00392156862745098", "\"scale\": -1", "scale must be a finite number > 0");
+        refused("size 0", "\"size\": [64, 64]", "\"size\": [0, 64]",
+                "preprocessing.size must be [height, width], integers in [1, 8192], got [0,64]");
+        refused("size huge", "\"size\": [64, 64]", "\"size\": [64, 100000]", "integers in [1, 8192], got [64,100000]");
+        refused("size float", "\"size\": [64, 64]", "\"size\": [64.0, 64]", "integers in [1, 8192]");
+        refused("n_classes 0", "\"n_classes\": 1", "\"n_classes\": 0", "n_classes must be an integer in [1, 255], got 0");
+        refused("n_classes 256", "\"n_classes\": 1", "\"n_classes\": 256", "in [1, 255], got 256");
+        refused("max_batch 0", "\"max_batch\": 16", "\"max_batch\": 0", "max_batch must be an integer in [1, 4096], got 0");
+        refused("max_batch huge", "\"max_batch\": 16", "\"max_batch\": 18446744073709551615", "in [1, 4096]");
+        refused("max_batch bool", "\"max_batch\": 16", "\"max_batch\": true", "in [1, 4096], got true");
+        refused("artifact bytes", "\"bytes\": 1234", "\"bytes\": -5", "artifacts.fp32.bytes must be an integer in [0,");
+    });
+    run("artifact entries must be plain names with a size, a hash and a precision", [] {
+        const std::string plain = "must be a plain file name inside the model directory";
+        refused("parent path", "\"file\": \"model.onnx\"", "\"file\": \"../model.onnx\"", "\"../model.onnx\" " + plain);
+        refused("absolute path", "\"file\": \"model.onnx\"", "\"file\": \"/etc/passwd\"", "\"/etc/passwd\" " + plain);
+        refused("hidden name", "\"file\": \"model.onnx\"", "\"file\": \".model.onnx\"", plain);
+        refused("subfolder", "\"file\": \"model.onnx\"", "\"file\": \"sub/model.onnx\"", plain);
+        refused("empty name", "\"file\": \"model.onnx\"", "\"file\": \"\"", plain);
+        refused("backslash", "\"file\": \"model.onnx\"", "\"file\": \"..\\\\model.onnx\"", plain);
+        refused("too long", "\"file\": \"model.onnx\"", "\"file\": \"" + std::string(256, 'a') + "\"", plain);
+        refused("old string entry", "{\"file\": \"model.onnx\", \"bytes\": 1234,", "\"model.onnx\", \"x\": {",
+                "artifacts.fp32 must be a JSON object");
+        refused("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "E3B0",
+                "artifacts.fp32.sha256 must be 64 lower-case hex digits");
+        refused("precision", "\"precision\": \"fp32\"}}", "\"precision\": \"int8\"}}",
+                "artifacts.fp32.precision is \"int8\"; the fp32 artifact holds fp32");
+        refused("unknown key", "\"fp32\": {\"file\"", "\"bf16\": {\"file\"", "an artifacts key must be one of");
+    });
+    run("size and nesting limits stop hostile JSON before it is built", [] {
+        const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+        expect_error<ManifestError>("100000 levels", "JSON nested deeper than 32 levels",
+                                    [&] { Manifest::parse(deep, "model.json"); });
+        const std::string levels33 = std::string(33, '[') + std::string(33, ']');
+        expect_error<ManifestError>("33 levels", "nested deeper than 32", [&] { Manifest::parse(levels33, "m"); });
+        // 32 levels parse (and then fail on content, not on depth).
+        expect_error<ManifestError>("32 levels", "has no \"format\"",
+                                    [] { Manifest::parse(std::string(32, '[') + std::string(32, ']'), "m"); });
+        const std::string padded = replaced("\"name\": \"tiny\"", "\"name\": \"" + std::string(1 << 20, 'x') + "\"");
+        expect_error<ManifestError>("over 1 MiB", "a manifest is at most 1048576 bytes (1 MiB)",
+                                    [&] { Manifest::parse(padded, "m"); });
+        const std::filesystem::path big = std::filesystem::temp_directory_path() / "mrdl_cpp_big_model.json";
+        std::ofstream(big) << padded;
+        expect_error<ManifestError>("over 1 MiB on disk", "bytes; a manifest is at most 1048576",
+                                    [&] { Manifest::load(big.string()); });
+        std::filesystem::remove(big);
+    });
     run("image errors name the accepted layouts", [] {
-        const std::vector<uint8_t> pixels(2 * 2 * 2);
+        const std::vector<uint8_t> pixels(2 * 2 * 5);
         Preprocessing spec;
         spec.height = spec.width = 4;
         spec.scale = 1.0 / 255;
-        expect_error<InputError>("channels", "1 (gray), 3 (RGB) or 4 (RGBA) channels, got 2",
-                                 [&] { preprocess(ImageView{pixels.data(), 2, 2, 2}, spec); });
-        expect_error<InputError>("empty", "at least 1x1",
+        expect_error<InputError>("channels", "image of shape (2, 2, 5): expected at least 1x1 pixels with 1 (gray), "
+                                             "2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels",
+                                 [&] { preprocess(ImageView{pixels.data(), 2, 2, 5}, spec); });
+        expect_error<InputError>("empty", "image of shape (0, 2, 3)",
                                  [&] { preprocess(ImageView{pixels.data(), 0, 2, 3}, spec); });
         expect_error<InputError>("null", "no pixel data", [&] { preprocess(ImageView{nullptr, 2, 2, 3}, spec); });
+        expect_error<InputError>("pixel limit", "image of 2x2 = 4 pixels exceeds the limit of 3 pixels; raise max_pixels",
+                                 [&] { preprocess(ImageView{pixels.data(), 2, 2, 3}, spec, 3); });
     });
     run("segmenter errors name the missing piece", [] {
         const std::filesystem::path dir = std::filesystem::temp_directory_path() / "mrdl_cpp_test_errors";
@@ -71,8 +146,8 @@ int main() {
         expect_error<ManifestError>("no dir", "is not a directory", [] { Segmenter("/nonexistent/model"); });
         expect_error<ManifestError>("no manifest", "cannot open", [&] { Segmenter s(dir.string()); });
         std::ofstream(dir / "model.json") << kValid;
-        expect_error<BackendError>("no artifact file", "is listed in model.json but does not exist",
-                                   [&] { Segmenter s(dir.string()); });
+        expect_error<IntegrityError>("no artifact file", "model.onnx: listed in model.json as the \"fp32\" artifact but missing",
+                                     [&] { Segmenter s(dir.string()); });
         SegmenterOptions int8;
         int8.precision = "int8";
         expect_error<BackendError>("no int8", "lists no \"int8\" artifact (it has: fp32)",

@@ -4,6 +4,7 @@
 //   test_shared_vectors VECTORS_DIR
 #include <cstdint>
 
+#include "mrdl/decode.hpp"
 #include "mrdl/processing.hpp"
 #include "mrdl/resample.hpp"
 #include "test_support.hpp"
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
         run("preprocess " + c.at("name").get<std::string>() + " (" + c.at("pass_order").get<std::string>() + ")", [&] {
             const std::vector<uint8_t> pixels = values<uint8_t>(c.at("image"));
             const ImageView view{pixels.data(), c.at("height"), c.at("width"), c.at("channels")};
-            const Image exact = resize_bilinear(to_rgb(view).view(), spec.height, spec.width, recorded(c));
+            const Image exact = resize_bilinear(to_rgb8(view).view(), spec.height, spec.width, recorded(c));
             check(exact.pixels == values<uint8_t>(c.at("resized")), "resized differs in the recorded pass order");
             const std::vector<float> tensor = preprocess(view, spec);
             const std::vector<float> expected = values<float>(c.at("tensor"));

@@ -1,11 +1,13 @@
 // Inference backends: something that maps the model's input tensors to its probabilities.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "mrdl/image.hpp"
 #include "mrdl/manifest.hpp"
 
 namespace mrdl {
@@ -30,6 +32,12 @@ struct SegmenterOptions {
     std::string precision = "fp32";  // a key of manifest.artifacts: "fp32", "int8", "fp16"
     int device_id = 0;               // GPU ordinal for CUDA / TensorRT
     int intra_op_threads = 0;        // ONNX Runtime CPU threads; 0 lets ONNX Runtime choose
+    /// Check the artifact's SHA-256 against model.json before loading it (reading and hashing cost
+    /// about 2 s per GB). false skips only the hash, not the location and size checks, and prints
+    /// a warning once per process: use it only for huge engines whose directory you trust.
+    bool verify_artifacts = true;
+    /// Segmenter::segment refuses images with more pixels (height * width) than this.
+    size_t max_pixels = kDefaultMaxPixels;
 };
 
 /// A loaded model. `run` takes the image batch (B, 3, H, W) and, under fusion "addition", the
@@ -46,7 +54,9 @@ public:
 /// The backends compiled into this build, e.g. {"onnxruntime", "tensorrt"}.
 std::vector<std::string> available_backends();
 
-/// Load the artifact for `options` from `model_dir`; throws BackendError naming what is missing.
+/// Verify (read_verified_artifact) and load the artifact for `options` from `model_dir`; throws
+/// IntegrityError when the file is not the one model.json records, BackendError when the artifact
+/// is not listed or the backend cannot load it.
 std::unique_ptr<Backend> make_backend(const std::string& model_dir, const Manifest& manifest,
                                       const SegmenterOptions& options);
 

@@ -18,6 +18,13 @@ public:
     explicit ManifestError(const std::string& message) : Error(message) {}
 };
 
+/// An artifact whose name, size, SHA-256, embedded manifest or graph differs from what model.json
+/// records (a corrupt, replaced or renamed file). The message names the file and what was expected.
+class IntegrityError : public ManifestError {
+public:
+    explicit IntegrityError(const std::string& message) : ManifestError(message) {}
+};
+
 /// An input image (or text-feature buffer) whose shape, channel count or size is not accepted.
 class InputError : public Error {
 public:

@@ -1,12 +1,19 @@
 // Non-owning and owning views of interleaved HxWxC images.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
 namespace mrdl {
 
-/// A borrowed HxWxC uint8 image, rows packed (stride = width * channels). C is 1, 3 or 4.
+/// Images with more pixels (height * width) than this are refused unless the caller raises the
+/// limit (`max_pixels` of to_rgb8, png::read_rgb and SegmenterOptions): 250 million, a 15811 x
+/// 15811 image, the same default as the Python runtime's.
+constexpr size_t kDefaultMaxPixels = 250'000'000;
+
+/// A borrowed HxWxC uint8 image, rows packed (stride = width * channels). C is 1 (gray), 2 (gray +
+/// alpha), 3 (RGB) or 4 (RGBA); see mrdl/decode.hpp for other element types.
 struct ImageView {
     const uint8_t* data = nullptr;
     int height = 0;

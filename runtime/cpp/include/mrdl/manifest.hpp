@@ -1,12 +1,29 @@
 // The deploy manifest (model.json) written by mrdl-export; docs/deploy-manifest.md is the contract.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
 namespace mrdl {
+
+/// Limits on model.json (and the copy embedded in each ONNX file), checked before parsing.
+constexpr size_t kMaxManifestBytes = size_t(1) << 20;  // 1 MiB
+constexpr int kMaxManifestDepth = 32;                    // nested objects/arrays
+
+/// The only manifest format this runtime reads.
+constexpr const char* kManifestFormat = "mrdl-deploy/2";
+
+/// One entry of model.json's "artifacts": a plain file name inside the model directory, its size
+/// and SHA-256, and the precision the file holds ("fp32", "fp16" or "int8").
+struct Artifact {
+    std::string file;
+    uint64_t bytes = 0;
+    std::string sha256;  // 64 lower-case hex digits
+    std::string precision;
+};
 
 /// One graph input or output: its name, shape (kDynamic for the "batch" axis) and dtype.
 struct TensorSpec {
@@ -37,12 +54,13 @@ struct Postprocessing {
 
 /// The parsed and validated model.json.
 struct Manifest {
-    std::string format;  // "mrdl-deploy/1"
+    std::string format;     // kManifestFormat
+    std::string export_id;  // 32 lower-case hex digits, unique per export
     std::string name;
     std::string fusion;  // "distribution" or "addition"
     int n_classes = 0;
     std::vector<std::string> classes;
-    std::map<std::string, std::string> artifacts;  // precision key -> file name
+    std::map<std::string, Artifact> artifacts;  // "fp32", "int8", "fp16", "tensorrt" -> its record
     std::vector<TensorSpec> inputs;
     std::vector<TensorSpec> outputs;
     int max_batch = 1;
@@ -51,7 +69,9 @@ struct Manifest {
     std::string precision;
     std::map<std::string, std::string> versions;  // every value rendered as a string
 
-    /// Read and validate `path` (a model.json); throws ManifestError naming what was expected.
+    /// Read and validate `path` (a model.json, at most kMaxManifestBytes, nesting at most
+    /// kMaxManifestDepth; every numeric field in its documented range); throws ManifestError naming
+    /// what was expected.
     static Manifest load(const std::string& path);
     /// Parse and validate JSON text; `source` names it in error messages.
     static Manifest parse(const std::string& text, const std::string& source);
@@ -61,5 +81,15 @@ struct Manifest {
     /// True when the graph takes precomputed text features (fusion "addition").
     bool needs_text_features() const { return fusion == "addition"; }
 };
+
+/// What the manifest embedded in an ONNX file (metadata "mrdl.manifest") says about that file.
+struct EmbeddedIdentity {
+    std::string export_id;  // must equal model.json's
+    std::string precision;  // the precision the file holds
+};
+
+/// Parse an embedded manifest (same size and depth limits as model.json); `source` names it in
+/// errors, which are IntegrityError.
+EmbeddedIdentity parse_embedded_manifest(const std::string& text, const std::string& source);
 
 }  // namespace mrdl

@@ -1,6 +1,7 @@
 // Pre- and postprocessing shared by every backend; the same rules as the Python mrdl_runtime.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -9,12 +10,10 @@
 
 namespace mrdl {
 
-/// HxW gray (C=1), RGB (C=3) or RGBA (C=4) -> HxWx3 RGB: gray replicated, alpha dropped.
-Image to_rgb(const ImageView& image);
-
-/// An image -> the model's input for one sample: (3, H, W) float32 = Pillow-bilinear-resized
-/// uint8 * scale, channels in RGB order.
-std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec);
+/// An image -> the model's input for one sample: (3, H, W) float32 = to_rgb8 (mrdl/decode.hpp),
+/// then Pillow-bilinear-resized uint8 * scale, channels in RGB order.
+std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec,
+                              size_t max_pixels = kDefaultMaxPixels);
 
 /// The mask and probabilities of one image, both at the image's original size.
 struct Segmentation {

@@ -6,8 +6,10 @@
 #include <vector>
 
 #include "mrdl/backend.hpp"
+#include "mrdl/decode.hpp"
 #include "mrdl/errors.hpp"
 #include "mrdl/image.hpp"
+#include "mrdl/integrity.hpp"
 #include "mrdl/manifest.hpp"
 #include "mrdl/processing.hpp"
 
@@ -17,14 +19,17 @@ namespace mrdl {
 /// as the Python runtime does, runs the chosen backend and returns masks at the original size.
 class Segmenter {
 public:
-    /// Load `model_dir` (holding model.json and the artifacts it lists).
+    /// Load `model_dir` (holding model.json and the artifacts it lists). The chosen artifact is
+    /// verified first (mrdl/integrity.hpp); a mismatch throws IntegrityError.
     explicit Segmenter(const std::string& model_dir, const SegmenterOptions& options = {});
     ~Segmenter();
     Segmenter(Segmenter&&) noexcept;
     Segmenter& operator=(Segmenter&&) noexcept;
 
-    /// Segment one HxWxC uint8 image (C = 1, 3 or 4). Under fusion "addition" pass its text
-    /// features, (77, D) float32 row-major; otherwise leave them empty.
+    /// Segment one HxWxC uint8 image (C = 1, 2, 3 or 4; other element types: convert them with
+    /// to_rgb8 from mrdl/decode.hpp first); more than options.max_pixels pixels is an InputError.
+    /// Under fusion "addition" pass its text features, (77, D) float32 row-major; otherwise leave
+    /// them empty.
     Segmentation segment(const ImageView& image, const std::vector<float>& text_features = {});
 
     /// Segment several images in batches of at most manifest().max_batch.
@@ -38,6 +43,7 @@ public:
 private:
     Manifest manifest_;
     std::unique_ptr<Backend> backend_;
+    size_t max_pixels_ = kDefaultMaxPixels;
 };
 
 }  // namespace mrdl

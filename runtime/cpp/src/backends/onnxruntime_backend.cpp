@@ -1,5 +1,6 @@
 // ONNX Runtime backend through the C++ API: CPU, or the CUDA / TensorRT execution providers
-// when the linked library has them.
+// when the linked library has them. The session is built from the verified bytes (the file is
+// read once), then its embedded manifest and graph signature are checked against model.json.
 #include "backends.hpp"
 
 #include <algorithm>
@@ -12,6 +13,8 @@
 
 namespace mrdl::detail {
 namespace {
+
+constexpr const char* kEmbeddedKey = "mrdl.manifest";  // ONNX metadata_props key written by mrdl-export
 
 Ort::Env& environment() {
     static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "mrdl");
@@ -63,8 +66,9 @@ void append_tensorrt(Ort::SessionOptions& session_options, int device_id) {
 
 class OnnxRuntimeBackend final : public Backend {
 public:
-    OnnxRuntimeBackend(const std::string& path, const Manifest& manifest, const SegmenterOptions& options)
+    OnnxRuntimeBackend(const VerifiedArtifact& artifact, const Manifest& manifest, const SegmenterOptions& options)
         : manifest_(manifest) {
+        const std::string& path = artifact.path;
         Ort::SessionOptions session_options;
         session_options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
         if (options.intra_op_threads > 0) session_options.SetIntraOpNumThreads(options.intra_op_threads);
@@ -77,11 +81,18 @@ public:
             provider_ = "TensorrtExecutionProvider";
         }
         try {
-            session_ = std::make_unique<Ort::Session>(environment(), path.c_str(), session_options);
+            session_ = std::make_unique<Ort::Session>(environment(), artifact.bytes.data(), artifact.bytes.size(),
+                                                      session_options);
         } catch (const Ort::Exception& error) {
             throw BackendError("ONNX Runtime cannot load " + path + ": " + error.what());
         }
-        check_names(path);
+        check_identity(artifact);
+        check_signature(path, "input", manifest_.inputs, session_->GetInputCount(),
+                        [this](size_t i, OrtAllocator* a) { return session_->GetInputNameAllocated(i, a); },
+                        [this](size_t i) { return session_->GetInputTypeInfo(i); });
+        check_signature(path, "output", manifest_.outputs, session_->GetOutputCount(),
+                        [this](size_t i, OrtAllocator* a) { return session_->GetOutputNameAllocated(i, a); },
+                        [this](size_t i) { return session_->GetOutputTypeInfo(i); });
     }
 
     std::vector<float> run(const std::vector<float>& images, const std::vector<float>* text_features,
@@ -118,20 +129,74 @@ public:
     std::string describe() const override { return "onnxruntime " + Ort::GetVersionString() + " (" + provider_ + ")"; }
 
 private:
-    void check_names(const std::string& path) const {
+    /// The embedded manifest must come from the same export as model.json and hold the precision
+    /// model.json records for this file: catches another export's file or a renamed variant.
+    void check_identity(const VerifiedArtifact& artifact) const {
+        const std::string& path = artifact.path;
         Ort::AllocatorWithDefaultOptions allocator;
-        std::vector<std::string> graph_inputs;
-        for (size_t i = 0; i < session_->GetInputCount(); ++i)
-            graph_inputs.push_back(session_->GetInputNameAllocated(i, allocator).get());
-        std::vector<std::string> declared;
-        for (const TensorSpec& spec : manifest_.inputs) declared.push_back(spec.name);
-        if (graph_inputs != declared)
-            throw BackendError(path + " has inputs [" + join(graph_inputs) + "] but model.json declares [" +
-                               join(declared) + "]");
-        const std::string output = session_->GetOutputNameAllocated(0, allocator).get();
-        if (output != manifest_.outputs.front().name)
-            throw BackendError(path + " has output \"" + output + "\" but model.json declares \"" +
-                               manifest_.outputs.front().name + "\"");
+        const Ort::ModelMetadata metadata = session_->GetModelMetadata();
+        const Ort::AllocatedStringPtr text = metadata.LookupCustomMetadataMapAllocated(kEmbeddedKey, allocator);
+        if (!text)
+            throw IntegrityError(path + ": has no embedded manifest (ONNX metadata \"" + kEmbeddedKey +
+                                 "\"), so it was not written by mrdl-export with model.json (" + kManifestFormat +
+                                 "); re-export");
+        const EmbeddedIdentity found = parse_embedded_manifest(text.get(), path + " (embedded manifest)");
+        if (found.export_id != manifest_.export_id)
+            throw IntegrityError(path + ": belongs to export " + found.export_id + ", but model.json is export " +
+                                 manifest_.export_id +
+                                 " (a file from another export?); use the model directory of one export as written");
+        if (found.precision != artifact.record.precision)
+            throw IntegrityError(path + ": holds a " + found.precision + " model, but model.json records the \"" +
+                                 artifact.key + "\" artifact as " + artifact.record.precision +
+                                 " (a renamed file?); re-export");
+    }
+
+    /// The graph's inputs or outputs must be model.json's, in order: names, float32, non-batch dims.
+    template <typename NameOf, typename TypeOf>
+    static void check_signature(const std::string& path, const std::string& kind, const std::vector<TensorSpec>& specs,
+                                size_t count, NameOf name_of, TypeOf type_of) {
+        Ort::AllocatorWithDefaultOptions allocator;
+        std::vector<std::string> graph, declared;
+        bool same = count == specs.size();
+        for (size_t i = 0; i < count; ++i) {
+            const std::string name = name_of(i, allocator).get();
+            const Ort::TypeInfo type = type_of(i);
+            if (type.GetONNXType() != ONNX_TYPE_TENSOR) {
+                graph.push_back(name + " (not a tensor)");
+                same = false;
+                continue;
+            }
+            const auto info = type.GetTensorTypeAndShapeInfo();
+            const ONNXTensorElementDataType element = info.GetElementType();
+            std::vector<int64_t> shape = info.GetShape();
+            if (!shape.empty()) shape[0] = TensorSpec::kDynamic;  // any batch axis
+            graph.push_back(describe(name, element_name(element), shape));
+            same = same && name == specs[i].name && element == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT &&
+                   shape == specs[i].shape;
+        }
+        for (const TensorSpec& spec : specs) declared.push_back(describe(spec.name, spec.dtype, spec.shape));
+        if (!same)
+            throw IntegrityError(path + ": graph " + kind + "s [" + join(graph) + "] differ from model.json's [" +
+                                 join(declared) + "]; re-export, or use the model.json written with this file");
+    }
+
+    static std::string describe(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
+        std::string dims;
+        for (size_t d = 0; d < shape.size(); ++d)
+            dims += (d ? ", " : "") + (d == 0 ? std::string("batch") : std::to_string(shape[d]));
+        return "\"" + name + "\" " + dtype + " [" + dims + "]";
+    }
+
+    static std::string element_name(ONNXTensorElementDataType type) {
+        switch (type) {
+            case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+            case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+            case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+            case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+            case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+            case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+            default: return "element type " + std::to_string(static_cast<int>(type));
+        }
     }
 
     Manifest manifest_;
@@ -141,9 +206,9 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Backend> make_onnxruntime_backend(const std::string& path, const Manifest& manifest,
+std::unique_ptr<Backend> make_onnxruntime_backend(VerifiedArtifact artifact, const Manifest& manifest,
                                                   const SegmenterOptions& options) {
-    return std::make_unique<OnnxRuntimeBackend>(path, manifest, options);
+    return std::make_unique<OnnxRuntimeBackend>(artifact, manifest, options);
 }
 
 }  // namespace mrdl::detail

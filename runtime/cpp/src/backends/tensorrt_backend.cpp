@@ -1,11 +1,10 @@
 // TensorRT backend (compiled only where CMake finds the TensorRT SDK and the CUDA runtime):
-// deserialises model.engine, checks the TensorRT version recorded in model.json (major.minor)
-// against the linked library, and runs the engine on a CUDA stream with device buffers sized for max_batch.
+// deserialises model.engine from the bytes read_verified_artifact checked (location, size,
+// SHA-256), checks the TensorRT version recorded in model.json (major.minor) against the linked
+// library, and runs the engine on a CUDA stream with device buffers sized for max_batch.
 #include "backends.hpp"
 
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <memory>
 #include <sstream>
 
@@ -50,8 +49,10 @@ size_t volume(const std::vector<int64_t>& shape, int64_t batch) {
 
 class TensorRTBackend final : public Backend {
 public:
-    TensorRTBackend(const std::string& path, const Manifest& manifest, const SegmenterOptions& options)
+    TensorRTBackend(const VerifiedArtifact& artifact, const Manifest& manifest, const SegmenterOptions& options)
         : manifest_(manifest) {
+        const std::string& path = artifact.path;
+        const std::vector<char>& blob = artifact.bytes;
         // Engines are tied to the TensorRT that built them; like mrdl_runtime, compare major.minor.
         auto recorded = manifest.versions.find("tensorrt");
         if (recorded == manifest.versions.end())
@@ -60,10 +61,6 @@ public:
         else if (major_minor(recorded->second) != major_minor(linked_version()))
             throw BackendError(path + " was built with TensorRT " + recorded->second + " but this program links " +
                                linked_version() + "; rebuild the engine with this TensorRT (mrdl-export --trt)");
-        std::ifstream stream(path, std::ios::binary);
-        if (!stream) throw BackendError("cannot open " + path);
-        const std::vector<char> blob((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());
-
         check_cuda(cudaSetDevice(options.device_id), "cudaSetDevice(" + std::to_string(options.device_id) + ")");
         runtime_.reset(nvinfer1::createInferRuntime(logger_));
         if (!runtime_) throw BackendError("createInferRuntime failed");
@@ -144,9 +141,9 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Backend> make_tensorrt_backend(const std::string& path, const Manifest& manifest,
+std::unique_ptr<Backend> make_tensorrt_backend(VerifiedArtifact artifact, const Manifest& manifest,
                                                const SegmenterOptions& options) {
-    return std::make_unique<TensorRTBackend>(path, manifest, options);
+    return std::make_unique<TensorRTBackend>(artifact, manifest, options);
 }
 
 }  // namespace mrdl::detail
