@@ -2,9 +2,16 @@
 
 Order of work: fix the thread count; load the inputs; measure the machine's matmul peak; count
 FLOPs per image; compute the PyTorch FP32 reference (torch-fft eager) once; then, per backend,
-activate it (a failure skips it with the reason), and per batch size run a separate warm-up and
-the timed iterations while sampling memory; finally the parity pass on every input image, the
-export-safe phase's share of latency, and the derived columns (speed-up, GFLOP/s).
+activate it (a failure skips it with the reason; a model directory that fails the runtime's
+integrity checks stops the run), and per batch size run a separate warm-up and the timed
+iterations while sampling memory; finally the parity pass on every input image, the export-safe
+phase's share of latency, and the derived columns (speed-up, GFLOP/s).
+
+A backend whose masks agree with the reference's less than the parity threshold (mask Dice
+agreement below ``min_dice``, ``int8_min_dice`` for INT8) is marked ``PARITY FAILED``: its speed
+is that of a different model, so its speed-up is not a result. A model directory exported from
+another checkpoint than ``ckpt`` (``source_checkpoint.sha256``) is flagged too; both end up in
+``BenchReport.failures`` and make ``mrdl-bench`` exit 1.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import numpy as np
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
 from .measure import (MEMORY_METHOD, LatencyStats, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
                       parity, phase_share, release_freed_memory)
-from .report import BackendResult, BenchReport, SkippedBackend, machine_info, write_report
+from .report import (DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE, PARITY_FAILED, PARITY_OK, BackendResult, BenchReport,
+                     SkippedBackend, machine_info, write_report)
 from .runners import BACKENDS, BackendUnavailable, Runner, TorchRunner, make_runner
 
 DEFAULT_BACKENDS = BACKENDS  # every backend; those that cannot run here are skipped with the reason
@@ -54,8 +62,9 @@ def parse_batches(text: str | Sequence[int]) -> list[int]:
 
 
 def _check_sources(ckpt: Path, model_dir: Path):
+    """(config, manifest, a sentence when ``model_dir`` was exported from another checkpoint, else None)."""
     from mrdl.checkpoint import CheckpointError, read_checkpoint
-    from mrdl_runtime.manifest import ManifestError, load_manifest
+    from mrdl_runtime.manifest import ManifestError, file_sha256, load_manifest
 
     try:
         config = read_checkpoint(ckpt).config
@@ -68,7 +77,14 @@ def _check_sources(ckpt: Path, model_dir: Path):
                          f"benchmark a checkpoint with the model directory exported from it")
     if manifest.text_input is not None or config.model.fusion != "distribution":
         raise BenchError("mrdl-bench measures image-only models (fusion 'distribution'); this one needs text features")
-    return config, manifest
+    source = manifest.raw.get("source_checkpoint", {})
+    digest = file_sha256(ckpt)
+    mismatch = None
+    if source.get("sha256") != digest:
+        mismatch = (f"SOURCE MISMATCH: {model_dir} was exported from {source.get('path')} (sha256 "
+                    f"{str(source.get('sha256'))[:12]}…), not from --ckpt {ckpt} (sha256 {digest[:12]}…); "
+                    f"re-export it: mrdl-export --ckpt {ckpt} --out {model_dir} --force")
+    return config, manifest, mismatch
 
 
 def _measure(runner: Runner, inputs: InputSet, *, batch: int, warmup: int, iters: int, include_prepost: bool,
@@ -134,7 +150,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                   batches: str | Sequence[int] = (1,), data: str | Path | None = None, images: int = 8,
                   warmup: int = 3, iters: int = 20, threads: int | None = None, include_prepost: bool = False,
                   device: str = "cpu", out: str | Path | None = None, profile_dir: str | Path | None = None,
-                  phase_iters: int | None = None, progress: bool = True) -> BenchReport:
+                  phase_iters: int | None = None, min_dice: float = DEFAULT_MIN_DICE,
+                  int8_min_dice: float = DEFAULT_INT8_MIN_DICE, progress: bool = True) -> BenchReport:
     """Benchmark ``backends`` at each batch size on the same inputs; write the report into ``out`` if given.
 
     ``images``: how many input images (synthetic, or the first of ``data``) form the pool that
@@ -142,6 +159,10 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     threads (default: all logical cores). ``profile_dir``: profile torch eager and the CPU
     onnxruntime backends at the smallest batch (traces written there, op summaries in the report).
     ``phase_iters``: timed passes for the phase-share measurement (default: ``iters``).
+    ``min_dice`` / ``int8_min_dice``: the parity thresholds (mask Dice agreement with torch-fft)
+    for FP32/FP16 and for INT8 backends; below them a backend is marked ``PARITY FAILED``.
+    Raises ``mrdl_runtime.IntegrityError`` when the model directory's files do not match its
+    ``model.json``.
     """
     import torch
     from tqdm import tqdm
@@ -153,7 +174,9 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     threads = threads or os.cpu_count() or 1
     if threads < 1 or warmup < 0 or iters < 1:
         raise BenchError(f"need threads >= 1, warmup >= 0 and iters >= 1; got {threads}, {warmup}, {iters}")
-    config, manifest = _check_sources(ckpt, model_dir)
+    if not (0 <= min_dice <= 1 and 0 <= int8_min_dice <= 1):
+        raise BenchError(f"parity thresholds are mask Dice agreements in [0, 1]; got {min_dice}, {int8_min_dice}")
+    config, manifest, source_mismatch = _check_sources(ckpt, model_dir)
     if max(batches) > manifest.max_batch:
         raise BenchError(f"batch {max(batches)} exceeds the model directory's max_batch {manifest.max_batch}")
     torch.set_num_threads(threads)
@@ -167,6 +190,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     with TorchRunner(REFERENCE, ckpt=ckpt, phase="fft", device=device) as reference_runner:
         reference = _all_outputs(reference_runner, inputs, batch=min(batches))
     outputs: dict[str, np.ndarray] = {}
+    precisions: dict[str, str] = {}  # backend -> the precision its model holds
     results: list[BackendResult] = []
     skipped: list[SkippedBackend] = []
     bar = tqdm(total=len(backends) * len(batches), desc="mrdl-bench", disable=not progress)
@@ -180,6 +204,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
             skipped.append(SkippedBackend(name, str(exc)))
             bar.update(len(batches))
             continue
+        precisions[name] = getattr(runner, "precision", "fp32")
         try:
             for batch in batches:
                 bar.set_postfix_str(f"{name} batch {batch}")
@@ -187,7 +212,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                                                   include_prepost=include_prepost, threshold=threshold,
                                                   baseline_rss=baseline_rss)
                 results.append(BackendResult(
-                    backend=name, batch=batch, latency_ms=latency, warmup=warm,
+                    backend=name, precision=precisions[name], batch=batch, latency_ms=latency, warmup=warm,
                     throughput_ips=batch / (latency.mean / 1e3), peak_memory_mb=peak_mb, memory_method=MEMORY_METHOD,
                     model_size_mb=runner.model_size_bytes / 2**20, model_file=str(runner.model_path),
                     parity=None, parity_vs_onnx_fp32=None, prepost_included=include_prepost,
@@ -203,12 +228,26 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
         if result.backend in QUANTISED and "ort-fp32" in outputs:
             result.parity_vs_onnx_fp32 = parity(outputs[result.backend], outputs["ort-fp32"],
                                                 reference_name="ort-fp32", threshold=threshold)
+        result.parity_min_dice = int8_min_dice if result.precision == "int8" else min_dice
+        passed = result.parity.dice_agreement >= result.parity_min_dice
+        result.parity_status = PARITY_OK if passed else PARITY_FAILED
         result.gflops_achieved = flops * result.throughput_ips / 1e9
         result.peak_fraction = result.gflops_achieved / peak["gflops"]
     for result in results:
         eager = next((r for r in results if r.backend == REFERENCE and r.batch == result.batch), None)
         if eager is not None:
-            result.speedup_vs_torch_eager = eager.latency_ms.p50 / result.latency_ms.p50
+            speedup = eager.latency_ms.p50 / result.latency_ms.p50
+            if result.parity_status == PARITY_OK:
+                result.speedup_vs_torch_eager = speedup
+            else:  # the speed of another model: kept for inspection, never presented as a result
+                result.speedup_unverified = speedup
+    failures = [] if source_mismatch is None else [source_mismatch]
+    for name in dict.fromkeys(r.backend for r in results if r.parity_status == PARITY_FAILED):
+        p = next(r for r in results if r.backend == name)
+        failures.append(f"{PARITY_FAILED}: {name} ({p.precision}) masks agree with {REFERENCE} at mask Dice "
+                        f"{p.parity.dice_agreement:.4f} < {p.parity_min_dice:g} (max |Δp| "
+                        f"{p.parity.max_abs_diff:.2e}); its speed is not that of --ckpt's model. Is {model_dir} "
+                        f"exported from {ckpt}? Re-export it, or change --min-dice / --int8-min-dice")
 
     shares = [phase_share(matmul_model, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters)
               for batch in batches]
@@ -221,9 +260,10 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                 "batches": batches, "warmup": warmup, "iters": iters, "threads": threads,
                 "torch_threads": torch.get_num_threads(), "include_prepost": include_prepost, "device": device,
                 "inputs": inputs.source, "images": len(inputs), "image_size": config.model.image_size,
-                "reference": REFERENCE}
+                "reference": REFERENCE, "min_dice": min_dice, "int8_min_dice": int8_min_dice,
+                "source_checkpoint_matches": source_mismatch is None}
     report = BenchReport(settings=settings, machine=machine, flops_per_image=flops, matmul_peak=peak, results=results,
-                         skipped=skipped, phase_share=shares, profiles=profiles)
+                         skipped=skipped, phase_share=shares, profiles=profiles, failures=failures)
     if out is not None:
         write_report(report, Path(out))
     return report

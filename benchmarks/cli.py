@@ -1,12 +1,19 @@
 """``mrdl-bench``: the command-line face of :func:`mrdl_bench.bench.run_benchmark`.
 
-Only click is imported at start-up, so ``mrdl-bench --help`` works without torch, onnxruntime,
-TensorRT or CUDA.
+Only click and the report's constants are imported at start-up, so ``mrdl-bench --help`` works without torch, onnxruntime,
+TensorRT or CUDA. Exit codes: 0 measured, every backend reproduces the checkpoint; 1 a backend
+marked PARITY FAILED or a model directory exported from another checkpoint (the reports are
+written first), or a model directory whose files fail the runtime's integrity checks; 2 usage
+error.
 """
 
 from __future__ import annotations
 
 import click
+
+from .report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
+
+EXIT_FAILURE = 1
 
 BACKEND_NAMES = "torch-fft,torch-matmul,torch-compile,ort-fp32,ort-int8,ort-fp16,ort-cuda,tensorrt"
 
@@ -34,26 +41,41 @@ BACKEND_NAMES = "torch-fft,torch-matmul,torch-compile,ort-fp32,ort-int8,ort-fp16
 @click.option("--device", default="cpu", show_default=True, help="torch device for the PyTorch backends (cpu, cuda).")
 @click.option("--profile-dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Write onnxruntime profiles (JSON traces) of the ORT backends here.")
+@click.option("--min-dice", default=DEFAULT_MIN_DICE, show_default=True, type=click.FloatRange(0, 1),
+              help="Parity threshold for FP32/FP16 backends: mask Dice agreement with torch-fft below it "
+                   "marks the backend PARITY FAILED (exit 1).")
+@click.option("--int8-min-dice", default=DEFAULT_INT8_MIN_DICE, show_default=True, type=click.FloatRange(0, 1),
+              help="Parity threshold for INT8 backends (ort-int8, an INT8 TensorRT engine).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="bench-report", show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | None, images: int, warmup: int,
          iters: int, phase_iters: int | None, threads: int | None, include_prepost: bool, device: str,
-         profile_dir: str | None, out: str) -> None:
+         profile_dir: str | None, min_dice: float, int8_min_dice: float, out: str) -> None:
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
+    from mrdl_runtime.manifest import ManifestError
+
     from .bench import BenchError, parse_backends, parse_batches, run_benchmark
     from .inputs import InputError
     from .report import format_table
 
+    context = click.get_current_context()
     try:
         report = run_benchmark(ckpt=ckpt, model_dir=model_dir, backends=parse_backends(backends),
                                batches=parse_batches(batches), data=data, images=images, warmup=warmup, iters=iters,
                                phase_iters=phase_iters, threads=threads, include_prepost=include_prepost,
-                               device=device, out=out,
-                               profile_dir=profile_dir)
+                               device=device, out=out, profile_dir=profile_dir, min_dice=min_dice,
+                               int8_min_dice=int8_min_dice)
     except (BenchError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc
+    except ManifestError as exc:  # a model directory that fails the runtime's integrity checks
+        click.echo(f"mrdl-bench: error: {exc}", err=True)
+        context.exit(EXIT_FAILURE)
     click.echo(format_table(report))
     click.echo(f"report written to {out}: " + ", ".join(sorted(report.files.values())))
+    if report.failures:
+        for failure in report.failures:
+            click.echo(f"mrdl-bench: error: {failure}", err=True)
+        context.exit(EXIT_FAILURE)
 
 
 if __name__ == "__main__":

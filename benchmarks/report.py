@@ -1,4 +1,9 @@
-"""The benchmark report: typed results, machine info, and its terminal, JSON, Markdown and PNG forms."""
+"""The benchmark report: typed results, machine info, and its terminal, JSON, Markdown and PNG forms.
+
+A backend marked ``PARITY FAILED`` shows its speed-up in parentheses (table, Markdown), under
+``speedup_unverified`` instead of ``speedup_vs_torch_eager`` (JSON) and without a bar (chart):
+it is the speed of a model that does not reproduce the checkpoint, not a result.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,10 @@ from .measure import LatencyStats, Parity
 
 LIBRARIES = ("mrdl", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "psutil")
 REPORT_FILES = {"json": "bench.json", "markdown": "bench.md", "chart": "bench.png"}
+PARITY_OK = "ok"
+PARITY_FAILED = "PARITY FAILED"
+DEFAULT_MIN_DICE = 0.99  # FP32 / FP16 backends: mask Dice agreement with the reference
+DEFAULT_INT8_MIN_DICE = 0.95  # INT8 backends: quantisation moves pixels near the threshold
 
 
 @dataclass
@@ -21,6 +30,7 @@ class BackendResult:
     """One backend at one batch size."""
 
     backend: str
+    precision: str  # the precision the backend's model holds (fp32, fp16, int8)
     batch: int
     latency_ms: LatencyStats
     warmup: dict[str, float]  # iterations, total_ms, first_ms
@@ -34,7 +44,10 @@ class BackendResult:
     prepost_included: bool
     gflops_achieved: float | None = None
     peak_fraction: float | None = None  # gflops_achieved / measured matmul peak
-    speedup_vs_torch_eager: float | None = None  # torch-fft p50 / this p50, same batch
+    speedup_vs_torch_eager: float | None = None  # torch-fft p50 / this p50, same batch; parity passed only
+    parity_min_dice: float | None = None  # the threshold applied to parity.dice_agreement
+    parity_status: str | None = None  # PARITY_OK or PARITY_FAILED
+    speedup_unverified: float | None = None  # the speed-up of a backend that failed parity: not a result
     notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -61,13 +74,14 @@ class BenchReport:
     skipped: list[SkippedBackend]
     phase_share: list[dict[str, Any]]
     profiles: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # PARITY FAILED / SOURCE MISMATCH sentences
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"settings": self.settings, "machine": self.machine, "flops_per_image": self.flops_per_image,
-                "matmul_peak": self.matmul_peak, "results": [r.to_dict() for r in self.results],
-                "skipped": [asdict(s) for s in self.skipped], "phase_share": self.phase_share,
-                "profiles": self.profiles, "files": self.files}
+                "matmul_peak": self.matmul_peak, "failures": self.failures,
+                "results": [r.to_dict() for r in self.results], "skipped": [asdict(s) for s in self.skipped],
+                "phase_share": self.phase_share, "profiles": self.profiles, "files": self.files}
 
     def result(self, backend: str, batch: int) -> BackendResult | None:
         return next((r for r in self.results if r.backend == backend and r.batch == batch), None)
@@ -110,7 +124,19 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 TABLE_COLUMNS = ("backend", "batch", "p50 ms", "p90 ms", "p99 ms", "mean±sd ms", "img/s", "speed-up", "GFLOP/s",
-                 "% peak", "mem MB", "size MB", "max|Δp|", "Dice agr.")
+                 "% peak", "mem MB", "size MB", "max|Δp|", "Dice agr.", "parity")
+
+
+def _speedup(r: BackendResult) -> str:
+    if r.speedup_unverified is not None:
+        return f"({r.speedup_unverified:.2f}x)"
+    return _fmt(r.speedup_vs_torch_eager, ".2f") + ("x" if r.speedup_vs_torch_eager else "")
+
+
+def _parity_cell(r: BackendResult) -> str:
+    if r.parity_status is None:
+        return "-"
+    return r.parity_status if r.parity_status == PARITY_FAILED else f"ok (>= {r.parity_min_dice:g})"
 
 
 def table_rows(report: BenchReport) -> list[list[str]]:
@@ -118,13 +144,12 @@ def table_rows(report: BenchReport) -> list[list[str]]:
     for r in report.results:
         lat = r.latency_ms
         rows.append([r.backend, str(r.batch), f"{lat.p50:.1f}", f"{lat.p90:.1f}", f"{lat.p99:.1f}",
-                     f"{lat.mean:.1f}±{lat.stdev:.1f}", f"{r.throughput_ips:.2f}",
-                     _fmt(r.speedup_vs_torch_eager, ".2f") + ("x" if r.speedup_vs_torch_eager else ""),
+                     f"{lat.mean:.1f}±{lat.stdev:.1f}", f"{r.throughput_ips:.2f}", _speedup(r),
                      _fmt(r.gflops_achieved, ".1f"),
                      _fmt(None if r.peak_fraction is None else 100 * r.peak_fraction, ".1f"),
                      f"{r.peak_memory_mb:.0f}", f"{r.model_size_mb:.1f}",
                      _fmt(r.parity.max_abs_diff if r.parity else None, ".2e"),
-                     _fmt(r.parity.dice_agreement if r.parity else None, ".4f")])
+                     _fmt(r.parity.dice_agreement if r.parity else None, ".4f"), _parity_cell(r)])
     return rows
 
 
@@ -141,7 +166,10 @@ def format_table(report: BenchReport) -> str:
 
 def _footer(report: BenchReport) -> list[str]:
     s = report.settings
-    lines = [f"threads {s['threads']}; pre/post-processing {'included' if s['include_prepost'] else 'excluded'}; "
+    lines = list(report.failures)
+    if any(r.parity_status == PARITY_FAILED for r in report.results):
+        lines.append(f"speed-ups in parentheses belong to backends marked {PARITY_FAILED}: not results")
+    lines += [f"threads {s['threads']}; pre/post-processing {'included' if s['include_prepost'] else 'excluded'}; "
              f"inputs {s['inputs']} ({s['images']} images); warm-up {s['warmup']}, timed {s['iters']} iterations; "
              f"speed-up vs torch-fft (PyTorch eager, FP32) p50; parity vs torch-fft",
              f"FLOPs/image {report.flops_per_image / 1e9:.2f} G; "
@@ -170,6 +198,7 @@ def format_markdown(report: BenchReport) -> str:
              f"{m['memory_gb']} GB; load average at start {', '.join(f'{x:.2f}' for x in m['load_average_start'])}, "
              f"at end {', '.join(f'{x:.2f}' for x in m.get('load_average_end', []))}.", "",
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v), "",
+             *[f"**{failure}**\n" for failure in report.failures],
              "| " + " | ".join(c.replace("|", "\\|") for c in TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     lines += [""] + [f"- {line}" for line in _footer(report)]
@@ -196,7 +225,10 @@ def plot_chart(report: BenchReport, path: Path) -> None:
             xs.append(i + (offset - (len(batches) - 1) / 2) * width)
             p50s.append(result.latency_ms.p50)
             spreads.append(result.latency_ms.p90 - result.latency_ms.p50)
-            speedups.append(result.speedup_vs_torch_eager or 0.0)
+            speedups.append(result.speedup_vs_torch_eager or 0.0)  # no bar for a backend that failed parity
+            if result.parity_status == PARITY_FAILED:
+                speedup_axis.text(xs[-1], 0.05, PARITY_FAILED, rotation=90, ha="center", va="bottom", color="red",
+                                  fontsize=8)
         latency_axis.bar(xs, p50s, width, yerr=[[0] * len(spreads), spreads], capsize=3, label=f"batch {batch}")
         speedup_axis.bar(xs, speedups, width, label=f"batch {batch}")
     for axis, title in ((latency_axis, "p50 latency per batch, ms (bar to p90)"),

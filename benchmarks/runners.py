@@ -3,8 +3,10 @@
 Every runner maps a preprocessed batch (B, 3, S, S) float32 to probabilities (B, n_classes, S, S)
 float32 as a numpy array. ``infer`` records its own wall time in ``inference_times``; runners that
 use a GPU synchronise before the clock stops. The ONNX Runtime and TensorRT backends are
-``mrdl_runtime``'s runners behind an adapter; heavy backends are imported when a runner activates,
-so a missing one only skips that runner, with a reason.
+``mrdl_runtime`` Segmenters behind an adapter, loaded as every user loads them, so the runtime's
+integrity checks apply (a file that does not match ``model.json`` raises ``IntegrityError``);
+heavy backends are imported when a runner activates, so a missing one only skips that runner,
+with a reason.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class Runner(ABC):
 class TorchRunner(Runner):
     """PyTorch eager (``fft`` or ``matmul`` phase) or torch.compile of the eager model, eval mode."""
 
+    precision = "fp32"
+
     def __init__(self, name: str, *, ckpt: Path, phase: str, device: str = "cpu", compile_model: bool = False) -> None:
         super().__init__()
         self.name, self.ckpt, self.phase, self.device = name, Path(ckpt), phase, device
@@ -153,8 +157,9 @@ class TorchRunner(Runner):
 class RuntimeRunner(Runner):
     """An ``mrdl_runtime`` backend (ONNX Runtime CPU / CUDA EP, native TensorRT) on one artifact.
 
-    The runtime chooses and checks the backend (``unavailable_reason``) and owns the session; this
-    adapter gives it the benchmark's array-in, array-out interface.
+    ``Segmenter.load`` checks that the backend can run here and that the artifact matches
+    ``model.json`` (size, SHA-256, embedded export and precision, graph inputs/outputs) and owns
+    the session; this adapter gives it the benchmark's array-in, array-out interface.
     """
 
     def __init__(self, name: str, *, model_dir: Path, backend: str, precision: str, threads: int) -> None:
@@ -162,7 +167,7 @@ class RuntimeRunner(Runner):
         self.name, self.model_dir, self.threads = name, Path(model_dir), threads
         self.backend, self.precision = backend, precision
         self.uses_cuda = False  # the runtime's runners copy results back to the host, which waits for the GPU
-        self.runner: Any = None
+        self.segmenter: Any = None
 
     @functools.cached_property
     def manifest(self) -> Any:
@@ -176,29 +181,28 @@ class RuntimeRunner(Runner):
         return self.manifest.artifact_path("tensorrt" if self.backend == "tensorrt" else self.precision)
 
     def _activate(self) -> None:
-        from mrdl_runtime.backends import engine_precision, make_runner, unavailable_reason
+        from mrdl_runtime.backends import engine_precision
         from mrdl_runtime.runner import BackendUnavailableError
+        from mrdl_runtime.segmenter import Segmenter
 
         manifest = self.manifest
         if self.backend == "tensorrt":
             self.precision = engine_precision(manifest) or "fp32"
-        reason = unavailable_reason(manifest, self.backend, self.precision)
-        if reason is not None:
-            raise BackendUnavailable(reason)
         try:
-            self.runner = make_runner(manifest, self.backend, self.precision, intra_op_threads=self.threads).open()
+            self.segmenter = Segmenter.load(self.model_dir, backend=self.backend, precision=self.precision,
+                                            intra_op_threads=self.threads)
         except BackendUnavailableError as exc:
             raise BackendUnavailable(str(exc)) from exc
         self.input_name = manifest.image_input.name
         self.output_name = manifest.outputs[0].name
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.runner.infer({self.input_name: batch})[self.output_name]  # (B, n_classes, S, S)
+        return self.segmenter.runner.infer({self.input_name: batch})[self.output_name]  # (B, n_classes, S, S)
 
     def _deactivate(self) -> None:
-        if self.runner is not None:
-            self.runner.close()
-        self.runner = None
+        if self.segmenter is not None:
+            self.segmenter.close()
+        self.segmenter = None
 
 
 def make_runner(name: str, *, ckpt: Path, model_dir: Path, threads: int, device: str = "cpu") -> Runner:

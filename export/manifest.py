@@ -14,9 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mrdl_runtime.manifest import FORMAT, MANIFEST_NAME, artifact_record
-
-METADATA_KEY = "mrdl.manifest"
+from mrdl_runtime.manifest import FORMAT, MANIFEST_NAME, METADATA_KEY, artifact_record
 
 
 def input_specs(config) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ export, whatever else it holds.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -23,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mrdl_runtime.manifest import ARTIFACT_FILES, ARTIFACT_NAME_PATTERN, MANIFEST_NAME
+from mrdl_runtime.manifest import (ARTIFACT_FILES, ARTIFACT_NAME_PATTERN, MANIFEST_NAME, MAX_MANIFEST_BYTES,
+                                   ManifestError, parse_json)
 
 from .api import ExportError
 
 DEPLOY_FORMAT_PREFIX = "mrdl-deploy/"
-MAX_MANIFEST_BYTES = 1 << 20
 KNOWN_FILES = frozenset([MANIFEST_NAME, *ARTIFACT_FILES.values()])
 # atomic_path's temporary name for a file being written: ".<name>.<random>.tmp"
 ATOMIC_TEMP = re.compile(r"\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp")
@@ -45,8 +44,8 @@ def _listed_files(folder: Path) -> set[str] | None:
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_MANIFEST_BYTES:
             return None
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        doc = parse_json(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, ManifestError):
         return None
     if not isinstance(doc, dict) or not str(doc.get("format", "")).startswith(DEPLOY_FORMAT_PREFIX):
         return None

@@ -25,9 +25,10 @@ from mrdl_bench.measure import LatencyStats, mask_dice_agreement, parity  # noqa
 from mrdl_bench.report import format_table  # noqa: E402
 from mrdl_bench.runners import BackendUnavailable, TorchRunner  # noqa: E402
 
-RESULT_FIELDS = {"backend", "batch", "latency_ms", "warmup", "throughput_ips", "peak_memory_mb", "memory_method",
-                 "model_size_mb", "model_file", "parity", "parity_vs_onnx_fp32", "prepost_included", "gflops_achieved",
-                 "peak_fraction", "speedup_vs_torch_eager", "notes"}
+RESULT_FIELDS = {"backend", "precision", "batch", "latency_ms", "warmup", "throughput_ips", "peak_memory_mb",
+                 "memory_method", "model_size_mb", "model_file", "parity", "parity_vs_onnx_fp32", "prepost_included",
+                 "gflops_achieved", "peak_fraction", "speedup_vs_torch_eager", "parity_min_dice", "parity_status",
+                 "speedup_unverified", "notes"}
 LATENCY_FIELDS = {"p50", "p90", "p99", "mean", "stdev", "min", "max", "iterations"}
 
 
@@ -72,8 +73,12 @@ def test_report_has_every_field_for_every_backend_and_batch(report):
         assert result.model_size_mb > 0 and Path(result.model_file).is_file()
         assert result.prepost_included is False
         assert result.gflops_achieved > 0 and 0 < result.peak_fraction
-        assert result.speedup_vs_torch_eager > 0
+        assert result.speedup_vs_torch_eager > 0 and result.speedup_unverified is None
+        assert result.parity_status == "ok"
+        assert result.parity_min_dice == (0.95 if result.backend == "ort-int8" else 0.99)
+    assert report.result("ort-int8", 1).precision == "int8" and report.result("ort-fp32", 1).precision == "fp32"
     assert report.result("torch-fft", 1).speedup_vs_torch_eager == pytest.approx(1.0)
+    assert report.failures == [] and report.settings["source_checkpoint_matches"] is True
     assert report.flops_per_image > 0 and report.matmul_peak["gflops"] > 0
     assert report.machine["cpu_model"] and report.machine["logical_cores"] >= 1
     assert report.machine["libraries"]["onnxruntime"] and report.settings["threads"] == 2
