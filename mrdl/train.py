@@ -1,13 +1,14 @@
 """Training: AdamW, cosine annealing per epoch, early stopping on validation Dice, exact resume.
 
-A run folder holds ``best.safetensors`` and ``last.safetensors`` (ordinary mrdl checkpoints),
-``resume.safetensors`` (weights, optimizer, scheduler and RNG states, epoch, best score, early-stop
-counter, history and the run's settings: :mod:`mrdl.resume`, no pickle), ``metrics.csv``,
+A run folder holds ``resume.safetensors`` (weights, optimizer, scheduler and RNG states, epoch, best
+score, early-stop counter, history and the run's settings: :mod:`mrdl.resume`, no pickle), the
+ordinary mrdl checkpoints ``best.safetensors`` and ``last.safetensors``, ``metrics.csv``,
 ``curves.png`` and ``run.json`` (a readable summary). Every file is written atomically (temporary
-name, then rename). After each epoch ``resume.safetensors`` is written last: it is the commit point,
-and everything written before it is recomputed identically when that epoch is redone, so a kill at
-any instant leaves a resumable run. ``resume=True`` reads ``resume.safetensors`` alone and produces
-the same weights as an uninterrupted run.
+name, then rename). ``resume.safetensors`` is written before the first epoch and, after each epoch,
+after the files of that epoch: it is the commit point. A kill before it leaves the previous state,
+and redoing the epoch rewrites the same files identically, so a kill at any instant leaves a
+resumable run. ``resume=True`` reads ``resume.safetensors`` alone and produces the same weights as an
+uninterrupted run.
 
 A new run refuses a folder that already holds a run's files unless ``overwrite=True``, which deletes
 only those files (:data:`RUN_FILES`); other files there are left alone.
@@ -202,7 +203,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
     else:
         _clear_run(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _save_last(out_dir, model, optimizer, scheduler, settings, progress_state, provenance)
+        _save_state(out_dir, model, optimizer, scheduler, settings, progress_state, provenance)
 
     history: list[dict] = progress_state["history"]
     interrupted = stopped_early = False
@@ -238,7 +239,8 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 progress_state["bad_epochs"] += 1
             _write_metrics(out_dir / METRICS_CSV, history)
             plot_training_curves(history, out_dir / CURVES)
-            _save_last(out_dir, model, optimizer, scheduler, settings, progress_state, provenance)
+            save_checkpoint(out_dir / LAST, model, provenance={**provenance, "epoch": epoch, "step": row["step"]})
+            _save_state(out_dir, model, optimizer, scheduler, settings, progress_state, provenance)
             epoch_bar.update(1)
             epoch_bar.set_postfix(val_dice=f"{val_dice:.3f}", best=f"{progress_state['best_val_dice']:.3f}")
             if on_epoch_end is not None:
@@ -253,10 +255,9 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                        wall_seconds=time.perf_counter() - start_time, history=history)
 
 
-def _save_last(out_dir: Path, model, optimizer, scheduler, settings: dict, progress_state: dict, provenance: dict) -> None:
-    """Write last.safetensors, then the commit point resume.safetensors, then run.json."""
-    save_checkpoint(out_dir / LAST, model, provenance={**provenance, "epoch": progress_state["epoch"],
-                                                       "step": progress_state["step"]})
+def _save_state(out_dir: Path, model, optimizer, scheduler, settings: dict, progress_state: dict,
+                provenance: dict) -> None:
+    """Write the commit point resume.safetensors, then the readable summary run.json."""
     save_train_state(out_dir / RESUME, model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
                      progress=progress_state, provenance=provenance)
     with atomic_path(out_dir / RUN_JSON) as tmp:

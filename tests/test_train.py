@@ -118,6 +118,8 @@ def test_cli_trains_on_builtin_synthetic_data(tmp_path: Path):
     assert "RANDOMLY INITIALISED" in result.output and "best Val Dice" in result.output
     assert (out / "data" / "Train_Folder" / "img").is_dir() and (out / "last.safetensors").is_file()
     assert read_checkpoint(out / "last.safetensors").config.train.batch_size == 8
+    clobber = runner.invoke(main, ["train", "--config", "tiny", "--epochs", "1", "--out", str(out)])
+    assert clobber.exit_code == 1 and "already holds a training run" in clobber.output
     again = runner.invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "1"])
     assert again.exit_code == 0 and "at epoch 1" in again.output
     failed = runner.invoke(main, ["train", "--out", str(tmp_path / "empty"), "--resume"])
