@@ -6,14 +6,13 @@
 Writes a smooth synthetic RGB PNG of ``--size`` x ``--size`` (gradients and discs: it compresses
 well and segments into foreground and background), exports the ``tiny`` config with
 ``mrdl_export`` unless ``--model-dir`` is given, runs ``mrdl predict`` on the image in a
-subprocess and reads that one child's peak RSS from ``os.wait4`` (Linux ru_maxrss, KiB). Prints
+subprocess and reads that process's peak RSS from ``os.wait4`` (Linux ru_maxrss, KiB). Prints
 the figure and exits 1 when it is above ``--limit-mb`` (decimal megabytes), 2 when predict fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,10 @@ def write_test_image(path: Path, size: int) -> None:
 
 
 def export_tiny_model(folder: Path) -> Path:
-    """Export a randomly initialised ``tiny`` model (needs torch and mrdl_export) to ``folder/deploy``."""
+    """Export a randomly initialised ``tiny`` model (needs torch and mrdl_export) to ``folder/deploy``,
+    or reuse the one an earlier run left there."""
+    if (folder / "deploy" / "model.json").is_file():
+        return folder / "deploy"
     from mrdl.checkpoint import save_checkpoint
     from mrdl.config import load_config
     from mrdl.model import create_model, deterministic_prompt_features
@@ -57,19 +59,28 @@ def export_tiny_model(folder: Path) -> Path:
     return folder / "deploy"
 
 
+# Linux records the RSS high-water mark of the process image an exec replaces, so a child forked from
+# this (large, after exporting and writing the image) process would inherit our peak: a small fresh
+# interpreter starts mrdl predict and reports that grandchild's own rusage.
+_MEASURE = ("import os, subprocess, sys; process = subprocess.Popen(sys.argv[2:]); "
+            "_, status, usage = os.wait4(process.pid, 0); "
+            "open(sys.argv[1], 'w').write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')")
+
+
 def peak_rss_of_predict(model_dir: Path, image: Path, out_dir: Path, *, backend: str = "onnxruntime-cpu",
                         extra: tuple[str, ...] = ()) -> tuple[int, float, int, str]:
     """Run ``mrdl predict`` in a subprocess: (its exit status, seconds, peak RSS in bytes, its output)."""
     command = [sys.executable, "-c", "from mrdl.cli import main; main()", "predict", str(model_dir), str(image),
                "--out", str(out_dir), "--backend", backend, "--no-progress", *extra]
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        output = log.read()
-    return process.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024, output
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "rusage"
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-c", _MEASURE, str(report), *command], capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if not report.is_file():
+            return run.returncode or 1, seconds, 0, run.stdout + run.stderr
+        status, max_rss_kib = map(int, report.read_text().split())
+    return status, seconds, max_rss_kib * 1024, run.stdout + run.stderr
 
 
 def main(argv: list[str] | None = None) -> int:
