@@ -8,9 +8,12 @@ OUT_DIR/index.json describes raw little-endian arrays (``.u8`` uint8, ``.f32`` f
   (3, H, W) tensors (cross-checked against ``mrdl.data.preprocess``, the training contract);
 * ``postprocess``: model-size probability maps with the original-size maps and masks of
   ``resize_probabilities`` + ``probabilities_to_mask``;
-* ``segment``: a ``tiny`` model exported with ``mrdl_export.export_model`` (OUT_DIR/exported; OUT_DIR/model
-  is the same with its threshold at the median probability so that masks are not all background) and
-  synthetic images (raw and PNG) with the masks and probabilities ``mrdl_runtime.Segmenter`` returns.
+* ``segment``: a ``tiny`` model exported with ``mrdl_export.export_model``, FP32 and INT8 (OUT_DIR/exported;
+  OUT_DIR/model is the same with its threshold at the median probability so that masks are not all
+  background) and synthetic images (raw and PNG) with the masks and probabilities
+  ``mrdl_runtime.Segmenter`` returns;
+* ``integrity``: files for the C++ artifact checks: a blob with its ``hashlib`` SHA-256, and copies of
+  the exported ``model.onnx`` whose embedded manifest names another export, or that has none.
 
 Run by ctest as a fixture (see runtime/cpp/tests/CMakeLists.txt). The folder is rebuilt whenever the
 Python sources it depends on (mrdl/, export/, runtime/*.py, this script) or the versions of numpy,
@@ -121,7 +124,7 @@ def _segment_vectors(folder: Path) -> dict:
     model = create_model(cfg, prompt_features=deterministic_prompt_features(cfg), seed=0)
     ckpt = folder / "tiny.safetensors"
     save_checkpoint(ckpt, model)
-    export_model(ckpt, folder / "exported")
+    export_model(ckpt, folder / "exported", int8=True, calib_images=8)
     # An untrained model's probabilities sit on one side of 0.5, so its masks would be all
     # background and comparing them would prove little. The test model is the exported one with
     # its manifest threshold moved to the median probability: masks then split roughly in half.
@@ -152,6 +155,32 @@ def _segment_vectors(folder: Path) -> dict:
     return {"model_dir": "model", "threshold": median, "cases": cases}
 
 
+def _integrity_vectors(folder: Path, model_dir: Path, rng: np.random.Generator) -> dict:
+    """A blob hashed by hashlib (1000003 bytes: not a whole number of SHA-256 blocks) and two
+    variants of model.onnx: another export's (same size, other export_id) and one without its
+    embedded manifest."""
+    import onnx
+
+    from mrdl_runtime.manifest import METADATA_KEY
+
+    probe = rng.integers(0, 256, size=1_000_003, dtype=np.uint8).tobytes()
+    (folder / "hash_probe.bin").write_bytes(probe)
+    model = onnx.load(str(model_dir / "model.onnx"))
+    entry = next(prop for prop in model.metadata_props if prop.key == METADATA_KEY)
+    embedded = json.loads(entry.value)
+    other_id = format(int(embedded["export_id"], 16) ^ 1, "032x")  # another export, same length
+    entry.value = entry.value.replace(embedded["export_id"], other_id)
+    onnx.save_model(model, str(folder / "other_export.onnx"))
+    assert (folder / "other_export.onnx").stat().st_size == (model_dir / "model.onnx").stat().st_size
+    kept = [prop for prop in model.metadata_props if prop.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save_model(model, str(folder / "no_manifest.onnx"))
+    return {"hash_probe": {"file": "hash_probe.bin", "sha256": hashlib.sha256(probe).hexdigest()},
+            "other_export": {"file": "other_export.onnx", "export_id": other_id},
+            "no_manifest": {"file": "no_manifest.onnx"}}
+
+
 def main(out_dir: str) -> None:
     out = Path(out_dir)
     digest = sources_digest()
@@ -167,6 +196,7 @@ def main(out_dir: str) -> None:
         rng = np.random.default_rng(20240807)
         index = {"sources_digest": digest, "preprocess": _preprocess_vectors(tmp, rng), "postprocess": _postprocess_vectors(tmp, rng),
                  "segment": _segment_vectors(tmp)}
+        index["integrity"] = _integrity_vectors(tmp, tmp / index["segment"]["model_dir"], rng)
         (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)

@@ -146,7 +146,7 @@ private:
                                  manifest_.export_id +
                                  " (a file from another export?); use the model directory of one export as written");
         if (found.precision != artifact.record.precision)
-            throw IntegrityError(path + ": holds a " + found.precision + " model, but model.json records the \"" +
+            throw IntegrityError(path + ": its embedded manifest says " + found.precision + ", but model.json records the \"" +
                                  artifact.key + "\" artifact as " + artifact.record.precision +
                                  " (a renamed file?); re-export");
     }
