@@ -39,15 +39,22 @@ def read_artifact(manifest: Manifest, key: str, *, verify: bool = True) -> bytes
     if not resolved.is_relative_to(root):
         raise IntegrityError(f"{path} links to {resolved}, outside the model directory; an artifact must be a file "
                              "inside it: copy the file in, or re-export")
-    descriptor = os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the load
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        descriptor = os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
+    except OSError as exc:
+        raise IntegrityError(f"{path} cannot be read ({exc.strerror}); {MANIFEST_NAME} lists it as the '{key}' "
+                             "artifact") from None
+    try:
+        info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise IntegrityError(f"{path} is not a regular file; {MANIFEST_NAME} lists it as the '{key}' artifact")
         size, data = info.st_size, b""
         if size == record.bytes:
-            data = handle.read(record.bytes + 1)
+            with os.fdopen(descriptor, "rb", closefd=False) as handle:
+                data = handle.read(record.bytes + 1)
             size = len(data)  # the file may change while it is read
+    finally:
+        os.close(descriptor)
     if size != record.bytes:
         raise IntegrityError(f"{path}: {size} bytes, but {MANIFEST_NAME} records {record.bytes} "
                              "(file truncated, replaced or corrupt); " + REEXPORT)

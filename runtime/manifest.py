@@ -180,7 +180,7 @@ class Manifest:
         """Path of artifact ``key`` inside the model directory; it must exist (verification is
         :func:`mrdl_runtime.integrity.read_artifact`'s job)."""
         path = self.model_dir / self.artifact(key).file
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ManifestError(f"{MANIFEST_NAME} lists artifact '{key}' as {path.name}, but {path} does not exist")
         return path
 
@@ -202,12 +202,16 @@ def _integer(doc: dict[str, Any], key: str, where: str, name: str, low: int, hig
     return value
 
 
-def _real(doc: dict[str, Any], key: str, where: str, name: str, *, low: float, high: float, expected: str) -> float:
-    """A finite number strictly between ``low`` and ``high``."""
-    value = _require(doc, key, (int, float), where)
-    value = float(value) if abs(value) < 1e308 else math.inf  # an integer of 400 digits overflows float()
+def _real(doc: dict[str, Any], section: str, key: str, where: str, *, low: float, high: float,
+          expected: str) -> float:
+    """``doc[section][key]``: a finite number strictly between ``low`` and ``high``."""
+    value = _require(doc[section], key, (int, float), f"{where} {section}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of 400 digits
+        value = math.inf
     if not (math.isfinite(value) and low < value < high):
-        raise ManifestError(f"{where} {name} is {value!r}; expected {expected}")
+        raise ManifestError(f"{where} {section}.{key} is {value!r}; expected {expected}")
     return value
 
 
@@ -285,9 +289,9 @@ def parse_manifest(doc: dict[str, Any], model_dir: str | Path) -> Manifest:
     for key, expected in (("resize", "bilinear"), ("channel_order", "RGB"), ("layout", "NCHW")):
         if pre.get(key, expected) != expected:
             raise ManifestError(f"{where} preprocessing.{key} is {pre[key]!r}; this runtime implements {expected!r}")
-    scale = _real(pre, "scale", f"{where} preprocessing", "preprocessing.scale", low=0.0, high=math.inf,
+    scale = _real(doc, "preprocessing", "scale", where, low=0.0, high=math.inf,
                   expected="a finite number > 0 (1/255 maps uint8 pixels to [0, 1])")
-    threshold = _real(post, "threshold", f"{where} postprocessing", "postprocessing.threshold", low=0.0, high=1.0,
+    threshold = _real(doc, "postprocessing", "threshold", where, low=0.0, high=1.0,
                       expected="a finite number strictly between 0 and 1 (mrdl-export writes 0.5)")
     n_classes = _integer(doc, "n_classes", where, "n_classes", 1, MAX_CLASSES)
     image = inputs[0]
