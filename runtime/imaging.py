@@ -72,8 +72,8 @@ def _values_to_uint8(array: np.ndarray) -> np.ndarray:
     kind = array.dtype.kind
     if array.dtype == np.uint8:
         return array
-    if kind == "b":
-        return array.view(np.uint8) * np.uint8(255)
+    if kind == "b":  # not view(uint8): Pillow's mode "1" arrays store True as 0xFF (0xFF * 255 wraps to 1)
+        return np.where(array, np.uint8(255), np.uint8(0))
     if kind in "iu":
         if not (kind == "u" and array.dtype.itemsize == 2):
             low, high = int(array.min()), int(array.max())
