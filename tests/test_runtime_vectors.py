@@ -1,15 +1,19 @@
-"""Shared test vectors for the C++ runtime: images -> model input, probability maps -> masks.
+"""Shared test vectors for the C++ runtime: images -> model input, probability maps -> masks,
+pixel arrays and PNG files -> RGB uint8 (the decoding rule).
 
-Writes ``preprocess.json`` and ``postprocess.json`` (format: runtime/VECTORS.md) into
-``$MRDL_VECTORS_DIR`` when set, else into pytest's tmp_path, after checking every vector against
-the training-side reference (``mrdl.data.preprocess``) and against Pillow directly, so C++ compares
-with numbers that Python itself has verified.
+Writes ``preprocess.json``, ``postprocess.json`` and ``decode.json`` with its ``decode_*.png`` files
+(format: runtime/VECTORS.md) into ``$MRDL_VECTORS_DIR`` when set, else into pytest's tmp_path, after
+checking every vector against the training-side reference (``mrdl.data.preprocess``), Pillow
+directly, or the decoding rule as docs/deploy-manifest.md words it, so C++ compares with numbers
+that Python itself has verified.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +199,145 @@ def test_write_postprocess_vectors(vectors_dir):
         resized = np.array(case["resized_probabilities"], dtype=np.float32).reshape(case["n_classes"], height, width)
         np.testing.assert_array_equal(resized.reshape(-1), np.array(original["resized_probabilities"], np.float32))
         assert len(case["mask"]) == height * width
+
+
+def _documented_rule(array: np.ndarray) -> np.ndarray:
+    """The decoding rule written out from docs/deploy-manifest.md, as a check on mrdl_runtime's."""
+    values = array if array.ndim == 3 else array[:, :, None]
+    if values.dtype.kind == "f":
+        wide = values.astype(np.float64)
+        factor = 255.0 if wide.max() <= 1.0 else 1.0
+        values = np.floor(wide * factor + 0.5).astype(np.uint8)
+    elif values.dtype != np.uint8:
+        values = (values.astype(np.int64) >> 8).astype(np.uint8)
+    return np.repeat(values[:, :, :1], 3, axis=2) if values.shape[2] < 3 else values[:, :, :3]
+
+
+def _array_cases() -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(10)
+    gray16 = rng.integers(0, 65536, size=(5, 7), dtype=np.uint16)
+    gray16[0, :4] = [0, 255, 256, 65535]
+    float01 = rng.random((6, 5), dtype=np.float32)
+    float01[0] = [0.0, 1.0, 0.5 / 255, 127.5 / 255, 254.5 / 255]  # exact ends and rounding midpoints
+    float255 = (rng.random((5, 4, 3)) * 255).astype(np.float32)
+    float255[0, 0] = [2.5, 254.5, 0.5]  # half-way values round up
+    nan, negative = float01.copy(), float01.copy()
+    nan[2, 3], negative[1, 1] = np.nan, -0.25
+    return [
+        ("gray16_5x7", gray16),
+        ("rgb16_4x6x3", rng.integers(0, 65536, size=(4, 6, 3), dtype=np.uint16)),
+        ("gray_alpha16_3x5x2", rng.integers(0, 65536, size=(3, 5, 2), dtype=np.uint16)),
+        ("rgba16_3x4x4", rng.integers(0, 65536, size=(3, 4, 4), dtype=np.uint16)),
+        ("int32_in_16bit_range_4x4", rng.integers(0, 65536, size=(4, 4), dtype=np.int32)),
+        ("float01_6x5", float01),
+        ("float01_float64_3x3x3", rng.random((3, 3, 3))),
+        ("float255_5x4x3", float255),
+        ("gray_alpha8_4x3x2", rng.integers(0, 256, size=(4, 3, 2), dtype=np.uint8)),
+        ("rgba8_3x3x4", rng.integers(0, 256, size=(3, 3, 4), dtype=np.uint8)),
+        ("error_float_nan", nan),
+        ("error_float_negative", negative),
+        ("error_float_over_255", float255 * 2),
+        ("error_int32_out_of_range", np.array([[-1, 70000]], dtype=np.int32)),
+    ]
+
+
+def _png(path: Path, samples: np.ndarray, color_type: int, bit_depth: int, *, palette: np.ndarray | None = None,
+         transparency: bytes | None = None) -> None:
+    """Write a PNG chunk by chunk: 16-bit RGB(A) and gray+alpha, 1/2/4-bit gray and palettes, tRNS
+    (what Pillow cannot write). ``samples``: H x W x channels integers at ``bit_depth``."""
+    height, width = samples.shape[:2]
+    rows = samples.reshape(height, -1)
+    if bit_depth == 16:
+        data = rows.astype(">u2").tobytes()
+        row_bytes = rows.shape[1] * 2
+    elif bit_depth == 8:
+        data, row_bytes = rows.astype(np.uint8).tobytes(), rows.shape[1]
+    else:  # pack samples MSB first, each row padded to whole bytes
+        per_byte = 8 // bit_depth
+        padded = np.zeros((height, -(-rows.shape[1] // per_byte) * per_byte), np.uint8)
+        padded[:, :rows.shape[1]] = rows
+        shifts = np.arange(per_byte - 1, -1, -1) * bit_depth
+        data = (padded.reshape(height, -1, per_byte) << shifts).sum(axis=2).astype(np.uint8).tobytes()
+        row_bytes = padded.shape[1] // per_byte
+    raw = b"".join(b"\0" + data[y * row_bytes:(y + 1) * row_bytes] for y in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    parts = [chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))]
+    if palette is not None:
+        parts.append(chunk(b"PLTE", palette.astype(np.uint8).tobytes()))
+    if transparency is not None:
+        parts.append(chunk(b"tRNS", transparency))
+    parts += [chunk(b"IDAT", zlib.compress(raw)), chunk(b"IEND", b"")]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(parts))
+
+
+def _png_cases(folder: Path) -> list[tuple[str, np.ndarray]]:
+    """Write the PNG files; return (file name, the RGB the rule gives for its samples)."""
+    rng = np.random.default_rng(11)
+    h, w = 7, 13  # odd width: low-bit rows end in a partial byte
+    cases = []
+
+    def add(name: str, samples: np.ndarray, color_type: int, bit_depth: int, expected: np.ndarray, **extra) -> None:
+        _png(folder / name, samples, color_type, bit_depth, **extra)
+        cases.append((name, expected))
+
+    for depth in (1, 2, 4):
+        gray = rng.integers(0, 1 << depth, size=(h, w), dtype=np.uint16)
+        add(f"decode_gray{depth}.png", gray, 0, depth, _documented_rule((gray * (255 // ((1 << depth) - 1))).astype(np.uint8)))
+    gray16 = rng.integers(0, 65536, size=(h, w), dtype=np.uint16)
+    add("decode_gray16_trns.png", gray16, 0, 16, _documented_rule(gray16), transparency=struct.pack(">H", int(gray16[0, 0])))
+    gray8 = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+    add("decode_gray8_trns.png", gray8, 0, 8, _documented_rule(gray8), transparency=struct.pack(">H", int(gray8[0, 0])))
+    for name, channels, color_type in (("gray_alpha16", 2, 4), ("rgb16", 3, 2), ("rgba16", 4, 6)):
+        samples = rng.integers(0, 65536, size=(h, w, channels), dtype=np.uint16)
+        add(f"decode_{name}.png", samples, color_type, 16, _documented_rule(samples))
+    for depth in (4, 8):
+        palette = rng.integers(0, 256, size=(1 << depth, 3), dtype=np.uint8)
+        index = rng.integers(0, 1 << depth, size=(h, w), dtype=np.uint8)
+        alpha = bytes(rng.integers(0, 256, size=5, dtype=np.uint8))
+        add(f"decode_palette{depth}_trns.png", index, 3, depth, palette[index], palette=palette, transparency=alpha)
+    pillow16 = rng.integers(0, 65536, size=(h, w), dtype=np.uint16)
+    Image.fromarray(pillow16).save(folder / "decode_gray16_pillow.png")  # Pillow's own 16-bit writer
+    cases.append(("decode_gray16_pillow.png", _documented_rule(pillow16)))
+    for mode, channels in (("LA", 2), ("RGBA", 4), ("RGB", 3)):
+        samples = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
+        Image.fromarray(samples, mode).save(folder / f"decode_{mode.lower()}8_pillow.png")
+        cases.append((f"decode_{mode.lower()}8_pillow.png", _documented_rule(samples)))
+    return cases
+
+
+def decode_vectors(folder: Path) -> dict:
+    from mrdl_runtime.imaging import ImageInputError, read_image, to_rgb8
+
+    arrays = []
+    for name, array in _array_cases():
+        case = {"name": name, "dtype": str(array.dtype), "shape": list(array.shape),
+                "values": [v if np.isfinite(v) else str(v) for v in _flat(array)]}  # JSON has no NaN: "nan"
+        if name.startswith("error_"):
+            with pytest.raises(ImageInputError) as error:
+                to_rgb8(array)
+            case["error"] = str(error.value)
+        else:
+            rgb = to_rgb8(array)
+            np.testing.assert_array_equal(rgb, _documented_rule(array), err_msg=name)
+            case["rgb"] = _flat(rgb)
+        arrays.append(case)
+    files = []
+    for name, expected in _png_cases(folder):
+        rgb = read_image(folder / name)
+        np.testing.assert_array_equal(rgb, expected, err_msg=name)
+        files.append({"name": name, "file": name, "height": rgb.shape[0], "width": rgb.shape[1], "rgb": _flat(rgb)})
+    return {"format": FORMAT, "kind": "decode", "arrays": arrays, "files": files}
+
+
+def test_write_decode_vectors(vectors_dir):
+    doc = decode_vectors(vectors_dir)
+    _write_json(doc, vectors_dir / "decode.json")
+    back = json.loads((vectors_dir / "decode.json").read_text())
+    assert {c["dtype"] for c in back["arrays"]} >= {"uint8", "uint16", "int32", "float32", "float64"}
+    errors = {c["name"]: c["error"] for c in back["arrays"] if "error" in c}
+    assert "NaN or infinite" in errors["error_float_nan"] and "down to -0.25" in errors["error_float_negative"]
+    for case in back["files"]:
+        assert (vectors_dir / case["file"]).is_file() and len(case["rgb"]) == case["height"] * case["width"] * 3
