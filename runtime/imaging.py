@@ -140,8 +140,8 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 def _decode(image: Image.Image) -> np.ndarray:
     image.load()
-    if image.mode in ("P", "PA"):  # palette -> its RGB(A) colours
-        image = image.convert("RGBA" if image.mode == "PA" else "RGB")
+    if image.mode in ("P", "PA"):  # palette -> its RGB(A) colours (via RGBA when a transparency is set)
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
     elif image.mode not in _ARRAY_MODES:  # CMYK, YCbCr, LAB, HSV, premultiplied, ...
         try:
             image = image.convert("RGB")
