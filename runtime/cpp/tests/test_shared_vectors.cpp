@@ -1,10 +1,13 @@
 // The Python runtime's shared test vectors (runtime/VECTORS.md, mrdl-runtime-vectors/1):
 // in the recorded pass order the C++ resize is bit-exact; the runtime's fixed horizontal-first
-// order stays within one grey level (images) and 1e-6 (probabilities), masks exact away from ties.
+// order stays within one grey level (images) and 1e-6 (probabilities), masks exact away from ties;
+// to_rgb8 decodes every array case bit for bit as Python's, and refuses the same ones with the
+// same message. (The PNG cases of decode.json: test_png.cpp.)
 //   test_shared_vectors VECTORS_DIR
 #include <cstdint>
 
 #include "mrdl/decode.hpp"
+#include "mrdl/errors.hpp"
 #include "mrdl/processing.hpp"
 #include "mrdl/resample.hpp"
 #include "test_support.hpp"
@@ -28,6 +31,46 @@ std::vector<T> values(const nlohmann::json& list) {
     out.reserve(list.size());
     for (const auto& v : list) out.push_back(static_cast<T>(v.get<double>()));  // double, then float32
     return out;
+}
+
+/// One decode.json array case as a typed buffer; "nan" / "inf" / "-inf" strings stand for the
+/// values JSON cannot hold.
+struct Pixels {
+    std::vector<uint8_t> u8;
+    std::vector<uint16_t> u16;
+    std::vector<int32_t> i32;
+    std::vector<float> f32;
+    std::vector<double> f64;
+    PixelView view;
+};
+
+double number(const nlohmann::json& v) {
+    if (!v.is_string()) return v.get<double>();
+    const std::string text = v;
+    return text == "nan" ? NAN : text == "inf" ? INFINITY : text == "-inf" ? -INFINITY : throw std::runtime_error(text);
+}
+
+Pixels pixels(const nlohmann::json& c) {
+    Pixels p;
+    const std::string dtype = c.at("dtype");
+    const nlohmann::json& shape = c.at("shape");
+    p.view.height = shape[0];
+    p.view.width = shape[1];
+    p.view.channels = shape.size() == 3 ? shape[2].get<int>() : 1;
+    for (const auto& v : c.at("values")) {
+        if (dtype == "uint8") p.u8.push_back(static_cast<uint8_t>(number(v)));
+        else if (dtype == "uint16") p.u16.push_back(static_cast<uint16_t>(number(v)));
+        else if (dtype == "int32") p.i32.push_back(static_cast<int32_t>(number(v)));
+        else if (dtype == "float32") p.f32.push_back(static_cast<float>(number(v)));
+        else if (dtype == "float64") p.f64.push_back(number(v));
+        else throw std::runtime_error("unknown dtype " + dtype);
+    }
+    if (dtype == "uint8") p.view.data = p.u8.data(), p.view.type = PixelType::UInt8;
+    if (dtype == "uint16") p.view.data = p.u16.data(), p.view.type = PixelType::UInt16;
+    if (dtype == "int32") p.view.data = p.i32.data(), p.view.type = PixelType::Int32;
+    if (dtype == "float32") p.view.data = p.f32.data(), p.view.type = PixelType::Float32;
+    if (dtype == "float64") p.view.data = p.f64.data(), p.view.type = PixelType::Float64;
+    return p;
 }
 
 PassOrder recorded(const nlohmann::json& c) {
@@ -89,6 +132,18 @@ int main(int argc, char** argv) {
                 differing += result.mask[p] != mask[p] && !near_tie;
             }
             check(differing == 0, std::to_string(differing) + " mask pixels differ away from the threshold");
+        });
+    }
+
+    const nlohmann::json decode = read_json(dir + "/decode.json");
+    for (const auto& c : decode.at("arrays")) {
+        run("decode " + c.at("name").get<std::string>() + " (" + c.at("dtype").get<std::string>() + ")", [&] {
+            const Pixels input = pixels(c);
+            if (c.contains("error")) {  // the same refusal, word for word
+                expect_error<InputError>(c.at("name"), c.at("error"), [&] { to_rgb8(input.view); });
+                return;
+            }
+            check(to_rgb8(input.view).pixels == values<uint8_t>(c.at("rgb")), "RGB differs from Python's to_rgb8");
         });
     }
     return finish();
