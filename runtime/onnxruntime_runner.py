@@ -28,6 +28,7 @@ PROVIDERS = {
     "onnxruntime-tensorrt": "TensorrtExecutionProvider",
 }
 DEFAULT_TRT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrdl" / "ort-tensorrt"
+MALFORMED = ("InvalidProtobuf", "InvalidGraph", "InvalidArgument")  # ONNX Runtime's errors for a malformed model
 # ONNX element types -> the numpy dtype names the manifest uses
 ELEMENT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
                  "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
@@ -120,8 +121,11 @@ class OnnxRuntimeRunner(Runner):
             session = ort.InferenceSession(model, sess_options=options, providers=self._provider_list())
         except _load_errors(ort) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = ("the file is corrupt or not an ONNX model: re-export it" if type(exc).__name__ in MALFORMED
+                    else f"if backend onnxruntime-cpu loads it, {self.backend}'s libraries are at fault; "
+                         "otherwise the file is corrupt: re-export it")
             raise IntegrityError(f"{self.onnx_path}: ONNX Runtime {ort.__version__} cannot load it ({reason}); "
-                                 "the file is corrupt or not an ONNX model: re-export it") from None
+                                 + hint) from None
         if session.get_providers()[0] != wanted:
             raise BackendUnavailableError(
                 f"ONNX Runtime could not start {wanted} for backend {self.backend} (the session got "
@@ -143,8 +147,7 @@ class OnnxRuntimeRunner(Runner):
 
 
 def _load_errors(ort) -> tuple[type[BaseException], ...]:
-    """The exceptions ONNX Runtime raises for a model it cannot parse or build."""
+    """The exceptions ONNX Runtime raises for a model it cannot parse or build a session for."""
     state = ort.capi.onnxruntime_pybind11_state
-    names = ("Fail", "InvalidArgument", "InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NotImplemented",
-             "RuntimeException")
+    names = (*MALFORMED, "Fail", "NoSuchFile", "NotImplemented", "RuntimeException")
     return tuple(getattr(state, name) for name in names if hasattr(state, name))
