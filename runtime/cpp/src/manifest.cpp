@@ -95,6 +95,13 @@ public:
         return value.get<std::string>();
     }
 
+    /// An optional string field: `fallback` when absent (the descriptive fields the Python runtime
+    /// also defaults; mrdl-export always writes them).
+    std::string text_or(const json& object, const std::string& key, const std::string& where,
+                        const std::string& fallback) const {
+        return object.contains(key) ? text(object, key, where) : fallback;
+    }
+
     int64_t integer(const json& object, const std::string& key, const std::string& where, int64_t minimum,
                     int64_t maximum) const {
         const json& value = field(object, key, where);
@@ -221,11 +228,11 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
     m.format = kManifestFormat;
     m.export_id = r.text(root, "export_id", "the manifest");
     if (!is_hex(m.export_id, 32)) r.fail("export_id must be 32 lower-case hex digits, got \"" + m.export_id + "\"");
-    m.name = r.text(root, "name", "the manifest");
+    m.name = r.text_or(root, "name", "the manifest", "");
     m.fusion = r.text(root, "fusion", "the manifest");
     r.one_of(m.fusion, {"distribution", "addition"}, "fusion");
     m.n_classes = static_cast<int>(r.integer(root, "n_classes", "the manifest", 1, 255));
-    const json& classes = r.field(root, "classes", "the manifest");
+    const json& classes = root.contains("classes") ? root["classes"] : json::array();
     if (!classes.is_array()) r.fail("\"classes\" must be a list of names, got " + show(classes));
     for (const json& name : classes) {
         if (!name.is_string()) r.fail("\"classes\" must hold strings, got " + show(name));
@@ -235,7 +242,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
     m.inputs = r.tensors(root, "inputs");
     m.outputs = r.tensors(root, "outputs");
     m.max_batch = static_cast<int>(r.integer(root, "max_batch", "the manifest", 1, 4096));
-    m.precision = r.text(root, "precision", "the manifest");
+    m.precision = r.text_or(root, "precision", "the manifest", "fp32");
     r.one_of(m.precision, {"fp32", "fp16", "int8"}, "precision");
 
     const json& pre = r.field(root, "preprocessing", "the manifest");
@@ -245,18 +252,19 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
         r.fail("preprocessing.size must be [height, width], integers in [1, 8192], got " + show(size));
     m.preprocessing.height = size[0].get<int>();
     m.preprocessing.width = size[1].get<int>();
-    m.preprocessing.resize = r.text(pre, "resize", "preprocessing");
+    m.preprocessing.resize = r.text_or(pre, "resize", "preprocessing", "bilinear");
     r.one_of(m.preprocessing.resize, {"bilinear"}, "preprocessing.resize");
-    m.preprocessing.channel_order = r.text(pre, "channel_order", "preprocessing");
+    m.preprocessing.channel_order = r.text_or(pre, "channel_order", "preprocessing", "RGB");
     r.one_of(m.preprocessing.channel_order, {"RGB"}, "preprocessing.channel_order");
-    m.preprocessing.layout = r.text(pre, "layout", "preprocessing");
+    m.preprocessing.layout = r.text_or(pre, "layout", "preprocessing", "NCHW");
     r.one_of(m.preprocessing.layout, {"NCHW"}, "preprocessing.layout");
     m.preprocessing.scale = r.finite(pre, "scale", "preprocessing", "> 0", positive);
-    m.preprocessing.grayscale = r.text(pre, "grayscale", "preprocessing");
+    m.preprocessing.grayscale = r.text_or(pre, "grayscale", "preprocessing", "replicate");
     r.one_of(m.preprocessing.grayscale, {"replicate"}, "preprocessing.grayscale");
 
     const json& post = r.field(root, "postprocessing", "the manifest");
-    m.postprocessing.activation = r.text(post, "activation", "postprocessing");
+    m.postprocessing.activation =
+        r.text_or(post, "activation", "postprocessing", m.n_classes == 1 ? "sigmoid" : "softmax");
     r.one_of(m.postprocessing.activation, {"sigmoid", "softmax"}, "postprocessing.activation");
     const json& in_graph = r.field(post, "activation_in_graph", "postprocessing");
     if (!in_graph.is_boolean() || !in_graph.get<bool>())
@@ -265,7 +273,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
     m.postprocessing.activation_in_graph = true;
     m.postprocessing.threshold =
         r.finite(post, "threshold", "postprocessing", "strictly between 0 and 1", open_unit);
-    m.postprocessing.resize_to_original = r.text(post, "resize_to_original", "postprocessing");
+    m.postprocessing.resize_to_original = r.text_or(post, "resize_to_original", "postprocessing", "bilinear");
     r.one_of(m.postprocessing.resize_to_original, {"bilinear"}, "postprocessing.resize_to_original");
 
     if (root.contains("versions") && root["versions"].is_object())

@@ -52,6 +52,21 @@ int main() {
                   fp32.sha256.substr(0, 4) == "e3b0",
               "the fp32 artifact record");
     });
+    run("descriptive fields the Python runtime defaults may be absent", [] {
+        std::string text = kValid;
+        for (const std::string field : {"\"resize\": \"bilinear\", ", "\"channel_order\": \"RGB\", ",
+                                         "\"layout\": \"NCHW\",", ", \"grayscale\": \"replicate\"",
+                                         "\"activation\": \"sigmoid\", ", ",\n                     \"resize_to_original\": \"bilinear\"",
+                                         "\"name\": \"tiny\", "}) {
+            const size_t at = text.find(field);
+            check(at != std::string::npos, "test bug: " + field);
+            if (at != std::string::npos) text.erase(at, field.size());
+        }
+        const Manifest m = Manifest::parse(text, "model.json");
+        check(m.preprocessing.layout == "NCHW" && m.postprocessing.activation == "sigmoid" &&
+                  m.postprocessing.resize_to_original == "bilinear" && m.name.empty(),
+              "defaults");
+    });
     run("manifest errors name what was expected", [] {
         expect_error<ManifestError>("not json", "not valid JSON", [] { Manifest::parse("{", "m.json"); });
         refused("format", "mrdl-deploy/2", "other/2", "format must be \"mrdl-deploy/2\", got \"other/2\"");
@@ -106,6 +121,10 @@ int main() {
                 "artifacts.fp32.sha256 must be 64 lower-case hex digits");
         refused("precision", "\"precision\": \"fp32\"}}", "\"precision\": \"int8\"}}",
                 "artifacts.fp32.precision is \"int8\"; the fp32 artifact holds fp32");
+        refused("same file twice", "\"precision\": \"fp32\"}}",
+                "\"precision\": \"fp32\"}, \"fp16\": {\"file\": \"model.onnx\", \"bytes\": 1, \"sha256\": \"" +
+                    std::string(64, '0') + "\", \"precision\": \"fp16\"}}",
+                "lists model.onnx as both the \"fp16\" and the \"fp32\" artifact");
         refused("unknown key", "\"fp32\": {\"file\"", "\"bf16\": {\"file\"", "an artifacts key must be one of");
     });
     run("size and nesting limits stop hostile JSON before it is built", [] {

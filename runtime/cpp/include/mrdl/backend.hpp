@@ -32,9 +32,9 @@ struct SegmenterOptions {
     std::string precision = "fp32";  // a key of manifest.artifacts: "fp32", "int8", "fp16"
     int device_id = 0;               // GPU ordinal for CUDA / TensorRT
     int intra_op_threads = 0;        // ONNX Runtime CPU threads; 0 lets ONNX Runtime choose
-    /// Check the artifact's SHA-256 against model.json before loading it (reading and hashing cost
-    /// about 2 s per GB). false skips only the hash, not the location and size checks, and prints
-    /// a warning once per process: use it only for huge engines whose directory you trust.
+    /// Check the artifact's SHA-256 against model.json before loading it (about 4 s of CPU per
+    /// GB). false skips only the hash, not the location, size, embedded-manifest and graph checks,
+    /// and prints a warning once per process: use it only for huge engines whose directory you trust.
     bool verify_artifacts = true;
     /// Segmenter::segment refuses images with more pixels (height * width) than this.
     size_t max_pixels = kDefaultMaxPixels;
