@@ -1,12 +1,15 @@
 """The reference vectors the C++ runtime's ctest suite compares against (runtime/cpp/scripts/
-make_test_data.py) agree with the training preprocessing contract, ``mrdl.data.preprocess``.
+make_test_data.py) agree with the training preprocessing contract, ``mrdl.data.preprocess``, and
+its integrity files are what the C++ artifact checks assume.
 
 The C++ tests check C++ == ``mrdl_runtime``; this closes the loop to what the model was trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +51,44 @@ def test_postprocess_vectors_threshold_and_argmax(make_test_data, tmp_path):
         expected = (probs[0] > case["threshold"]) if k == 1 else probs.argmax(axis=0)
         np.testing.assert_array_equal(mask, expected.astype(np.uint8), err_msg=case["name"])
         assert 0 < mask.mean() < (1 if k == 1 else k - 1), f"{case['name']}: mask is not one constant value"
+
+
+def _tiny_onnx(path: Path, embedded: dict) -> None:
+    """An Identity graph carrying ``embedded`` as its mrdl.manifest metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mrdl_runtime.manifest import METADATA_KEY
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(embedded)
+    onnx.save_model(model, str(path))
+
+
+def test_integrity_files_for_the_cpp_checks(make_test_data, tmp_path):
+    """other_export.onnx differs from model.onnx only in its embedded export_id (same size, so the
+    C++ test can show the identity check catches it without the hash); no_manifest.onnx has none."""
+    import onnx
+
+    from mrdl_runtime.manifest import METADATA_KEY
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    export_id = "0123456789abcdef0123456789abcdef"
+    _tiny_onnx(model_dir / "model.onnx", {"format": "mrdl-deploy/2", "export_id": export_id, "precision": "fp32"})
+    files = make_test_data._integrity_vectors(tmp_path, model_dir, np.random.default_rng(0))
+
+    probe = (tmp_path / files["hash_probe"]["file"]).read_bytes()
+    assert len(probe) % 64 and hashlib.sha256(probe).hexdigest() == files["hash_probe"]["sha256"]
+    other = tmp_path / files["other_export"]["file"]
+    assert other.stat().st_size == (model_dir / "model.onnx").stat().st_size
+    metadata = {p.key: p.value for p in onnx.load(str(other)).metadata_props}
+    embedded = json.loads(metadata[METADATA_KEY])
+    assert embedded["export_id"] == files["other_export"]["export_id"] != export_id
+    assert embedded["precision"] == "fp32"
+    stripped = onnx.load(str(tmp_path / files["no_manifest"]["file"]))
+    assert METADATA_KEY not in {p.key for p in stripped.metadata_props}
