@@ -285,11 +285,14 @@ def _png_cases(folder: Path) -> list[tuple[str, np.ndarray]]:
 
     for depth in (1, 2, 4):
         gray = rng.integers(0, 1 << depth, size=(h, w), dtype=np.uint16)
-        add(f"decode_gray{depth}.png", gray, 0, depth, _documented_rule((gray * (255 // ((1 << depth) - 1))).astype(np.uint8)))
+        scaled = (gray * (255 // ((1 << depth) - 1))).astype(np.uint8)  # bit replication: 0..2^d-1 -> 0..255
+        add(f"decode_gray{depth}.png", gray, 0, depth, _documented_rule(scaled))
     gray16 = rng.integers(0, 65536, size=(h, w), dtype=np.uint16)
-    add("decode_gray16_trns.png", gray16, 0, 16, _documented_rule(gray16), transparency=struct.pack(">H", int(gray16[0, 0])))
+    add("decode_gray16_trns.png", gray16, 0, 16, _documented_rule(gray16),
+        transparency=struct.pack(">H", int(gray16[0, 0])))
     gray8 = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
-    add("decode_gray8_trns.png", gray8, 0, 8, _documented_rule(gray8), transparency=struct.pack(">H", int(gray8[0, 0])))
+    add("decode_gray8_trns.png", gray8, 0, 8, _documented_rule(gray8),
+        transparency=struct.pack(">H", int(gray8[0, 0])))
     for name, channels, color_type in (("gray_alpha16", 2, 4), ("rgb16", 3, 2), ("rgba16", 4, 6)):
         samples = rng.integers(0, 65536, size=(h, w, channels), dtype=np.uint16)
         add(f"decode_{name}.png", samples, color_type, 16, _documented_rule(samples))

@@ -27,7 +27,8 @@ std::unique_ptr<Backend> make_backend(const std::string& model_dir, const Manife
 #ifndef MRDL_WITH_TENSORRT
     if (options.backend == BackendKind::TensorRT)
         throw BackendError("this build of the mrdl C++ runtime has no TensorRT backend (CMake did not find the "
-                           "TensorRT SDK: NvInfer.h and libnvinfer); reconfigure with -DTENSORRT_ROOT=/path/to/TensorRT");
+                           "TensorRT SDK: NvInfer.h and libnvinfer); reconfigure with "
+                           "-DTENSORRT_ROOT=/path/to/TensorRT");
 #endif
     VerifiedArtifact verified = read_verified_artifact(model_dir, manifest, key, options.verify_artifacts);
 #ifdef MRDL_WITH_TENSORRT

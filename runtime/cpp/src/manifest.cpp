@@ -146,7 +146,8 @@ public:
                      "(letters, digits, '.', '_', '-'; no path separators, no leading '.')");
             a.bytes = static_cast<uint64_t>(integer(item.value(), "bytes", where, 0, INT64_MAX));
             a.sha256 = text(item.value(), "sha256", where);
-            if (!is_hex(a.sha256, 64)) fail(where + ".sha256 must be 64 lower-case hex digits, got \"" + a.sha256 + "\"");
+            if (!is_hex(a.sha256, 64))
+                fail(where + ".sha256 must be 64 lower-case hex digits, got \"" + a.sha256 + "\"");
             a.precision = text(item.value(), "precision", where);
             one_of(a.precision, {"fp32", "fp16", "int8"}, where + ".precision");
             if (item.key() != "tensorrt" && a.precision != item.key())

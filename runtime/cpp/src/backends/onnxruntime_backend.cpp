@@ -146,9 +146,9 @@ private:
                                  manifest_.export_id +
                                  " (a file from another export?); use the model directory of one export as written");
         if (found.precision != artifact.record.precision)
-            throw IntegrityError(path + ": its embedded manifest says " + found.precision + ", but model.json records the \"" +
-                                 artifact.key + "\" artifact as " + artifact.record.precision +
-                                 " (a renamed file?); re-export");
+            throw IntegrityError(path + ": its embedded manifest says " + found.precision +
+                                 ", but model.json records the \"" + artifact.key + "\" artifact as " +
+                                 artifact.record.precision + " (a renamed file?); re-export");
     }
 
     /// The graph's inputs or outputs must be model.json's, in order: names, float32, non-batch dims.
