@@ -8,6 +8,7 @@ A bad image (unreadable, truncated, over the pixel limit, NaN floats, ...) is sk
 run (``on_error``); the summary names each failed file and why. The output folder is held with an
 exclusive lock (``OUT/.mrdl-predict.lock``) for the whole run, and ``OUT/predict.json`` records
 which model wrote its masks, so two runs or two models never mix their outputs in one folder.
+Ctrl-C waits while one image's overlay and mask are written, so the record matches the files.
 Large images stay within about three image-sized buffers: masks are resized and thresholded in
 row strips, overlays are tinted in place strip by strip (:func:`mrdl_runtime.imaging.mask_at_size`).
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -152,11 +155,6 @@ def tint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return image
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 image with each foreground class tinted in its colour (a new HxWx3 uint8 array)."""
-    return tint(np.array(image, dtype=np.uint8), mask)
-
-
 def write_png(array: np.ndarray, path: Path) -> None:
     """Write ``array`` as a PNG through a temporary file renamed onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +188,23 @@ def _locked(out_dir: Path) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Hold back Ctrl-C until the block ends (main thread only), so that an image's overlay, mask and
+    entry in the record are written together; the held signal is then raised to the usual handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
 def _claim(out_dir: Path, model: dict, overwrite: bool) -> list[str]:
     """Check OUT against the model about to write there; returns the stems already written by it.
 
@@ -218,7 +233,8 @@ def _claim(out_dir: Path, model: dict, overwrite: bool) -> list[str]:
             for kind in ("masks", "overlays"):
                 (out_dir / kind / f"{Path(stem).name}.png").unlink(missing_ok=True)
         return []
-    unrecorded = [p for kind in ("masks", "overlays") if (out_dir / kind).is_dir() for p in (out_dir / kind).glob("*.png")]
+    unrecorded = [path for kind in ("masks", "overlays") if (out_dir / kind).is_dir()
+                  for path in (out_dir / kind).glob("*.png")]
     if unrecorded and not overwrite:
         raise OutputFolderError(f"{out_dir} holds {len(unrecorded)} PNGs in masks/ or overlays/ but no {RECORD_NAME} "
                                 f"naming the model that wrote them; {advice}")
@@ -278,11 +294,12 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
                 for batch in _read_batches(paths, manifest.max_batch, max_pixels, on_error == "stop", failed):
                     predictions = segmenter.predict_batch([image for _, image in batch], with_probabilities=False)
                     for (path, image), prediction in zip(batch, predictions):
-                        write_png(tint(image if image.flags.writeable else image.copy(), prediction.mask),
-                                  out_dir / "overlays" / f"{path.stem}.png")
-                        write_png(mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask),
-                                  out_dir / "masks" / f"{path.stem}.png")
-                        written.append(path.stem)
+                        overlay = tint(image if image.flags.writeable else image.copy(), prediction.mask)
+                        mask = mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask)
+                        with _uninterruptible():
+                            write_png(overlay, out_dir / "overlays" / f"{path.stem}.png")
+                            write_png(mask, out_dir / "masks" / f"{path.stem}.png")
+                            written.append(path.stem)
                     bar.update(len(batch))
         except KeyboardInterrupt as exc:
             raise PredictInterrupted(len(written) - n_before, out_dir) from exc
@@ -290,6 +307,7 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
             _write_record(out_dir, {"format": RECORD_FORMAT, "model": model, "outputs": sorted(set(written))})
     return PredictSummary(n_images=len(written) - n_before, n_inputs=len(paths), out_dir=out_dir,
                           backend=segmenter.backend, precision=segmenter.precision,
-                          batches=segmenter.runner.count - calls_before, mean_batch_latency_ms=segmenter.mean_latency_ms,
-                          total_s=time.perf_counter() - start, failed=tuple(failed),
+                          batches=segmenter.runner.count - calls_before,
+                          mean_batch_latency_ms=segmenter.mean_latency_ms, total_s=time.perf_counter() - start,
+                          failed=tuple(failed),
                           stopped=on_error == "stop" and bool(failed))

@@ -239,7 +239,7 @@ def test_overlay_in_strips_equals_whole_image_blend(monkeypatch):
         colour = files.OVERLAY_COLOURS[(label - 1) % len(files.OVERLAY_COLOURS)]
         blended[mask == label] = (1 - files.OVERLAY_ALPHA) * blended[mask == label] + files.OVERLAY_ALPHA * colour
     monkeypatch.setattr(files, "STRIP_BYTES", 12 * 33 * 5)  # 5-row strips
-    np.testing.assert_array_equal(files.overlay(image, mask), np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(files.tint(image.copy(), mask), np.clip(np.rint(blended), 0, 255).astype(np.uint8))
 
 
 def test_peak_rss_script_measures_and_enforces_its_bound(model_dir, tmp_path):
@@ -366,6 +366,7 @@ def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_p
     recorded = json.loads((out / "predict.json").read_text())["outputs"]
     assert f"interrupted: {len(recorded)} images written to {out}; run the same command again" in output
     assert 0 < len(recorded) < 400
+    assert sorted(p.stem for p in (out / "masks").iterdir()) == recorded  # Ctrl-C waits for an image's files
     for stem in recorded:
         assert (out / "masks" / f"{stem}.png").is_file() and (out / "overlays" / f"{stem}.png").is_file()
     assert not [p for p in (out / "masks").iterdir() if p.suffix == ".tmp"]
