@@ -132,6 +132,45 @@ def _all_outputs(runner: Runner, inputs: InputSet, *, batch: int) -> np.ndarray:
     return np.concatenate(chunks)
 
 
+def _measure_backends(backends: list[str], batches: list[int], *, ckpt: Path, model_dir: Path, inputs: InputSet,
+                      threads: int, device: str, warmup: int, iters: int, include_prepost: bool, threshold: float,
+                      progress: bool) -> tuple[list[BackendResult], list[SkippedBackend], dict[str, np.ndarray]]:
+    """Activate each backend and time it at every batch size: (results, skipped, outputs on every input image)."""
+    from tqdm import tqdm
+
+    outputs: dict[str, np.ndarray] = {}
+    results: list[BackendResult] = []
+    skipped: list[SkippedBackend] = []
+    with tqdm(total=len(backends) * len(batches), desc="mrdl-bench", disable=not progress) as bar:
+        for name in backends:
+            runner = make_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device)
+            release_freed_memory()
+            baseline_rss = current_rss()
+            try:
+                runner.activate()
+            except BackendUnavailable as exc:
+                skipped.append(SkippedBackend(name, str(exc)))
+                bar.update(len(batches))
+                continue
+            try:
+                for batch in batches:
+                    bar.set_postfix_str(f"{name} batch {batch}")
+                    latency, warm, peak_mb = _measure(runner, inputs, batch=batch, warmup=warmup, iters=iters,
+                                                      include_prepost=include_prepost, threshold=threshold,
+                                                      baseline_rss=baseline_rss)
+                    results.append(BackendResult(
+                        backend=name, precision=runner.precision, batch=batch, latency_ms=latency, warmup=warm,
+                        throughput_ips=batch / (latency.mean / 1e3), peak_memory_mb=peak_mb,
+                        memory_method=MEMORY_METHOD, model_size_mb=runner.model_size_bytes / 2**20,
+                        model_file=str(runner.model_path), parity=None, parity_vs_onnx_fp32=None,
+                        prepost_included=include_prepost, notes=_notes(runner)))
+                    bar.update(1)
+                outputs[name] = _all_outputs(runner, inputs, batch=min(batches))
+            finally:
+                runner.deactivate()
+    return results, skipped, outputs
+
+
 def _profiles(results: list[BackendResult], *, ckpt: Path, batch: int, size: int, threads: int, iters: int,
               out_dir: Path) -> list[dict]:
     """Per-operator profiles of torch eager and of every CPU onnxruntime backend that ran."""
@@ -165,7 +204,6 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     ``model.json``.
     """
     import torch
-    from tqdm import tqdm
 
     from mrdl.checkpoint import load_checkpoint
 
@@ -189,39 +227,10 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
 
     with TorchRunner(REFERENCE, ckpt=ckpt, phase="fft", device=device) as reference_runner:
         reference = _all_outputs(reference_runner, inputs, batch=min(batches))
-    outputs: dict[str, np.ndarray] = {}
-    precisions: dict[str, str] = {}  # backend -> the precision its model holds
-    results: list[BackendResult] = []
-    skipped: list[SkippedBackend] = []
-    bar = tqdm(total=len(backends) * len(batches), desc="mrdl-bench", disable=not progress)
-    for name in backends:
-        runner = make_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device)
-        release_freed_memory()
-        baseline_rss = current_rss()
-        try:
-            runner.activate()
-        except BackendUnavailable as exc:
-            skipped.append(SkippedBackend(name, str(exc)))
-            bar.update(len(batches))
-            continue
-        precisions[name] = getattr(runner, "precision", "fp32")
-        try:
-            for batch in batches:
-                bar.set_postfix_str(f"{name} batch {batch}")
-                latency, warm, peak_mb = _measure(runner, inputs, batch=batch, warmup=warmup, iters=iters,
+    results, skipped, outputs = _measure_backends(backends, batches, ckpt=ckpt, model_dir=model_dir, inputs=inputs,
+                                                  threads=threads, device=device, warmup=warmup, iters=iters,
                                                   include_prepost=include_prepost, threshold=threshold,
-                                                  baseline_rss=baseline_rss)
-                results.append(BackendResult(
-                    backend=name, precision=precisions[name], batch=batch, latency_ms=latency, warmup=warm,
-                    throughput_ips=batch / (latency.mean / 1e3), peak_memory_mb=peak_mb, memory_method=MEMORY_METHOD,
-                    model_size_mb=runner.model_size_bytes / 2**20, model_file=str(runner.model_path),
-                    parity=None, parity_vs_onnx_fp32=None, prepost_included=include_prepost,
-                    notes=_notes(runner)))
-                bar.update(1)
-            outputs[name] = _all_outputs(runner, inputs, batch=min(batches))
-        finally:
-            runner.deactivate()
-    bar.close()
+                                                  progress=progress)
 
     for result in results:
         result.parity = parity(outputs[result.backend], reference, reference_name=REFERENCE, threshold=threshold)

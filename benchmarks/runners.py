@@ -34,6 +34,7 @@ class Runner(ABC):
     """One backend. Use as a context manager, or call ``activate`` / ``deactivate`` yourself."""
 
     name: str
+    precision: str = "fp32"  # the precision of the model this runner loads
     uses_cuda: bool = False
 
     def __init__(self) -> None:
@@ -97,8 +98,6 @@ class Runner(ABC):
 
 class TorchRunner(Runner):
     """PyTorch eager (``fft`` or ``matmul`` phase) or torch.compile of the eager model, eval mode."""
-
-    precision = "fp32"
 
     def __init__(self, name: str, *, ckpt: Path, phase: str, device: str = "cpu", compile_model: bool = False) -> None:
         super().__init__()
@@ -193,6 +192,7 @@ class RuntimeRunner(Runner):
                                             intra_op_threads=self.threads)
         except BackendUnavailableError as exc:
             raise BackendUnavailable(str(exc)) from exc
+        self.precision = self.segmenter.precision  # what the verified artifact holds
         self.input_name = manifest.image_input.name
         self.output_name = manifest.outputs[0].name
 

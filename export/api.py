@@ -10,6 +10,7 @@ gate leaves no model under the normal name (:mod:`mrdl_export.publish`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
                 image_files(folder)
             except FileNotFoundError as exc:
                 raise ExportError(str(exc)) from exc
-    ckpt, out_dir = Path(ckpt), Path(out_dir)
+    ckpt, out_dir = Path(ckpt), Path(os.path.abspath(out_dir))  # "." and "x/.." become real names; links stay
     protected = {"checkpoint being exported": ckpt, "--data folder": data, "--calib-data folder": calib_data,
                  "--timing-cache file": timing_cache}
     protected = {label: Path(path) for label, path in protected.items() if path is not None}

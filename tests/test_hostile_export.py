@@ -1,0 +1,399 @@
+"""Hostile and careless use of mrdl-export and mrdl-bench: each case asserts the exact outcome.
+
+``--force`` on folders that are not an mrdl deploy directory (the training run, a parent of the
+checkpoint, the data folder, foreign files, a symlink), leftovers of killed exports, real SIGKILL
+and SIGINT of an export, malformed checkpoints, and mrdl-bench on a model directory that is not
+the checkpoint's (another seed, a changed output, a changed file). Every refusal leaves every file
+as it was and writes nothing beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+pytestmark = pytest.mark.slow  # module-scoped exports take seconds of CPU
+EXPORT = [sys.executable, "-c", "from mrdl_export.cli import main; main()"]
+
+
+def _checkpoint(path: Path, tiny_config, features, *, seed: int = 0, balanced: bool = False) -> Path:
+    """A seeded tiny model; ``balanced`` shifts its head so about half of each synthetic image is foreground.
+
+    Untrained tiny models predict background everywhere, where any two models' masks agree; the
+    balanced ones make masks that depend on the weights, so a wrong model shows in the Dice agreement.
+    """
+    from mrdl.checkpoint import save_checkpoint
+    from mrdl.model import create_model
+    from mrdl_bench.inputs import load_inputs
+
+    model = create_model(tiny_config, prompt_features=features, seed=seed).eval()
+    if balanced:
+        images = torch.from_numpy(load_inputs(size=tiny_config.model.image_size, count=8).tensors)
+        with torch.no_grad():
+            model.decoder.head.bias -= model(images).logits.median()
+    return save_checkpoint(path, model)
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` -> the sha256 of its bytes ("dir" for folders, "link -> target" for links)."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            state[key] = f"link -> {os.readlink(path)}"
+        elif path.is_dir():
+            state[key] = "dir"
+        else:
+            state[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def _export_cli(*args) -> "click.testing.Result":  # noqa: F821
+    from mrdl_export.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_config, tiny_prompt_features) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", tiny_config, tiny_prompt_features)
+
+
+@pytest.fixture(scope="module")
+def deploy_dir(tmp_path_factory, tiny_ckpt) -> Path:
+    """A deploy directory exported from ``tiny_ckpt``; tests copy it before changing anything."""
+    from mrdl_export import export_model
+
+    return export_model(tiny_ckpt, tmp_path_factory.mktemp("exported") / "deploy", parity_images=2).out_dir
+
+
+def _copy(deploy_dir: Path, target: Path) -> Path:
+    shutil.copytree(deploy_dir, target)
+    return target
+
+
+# ----------------------------------------------------------------------------- --force and --out
+
+def test_force_keeps_the_training_run_that_holds_the_checkpoint(tmp_path, tiny_ckpt):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_ckpt, run / "best.safetensors")
+    shutil.copy(tiny_ckpt, run / "last.safetensors")
+    (run / "metrics.csv").write_text("epoch,val_dice\n0,0.5\n")
+    (run / "resume.json").write_text("{}")
+    before = _snapshot(tmp_path)
+    result = _export_cli("--ckpt", run / "best.safetensors", "--out", run, "--force")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"mrdl-export: error: --out {run} holds the checkpoint being exported "
+                                    f"{run / 'best.safetensors'}")
+    assert f"e.g. {run / 'deploy'}" in result.output and "Traceback" not in result.output
+    assert _snapshot(tmp_path) == before
+
+
+def test_force_refuses_the_current_folder_holding_the_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
+    shutil.copy(tiny_ckpt, tmp_path / "best.safetensors")
+    before = _snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = _export_cli("--ckpt", "best.safetensors", "--out", ".", "--force")
+    assert result.exit_code == 1
+    assert f"--out {tmp_path} holds the checkpoint being exported best.safetensors" in result.output
+    assert _snapshot(tmp_path) == before and not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
+
+
+def test_force_refuses_a_parent_of_the_checkpoint_folder(tmp_path, tiny_ckpt):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    shutil.copy(tiny_ckpt, run / "best.safetensors")
+    before = _snapshot(tmp_path)
+    result = _export_cli("--ckpt", run / "best.safetensors", "--out", tmp_path / "runs", "--force")
+    assert result.exit_code == 1
+    assert f"--out {tmp_path / 'runs'} holds the checkpoint being exported" in result.output
+    assert _snapshot(tmp_path) == before
+
+
+def test_force_refuses_a_symlink_to_the_checkpoint_folder(tmp_path, tiny_ckpt):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_ckpt, run / "best.safetensors")
+    (tmp_path / "alias").symlink_to(run)
+    before = _snapshot(tmp_path)
+    result = _export_cli("--ckpt", run / "best.safetensors", "--out", tmp_path / "alias", "--force")
+    assert result.exit_code == 1 and "holds the checkpoint being exported" in result.output  # resolved paths
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("where", ["equal", "parent"])
+def test_force_refuses_the_data_folder(tmp_path, tiny_ckpt, where):
+    from PIL import Image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for index in range(2):
+        Image.new("RGB", (32, 32), (index * 90, 40, 200)).save(data / f"{index}.png")
+    out = data if where == "equal" else tmp_path
+    before = _snapshot(tmp_path)
+    result = _export_cli("--ckpt", tiny_ckpt, "--out", out, "--data", data, "--force")
+    assert result.exit_code == 1
+    assert f"--out {out} {'is' if where == 'equal' else 'holds'} the --data folder {data}" in result.output
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case, message", [
+    ("foreign_file", "also holds notes.txt; nothing was touched"),
+    ("subfolder", "also holds masks/; nothing was touched"),
+    ("symlinked_artifact", "also holds model.fp16.onnx; nothing was touched"),
+    ("no_manifest", "has no mrdl model.json; nothing was touched"),
+    ("other_format", "has no mrdl model.json; nothing was touched"),
+])
+def test_force_refuses_a_folder_that_is_not_only_an_mrdl_deploy_directory(tmp_path, tiny_ckpt, deploy_dir, case,
+                                                                           message):
+    out = _copy(deploy_dir, tmp_path / "out")
+    if case == "foreign_file":
+        (out / "notes.txt").write_text("my notes")
+    elif case == "subfolder":
+        (out / "masks").mkdir()
+        (out / "masks" / "a.png").write_bytes(b"png")
+    elif case == "symlinked_artifact":
+        (tmp_path / "elsewhere.onnx").write_bytes(b"someone else's file")
+        (out / "model.fp16.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    elif case == "no_manifest":
+        (out / "model.json").unlink()
+    else:
+        (out / "model.json").write_text(json.dumps({"format": "other-tool/1", "artifacts": {}}))
+    before = _snapshot(tmp_path)
+    result = _export_cli("--ckpt", tiny_ckpt, "--out", out, "--force")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"mrdl-export: error: --force replaces only a deploy directory written by "
+                                    f"mrdl-export, and {out}")
+    assert message in result.output
+    assert _snapshot(tmp_path) == before
+
+
+def test_out_that_is_a_symlink_is_refused(tmp_path, tiny_ckpt):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    before = _snapshot(tmp_path)
+    result = _export_cli("--ckpt", tiny_ckpt, "--out", tmp_path / "link", "--force")
+    assert result.exit_code == 1 and f"--out {tmp_path / 'link'} is a symbolic link" in result.output
+    assert _snapshot(tmp_path) == before
+
+
+def test_force_replaces_an_mrdl_deploy_directory(tmp_path, tiny_ckpt, deploy_dir):
+    out = _copy(deploy_dir, tmp_path / "out")
+    old_id = json.loads((out / "model.json").read_text())["export_id"]
+    result = _export_cli("--ckpt", tiny_ckpt, "--out", out, "--force", "--parity-images", "2", "--fp16")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["export_id"] != old_id
+    assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx", "model.json", "model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.partial-* / .out.old-* left
+
+
+def test_an_empty_out_folder_is_used_without_force(tmp_path, tiny_ckpt):
+    (tmp_path / "out").mkdir()
+    result = _export_cli("--ckpt", tiny_ckpt, "--out", tmp_path / "out", "--parity-images", "2")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "model.onnx"]
+
+
+# ----------------------------------------------------------------------------- leftovers, SIGKILL, SIGINT
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=60)
+    return child.pid
+
+
+def test_leftovers_are_removed_only_when_dead_and_all_ours(tmp_path):
+    from mrdl_export.publish import remove_leftovers
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        dead = _dead_pid()
+        folders = {
+            "dead_partial": tmp_path / f".deploy.partial-{dead}",  # killed mid-write: artifact + atomic temp
+            "dead_old": tmp_path / f".deploy.old-{dead}",  # killed while replacing: a whole old deploy dir
+            "live_partial": tmp_path / f".deploy.partial-{sleeper.pid}",  # a running export's folder
+            "dead_foreign": tmp_path / f".deploy.old-{dead + 1000000}",  # someone's notes inside
+            "other_out": tmp_path / f".other.partial-{dead}",  # another --out's leftover
+        }
+        for folder in folders.values():
+            folder.mkdir()
+            (folder / "model.onnx").write_bytes(b"onnx")
+        (folders["dead_partial"] / ".model.int8.onnx.k2j4_x9.tmp").write_bytes(b"half")
+        (folders["dead_old"] / "model.json").write_text(json.dumps({
+            "format": "mrdl-deploy/2", "artifacts": {"fp32": {"file": "custom.onnx", "precision": "fp32"}}}))
+        (folders["dead_old"] / "custom.onnx").write_bytes(b"listed by its model.json")
+        (folders["dead_foreign"] / "notes.txt").write_text("mine")
+        removed = remove_leftovers(tmp_path / "deploy")
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=60)
+    assert sorted(removed) == sorted([folders["dead_partial"], folders["dead_old"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        folders[k].name for k in ("live_partial", "dead_foreign", "other_out"))
+
+
+def _start_export(ckpt: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*EXPORT, "--ckpt", str(ckpt), "--out", str(out), "--int8", "--calib-images", "8",
+                             "--parity-images", "8", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"export ended before {path} appeared: {process.communicate()}"
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.02)
+
+
+def test_killed_export_leaves_nothing_the_next_export_does_not_clean(tmp_path, tiny_ckpt):
+    from mrdl_export import export_model
+
+    out = tmp_path / "deploy"
+    process = _start_export(tiny_ckpt, out)
+    partial = tmp_path / f".deploy.partial-{process.pid}"
+    try:
+        _wait_for(partial / "model.onnx", process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert partial.is_dir() and not out.exists()  # what a real kill leaves
+    export_model(tiny_ckpt, out, parity_images=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+
+
+def test_sigint_exits_130_and_leaves_the_old_deploy_directory_whole(tmp_path, tiny_ckpt, deploy_dir):
+    out = _copy(deploy_dir, tmp_path / "deploy")
+    before = _snapshot(tmp_path)
+    process = _start_export(tiny_ckpt, out, "--force")
+    try:
+        _wait_for(tmp_path / f".deploy.partial-{process.pid}" / "model.onnx", process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert f"mrdl-export: interrupted; nothing half-written is left under {out}" in stderr
+    assert "Traceback" not in stderr
+    assert _snapshot(tmp_path) == before  # the old deploy directory, byte for byte, and nothing beside it
+
+
+# ----------------------------------------------------------------------------- malformed checkpoints
+
+@pytest.mark.parametrize("case, message", [("wrong_shape", "decoder.head.bias"), ("missing_tensor", "decoder.head.weight")])
+def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_ckpt, case, message):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mrdl.checkpoint import tensors_digest
+
+    with safe_open(str(tiny_ckpt), framework="pt") as handle:
+        metadata = handle.metadata()
+        state = {name: handle.get_tensor(name) for name in handle.keys()}
+    if case == "wrong_shape":
+        state["decoder.head.bias"] = torch.zeros(5)
+    else:
+        del state["decoder.head.weight"]
+    metadata["mrdl.tensors_sha256"] = tensors_digest(state)  # a well-formed file whose tensors do not fit
+    ckpt = tmp_path / "bad.safetensors"
+    save_file(state, str(ckpt), metadata=metadata)
+    result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("mrdl-export: error: ") and message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+
+
+# ----------------------------------------------------------------------------- mrdl-bench on the wrong model
+
+@pytest.fixture(scope="module")
+def balanced_models(tmp_path_factory, tiny_config, tiny_prompt_features):
+    """Two balanced checkpoints (seeds 0 and 1) and the deploy directory of each."""
+    from mrdl_export import export_model
+
+    root = tmp_path_factory.mktemp("balanced")
+    models = {}
+    for seed in (0, 1):
+        ckpt = _checkpoint(root / f"seed{seed}.safetensors", tiny_config, tiny_prompt_features, seed=seed,
+                           balanced=True)
+        models[seed] = (ckpt, export_model(ckpt, root / f"deploy{seed}", parity_images=2).out_dir)
+    return models
+
+
+def _bench(ckpt: Path, model_dir: Path, out: Path, backends: str = "torch-fft,ort-fp32"):
+    from mrdl_bench.cli import main
+
+    return CliRunner().invoke(main, [
+        "--ckpt", str(ckpt), "--model-dir", str(model_dir), "--backends", backends, "--batch", "1", "--images", "4",
+        "--warmup", "0", "--iters", "2", "--phase-iters", "1", "--threads", "1", "--out", str(out)])
+
+
+def test_bench_flags_a_model_dir_exported_from_another_checkpoint(tmp_path, balanced_models):
+    ckpt, _ = balanced_models[0]
+    _, other_dir = balanced_models[1]
+    result = _bench(ckpt, other_dir, tmp_path / "report")
+    assert result.exit_code == 1, result.output + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mrdl-bench: error: ")]
+    assert len(errors) == 2
+    assert errors[0].startswith(f"mrdl-bench: error: SOURCE MISMATCH: {other_dir} was exported from ")
+    assert errors[1].startswith("mrdl-bench: error: PARITY FAILED: ort-fp32 (fp32) masks agree with torch-fft at "
+                                "mask Dice ")
+    report = json.loads((tmp_path / "report" / "bench.json").read_text())
+    rows = {row["backend"]: row for row in report["results"]}
+    assert rows["ort-fp32"]["parity_status"] == "PARITY FAILED" and rows["ort-fp32"]["parity"]["dice_agreement"] < 0.9
+    assert rows["ort-fp32"]["speedup_vs_torch_eager"] is None and rows["ort-fp32"]["speedup_unverified"] > 0
+    assert rows["torch-fft"]["parity_status"] == "ok" and rows["torch-fft"]["speedup_vs_torch_eager"] == 1.0
+    assert report["settings"]["source_checkpoint_matches"] is False and len(report["failures"]) == 2
+    table_row = next(line for line in result.stdout.splitlines() if line.startswith("ort-fp32"))
+    assert table_row.endswith("PARITY FAILED") and f"({rows['ort-fp32']['speedup_unverified']:.2f}x)" in table_row
+    markdown = (tmp_path / "report" / "bench.md").read_text()
+    assert "**PARITY FAILED: ort-fp32" in markdown and "| PARITY FAILED |" in markdown
+
+
+def test_bench_flags_a_backend_whose_output_differs(tmp_path, balanced_models, monkeypatch):
+    from mrdl_bench import runners
+    from mrdl_bench.bench import run_benchmark
+
+    ckpt, model_dir = balanced_models[0]
+    original = runners.RuntimeRunner._infer
+    monkeypatch.setattr(runners.RuntimeRunner, "_infer", lambda self, batch: 1.0 - original(self, batch))
+    report = run_benchmark(ckpt=ckpt, model_dir=model_dir, backends="torch-fft,ort-fp32", images=4, warmup=0,
+                           iters=2, phase_iters=1, threads=1, progress=False)
+    fp32 = report.result("ort-fp32", 1)
+    assert fp32.parity_status == "PARITY FAILED" and fp32.parity.dice_agreement < 0.1
+    assert fp32.speedup_vs_torch_eager is None and fp32.speedup_unverified > 0
+    assert len(report.failures) == 1 and report.failures[0].startswith("PARITY FAILED: ort-fp32 (fp32)")
+    assert report.settings["source_checkpoint_matches"] is True
+
+
+def test_bench_refuses_a_changed_model_file(tmp_path, balanced_models):
+    ckpt, model_dir = balanced_models[0]
+    changed = _copy(model_dir, tmp_path / "deploy")
+    data = bytearray((changed / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside the weights
+    (changed / "model.onnx").write_bytes(bytes(data))
+    result = _bench(ckpt, changed, tmp_path / "report", backends="ort-fp32")
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mrdl-bench: error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"mrdl-bench: error: {changed / 'model.onnx'}: sha256 ")
+    assert "differs from the" in errors[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "report").exists()
