@@ -77,14 +77,15 @@ def _check_sources(ckpt: Path, model_dir: Path):
                          f"benchmark a checkpoint with the model directory exported from it")
     if manifest.text_input is not None or config.model.fusion != "distribution":
         raise BenchError("mrdl-bench measures image-only models (fusion 'distribution'); this one needs text features")
-    source = manifest.raw.get("source_checkpoint", {})
+    source = manifest.raw.get("source_checkpoint")
+    source = source if isinstance(source, dict) else {}
     digest = file_sha256(ckpt)
-    mismatch = None
-    if source.get("sha256") != digest:
-        mismatch = (f"SOURCE MISMATCH: {model_dir} was exported from {source.get('path')} (sha256 "
-                    f"{str(source.get('sha256'))[:12]}…), not from --ckpt {ckpt} (sha256 {digest[:12]}…); "
-                    f"re-export it: mrdl-export --ckpt {ckpt} --out {model_dir} --force")
-    return config, manifest, mismatch
+    if source.get("sha256") == digest:
+        return config, manifest, None
+    origin = (f"was exported from {source.get('path')} (sha256 {str(source['sha256'])[:12]}…)" if source.get("sha256")
+              else "records no source checkpoint")
+    return config, manifest, (f"SOURCE MISMATCH: {model_dir} {origin}, not from --ckpt {ckpt} (sha256 "
+                              f"{digest[:12]}…); re-export it: mrdl-export --ckpt {ckpt} --out {model_dir} --force")
 
 
 def _measure(runner: Runner, inputs: InputSet, *, batch: int, warmup: int, iters: int, include_prepost: bool,

@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mrdl_runtime.manifest import (ARTIFACT_FILES, ARTIFACT_NAME_PATTERN, MANIFEST_NAME, MAX_MANIFEST_BYTES,
+from mrdl_runtime.manifest import (ARTIFACT_FILES, ARTIFACT_NAME_PATTERN, FORMAT, MANIFEST_NAME, MAX_MANIFEST_BYTES,
                                    ManifestError, parse_json)
 
 from .api import ExportError
 
-DEPLOY_FORMAT_PREFIX = "mrdl-deploy/"
+DEPLOY_FORMAT_PREFIX = FORMAT.rsplit("/", 1)[0] + "/"  # "mrdl-deploy/": a deploy directory of any version
 KNOWN_FILES = frozenset([MANIFEST_NAME, *ARTIFACT_FILES.values()])
 # atomic_path's temporary name for a file being written: ".<name>.<random>.tmp"
 ATOMIC_TEMP = re.compile(r"\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp")

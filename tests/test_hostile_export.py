@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -62,7 +62,7 @@ def _snapshot(root: Path) -> dict[str, str]:
     return state
 
 
-def _export_cli(*args) -> "click.testing.Result":  # noqa: F821
+def _export_cli(*args) -> Result:
     from mrdl_export.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
@@ -298,7 +298,8 @@ def test_sigint_exits_130_and_leaves_the_old_deploy_directory_whole(tmp_path, ti
 
 # ----------------------------------------------------------------------------- malformed checkpoints
 
-@pytest.mark.parametrize("case, message", [("wrong_shape", "decoder.head.bias"), ("missing_tensor", "decoder.head.weight")])
+@pytest.mark.parametrize("case, message", [("wrong_shape", "decoder.head.bias"),
+                                           ("missing_tensor", "decoder.head.weight")])
 def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_ckpt, case, message):
     from safetensors import safe_open
     from safetensors.torch import save_file
