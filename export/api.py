@@ -83,9 +83,12 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     TensorRT 10.x report flags an unsupported op. ``trt``: build a TensorRT engine of
     ``trt_precision`` (default: int8 if ``int8``, else fp16 if ``fp16``, else fp32) with batch
     profile ``min_batch``/``opt_batch``/``max_batch``. ``expected_config``: refuse a checkpoint
-    of another architecture. Raises :class:`ExportError` on bad input or a failed step,
+    of another architecture. ``force``: replace an existing mrdl deploy directory (never a folder
+    holding the checkpoint, the image folders or other files; :mod:`mrdl_export.publish`).
+    Raises :class:`ExportError` on bad input, a refused ``out_dir`` or a failed step,
     :class:`ParityError` when a gate fails and ``TensorRTUnavailable`` when ``trt`` is asked for
-    on a machine without TensorRT or a GPU; nothing is left under ``out_dir`` in those cases.
+    on a machine without TensorRT or a GPU; nothing is left under ``out_dir`` in those cases, nor
+    after KeyboardInterrupt.
     """
     import onnx
     from tqdm import tqdm
