@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
 
 from mrdl_bench.bench import BenchError, parse_backends, parse_batches, run_benchmark  # noqa: E402
-from mrdl_bench.cli import main  # noqa: E402
+from mrdl_apps.bench import main  # noqa: E402
 from mrdl_bench.measure import LatencyStats, mask_dice_agreement, parity  # noqa: E402
 from mrdl_bench.report import format_table  # noqa: E402
 from mrdl_bench.runners import BackendUnavailable, TorchRunner  # noqa: E402
@@ -140,7 +140,7 @@ def test_help_works_without_torch_onnxruntime_or_tensorrt():
             "for name in ('torch', 'onnxruntime', 'tensorrt', 'cuda', 'onnx'):\n"
             "    sys.modules[name] = None  # any import of these now fails\n"
             "from click.testing import CliRunner\n"
-            "from mrdl_bench.cli import main\n"
+            "from mrdl_apps.bench import main\n"
             "result = CliRunner().invoke(main, ['--help'])\n"
             "print(result.output)\n"
             "sys.exit(result.exit_code)\n")

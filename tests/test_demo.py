@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mrdl.cli import main
+from mrdl_apps.cli import main
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mrdl.cli import main
+from mrdl_apps.cli import main
 from mrdl.config import load_config
 from mrdl.data.embeddings import (PROMPT_KEY, EmbeddingsError, compute_embeddings, dataset_texts,
                                   default_embeddings_path, load_embeddings)

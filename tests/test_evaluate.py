@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from mrdl.checkpoint import save_checkpoint
-from mrdl.cli import main
+from mrdl_apps.cli import main
 from mrdl.data.dataset import SegmentationDataset
 from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.evaluate import evaluate_checkpoint, predict_dataset, predict_masks, score_masks

@@ -31,7 +31,7 @@ def _invoke(*args: str):
 
 
 def test_help_lists_the_options():
-    from mrdl.cli import main as mrdl_main
+    from mrdl_apps.cli import main as mrdl_main
 
     result = CliRunner().invoke(mrdl_main, ["export", "--help"])
     assert result.exit_code == 0

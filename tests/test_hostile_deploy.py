@@ -343,7 +343,7 @@ def test_manifest_of_50_mib(deploy, copy_of):
 def _predict(model_dir: Path, tmp_path: Path, *options: str):
     from PIL import Image
 
-    from mrdl.cli import main
+    from mrdl_apps.cli import main
 
     image = tmp_path / "tile.png"
     Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(image)

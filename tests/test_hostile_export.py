@@ -340,7 +340,7 @@ def balanced_models(tmp_path_factory, tiny_config, tiny_prompt_features):
 
 
 def _bench(ckpt: Path, model_dir: Path, out: Path, backends: str = "torch-fft,ort-fp32"):
-    from mrdl_bench.cli import main
+    from mrdl_apps.bench import main
 
     return CliRunner().invoke(main, [
         "--ckpt", str(ckpt), "--model-dir", str(model_dir), "--backends", backends, "--batch", "1", "--images", "4",

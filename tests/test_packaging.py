@@ -1,4 +1,4 @@
-"""Packaging: the wheel holds exactly our four import packages; the runtime imports without torch."""
+"""Packaging: the wheel holds exactly our five import packages; the runtime imports without torch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED_PACKAGES = {"mrdl", "mrdl_export", "mrdl_runtime", "mrdl_bench"}
+EXPECTED_PACKAGES = {"mrdl", "mrdl_export", "mrdl_runtime", "mrdl_bench", "mrdl_apps"}
 
 # Makes `import torch` (and mrdl, which needs it) fail, as on a machine that never installed them.
 BLOCK_TORCH = """

@@ -32,7 +32,7 @@ def image_folder(tmp_path) -> Path:
 
 
 def _run(*args: str):
-    from mrdl.cli import main
+    from mrdl_apps.cli import main
 
     return CliRunner().invoke(main, ["predict", *args], catch_exceptions=False)
 

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from mrdl.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from mrdl.cli import main
+from mrdl_apps.cli import main
 from mrdl.data.embeddings import compute_embeddings
 from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.resume import RESUME, ResumeError

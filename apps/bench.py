@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from .report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
+from mrdl_bench.report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
 
 EXIT_FAILURE = 1
 
@@ -54,9 +54,9 @@ def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | Non
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
     from mrdl_runtime.manifest import ManifestError
 
-    from .bench import BenchError, parse_backends, parse_batches, run_benchmark
-    from .inputs import InputError
-    from .report import format_table
+    from mrdl_bench.bench import BenchError, parse_backends, parse_batches, run_benchmark
+    from mrdl_bench.inputs import InputError
+    from mrdl_bench.report import format_table
 
     context = click.get_current_context()
     try:

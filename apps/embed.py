@@ -11,13 +11,13 @@ from typing import Callable, Iterator
 
 import click
 
-from .dataset import TableLimits
+from mrdl.data.dataset import TableLimits
 
 
 @contextmanager
 def loud_random_tower_warnings() -> Iterator[None]:
     """Show warnings as they happen; a randomly initialised CLIP tower in bold red on stderr."""
-    from ..text import RandomTextTowerWarning
+    from mrdl.text import RandomTextTowerWarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, RandomTextTowerWarning):
@@ -78,9 +78,9 @@ def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | Non
     tower is randomly initialised: the features then carry no language meaning. --clip-weights takes a
     safetensors file; pickle checkpoints (.pt, .bin) are refused with the command that converts one.
     """
-    from ..config import load_config
-    from .dataset import DatasetError
-    from .embeddings import compute_embeddings
+    from mrdl.config import load_config
+    from mrdl.data.dataset import DatasetError
+    from mrdl.data.embeddings import compute_embeddings
 
     if clip_weights is not None and pretrained is not None:
         raise click.UsageError("give either --clip-weights or --pretrained, not both")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .checkpoint import atomic_path
+from mrdl.checkpoint import atomic_path
 
 
 @dataclass
@@ -47,15 +47,15 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     """Run every stage into ``settings.out_dir`` and return where the report is."""
     import torch
 
+    from mrdl.config import load_config
+    from mrdl.data.embeddings import compute_embeddings, default_embeddings_path
+    from mrdl.data.synthetic import write_synthetic_dataset
+    from mrdl.evaluate import evaluate_checkpoint
+    from mrdl.train import train_model
     from mrdl_bench.bench import run_benchmark
     from mrdl_export import export_model
 
-    from .config import load_config
-    from .data.embed_cli import loud_random_tower_warnings
-    from .data.embeddings import compute_embeddings, default_embeddings_path
-    from .data.synthetic import write_synthetic_dataset
-    from .evaluate import evaluate_checkpoint
-    from .train import train_model
+    from .embed import loud_random_tower_warnings
 
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)

@@ -9,8 +9,9 @@ from typing import NoReturn
 
 import click
 
-from .data.dataset import TableLimits
-from .data.embed_cli import loud_random_tower_warnings, table_limit_options
+from mrdl.data.dataset import TableLimits
+
+from .embed import loud_random_tower_warnings, table_limit_options
 
 
 @click.command("train")
@@ -73,9 +74,9 @@ def _train(config_name: str, data_root: Path | None, embeddings: Path | None, *,
     """Prepare the data the options name (the synthetic set by default) and run :func:`mrdl.train.train_model`."""
     import torch
 
-    from .config import load_config
-    from .data.embeddings import compute_embeddings, default_embeddings_path
-    from .train import check_run_folder, prepare_synthetic_data, train_model
+    from mrdl.config import load_config
+    from mrdl.data.embeddings import compute_embeddings, default_embeddings_path
+    from mrdl.train import check_run_folder, prepare_synthetic_data, train_model
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -100,7 +101,7 @@ def _train(config_name: str, data_root: Path | None, embeddings: Path | None, *,
 
 def _stop_interrupted(out_dir: Path) -> NoReturn:
     """Say what an interrupted run left (read from its resume.safetensors) and exit 130, as for SIGINT."""
-    from .resume import ResumeError, read_train_metadata
+    from mrdl.resume import ResumeError, read_train_metadata
 
     try:
         saved = read_train_metadata(out_dir)
@@ -124,7 +125,7 @@ def _stop_interrupted(out_dir: Path) -> NoReturn:
               help="Folder for per_image.csv, summary.json and overlays.png.")
 def evaluate(ckpt: Path, data_root: Path, split: str, out_dir: Path) -> None:
     """Per-image Dice and IoU of a checkpoint (threshold 0.5 at the model size), averaged over images."""
-    from .evaluate import evaluate_checkpoint
+    from mrdl.evaluate import evaluate_checkpoint
 
     try:
         summary = evaluate_checkpoint(ckpt, data_root, split, out_dir)

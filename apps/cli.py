@@ -13,12 +13,12 @@ import click
 
 # name -> "module:attribute" of a click command
 SUBCOMMANDS = {
-    "embed-text": "mrdl.data.embed_cli:embed_text",
-    "train": "mrdl.train_cli:train",
-    "evaluate": "mrdl.train_cli:evaluate",
+    "embed-text": "mrdl_apps.embed:embed_text",
+    "train": "mrdl_apps.train:train",
+    "evaluate": "mrdl_apps.train:evaluate",
     "export": "mrdl_export.cli:export_command",
-    "predict": "mrdl.predict_cli:predict",
-    "demo": "mrdl.demo:demo",
+    "predict": "mrdl_apps.predict:predict",
+    "demo": "mrdl_apps.demo:demo",
 }
 
 
