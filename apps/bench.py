@@ -1,8 +1,8 @@
 """``mrdl-bench``: the command-line face of :func:`mrdl_bench.bench.run_benchmark`.
 
 Only click and the report's constants are imported at start-up, so ``mrdl-bench --help`` works
-without torch, onnxruntime, TensorRT or CUDA. Exit codes: 0 measured, every backend reproduces the checkpoint; 1 a backend
-marked PARITY FAILED or a model directory exported from another checkpoint (the reports are
+without torch, onnxruntime, TensorRT or CUDA. Exit codes: 0 measured, every backend reproduces the
+checkpoint; 1 a backend marked PARITY FAILED or a model directory exported from another checkpoint (the reports are
 written first), or a model directory whose files fail the runtime's integrity checks; 2 usage
 error.
 """

@@ -84,10 +84,12 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     lap("data")
 
     _step("2/6 text embeddings (frozen CLIP text tower, computed once)")
-    embeddings = out / "text_embeddings.safetensors" if settings.data_root is not None else default_embeddings_path(data_root, config)
+    embeddings = (out / "text_embeddings.safetensors" if settings.data_root is not None
+                  else default_embeddings_path(data_root, config))
     with loud_random_tower_warnings():
         if not embeddings.exists():
-            compute_embeddings(data_root, config, out=embeddings, clip_weights=settings.clip_weights, seed=settings.seed)
+            compute_embeddings(data_root, config, out=embeddings, clip_weights=settings.clip_weights,
+                               seed=settings.seed)
         click.echo(f"embeddings: {embeddings}")
         lap("embed-text")
 
@@ -105,7 +107,8 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     _step("5/6 export FP32 + INT8 ONNX with the parity gate")
     exported = export_model(trained.best_checkpoint, out / "deploy", data=data_root, int8=True, force=True)
     for precision, parity in exported.parity.items():
-        click.echo(f"parity {precision}: max|d| {parity.max_abs_diff:.2e}, mask Dice agreement {parity.dice_agreement:.4f}")
+        click.echo(f"parity {precision}: max|d| {parity.max_abs_diff:.2e}, "
+                   f"mask Dice agreement {parity.dice_agreement:.4f}")
     lap("export")
 
     _step("6/6 benchmark PyTorch vs ONNX Runtime (same inputs, one run)")
@@ -132,8 +135,8 @@ def run_demo(settings: DemoSettings) -> DemoResult:
 def _write_report(out: Path, summary: dict, *, bench_markdown: str) -> Path:
     """REPORT.md linking every artefact, plus summary.json."""
     ev, ex = summary["evaluation"], summary["export"]
-    parity_rows = "\n".join(f"| {precision} | {p['max_abs_diff']:.2e} | {p['mean_abs_diff']:.2e} | {p['dice_agreement']:.4f} |"
-                            for precision, p in ex["parity"].items())
+    parity_rows = "\n".join(f"| {precision} | {p['max_abs_diff']:.2e} | {p['mean_abs_diff']:.2e} "
+                            f"| {p['dice_agreement']:.4f} |" for precision, p in ex["parity"].items())
     size_rows = "\n".join(f"| {name} | {size / 1e6:.2f} MB |" for name, size in ex["sizes"].items())
     data_note = ("the built-in synthetic dataset; text embeddings from a RANDOMLY INITIALISED CLIP tower "
                  "(no language meaning)" if summary["synthetic"] else summary["data"])

@@ -15,7 +15,8 @@ from .embed import loud_random_tower_warnings, table_limit_options
 
 
 @click.command("train")
-@click.option("--config", "config_name", default="small", show_default=True, help="Config name (tiny, small, base) or JSON file.")
+@click.option("--config", "config_name", default="small", show_default=True,
+              help="Config name (tiny, small, base) or JSON file.")
 @click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dataset root in LViT's layout [default: the built-in synthetic dataset, generated into OUT/data].")
 @click.option("--embeddings", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -30,7 +31,8 @@ from .embed import loud_random_tower_warnings, table_limit_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/train"),
               show_default=True, help="Run folder: checkpoints, resume.safetensors, metrics.csv, curves.png, run.json.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped (its saved settings win).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out exactly where it stopped (its saved settings win).")
 @click.option("--overwrite", is_flag=True,
               help="Start from scratch in an --out that holds a run, replacing that run's files (others are kept).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice].")
@@ -117,7 +119,8 @@ def _stop_interrupted(out_dir: Path) -> NoReturn:
 
 
 @click.command("evaluate")
-@click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), required=True, help="mrdl checkpoint (.safetensors).")
+@click.option("--ckpt", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="mrdl checkpoint (.safetensors).")
 @click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Dataset root in LViT's layout.")
 @click.option("--split", default="Val", show_default=True, help="Split to evaluate (Train, Val or Test).")

@@ -70,7 +70,7 @@ _MEASURE = ("import os, subprocess, sys; process = subprocess.Popen(sys.argv[2:]
 def peak_rss_of_predict(model_dir: Path, image: Path, out_dir: Path, *, backend: str = "onnxruntime-cpu",
                         extra: tuple[str, ...] = ()) -> tuple[int, float, int, str]:
     """Run ``mrdl predict`` in a subprocess: (its exit status, seconds, peak RSS in bytes, its output)."""
-    command = [sys.executable, "-c", "from mrdl_apps.cli import main; main()", "predict", str(model_dir), str(image),
+    command = [sys.executable, "-m", "mrdl_apps", "predict", str(model_dir), str(image),
                "--out", str(out_dir), "--backend", backend, "--no-progress", *extra]
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "rusage"

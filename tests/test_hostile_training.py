@@ -247,7 +247,7 @@ def test_new_run_refuses_an_existing_run_folder(tmp_path: Path, tiny_config, dat
 def test_sigint_exits_130_with_the_resume_command(tmp_path: Path, data):
     root, embeddings = data
     out = tmp_path / "run"
-    command = [sys.executable, "-c", "import sys; from mrdl_apps.cli import main; sys.exit(main())", "train",
+    command = [sys.executable, "-m", "mrdl_apps", "train",
                "--config", "tiny", "--data", str(root), "--embeddings", str(embeddings), "--epochs", "500",
                "--out", str(out), "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -56,3 +56,10 @@ def test_runtime_imports_without_torch():
 def test_block_really_blocks_torch():
     result = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import torch"], capture_output=True, text=True)
     assert result.returncode != 0 and "blocked" in result.stderr
+
+
+def test_python_m_mrdl_apps_is_the_mrdl_command():
+    result = subprocess.run([sys.executable, "-m", "mrdl_apps", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: mrdl ")
+    assert all(name in result.stdout for name in ("embed-text", "train", "evaluate", "export", "predict", "demo"))
