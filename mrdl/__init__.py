@@ -1,7 +1,7 @@
 """mrdl: Multimodal Representation Distribution Learning for medical image segmentation.
 
-The top-level names are imported lazily, so ``mrdl predict`` (which only needs
-``mrdl_runtime``) runs on a machine without torch.
+The top-level names are imported lazily, so ``import mrdl`` (or ``mrdl.config``) loads no torch
+until a model is asked for.
 """
 
 from __future__ import annotations
