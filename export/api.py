@@ -47,12 +47,15 @@ class ExportResult:
 
 
 def _model_inputs(config, *, data: Path | None, count: int, **selection):
-    """The graph's inputs for ``count`` images (``load_images``): [images] [+ stand-in text features]."""
-    from .parity import load_images, text_features_for
+    """The graph's inputs for ``count`` images (``mrdl.data.sources.load_images``): [images] [+ stand-in text
+    features]."""
+    from mrdl.data.sources import load_images
 
-    images, source = load_images(size=config.model.image_size, data=data, count=count, **selection)
+    from .parity import text_features_for
+
+    images = load_images(size=config.model.image_size, data=data, count=count, **selection)
     extra = [text_features_for(config, len(images))] if config.model.fusion == "addition" else []
-    return [images, *extra], source
+    return [images.tensors, *extra], images.source
 
 
 def _timed(timings: dict[str, float], name: str, function, *args, **kwargs):
@@ -94,13 +97,14 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
     from tqdm import tqdm
 
     from mrdl.checkpoint import CheckpointError, load_checkpoint
+    from mrdl.data.sources import CALIBRATION_SPLITS, image_files
     from mrdl_runtime.manifest import ARTIFACT_FILES, MANIFEST_NAME, file_sha256
 
     from . import tensorrt_build
     from .deploy import build_deploy_module, example_inputs
     from .manifest import build_manifest, input_specs, write_deploy_manifest
     from .onnx_export import export_onnx, op_counts, phase_sign_check
-    from .parity import CALIBRATION_SPLITS, compare, image_files, onnx_probabilities, reference_probabilities
+    from .parity import compare, onnx_probabilities, reference_probabilities
     from .publish import check_out_dir, make_partial, publish, remove_leftovers
     from .quantize import convert_fp16, quantize_int8
     from .trt_report import check_graph, format_report
@@ -171,9 +175,8 @@ def export_model(ckpt: str | Path, out_dir: str | Path, *, data: Path | None = N
         parity = {"fp32": compare(expected, fp32_probabilities, source=source)}
         phase_drift = None
         if trained_phase != "matmul":  # the same weights with the phase as trained
-            model.frequency_prompt.phase.mode = trained_phase
-            phase_drift = compare(reference_probabilities(model, inputs), fp32_probabilities, source=source)
-            model.frequency_prompt.phase.mode = "matmul"
+            with model.phase_mode(trained_phase):
+                phase_drift = compare(reference_probabilities(model, inputs), fp32_probabilities, source=source)
         timings["parity"] = time.perf_counter() - mark
         _gate(parity["fp32"], "FP32", ckpt=ckpt, atol=atol, min_dice=min_dice)
         if phase_drift is not None:

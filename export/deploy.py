@@ -27,7 +27,7 @@ from torch import nn
 
 from mrdl.distribution import fused_feature
 from mrdl.losses import probabilities
-from mrdl.model import MRDL
+from mrdl.model import MRDL, SegmentationPath
 
 
 @dataclass
@@ -50,11 +50,11 @@ class FoldReport:
                 "flops_saved": self.flops_saved}
 
 
-class DeployModule(nn.Module):
+class DeployModule(SegmentationPath, nn.Module):
     """MRDL inference graph: image [+ text features] -> probabilities (B, n_classes, H, W).
 
     Holds the model's inference parts under their own names (so the exported graph's name scopes
-    read ``decoder``, ``vision_encoder``, ...) and runs :meth:`MRDL.segment` on them.
+    read ``decoder``, ``vision_encoder``, ...) and runs the model's own :meth:`SegmentationPath.segment`.
     """
 
     def __init__(self, model: MRDL) -> None:
@@ -90,7 +90,7 @@ class DeployModule(nn.Module):
             fused = self.vision_embedding(features[0]) + self.text_projection(text_features)  # (B, N, C)
             y1 = self.cross_modality.first_level(fused)
             y1_up = None
-        logits = MRDL.segment(self, image, features, y1, y1_up)  # reads cross_modality, frequency_prompt, decoder
+        logits = self.segment(image, features, y1, y1_up)
         return probabilities(logits)  # sigmoid for one class, softmax over classes otherwise
 
 

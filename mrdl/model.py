@@ -16,7 +16,8 @@ and there is no KL term. Build models with :func:`create_model` only.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -135,7 +136,32 @@ class Decoder(nn.Module):
         return self.head(x)  # (B, n_classes, H, W)
 
 
-class MRDL(nn.Module):
+class SegmentationPath:
+    """The one path from encoder features to logits, shared by :class:`MRDL` and the deploy module.
+
+    Mixed into an ``nn.Module`` that holds ``cross_modality``, ``frequency_prompt`` and ``decoder``
+    under those names (the exported graph's name scopes).
+    """
+
+    cross_modality: CrossModalityProcessor
+    frequency_prompt: FrequencyPromptEncoder
+    decoder: Decoder
+
+    def segment(self, image: torch.Tensor, features: list[torch.Tensor], y1: torch.Tensor,
+                y1_up: torch.Tensor | None = None) -> torch.Tensor:
+        """From the encoder's x1..x5 and y1 = Block(F) to logits (B, n_classes, H, W).
+
+        ``y1_up`` = P_CM's first up block applied to y1, when the caller has it precomputed (the
+        deploy module folds it into a constant).
+        """
+        reconstructed = self.cross_modality(y1, features[:4], y1_up=y1_up)  # R1..R4
+        phase_features = self.frequency_prompt(image)  # F_pha: (B, C, H, W)
+        skips = [x + r for x, r in zip(features[:4], reconstructed)]
+        skips[0] = skips[0] + phase_features
+        return self.decoder(skips, features[4])
+
+
+class MRDL(SegmentationPath, nn.Module):
     """Multimodal Representation Distribution Learning segmentation network."""
 
     def __init__(self, config: MRDLConfig, prompt_features: torch.Tensor) -> None:
@@ -197,25 +223,28 @@ class MRDL(nn.Module):
         fused = fused_feature(self.learnable_features, batch=batch, sample=self.training, eps=eps)
         return fused, kl
 
-    def segment(self, image: torch.Tensor, features: list[torch.Tensor], y1: torch.Tensor,
-                y1_up: torch.Tensor | None = None) -> torch.Tensor:
-        """From the encoder's x1..x5 and y1 = Block(F) to logits (B, n_classes, H, W).
-
-        ``y1_up`` = P_CM's first up block applied to y1, when the caller has it precomputed (the
-        deploy module folds it into a constant).
-        """
-        reconstructed = self.cross_modality(y1, features[:4], y1_up=y1_up)  # R1..R4
-        phase_features = self.frequency_prompt(image)  # F_pha: (B, C, H, W)
-        skips = [x + r for x, r in zip(features[:4], reconstructed)]
-        skips[0] = skips[0] + phase_features
-        return self.decoder(skips, features[4])
-
     def forward(self, image: torch.Tensor, text_features: torch.Tensor | None = None) -> SegmentationOutput:
         self.check_inputs(image, text_features)
         features = self.vision_encoder(image)  # x1..x5
         fused, kl = self.fuse(features[0], text_features)  # F: (B, N, C)
         y1 = self.cross_modality.first_level(fused)
         return SegmentationOutput(self.segment(image, features, y1), kl)
+
+    def set_phase(self, mode: str) -> None:
+        """Compute the phase spectrum with ``mode`` (``fft`` or ``matmul``); the config says the same."""
+        self.config = self.config.replace_model(phase=mode)
+        self.cfg = self.config.model
+        self.frequency_prompt.phase.mode = mode
+
+    @contextmanager
+    def phase_mode(self, mode: str) -> Iterator["MRDL"]:
+        """Run a block with the phase spectrum computed by ``mode``, then switch back."""
+        previous = self.cfg.phase
+        self.set_phase(mode)
+        try:
+            yield self
+        finally:
+            self.set_phase(previous)
 
 
 def count_parameters(model: nn.Module) -> int:
