@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "embed-text": "mrdl_apps.embed:embed_text",
     "train": "mrdl_apps.train:train",
     "evaluate": "mrdl_apps.train:evaluate",
-    "export": "mrdl_export.cli:export_command",
+    "export": "mrdl_apps.export:export_command",
     "predict": "mrdl_apps.predict:predict",
     "demo": "mrdl_apps.demo:demo",
 }

@@ -4,7 +4,9 @@ copy in ONNX metadata.
 One source of truth for the Python and C++ runtimes: inputs/outputs, preprocessing,
 postprocessing, classes, fusion, precision, versions, source checkpoint, parity figures, and the
 artifacts (plain file name, size, SHA-256, precision) under one ``export_id``. The schema's
-constants and the artifact records come from :mod:`mrdl_runtime.manifest`, which reads it.
+constants and the artifact records come from :mod:`mrdl_runtime.manifest`, which reads it, and
+every ``model.json`` is checked by that reader (:func:`mrdl_runtime.manifest.parse_manifest`)
+before it is written, so the export never writes a manifest the runtimes refuse.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mrdl_runtime.manifest import FORMAT, MANIFEST_NAME, METADATA_KEY, artifact_record
+from mrdl_runtime.manifest import FORMAT, MANIFEST_NAME, METADATA_KEY, ManifestError, artifact_record, parse_manifest
+
+from .options import ExportError
 
 
 def input_specs(config) -> list[dict[str, Any]]:
@@ -113,7 +117,8 @@ def write_deploy_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[
     """Finish the files of ``folder`` and write its ``model.json``; return the manifest written.
 
     Order matters: the manifest is embedded into each ONNX file first, then every artifact is
-    measured and hashed as it will be published, then ``model.json`` records those figures.
+    measured and hashed as it will be published, then ``model.json`` records those figures once
+    the runtime's reader accepts them (:class:`ExportError` otherwise: a bug in the export).
     """
     folder = Path(folder)
     for entry in manifest["artifacts"].values():
@@ -121,6 +126,11 @@ def write_deploy_manifest(folder: str | Path, manifest: dict[str, Any]) -> dict[
             embed_manifest(folder / entry["file"], manifest, precision=entry["precision"])
     final = {**manifest, "artifacts": {key: artifact_record(folder / entry["file"], entry["precision"])
                                        for key, entry in manifest["artifacts"].items()}}
+    try:
+        parse_manifest(final, folder)
+    except ManifestError as exc:
+        raise ExportError(f"mrdl_runtime refuses the manifest this export built ({exc}); nothing was written. "
+                          "This is a bug in mrdl-export: please report it with the command line") from exc
     write_manifest(folder / MANIFEST_NAME, final)
     return final
 

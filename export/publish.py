@@ -25,7 +25,7 @@ from typing import Iterator
 from mrdl_runtime.manifest import (ARTIFACT_FILES, ARTIFACT_NAME_PATTERN, FORMAT, MANIFEST_NAME, MAX_MANIFEST_BYTES,
                                    ManifestError, parse_json)
 
-from .api import ExportError
+from .options import ExportError
 
 DEPLOY_FORMAT_PREFIX = FORMAT.rsplit("/", 1)[0] + "/"  # "mrdl-deploy/": a deploy directory of any version
 KNOWN_FILES = frozenset([MANIFEST_NAME, *ARTIFACT_FILES.values()])

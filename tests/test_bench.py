@@ -36,7 +36,7 @@ LATENCY_FIELDS = {"p50", "p90", "p99", "mean", "stdev", "min", "max", "iteration
 def tiny_deploy(tmp_path_factory, tiny_model_session):
     """(checkpoint, model dir) of the seeded tiny model, exported with FP32 and INT8 ONNX."""
     from mrdl.checkpoint import save_checkpoint
-    from mrdl_export.api import export_model
+    from mrdl_export import export_model
 
     root = tmp_path_factory.mktemp("bench")
     ckpt = save_checkpoint(root / "tiny.safetensors", tiny_model_session)

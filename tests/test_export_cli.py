@@ -25,7 +25,7 @@ def tiny_ckpt(tmp_path_factory, tiny_config, tiny_prompt_features):
 
 
 def _invoke(*args: str):
-    from mrdl_export.cli import main
+    from mrdl_apps.export import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 

@@ -114,7 +114,7 @@ def test_keep_nothing_quantizes_the_decoder_and_percentile_calibrates(tiny_onnx,
 
 def test_bad_int8_options_are_refused_with_the_accepted_values(tiny_onnx, calibration, tmp_path):
     from mrdl_export import export_model
-    from mrdl_export.api import ExportError
+    from mrdl_export import ExportError
     from mrdl_export.quantize import quantize_int8
 
     with pytest.raises(ValueError, match="minmax, entropy, percentile"):
@@ -129,7 +129,7 @@ def test_bad_int8_options_are_refused_with_the_accepted_values(tiny_onnx, calibr
 def test_cli_int8_options(tmp_path):
     from click.testing import CliRunner
 
-    from mrdl_export.cli import main
+    from mrdl_apps.export import main
 
     base = ["--ckpt", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "out"), "--int8"]
     result = CliRunner().invoke(main, [*base, "--calib-method", "kl"])

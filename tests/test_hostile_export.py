@@ -27,7 +27,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 pytestmark = pytest.mark.slow  # module-scoped exports take seconds of CPU
-EXPORT = [sys.executable, "-c", "from mrdl_export.cli import main; main()"]
+EXPORT = [sys.executable, "-c", "from mrdl_apps.export import main; main()"]
 
 
 def _checkpoint(path: Path, tiny_config, features, *, seed: int = 0, balanced: bool = False) -> Path:
@@ -63,7 +63,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 def _export_cli(*args) -> Result:
-    from mrdl_export.cli import main
+    from mrdl_apps.export import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 

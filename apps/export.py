@@ -1,0 +1,160 @@
+"""``mrdl-export`` / ``mrdl export``: a thin click layer over :class:`mrdl_export.Exporter`.
+
+Its options are built from :class:`mrdl_export.ExportOptions`' fields (flag, help, choices, range
+and default, all written there once), plus ``--ckpt``, ``--out`` and ``--print``.
+
+Exit codes: 0 exported and verified; 1 bad input or a failed step (parity gate, TensorRT
+check, an ``--out`` it must not replace); 2 usage error (click); 3 TensorRT or a CUDA GPU is
+missing for ``--trt``; 130 interrupted (SIGINT), with nothing half-written under ``--out``.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from mrdl_export.options import ExportOptions, command_line_flag
+
+EXIT_FAILURE = 1
+EXIT_TENSORRT_MISSING = 3
+EXIT_INTERRUPTED = 130
+EMPTY = "none"  # a repeatable option's value that stands for "none of them" (its default is not empty)
+
+_PATH = click.Path(path_type=Path)
+
+
+def _without_empty(context: click.Context, parameter: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    if EMPTY in values and len(values) > 1:
+        raise click.BadParameter(f"{EMPTY!r} cannot be combined with other values", context, parameter)
+    return tuple(value for value in values if value != EMPTY)
+
+
+def _field_option(option_field, kind: type):
+    """The click option of one :class:`ExportOptions` field whose (non-None) type is ``kind``."""
+    rules, default = option_field.metadata, option_field.default
+    settings = {"help": rules["help"], "default": default}
+    if kind is bool:
+        return click.option(command_line_flag(option_field), option_field.name, is_flag=True, **settings)
+    if rules["choices"] is not None:
+        choices = list(rules["choices"])
+        if kind is tuple:
+            settings.update(multiple=True, callback=_without_empty)
+            choices.append(EMPTY)
+        settings["type"] = click.Choice(choices)
+    elif rules["low"] is not None or rules["high"] is not None:
+        number_range = click.IntRange if kind is int else click.FloatRange
+        settings["type"] = number_range(min=rules["low"], max=rules["high"])
+    else:
+        settings["type"] = _PATH if kind is Path else kind
+    return click.option(command_line_flag(option_field), option_field.name, show_default=default is not None,
+                        **settings)
+
+
+def _kind(hint) -> type:
+    """``int`` for ``int | None``, ``tuple`` for ``tuple[str, ...]``: the type a field holds when set."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def export_options(function):
+    """Add ``--ckpt``, ``--out``, one option per command-line field of :class:`ExportOptions`, and ``--print``."""
+    hints = typing.get_type_hints(ExportOptions)
+    options = [
+        click.option("--ckpt", required=True, type=_PATH, help="mrdl checkpoint (.safetensors) to export."),
+        click.option("--out", required=True, type=_PATH,
+                     help="Deploy directory to create (model.json, model*.onnx, ...)."),
+        *(_field_option(f, _kind(hints[f.name])) for f in fields(ExportOptions) if command_line_flag(f) is not None),
+        click.option("--print", "print_summary", is_flag=True, help="Print a summary table at the end."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def format_summary(result) -> str:
+    """A plain-text table of artefacts, parity, TensorRT compatibility, folding and timings."""
+    from mrdl_export.trt_report import TABLES
+
+    rows = [("artefact", "size")] + [(name, _size(size)) for name, size in result.sizes.items()]
+    lines = [f"{a:<28}{b}" for a, b in rows]
+    lines.append("")
+    lines.append(f"{'parity vs PyTorch':<20}{'max|d|':>11}{'mean|d|':>11}{'Dice':>9}{'min Dice':>10}  images")
+    for key, p in result.parity.items():
+        lines.append(f"{key:<20}{p.max_abs_diff:>11.2e}{p.mean_abs_diff:>11.2e}{p.dice_agreement:>9.4f}"
+                     f"{p.min_dice_agreement:>10.4f}  {p.images} ({p.source})")
+    drift = result.training_phase_parity
+    if drift is not None:
+        lines.append(f"{'fp32 vs fft phase':<20}{drift.max_abs_diff:>11.2e}{drift.mean_abs_diff:>11.2e}"
+                     f"{drift.dice_agreement:>9.4f}{drift.min_dice_agreement:>10.4f}  (training reference)")
+    lines.append("")
+    report = result.trt_report
+    for line in TABLES:
+        bad = report.unsupported(line)
+        lines.append(f"TensorRT {line}: {'compatible' if not bad else 'UNSUPPORTED ' + ', '.join(bad)}")
+    flagged = [f"{o.op} ({'; '.join(o.notes) or ', '.join(f'{k}: {v}' for k, v in o.status.items())})"
+               for o in report.flagged()]
+    lines.append(f"flagged ops: {', '.join(flagged) if flagged else 'none'}")
+    lines.append(f"ops ({sum(result.ops.values())} nodes): " + ", ".join(f"{k} {v}" for k, v in result.ops.items()))
+    folding = result.folding
+    if folding["folded"]:
+        saved = folding["flops_saved"] / max(folding["flops_full"], 1)
+        lines.append(f"folded: {'; '.join(folding['folded'])}")
+        lines.append(f"dropped: {', '.join(folding['dropped'])}")
+    else:
+        saved = 0.0
+    lines.append(f"FLOPs per image: full {folding['flops_full'] / 1e9:.3f} G, "
+                 f"deploy {folding['flops_deploy'] / 1e9:.3f} G "
+                 f"(saved {folding['flops_saved'] / 1e6:.1f} M, {100 * saved:.2f}%)")
+    lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    return "\n".join(lines)
+
+
+def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None:
+    """Run the export and turn its errors into exit codes 1, 3 and 130."""
+    from mrdl.checkpoint import CheckpointError
+    from mrdl_export import ExportError, Exporter, ParityError
+    from mrdl_export.onnx_export import ExportSafetyError
+    from mrdl_export.tensorrt_build import TensorRTUnavailable
+
+    context = click.get_current_context()
+    try:
+        result = Exporter(ExportOptions(progress=True, **options)).run(ckpt, out)
+    except TensorRTUnavailable as exc:
+        click.echo(f"mrdl-export: {exc}", err=True)
+        context.exit(EXIT_TENSORRT_MISSING)
+    except (ExportError, ParityError, ExportSafetyError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        click.echo(f"mrdl-export: error: {exc}", err=True)
+        context.exit(EXIT_FAILURE)
+    except KeyboardInterrupt:
+        click.echo(f"mrdl-export: interrupted; nothing half-written is left under {out}. Run the command again "
+                   "to export", err=True)
+        context.exit(EXIT_INTERRUPTED)
+    files = ", ".join(entry["file"] for entry in result.manifest["artifacts"].values())
+    fp32 = result.parity["fp32"]
+    click.echo(f"exported {ckpt} -> {result.out_dir} ({files}); "
+               f"FP32 parity max|d| {fp32.max_abs_diff:.2e}, Dice {fp32.dice_agreement:.4f}")
+    if print_summary:
+        click.echo(format_summary(result))
+
+
+@click.command("export")
+@export_options
+def export_command(**options) -> None:
+    """Export a checkpoint to a verified deploy directory (ONNX FP32 [+INT8, FP16], TensorRT engine)."""
+    run_export(**options)
+
+
+@click.command("mrdl-export", context_settings={"help_option_names": ["-h", "--help"]})
+@export_options
+def main(**options) -> None:
+    """Export a checkpoint to a verified deploy directory (ONNX FP32 [+INT8, FP16], TensorRT engine)."""
+    run_export(**options)

@@ -1,0 +1,134 @@
+"""``ExportOptions``: every option of an export, with its default and its help, in one place.
+
+:class:`mrdl_export.exporter.Exporter` reads them once and :meth:`ExportOptions.validate` checks
+them once. ``mrdl-export`` builds its command-line options from these fields: the flag, help,
+choices and range live in each field's metadata (:func:`option`), the default in the field, so
+neither is written twice. Fields whose metadata has no flag are library-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from .parity import DEFAULT_ATOL, DEFAULT_MIN_DICE
+from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, KEEP_FP32, MODEL_SCOPES
+from .tensorrt_build import PRECISIONS, EngineOptions
+
+
+class ExportError(RuntimeError):
+    """Bad input or a failed export step; the message says what was expected."""
+
+
+def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True,
+           choices: Sequence[str] | None = None, low: float | None = None, high: float | None = None) -> Any:
+    """A field of :class:`ExportOptions` with its ``default`` and ``help``.
+
+    ``flag``: its command-line spelling (default: ``--`` and the field name with dashes);
+    ``cli=False``: library-only. ``choices`` and the range [``low``, ``high``] are enforced by
+    :meth:`ExportOptions.validate` and by the command line's types alike.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "choices": choices,
+                                            "low": low, "high": high})
+
+
+def command_line_flag(option_field) -> str | None:
+    """The ``--flag`` of an :class:`ExportOptions` field, or None for a library-only one."""
+    if not option_field.metadata["cli"]:
+        return None
+    return option_field.metadata["flag"] or "--" + option_field.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How :class:`mrdl_export.exporter.Exporter` exports a checkpoint (``mrdl-export``'s options, in its order)."""
+
+    expected_config: str | None = option(
+        None, "Refuse a checkpoint whose architecture differs from this config (tiny, small, base).", flag="--config")
+    data: Path | None = option(
+        None, "Parity images: an LViT dataset root or a folder of images (default: synthetic set).")
+    parity_images: int = option(8, "How many images the parity gate compares.", low=1)
+    atol: float = option(DEFAULT_ATOL, "Parity gate: max |delta probability| allowed.", low=0)
+    min_dice: float = option(DEFAULT_MIN_DICE, "Parity gate: minimum mean mask Dice agreement.", low=0, high=1)
+    int8: bool = option(False, "Also write model.int8.onnx (QDQ, static calibration).")
+    calib_data: Path | None = option(
+        None, "INT8 calibration images (dataset root or folder; default: --data, else synthetic).")
+    calib_images: int = option(32, "How many calibration images.", low=1)
+    calib_method: str = option(DEFAULT_CALIBRATION,
+                               "INT8 calibration: activation ranges from min/max, entropy or percentile.",
+                               choices=tuple(CALIBRATION_METHODS))
+    int8_keep_fp32: tuple[str, ...] = option(
+        KEEP_FP32, "Model parts left in FP32 in the INT8 model (repeatable; 'none' quantizes all but the phase).",
+        choices=MODEL_SCOPES)
+    int8_min_dice: float | None = option(
+        None, "Fail when INT8 mask Dice agreement is below this (default: report only).", low=0, high=1)
+    fp16: bool = option(False, "Also write model.fp16.onnx (FP32 IO, norms in FP32).")
+    trt_check: bool = option(False, "Fail when the TensorRT 10 report flags an unsupported op.")
+    trt: bool = option(False, "Build model.engine with TensorRT (needs TensorRT and a GPU).")
+    trt_precision: str | None = option(
+        None, "Engine precision (default: int8 with --int8, else fp16 with --fp16, else fp32).", choices=PRECISIONS)
+    min_batch: int = option(1, "TensorRT profile: smallest batch.")
+    opt_batch: int | None = option(None, "TensorRT profile: batch to tune for (default: midpoint).")
+    max_batch: int = option(16, "Largest batch (TensorRT profile and manifest max_batch).")
+    workspace_mb: int = option(2048, "TensorRT workspace limit in MiB.", flag="--workspace")
+    timing_cache: Path | None = option(None, "TensorRT timing cache file (read, then updated).")
+    opset: int = option(20, "ONNX opset (<= 20).", low=13, high=20)
+    force: bool = option(
+        False, "Replace an existing deploy directory written by mrdl-export (never a folder with other files).")
+    exporter: str = option("dynamo", "torch.onnx exporter (mrdl_export.onnx_export.EXPORTERS).", cli=False)
+    progress: bool = option(False, "Show a progress bar of the steps on stderr.", cli=False)
+
+    @property
+    def engine_precision(self) -> str:
+        """The TensorRT engine's precision: ``trt_precision``, else the lowest variant exported."""
+        return self.trt_precision or ("int8" if self.int8 else "fp16" if self.fp16 else "fp32")
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(precision=self.engine_precision, min_batch=self.min_batch, opt_batch=self.opt_batch,
+                             max_batch=self.max_batch, workspace_mb=self.workspace_mb, timing_cache=self.timing_cache)
+
+    def validate(self) -> "ExportOptions":
+        """Refuse, before any work, options that cannot be honoured here; return self.
+
+        Raises :class:`ExportError` naming the option (a value outside its choices or range, a
+        batch profile out of order, an image folder without images) and ``TensorRTUnavailable``
+        when ``trt`` is asked of a machine without TensorRT or a CUDA GPU.
+        """
+        from mrdl.data.sources import image_files
+
+        from . import tensorrt_build
+
+        for option_field in fields(self):
+            self._check_field(option_field.name, getattr(self, option_field.name), option_field.metadata)
+        if self.max_batch < 1:
+            raise ExportError(f"max_batch must be >= 1, got {self.max_batch}")
+        try:
+            self.engine_options().validate()
+        except ValueError as exc:
+            raise ExportError(str(exc)) from exc
+        if self.trt:  # fail fast, before any work, on a machine that cannot build engines
+            tensorrt_build.major_version(tensorrt_build.load_tensorrt())
+            tensorrt_build.detect_gpu()
+        if self.trt and self.engine_precision == "int8" and not self.int8:
+            raise ExportError("an INT8 engine is built from the INT8 QDQ model: add --int8")
+        for folder in (self.data, self.calib_data):  # refuse a bad image folder before minutes of work
+            if folder is not None:
+                try:
+                    image_files(folder)
+                except FileNotFoundError as exc:
+                    raise ExportError(str(exc)) from exc
+        return self
+
+    @staticmethod
+    def _check_field(name: str, value: Any, rules) -> None:
+        choices, low, high = rules["choices"], rules["low"], rules["high"]
+        if value is None:
+            return
+        if choices is not None:
+            unknown = [item for item in (value if isinstance(value, tuple) else (value,)) if item not in choices]
+            if unknown:
+                raise ExportError(f"{name} must be among {', '.join(choices)}, got {', '.join(map(str, unknown))}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            limits = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise ExportError(f"{name} must be {limits}, got {value}")
