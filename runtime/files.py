@@ -31,10 +31,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .imaging import DEFAULT_MAX_PIXELS, STRIP_BYTES, ImageInputError, read_image
+from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, STRIP_BYTES, ImageInputError, read_image
 from .segmenter import Segmenter
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 OVERLAY_COLOURS = np.array([[0, 255, 0], [255, 0, 0], [0, 128, 255], [255, 200, 0], [255, 0, 255]], dtype=np.float32)
 OVERLAY_ALPHA = 0.45
 ON_ERROR = ("skip", "stop")

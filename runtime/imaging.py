@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 CHANNEL_ORDERS = ("RGB", "BGR")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # image files, any case: inputs, datasets, --data
 DEFAULT_MAX_PIXELS = 250_000_000  # a 15811 x 15811 image; --max-pixels / max_pixels raises it
 STRIP_BYTES = 1 << 24  # row strips of about 16 MB bound the temporary copies of large images
 _ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")

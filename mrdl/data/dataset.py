@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mrdl_runtime.imaging import IMAGE_SUFFIXES
+
 from .preprocess import ImageReadError, read_rgb, resize_mask, resize_rgb, to_model_input
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 SPLITS = ("Train", "Val", "Test")
 MAX_TABLE_COLUMNS = 64  # columns of a description table beyond this one are never read
 
