@@ -1,0 +1,97 @@
+"""ExportOptions is the one place of the export's options: mrdl-export's click options are built from
+its fields, validate() refuses bad values by name, export_model's keywords are its fields; the
+manifest writer goes through the runtime's reader; the drift check's phase switch keeps the model's
+config and its phase module in step."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+
+def test_cli_options_are_the_fields_of_export_options():
+    from mrdl_apps.export import main
+    from mrdl_export.options import ExportOptions, command_line_flag
+
+    params = {param.name: param for param in main.params}
+    cli_fields = [f for f in dataclasses.fields(ExportOptions) if command_line_flag(f) is not None]
+    assert set(params) == {f.name for f in cli_fields} | {"ckpt", "out", "print_summary"}
+    assert [p.name for p in main.params][2:-1] == [f.name for f in cli_fields]  # the dataclass's order
+    for f in cli_fields:
+        param = params[f.name]
+        assert param.opts == [command_line_flag(f)]
+        assert param.help == f.metadata["help"]
+        assert (tuple(param.default) if param.multiple else param.default) == f.default
+    assert {f.name for f in dataclasses.fields(ExportOptions)} - set(params) == {"exporter", "progress"}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"parity_images": 0}, "parity_images must be >= 1, got 0"),
+    ({"min_dice": 1.5}, r"min_dice must be in \[0, 1\], got 1.5"),
+    ({"opset": 21}, r"opset must be in \[13, 20\], got 21"),
+    ({"calib_method": "kl"}, "calib_method must be among minmax, entropy, percentile, got kl"),
+    ({"int8_keep_fp32": ("decoder", "head")}, "int8_keep_fp32 must be among .*decoder, got head$"),
+    ({"trt_precision": "bf16"}, "trt_precision must be among fp32, fp16, int8, got bf16"),
+    ({"max_batch": 0}, "max_batch must be >= 1, got 0"),
+    ({"min_batch": 8, "max_batch": 4}, "min <= opt <= max"),
+])
+def test_validate_refuses_a_bad_option_by_name(changes, message):
+    from mrdl_export import ExportError, ExportOptions
+
+    with pytest.raises(ExportError, match=message):
+        ExportOptions(**changes).validate()
+    assert ExportOptions().validate() == ExportOptions()
+
+
+def test_export_model_keywords_are_export_options_fields(tmp_path):
+    from mrdl_export import ExportError, ExportOptions, export_model
+
+    with pytest.raises(TypeError, match="bogus"):
+        export_model(tmp_path / "missing.safetensors", tmp_path / "out", bogus=1)
+    with pytest.raises(ExportError, match="calib_method"):  # keywords apply on top of the options object
+        export_model(tmp_path / "missing.safetensors", tmp_path / "out", ExportOptions(int8=True), calib_method="kl")
+    assert not (tmp_path / "out").exists()
+
+
+def test_phase_mode_switches_the_config_and_the_module_together(tiny_config, tiny_prompt_features):
+    from mrdl.model import create_model
+
+    model = create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0)
+    assert model.config.model.phase == "fft"
+    with model.phase_mode("matmul"):
+        assert model.config.model.phase == "matmul" and model.frequency_prompt.phase.mode == "matmul"
+    assert model.config.model.phase == "fft" and model.frequency_prompt.phase.mode == "fft"
+    with pytest.raises(Exception, match="phase"):
+        model.set_phase("dft")
+    assert model.config.model.phase == "fft" and model.frequency_prompt.phase.mode == "fft"
+
+
+def _engine_only_manifest(folder, tiny_config):
+    from mrdl_export.manifest import build_manifest
+
+    (folder / "model.engine").write_bytes(b"serialized engine")
+    return build_manifest(tiny_config, checkpoint_path="tiny.safetensors", checkpoint_sha256="0" * 64,
+                          artifacts={"tensorrt": {"file": "model.engine", "precision": "fp32"}}, opset=20,
+                          max_batch=4, parity={})
+
+
+def test_model_json_is_written_only_when_the_runtime_reads_it(tmp_path, tiny_config):
+    from mrdl_export import ExportError
+    from mrdl_export.manifest import write_deploy_manifest
+    from mrdl_runtime.manifest import load_manifest
+
+    manifest = _engine_only_manifest(tmp_path, tiny_config)
+    manifest["postprocessing"]["threshold"] = 1.5
+    with pytest.raises(ExportError, match="mrdl_runtime refuses .*threshold is 1.5"):
+        write_deploy_manifest(tmp_path, manifest)
+    assert not (tmp_path / "model.json").exists()
+
+    manifest["postprocessing"]["threshold"] = 0.5
+    written = write_deploy_manifest(tmp_path, manifest)
+    assert json.loads((tmp_path / "model.json").read_text()) == written
+    assert load_manifest(tmp_path).artifact("tensorrt").file == "model.engine"
