@@ -181,11 +181,9 @@ def test_scanner_finds_planted_upward_imports():
     assert "runtime/files.py:4: mrdl_runtime imports mrdl.model, a higher layer" in describe(imports)
 
 
-def test_predict_and_the_runtime_need_no_torch(tmp_path):
+def test_predict_and_the_runtime_need_no_torch(tmp_path, block_torch):
     """The bottom layer and ``mrdl predict`` import with torch (and mrdl, which needs it) unimportable."""
-    from test_packaging import BLOCK_TORCH
-
-    code = BLOCK_TORCH + (
+    code = block_torch + (
         "import mrdl_runtime, mrdl_apps.predict\n"
         "from click.testing import CliRunner\n"
         "from mrdl_apps.cli import main\n"
