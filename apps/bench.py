@@ -1,7 +1,7 @@
 """``mrdl-bench``: the command-line face of :func:`mrdl_bench.bench.run_benchmark`.
 
-Only click and the report's constants are imported at start-up, so ``mrdl-bench --help`` works
-without torch, onnxruntime, TensorRT or CUDA. Exit codes: 0 measured, every backend reproduces the
+Only click, the report's constants and the backend names are imported at start-up, so
+``mrdl-bench --help`` works without torch, onnxruntime, TensorRT or CUDA. Exit codes: 0 measured, every backend reproduces the
 checkpoint; 1 a backend marked PARITY FAILED or a model directory exported from another checkpoint (the reports are
 written first), or a model directory whose files fail the runtime's integrity checks; 2 usage
 error.
@@ -12,10 +12,9 @@ from __future__ import annotations
 import click
 
 from mrdl_bench.report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
+from mrdl_bench.runners import BENCH_BACKENDS
 
 EXIT_FAILURE = 1
-
-BACKEND_NAMES = "torch-fft,torch-matmul,torch-compile,ort-fp32,ort-int8,ort-fp16,ort-cuda,tensorrt"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,11 +22,12 @@ BACKEND_NAMES = "torch-fft,torch-matmul,torch-compile,ort-fp32,ort-int8,ort-fp16
               help="mrdl checkpoint (.safetensors): the PyTorch model and the parity reference.")
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Model directory written by mrdl-export from the same checkpoint (holds model.json).")
-@click.option("--backends", default=BACKEND_NAMES, show_default=True,
+@click.option("--backends", default=",".join(BENCH_BACKENDS), show_default=True,
               help="Comma-separated backends; those that cannot run here are skipped with the reason.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4,8.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Real images: an LViT-layout root (its Val_Folder/img) or a folder of images. Default: synthetic.")
+              help="Real images: an LViT-layout root (its first split of Val, Test, Train) or a folder of images, "
+                   "as mrdl-export reads --data. Default: synthetic.")
 @click.option("--images", default=8, show_default=True, type=click.IntRange(min=1),
               help="Input pool size (batches cycle over it; parity is computed on all of it).")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="Untimed warm-up iterations.")

@@ -23,14 +23,16 @@ from typing import Sequence
 
 import numpy as np
 
+from mrdl_runtime.runner import BackendUnavailableError
+
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
-from .measure import (MEMORY_METHOD, LatencyStats, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
+from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
                       parity, phase_share, release_freed_memory)
 from .report import (DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE, PARITY_FAILED, PARITY_OK, BackendResult, BenchReport,
                      SkippedBackend, machine_info, write_report)
-from .runners import BACKENDS, BackendUnavailable, Runner, TorchRunner, make_runner
+from .runners import BENCH_BACKENDS, BenchRunner, TorchRunner, make_bench_runner
 
-DEFAULT_BACKENDS = BACKENDS  # every backend; those that cannot run here are skipped with the reason
+DEFAULT_BACKENDS = BENCH_BACKENDS  # every backend; those that cannot run here are skipped with the reason
 REFERENCE = "torch-fft"
 QUANTISED = ("ort-int8", "ort-fp16", "tensorrt")
 
@@ -42,10 +44,10 @@ class BenchError(ValueError):
 def parse_backends(text: str | Sequence[str]) -> list[str]:
     """``"ort-fp32,ort-int8"`` or a list -> validated backend names, in the order given, no repeats."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
+    unknown = [n for n in names if n not in BENCH_BACKENDS]
     if unknown or not names:
         raise BenchError(f"unknown backend(s) {unknown or '(none given)'}; expected a comma-separated list of "
-                         f"{', '.join(BACKENDS)}")
+                         f"{', '.join(BENCH_BACKENDS)}")
     return list(dict.fromkeys(names))
 
 
@@ -88,8 +90,8 @@ def _check_sources(ckpt: Path, model_dir: Path):
                               f"{digest[:12]}…); re-export it: mrdl-export --ckpt {ckpt} --out {model_dir} --force")
 
 
-def _measure(runner: Runner, inputs: InputSet, *, batch: int, warmup: int, iters: int, include_prepost: bool,
-             threshold: float, baseline_rss: int) -> tuple[LatencyStats, dict[str, float], float]:
+def _measure(runner: BenchRunner, inputs: InputSet, *, batch: int, warmup: int, iters: int, include_prepost: bool,
+             threshold: float, baseline_rss: int) -> tuple[LatencySummary, dict[str, float], float]:
     """Warm-up then timed iterations of one runner at one batch size: (latency, warm-up, peak MB)."""
 
     def step(index: int) -> None:
@@ -112,13 +114,13 @@ def _measure(runner: Runner, inputs: InputSet, *, batch: int, warmup: int, iters
             step(index)
             step_times.append(time.perf_counter() - start)
     # Without pre/post-processing the runner's own clock is the latency; with it, the whole step's.
-    latency = LatencyStats.from_seconds(step_times if include_prepost else list(runner.inference_times))
+    latency = LatencySummary.from_seconds(step_times if include_prepost else list(runner.inference_times))
     warm = {"iterations": warmup, "total_ms": 1e3 * sum(warm_times),
             "first_ms": 1e3 * warm_times[0] if warm_times else 0.0}
     return latency, warm, memory.peak_delta_mb
 
 
-def _notes(runner: Runner) -> dict[str, float]:
+def _notes(runner: BenchRunner) -> dict[str, float]:
     """Load time, machine load while measuring, and torch.compile's compile time where it applies."""
     notes = {"activation_s": runner.activation_seconds, "load_average_1min": os.getloadavg()[0]}
     if getattr(runner, "compile_seconds", None):
@@ -126,7 +128,7 @@ def _notes(runner: Runner) -> dict[str, float]:
     return notes
 
 
-def _all_outputs(runner: Runner, inputs: InputSet, *, batch: int) -> np.ndarray:
+def _all_outputs(runner: BenchRunner, inputs: InputSet, *, batch: int) -> np.ndarray:
     """Probabilities for every input image, in order: (N, n_classes, S, S)."""
     chunks = [runner.infer(np.ascontiguousarray(inputs.tensors[start:start + batch]))
               for start in range(0, len(inputs), batch)]
@@ -144,12 +146,12 @@ def _measure_backends(backends: list[str], batches: list[int], *, ckpt: Path, mo
     skipped: list[SkippedBackend] = []
     with tqdm(total=len(backends) * len(batches), desc="mrdl-bench", disable=not progress) as bar:
         for name in backends:
-            runner = make_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device)
+            runner = make_bench_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device)
             release_freed_memory()
             baseline_rss = current_rss()
             try:
                 runner.activate()
-            except BackendUnavailable as exc:
+            except BackendUnavailableError as exc:
                 skipped.append(SkippedBackend(name, str(exc)))
                 bar.update(len(batches))
                 continue

@@ -1,9 +1,10 @@
 """The images every backend sees in one benchmark run, and the pre/post-processing around them.
 
-Inputs are either the built-in synthetic tiles (``mrdl.data.synthetic.synthetic_sample``) or the
-images of a real dataset (an LViT-layout root, whose ``Val_Folder/img`` is used, or a plain folder
-of images). Preprocessing is ``mrdl.data.preprocess.preprocess`` (Pillow bilinear, /255, NCHW);
-postprocessing is the runtime's (resize the probabilities to the original size, then threshold).
+Inputs come from :func:`mrdl.data.sources.load_images`, the rule ``mrdl-export`` uses too: the
+built-in synthetic tiles, or the images of ``--data`` (an LViT root's first split of Val, Test,
+Train, or a plain folder of images). Preprocessing is ``mrdl.data.preprocess.preprocess`` (Pillow
+bilinear, /255, NCHW); postprocessing is the runtime's (resize the probabilities to the original
+size, then threshold).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrdl.data.dataset import IMAGE_SUFFIXES
+from mrdl.data.sources import ImageSourceError, load_images
 
 
 class InputError(ValueError):
@@ -24,7 +25,7 @@ class InputError(ValueError):
 class InputSet:
     """Raw images (original sizes, uint8 RGB) and the same images preprocessed to (N, 3, S, S)."""
 
-    source: str  # "synthetic" or the folder the images came from
+    source: str  # "synthetic" or "<folder the images came from> (<N> images)"
     names: list[str]
     raw: list[np.ndarray]  # each (H, W, 3) uint8
     tensors: np.ndarray  # (N, 3, S, S) float32
@@ -42,39 +43,15 @@ class InputSet:
         return np.ascontiguousarray(self.tensors[self.indices(step, batch)])
 
 
-def image_files(data: Path) -> list[Path]:
-    """The image files of ``data``: ``Val_Folder/img`` of an LViT root, ``img/``, or the folder itself."""
-    data = Path(data)
-    if not data.is_dir():
-        raise InputError(f"data folder {data} does not exist; expected an LViT-layout root "
-                         f"(with Val_Folder/img) or a folder of images")
-    for folder in (data / "Val_Folder" / "img", data / "img", data):
-        if folder.is_dir():
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if files:
-                return files
-    raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {data}, {data}/img or {data}/Val_Folder/img")
-
-
-def load_inputs(*, size: int, data: str | Path | None = None, count: int = 8, seed: int = 0) -> InputSet:
+def load_inputs(*, size: int, data: str | Path | None = None, count: int = 8) -> InputSet:
     """Load ``count`` images (all of a real folder's images when fewer) and preprocess them to ``size``."""
-    from mrdl.data.preprocess import preprocess, read_rgb
-
     if count < 1:
         raise InputError(f"the number of images must be >= 1, got {count}")
-    if data is None:
-        from mrdl.data.synthetic import synthetic_sample
-
-        raw = [synthetic_sample(index, size=size, seed=seed)[0] for index in range(count)]
-        names = [f"synthetic_{index:04d}" for index in range(count)]
-        source = "synthetic"
-    else:
-        files = image_files(Path(data))[:count]
-        raw = [read_rgb(path) for path in files]
-        names = [path.name for path in files]
-        source = str(data)
-    tensors = np.stack([preprocess(image, size) for image in raw])  # (N, 3, S, S)
-    return InputSet(source=source, names=names, raw=raw, tensors=tensors, size=size)
+    try:
+        images = load_images(size=size, data=data, count=count, keep_raw=True)
+    except ImageSourceError as exc:
+        raise InputError(str(exc)) from exc
+    return InputSet(source=images.source, names=images.names, raw=images.raw, tensors=images.tensors, size=size)
 
 
 def preprocess_batch(images: list[np.ndarray], size: int) -> np.ndarray:

@@ -19,8 +19,8 @@ MEMORY_METHOD = "peak RSS minus RSS before loading the backend, psutil sampling 
 
 
 @dataclass
-class LatencyStats:
-    """Latency of the timed iterations, milliseconds."""
+class LatencySummary:
+    """Percentiles and moments of the timed iterations' latency, milliseconds (the report's ``latency_ms``)."""
 
     p50: float
     p90: float
@@ -32,7 +32,7 @@ class LatencyStats:
     iterations: int
 
     @classmethod
-    def from_seconds(cls, times: list[float]) -> "LatencyStats":
+    def from_seconds(cls, times: list[float]) -> "LatencySummary":
         if not times:
             raise ValueError("no timed iterations to summarise")
         ms = np.asarray(times, dtype=np.float64) * 1e3
@@ -98,38 +98,28 @@ class PeakRSSSampler:
 
 @dataclass
 class Parity:
-    """Agreement of one backend's probabilities with a reference's on the same images."""
+    """Agreement of one backend's probabilities with a reference's on the same images
+    (:func:`mrdl_export.parity.compare`, the export gate's figures)."""
 
     reference: str
     max_abs_diff: float
     mean_abs_diff: float
-    dice_agreement: float  # mean over images of Dice(mask, reference mask); both empty counts 1
+    dice_agreement: float  # mean over images of the mask Dice agreement (mrdl_export.parity); both empty counts 1
     images: int
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def mask_dice_agreement(masks: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over images of the foreground Dice between two (N, H, W) label maps (LViT's per-image Dice)."""
-    import torch
-
-    from mrdl.metrics import dice_iou_per_image
-
-    dice, _ = dice_iou_per_image(torch.from_numpy(masks), torch.from_numpy(reference))
-    return float(dice.mean())
-
-
 def parity(probabilities: np.ndarray, reference: np.ndarray, *, reference_name: str, threshold: float = 0.5) -> Parity:
     """Compare two (N, n_classes, H, W) probability arrays: max/mean |delta| and mask Dice agreement."""
-    from mrdl_export.parity import masks_of
+    from mrdl_export.parity import compare
 
     if probabilities.shape != reference.shape:
         raise ValueError(f"output shape {probabilities.shape} differs from the reference's {reference.shape}")
-    delta = np.abs(probabilities.astype(np.float64) - reference.astype(np.float64))
-    dice = mask_dice_agreement(masks_of(probabilities, threshold=threshold), masks_of(reference, threshold=threshold))
-    return Parity(reference=reference_name, max_abs_diff=float(delta.max()), mean_abs_diff=float(delta.mean()),
-                  dice_agreement=dice, images=len(reference))
+    result = compare(reference, probabilities, source=reference_name, threshold=threshold)
+    return Parity(reference=reference_name, max_abs_diff=result.max_abs_diff, mean_abs_diff=result.mean_abs_diff,
+                  dice_agreement=result.dice_agreement, images=result.images)
 
 
 def matmul_peak_gflops(*, threads: int, size: int = 2048, repeats: int = 5) -> dict:
@@ -159,7 +149,7 @@ def flops_per_image(model: MRDL) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    size = model.cfg.image_size
+    size = model.config.model.image_size
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, size, size))
     return int(counter.get_total_flops())
@@ -175,7 +165,7 @@ def phase_share(model: MRDL, *, batch: int, warmup: int, iters: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    size = model.cfg.image_size
+    size = model.config.model.image_size
     image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))  # (B, 3, S, S)
     phase_module = model.frequency_prompt.phase
     marks: list[float] = []

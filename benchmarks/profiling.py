@@ -54,7 +54,7 @@ def profile_torch(ckpt: Path, *, phase: str, batch: int, iters: int, top: int = 
 
     model, _ = load_checkpoint(ckpt, phase=phase)
     model.eval()
-    size = model.cfg.image_size
+    size = model.config.model.image_size
     image = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))  # (B, 3, S, S)
     with torch.inference_mode():
         model(image)

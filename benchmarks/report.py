@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .measure import LatencyStats, Parity
+from .measure import LatencySummary, Parity
 
 LIBRARIES = ("mrdl", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "psutil")
 REPORT_FILES = {"json": "bench.json", "markdown": "bench.md", "chart": "bench.png"}
@@ -32,7 +32,7 @@ class BackendResult:
     backend: str
     precision: str  # the precision the backend's model holds (fp32, fp16, int8)
     batch: int
-    latency_ms: LatencyStats
+    latency_ms: LatencySummary
     warmup: dict[str, float]  # iterations, total_ms, first_ms
     throughput_ips: float  # images per second = batch / mean latency
     peak_memory_mb: float

@@ -1,12 +1,15 @@
-"""Backend runners with a lifecycle (activate -> infer ... -> deactivate) that time themselves.
+"""Benchmark runners: one per ``mrdl-bench`` backend, with a lifecycle (activate -> infer ... ->
+deactivate) that times itself.
 
-Every runner maps a preprocessed batch (B, 3, S, S) float32 to probabilities (B, n_classes, S, S)
-float32 as a numpy array. ``infer`` records its own wall time in ``inference_times``; runners that
-use a GPU synchronise before the clock stops. The ONNX Runtime and TensorRT backends are
-``mrdl_runtime`` Segmenters behind an adapter, loaded as every user loads them, so the runtime's
-integrity checks apply (a file that does not match ``model.json`` raises ``IntegrityError``);
-heavy backends are imported when a runner activates, so a missing one only skips that runner,
-with a reason.
+A :class:`BenchRunner` is not an ``mrdl_runtime.Runner``: it serves PyTorch backends too, takes
+one array and keeps every iteration's time (the report's percentiles). Every runner maps a
+preprocessed batch (B, 3, S, S) float32 to probabilities (B, n_classes, S, S) float32 as a numpy
+array. ``infer`` records its own wall time in ``inference_times``; runners that use a GPU
+synchronise before the clock stops. The ONNX Runtime and TensorRT backends are ``mrdl_runtime``
+Segmenters behind an adapter (:class:`RuntimeRunner`), loaded as every user loads them, so the
+runtime's integrity checks apply (a file that does not match ``model.json`` raises
+``IntegrityError``); heavy backends are imported when a runner activates, so a missing one only
+skips that runner, with the reason (``mrdl_runtime.BackendUnavailableError``).
 """
 
 from __future__ import annotations
@@ -19,19 +22,18 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ("torch-fft", "torch-matmul", "torch-compile", "ort-fp32", "ort-int8", "ort-fp16", "ort-cuda", "tensorrt")
+from mrdl_runtime.runner import BackendUnavailableError
+
+BENCH_BACKENDS = ("torch-fft", "torch-matmul", "torch-compile", "ort-fp32", "ort-int8", "ort-fp16", "ort-cuda",
+                  "tensorrt")
 TORCH_PHASE = {"torch-fft": "fft", "torch-matmul": "matmul", "torch-compile": "fft"}
 RUNTIME_BACKEND = {"ort-fp32": ("onnxruntime-cpu", "fp32"), "ort-int8": ("onnxruntime-cpu", "int8"),
                    "ort-fp16": ("onnxruntime-cpu", "fp16"), "ort-cuda": ("onnxruntime-cuda", "fp32"),
                    "tensorrt": ("tensorrt", "fp32")}  # tensorrt: the precision the engine was built with
 
 
-class BackendUnavailable(RuntimeError):
-    """A backend that cannot run here; the message is the reason recorded in the report."""
-
-
-class Runner(ABC):
-    """One backend. Use as a context manager, or call ``activate`` / ``deactivate`` yourself."""
+class BenchRunner(ABC):
+    """One benchmarked backend. Use as a context manager, or call ``activate`` / ``deactivate`` yourself."""
 
     name: str
     precision: str = "fp32"  # the precision of the model this runner loads
@@ -49,7 +51,7 @@ class Runner(ABC):
 
     @abstractmethod
     def _activate(self) -> None:
-        """Load the model; raise :class:`BackendUnavailable` when it cannot run here."""
+        """Load the model; raise :class:`~mrdl_runtime.BackendUnavailableError` when it cannot run here."""
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -64,7 +66,7 @@ class Runner(ABC):
 
             torch.cuda.synchronize()
 
-    def activate(self) -> "Runner":
+    def activate(self) -> "BenchRunner":
         start = time.perf_counter()
         self._activate()
         self.activation_seconds = time.perf_counter() - start
@@ -85,7 +87,7 @@ class Runner(ABC):
         self._deactivate()
         self.is_active = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> "BenchRunner":
         return self.activate()
 
     def __exit__(self, *exc: object) -> None:
@@ -96,7 +98,7 @@ class Runner(ABC):
         return self.model_path.stat().st_size
 
 
-class TorchRunner(Runner):
+class TorchRunner(BenchRunner):
     """PyTorch eager (``fft`` or ``matmul`` phase) or torch.compile of the eager model, eval mode."""
 
     def __init__(self, name: str, *, ckpt: Path, phase: str, device: str = "cpu", compile_model: bool = False) -> None:
@@ -117,7 +119,7 @@ class TorchRunner(Runner):
         from mrdl.checkpoint import load_checkpoint
 
         if self.uses_cuda and not torch.cuda.is_available():
-            raise BackendUnavailable(f"torch has no CUDA device here (device {self.device!r} requested)")
+            raise BackendUnavailableError(f"torch has no CUDA device here (device {self.device!r} requested)")
         model, _ = load_checkpoint(self.ckpt, phase=self.phase)
         model = model.eval().to(self.device)
         self.model = model
@@ -128,7 +130,7 @@ class TorchRunner(Runner):
         """torch.compile and run once (the compilation happens there); any failure skips the runner."""
         import torch
 
-        size = model.cfg.image_size
+        size = model.config.model.image_size
         start = time.perf_counter()
         try:
             compiled = torch.compile(model)
@@ -136,7 +138,7 @@ class TorchRunner(Runner):
                 compiled(torch.zeros(1, 3, size, size, device=self.device))
         except Exception as exc:  # the compiler fails in many ways (no C++ compiler, unsupported op, ...)
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise BackendUnavailable(f"torch.compile failed: {type(exc).__name__}: {first_line}") from exc
+            raise BackendUnavailableError(f"torch.compile failed: {type(exc).__name__}: {first_line}") from exc
         self.compile_seconds = time.perf_counter() - start
         self.model = compiled
 
@@ -153,7 +155,7 @@ class TorchRunner(Runner):
         self.model = None
 
 
-class RuntimeRunner(Runner):
+class RuntimeRunner(BenchRunner):
     """An ``mrdl_runtime`` backend (ONNX Runtime CPU / CUDA EP, native TensorRT) on one artifact.
 
     ``Segmenter.load`` checks that the backend can run here and that the artifact matches
@@ -181,17 +183,13 @@ class RuntimeRunner(Runner):
 
     def _activate(self) -> None:
         from mrdl_runtime.backends import engine_precision
-        from mrdl_runtime.runner import BackendUnavailableError
         from mrdl_runtime.segmenter import Segmenter
 
         manifest = self.manifest
         if self.backend == "tensorrt":
             self.precision = engine_precision(manifest) or "fp32"
-        try:
-            self.segmenter = Segmenter.load(self.model_dir, backend=self.backend, precision=self.precision,
-                                            intra_op_threads=self.threads)
-        except BackendUnavailableError as exc:
-            raise BackendUnavailable(str(exc)) from exc
+        self.segmenter = Segmenter.load(self.model_dir, backend=self.backend, precision=self.precision,
+                                        intra_op_threads=self.threads)  # BackendUnavailableError: skipped
         self.precision = self.segmenter.precision  # what the verified artifact holds
         self.input_name = manifest.image_input.name
         self.output_name = manifest.outputs[0].name
@@ -205,12 +203,12 @@ class RuntimeRunner(Runner):
         self.segmenter = None
 
 
-def make_runner(name: str, *, ckpt: Path, model_dir: Path, threads: int, device: str = "cpu") -> Runner:
-    """The (inactive) runner for backend ``name`` (one of :data:`BACKENDS`)."""
+def make_bench_runner(name: str, *, ckpt: Path, model_dir: Path, threads: int, device: str = "cpu") -> BenchRunner:
+    """The (inactive) runner for backend ``name`` (one of :data:`BENCH_BACKENDS`)."""
     if name in TORCH_PHASE:
         return TorchRunner(name, ckpt=ckpt, phase=TORCH_PHASE[name], device=device,
                            compile_model=name == "torch-compile")
     if name in RUNTIME_BACKEND:
         backend, precision = RUNTIME_BACKEND[name]
         return RuntimeRunner(name, model_dir=model_dir, backend=backend, precision=precision, threads=threads)
-    raise ValueError(f"unknown backend {name!r}; expected some of {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown backend {name!r}; expected some of {', '.join(BENCH_BACKENDS)}")

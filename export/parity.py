@@ -1,9 +1,15 @@
-"""The parity gate: an exported model in onnxruntime against the checkpoint in PyTorch.
+"""Parity: an exported model's probabilities against a reference's on the same images.
 
-Both run on the same preprocessed images (``mrdl.data.preprocess.preprocess``): real images
-from a dataset folder when given, else the built-in synthetic set. Compared: probabilities
-(max and mean |delta|) and binary masks (threshold 0.5, or argmax over classes) by Dice
-agreement, averaged over images (two empty masks agree fully).
+The one comparison for ``mrdl-export``'s gate (onnxruntime against the checkpoint in PyTorch) and
+``mrdl-bench``'s parity columns (every backend against torch-fft). Both run on the same
+preprocessed images (:func:`mrdl.data.sources.load_images`: a dataset folder when given, else the
+built-in synthetic set). Compared: probabilities (max and mean |delta|) and masks by **mask Dice
+agreement**: each probability map becomes a mask by the runtime's rule
+(:func:`mrdl_runtime.imaging.probabilities_to_mask`: ``p > threshold`` for one class, else
+argmax); per image, Dice is computed for every foreground class (labels 1..K-1; label 1 for one
+class) present in either mask and averaged over those classes; an image where no foreground
+class is present in either mask agrees fully (1). The result is averaged over images (and its
+minimum kept). For one class this is the plain foreground Dice.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
+from mrdl_runtime.imaging import probabilities_to_mask
+
 DEFAULT_ATOL = 1e-3  # FP32 ONNX vs PyTorch: float reassociation stays orders of magnitude below this
 DEFAULT_MIN_DICE = 0.99  # mask agreement; pixels whose probability sits at 0.5 may flip
 
@@ -38,47 +45,6 @@ class ParityResult:
 
     def passes(self, *, atol: float, min_dice: float) -> bool:
         return self.max_abs_diff <= atol and self.dice_agreement >= min_dice
-
-
-EVALUATION_SPLITS = ("Val", "Test", "Train")
-CALIBRATION_SPLITS = ("Train", "Val", "Test")
-
-
-def image_files(data: Path, *, splits: tuple[str, ...] = EVALUATION_SPLITS) -> list[Path]:
-    """Images of a dataset root in LViT's layout (first split of ``splits`` present) or of a plain folder."""
-    data = Path(data)
-    if not data.is_dir():
-        raise FileNotFoundError(f"--data {data} is not a folder (expected an LViT dataset root or a folder of images)")
-    for split in splits:
-        folder = data / f"{split}_Folder" / "img"
-        if folder.is_dir():
-            data = folder
-            break
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {data}")
-    return files
-
-
-def load_images(*, size: int, data: Path | None = None, count: int = 8,
-                splits: tuple[str, ...] = EVALUATION_SPLITS, synthetic_offset: int = 0) -> tuple[np.ndarray, str]:
-    """``count`` preprocessed images (count, 3, size, size) float32 and a description of their source.
-
-    ``splits``: which LViT split of a dataset root to read first; ``synthetic_offset``: first synthetic
-    index (calibration and parity use disjoint synthetic images).
-    """
-    from mrdl.data.preprocess import preprocess, read_rgb
-
-    if count < 1:
-        raise ValueError(f"the parity gate needs at least one image, got count={count}")
-    if data is not None:
-        files = image_files(data, splits=splits)[:count]
-        return np.stack([preprocess(read_rgb(f), size) for f in files]), f"{files[0].parent} ({len(files)} images)"
-    from mrdl.data.synthetic import synthetic_sample
-
-    images = [preprocess(synthetic_sample(i, size=size, seed=0)[0], size)
-              for i in range(synthetic_offset, synthetic_offset + count)]
-    return np.stack(images), "synthetic"
 
 
 def text_features_for(config, count: int) -> np.ndarray:
@@ -118,10 +84,8 @@ def onnx_probabilities(path: Path, inputs: list[np.ndarray], *, batch: int = 4) 
 
 
 def masks_of(probabilities: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
-    """(B, K, H, W) probabilities -> (B, H, W) integer masks (threshold for one class, else argmax)."""
-    if probabilities.shape[1] == 1:
-        return (probabilities[:, 0] > threshold).astype(np.int64)
-    return probabilities.argmax(axis=1)
+    """(B, K, H, W) probabilities -> (B, H, W) uint8 masks by the runtime's rule, image by image."""
+    return np.stack([probabilities_to_mask(image, threshold=threshold) for image in probabilities])
 
 
 def dice_agreement(a: np.ndarray, b: np.ndarray, *, n_classes: int) -> np.ndarray:
@@ -141,12 +105,13 @@ def dice_agreement(a: np.ndarray, b: np.ndarray, *, n_classes: int) -> np.ndarra
     return np.where(counted == 0, 1.0, scores / np.maximum(counted, 1))
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, *, source: str) -> ParityResult:
-    """Figures comparing two probability stacks of the same shape."""
+def compare(reference: np.ndarray, candidate: np.ndarray, *, source: str, threshold: float = 0.5) -> ParityResult:
+    """Figures comparing two probability stacks (B, K, H, W) of the same shape; masks at ``threshold``."""
     if reference.shape != candidate.shape:
-        raise ParityError(f"output shape {candidate.shape} differs from PyTorch's {reference.shape}")
+        raise ParityError(f"output shape {candidate.shape} differs from the reference's {reference.shape}")
     delta = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    dice = dice_agreement(masks_of(reference), masks_of(candidate), n_classes=reference.shape[1])
+    dice = dice_agreement(masks_of(reference, threshold=threshold), masks_of(candidate, threshold=threshold),
+                          n_classes=reference.shape[1])
     return ParityResult(max_abs_diff=float(delta.max()), mean_abs_diff=float(delta.mean()),
                         dice_agreement=float(dice.mean()), min_dice_agreement=float(dice.min()),
                         images=len(reference), source=source)

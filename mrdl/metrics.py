@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from mrdl_runtime.imaging import probabilities_to_mask
+
+from .losses import probabilities
 
 
 def predict_mask(logits: torch.Tensor, *, threshold: float = 0.5) -> torch.Tensor:
-    """Binary mask (prob > threshold) for one class; argmax label map otherwise. (B, H, W) long."""
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0]) > threshold).long()
-    return logits.argmax(dim=1)
+    """(B, K, H, W) logits -> (B, H, W) long masks by the runtime's rule on the model's probabilities.
+
+    The rule is :func:`mrdl_runtime.imaging.probabilities_to_mask` (``p > threshold`` for one class,
+    else the argmax of the probabilities) applied to float32 probabilities, as every runtime sees them.
+    """
+    probs = probabilities(logits.detach()).float().cpu().numpy()  # (B, K, H, W)
+    masks = np.stack([probabilities_to_mask(image, threshold=threshold) for image in probs])  # (B, H, W) uint8
+    return torch.from_numpy(masks).long().to(logits.device)
 
 
 def dice_iou_per_image(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

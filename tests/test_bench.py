@@ -21,9 +21,11 @@ from click.testing import CliRunner  # noqa: E402
 
 from mrdl_bench.bench import BenchError, parse_backends, parse_batches, run_benchmark  # noqa: E402
 from mrdl_apps.bench import main  # noqa: E402
-from mrdl_bench.measure import LatencyStats, mask_dice_agreement, parity  # noqa: E402
+from mrdl_bench.measure import LatencySummary, parity  # noqa: E402
 from mrdl_bench.report import format_table  # noqa: E402
-from mrdl_bench.runners import BackendUnavailable, TorchRunner  # noqa: E402
+from mrdl_bench.runners import TorchRunner  # noqa: E402
+from mrdl_export.parity import dice_agreement  # noqa: E402
+from mrdl_runtime import BackendUnavailableError  # noqa: E402
 
 RESULT_FIELDS = {"backend", "precision", "batch", "latency_ms", "warmup", "throughput_ips", "peak_memory_mb",
                  "memory_method", "model_size_mb", "model_file", "parity", "parity_vs_onnx_fp32", "prepost_included",
@@ -186,21 +188,36 @@ def test_failed_torch_compile_is_skipped_with_its_reason(tiny_deploy, monkeypatc
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     runner = TorchRunner("torch-compile", ckpt=tiny_deploy[0], phase="fft", compile_model=True)
-    with pytest.raises(BackendUnavailable, match="torch.compile failed: RuntimeError: no backend for this op$"):
+    with pytest.raises(BackendUnavailableError, match="torch.compile failed: RuntimeError: no backend for this op$"):
         runner.activate()
     with pytest.raises(RuntimeError, match="not active"):
         runner.infer(np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_measurement_helpers():
-    stats = LatencyStats.from_seconds([0.001 * v for v in range(1, 101)])
+    stats = LatencySummary.from_seconds([0.001 * v for v in range(1, 101)])
     assert stats.p50 == pytest.approx(50.5) and stats.p99 == pytest.approx(99.01) and stats.iterations == 100
     a = np.zeros((2, 4, 4), np.uint8)
     b = a.copy()
     a[0, :2] = 1
     b[0, :1] = 1  # image 0: |A| = 8, |B| = 4, overlap 4 -> Dice 2/3; image 1: both empty -> 1
-    assert mask_dice_agreement(a, b) == pytest.approx((2 / 3 + 1) / 2)
+    assert dice_agreement(a, b, n_classes=1).mean() == pytest.approx((2 / 3 + 1) / 2)
     probs = np.full((1, 1, 4, 4), 0.4, np.float32)
     assert parity(probs, probs + 0.05, reference_name="r").max_abs_diff == pytest.approx(0.05, abs=1e-6)
     with pytest.raises(ValueError, match="shape"):
         parity(probs, probs[:, :, :2], reference_name="r")
+
+
+def test_parity_with_several_classes_is_the_export_gates():
+    """mrdl-bench's parity is mrdl_export.parity.compare's: Dice per foreground class, averaged."""
+    from mrdl_export.parity import compare
+
+    reference, candidate = np.zeros((1, 4, 4), np.int64), np.zeros((1, 4, 4), np.int64)
+    reference[0, 0], reference[0, 1] = 1, 2
+    candidate[0, 0], candidate[0, 1] = 1, 1  # class 1: |A| 4, |B| 8, overlap 4 -> 2/3; class 2: 4 vs 0 -> 0
+    one_hot = np.eye(3, dtype=np.float32)  # (label, class)
+    p_reference = one_hot[reference].transpose(0, 3, 1, 2)  # (1, 3, 4, 4)
+    p_candidate = one_hot[candidate].transpose(0, 3, 1, 2)
+    result = parity(p_candidate, p_reference, reference_name="r")
+    assert result.dice_agreement == pytest.approx((2 / 3 + 0) / 2)
+    assert result.dice_agreement == compare(p_reference, p_candidate, source="r").dice_agreement

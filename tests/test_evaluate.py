@@ -72,6 +72,18 @@ def test_evaluate_checkpoint_writes_reports(dataset_root: Path, checkpoint: Path
     assert predict_dataset(tiny_model, dataset).keys() == masks.keys()
 
 
+@pytest.mark.parametrize("n_classes", [1, 3])
+def test_predict_mask_is_the_runtimes_rule(n_classes: int):
+    """PyTorch's masks (evaluation, training's validation) are the runtime's masks of the same probabilities."""
+    from mrdl.losses import probabilities
+    from mrdl_runtime.imaging import probabilities_to_mask
+
+    logits = torch.randn(4, n_classes, 16, 16, generator=torch.Generator().manual_seed(0))
+    logits[0, 0, 0, 0] = 0.0  # probability exactly 0.5 (one class): background under both
+    runtime = [probabilities_to_mask(p, threshold=0.5) for p in probabilities(logits).numpy()]
+    assert np.array_equal(predict_mask(logits).numpy(), np.stack(runtime))
+
+
 def test_evaluate_cli(dataset_root: Path, checkpoint: Path, tmp_path: Path):
     runner = CliRunner()
     result = runner.invoke(main, ["evaluate", "--ckpt", str(checkpoint), "--data", str(dataset_root),

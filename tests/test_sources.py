@@ -47,7 +47,7 @@ def test_a_plain_folder_reads_its_own_image_files(tmp_path: Path):
 
 
 def test_no_folder_or_no_images_is_an_error_naming_the_folder(tmp_path: Path, lvit_root: Path):
-    with pytest.raises(ImageSourceError, match="is not a folder"):
+    with pytest.raises(ImageSourceError, match="does not exist or is not a folder"):
         image_files(tmp_path / "missing")
     empty = lvit_root / "Val_Folder" / "img"
     empty.mkdir(parents=True)  # an empty first split is an error, not a fall-back to the next one
@@ -75,5 +75,5 @@ def test_export_and_bench_read_the_same_images_for_the_same_data(lvit_root: Path
     inputs = load_inputs(size=16, data=lvit_root, count=8)
     assert inputs.names == [p.name for p in image_files(lvit_root)]
     assert np.array_equal(inputs.tensors, load_images(size=16, data=lvit_root, count=8).tensors)
-    with pytest.raises(InputError, match="is not a folder"):
+    with pytest.raises(InputError, match="does not exist or is not a folder"):
         load_inputs(size=16, data=lvit_root / "missing")

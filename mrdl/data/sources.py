@@ -49,7 +49,8 @@ def image_folder(data: str | Path, *, splits: tuple[str, ...] = EVALUATION_SPLIT
     """The folder whose images ``data`` stands for: the first split's ``img`` of an LViT root, else ``data``."""
     data = Path(data)
     if not data.is_dir():
-        raise ImageSourceError(f"--data {data} is not a folder (expected an LViT dataset root or a folder of images)")
+        raise ImageSourceError(f"--data {data} does not exist or is not a folder (expected an LViT dataset root "
+                               f"or a folder of images)")
     for split in splits:
         folder = data / f"{split}_Folder" / "img"
         if folder.is_dir():
