@@ -59,11 +59,11 @@ class DeployModule(SegmentationPath, nn.Module):
 
     def __init__(self, model: MRDL) -> None:
         super().__init__()
-        if model.cfg.phase != "matmul":
+        if model.config.model.phase != "matmul":
             raise ValueError("the deploy module needs the export-safe 'matmul' phase; load the checkpoint "
                              "with phase='matmul'")
         model = model.eval()
-        self.fusion = model.cfg.fusion
+        self.fusion = model.config.model.fusion
         self.vision_encoder = model.vision_encoder
         self.cross_modality = model.cross_modality
         self.frequency_prompt = model.frequency_prompt
@@ -71,7 +71,7 @@ class DeployModule(SegmentationPath, nn.Module):
         if self.fusion == "distribution":
             with torch.no_grad():
                 fused = fused_feature(model.learnable_features, batch=1, sample=False,
-                                      eps=model.cfg.variance_eps)  # F = mu_r: (1, N, C)
+                                      eps=model.config.model.variance_eps)  # F = mu_r: (1, N, C)
                 y1 = self.cross_modality.first_level(fused)  # (1, N, C)
                 y1_up = self.cross_modality.up_blocks[0](y1)  # (1, N, C)
             self.register_buffer("y1", y1.detach().clone())
@@ -96,7 +96,7 @@ class DeployModule(SegmentationPath, nn.Module):
 
 def example_inputs(model: MRDL, *, batch: int = 1) -> tuple[torch.Tensor, ...]:
     """Inputs the deploy module takes: (image,) or (image, text_features) under addition."""
-    cfg = model.cfg
+    cfg = model.config.model
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=generator)
     if cfg.fusion == "addition":
@@ -118,7 +118,7 @@ def build_deploy_module(model: MRDL) -> tuple[DeployModule, FoldReport]:
     """The deploy module of ``model`` (matmul phase) and a report of what was folded."""
     model = model.eval()
     deploy = DeployModule(copy.deepcopy(model)).eval()  # own weights: the parity reference stays untouched
-    cfg = model.cfg
+    cfg = model.config.model
     report = FoldReport()
     if cfg.fusion == "distribution":
         report.folded = ["F = mu_r (mean of F_L over K)", "y1 = P_CM.down_blocks[0](F)",

@@ -171,8 +171,7 @@ class MRDL(SegmentationPath, nn.Module):
         expected = (cfg.text.context_length, cfg.text.width)
         if tuple(prompt_features.shape) != expected:
             raise ValueError(f"prompt features must have shape {expected}, got {tuple(prompt_features.shape)}")
-        self.config = config  # the full config (model, loss, train), saved with checkpoints
-        self.cfg = cfg
+        self.config = config  # the full config (model, loss, train), saved with checkpoints; .model: the architecture
         c, n = cfg.base_width, cfg.num_tokens
         self.vision_encoder = VisionEncoder(cfg.in_channels, c)
         self.vision_embedding = PatchEmbedding(channels=c, patch_size=16, num_tokens=n)
@@ -194,11 +193,11 @@ class MRDL(SegmentationPath, nn.Module):
         self.text_projection.eval()  # BatchNorm at its initial running stats: no batch statistics
         prompt = self.text_projection(self.prompt_features.unsqueeze(0))[0]  # (N, C)
         self.text_projection.train(was_training)
-        k = self.cfg.num_learnable
-        return prompt.expand(k, -1, -1) + self.cfg.learnable_init_noise * torch.randn(k, *prompt.shape)
+        k = self.config.model.num_learnable
+        return prompt.expand(k, -1, -1) + self.config.model.learnable_init_noise * torch.randn(k, *prompt.shape)
 
     def check_inputs(self, image: torch.Tensor, text_features: torch.Tensor | None) -> None:
-        cfg = self.cfg
+        cfg = self.config.model
         expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
         if image.ndim != 4 or tuple(image.shape[1:]) != expected:
             raise ValueError(f"image must have shape (B, {', '.join(map(str, expected))}), got {tuple(image.shape)}")
@@ -216,9 +215,9 @@ class MRDL(SegmentationPath, nn.Module):
         batch = x1.shape[0]
         vision = self.vision_embedding(x1)  # F_V: (B, N, C)
         text = self.text_projection(text_features) if text_features is not None else None  # F_T: (B, N, C)
-        if self.cfg.fusion == "addition":
+        if self.config.model.fusion == "addition":
             return vision + text, None
-        eps = self.cfg.variance_eps
+        eps = self.config.model.variance_eps
         kl = representation_kl(text, vision, self.learnable_features, eps=eps) if text is not None else None
         fused = fused_feature(self.learnable_features, batch=batch, sample=self.training, eps=eps)
         return fused, kl
@@ -233,13 +232,12 @@ class MRDL(SegmentationPath, nn.Module):
     def set_phase(self, mode: str) -> None:
         """Compute the phase spectrum with ``mode`` (``fft`` or ``matmul``); the config says the same."""
         self.config = self.config.replace_model(phase=mode)
-        self.cfg = self.config.model
         self.frequency_prompt.phase.mode = mode
 
     @contextmanager
     def phase_mode(self, mode: str) -> Iterator["MRDL"]:
         """Run a block with the phase spectrum computed by ``mode``, then switch back."""
-        previous = self.cfg.phase
+        previous = self.config.model.phase
         self.set_phase(mode)
         try:
             yield self

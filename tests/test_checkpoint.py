@@ -58,7 +58,7 @@ def test_other_config_is_refused(tiny_model, tmp_path):
 def test_phase_override_keeps_weights(tiny_model, tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
     model, _ = load_checkpoint(path, phase="matmul")
-    assert model.cfg.phase == "matmul"
+    assert model.config.model.phase == "matmul"
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         a, b = tiny_model.eval()(x).logits, model.eval()(x).logits
