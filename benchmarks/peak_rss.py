@@ -45,15 +45,17 @@ def write_test_image(path: Path, size: int) -> None:
 def export_tiny_model(folder: Path) -> Path:
     """Export a randomly initialised ``tiny`` model (needs torch and mrdl_export) to ``folder/deploy``,
     or reuse the one an earlier run left there."""
-    if (folder / "deploy" / "model.json").is_file():
+    from mrdl_runtime.manifest import MANIFEST_NAME
+
+    if (folder / "deploy" / MANIFEST_NAME).is_file():
         return folder / "deploy"
     from mrdl.checkpoint import save_checkpoint
     from mrdl.config import load_config
     from mrdl.model import create_model, deterministic_prompt_features
     from mrdl_export import export_model
 
-    cfg = load_config("tiny")
-    model = create_model(cfg, prompt_features=deterministic_prompt_features(cfg), seed=0).eval()
+    config = load_config("tiny")
+    model = create_model(config, prompt_features=deterministic_prompt_features(config), seed=0).eval()
     save_checkpoint(folder / "tiny.safetensors", model)
     export_model(folder / "tiny.safetensors", folder / "deploy", max_batch=1, parity_images=2)
     return folder / "deploy"

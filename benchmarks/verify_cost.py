@@ -30,7 +30,7 @@ def write_model_dir(model_dir: Path, mib: int) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from mrdl_runtime.manifest import FORMAT, artifact_record
+    from mrdl_runtime.manifest import ARTIFACT_FILES, FORMAT, MANIFEST_NAME, METADATA_KEY, artifact_record
 
     weights = np.random.default_rng(0).standard_normal((mib << 20) // 4).astype(np.float32)
     nodes = [helper.make_node("ReduceMean", ["weights"], ["weight_mean"], keepdims=0),
@@ -55,12 +55,13 @@ def write_model_dir(model_dir: Path, mib: int) -> Path:
         "postprocessing": {"activation": "sigmoid", "activation_in_graph": True, "threshold": 0.5},
         "precision": "fp32",
     }
-    embedded = {**manifest, "artifacts": {"fp32": {"file": "model.onnx", "precision": "fp32"}}}
-    helper.set_model_props(model, {"mrdl.manifest": json.dumps(embedded)})
+    path = model_dir / ARTIFACT_FILES["fp32"]
+    embedded = {**manifest, "artifacts": {"fp32": {"file": path.name, "precision": "fp32"}}}
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(embedded)})
     model_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(model_dir / "model.onnx"))
-    manifest["artifacts"] = {"fp32": artifact_record(model_dir / "model.onnx", "fp32")}
-    (model_dir / "model.json").write_text(json.dumps(manifest, indent=2))
+    onnx.save_model(model, str(path))
+    manifest["artifacts"] = {"fp32": artifact_record(path, "fp32")}
+    (model_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return model_dir
 
 
@@ -82,6 +83,7 @@ def main() -> None:
     import logging
 
     from mrdl_runtime import Segmenter
+    from mrdl_runtime.manifest import ARTIFACT_FILES
 
     logging.getLogger("mrdl_runtime").setLevel(logging.ERROR)  # verify=False warns on every load
 
@@ -90,8 +92,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mrdl-verify-cost-") as tmp:
         model_dir = write_model_dir(Path(tmp) / "deploy", args.mib)
-        size = (model_dir / "model.onnx").stat().st_size
-        data = (model_dir / "model.onnx").read_bytes()
+        data = (model_dir / ARTIFACT_FILES["fp32"]).read_bytes()
+        size = len(data)
         load(True)  # warm the page cache and onnxruntime
         hashed = median_seconds(lambda: load(True), args.repeats)
         unhashed = median_seconds(lambda: load(False), args.repeats)

@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from mrdl_runtime.manifest import PRECISIONS
+from mrdl_runtime.runner import BackendUnavailableError
 
 
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT or a CUDA GPU is missing: the engine cannot be built on this machine."""
+class TensorRTUnavailable(BackendUnavailableError):
+    """TensorRT or a CUDA GPU is missing: the engine cannot be built on this machine (``mrdl-export`` exit 3)."""
 
 
 @dataclass(frozen=True)

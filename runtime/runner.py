@@ -18,7 +18,11 @@ from .manifest import TensorSpec
 
 
 class BackendUnavailableError(RuntimeError):
-    """A backend that was asked for by name but cannot run here (library, GPU or artifact missing)."""
+    """A backend that was asked for by name but cannot run here (library, GPU or artifact missing).
+
+    The one "cannot run here" error of every mrdl layer: the layers above raise it, or errors derived
+    from it, and a caller that can do without the backend catches it and reports the message.
+    """
 
 
 @dataclass
