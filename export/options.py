@@ -12,9 +12,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from mrdl_runtime.manifest import PRECISIONS
+
 from .parity import DEFAULT_ATOL, DEFAULT_MIN_DICE
 from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, KEEP_FP32, MODEL_SCOPES
-from .tensorrt_build import PRECISIONS, EngineOptions
+from .tensorrt_build import EngineOptions
 
 
 class ExportError(RuntimeError):
