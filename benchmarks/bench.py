@@ -32,7 +32,6 @@ from .report import (DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE, PARITY_FAILED, PAR
                      SkippedBackend, machine_info, write_report)
 from .runners import BENCH_BACKENDS, BenchRunner, TorchRunner, make_bench_runner
 
-DEFAULT_BACKENDS = BENCH_BACKENDS  # every backend; those that cannot run here are skipped with the reason
 REFERENCE = "torch-fft"
 QUANTISED = ("ort-int8", "ort-fp16", "tensorrt")
 
@@ -188,7 +187,7 @@ def _profiles(results: list[BackendResult], *, ckpt: Path, batch: int, size: int
     return profiles
 
 
-def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Sequence[str] = DEFAULT_BACKENDS,
+def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Sequence[str] = BENCH_BACKENDS,
                   batches: str | Sequence[int] = (1,), data: str | Path | None = None, images: int = 8,
                   warmup: int = 3, iters: int = 20, threads: int | None = None, include_prepost: bool = False,
                   device: str = "cpu", out: str | Path | None = None, profile_dir: str | Path | None = None,
