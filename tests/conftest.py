@@ -1,17 +1,45 @@
-"""Shared fixtures: the tiny config, a seeded tiny model and paths to the real data."""
+"""Shared fixtures: the repo and real-data paths, the tiny config and model, and the tiny model's
+checkpoints and exports, each made once per session (an export takes seconds of CPU).
+
+Session-scoped files and folders are shared by every test that asks for them: tests copy them
+(``shutil.copytree``) before changing anything.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MONUSEG = ROOT.parent / "shared" / "data" / "MoNuSeg"
 
+# Python source that makes `import torch` (and mrdl, which needs it) fail, as on a machine that
+# never installed them; put it in front of code run with `python -c`.
+BLOCK_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'mrdl', 'torchvision', 'open_clip'):
+            raise ImportError(f'{name} is blocked for this test')
+sys.meta_path.insert(0, _Block())
+"""
+
 
 def _torch():
     return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def block_torch() -> str:
+    """:data:`BLOCK_TORCH`: prefix for ``python -c`` code that must run without torch and mrdl."""
+    return BLOCK_TORCH
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +78,61 @@ def monuseg_root() -> Path:
     if not (MONUSEG / "Val_Folder" / "img").is_dir():
         pytest.skip(f"real MoNuSeg data not found at {MONUSEG} (it lives in the shared/ folder beside the repo)")
     return MONUSEG
+
+
+# ----------------------------------------------------------------------------- checkpoints and exports
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_config, tiny_prompt_features) -> Path:
+    """The seeded (seed 0), untrained tiny model saved once; its folder holds nothing else."""
+    _torch()
+    from mrdl.checkpoint import save_checkpoint
+    from mrdl.model import create_model
+
+    model = create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0)
+    return save_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint") / "tiny.safetensors", model)
+
+
+@pytest.fixture(scope="session")
+def variants_export(tmp_path_factory, tiny_checkpoint):
+    """``export_model``'s result for :func:`tiny_checkpoint` with its FP32, INT8 and FP16 ONNX files."""
+    pytest.importorskip("onnxruntime")
+    from mrdl_export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-variants") / "deploy"
+    return export_model(tiny_checkpoint, out, int8=True, fp16=True, parity_images=4, calib_images=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_config, tiny_prompt_features) -> tuple[Path, Path]:
+    """(checkpoint, model dir) of the calibrated tiny model, exported to FP32 ONNX with max_batch 4.
+
+    A randomly initialised tiny model outputs probabilities of about 0.46 everywhere, so every mask
+    would be empty and any two runtimes would "agree" trivially; the head's bias is shifted so that
+    30 % of the synthetic pixels are foreground, which puts the threshold through the middle of the
+    probability range.
+    """
+    torch = _torch()
+    pytest.importorskip("onnxruntime")
+    from mrdl.checkpoint import save_checkpoint
+    from mrdl.data.preprocess import preprocess
+    from mrdl.data.synthetic import synthetic_sample
+    from mrdl.model import create_model
+    from mrdl_export import export_model
+
+    model = create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0).eval()
+    size = tiny_config.model.image_size
+    batch = torch.from_numpy(np.stack([preprocess(synthetic_sample(i, size=size, seed=0)[0], size) for i in range(4)]))
+    with torch.no_grad():
+        logits = model(batch).logits  # (4, 1, S, S)
+        model.decoder.head.bias -= torch.quantile(logits.flatten(), 0.7)
+    base = tmp_path_factory.mktemp("tiny-calibrated")
+    ckpt = save_checkpoint(base / "tiny.safetensors", model)
+    export_model(ckpt, base / "deploy", max_batch=4, parity_images=2)
+    return ckpt, base / "deploy"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_export) -> Path:
+    """The model directory of :func:`tiny_export` (FP32 only), shared: copy it before changing it."""
+    return tiny_export[1]

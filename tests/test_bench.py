@@ -1,7 +1,8 @@
 """mrdl-bench on the tiny model: report fields, skips with reasons, parity, files, CLI and bad input.
 
-One tiny checkpoint is exported (FP32 + INT8) once per session and benchmarked once per module with
-a few iterations; the other tests read that report or run small variants.
+The tiny checkpoint's export with FP32 + INT8 ONNX (conftest's, made once per session) is
+benchmarked once per module with a few iterations; the other tests read that report or run small
+variants.
 """
 
 from __future__ import annotations
@@ -35,22 +36,9 @@ LATENCY_FIELDS = {"p50", "p90", "p99", "mean", "stdev", "min", "max", "iteration
 
 
 @pytest.fixture(scope="session")
-def tiny_deploy(tmp_path_factory, tiny_model_session):
-    """(checkpoint, model dir) of the seeded tiny model, exported with FP32 and INT8 ONNX."""
-    from mrdl.checkpoint import save_checkpoint
-    from mrdl_export import export_model
-
-    root = tmp_path_factory.mktemp("bench")
-    ckpt = save_checkpoint(root / "tiny.safetensors", tiny_model_session)
-    export_model(ckpt, root / "deploy", int8=True, calib_images=4, parity_images=2)
-    return ckpt, root / "deploy"
-
-
-@pytest.fixture(scope="session")
-def tiny_model_session(tiny_config, tiny_prompt_features):
-    from mrdl.model import create_model
-
-    return create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0)
+def tiny_deploy(tiny_checkpoint, variants_export) -> tuple[Path, Path]:
+    """(checkpoint, model dir): conftest's seeded tiny model and its FP32 + INT8 (+ FP16) export."""
+    return tiny_checkpoint, variants_export.out_dir
 
 
 @pytest.fixture(scope="module")

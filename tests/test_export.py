@@ -1,6 +1,7 @@
 """mrdl_export end to end on the tiny config: both fusion modes, the graph's export safety, the phase
-sign check, the manifest, INT8/FP16 variants in onnxruntime. Exports are shared per module (each one
-takes seconds on CPU)."""
+sign check, the manifest, INT8/FP16 variants in onnxruntime. The distribution-fusion export is
+conftest's ``variants_export`` (shared with other test files), the addition one is made here; each
+takes seconds on CPU."""
 
 from __future__ import annotations
 
@@ -16,33 +17,18 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-pytestmark = pytest.mark.slow  # each module-scoped export takes seconds of CPU
-
-
-def _checkpoint(path, tiny_config, tiny_prompt_features, **overrides):
-    from mrdl.checkpoint import save_checkpoint
-    from mrdl.model import create_model
-
-    model = create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0, **overrides)
-    return save_checkpoint(path, model)
-
-
-@pytest.fixture(scope="module")
-def distribution_export(tmp_path_factory, tiny_config, tiny_prompt_features):
-    from mrdl_export import export_model
-
-    root = tmp_path_factory.mktemp("export_distribution")
-    ckpt = _checkpoint(root / "tiny.safetensors", tiny_config, tiny_prompt_features)
-    return export_model(ckpt, root / "deploy", int8=True, fp16=True, parity_images=4, calib_images=4)
+pytestmark = pytest.mark.slow  # each export takes seconds of CPU
 
 
 @pytest.fixture(scope="module")
 def addition_export(tmp_path_factory, tiny_config, tiny_prompt_features):
+    from mrdl.checkpoint import save_checkpoint
+    from mrdl.model import create_model
     from mrdl_export import export_model
 
     root = tmp_path_factory.mktemp("export_addition")
-    ckpt = _checkpoint(root / "tiny_add.safetensors", tiny_config, tiny_prompt_features, fusion="addition")
-    return export_model(ckpt, root / "deploy", parity_images=4)
+    model = create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0, fusion="addition")
+    return export_model(save_checkpoint(root / "tiny_add.safetensors", model), root / "deploy", parity_images=4)
 
 
 def _run(path, feed):
@@ -50,8 +36,8 @@ def _run(path, feed):
     return session.run(None, feed)[0]
 
 
-def test_distribution_export_writes_the_manifest_contract(distribution_export):
-    result = distribution_export
+def test_distribution_export_writes_the_manifest_contract(variants_export):
+    result = variants_export
     files = sorted(p.name for p in result.out_dir.iterdir())
     assert files == ["model.fp16.onnx", "model.int8.onnx", "model.json", "model.onnx"]
     manifest = json.loads(result.manifest_path.read_text())
@@ -80,10 +66,10 @@ def test_distribution_export_writes_the_manifest_contract(distribution_export):
     assert not list(result.out_dir.parent.glob(".deploy.*")), "temporary folders were left behind"
 
 
-def test_graph_is_export_safe_and_folded(distribution_export):
+def test_graph_is_export_safe_and_folded(variants_export):
     from mrdl_export.onnx_export import opset_version
 
-    model = onnx.load(str(distribution_export.onnx_path))
+    model = onnx.load(str(variants_export.onnx_path))
     ops = {node.op_type for node in model.graph.node}
     assert opset_version(model) <= 20
     assert not ops & {"DFT", "STFT", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
@@ -92,36 +78,36 @@ def test_graph_is_export_safe_and_folded(distribution_export):
                                                                          "vision_embedding"))]
     assert not any(node.domain not in ("", "ai.onnx") for node in model.graph.node)
     assert not model.graph.initializer[0].external_data  # one self-contained file
-    folding = distribution_export.folding
+    folding = variants_export.folding
     assert folding["flops_deploy"] < folding["flops_full"] and len(folding["folded"]) == 3
-    assert distribution_export.trt_report.compatible("10.x")
+    assert variants_export.trt_report.compatible("10.x")
 
 
-def test_exported_phase_has_torch_angle_sign(distribution_export):
-    checks = distribution_export.phase_check
+def test_exported_phase_has_torch_angle_sign(variants_export):
+    checks = variants_export.phase_check
     assert checks["(0,N/2) Re<0 Im=-0"] == pytest.approx(math.pi, abs=1e-6)
     assert checks["(N/2,0) Re<0 Im=-0"] == pytest.approx(math.pi, abs=1e-6)
     assert checks["origin Re>0"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_dynamic_batch_matches_pytorch(distribution_export):
+def test_dynamic_batch_matches_pytorch(variants_export):
     from mrdl.checkpoint import load_checkpoint
 
-    model, _ = load_checkpoint(distribution_export.manifest["source_checkpoint"]["path"])
+    model, _ = load_checkpoint(variants_export.manifest["source_checkpoint"]["path"])
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = torch.sigmoid(model.eval()(images).logits).numpy()
-    got = _run(distribution_export.onnx_path, {"image": images.numpy()})
+    got = _run(variants_export.onnx_path, {"image": images.numpy()})
     assert got.shape == (3, 1, 64, 64)
     np.testing.assert_allclose(got, expected, atol=1e-4)
-    fp32 = distribution_export.parity["fp32"]
+    fp32 = variants_export.parity["fp32"]
     assert fp32.max_abs_diff < 1e-4 and fp32.dice_agreement == 1.0 and fp32.source == "synthetic"
 
 
-def test_int8_qdq_runs_in_onnxruntime_with_symmetric_zero_points(distribution_export):
+def test_int8_qdq_runs_in_onnxruntime_with_symmetric_zero_points(variants_export):
     from onnx import numpy_helper
 
-    model = onnx.load(str(distribution_export.int8_path))
+    model = onnx.load(str(variants_export.int8_path))
     ops = [node.op_type for node in model.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -129,19 +115,19 @@ def test_int8_qdq_runs_in_onnxruntime_with_symmetric_zero_points(distribution_ex
                    if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
     assert zero_points and not any(z.any() for z in zero_points)
     images = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
-    probabilities = _run(distribution_export.int8_path, {"image": images})
+    probabilities = _run(variants_export.int8_path, {"image": images})
     assert probabilities.shape == (2, 1, 64, 64) and np.isfinite(probabilities).all()
-    assert distribution_export.parity["int8"].max_abs_diff < 0.1
+    assert variants_export.parity["int8"].max_abs_diff < 0.1
 
 
-def test_fp16_keeps_float32_io_and_norms(distribution_export):
-    model = onnx.load(str(distribution_export.fp16_path))
+def test_fp16_keeps_float32_io_and_norms(variants_export):
+    model = onnx.load(str(variants_export.fp16_path))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
     norm_weights = [init for init in model.graph.initializer if "norm" in init.name and init.name.endswith("weight")]
     assert norm_weights and all(init.data_type == onnx.TensorProto.FLOAT for init in norm_weights)
-    assert distribution_export.parity["fp16"].dice_agreement > 0.95
+    assert variants_export.parity["fp16"].dice_agreement > 0.95
 
 
 def test_addition_export_takes_text_features(addition_export):

@@ -22,24 +22,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_runtime import exported_tiny_model
+
+@pytest.fixture(scope="session")
+def deploy(model_dir) -> Path:
+    """conftest's FP32 tiny export, shared with the other runtime tests (never modified; in these
+    tests ``model_dir`` names a private copy of it)."""
+    return model_dir
 
 
 @pytest.fixture(scope="session")
-def deploy(tmp_path_factory) -> Path:
-    """The FP32 tiny export shared with the other runtime tests (never modified)."""
-    return exported_tiny_model(tmp_path_factory)[1]
-
-
-@pytest.fixture(scope="session")
-def int8_deploy(tmp_path_factory) -> Path:
+def int8_deploy(tmp_path_factory, tiny_export) -> Path:
     """A second export of the same checkpoint, with an INT8 variant (never modified)."""
     from mrdl_export import export_model
 
-    ckpt, _ = exported_tiny_model(tmp_path_factory)
-    out = tmp_path_factory.getbasetemp() / "hostile-int8" / "deploy"
-    if not (out / "model.json").is_file():
-        export_model(ckpt, out, int8=True, max_batch=4, parity_images=2, calib_images=4)
+    out = tmp_path_factory.mktemp("hostile-int8") / "deploy"
+    export_model(tiny_export[0], out, int8=True, max_batch=4, parity_images=2, calib_images=4)
     return out
 
 

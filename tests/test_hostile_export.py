@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow  # module-scoped exports take seconds of CPU
 EXPORT = [sys.executable, "-c", "from mrdl_apps.export import main; main()"]
 
 
-def _checkpoint(path: Path, tiny_config, features, *, seed: int = 0, balanced: bool = False) -> Path:
-    """A seeded tiny model; ``balanced`` shifts its head so about half of each synthetic image is foreground.
+def _balanced_checkpoint(path: Path, tiny_config, features, *, seed: int) -> Path:
+    """A seeded tiny model with its head shifted so about half of each synthetic image is foreground.
 
     Untrained tiny models predict background everywhere, where any two models' masks agree; the
     balanced ones make masks that depend on the weights, so a wrong model shows in the Dice agreement.
@@ -41,10 +41,9 @@ def _checkpoint(path: Path, tiny_config, features, *, seed: int = 0, balanced: b
     from mrdl_bench.inputs import load_inputs
 
     model = create_model(tiny_config, prompt_features=features, seed=seed).eval()
-    if balanced:
-        images = torch.from_numpy(load_inputs(size=tiny_config.model.image_size, count=8).tensors)
-        with torch.no_grad():
-            model.decoder.head.bias -= model(images).logits.median()
+    images = torch.from_numpy(load_inputs(size=tiny_config.model.image_size, count=8).tensors)
+    with torch.no_grad():
+        model.decoder.head.bias -= model(images).logits.median()
     return save_checkpoint(path, model)
 
 
@@ -68,31 +67,18 @@ def _export_cli(*args) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory, tiny_config, tiny_prompt_features) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", tiny_config, tiny_prompt_features)
-
-
-@pytest.fixture(scope="module")
-def deploy_dir(tmp_path_factory, tiny_ckpt) -> Path:
-    """A deploy directory exported from ``tiny_ckpt``; tests copy it before changing anything."""
-    from mrdl_export import export_model
-
-    return export_model(tiny_ckpt, tmp_path_factory.mktemp("exported") / "deploy", parity_images=2).out_dir
-
-
-def _copy(deploy_dir: Path, target: Path) -> Path:
-    shutil.copytree(deploy_dir, target)
+def _copy(model_dir: Path, target: Path) -> Path:
+    shutil.copytree(model_dir, target)
     return target
 
 
 # ----------------------------------------------------------------------------- --force and --out
 
-def test_force_keeps_the_training_run_that_holds_the_checkpoint(tmp_path, tiny_ckpt):
+def test_force_keeps_the_training_run_that_holds_the_checkpoint(tmp_path, tiny_checkpoint):
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(tiny_ckpt, run / "best.safetensors")
-    shutil.copy(tiny_ckpt, run / "last.safetensors")
+    shutil.copy(tiny_checkpoint, run / "best.safetensors")
+    shutil.copy(tiny_checkpoint, run / "last.safetensors")
     (run / "metrics.csv").write_text("epoch,val_dice\n0,0.5\n")
     (run / "resume.json").write_text("{}")
     before = _snapshot(tmp_path)
@@ -104,8 +90,8 @@ def test_force_keeps_the_training_run_that_holds_the_checkpoint(tmp_path, tiny_c
     assert _snapshot(tmp_path) == before
 
 
-def test_force_refuses_the_current_folder_holding_the_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
-    shutil.copy(tiny_ckpt, tmp_path / "best.safetensors")
+def test_force_refuses_the_current_folder_holding_the_checkpoint(tmp_path, tiny_checkpoint, monkeypatch):
+    shutil.copy(tiny_checkpoint, tmp_path / "best.safetensors")
     before = _snapshot(tmp_path)
     monkeypatch.chdir(tmp_path)
     result = _export_cli("--ckpt", "best.safetensors", "--out", ".", "--force")
@@ -114,10 +100,10 @@ def test_force_refuses_the_current_folder_holding_the_checkpoint(tmp_path, tiny_
     assert _snapshot(tmp_path) == before and not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
 
 
-def test_force_refuses_a_parent_of_the_checkpoint_folder(tmp_path, tiny_ckpt):
+def test_force_refuses_a_parent_of_the_checkpoint_folder(tmp_path, tiny_checkpoint):
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
-    shutil.copy(tiny_ckpt, run / "best.safetensors")
+    shutil.copy(tiny_checkpoint, run / "best.safetensors")
     before = _snapshot(tmp_path)
     result = _export_cli("--ckpt", run / "best.safetensors", "--out", tmp_path / "runs", "--force")
     assert result.exit_code == 1
@@ -125,10 +111,10 @@ def test_force_refuses_a_parent_of_the_checkpoint_folder(tmp_path, tiny_ckpt):
     assert _snapshot(tmp_path) == before
 
 
-def test_force_refuses_a_symlink_to_the_checkpoint_folder(tmp_path, tiny_ckpt):
+def test_force_refuses_a_symlink_to_the_checkpoint_folder(tmp_path, tiny_checkpoint):
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(tiny_ckpt, run / "best.safetensors")
+    shutil.copy(tiny_checkpoint, run / "best.safetensors")
     (tmp_path / "alias").symlink_to(run)
     before = _snapshot(tmp_path)
     result = _export_cli("--ckpt", run / "best.safetensors", "--out", tmp_path / "alias", "--force")
@@ -137,7 +123,7 @@ def test_force_refuses_a_symlink_to_the_checkpoint_folder(tmp_path, tiny_ckpt):
 
 
 @pytest.mark.parametrize("where", ["equal", "parent"])
-def test_force_refuses_the_data_folder(tmp_path, tiny_ckpt, where):
+def test_force_refuses_the_data_folder(tmp_path, tiny_checkpoint, where):
     from PIL import Image
 
     data = tmp_path / "images"
@@ -146,7 +132,7 @@ def test_force_refuses_the_data_folder(tmp_path, tiny_ckpt, where):
         Image.new("RGB", (32, 32), (index * 90, 40, 200)).save(data / f"{index}.png")
     out = data if where == "equal" else tmp_path
     before = _snapshot(tmp_path)
-    result = _export_cli("--ckpt", tiny_ckpt, "--out", out, "--data", data, "--force")
+    result = _export_cli("--ckpt", tiny_checkpoint, "--out", out, "--data", data, "--force")
     assert result.exit_code == 1
     assert f"--out {out} {'is' if where == 'equal' else 'holds'} the --data folder {data}" in result.output
     assert _snapshot(tmp_path) == before
@@ -159,9 +145,9 @@ def test_force_refuses_the_data_folder(tmp_path, tiny_ckpt, where):
     ("no_manifest", "has no mrdl model.json; nothing was touched"),
     ("other_format", "has no mrdl model.json; nothing was touched"),
 ])
-def test_force_refuses_a_folder_that_is_not_only_an_mrdl_deploy_directory(tmp_path, tiny_ckpt, deploy_dir, case,
+def test_force_refuses_a_folder_that_is_not_only_an_mrdl_deploy_directory(tmp_path, tiny_checkpoint, model_dir, case,
                                                                            message):
-    out = _copy(deploy_dir, tmp_path / "out")
+    out = _copy(model_dir, tmp_path / "out")
     if case == "foreign_file":
         (out / "notes.txt").write_text("my notes")
     elif case == "subfolder":
@@ -175,7 +161,7 @@ def test_force_refuses_a_folder_that_is_not_only_an_mrdl_deploy_directory(tmp_pa
     else:
         (out / "model.json").write_text(json.dumps({"format": "other-tool/1", "artifacts": {}}))
     before = _snapshot(tmp_path)
-    result = _export_cli("--ckpt", tiny_ckpt, "--out", out, "--force")
+    result = _export_cli("--ckpt", tiny_checkpoint, "--out", out, "--force")
     assert result.exit_code == 1
     assert result.output.startswith(f"mrdl-export: error: --force replaces only a deploy directory written by "
                                     f"mrdl-export, and {out}")
@@ -183,19 +169,19 @@ def test_force_refuses_a_folder_that_is_not_only_an_mrdl_deploy_directory(tmp_pa
     assert _snapshot(tmp_path) == before
 
 
-def test_out_that_is_a_symlink_is_refused(tmp_path, tiny_ckpt):
+def test_out_that_is_a_symlink_is_refused(tmp_path, tiny_checkpoint):
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     before = _snapshot(tmp_path)
-    result = _export_cli("--ckpt", tiny_ckpt, "--out", tmp_path / "link", "--force")
+    result = _export_cli("--ckpt", tiny_checkpoint, "--out", tmp_path / "link", "--force")
     assert result.exit_code == 1 and f"--out {tmp_path / 'link'} is a symbolic link" in result.output
     assert _snapshot(tmp_path) == before
 
 
-def test_force_replaces_an_mrdl_deploy_directory(tmp_path, tiny_ckpt, deploy_dir):
-    out = _copy(deploy_dir, tmp_path / "out")
+def test_force_replaces_an_mrdl_deploy_directory(tmp_path, tiny_checkpoint, model_dir):
+    out = _copy(model_dir, tmp_path / "out")
     old_id = json.loads((out / "model.json").read_text())["export_id"]
-    result = _export_cli("--ckpt", tiny_ckpt, "--out", out, "--force", "--parity-images", "2", "--fp16")
+    result = _export_cli("--ckpt", tiny_checkpoint, "--out", out, "--force", "--parity-images", "2", "--fp16")
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["export_id"] != old_id
@@ -203,9 +189,9 @@ def test_force_replaces_an_mrdl_deploy_directory(tmp_path, tiny_ckpt, deploy_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.partial-* / .out.old-* left
 
 
-def test_an_empty_out_folder_is_used_without_force(tmp_path, tiny_ckpt):
+def test_an_empty_out_folder_is_used_without_force(tmp_path, tiny_checkpoint):
     (tmp_path / "out").mkdir()
-    result = _export_cli("--ckpt", tiny_ckpt, "--out", tmp_path / "out", "--parity-images", "2")
+    result = _export_cli("--ckpt", tiny_checkpoint, "--out", tmp_path / "out", "--parity-images", "2")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "model.onnx"]
 
@@ -261,11 +247,11 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300.0) -> 
         time.sleep(0.02)
 
 
-def test_killed_export_leaves_nothing_the_next_export_does_not_clean(tmp_path, tiny_ckpt):
+def test_killed_export_leaves_nothing_the_next_export_does_not_clean(tmp_path, tiny_checkpoint):
     from mrdl_export import export_model
 
     out = tmp_path / "deploy"
-    process = _start_export(tiny_ckpt, out)
+    process = _start_export(tiny_checkpoint, out)
     partial = tmp_path / f".deploy.partial-{process.pid}"
     try:
         _wait_for(partial / "model.onnx", process)
@@ -274,14 +260,14 @@ def test_killed_export_leaves_nothing_the_next_export_does_not_clean(tmp_path, t
         process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
     assert partial.is_dir() and not out.exists()  # what a real kill leaves
-    export_model(tiny_ckpt, out, parity_images=2)
+    export_model(tiny_checkpoint, out, parity_images=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
 
 
-def test_sigint_exits_130_and_leaves_the_old_deploy_directory_whole(tmp_path, tiny_ckpt, deploy_dir):
-    out = _copy(deploy_dir, tmp_path / "deploy")
+def test_sigint_exits_130_and_leaves_the_old_deploy_directory_whole(tmp_path, tiny_checkpoint, model_dir):
+    out = _copy(model_dir, tmp_path / "deploy")
     before = _snapshot(tmp_path)
-    process = _start_export(tiny_ckpt, out, "--force")
+    process = _start_export(tiny_checkpoint, out, "--force")
     try:
         _wait_for(tmp_path / f".deploy.partial-{process.pid}" / "model.onnx", process)
         process.send_signal(signal.SIGINT)
@@ -300,13 +286,13 @@ def test_sigint_exits_130_and_leaves_the_old_deploy_directory_whole(tmp_path, ti
 
 @pytest.mark.parametrize("case, message", [("wrong_shape", "decoder.head.bias"),
                                            ("missing_tensor", "decoder.head.weight")])
-def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_ckpt, case, message):
+def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_checkpoint, case, message):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from mrdl.checkpoint import tensors_digest
 
-    with safe_open(str(tiny_ckpt), framework="pt") as handle:
+    with safe_open(str(tiny_checkpoint), framework="pt") as handle:
         metadata = handle.metadata()
         state = {name: handle.get_tensor(name) for name in handle.keys()}
     if case == "wrong_shape":
@@ -333,8 +319,7 @@ def balanced_models(tmp_path_factory, tiny_config, tiny_prompt_features):
     root = tmp_path_factory.mktemp("balanced")
     models = {}
     for seed in (0, 1):
-        ckpt = _checkpoint(root / f"seed{seed}.safetensors", tiny_config, tiny_prompt_features, seed=seed,
-                           balanced=True)
+        ckpt = _balanced_checkpoint(root / f"seed{seed}.safetensors", tiny_config, tiny_prompt_features, seed=seed)
         models[seed] = (ckpt, export_model(ckpt, root / f"deploy{seed}", parity_images=2).out_dir)
     return models
 

@@ -25,13 +25,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from test_runtime import ROOT, exported_tiny_model
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return exported_tiny_model(tmp_path_factory)[1]
-
 
 @pytest.fixture(scope="session")
 def gray8() -> np.ndarray:
@@ -242,8 +235,8 @@ def test_overlay_in_strips_equals_whole_image_blend(monkeypatch):
     np.testing.assert_array_equal(files.tint(image.copy(), mask), np.clip(np.rint(blended), 0, 255).astype(np.uint8))
 
 
-def test_peak_rss_script_measures_and_enforces_its_bound(model_dir, tmp_path):
-    script = ROOT / "benchmarks" / "peak_rss.py"
+def test_peak_rss_script_measures_and_enforces_its_bound(model_dir, tmp_path, repo_root):
+    script = repo_root / "benchmarks" / "peak_rss.py"
     args = [sys.executable, str(script), "--size", "300", "--model-dir", str(model_dir), "--workdir", str(tmp_path)]
     within = subprocess.run([*args, "--limit-mb", "100000"], capture_output=True, text=True)
     assert within.returncode == 0, within.stderr

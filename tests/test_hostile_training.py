@@ -37,7 +37,6 @@ from mrdl.train import RUN_FILES, RunExistsError, train_model
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
 
-ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("mrdl", "export", "runtime", "benchmarks")
 
 
@@ -146,16 +145,16 @@ def unpickling_calls(source: str) -> list[str]:
     return found
 
 
-def test_no_code_path_can_unpickle():
+def test_no_code_path_can_unpickle(repo_root):
     planted = ("import pickle\nfrom torch import load\nimport torch, numpy as np\ntorch.load('x', weights_only=False)\n"
                "np.load('x', allow_pickle=True)\nfrom open_clip.factory import load_state_dict\n"
                "open_clip.create_model('ViT-B-32', pretrained='openai')\n")
     assert len(unpickling_calls(planted)) == 7  # the scanner sees every form it looks for
     offenders = {}
     for folder in SOURCES:
-        for path in sorted((ROOT / folder).rglob("*.py")):
+        for path in sorted((repo_root / folder).rglob("*.py")):
             if calls := unpickling_calls(path.read_text()):
-                offenders[str(path.relative_to(ROOT))] = calls
+                offenders[str(path.relative_to(repo_root))] = calls
     assert offenders == {}
 
 

@@ -7,28 +7,16 @@ import pkgutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_PACKAGES = {"mrdl", "mrdl_export", "mrdl_runtime", "mrdl_bench", "mrdl_apps"}
-
-# Makes `import torch` (and mrdl, which needs it) fail, as on a machine that never installed them.
-BLOCK_TORCH = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'mrdl', 'torchvision', 'open_clip'):
-            raise ImportError(f'{name} is blocked for this test')
-sys.meta_path.insert(0, _Block())
-"""
 
 
 @pytest.mark.slow
-def test_wheel_holds_exactly_our_packages(tmp_path):
+def test_wheel_holds_exactly_our_packages(tmp_path, repo_root):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(tmp_path), str(repo_root)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("mrdl-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
@@ -41,20 +29,20 @@ def test_wheel_holds_exactly_our_packages(tmp_path):
         assert script in text
 
 
-def test_runtime_imports_without_torch():
+def test_runtime_imports_without_torch(block_torch, repo_root):
     import mrdl_runtime
 
     modules = [m.name for m in pkgutil.walk_packages(mrdl_runtime.__path__, "mrdl_runtime.")]
-    code = BLOCK_TORCH + "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in ["mrdl_runtime", *modules]) + \
+    code = block_torch + "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in ["mrdl_runtime", *modules]) + \
         "assert 'torch' not in sys.modules\nprint('ok')\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(repo_root)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
 
-def test_block_really_blocks_torch():
-    result = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import torch"], capture_output=True, text=True)
+def test_block_really_blocks_torch(block_torch):
+    result = subprocess.run([sys.executable, "-c", block_torch + "import torch"], capture_output=True, text=True)
     assert result.returncode != 0 and "blocked" in result.stderr
 
 

@@ -9,13 +9,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from test_runtime import exported_tiny_model
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return exported_tiny_model(tmp_path_factory)[1]
-
 
 @pytest.fixture
 def image_folder(tmp_path) -> Path:

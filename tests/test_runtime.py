@@ -1,9 +1,8 @@
 """mrdl_runtime against its contract: torch-free, training's preprocessing bit for bit, PyTorch's masks.
 
-The model is the tiny config exported with ``mrdl_export.export_model``. A randomly initialised
-tiny model outputs probabilities of about 0.46 everywhere, so every mask would be empty and any
-two runtimes would "agree" trivially; the head's bias is shifted so that 30 % of the synthetic
-pixels are foreground, which puts the threshold through the middle of the probability range.
+The model is conftest's ``tiny_export``: the tiny config with its head's bias shifted so that about
+30 % of the synthetic pixels are foreground (the masks are not trivially empty), exported with
+``mrdl_export.export_model``.
 """
 
 from __future__ import annotations
@@ -17,42 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_packaging import BLOCK_TORCH
-
-ROOT = Path(__file__).resolve().parents[1]
 MIN_DICE_AGREEMENT = 0.999  # FP32 runtime vs PyTorch, per image
-
-
-def exported_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(checkpoint, model dir) of the calibrated tiny model, exported once per session for all test files."""
-    torch = pytest.importorskip("torch")
-    from mrdl.checkpoint import save_checkpoint
-    from mrdl.config import load_config
-    from mrdl.data.preprocess import preprocess
-    from mrdl.data.synthetic import synthetic_sample
-    from mrdl.model import create_model, deterministic_prompt_features
-    from mrdl_export import export_model
-
-    base = tmp_path_factory.getbasetemp() / "runtime-tiny-model"
-    ckpt, model_dir = base / "tiny.safetensors", base / "deploy"
-    if (model_dir / "model.json").is_file():
-        return ckpt, model_dir
-    cfg = load_config("tiny")
-    model = create_model(cfg, prompt_features=deterministic_prompt_features(cfg), seed=0).eval()
-    size = cfg.model.image_size
-    batch = torch.from_numpy(np.stack([preprocess(synthetic_sample(i, size=size, seed=0)[0], size) for i in range(4)]))
-    with torch.no_grad():
-        logits = model(batch).logits  # (4, 1, S, S)
-        model.decoder.head.bias -= torch.quantile(logits.flatten(), 0.7)
-    base.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(ckpt, model)
-    export_model(ckpt, model_dir, max_batch=4, parity_images=2)
-    return ckpt, model_dir
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory) -> tuple[Path, Path]:
-    return exported_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +34,8 @@ def dice_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
 
 
-def test_runtime_runs_with_torch_blocked(tiny_export):
-    code = BLOCK_TORCH + f"""
+def test_runtime_runs_with_torch_blocked(tiny_export, block_torch, repo_root):
+    code = block_torch + f"""
 import numpy as np
 from mrdl_runtime import Segmenter
 with Segmenter.load({str(tiny_export[1])!r}) as segmenter:
@@ -82,7 +46,7 @@ assert 'onnxruntime' in sys.modules
 print('ok', segmenter.backend)
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(repo_root)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "onnxruntime-cpu"]
 

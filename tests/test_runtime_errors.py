@@ -12,13 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_runtime import exported_tiny_model
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return exported_tiny_model(tmp_path_factory)[1]
-
 
 @pytest.fixture
 def edited_model_dir(model_dir, tmp_path):
