@@ -1,6 +1,6 @@
-"""The reference vectors the C++ runtime's ctest suite compares against (runtime/cpp/scripts/
-make_test_data.py) agree with the training preprocessing contract, ``mrdl.data.preprocess``, and
-its integrity files are what the C++ artifact checks assume.
+"""The reference vectors the C++ runtime's ctest suite compares against (tests/cpp/make_test_data.py)
+agree with the training preprocessing contract, ``mrdl.data.preprocess``, and its integrity files
+are what the C++ artifact checks assume.
 
 The C++ tests check C++ == ``mrdl_runtime``; this closes the loop to what the model was trained on.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "runtime" / "cpp" / "scripts" / "make_test_data.py"
+SCRIPT = Path(__file__).resolve().parent / "cpp" / "make_test_data.py"
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,21 @@
 #   runtime/cpp/scripts/build_and_test.sh [PYTHON]
 #
 # PYTHON (default: the repo's .venv) provides onnxruntime's library for fetch_onnxruntime.sh and
-# the Python runtime that writes the reference data the tests compare against.
+# runs tests/cpp/make_test_data.py, which writes the reference data the tests compare against with
+# the Python runtime (it exports a model with torch, so it lives with the repo's tests, not here).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cpp_root="$(dirname "$here")"
-python="${1:-$cpp_root/../../.venv/bin/python}"
+repo="$(cd "$cpp_root/../.." && pwd)"
+python="${1:-$repo/.venv/bin/python}"
 [ -e "$python" ] || { echo "build_and_test: no Python at $python (run make install first)" >&2; exit 1; }
 python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"  # absolute, venv symlink kept
 build="$cpp_root/build"
 
 ort_root="$("$here/fetch_onnxruntime.sh" "$python" | tail -n1)"
-cmake -S "$cpp_root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_ROOT="$ort_root" -DMRDL_PYTHON="$python"
+cmake -S "$cpp_root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_ROOT="$ort_root" -DMRDL_PYTHON="$python" \
+  -DMRDL_TEST_DATA_SCRIPT="$repo/tests/cpp/make_test_data.py"
 cmake --build "$build" -j2
 cd "$build"
 ctest --output-on-failure

@@ -68,7 +68,7 @@ std::vector<T> read_array(const std::string& path) {
 
 inline nlohmann::json read_index(const std::string& dir) {
     std::ifstream stream(dir + "/index.json");
-    if (!stream) throw std::runtime_error("no " + dir + "/index.json (written by runtime/cpp/scripts/make_test_data.py)");
+    if (!stream) throw std::runtime_error("no " + dir + "/index.json (written by the repo's tests/cpp/make_test_data.py)");
     return nlohmann::json::parse(stream);
 }
 

@@ -1,6 +1,6 @@
 """Write the data the C++ ctest suite compares against, computed by the Python runtime.
 
-    python runtime/cpp/scripts/make_test_data.py OUT_DIR
+    python tests/cpp/make_test_data.py OUT_DIR
 
 OUT_DIR/index.json describes raw little-endian arrays (``.u8`` uint8, ``.f32`` float32) beside it:
 
@@ -15,7 +15,9 @@ OUT_DIR/index.json describes raw little-endian arrays (``.u8`` uint8, ``.f32`` f
 * ``integrity``: files for the C++ artifact checks: a blob with its ``hashlib`` SHA-256, and copies of
   the exported ``model.onnx`` whose embedded manifest names another export, or that has none.
 
-Run by ctest as a fixture (see runtime/cpp/tests/CMakeLists.txt). The folder is rebuilt whenever the
+Run by ctest as a fixture (see runtime/cpp/tests/CMakeLists.txt, which finds it as
+MRDL_TEST_DATA_SCRIPT). It needs torch and the training package to export its model, so it lives
+with the tests rather than in the torch-free runtime's tree. The folder is rebuilt whenever the
 Python sources it depends on (mrdl/, export/, runtime/*.py, this script) or the versions of numpy,
 Pillow, onnxruntime and torch change, and reused otherwise (exporting takes most of a minute).
 """
@@ -45,7 +47,7 @@ POSTPROCESS_CASES = [
     (2, (48, 48), (48, 200)),
 ]
 SEGMENT_IMAGES = 8
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sources_digest() -> str:
