@@ -11,18 +11,14 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-pytestmark = pytest.mark.slow  # the module fixture exports the tiny model (seconds of CPU)
+pytestmark = pytest.mark.slow  # conftest's variants_export exports the tiny model (seconds of CPU)
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory, tiny_config, tiny_prompt_features):
-    from mrdl.model import create_model
-    from mrdl_export.deploy import build_deploy_module, example_inputs
-    from mrdl_export.onnx_export import export_onnx
-
-    model = create_model(tiny_config, prompt_features=tiny_prompt_features, seed=0, phase="matmul")
-    deploy, _ = build_deploy_module(model)
-    return export_onnx(deploy, example_inputs(model), tmp_path_factory.mktemp("quant") / "model.onnx")
+def tiny_onnx(variants_export):
+    """The seeded tiny model's FP32 graph (matmul phase, deploy module), exported once per session in
+    conftest; shared, so the tests write their INT8 files elsewhere."""
+    return variants_export.onnx_path
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +27,11 @@ def calibration():
 
 
 @pytest.fixture(scope="module")
-def int8_default(tiny_onnx, calibration):
+def int8_default(tiny_onnx, calibration, tmp_path_factory):
     from mrdl_export.quantize import quantize_int8
 
-    return onnx.load(str(quantize_int8(tiny_onnx, tiny_onnx.with_name("int8.onnx"), calibration)))
+    out = tmp_path_factory.mktemp("quant") / "int8.onnx"
+    return onnx.load(str(quantize_int8(tiny_onnx, out, calibration)))
 
 
 def _weights(model) -> set[str]:
