@@ -32,6 +32,19 @@ def _torch():
 
 
 @pytest.fixture(scope="session")
+def interruptible() -> dict:
+    """Popen keyword arguments that give the child the default SIGINT disposition, for Ctrl-C tests.
+
+    A shell that starts a job in the background without job control (as CI runners may) makes it
+    ignore SIGINT; the child inherits that and Python keeps ignoring SIGINT, so a test sending a
+    real SIGINT must restore the default in the child before it starts.
+    """
+    import signal
+
+    return {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
 

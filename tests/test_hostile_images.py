@@ -338,7 +338,7 @@ def test_out_with_unrecorded_masks_is_refused(model_dir, gray8, tmp_path):
     assert not (out / "masks").exists()
 
 
-def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_path):
+def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_path, interruptible):
     folder = tmp_path / "many"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -347,7 +347,7 @@ def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_p
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "mrdl_apps", "predict",
                                 str(model_dir), str(folder), "--out", str(out), "--no-progress"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **interruptible)
     deadline = time.monotonic() + 120
     while not (out / "masks").is_dir() or not any((out / "masks").iterdir()):
         assert process.poll() is None and time.monotonic() < deadline, "mrdl predict ended before writing a mask"

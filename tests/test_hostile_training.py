@@ -37,7 +37,7 @@ from mrdl.train import RUN_FILES, RunExistsError, train_model
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
 
-SOURCES = ("mrdl", "export", "runtime", "benchmarks")
+SOURCES = ("mrdl", "export", "runtime", "benchmarks", "apps")
 
 
 @pytest.fixture(scope="module")
@@ -243,13 +243,13 @@ def test_new_run_refuses_an_existing_run_folder(tmp_path: Path, tiny_config, dat
 
 # --- Ctrl-C ------------------------------------------------------------------------------------------
 
-def test_sigint_exits_130_with_the_resume_command(tmp_path: Path, data):
+def test_sigint_exits_130_with_the_resume_command(tmp_path: Path, data, interruptible):
     root, embeddings = data
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mrdl_apps", "train",
                "--config", "tiny", "--data", str(root), "--embeddings", str(embeddings), "--epochs", "500",
                "--out", str(out), "--threads", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **interruptible)
     try:
         deadline = time.monotonic() + 240
         while not (out / "metrics.csv").exists():  # wait for the first completed epoch
