@@ -10,7 +10,6 @@ checkpoints (.pt, .bin) are refused, never unpickled: unpickling can run arbitra
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from mrdl_runtime.manifest import file_sha256
 
 from .checkpoint import shape_mismatches
 from .config import TextTowerConfig
@@ -54,14 +55,6 @@ class TextTower:
             _, token_features = self.model(tokens)  # output_tokens=True -> (pooled, tokens)
             chunks.append(token_features.float())
         return torch.cat(chunks) if chunks else torch.empty(0)
-
-
-def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _text_architecture(cfg: TextTowerConfig) -> dict:

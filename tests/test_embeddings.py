@@ -14,7 +14,8 @@ from mrdl.config import load_config
 from mrdl.data.embeddings import (PROMPT_KEY, EmbeddingsError, compute_embeddings, dataset_texts,
                                   default_embeddings_path, load_embeddings)
 from mrdl.data.synthetic import write_synthetic_dataset
-from mrdl.text import RandomTextTowerWarning, file_sha256, random_text_tower
+from mrdl.text import RandomTextTowerWarning, random_text_tower
+from mrdl_runtime.manifest import file_sha256
 
 
 @pytest.fixture
