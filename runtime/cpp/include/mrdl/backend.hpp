@@ -1,6 +1,8 @@
 // Inference backends: something that maps the model's input tensors to its probabilities.
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -26,7 +28,7 @@ enum class Device {
 };
 
 /// How a Segmenter loads its model.
-struct SegmenterOptions {
+struct MRDL_API SegmenterOptions {
     BackendKind backend = BackendKind::OnnxRuntime;
     Device device = Device::CPU;
     std::string precision = "fp32";  // a key of manifest.artifacts: "fp32", "int8", "fp16"
@@ -42,7 +44,7 @@ struct SegmenterOptions {
 
 /// A loaded model. `run` takes the image batch (B, 3, H, W) and, under fusion "addition", the
 /// text features (B, 77, D); it returns the probabilities (B, n_classes, H, W), row-major.
-class Backend {
+class MRDL_API Backend {
 public:
     virtual ~Backend() = default;
     virtual std::vector<float> run(const std::vector<float>& images, const std::vector<float>* text_features,
@@ -52,12 +54,12 @@ public:
 };
 
 /// The backends compiled into this build, e.g. {"onnxruntime", "tensorrt"}.
-std::vector<std::string> available_backends();
+MRDL_API std::vector<std::string> available_backends();
 
 /// Verify (read_verified_artifact) and load the artifact for `options` from `model_dir`; throws
 /// IntegrityError when the file is not the one model.json records, BackendError when the artifact
 /// is not listed or the backend cannot load it.
-std::unique_ptr<Backend> make_backend(const std::string& model_dir, const Manifest& manifest,
+MRDL_API std::unique_ptr<Backend> make_backend(const std::string& model_dir, const Manifest& manifest,
                                       const SegmenterOptions& options);
 
 }  // namespace mrdl

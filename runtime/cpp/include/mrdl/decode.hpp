@@ -12,6 +12,8 @@
 // InputError naming the shape or the limit.
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <cstddef>
 #include <cstdint>
 
@@ -24,7 +26,7 @@ enum class PixelType { UInt8, UInt16, Int32, Float32, Float64 };
 
 /// A borrowed HxWxC image of any supported element type, rows packed (stride = width * channels),
 /// in native byte order.
-struct PixelView {
+struct MRDL_API PixelView {
     const void* data = nullptr;
     PixelType type = PixelType::UInt8;
     int height = 0;
@@ -33,16 +35,16 @@ struct PixelView {
 };
 
 /// Apply the decoding rule above: HxWxC pixels -> HxWx3 RGB uint8.
-Image to_rgb8(const PixelView& image, size_t max_pixels = kDefaultMaxPixels);
+MRDL_API Image to_rgb8(const PixelView& image, size_t max_pixels = kDefaultMaxPixels);
 
 /// Shorthands for the common element types.
-Image to_rgb8(const ImageView& image, size_t max_pixels = kDefaultMaxPixels);
-Image to_rgb8(const uint16_t* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
-Image to_rgb8(const float* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
-Image to_rgb8(const double* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
+MRDL_API Image to_rgb8(const ImageView& image, size_t max_pixels = kDefaultMaxPixels);
+MRDL_API Image to_rgb8(const uint16_t* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
+MRDL_API Image to_rgb8(const float* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
+MRDL_API Image to_rgb8(const double* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
 
 /// Throw InputError when a height x width image exceeds `max_pixels`, naming the limit and how to
 /// raise it; decoders call it before allocating.
-void check_pixel_count(int64_t height, int64_t width, size_t max_pixels);
+MRDL_API void check_pixel_count(int64_t height, int64_t width, size_t max_pixels);
 
 }  // namespace mrdl

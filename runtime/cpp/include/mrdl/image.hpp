@@ -1,6 +1,8 @@
 // Non-owning and owning views of interleaved HxWxC images.
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -14,7 +16,7 @@ constexpr size_t kDefaultMaxPixels = 250'000'000;
 
 /// A borrowed HxWxC uint8 image, rows packed (stride = width * channels). C is 1 (gray), 2 (gray +
 /// alpha), 3 (RGB) or 4 (RGBA); see mrdl/decode.hpp for other element types.
-struct ImageView {
+struct MRDL_API ImageView {
     const uint8_t* data = nullptr;
     int height = 0;
     int width = 0;
@@ -22,7 +24,7 @@ struct ImageView {
 };
 
 /// An owned HxWxC uint8 image.
-struct Image {
+struct MRDL_API Image {
     int height = 0;
     int width = 0;
     int channels = 0;

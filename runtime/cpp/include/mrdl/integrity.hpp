@@ -1,6 +1,8 @@
 // Artifact verification: the file a backend loads is the one model.json records (name, size, SHA-256).
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -11,7 +13,7 @@
 namespace mrdl {
 
 /// Incremental SHA-256 (FIPS 180-4). `hex_digest` finishes the hash; call it once.
-class Sha256 {
+class MRDL_API Sha256 {
 public:
     Sha256();
     void update(const void* data, size_t size);
@@ -28,12 +30,12 @@ private:
 };
 
 /// Lower-case hex SHA-256 of a buffer.
-std::string sha256_hex(const void* data, size_t size);
+MRDL_API std::string sha256_hex(const void* data, size_t size);
 /// Lower-case hex SHA-256 of a file's bytes (throws Error when it cannot be read).
-std::string file_sha256(const std::string& path);
+MRDL_API std::string file_sha256(const std::string& path);
 
 /// An artifact read into memory after its checks passed.
-struct VerifiedArtifact {
+struct MRDL_API VerifiedArtifact {
     std::string key;            // "fp32", "int8", "fp16" or "tensorrt"
     std::string path;           // model_dir / record.file
     Artifact record;            // what model.json says about the file
@@ -46,7 +48,7 @@ struct VerifiedArtifact {
 /// `verify_hash`, with SHA-256 == record.sha256. Throws IntegrityError naming the file and what
 /// was expected. With `verify_hash` false the hash is skipped (size still checked) and a warning
 /// is printed to stderr, once per process.
-VerifiedArtifact read_verified_artifact(const std::string& model_dir, const Manifest& manifest,
+MRDL_API VerifiedArtifact read_verified_artifact(const std::string& model_dir, const Manifest& manifest,
                                         const std::string& key, bool verify_hash);
 
 }  // namespace mrdl

@@ -1,6 +1,8 @@
 // The deploy manifest (model.json) written by mrdl-export; docs/deploy-manifest.md is the contract.
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -18,7 +20,7 @@ constexpr const char* kManifestFormat = "mrdl-deploy/2";
 
 /// One entry of model.json's "artifacts": a plain file name inside the model directory, its size
 /// and SHA-256, and the precision the file holds ("fp32", "fp16" or "int8").
-struct Artifact {
+struct MRDL_API Artifact {
     std::string file;
     uint64_t bytes = 0;
     std::string sha256;  // 64 lower-case hex digits
@@ -26,7 +28,7 @@ struct Artifact {
 };
 
 /// One graph input or output: its name, shape (kDynamic for the "batch" axis) and dtype.
-struct TensorSpec {
+struct MRDL_API TensorSpec {
     static constexpr int64_t kDynamic = -1;
     std::string name;
     std::vector<int64_t> shape;
@@ -34,7 +36,7 @@ struct TensorSpec {
 };
 
 /// How an image becomes the model's input tensor.
-struct Preprocessing {
+struct MRDL_API Preprocessing {
     int height = 0;  // size[0]
     int width = 0;   // size[1]
     std::string resize;         // "bilinear" (Pillow semantics)
@@ -45,7 +47,7 @@ struct Preprocessing {
 };
 
 /// How the model's probabilities become a mask.
-struct Postprocessing {
+struct MRDL_API Postprocessing {
     std::string activation;  // "sigmoid" (one class) or "softmax"
     bool activation_in_graph = true;
     double threshold = 0.5;
@@ -53,7 +55,7 @@ struct Postprocessing {
 };
 
 /// The parsed and validated model.json.
-struct Manifest {
+struct MRDL_API Manifest {
     std::string format;     // kManifestFormat
     std::string export_id;  // 32 lower-case hex digits, unique per export
     std::string name;
@@ -83,13 +85,13 @@ struct Manifest {
 };
 
 /// What the manifest embedded in an ONNX file (metadata "mrdl.manifest") says about that file.
-struct EmbeddedIdentity {
+struct MRDL_API EmbeddedIdentity {
     std::string export_id;  // must equal model.json's
     std::string precision;  // the precision the file holds
 };
 
 /// Parse an embedded manifest (same size and depth limits as model.json); `source` names it in
 /// errors, which are IntegrityError.
-EmbeddedIdentity parse_embedded_manifest(const std::string& text, const std::string& source);
+MRDL_API EmbeddedIdentity parse_embedded_manifest(const std::string& text, const std::string& source);
 
 }  // namespace mrdl

@@ -1,6 +1,8 @@
 // Pre- and postprocessing shared by every backend; the same rules as the Python mrdl_runtime.
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -12,11 +14,11 @@ namespace mrdl {
 
 /// An image -> the model's input for one sample: (3, H, W) float32 = to_rgb8 (mrdl/decode.hpp),
 /// then Pillow-bilinear-resized uint8 * scale, channels in RGB order.
-std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec,
+MRDL_API std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec,
                               size_t max_pixels = kDefaultMaxPixels);
 
 /// The mask and probabilities of one image, both at the image's original size.
-struct Segmentation {
+struct MRDL_API Segmentation {
     int height = 0;
     int width = 0;
     int n_classes = 0;
@@ -27,7 +29,7 @@ struct Segmentation {
 /// (n_classes, h, w) probabilities at the model's size -> a Segmentation at (height, width):
 /// each class plane resized like Pillow mode "F" bilinear, then thresholded (one class, prob >
 /// threshold) or arg-maxed (first maximum wins on ties).
-Segmentation postprocess(const float* probabilities, int n_classes, int model_height, int model_width,
+MRDL_API Segmentation postprocess(const float* probabilities, int n_classes, int model_height, int model_width,
                          int height, int width, const Postprocessing& spec);
 
 }  // namespace mrdl

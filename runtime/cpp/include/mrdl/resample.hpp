@@ -11,6 +11,8 @@
 // contract allows. Square-to-square resizes, the common case, are bit-identical.
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <cstdint>
 #include <vector>
 
@@ -23,11 +25,11 @@ namespace mrdl {
 enum class PassOrder { HorizontalFirst, VerticalFirst };
 
 /// (H, W, C) uint8 -> (out_height, out_width, C) uint8, every channel filtered independently.
-Image resize_bilinear(const ImageView& image, int out_height, int out_width,
+MRDL_API Image resize_bilinear(const ImageView& image, int out_height, int out_width,
                       PassOrder order = PassOrder::HorizontalFirst);
 
 /// (H, W) float32 -> (out_height, out_width) float32, as Pillow resizes a mode "F" image.
-std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width,
+MRDL_API std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width,
                                    PassOrder order = PassOrder::HorizontalFirst);
 
 }  // namespace mrdl

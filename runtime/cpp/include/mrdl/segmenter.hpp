@@ -1,6 +1,8 @@
 // The entry point for applications: load an exported model directory, segment images.
 #pragma once
 
+#include "mrdl/export.hpp"
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,7 +19,7 @@ namespace mrdl {
 
 /// Segments images with a model exported by mrdl-export: reads model.json, preprocesses exactly
 /// as the Python runtime does, runs the chosen backend and returns masks at the original size.
-class Segmenter {
+class MRDL_API Segmenter {
 public:
     /// Load `model_dir` (holding model.json and the artifacts it lists). The chosen artifact is
     /// verified first (mrdl/integrity.hpp); a mismatch throws IntegrityError.
