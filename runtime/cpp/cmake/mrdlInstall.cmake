@@ -57,6 +57,9 @@ if(MRDL_INSTALL_ONNXRUNTIME)
   endforeach()
 else()
   install(FILES "${CMAKE_CURRENT_SOURCE_DIR}/cmake/FindOnnxRuntime.cmake" DESTINATION ${MRDL_INSTALL_CMAKEDIR})
+  # The installed library then looks for libonnxruntime.so.1 where the build found it, too.
+  get_filename_component(_mrdl_ort_dir "${OnnxRuntime_LIBRARY}" DIRECTORY)
+  set_property(TARGET mrdl_runtime APPEND PROPERTY INSTALL_RPATH "${_mrdl_ort_dir}")
 endif()
 
 configure_package_config_file("${CMAKE_CURRENT_SOURCE_DIR}/cmake/mrdlConfig.cmake.in"
