@@ -154,23 +154,28 @@ def tint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return image
 
 
-def write_png(array: np.ndarray, path: Path) -> None:
-    """Write ``array`` as a PNG through a temporary file renamed onto ``path``."""
+@contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """Yield a temporary file name beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        Image.fromarray(array).save(tmp, format="PNG")
+        yield tmp
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
+def write_png(array: np.ndarray, path: Path) -> None:
+    """Write ``array`` as a PNG through a temporary file renamed onto ``path``."""
+    with _replacing(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
 def _write_record(out_dir: Path, record: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_NAME}.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w") as stream:
+    with _replacing(out_dir / RECORD_NAME) as tmp, open(tmp, "w") as stream:
         json.dump(record, stream, indent=2)
-    os.replace(tmp, out_dir / RECORD_NAME)
 
 
 @contextmanager
