@@ -36,6 +36,7 @@ MAX_JSON_DEPTH = 32
 MAX_IMAGE_SIDE = 8192
 MAX_CLASSES = 255
 MAX_BATCH = 4096
+MAX_SOURCE_SIDE = 1 << 20  # source_size: the training images' typical [height, width] before resizing
 _JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 
 
@@ -156,6 +157,7 @@ class Manifest:
     activation_in_graph: bool
     versions: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    source_size: tuple[int, int] | None = None  # the training scale (docs/tiling.md); None = unknown
 
     @property
     def image_input(self) -> TensorSpec:
@@ -258,6 +260,18 @@ def _artifact_records(doc: dict[str, Any], where: str) -> dict[str, ArtifactReco
     return records
 
 
+def _source_size(doc: dict[str, Any], where: str) -> tuple[int, int] | None:
+    """The optional ``source_size``: [height, width], two integers in [1, MAX_SOURCE_SIDE]; absent -> None."""
+    if "source_size" not in doc:
+        return None
+    value = doc["source_size"]
+    if not (isinstance(value, list) and len(value) == 2 and all(type(s) is int and 1 <= s <= MAX_SOURCE_SIDE
+                                                                for s in value)):
+        raise ManifestError(f"{where} source_size is {value!r}; expected [height, width] of the training images, "
+                            f"two integers in [1, {MAX_SOURCE_SIDE}] (or no source_size at all)")
+    return value[0], value[1]
+
+
 def parse_manifest(doc: dict[str, Any], model_dir: str | Path) -> Manifest:
     """Check a manifest document against docs/deploy-manifest.md and return it typed.
 
@@ -326,6 +340,7 @@ def parse_manifest(doc: dict[str, Any], model_dir: str | Path) -> Manifest:
         activation_in_graph=True,
         versions=dict(versions),
         raw=doc,
+        source_size=_source_size(doc, where),
     )
 
 

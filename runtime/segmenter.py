@@ -4,7 +4,9 @@
 opens its runner, which verifies the artifact against the manifest (:mod:`mrdl_runtime.integrity`)
 before the backend loads it. ``predict`` preprocesses exactly as training did, runs the model and
 returns the mask and probabilities at the image's original size (or at the model's size, LViT's
-evaluation protocol, with ``at_model_size=True``).
+evaluation protocol, with ``at_model_size=True``). Images much larger than the training images are
+segmented in overlapping windows at the training scale (``tile``; :mod:`mrdl_runtime.tiling`,
+docs/tiling.md).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Sequence
 import numpy as np
 
 from .backends import make_runner, select_backend
-from .imaging import ImageInputError, mask_at_size, preprocess, probabilities_to_mask, resize_probabilities
+from .imaging import ImageInputError, check_image, mask_at_size, preprocess, probabilities_to_mask, resize_probabilities
 from .manifest import Manifest, load_manifest
 from .runner import Runner
+from .tiling import DEFAULT_OVERLAP, TileOptions, mask_at, plan_tiles, probabilities_at, resample_rgb, should_tile, stitch
 
 logger = logging.getLogger("mrdl_runtime")
 
@@ -28,14 +31,35 @@ logger = logging.getLogger("mrdl_runtime")
 class Prediction:
     """One image's result: ``mask`` (H, W) uint8 (0/1, or class index for several classes) and
     ``probabilities`` (n_classes, H, W) float32, at the original size unless asked otherwise
-    (None when the caller asked for masks only)."""
+    (None when the caller asked for masks only); ``tiled``: whether it was segmented in windows at
+    the training scale (docs/tiling.md) rather than resized whole to the model size."""
 
     mask: np.ndarray
     probabilities: np.ndarray | None
+    tiled: bool = False
+
+
+def _image_size(image: object) -> tuple[int, int]:
+    """(H, W) of an input image, after the layout check that names what was expected."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        check_image(image)  # raises ImageInputError
+    return image.shape[0], image.shape[1]
 
 
 class Segmenter:
-    """A loaded model: manifest + open runner. Use ``Segmenter.load``; close it (or use ``with``)."""
+    """A loaded model: manifest + open runner. Use ``Segmenter.load``; close it (or use ``with``).
+
+    Threads: one Segmenter may be shared by several threads; ``predict``, ``predict_batch`` and
+    ``infer`` may run concurrently and give the same results as serial calls
+    (``tests/test_threads.py``: 8 threads). Its own state is read-only after ``load``, the
+    runner's latency counters are updated under a lock, ONNX Runtime sessions run concurrent
+    calls side by side, and the native ``tensorrt`` backend serializes them (one execution
+    context). ``close`` only after every thread is done. ``Segmenter.load(intra_op_threads=N)``
+    sets ONNX Runtime's intra-op threads (the cores one model call may use; 0, the default, lets
+    ONNX Runtime use one per physical core): with several threads calling at once, a small N per
+    call (e.g. cores / threads) avoids oversubscribing the CPU. ``mrdl predict --threads N`` is
+    the same setting.
+    """
 
     def __init__(self, manifest: Manifest, runner: Runner, *, backend: str, precision: str, reason: str) -> None:
         self.manifest = manifest
@@ -106,36 +130,82 @@ class Segmenter:
         return np.concatenate(chunks).astype(np.float32, copy=False)  # (B, n_classes, H, W)
 
     def predict_batch(self, images: Sequence[np.ndarray], *, text_features: np.ndarray | None = None,
-                      at_model_size: bool = False, channel_order: str = "RGB",
-                      with_probabilities: bool = True) -> list[Prediction]:
+                      at_model_size: bool = False, channel_order: str = "RGB", with_probabilities: bool = True,
+                      tile: str | bool = "auto", overlap: float = DEFAULT_OVERLAP,
+                      blend: str = "gaussian") -> list[Prediction]:
         """Segment several images (any sizes); the model runs in batches of at most ``max_batch``.
 
         Images go through :func:`~mrdl_runtime.imaging.to_rgb8` (uint8, uint16, bool, floats in
         [0, 1] or [0, 255]). ``with_probabilities=False`` returns masks only (``probabilities`` is
         None): each class's map is then resized and thresholded in row strips, so a large image
         never holds its n_classes full-size float maps; the masks are the same.
+
+        ``tile`` (docs/tiling.md): "auto" segments an image more than 1.5 times the model's
+        ``source_size`` (the training images' size, from model.json) along either axis in
+        overlapping model-size windows at the training scale, others whole; True tiles every image
+        (it needs ``source_size``), False none. ``overlap`` in [0, 1) is the fraction of a window
+        shared with its neighbour, ``blend`` "gaussian" (MONAI's weights) or "constant". A tiled
+        image's ``at_model_size`` result is at the training scale (its resampled size).
         """
+        options = TileOptions(tile, overlap, blend)
         if len(images) == 0:
             return []
-        batch = np.stack([preprocess(image, self.manifest.size, scale=self.manifest.scale,
-                                     channel_order=channel_order) for image in images])  # (B, 3, H, W)
-        threshold = self.manifest.threshold
-        results = []
-        for image, probs in zip(images, self.infer(batch, text_features)):  # probs (C, h, w)
-            if not (at_model_size or with_probabilities):
-                results.append(Prediction(mask_at_size(probs, image.shape[:2], threshold=threshold), None))
-                continue
-            if not at_model_size:
-                probs = resize_probabilities(probs, image.shape[:2])
-            results.append(Prediction(probabilities_to_mask(probs, threshold=threshold),
-                                      probs if with_probabilities else None))
+        text = self._text_batch(text_features, len(images))
+        source_size = self.manifest.source_size
+        tiled = [should_tile(_image_size(image), source_size, options.tile) for image in images]
+        results: list[Prediction | None] = [None] * len(images)
+        whole = [i for i, tiles in enumerate(tiled) if not tiles]
+        if whole:
+            batch = np.stack([preprocess(images[i], self.manifest.size, scale=self.manifest.scale,
+                                         channel_order=channel_order) for i in whole])  # (B, 3, H, W)
+            for i, probs in zip(whole, self.infer(batch, None if text is None else text[whole])):  # probs (C, h, w)
+                results[i] = self._finish(probs, images[i].shape[:2], at_model_size, with_probabilities)
+        for i in (i for i, tiles in enumerate(tiled) if tiles):
+            results[i] = self._predict_tiled(images[i], None if text is None else text[i], options,
+                                             at_model_size=at_model_size, channel_order=channel_order,
+                                             with_probabilities=with_probabilities)
         return results
 
+    def _finish(self, probs: np.ndarray, size: tuple[int, int], at_model_size: bool,
+                with_probabilities: bool) -> Prediction:
+        """The untiled path's postprocessing of one image's (C, h, w) model output."""
+        threshold = self.manifest.threshold
+        if not (at_model_size or with_probabilities):
+            return Prediction(mask_at_size(probs, size, threshold=threshold), None)
+        if not at_model_size:
+            probs = resize_probabilities(probs, size)
+        return Prediction(probabilities_to_mask(probs, threshold=threshold), probs if with_probabilities else None)
+
+    def _predict_tiled(self, image: np.ndarray, text: np.ndarray | None, options: TileOptions, *,
+                       at_model_size: bool, channel_order: str, with_probabilities: bool) -> Prediction:
+        """One image in blended windows at the training scale (docs/tiling.md), streamed in row strips."""
+        manifest = self.manifest
+        rgb = check_image(image, channel_order=channel_order)
+        size = rgb.shape[:2]
+        plan = plan_tiles(size, manifest.source_size, manifest.size, options.overlap)
+        resampled = resample_rgb(rgb, plan.resampled_size)  # (h, w, 3) uint8
+        del rgb  # a converted copy (uint16, float, gray input) is not kept while the windows run
+        stitched = stitch(resampled, plan, lambda batch: self.infer(batch, text), model_size=manifest.size,
+                          n_classes=manifest.n_classes, max_batch=manifest.max_batch, scale=manifest.scale,
+                          options=options)  # (C, h, w)
+        threshold = manifest.threshold
+        if at_model_size:
+            stitched = np.ascontiguousarray(stitched)
+            return Prediction(probabilities_to_mask(stitched, threshold=threshold),
+                              stitched if with_probabilities else None, tiled=True)
+        if not with_probabilities:
+            return Prediction(mask_at(stitched, size, threshold=threshold), None, tiled=True)
+        probs = probabilities_at(stitched, size)
+        return Prediction(probabilities_to_mask(probs, threshold=threshold), probs, tiled=True)
+
     def predict(self, image: np.ndarray, *, text_features: np.ndarray | None = None, at_model_size: bool = False,
-                channel_order: str = "RGB", with_probabilities: bool = True) -> Prediction:
-        """Segment one image (HxWx3 RGB, gray HxW / HxWx1, gray+alpha, RGBA; uint8, uint16 or float)."""
+                channel_order: str = "RGB", with_probabilities: bool = True, tile: str | bool = "auto",
+                overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian") -> Prediction:
+        """Segment one image (HxWx3 RGB, gray HxW / HxWx1, gray+alpha, RGBA; uint8, uint16 or float);
+        ``tile``, ``overlap`` and ``blend`` as in :meth:`predict_batch`."""
         return self.predict_batch([image], text_features=text_features, at_model_size=at_model_size,
-                                  channel_order=channel_order, with_probabilities=with_probabilities)[0]
+                                  channel_order=channel_order, with_probabilities=with_probabilities,
+                                  tile=tile, overlap=overlap, blend=blend)[0]
 
     def close(self) -> None:
         """Release the backend."""

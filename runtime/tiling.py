@@ -1,0 +1,284 @@
+"""Tiled inference at the training scale (docs/tiling.md is the contract; the C++ runtime follows it too).
+
+An image much larger than the training images is resampled to the training scale
+(:func:`resampled_size`: model size / ``source_size`` per axis), padded at the bottom and right to
+at least the model size, cut into overlapping model-size windows (:func:`window_starts`, the last
+one clamped to the edge, MONAI's ``sliding_window_inference`` rule), run in batches, blended with
+gaussian or constant weights (:func:`blend_weights`) in float32 and mapped back to the input size.
+
+Both resamplings follow Pillow's bilinear rule (runtime/VECTORS.md) with the horizontal pass
+first, streamed in row strips: the image never exists as floats at the input resolution, and the
+strips do not change a single value (each intermediate row depends on its own input row only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .imaging import STRIP_BYTES, to_model_input
+
+TILE_CHOICES = ("auto", True, False)
+BLEND_MODES = ("gaussian", "constant")
+DEFAULT_OVERLAP = 0.25
+GAUSSIAN_SIGMA_SCALE = 0.125  # sigma = 0.125 * window side, as MONAI's sliding_window_inference
+MIN_GAUSSIAN_WEIGHT = 1e-3  # MONAI's clamp: every weight positive, so every pixel's weight sum is > 0
+PRECISION_BITS = 22  # Pillow's fixed point for uint8 images: 32 bits - 8 for the value - 2 of headroom
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How to tile: ``tile`` "auto" / True / False, window ``overlap`` in [0, 1), ``blend`` mode."""
+
+    tile: str | bool = "auto"
+    overlap: float = DEFAULT_OVERLAP
+    blend: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if not (self.tile is True or self.tile is False or isinstance(self.tile, str) and self.tile == "auto"):
+            raise ValueError(f"tile must be 'auto', True or False, got {self.tile!r}")
+        overlap = self.overlap
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be a number with 0 <= overlap < 1 (the fraction of a window shared "
+                             f"with its neighbour; default {DEFAULT_OVERLAP}), got {overlap!r}")
+        if self.blend not in BLEND_MODES:
+            raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
+
+
+def should_tile(image_size: tuple[int, int], source_size: tuple[int, int] | None, tile: str | bool) -> bool:
+    """The ``tile`` decision for one image: "auto" tiles when the image is more than 1.5 times the
+    training source size along either axis (``2 * H > 3 * sh or 2 * W > 3 * sw``)."""
+    if tile is False:
+        return False
+    if source_size is None:
+        if tile is True:
+            raise ValueError("tile=True needs the training source size, and model.json has no 'source_size'; "
+                             "re-export with mrdl-export --source-size HxW (e.g. 1000x1000 for MoNuSeg)")
+        return False
+    if tile is True:
+        return True
+    (height, width), (source_h, source_w) = image_size, source_size
+    return 2 * height > 3 * source_h or 2 * width > 3 * source_w
+
+
+def resampled_size(image_size: tuple[int, int], source_size: tuple[int, int],
+                   model_size: tuple[int, int]) -> tuple[int, int]:
+    """The image's size at the training scale: ``max(1, round_half_up(H * mh / sh))`` per axis, in integers."""
+    return tuple(max(1, (2 * n * m + s) // (2 * s)) for n, m, s in zip(image_size, model_size, source_size))
+
+
+def window_starts(length: int, window: int, overlap: float) -> list[int]:
+    """Window starts along one axis of ``length >= window``: stride ``max(1, floor(window * (1 - overlap)))``,
+    the last window clamped to end at the edge."""
+    if length < window:
+        raise ValueError(f"an axis of {length} pixels is shorter than the window ({window}); pad it first")
+    if length == window:
+        return [0]
+    stride = max(1, math.floor(window * (1.0 - overlap)))
+    count = (length - window + stride - 1) // stride + 1
+    return [min(i * stride, length - window) for i in range(count)]
+
+
+def window_grid(padded_size: tuple[int, int], model_size: tuple[int, int], overlap: float) -> list[tuple[int, int]]:
+    """(row, column) starts of every window in visiting order: row-major, both ascending."""
+    rows = window_starts(padded_size[0], model_size[0], overlap)
+    columns = window_starts(padded_size[1], model_size[1], overlap)
+    return [(y, x) for y in rows for x in columns]
+
+
+def _gaussian(side: int) -> np.ndarray:
+    sigma = GAUSSIAN_SIGMA_SCALE * side
+    return np.array([math.exp(-(d * d) / (2.0 * sigma * sigma)) for d in (i - (side - 1) / 2.0 for i in range(side))])
+
+
+def blend_weights(model_size: tuple[int, int], blend: str) -> np.ndarray:
+    """(mh, mw) float32 window weights: all 1 ("constant"), or ``max(g_rows[i] * g_cols[j], 1e-3)`` in
+    double with ``g[i] = exp(-d^2 / (2 sigma^2))``, ``d = i - (m-1)/2``, ``sigma = 0.125 m`` ("gaussian")."""
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
+    if blend == "constant":
+        return np.ones(model_size, dtype=np.float32)
+    weights = np.outer(_gaussian(model_size[0]), _gaussian(model_size[1]))  # float64
+    return np.maximum(weights, MIN_GAUSSIAN_WEIGHT).astype(np.float32)
+
+
+# ---- Pillow's bilinear rule, one axis at a time (runtime/VECTORS.md) ----
+
+@dataclass(frozen=True)
+class AxisTaps:
+    """Bilinear taps of one axis ``n_in -> n_out``: first input index, tap count and weights per output."""
+
+    first: np.ndarray  # (n_out,) int64
+    count: np.ndarray  # (n_out,) int64
+    weights: np.ndarray  # (n_out, taps) float64, normalised, 0 beyond count
+    fixed: np.ndarray  # (n_out, taps) int32, the weights in 22-bit fixed point (uint8 images)
+
+    def rows_needed(self, start: int, stop: int) -> tuple[int, int]:
+        """The input range read by outputs [start, stop)."""
+        return int(self.first[start]), int(self.first[stop - 1] + self.count[stop - 1])
+
+
+def axis_taps(n_in: int, n_out: int) -> AxisTaps:
+    """Pillow's ``precompute_coeffs`` for the bilinear filter, in the same double arithmetic."""
+    scale = n_in / n_out
+    filter_scale = max(scale, 1.0)
+    support = filter_scale  # the bilinear filter's support is 1
+    taps = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(n_out) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)  # C's (int) truncation
+    last = np.minimum(np.trunc(center + support + 0.5), n_in).astype(np.int64)
+    count = last - first
+    index = first[:, None] + np.arange(taps)[None, :]
+    weights = np.maximum(0.0, 1.0 - np.abs((index - center[:, None] + 0.5) * (1.0 / filter_scale)))
+    weights[np.arange(taps)[None, :] >= count[:, None]] = 0.0
+    total = np.zeros(n_out)
+    for tap in range(taps):  # a sequential sum, as Pillow (numpy's sum is pairwise)
+        total += weights[:, tap]
+    weights /= np.where(total == 0.0, 1.0, total)[:, None]
+    fixed = np.trunc(weights * (1 << PRECISION_BITS) + 0.5).astype(np.int32)
+    return AxisTaps(first, count, weights, fixed)
+
+
+def _vertical_uint8(rows: np.ndarray, taps: AxisTaps, start: int, stop: int, offset: int) -> np.ndarray:
+    """Outputs [start, stop) of a vertical uint8 pass from input rows ``offset...`` (h, w, 3) -> (stop-start, w, 3)."""
+    total = np.full((stop - start, *rows.shape[1:]), 1 << (PRECISION_BITS - 1), dtype=np.int32)
+    index = taps.first[start:stop] - offset
+    for tap in range(taps.fixed.shape[1]):
+        weight = taps.fixed[start:stop, tap]
+        if weight.any():
+            total += weight[:, None, None] * rows[np.minimum(index + tap, len(rows) - 1)].astype(np.int32)
+    return np.clip(total >> PRECISION_BITS, 0, 255).astype(np.uint8)
+
+
+def _vertical_float(rows: np.ndarray, taps: AxisTaps, start: int, stop: int, offset: int) -> np.ndarray:
+    """Outputs [start, stop) of a vertical float32 pass: double sums in tap order, stored as float32."""
+    total = np.zeros((stop - start, rows.shape[1]), dtype=np.float64)
+    index = taps.first[start:stop] - offset
+    for tap in range(taps.weights.shape[1]):
+        used = taps.count[start:stop] > tap
+        if used.all():
+            total += rows[index + tap].astype(np.float64) * taps.weights[start:stop, tap, None]
+        elif used.any():
+            total[used] += rows[index[used] + tap].astype(np.float64) * taps.weights[start:stop, tap][used, None]
+    return total.astype(np.float32)
+
+
+def _horizontal(rows: np.ndarray, width: int) -> np.ndarray:
+    """A horizontal-only Pillow bilinear resize of a few rows (uint8 RGB or float32 mode "F")."""
+    if rows.shape[1] == width:
+        return rows
+    resized = Image.fromarray(np.ascontiguousarray(rows)).resize((width, len(rows)), Image.BILINEAR)
+    return np.asarray(resized, dtype=rows.dtype)
+
+
+def _strip_outputs(n_out: int, in_rows_per_out: float, row_bytes: int) -> int:
+    return max(1, int(STRIP_BYTES / (max(in_rows_per_out, 1.0) * max(row_bytes, 1))))
+
+
+def resample_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 -> size[0] x size[1] x 3 uint8 by Pillow's bilinear rule, horizontal pass first,
+    in row strips (about STRIP_BYTES of input rows at a time)."""
+    (height, width), (out_h, out_w) = rgb.shape[:2], size
+    if out_h == height:
+        return _horizontal(rgb, out_w).copy() if out_w != width else rgb.copy()
+    taps = axis_taps(height, out_h)
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    step = _strip_outputs(out_h, height / out_h, 4 * width)
+    for start in range(0, out_h, step):
+        stop = min(start + step, out_h)
+        low, high = taps.rows_needed(start, stop)
+        out[start:stop] = _vertical_uint8(_horizontal(rgb[low:high], out_w), taps, start, stop, low)
+    return out
+
+
+def resized_strips(probability: np.ndarray, size: tuple[int, int]) -> Iterator[tuple[slice, np.ndarray]]:
+    """(row slice, float32 rows) of one (h, w) map resized to ``size`` by the float32 bilinear rule,
+    horizontal pass first, in strips of about STRIP_BYTES of output."""
+    (height, width), (out_h, out_w) = probability.shape, size
+    step = _strip_outputs(out_h, 1.0, 8 * out_w)
+    if out_h == height:
+        for start in range(0, out_h, step):
+            yield slice(start, min(start + step, out_h)), _horizontal(probability[start:start + step], out_w)
+        return
+    taps = axis_taps(height, out_h)
+    for start in range(0, out_h, step):
+        stop = min(start + step, out_h)
+        low, high = taps.rows_needed(start, stop)
+        yield slice(start, stop), _vertical_float(_horizontal(probability[low:high], out_w), taps, start, stop, low)
+
+
+# ---- stitching ----
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The geometry of one tiled image: its sizes and its windows' (row, column) starts in visiting order."""
+
+    image_size: tuple[int, int]
+    resampled_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    windows: tuple[tuple[int, int], ...]
+
+
+def plan_tiles(image_size: tuple[int, int], source_size: tuple[int, int], model_size: tuple[int, int],
+               overlap: float) -> TilePlan:
+    """Resampled size, padded size (bottom/right, at least the model size) and window starts of one image."""
+    resampled = resampled_size(image_size, source_size, model_size)
+    padded = (max(resampled[0], model_size[0]), max(resampled[1], model_size[1]))
+    return TilePlan(tuple(image_size), resampled, padded, tuple(window_grid(padded, model_size, overlap)))
+
+
+def stitch(resampled: np.ndarray, plan: TilePlan, run: Callable[[np.ndarray], np.ndarray], *,
+           model_size: tuple[int, int], n_classes: int, max_batch: int, scale: float,
+           options: TileOptions) -> np.ndarray:
+    """Run every window of the resampled (h, w, 3) uint8 image and blend: -> (C, h, w) float32.
+
+    ``run`` maps a (B, 3, mh, mw) float32 batch (B <= max_batch) to (B, C, mh, mw) probabilities.
+    """
+    (mh, mw), (hp, wp), (h, w) = model_size, plan.padded_size, plan.resampled_size
+    padded = resampled
+    if (hp, wp) != (h, w):  # zero pixels at the bottom and right
+        padded = np.zeros((hp, wp, 3), dtype=np.uint8)
+        padded[:h, :w] = resampled
+    weights = blend_weights(model_size, options.blend)  # (mh, mw)
+    num = np.zeros((n_classes, hp, wp), dtype=np.float32)
+    den = np.zeros((hp, wp), dtype=np.float32)
+    for begin in range(0, len(plan.windows), max_batch):
+        chunk = plan.windows[begin:begin + max_batch]
+        batch = np.stack([to_model_input(padded[y:y + mh, x:x + mw], scale) for y, x in chunk])  # (B, 3, mh, mw)
+        probabilities = run(batch)  # (B, C, mh, mw)
+        for (y, x), window in zip(chunk, probabilities):
+            num[:, y:y + mh, x:x + mw] += weights * window  # float32 product, then float32 sum
+            den[y:y + mh, x:x + mw] += weights
+    num /= den
+    return num[:, :h, :w]
+
+
+def probabilities_at(stitched: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) stitched maps -> (C, size[0], size[1]) float32 by the float32 bilinear rule."""
+    out = np.empty((len(stitched), *size), dtype=np.float32)
+    for maps, probability in zip(out, stitched):
+        for rows, strip in resized_strips(probability, size):
+            maps[rows] = strip
+    return out
+
+
+def mask_at(stitched: np.ndarray, size: tuple[int, int], *, threshold: float) -> np.ndarray:
+    """(C, h, w) stitched maps -> the (size[0], size[1]) uint8 mask, one row strip of every class at a
+    time: ``p > threshold`` for one class, else argmax (the first maximum wins; a NaN counts as the maximum)."""
+    mask = np.empty(size, dtype=np.uint8)
+    for strips in zip(*(resized_strips(probability, size) for probability in stitched)):
+        rows, best = strips[0]
+        if len(strips) == 1:
+            mask[rows] = best > threshold
+            continue
+        labels = np.zeros(best.shape, dtype=np.uint8)
+        for label, (_, strip) in enumerate(strips[1:], start=1):
+            better = (strip > best) | (np.isnan(strip) & ~np.isnan(best))
+            labels[better] = label
+            best = np.where(better, strip, best)
+        mask[rows] = labels
+    return mask
