@@ -11,6 +11,8 @@ import importlib.util
 
 import click
 
+from mrdl_apps.extras import SUBCOMMAND_EXTRAS, missing_extra_command, missing_modules
+
 # name -> "module:attribute" of a click command
 SUBCOMMANDS = {
     "embed-text": "mrdl_apps.embed:embed_text",
@@ -19,6 +21,8 @@ SUBCOMMANDS = {
     "export": "mrdl_apps.export:export_command",
     "predict": "mrdl_apps.predict:predict",
     "demo": "mrdl_apps.demo:demo",
+    "serve": "mrdl_apps.serve:serve",
+    "triton-repo": "mrdl_apps.triton_repo:triton_repo",
 }
 
 
@@ -33,6 +37,10 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in SUBCOMMANDS and self._available(name):
+            extra = SUBCOMMAND_EXTRAS.get(name)
+            missing = missing_modules(extra) if extra else []
+            if missing:  # a runtime-only install: one line naming the extra, not an import traceback
+                return missing_extra_command(name, f"mrdl {name}", extra, missing)
             module, attribute = SUBCOMMANDS[name].split(":")
             return getattr(importlib.import_module(module), attribute)
         return super().get_command(ctx, name)

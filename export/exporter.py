@@ -10,7 +10,8 @@ then dispatches the steps, each a method:
 * :meth:`~Exporter.tensorrt`: the TensorRT compatibility report and the optional engine;
 * :meth:`~Exporter.manifest`: the manifest, embedded into each ONNX file, then every artifact hashed
   into ``model.json``;
-* :meth:`~Exporter.publish`: the finished folder renamed onto ``--out``.
+* :meth:`~Exporter.publish`: the finished folder renamed onto ``--out``;
+* :meth:`~Exporter.triton` (with ``--triton REPO``): a Triton model repository of the published directory.
 
 Everything is written into a hidden temporary folder beside ``out_dir`` and renamed onto it only
 when every step passed, so a failed gate leaves no model under the normal name
@@ -116,6 +117,8 @@ class Exporter:
                      "--calib-data folder": options.calib_data, "--timing-cache file": options.timing_cache}
         protected = {label: Path(path) for label, path in protected.items() if path is not None}
         check_out_dir(out_dir, force=options.force, protected=protected)  # before minutes of work
+        if options.triton is not None:
+            _check_triton_out(Path(options.triton), force=options.force, out_dir=out_dir)
         remove_leftovers(out_dir)
         start = time.perf_counter()
         try:
@@ -142,6 +145,8 @@ class Exporter:
             raise
         finally:
             progress.close()
+        if options.triton is not None:
+            self.triton(job)
         job.timings["total"] = time.perf_counter() - start
 
         def published(key: str) -> Path | None:
@@ -263,7 +268,7 @@ class Exporter:
         """``model.json`` and its copy in each ONNX file (:func:`mrdl_export.manifest.write_deploy_manifest`)."""
         from mrdl_runtime.manifest import file_sha256
 
-        from .manifest import build_manifest, write_deploy_manifest
+        from .manifest import build_manifest, source_size_for, write_deploy_manifest
 
         options = self.options
         extra = {"folding": job.folding.to_dict(), "tensorrt_compatibility": job.report.to_dict()}
@@ -282,10 +287,21 @@ class Exporter:
                                   artifacts={key: {"file": name, "precision": precisions[key]}
                                              for key, name in job.artifacts.items()},
                                   opset=options.opset, max_batch=options.max_batch,
-                                  parity={key: result.to_dict() for key, result in job.parity.items()}, extra=extra)
+                                  parity={key: result.to_dict() for key, result in job.parity.items()}, extra=extra,
+                                  source_size=source_size_for(options.source_size, job.ckpt))
         if job.engine:  # both runtimes check the engine's TensorRT version here before deserialising
             manifest["versions"]["tensorrt"] = job.engine["tensorrt_version"]
         job.manifest = write_deploy_manifest(job.folder, manifest)
+
+    def triton(self, job: _Job) -> None:
+        """The Triton model repository of the published directory (:func:`mrdl_export.triton.write_repository`)."""
+        from .triton import TritonRepoError, TritonRepoOptions, write_repository
+
+        try:
+            _timed(job, "triton", write_repository, job.out_dir, self.options.triton,
+                   TritonRepoOptions(force=self.options.force))
+        except TritonRepoError as exc:
+            raise ExportError(f"{job.out_dir} was exported, but its Triton repository was not written: {exc}") from exc
 
     def publish(self, job: _Job) -> None:
         """Rename the finished folder onto ``out_dir`` (:func:`mrdl_export.publish.publish`)."""
@@ -309,6 +325,16 @@ def export_model(ckpt: str | Path, out_dir: str | Path, options: ExportOptions |
     after KeyboardInterrupt.
     """
     return Exporter(replace(options or ExportOptions(), **fields)).run(ckpt, out_dir)
+
+
+def _check_triton_out(repo: Path, *, force: bool, out_dir: Path) -> None:
+    """Refuse, before any work, a ``--triton`` folder that overlaps ``--out`` or holds other files."""
+    from .triton import TritonRepoError, check_out
+
+    try:
+        check_out(repo, force=force, model_dir=out_dir)
+    except TritonRepoError as exc:
+        raise ExportError(str(exc).replace("--out", "--triton", 1)) from exc
 
 
 def _model_inputs(config, *, data: Path | None, count: int, **selection) -> tuple[list[np.ndarray], str]:

@@ -78,6 +78,13 @@ class ExportOptions:
     opset: int = option(20, "ONNX opset (<= 20).", low=13, high=20)
     force: bool = option(
         False, "Replace an existing deploy directory written by mrdl-export (never a folder with other files).")
+    # Triton serving (issue 13): a model repository written from the published deploy directory.
+    triton: Path | None = option(
+        None, "Also write a Triton model repository here (one model per precision; see mrdl triton-repo).")
+    # Tiled inference (issue 14): the training scale, model.json's source_size (docs/tiling.md).
+    source_size: str | None = option(
+        None, "Training images' size HxW (e.g. 1000x1000) for tiled inference; default: the checkpoint's "
+              "provenance source_size (recorded by mrdl train), else none.")
     exporter: str = option("dynamo", "torch.onnx exporter (mrdl_export.onnx_export.EXPORTERS).", cli=False)
     progress: bool = option(False, "Show a progress bar of the steps on stderr.", cli=False)
 
@@ -114,6 +121,10 @@ class ExportOptions:
             tensorrt_build.detect_gpu()
         if self.trt and self.engine_precision == "int8" and not self.int8:
             raise ExportError("an INT8 engine is built from the INT8 QDQ model: add --int8")
+        if self.source_size is not None:  # a malformed HxW fails before minutes of work
+            from .manifest import parse_source_size
+
+            parse_source_size(self.source_size)
         for folder in (self.data, self.calib_data):  # refuse a bad image folder before minutes of work
             if folder is not None:
                 try:

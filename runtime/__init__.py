@@ -9,7 +9,9 @@ from .backends import BACKENDS, select_backend
 from .imaging import ImageInputError, preprocess
 from .manifest import IntegrityError, Manifest, ManifestError, load_manifest
 from .runner import BackendUnavailableError, Runner
+from .remote import RemoteError, RemoteSegmenter
 from .segmenter import Prediction, Segmenter
 
 __all__ = ["BACKENDS", "BackendUnavailableError", "ImageInputError", "IntegrityError", "Manifest", "ManifestError",
-           "Prediction", "Runner", "Segmenter", "load_manifest", "preprocess", "select_backend"]
+           "Prediction", "RemoteError", "RemoteSegmenter", "Runner", "Segmenter", "load_manifest", "preprocess",
+           "select_backend"]
