@@ -12,11 +12,13 @@ before it is written, so the export never writes a manifest the runtimes refuse.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
-from mrdl_runtime.manifest import FORMAT, MANIFEST_NAME, METADATA_KEY, ManifestError, artifact_record, parse_manifest
+from mrdl_runtime.manifest import (FORMAT, MANIFEST_NAME, MAX_SOURCE_SIDE, METADATA_KEY, ManifestError, artifact_record,
+                                   parse_manifest)
 
 from .options import ExportError
 
@@ -32,10 +34,39 @@ def input_specs(config) -> list[dict[str, Any]]:
     return specs
 
 
+def parse_source_size(value: Any, *, where: str = "--source-size") -> tuple[int, int]:
+    """``"HxW"`` (``--source-size``) or ``[H, W]`` (checkpoint provenance) -> (H, W), each in
+    [1, MAX_SOURCE_SIDE]; else :class:`ExportError` naming the expected form."""
+    match = re.fullmatch(r"\s*(\d{1,9})\s*[xX]\s*(\d{1,9})\s*", value) if isinstance(value, str) else None
+    pair = (int(match[1]), int(match[2])) if match else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(pair) != 2 or not all(type(side) is int and 1 <= side <= MAX_SOURCE_SIDE for side in pair):
+        raise ExportError(f"{where} is {value!r}; expected the training images' size as HxW (e.g. 1000x1000), "
+                          f"two integers in [1, {MAX_SOURCE_SIDE}]")
+    return pair
+
+
+def source_size_for(option: str | None, checkpoint_path: str | Path) -> tuple[int, int] | None:
+    """The manifest's ``source_size``: ``--source-size`` when given, else the checkpoint provenance's
+    ``source_size`` (recorded by ``mrdl train``), else None (tiling is then never automatic)."""
+    if option is not None:
+        return parse_source_size(option)
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint_path), framework="pt") as handle:  # the header only, no tensors
+        provenance = json.loads((handle.metadata() or {}).get("mrdl.provenance", "{}"))
+    recorded = provenance.get("source_size") if isinstance(provenance, dict) else None
+    if recorded is None:
+        return None
+    return parse_source_size(recorded, where=f"{checkpoint_path} provenance source_size (override with --source-size)")
+
+
 def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: str,
                    artifacts: dict[str, dict[str, str]], opset: int, max_batch: int, parity: dict[str, Any],
-                   precision: str = "fp32", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   precision: str = "fp32", extra: dict[str, Any] | None = None,
+                   source_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """The manifest dict for a model exported from ``config`` (an :class:`mrdl.config.MRDLConfig`).
+
+    ``source_size``: the training images' (H, W) before resizing (docs/tiling.md), written when known.
 
     ``artifacts``: key -> ``{"file", "precision"}``; :func:`write_deploy_manifest` adds sizes and
     hashes once the files are final. A fresh ``export_id`` ties the files of this export together.
@@ -70,6 +101,8 @@ def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: st
         "source_checkpoint": {"path": str(checkpoint_path), "sha256": checkpoint_sha256},
         "parity": parity,
     }
+    if source_size is not None:
+        manifest["source_size"] = [int(source_size[0]), int(source_size[1])]
     manifest.update(extra or {})
     return manifest
 

@@ -192,7 +192,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
     progress_state = {"epoch": 0, "step": 0, "best_val_dice": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     provenance = {"dataset": str(data_root), "train_images": len(train_set), "val_images": len(val_set),
                   "text_embeddings": settings["embeddings"], "clip_weights": embeddings.provenance.get("weights"),
-                  "use_text": use_text, "seed": seed}
+                  "use_text": use_text, "seed": seed, "source_size": list(train_set.source_size)}
     _remove_leftover_temporaries(out_dir)
     if state is not None:
         model.load_state_dict(state.model)

@@ -19,6 +19,7 @@ resumed run sees the same augmented images as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import statistics
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -210,6 +211,20 @@ def list_samples(root: str | Path, split: str, *, require_text: bool = True,
     return samples
 
 
+def median_source_size(image_paths: Iterator[Path] | list[Path]) -> tuple[int, int]:
+    """(median height, median width) of image files, read from their headers (``statistics.median_low``:
+    the sizes of real images): the training scale that ``mrdl train`` records as provenance ``source_size``
+    and tiled inference resamples to (docs/tiling.md)."""
+    heights, widths = [], []
+    for path in image_paths:
+        with Image.open(path) as image:  # the header only; no pixel data is decoded
+            widths.append(image.size[0])
+            heights.append(image.size[1])
+    if not heights:
+        raise DatasetError("median_source_size needs at least one image")
+    return statistics.median_low(heights), statistics.median_low(widths)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask file as HxW uint8 in {0, 1}; values other than {0,255} or {0,1} are refused."""
     path = Path(path)
@@ -280,6 +295,11 @@ class SegmentationDataset:
     @property
     def descriptions(self) -> dict[str, str | None]:
         return {sample.name: sample.description for sample in self.samples}
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """The split's images' (median height, median width) before resizing (:func:`median_source_size`)."""
+        return median_source_size([sample.image_path for sample in self.samples])
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before iterating each epoch)."""
