@@ -12,6 +12,8 @@ OUT_DIR/index.json describes raw little-endian arrays (``.u8`` uint8, ``.f32`` f
   OUT_DIR/model is the same with its threshold at the median probability so that masks are not all
   background) and synthetic images (raw and PNG) with the masks and probabilities
   ``mrdl_runtime.Segmenter`` returns;
+* ``tiff``: TIFF files (Pillow-written and hand-written: strips, tiles, planes, 8/16-bit, compressed)
+  with the RGB ``mrdl_runtime.imaging.read_image`` decodes them to, and files the C++ reader refuses;
 * ``integrity``: files for the C++ artifact checks: a blob with its ``hashlib`` SHA-256, and copies of
   the exported ``model.onnx`` whose embedded manifest names another export, or that has none.
 
@@ -27,8 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +118,142 @@ def _postprocess_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
     return cases
 
 
+def _write_tiff(path: Path, pixels: np.ndarray, *, photometric: int, byte_order: str = "<", tile: int | None = None,
+                rows_per_strip: int | None = None, planar: int = 1, deflate: bool = False, predictor: bool = False,
+                extra_samples: tuple[int, ...] = (), sample_format: int = 1) -> None:
+    """A baseline TIFF writer for the layouts Pillow cannot write: tiles, 16-bit RGB(A), big-endian,
+    separate planes, deflate with the horizontal predictor. ``pixels`` is (H, W, C) of the sample dtype."""
+    height, width, samples = pixels.shape
+    chunks = []  # the strips or tiles in file order (plane by plane when planar == 2)
+    for plane in ([slice(None)] if planar == 1 else [slice(s, s + 1) for s in range(samples)]):
+        step_y, step_x = (tile, tile) if tile else (rows_per_strip or height, width)
+        for y in range(0, height, step_y):
+            for x in range(0, width, step_x):
+                chunk = np.zeros((step_y, step_x, samples), pixels.dtype) if tile else None
+                part = pixels[y:y + step_y, x:x + step_x]
+                if tile:  # tiles are stored whole: the edge ones padded
+                    chunk[:part.shape[0], :part.shape[1]] = part
+                chunk = np.array(part if chunk is None else chunk)[:, :, plane]
+                if predictor:  # horizontal differencing, modulo 2**bits
+                    chunk[:, 1:] = chunk[:, 1:] - chunk[:, :-1]
+                raw = chunk.astype(pixels.dtype.newbyteorder(byte_order)).tobytes()
+                chunks.append(zlib.compress(raw) if deflate else raw)
+    e = byte_order
+    out = bytearray((b"II*\0" if e == "<" else b"MM\0*") + bytes(4))
+    offsets = []
+    for raw in chunks:
+        offsets.append(len(out))
+        out += raw + b"\0" * (len(raw) % 2)
+    SHORT, LONG = 3, 4
+    tags = {256: (LONG, [width]), 257: (LONG, [height]), 258: (SHORT, [pixels.dtype.itemsize * 8] * samples),
+            259: (SHORT, [8 if deflate else 1]), 262: (SHORT, [photometric]), 277: (SHORT, [samples]),
+            284: (SHORT, [planar]), 339: (SHORT, [sample_format] * samples)}
+    if predictor:
+        tags[317] = (SHORT, [2])
+    if extra_samples:
+        tags[338] = (SHORT, list(extra_samples))
+    sizes = [len(raw) for raw in chunks]
+    if tile:
+        tags.update({322: (LONG, [tile]), 323: (LONG, [tile]), 324: (LONG, offsets), 325: (LONG, sizes)})
+    else:
+        tags.update({273: (LONG, offsets), 278: (LONG, [rows_per_strip or height]), 279: (LONG, sizes)})
+    struct.pack_into(e + "I", out, 4, len(out))
+    entries, values = bytearray(struct.pack(e + "H", len(tags))), bytearray()
+    values_at = len(out) + 2 + 12 * len(tags) + 4
+    for tag in sorted(tags):
+        kind, items = tags[tag]
+        payload = struct.pack(e + ("H" if kind == SHORT else "I") * len(items), *items)
+        if len(payload) <= 4:
+            entries += struct.pack(e + "HHI", tag, kind, len(items)) + payload.ljust(4, b"\0")
+        else:
+            entries += struct.pack(e + "HHII", tag, kind, len(items), values_at + len(values))
+            values += payload
+    path.write_bytes(bytes(out + entries + struct.pack(e + "I", 0) + values))
+
+
+def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
+    """TIFF files with what ``mrdl_runtime.imaging.read_image`` (Pillow) decodes them to.
+
+    Pillow writes the strip layouts it can (8/16-bit gray, RGB, RGBA, LA, bilevel, palette, float,
+    int32; raw, LZW, deflate, PackBits, Group 4); ``_write_tiff`` the rest (tiles, 16-bit RGB(A),
+    big-endian, separate planes, deflate with predictor). Each hand-written file's decoding is also
+    checked against ``to_rgb8`` of the array written, so the vectors hold the rule, not a Pillow quirk.
+    Cases with an ``error`` are files the C++ reader refuses (the fragment its message contains).
+    """
+    from mrdl_runtime.imaging import read_image, to_rgb8
+
+    def noise(h, w, c, dtype):
+        return rng.integers(0, np.iinfo(dtype).max + 1, size=(h, w, c), dtype=dtype)
+
+    rgb8, rgba8 = noise(37, 45, 3, np.uint8), noise(37, 45, 4, np.uint8)
+    rgb16, rgba16, gray16 = noise(35, 40, 3, np.uint16), noise(35, 40, 4, np.uint16), noise(35, 40, 1, np.uint16)
+    gray8 = noise(41, 50, 1, np.uint8)
+    pillow = [  # name, Pillow image, save keywords
+        ("pillow_gray8_raw", Image.fromarray(gray8[:, :, 0]), {}),
+        ("pillow_gray8_lzw", Image.fromarray(gray8[:, :, 0]), {"compression": "tiff_lzw"}),
+        ("pillow_gray16_deflate", Image.fromarray(gray16[:, :, 0]), {"compression": "tiff_deflate"}),
+        ("pillow_gray16_big_endian", Image.fromarray(gray16[:, :, 0]).convert("I;16B"), {}),
+        ("pillow_rgb8_lzw_strips", Image.fromarray(noise(300, 200, 3, np.uint8)), {"compression": "tiff_lzw"}),
+        ("pillow_rgb8_packbits", Image.fromarray(rgb8), {"compression": "packbits"}),
+        ("pillow_rgba8_deflate", Image.fromarray(rgba8), {"compression": "tiff_deflate"}),
+        ("pillow_la8", Image.fromarray(rgba8[:, :, :2], mode="LA"), {}),
+        ("pillow_bilevel_group4", Image.fromarray(gray8[:, :, 0] > 127), {"compression": "group4"}),
+        ("pillow_palette", Image.fromarray(rgb8).quantize(37), {}),
+        ("pillow_float32", Image.fromarray(rng.random((33, 29), dtype=np.float32)), {}),
+        ("pillow_int32", Image.fromarray(rng.integers(0, 65536, (30, 31)).astype(np.int32)), {}),
+    ]
+    written = [  # name, array written, _write_tiff keywords
+        ("rgb8_tiles", rgb8, {"photometric": 2, "tile": 16}),
+        ("rgb8_tiles_planar", rgb8, {"photometric": 2, "tile": 16, "planar": 2}),
+        ("rgb8_strips_planar", rgb8, {"photometric": 2, "rows_per_strip": 7, "planar": 2}),
+        ("rgba8_tiles", rgba8, {"photometric": 2, "tile": 16, "extra_samples": (2,)}),
+        ("rgbx8_unspecified_extra", rgba8, {"photometric": 2, "extra_samples": (0,)}),
+        ("gray8_tiles_deflate_predictor", gray8, {"photometric": 1, "tile": 16, "deflate": True, "predictor": True}),
+        ("gray8_min_is_white", gray8, {"photometric": 0, "rows_per_strip": 10}),
+        ("rgb16_strips", rgb16, {"photometric": 2, "rows_per_strip": 8}),
+        ("rgb16_strips_big_endian", rgb16, {"photometric": 2, "rows_per_strip": 8, "byte_order": ">"}),
+        ("rgb16_tiles_deflate_predictor", rgb16, {"photometric": 2, "tile": 16, "deflate": True, "predictor": True}),
+        ("rgb16_tiles_planar_deflate", rgb16, {"photometric": 2, "tile": 16, "planar": 2, "deflate": True}),
+        ("rgba16_tiles", rgba16, {"photometric": 2, "tile": 16, "extra_samples": (2,)}),
+        ("gray16_tiles_big_endian_deflate", gray16, {"photometric": 1, "tile": 32, "byte_order": ">", "deflate": True}),
+    ]
+    refused = [  # name, array, keywords, the C++ reader's message fragment
+        ("error_associated_alpha", rgba8, {"photometric": 2, "extra_samples": (1,)}, "associated (premultiplied) alpha"),
+        ("error_gray16_min_is_white", gray16, {"photometric": 0}, "min-is-white TIFF with 16-bit samples"),
+        ("error_cmyk", rgba8, {"photometric": 5}, "photometric interpretation CMYK"),
+    ]
+    cases = []
+
+    def record(name, path, error=None):
+        case = {"name": name, "file": path.name}
+        if error is None:
+            rgb = read_image(path)
+            case.update(height=rgb.shape[0], width=rgb.shape[1], expected=_write(folder, f"{name}_rgb", rgb))
+        else:
+            case["error"] = error
+        cases.append(case)
+
+    for name, image, options in pillow:
+        image.save(folder / f"{name}.tif", **options)
+        record(name, folder / f"{name}.tif")
+    for name, pixels, options in written:
+        _write_tiff(folder / f"{name}.tif", pixels, **options)
+        record(name, folder / f"{name}.tif")
+        source = 255 - pixels if options["photometric"] == 0 else pixels
+        assert np.array_equal(read_image(folder / f"{name}.tif"), to_rgb8(source)), f"{name}: Pillow breaks the rule"
+    for name, pixels, options, error in refused:
+        _write_tiff(folder / f"{name}.tif", pixels, **options)
+        record(name, folder / f"{name}.tif", error)
+    truncated = (folder / "pillow_rgb8_lzw_strips.tif").read_bytes()
+    (folder / "error_truncated.tif").write_bytes(truncated[:len(truncated) // 2])
+    record("error_truncated", folder / "error_truncated.tif", "as a TIFF image: TIFFFetchDirectory")
+    damaged = bytearray((folder / "rgb16_tiles_deflate_predictor.tif").read_bytes())
+    damaged[8:40] = bytes(range(32))  # inside the first tile's deflate stream
+    (folder / "error_damaged_tile.tif").write_bytes(bytes(damaged))
+    record("error_damaged_tile", folder / "error_damaged_tile.tif", "as a TIFF image: ZIPDecode")
+    return cases
+
+
 def _segment_vectors(folder: Path) -> dict:
     from mrdl.checkpoint import save_checkpoint
     from mrdl.config import load_config
@@ -149,8 +289,11 @@ def _segment_vectors(folder: Path) -> dict:
             Image.fromarray(image).save(folder / f"{name}.png")
             Image.fromarray(prediction.mask * np.uint8(255)).save(folder / f"{name}_mask.png")
             shape = list(image.shape) if image.ndim == 3 else [*image.shape, 1]
+            # The same pixels as a tiled, deflated 16-bit TIFF (v * 257: the high byte is v again).
+            _write_tiff(folder / f"{name}.tif", image.reshape(shape).astype(np.uint16) * 257,
+                        photometric=2 if shape[2] == 3 else 1, tile=32, deflate=True)
             cases.append({"name": name, "shape": shape, "image": _write(folder, f"{name}_image", image),
-                          "png": f"{name}.png", "mask_png": f"{name}_mask.png",
+                          "png": f"{name}.png", "tiff": f"{name}.tif", "mask_png": f"{name}_mask.png",
                           "foreground": int(prediction.mask.sum()),
                           "expected_mask": _write(folder, f"{name}_mask", prediction.mask),
                           "expected_probabilities": _write(folder, f"{name}_probs", prediction.probabilities)})
@@ -197,7 +340,7 @@ def main(out_dir: str) -> None:
     try:
         rng = np.random.default_rng(20240807)
         index = {"sources_digest": digest, "preprocess": _preprocess_vectors(tmp, rng), "postprocess": _postprocess_vectors(tmp, rng),
-                 "segment": _segment_vectors(tmp)}
+                 "tiff": _tiff_vectors(tmp, rng), "segment": _segment_vectors(tmp)}
         index["integrity"] = _integrity_vectors(tmp, tmp / index["segment"]["model_dir"], rng)
         (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         shutil.rmtree(out, ignore_errors=True)
@@ -206,7 +349,7 @@ def main(out_dir: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print(f"wrote {out}: {len(index['preprocess'])} preprocessing, {len(index['postprocess'])} postprocessing "
-          f"and {len(index['segment']['cases'])} end-to-end cases")
+          f"{len(index['tiff'])} TIFF and {len(index['segment']['cases'])} end-to-end cases")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-// mrdl_segment MODEL_DIR IN.png OUT.png [--backend onnxruntime|tensorrt] [--device cpu|cuda|tensorrt]
-//                                       [--precision fp32|int8|fp16] [--max-pixels N] [--no-verify]
-// Segments one PNG with an exported model and writes the mask as an 8-bit gray PNG at the input's
-// size: 0/255 for a one-class model, the class index otherwise. The PNG is decoded by the rule of
-// mrdl/decode.hpp (16-bit: high byte; alpha dropped); --no-verify skips the artifact's SHA-256 check.
+// mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt] [--device cpu|cuda|tensorrt]
+//              [--precision fp32|int8|fp16] [--threads N] [--max-pixels N] [--no-verify]
+// Segments one PNG or TIFF image with an exported model and writes the mask as an 8-bit gray PNG at
+// the input's size: 0/255 for a one-class model, the class index otherwise. The image is decoded by
+// the rule of mrdl/decode.hpp (16-bit: high byte; alpha dropped), as the Python runtime decodes it;
+// --threads sets ONNX Runtime's intra-op threads (0, the default: ONNX Runtime's choice, one per
+// physical core); --no-verify skips the artifact's SHA-256 check.
 #include <cstddef>
 #include <cstdint>
 #include <iostream>
@@ -11,13 +13,13 @@
 #include <vector>
 
 #include "mrdl/segmenter.hpp"
-#include "png_io.hpp"
+#include "image_io.hpp"
 
 namespace {
 
 constexpr const char* kUsage =
-    "usage: mrdl_segment MODEL_DIR IN.png OUT.png [--backend onnxruntime|tensorrt] "
-    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16] [--max-pixels N] [--no-verify]";
+    "usage: mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt] "
+    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16] [--threads N] [--max-pixels N] [--no-verify]";
 
 size_t pixel_limit(const std::string& value) {
     size_t used = 0;
@@ -29,6 +31,18 @@ size_t pixel_limit(const std::string& value) {
     if (used != value.size() || limit == 0 || value[0] == '-')
         throw std::invalid_argument("--max-pixels needs a positive integer, got " + value);
     return static_cast<size_t>(limit);
+}
+
+int thread_count(const std::string& value) {
+    size_t used = 0;
+    int threads = -1;
+    try {
+        threads = std::stoi(value, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != value.size() || threads < 0)
+        throw std::invalid_argument("--threads needs an integer >= 0 (0: ONNX Runtime chooses), got " + value);
+    return threads;
 }
 
 mrdl::SegmenterOptions parse_options(const std::vector<std::string>& args) {
@@ -47,6 +61,7 @@ mrdl::SegmenterOptions parse_options(const std::vector<std::string>& args) {
         else if (key == "--device" && value == "cuda") options.device = mrdl::Device::CUDA;
         else if (key == "--device" && value == "tensorrt") options.device = mrdl::Device::TensorRT;
         else if (key == "--precision") options.precision = value;
+        else if (key == "--threads") options.intra_op_threads = thread_count(value);
         else if (key == "--max-pixels") options.max_pixels = pixel_limit(value);
         else throw std::invalid_argument("unknown option " + key + " " + value);
     }
@@ -63,7 +78,7 @@ int main(int argc, char** argv) {
     try {
         const mrdl::SegmenterOptions options = parse_options(std::vector<std::string>(argv + 4, argv + argc));
         mrdl::Segmenter segmenter(argv[1], options);
-        const mrdl::Image image = mrdl::png::read_rgb(argv[2], options.max_pixels);
+        const mrdl::Image image = mrdl::image_io::read_rgb(argv[2], options.max_pixels);
         const mrdl::Segmentation result = segmenter.segment(image.view());
         std::vector<uint8_t> mask = result.mask;  // (H, W)
         if (result.n_classes == 1)

@@ -4,7 +4,7 @@
 #   runtime/cpp/scripts/fetch_onnxruntime.sh [PYTHON]
 #
 # 1. Build tools and libraries from Debian (cmake, a C++ compiler, pkg-config, libpng-dev,
-#    nlohmann-json3-dev): used when present; installed with apt-get when missing and running as
+#    libtiff-dev, nlohmann-json3-dev): used when present; installed with apt-get when missing and running as
 #    root; otherwise the script stops and names the packages to install.
 # 2. ONNX Runtime, assembled in the usual release layout (include/, lib/) under
 #    runtime/cpp/third_party/onnxruntime:
@@ -34,7 +34,7 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \
-    || die "this script needs a Debian-based system (apt-get, dpkg); elsewhere install cmake, a C++17 compiler, libpng, nlohmann-json and ONNX Runtime yourself and pass -DONNXRUNTIME_ROOT=... to cmake"
+    || die "this script needs a Debian-based system (apt-get, dpkg); elsewhere install cmake, a C++17 compiler, libpng, libtiff (>= 4.5), nlohmann-json and ONNX Runtime yourself and pass -DONNXRUNTIME_ROOT=... to cmake"
 
 apt_updated=0
 apt_update_once() {
@@ -52,6 +52,7 @@ command -v c++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 have_pkg libpng-dev || [ -f /usr/include/png.h ] || missing+=(libpng-dev)
+have_pkg libtiff-dev || [ -f /usr/include/tiffio.h ] || [ -f "/usr/include/$(uname -m)-linux-gnu/tiffio.h" ] || missing+=(libtiff-dev)
 [ -f /usr/include/nlohmann/json.hpp ] || missing+=(nlohmann-json3-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
     if is_root; then

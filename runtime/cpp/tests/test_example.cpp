@@ -1,9 +1,10 @@
-// The example program: mrdl_segment MODEL_DIR IN.png OUT.png writes mrdl_runtime's mask.
+// The example program: mrdl_segment MODEL_DIR IN.{png,tif} OUT.png writes mrdl_runtime's mask, from a PNG
+// and from a 16-bit tiled TIFF of the same pixels.
 //   test_example MRDL_SEGMENT_EXE TEST_DATA_DIR
 #include <cstdlib>
 #include <filesystem>
 
-#include "png_io.hpp"
+#include "image_io.hpp"
 #include "test_support.hpp"
 
 using namespace mrdl;
@@ -22,22 +23,28 @@ int main(int argc, char** argv) {
     std::filesystem::create_directories(out_dir);
 
     for (const auto& c : segment.at("cases")) {
-        const std::string name = c.at("name");
-        run("mrdl_segment " + name, [&] {
-            const std::string out = (out_dir / (name + ".png")).string();
-            const std::string command = "\"" + exe + "\" \"" + model + "\" \"" + dir + "/" +
-                                        c.at("png").get<std::string>() + "\" \"" + out + "\"";
-            check(std::system(command.c_str()) == 0, "command failed: " + command);
-            const Image written = png::read_rgb(out);
-            const Image expected = png::read_rgb(dir + "/" + c.at("mask_png").get<std::string>());
-            check(written.height == expected.height && written.width == expected.width, "mask size");
-            check(written.pixels == expected.pixels, "the PNG mask differs from mrdl_runtime's");
-        });
+        for (const std::string format : {"png", "tiff"}) {
+            const std::string name = c.at("name").get<std::string>();
+            run("mrdl_segment " + name + " (" + format + ")", [&] {
+                const std::string out = (out_dir / (name + ".png")).string();
+                const std::string command = "\"" + exe + "\" \"" + model + "\" \"" + dir + "/" +
+                                            c.at(format).get<std::string>() + "\" \"" + out + "\" --threads 1";
+                check(std::system(command.c_str()) == 0, "command failed: " + command);
+                const Image written = png::read_rgb(out);
+                const Image expected = png::read_rgb(dir + "/" + c.at("mask_png").get<std::string>());
+                check(written.height == expected.height && written.width == expected.width, "mask size");
+                check(written.pixels == expected.pixels, "the PNG mask differs from mrdl_runtime's");
+            });
+        }
     }
     run("bad arguments give usage and a non-zero exit", [&] {
         check(std::system(("\"" + exe + "\" only-one-arg").c_str()) != 0, "missing arguments accepted");
         const std::string missing = "\"" + exe + "\" \"" + model + "\" /nonexistent.png " + (out_dir / "x.png").string();
         check(std::system(missing.c_str()) != 0, "a missing input image was accepted");
+        const std::string png = dir + "/" + segment.at("cases").at(0).at("png").get<std::string>();
+        const std::string threads = "\"" + exe + "\" \"" + model + "\" \"" + png + "\" " + (out_dir / "x.png").string() +
+                                    " --threads -1";
+        check(std::system(threads.c_str()) != 0, "--threads -1 was accepted");
     });
     std::filesystem::remove_all(out_dir);
     return finish();
