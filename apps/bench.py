@@ -4,13 +4,14 @@ Only click, the report's constants and the backend names are imported at start-u
 ``mrdl-bench --help`` works without torch, onnxruntime, TensorRT or CUDA. Exit codes: 0 measured, every backend reproduces the
 checkpoint; 1 a backend marked PARITY FAILED or a model directory exported from another checkpoint (the reports are
 written first), or a model directory whose files fail the runtime's integrity checks; 2 usage
-error.
+error, or the 'bench' extra (torch, onnx, psutil) is not installed (one line names the command that adds it).
 """
 
 from __future__ import annotations
 
 import click
 
+from mrdl_apps.extras import require_extra
 from mrdl_bench.report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
 from mrdl_bench.runners import BENCH_BACKENDS
 
@@ -52,6 +53,7 @@ def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | Non
          iters: int, phase_iters: int | None, threads: int | None, include_prepost: bool, device: str,
          profile_dir: str | None, min_dice: float, int8_min_dice: float, out: str) -> None:
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
+    require_extra("mrdl-bench", "bench")
     from mrdl_runtime.manifest import ManifestError
 
     from mrdl_bench.bench import BenchError, parse_backends, parse_batches, run_benchmark

@@ -6,6 +6,8 @@ and default, all written there once), plus ``--ckpt``, ``--out`` and ``--print``
 Exit codes: 0 exported and verified; 1 bad input or a failed step (parity gate, TensorRT
 check, an ``--out`` it must not replace); 2 usage error (click); 3 TensorRT or a CUDA GPU is
 missing for ``--trt``; 130 interrupted (SIGINT), with nothing half-written under ``--out``.
+Without torch and onnx (a runtime-only install) it prints one line naming the 'export' extra
+and exits 2.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from mrdl_apps.extras import require_extra
 from mrdl_export.options import ExportOptions, command_line_flag
 
 EXIT_FAILURE = 1
@@ -119,13 +122,14 @@ def format_summary(result) -> str:
 
 
 def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None:
-    """Run the export and turn its errors into exit codes 1, 3 and 130."""
+    """Run the export and turn its errors into exit codes 1, 3 and 130 (2 without the 'export' extra)."""
+    context = click.get_current_context()
+    require_extra(context.command_path, "export")
     from mrdl.checkpoint import CheckpointError
     from mrdl_export import ExportError, Exporter, ParityError
     from mrdl_export.onnx_export import ExportSafetyError
     from mrdl_export.tensorrt_build import TensorRTUnavailable
 
-    context = click.get_current_context()
     try:
         result = Exporter(ExportOptions(progress=True, **options)).run(ckpt, out)
     except TensorRTUnavailable as exc:
@@ -142,6 +146,8 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None
     fp32 = result.parity["fp32"]
     click.echo(f"exported {ckpt} -> {result.out_dir} ({files}); "
                f"FP32 parity max|d| {fp32.max_abs_diff:.2e}, Dice {fp32.dice_agreement:.4f}")
+    if options.get("triton") is not None:
+        click.echo(f"Triton model repository: {options['triton']} (tritonserver --model-repository {options['triton']})")
     if print_summary:
         click.echo(format_summary(result))
 

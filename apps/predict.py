@@ -34,15 +34,30 @@ from mrdl_runtime.imaging import DEFAULT_MAX_PIXELS
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="check the model file's SHA-256 against model.json before loading it; --no-verify skips only "
                    "the hash (its size, export and graph are still checked) and warns that it did")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+              help="ONNX Runtime intra-op threads (the cores one model call may use); 0 lets ONNX Runtime decide "
+                   "(one per physical core). The native tensorrt backend ignores it")
+@click.option("--server", default=None, metavar="URL",
+              help="segment on a Triton server (mrdl serve) at http://HOST:PORT or grpc://HOST:PORT instead of "
+                   "in-process; MODEL_DIR is then the directory the server serves (its model.json names the "
+                   "classes), no model file is loaded here")
+@click.option("--model-name", default="mrdl", show_default=True, help="with --server: the served model's name")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, backend: str, precision: str,
-            max_pixels: int, on_error: str, overwrite: bool, verify: bool, progress: bool) -> None:
+            max_pixels: int, on_error: str, overwrite: bool, verify: bool, threads: int, server: str | None,
+            model_name: str, progress: bool) -> None:
     """Segment IMAGES (files, folders or glob patterns) with the model exported to MODEL_DIR."""
-    from mrdl_runtime import BackendUnavailableError, ImageInputError, ManifestError, Segmenter
+    from mrdl_runtime import BackendUnavailableError, ImageInputError, ManifestError, RemoteError, Segmenter
     from mrdl_runtime.files import InputFilesError, OutputFolderError, PredictInterrupted, predict_files
 
+    def load():
+        if server is None:
+            return Segmenter.load(model_dir, backend=backend, precision=precision, verify=verify,
+                                  intra_op_threads=threads)
+        return _ServedModel.connect(server, model_dir, model_name)
+
     try:
-        with Segmenter.load(model_dir, backend=backend, precision=precision, verify=verify) as segmenter:
+        with load() as segmenter:
             click.echo(f"backend: {segmenter.reason}")
             summary = predict_files(segmenter, images, out_dir, progress=progress, max_pixels=max_pixels,
                                     on_error=on_error, overwrite=overwrite)
@@ -53,10 +68,50 @@ def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, backend: st
     except KeyboardInterrupt:
         click.echo("interrupted: no images written", err=True)
         sys.exit(130)
-    except (ManifestError, BackendUnavailableError, InputFilesError, OutputFolderError, ImageInputError) as exc:
+    except (ManifestError, BackendUnavailableError, InputFilesError, OutputFolderError, ImageInputError, RemoteError,
+            ValueError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.line())
     for line in summary.failure_lines():
         click.echo(line, err=True)
     if summary.failed:
         sys.exit(1)
+
+
+class _ServedModel:
+    """A :class:`mrdl_runtime.RemoteSegmenter` with what ``predict_files`` reads of a Segmenter: the
+    manifest of MODEL_DIR (names, classes, max_batch), a backend label and a call counter."""
+
+    def __init__(self, remote, manifest) -> None:
+        self.remote, self.manifest = remote, manifest
+        self.backend, self.precision = "triton", "served"
+        self.reason = f"Triton server {remote.url}, model {remote.model!r}"
+
+    @classmethod
+    def connect(cls, url: str, model_dir: Path, model_name: str) -> "_ServedModel":
+        from mrdl_runtime import RemoteSegmenter, load_manifest
+
+        manifest = load_manifest(model_dir)
+        remote = RemoteSegmenter(url, model=model_name)
+        if remote.n_classes is not None and remote.n_classes != manifest.n_classes:
+            remote.close()
+            raise ValueError(f"the server at {url} serves a model with {remote.n_classes} classes, but {model_dir} "
+                             f"has {manifest.n_classes}: give the directory the server serves")
+        return cls(remote, manifest)
+
+    @property
+    def runner(self):
+        return self.remote  # .count: requests answered
+
+    @property
+    def mean_latency_ms(self) -> float:
+        return self.remote.mean_latency_ms
+
+    def predict_batch(self, images, **kwargs):
+        return self.remote.predict_batch(images, **kwargs)
+
+    def __enter__(self) -> "_ServedModel":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remote.close()

@@ -4,13 +4,21 @@ A runner is opened (the backend loads the model), asked to ``infer`` any number 
 closed; it is also a context manager. Every ``infer`` is timed (wall clock around the backend
 call, host<->device copies included), so callers read ``last_latency_ms``, ``mean_latency_ms`` and
 ``count`` without timing code of their own.
+
+Threads: ``infer`` may be called from several threads at once. The latency counters are updated
+under a lock; a backend whose session cannot run two batches at once (``concurrent_infer = False``,
+e.g. one TensorRT execution context with its device buffers) has its calls serialized by the
+runner, the others (an ONNX Runtime session's ``run`` is thread-safe) run side by side. ``open``
+and ``close`` are not for concurrent use: close a runner after every thread is done with it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,20 +35,23 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass
 class LatencyStats:
-    """Timing of a runner's inferences since it was opened."""
+    """Timing of a runner's inferences since it was opened; safe to update from several threads."""
 
     count: int = 0
     total_s: float = 0.0
     last_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, seconds: float) -> None:
-        self.count += 1
-        self.total_s += seconds
-        self.last_s = seconds
+        with self._lock:  # three read-modify-writes: unlocked, concurrent calls lose counts
+            self.count += 1
+            self.total_s += seconds
+            self.last_s = seconds
 
     @property
     def mean_ms(self) -> float:
-        return 1000.0 * self.total_s / self.count if self.count else 0.0
+        with self._lock:
+            return 1000.0 * self.total_s / self.count if self.count else 0.0
 
     @property
     def last_ms(self) -> float:
@@ -51,9 +62,11 @@ class Runner(ABC):
     """One inference backend session: ``open`` -> ``infer``... -> ``close``; times itself."""
 
     backend: str = "abstract"
+    concurrent_infer: bool = True  # False: the session runs one batch at a time, so infer calls are serialized
 
     def __init__(self) -> None:
         self.is_open = False
+        self._serial = threading.Lock()  # held around _infer when concurrent_infer is False
         self.stats = LatencyStats()
         self.input_specs: list[TensorSpec] = []  # filled by open(): the loaded graph's inputs and outputs
         self.output_specs: list[TensorSpec] = []
@@ -100,9 +113,10 @@ class Runner(ABC):
         """Run one batch and record its latency."""
         if not self.is_open:
             raise RuntimeError(f"{self.backend} runner is not open; call open() or use it as a context manager")
-        start = time.perf_counter()
-        outputs = self._infer(feeds)
-        self.stats.record(time.perf_counter() - start)
+        with self._serial if not self.concurrent_infer else nullcontext():  # the latency excludes the wait
+            start = time.perf_counter()
+            outputs = self._infer(feeds)
+            self.stats.record(time.perf_counter() - start)
         return outputs
 
     @property

@@ -54,6 +54,7 @@ class TensorRTRunner(Runner):
     """
 
     backend = "tensorrt"
+    concurrent_infer = False  # one execution context and one set of device buffers: one batch at a time
 
     def __init__(self, engine_path: str | Path, *, max_batch: int, built_with: str | None = None,
                  device_id: int = 0, manifest: Manifest | None = None, verify: bool = True) -> None:
