@@ -67,6 +67,29 @@ def test_shared_segmenter_batches_from_8_threads_equal_serial(shared_segmenter, 
             np.testing.assert_array_equal(a, b)
 
 
+def test_shared_segmenter_tiled_from_8_threads_equals_serial(model_dir, tmp_path):
+    """Tiled inference (windows at the training scale, batched through the shared runner) is thread-safe too."""
+    import json
+    import shutil
+
+    from mrdl.data.synthetic import synthetic_sample
+    from mrdl_runtime import Segmenter
+
+    copy = shutil.copytree(model_dir, tmp_path / "deploy")
+    record = json.loads((copy / "model.json").read_text())
+    side = record["preprocessing"]["size"][0]
+    record["source_size"] = [2 * side, 2 * side]  # a 5x-side image is then 2.5 windows wide at the training scale
+    (copy / "model.json").write_text(json.dumps(record))
+    images = [synthetic_sample(i, size=5 * side + 3 * i, seed=4)[0] for i in range(4)]
+    with Segmenter.load(copy, backend="onnxruntime-cpu", intra_op_threads=1) as segmenter:
+        serial = [segmenter.predict(image, tile=True) for image in images]
+        assert all(prediction.tiled for prediction in serial)
+        jobs = list(range(len(images))) * 2
+        parallel = _run_in_threads(lambda i: segmenter.predict(images[i], tile=True), jobs)
+    for index, prediction in zip(jobs, parallel):
+        np.testing.assert_array_equal(prediction.probabilities, serial[index].probabilities)
+
+
 def test_latency_counters_lose_no_concurrent_call():
     """LatencyStats.record is read-modify-writes; a count whose addition lets other threads run in
     between (as any thread switch may) loses calls unless record holds its lock."""
