@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from mrdl_runtime.imaging import DEFAULT_MAX_PIXELS
+from mrdl_runtime.tiling import BLEND_MODES, DEFAULT_OVERLAP
 
 
 @click.command("predict")
@@ -42,13 +43,24 @@ from mrdl_runtime.imaging import DEFAULT_MAX_PIXELS
                    "in-process; MODEL_DIR is then the directory the server serves (its model.json names the "
                    "classes), no model file is loaded here")
 @click.option("--model-name", default="mrdl", show_default=True, help="with --server: the served model's name")
+@click.option("--tile/--no-tile", default=None,
+              help="segment in overlapping windows at the training scale (docs/tiling.md): --tile always (needs "
+                   "the model's source_size), --no-tile never; default: only images more than 1.5 times the "
+                   "training images' size (model.json source_size) along either axis; in-process models only")
+@click.option("--overlap", default=DEFAULT_OVERLAP, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="tiling: fraction of a window shared with its neighbour")
+@click.option("--blend", default="gaussian", show_default=True, type=click.Choice(BLEND_MODES),
+              help="tiling: window weights, gaussian (sigma = window/8, as MONAI) or constant")
 @click.option("--progress/--no-progress", default=True, help="show a progress bar")
 def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, backend: str, precision: str,
             max_pixels: int, on_error: str, overwrite: bool, verify: bool, threads: int, server: str | None,
-            model_name: str, progress: bool) -> None:
+            model_name: str, tile: bool | None, overlap: float, blend: str, progress: bool) -> None:
     """Segment IMAGES (files, folders or glob patterns) with the model exported to MODEL_DIR."""
     from mrdl_runtime import BackendUnavailableError, ImageInputError, ManifestError, RemoteError, Segmenter
     from mrdl_runtime.files import InputFilesError, OutputFolderError, PredictInterrupted, predict_files
+
+    if server is not None and tile:
+        raise click.UsageError("--tile runs in-process only; a served model (--server) segments whole images")
 
     def load():
         if server is None:
@@ -60,7 +72,9 @@ def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, backend: st
         with load() as segmenter:
             click.echo(f"backend: {segmenter.reason}")
             summary = predict_files(segmenter, images, out_dir, progress=progress, max_pixels=max_pixels,
-                                    on_error=on_error, overwrite=overwrite)
+                                    on_error=on_error, overwrite=overwrite,
+                                    tile=False if server or tile is False else "auto" if tile is None else True,
+                                    overlap=overlap, blend=blend)
     except PredictInterrupted as exc:
         click.echo(f"interrupted: {exc.written} images written to {exc.out_dir}; run the same command again "
                    "to finish (images already written are segmented again)", err=True)
@@ -72,6 +86,7 @@ def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, backend: st
             ValueError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary.line())
+    click.echo(summary.tiling_line())
     for line in summary.failure_lines():
         click.echo(line, err=True)
     if summary.failed:

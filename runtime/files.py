@@ -11,6 +11,8 @@ which model wrote its masks, so two runs or two models never mix their outputs i
 Ctrl-C waits while one image's overlay and mask are written, so the record matches the files.
 Large images stay within about three image-sized buffers: masks are resized and thresholded in
 row strips, overlays are tinted in place strip by strip (:func:`mrdl_runtime.imaging.mask_at_size`).
+Images much larger than the model's training images are segmented in windows at the training scale
+(``tile``, docs/tiling.md); ``predict.json`` records per image whether it was (``"tiled"``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tqdm import tqdm
 
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, STRIP_BYTES, ImageInputError, read_image
 from .segmenter import Segmenter
+from .tiling import DEFAULT_OVERLAP, TileOptions
 
 OVERLAY_COLOURS = np.array([[0, 255, 0], [255, 0, 0], [0, 128, 255], [255, 200, 0], [255, 0, 255]], dtype=np.float32)
 OVERLAY_ALPHA = 0.45
@@ -82,6 +85,7 @@ class PredictSummary:
     total_s: float  # reading, preprocessing, inference, postprocessing and writing
     failed: tuple[FailedImage, ...] = field(default=())
     stopped: bool = False  # on_error="stop" ended the run at the first failure
+    tiled: tuple[str, ...] = field(default=())  # stems segmented in windows at the training scale
 
     @property
     def per_image_ms(self) -> float:
@@ -92,6 +96,14 @@ class PredictSummary:
         return (f"{self.n_images} images -> {self.out_dir} (masks/, overlays/) | backend {self.backend} "
                 f"{self.precision} | model latency {self.mean_batch_latency_ms:.1f} ms per batch "
                 f"({self.batches} batches) | {self.per_image_ms:.1f} ms per image end to end")
+
+    def tiling_line(self) -> str:
+        """Which images were tiled (docs/tiling.md) and which were resized whole to the model size."""
+        whole = self.n_images - len(self.tiled)
+        if not self.tiled:
+            return f"tiling: none ({whole} images resized whole to the model size)"
+        names = ", ".join(self.tiled[:5]) + (f", ... ({len(self.tiled) - 5} more)" if len(self.tiled) > 5 else "")
+        return f"tiling: {len(self.tiled)} images in windows at the training scale ({names}), {whole} whole"
 
     def failure_lines(self) -> list[str]:
         """One line per failed file (empty when every image was segmented)."""
@@ -267,19 +279,36 @@ def _read_batches(paths: list[Path], max_batch: int, max_pixels: int, stop: bool
         yield batch
 
 
+def _recorded_tiling(out_dir: Path) -> dict[str, bool]:
+    """The per-image ``"tiled"`` entries of a readable predict.json (after :func:`_claim` accepted it), else {}."""
+    try:
+        recorded = json.loads((out_dir / RECORD_NAME).read_text()).get("tiled", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(stem): bool(value) for stem, value in recorded.items()} if isinstance(recorded, dict) else {}
+
+
 def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: str | Path, *,
                   progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, on_error: str = "skip",
-                  overwrite: bool = False) -> PredictSummary:
+                  overwrite: bool = False, tile: str | bool = "auto", overlap: float = DEFAULT_OVERLAP,
+                  blend: str = "gaussian") -> PredictSummary:
     """Segment every image named by ``inputs`` and write ``out_dir/masks/<stem>.png`` and
     ``out_dir/overlays/<stem>.png`` at each image's original size.
 
     ``on_error``: "skip" (every readable image is still segmented) or "stop" (end at the first
     image that cannot be read); failures are listed in the summary. Raises
     :class:`OutputFolderError` when ``out_dir`` is in use or holds another model's outputs, and
-    :class:`PredictInterrupted` on Ctrl-C.
+    :class:`PredictInterrupted` on Ctrl-C. ``tile``, ``overlap``, ``blend``: as
+    :meth:`Segmenter.predict_batch` (docs/tiling.md); ``predict.json``'s ``"tiled"`` says per image
+    which path ran.
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    tiling = TileOptions(tile, overlap, blend)
+    if not isinstance(segmenter, Segmenter) and tiling.tile is not False:  # mrdl predict --server
+        raise ValueError("tiling runs in-process only: pass tile=False with a served model")
+    tile_options = {"tile": tiling.tile, "overlap": tiling.overlap, "blend": tiling.blend} \
+        if isinstance(segmenter, Segmenter) else {}
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -292,11 +321,13 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
     failed: list[FailedImage] = []
     with _locked(out_dir):
         written = _claim(out_dir, model, overwrite)
+        tiled = {stem: value for stem, value in _recorded_tiling(out_dir).items() if stem in written}
         n_before = len(written)
         try:
             with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
                 for batch in _read_batches(paths, manifest.max_batch, max_pixels, on_error == "stop", failed):
-                    predictions = segmenter.predict_batch([image for _, image in batch], with_probabilities=False)
+                    predictions = segmenter.predict_batch([image for _, image in batch], with_probabilities=False,
+                                                          **tile_options)
                     for (path, image), prediction in zip(batch, predictions):
                         overlay = tint(image if image.flags.writeable else image.copy(), prediction.mask)
                         mask = mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask)
@@ -304,14 +335,20 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
                             write_png(overlay, out_dir / "overlays" / f"{path.stem}.png")
                             write_png(mask, out_dir / "masks" / f"{path.stem}.png")
                             written.append(path.stem)
+                            tiled[path.stem] = getattr(prediction, "tiled", False)
                     bar.update(len(batch))
         except KeyboardInterrupt as exc:
             raise PredictInterrupted(len(written) - n_before, out_dir) from exc
         finally:
-            _write_record(out_dir, {"format": RECORD_FORMAT, "model": model, "outputs": sorted(set(written))})
+            outputs = sorted(set(written))
+            _write_record(out_dir, {"format": RECORD_FORMAT, "model": model, "outputs": outputs,
+                                    "tiling": {"tile": tiling.tile, "overlap": tiling.overlap, "blend": tiling.blend,
+                                               "source_size": manifest.source_size and list(manifest.source_size)},
+                                    "tiled": {stem: tiled[stem] for stem in outputs if stem in tiled}})
     return PredictSummary(n_images=len(written) - n_before, n_inputs=len(paths), out_dir=out_dir,
                           backend=segmenter.backend, precision=segmenter.precision,
                           batches=segmenter.runner.count - calls_before,
                           mean_batch_latency_ms=segmenter.mean_latency_ms, total_s=time.perf_counter() - start,
                           failed=tuple(failed),
-                          stopped=on_error == "stop" and bool(failed))
+                          stopped=on_error == "stop" and bool(failed),
+                          tiled=tuple(stem for stem in written[n_before:] if tiled.get(stem)))
