@@ -13,7 +13,10 @@ The served model (default name ``mrdl``):
   image size;
 * output ``mask``: UINT8 ``[-1, -1]``, the mask at the image's own size (0/1, or the class index);
 * output ``probabilities``: FP32 ``[n_classes, -1, -1]`` at the image's size, computed only for
-  requests that ask for it (or ask for no output in particular, Triton's "all outputs").
+  requests that ask for it (or ask for no output in particular, Triton's "all outputs");
+* output ``tiled``: BOOL ``[1]``, whether the image was segmented in windows (docs/tiling.md);
+* request parameters ``tile`` (auto, true, false), ``overlap`` and ``blend``: the runtime's tiling
+  options (absent: its defaults).
 
 Wrong dtypes and ranks are refused by Triton itself; an empty image, one with more than
 ``max_pixels`` pixels or a larger side than ``max_side`` gets an error response naming the
@@ -91,6 +94,25 @@ def require_pytriton() -> None:
                          "pip install 'mrdl[serve]'") from exc
 
 
+def check_ports(options: "ServeOptions") -> None:
+    """Raise :class:`ServeError` when a port is taken (or repeated): PyTriton would otherwise talk to
+    whichever server already listens there."""
+    import socket
+
+    ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port, "--metrics-port": options.metrics_port}
+    if len(set(ports.values())) < len(ports):
+        raise ServeError(f"the HTTP, gRPC and metrics ports must differ; got {ports}")
+    for flag, port in ports.items():
+        family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((options.host, port))
+            except OSError as exc:
+                raise ServeError(f"{options.host}:{port} ({flag}) is not free ({exc.strerror}); is another server "
+                                 f"running there? Choose another {flag}") from exc
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """How :class:`Server` serves a model directory (``mrdl serve``'s options)."""
@@ -143,22 +165,48 @@ class _Instance:
                              f"pixels and {options.max_side} per side (mrdl serve --max-pixels / --max-side)")
 
     def __call__(self, requests):
-        batches = [request["image"] for request in requests]
-        for images in batches:
-            self._check(images)
-        wants = [_wants_probabilities(request.requested_output_names) for request in requests]
-        images = [image for batch in batches for image in batch]
-        self.stats.add(len(images))
-        predictions = self.segmenter.predict_batch(images, with_probabilities=any(wants))
-        responses, start = [], 0
-        for batch, want in zip(batches, wants):
-            chunk = predictions[start:start + len(batch)]
-            start += len(batch)
-            response = {"mask": np.stack([p.mask for p in chunk]).astype(np.uint8, copy=False)}
-            if want:
-                response["probabilities"] = np.stack([p.probabilities for p in chunk]).astype(np.float32, copy=False)
-            responses.append(response)
+        for request in requests:
+            self._check(request["image"])
+        self.stats.add(sum(len(request["image"]) for request in requests))
+        groups: dict[tuple, list[int]] = {}  # requests with the same tiling parameters run together
+        for index, request in enumerate(requests):
+            groups.setdefault(_tiling_options(request.parameters), []).append(index)
+        responses: list = [None] * len(requests)
+        for key, members in groups.items():
+            wants = [_wants_probabilities(requests[i].requested_output_names) for i in members]
+            images = [image for i in members for image in requests[i]["image"]]
+            predictions = self.segmenter.predict_batch(images, with_probabilities=any(wants), **dict(key))
+            start = 0
+            for i, want in zip(members, wants):
+                chunk = predictions[start:start + len(requests[i]["image"])]
+                start += len(chunk)
+                response = {"mask": np.stack([p.mask for p in chunk]).astype(np.uint8, copy=False),
+                            "tiled": np.array([[getattr(p, "tiled", False)] for p in chunk], dtype=bool)}
+                if want:
+                    response["probabilities"] = np.stack([p.probabilities for p in chunk]).astype(np.float32,
+                                                                                                   copy=False)
+                responses[i] = response
         return responses
+
+
+def _tiling_options(parameters: dict | None) -> tuple:
+    """The request parameters ``tile`` ("auto", "true", "false"), ``overlap`` and ``blend`` as
+    ``Segmenter.predict_batch`` keywords (a hashable tuple); absent ones keep the runtime's defaults."""
+    parameters = parameters or {}
+    options = []
+    if "tile" in parameters:
+        tile = str(parameters["tile"]).lower()
+        if tile not in ("auto", "true", "false"):
+            raise ValueError(f"request parameter 'tile' must be auto, true or false; got {parameters['tile']!r}")
+        options.append(("tile", {"auto": "auto", "true": True, "false": False}[tile]))
+    if "overlap" in parameters:
+        try:
+            options.append(("overlap", float(parameters["overlap"])))
+        except (TypeError, ValueError):
+            raise ValueError(f"request parameter 'overlap' must be a number; got {parameters['overlap']!r}") from None
+    if "blend" in parameters:
+        options.append(("blend", str(parameters["blend"])))
+    return tuple(options)
 
 
 def _wants_probabilities(requested: list[str] | None) -> bool:
@@ -205,6 +253,7 @@ class Server:
         options = self.options
         if options.instances < 1:
             raise ServeError(f"--instances must be >= 1, got {options.instances}")
+        check_ports(options)
         manifest, max_batch = self._load()
         preferred = sorted({size for size in (max_batch // 2, max_batch) if size >= 1})
         config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
@@ -218,6 +267,7 @@ class Server:
             infer_func=[_Instance(segmenter, options, self.stats) for segmenter in self.segmenters],
             inputs=[Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3))],
             outputs=[Tensor(name="mask", dtype=np.uint8, shape=(-1, -1)),
+                     Tensor(name="tiled", dtype=np.bool_, shape=(1,)),
                      Tensor(name="probabilities", dtype=np.float32, shape=(manifest.n_classes, -1, -1))],
             config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
                 max_queue_delay_microseconds=options.max_queue_delay_us, preferred_batch_size=preferred)),

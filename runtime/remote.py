@@ -16,6 +16,7 @@ Needs ``tritonclient`` (``pip install 'mrdl[serve]'``), imported when a RemoteSe
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -26,6 +27,8 @@ from .segmenter import Prediction
 
 DEFAULT_MODEL = "mrdl"
 PROTOCOLS = ("http", "grpc")
+# Segmenter.predict_batch's tiling defaults (docs/tiling.md); other values are sent as request parameters.
+TILING_DEFAULTS = {"tile": "auto", "overlap": 0.25, "blend": "gaussian"}
 
 
 class RemoteError(RuntimeError):
@@ -100,25 +103,36 @@ class RemoteSegmenter:
                               f"(mrdl serve --model-name names it)")
         config = config.get("config", config) if isinstance(config, dict) else config.config
         self.max_batch = int(config["max_batch_size"] if isinstance(config, dict) else config.max_batch_size) or 1
+        outputs = config["output"] if isinstance(config, dict) else config.output
+        dims = [list(o["dims"] if isinstance(o, dict) else o.dims) for o in outputs
+                if (o["name"] if isinstance(o, dict) else o.name) == "probabilities"]
+        self.n_classes = int(dims[0][0]) if dims and dims[0] else None  # None: not an mrdl serve model
+        self.count = 0  # requests answered
+        self._seconds = 0.0
+
+    @property
+    def mean_latency_ms(self) -> float:
+        """Mean round-trip time per request (preprocessing, model and postprocessing on the server, transfer)."""
+        return 1e3 * self._seconds / self.count if self.count else 0.0
 
     def _request(self, images: np.ndarray, with_probabilities: bool):
         module = self._module
         tensor = module.InferInput("image", list(images.shape), "UINT8")
         tensor.set_data_from_numpy(images)
-        outputs = [module.InferRequestedOutput("mask")]
-        if with_probabilities:
-            outputs.append(module.InferRequestedOutput("probabilities"))
-        return [tensor], outputs
+        names = ["mask", "tiled"] + (["probabilities"] if with_probabilities else [])
+        return [tensor], [module.InferRequestedOutput(name) for name in names]
 
-    def _send_all(self, groups: list[np.ndarray], with_probabilities: bool) -> list:
+    def _send_all(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict) -> list:
         """Send every group at once; the results in order (each with ``as_numpy``)."""
         results: list = [None] * len(groups)
+        parameters = parameters or None
         try:
             if self.protocol == "http":
                 pending = []
                 for group in groups:
                     inputs, outputs = self._request(group, with_probabilities)
-                    pending.append(self._client.async_infer(self.model, inputs, outputs=outputs))
+                    pending.append(self._client.async_infer(self.model, inputs, outputs=outputs,
+                                                            parameters=parameters))
                 return [request.get_result() for request in pending]
             import queue
 
@@ -126,7 +140,7 @@ class RemoteSegmenter:
             for index, group in enumerate(groups):
                 inputs, outputs = self._request(group, with_probabilities)
                 self._client.async_infer(self.model, inputs, lambda result, error, i=index: done.put((i, result, error)),
-                                         outputs=outputs, client_timeout=self.timeout)
+                                         outputs=outputs, client_timeout=self.timeout, parameters=parameters)
             for _ in groups:
                 index, result, error = done.get(timeout=self.timeout + 5)
                 if error is not None:
@@ -139,14 +153,19 @@ class RemoteSegmenter:
             raise RemoteError(f"{self.url}: connection failed: {exc}") from exc
 
     def predict_batch(self, images: Sequence[np.ndarray], *, text_features: np.ndarray | None = None,
-                      at_model_size: bool = False, channel_order: str = "RGB",
-                      with_probabilities: bool = True) -> list[Prediction]:
+                      at_model_size: bool = False, channel_order: str = "RGB", with_probabilities: bool = True,
+                      tile: str | bool = "auto", overlap: float = TILING_DEFAULTS["overlap"],
+                      blend: str = TILING_DEFAULTS["blend"]) -> list[Prediction]:
         """Segment several images (any sizes) on the server; results in the order given.
 
         Same contract as ``Segmenter.predict_batch``, except that the server serves image-only
         models (``text_features`` must be None) and returns results at the original size
-        (``at_model_size=False``).
+        (``at_model_size=False``). ``tile``, ``overlap`` and ``blend`` other than their defaults
+        travel as request parameters, which the server applies.
         """
+        parameters = {key: (str(value).lower() if key == "tile" else value)
+                      for key, value in (("tile", tile), ("overlap", overlap), ("blend", blend))
+                      if value != TILING_DEFAULTS[key]}
         if text_features is not None:
             raise ValueError("the served model takes images only (mrdl serve serves fusion 'distribution' models)")
         if at_model_size:
@@ -159,23 +178,33 @@ class RemoteSegmenter:
             order.setdefault(image.shape, []).append(index)
         plan = [indices[start:start + self.max_batch] for indices in order.values()
                 for start in range(0, len(indices), self.max_batch)]
-        results = self._send_all([np.stack([rgb[i] for i in chunk]) for chunk in plan], with_probabilities)
+        start = time.perf_counter()
+        results = self._send_all([np.stack([rgb[i] for i in chunk]) for chunk in plan], with_probabilities, parameters)
+        self.count += len(plan)
+        self._seconds += (time.perf_counter() - start) * len(plan)  # the requests ran concurrently
         predictions: list[Prediction | None] = [None] * len(rgb)
         for chunk, result in zip(plan, results):
-            masks = result.as_numpy("mask")
+            masks = result.as_numpy("mask")  # read-only views of the response: copied, as Segmenter's are writable
             probabilities = result.as_numpy("probabilities") if with_probabilities else None
+            masks = None if masks is None else np.array(masks)
+            probabilities = None if probabilities is None else np.array(probabilities)
             if masks is None or masks.shape[0] != len(chunk) or (with_probabilities and probabilities is None):
                 raise RemoteError(f"{self.url} model {self.model!r} answered without the expected outputs "
                                   "(mask [b, H, W] uint8, probabilities [b, C, H, W]); is it served by mrdl serve?")
+            tiled = result.as_numpy("tiled")
             for row, index in enumerate(chunk):
-                predictions[index] = Prediction(masks[row], None if probabilities is None else probabilities[row])
+                extra = {} if tiled is None else {"tiled": bool(tiled[row].any())}
+                predictions[index] = Prediction(masks[row], None if probabilities is None else probabilities[row],
+                                                **extra)
         return predictions  # type: ignore[return-value]
 
     def predict(self, image: np.ndarray, *, text_features: np.ndarray | None = None, at_model_size: bool = False,
-                channel_order: str = "RGB", with_probabilities: bool = True) -> Prediction:
+                channel_order: str = "RGB", with_probabilities: bool = True, tile: str | bool = "auto",
+                overlap: float = TILING_DEFAULTS["overlap"], blend: str = TILING_DEFAULTS["blend"]) -> Prediction:
         """Segment one image on the server (HxWx3 RGB, gray, RGBA; uint8, uint16 or float)."""
         return self.predict_batch([image], text_features=text_features, at_model_size=at_model_size,
-                                  channel_order=channel_order, with_probabilities=with_probabilities)[0]
+                                  channel_order=channel_order, with_probabilities=with_probabilities, tile=tile,
+                                  overlap=overlap, blend=blend)[0]
 
     def close(self) -> None:
         """Close the connection."""
