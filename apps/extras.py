@@ -57,7 +57,8 @@ def missing_modules(extra: str) -> list[str]:
 
 def missing_extra_message(command: str, extra: str, missing: list[str]) -> str:
     """The one line a command prints when ``extra`` is missing."""
-    return (f"{command}: needs mrdl's '{extra}' extra, which is not installed here (missing: {', '.join(missing)}); "
+    named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    return (f"{command}: needs mrdl's '{extra}' extra, which is not installed here (missing: {named}); "
             f"add it with: pip install 'mrdl[{extra}]'  (README, 'Installing')")
 
 
@@ -77,5 +78,6 @@ def missing_extra_command(name: str, command: str, extra: str, missing: list[str
         raise SystemExit(EXIT_MISSING_EXTRA)
 
     return click.Command(name, callback=refuse, params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
-                         help=f"(not installed: needs the '{extra}' extra, pip install 'mrdl[{extra}]')",
+                         short_help=f"not installed: pip install 'mrdl[{extra}]'",
+                         help=f"Not installed: needs mrdl's '{extra}' extra (pip install 'mrdl[{extra}]').",
                          add_help_option=False, context_settings={"ignore_unknown_options": True})
