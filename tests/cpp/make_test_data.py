@@ -10,8 +10,9 @@ OUT_DIR/index.json describes raw little-endian arrays (``.u8`` uint8, ``.f32`` f
   ``resize_probabilities`` + ``probabilities_to_mask``;
 * ``segment``: a ``tiny`` model exported with ``mrdl_export.export_model``, FP32 and INT8 (OUT_DIR/exported;
   OUT_DIR/model is the same with its threshold at the median probability so that masks are not all
-  background) and synthetic images (raw and PNG) with the masks and probabilities
-  ``mrdl_runtime.Segmenter`` returns;
+  background) and synthetic images (raw, PNG and 16-bit TIFF) with the masks and probabilities
+  ``mrdl_runtime.Segmenter`` returns, and tiled cases (the test model's model.json gets a
+  ``source_size``; docs/tiling.md) with ``Segmenter.predict(..., tile=, overlap=, blend=)``'s results;
 * ``tiff``: TIFF files (Pillow-written and hand-written: strips, tiles, planes, 8/16-bit, compressed)
   with the RGB ``mrdl_runtime.imaging.read_image`` decodes them to, and files the C++ reader refuses;
 * ``integrity``: files for the C++ artifact checks: a blob with its ``hashlib`` SHA-256, and copies of
@@ -51,6 +52,15 @@ POSTPROCESS_CASES = [
     (2, (48, 48), (48, 200)),
 ]
 SEGMENT_IMAGES = 8
+TILED_SOURCE_SIZE = (128, 128)  # written into the test model's model.json (its size is 64x64)
+# (height, width, channels, tile, overlap, blend, expected tiled): auto above 1.5 x 128 per side,
+# forced on a small image (resampled below the model size: padding), constant blend, no overlap,
+# and auto / off that stay whole.
+TILED_CASES = [
+    (300, 260, 3, "auto", 0.25, "gaussian", True), (97, 200, 3, True, 0.25, "gaussian", True),
+    (333, 301, 1, "auto", 0.5, "constant", True), (250, 250, 3, "auto", 0.0, "gaussian", True),
+    (150, 150, 3, "auto", 0.25, "gaussian", False), (300, 260, 3, False, 0.25, "gaussian", False),
+]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -276,6 +286,9 @@ def _segment_vectors(folder: Path) -> dict:
         median = float(np.median(segmenter.predict(image).probabilities))
     manifest = json.loads((folder / "model" / "model.json").read_text())
     manifest["postprocessing"]["threshold"] = median
+    # Tiling (docs/tiling.md) at half the scale: 128x128 "training images" for the 64x64 model; a
+    # max_batch of 4 makes a tiled image's windows run in several batches.
+    manifest["source_size"], manifest["max_batch"] = list(TILED_SOURCE_SIZE), 4
     (folder / "model" / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
     cases = []
     with Segmenter.load(folder / "model", backend="onnxruntime-cpu") as segmenter:
@@ -297,7 +310,23 @@ def _segment_vectors(folder: Path) -> dict:
                           "foreground": int(prediction.mask.sum()),
                           "expected_mask": _write(folder, f"{name}_mask", prediction.mask),
                           "expected_probabilities": _write(folder, f"{name}_probs", prediction.probabilities)})
-    return {"model_dir": "model", "threshold": median, "cases": cases}
+        tiled_cases = []
+        for i, (height, width, channels, tile, overlap, blend, tiled) in enumerate(TILED_CASES):
+            image, _, _ = synthetic_sample(100 + i, size=max(height, width), seed=0)
+            image = image[:height, :width] if channels == 3 else np.ascontiguousarray(image[:height, :width, 1])
+            prediction = segmenter.predict(image, tile=tile, overlap=overlap, blend=blend)
+            assert prediction.tiled is tiled, f"tiled case {i}: expected tiled={tiled}"
+            name = f"tiled_{i:02d}"
+            shape = [height, width, channels]
+            Image.fromarray(image).save(folder / f"{name}.png")
+            Image.fromarray(prediction.mask * np.uint8(255)).save(folder / f"{name}_mask.png")
+            tiled_cases.append({"name": name, "shape": shape, "tile": tile, "overlap": overlap, "blend": blend,
+                                "tiled": tiled, "image": _write(folder, f"{name}_image", image),
+                                "png": f"{name}.png", "mask_png": f"{name}_mask.png",
+                                "expected_mask": _write(folder, f"{name}_mask", prediction.mask),
+                                "expected_probabilities": _write(folder, f"{name}_probs", prediction.probabilities)})
+    return {"model_dir": "model", "threshold": median, "source_size": list(TILED_SOURCE_SIZE), "cases": cases,
+            "tiled_cases": tiled_cases}
 
 
 def _integrity_vectors(folder: Path, model_dir: Path, rng: np.random.Generator) -> dict:

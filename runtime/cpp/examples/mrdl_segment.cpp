@@ -1,10 +1,14 @@
 // mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt] [--device cpu|cuda|tensorrt]
-//              [--precision fp32|int8|fp16] [--threads N] [--max-pixels N] [--no-verify]
+//              [--precision fp32|int8|fp16] [--threads N] [--tile|--no-tile] [--overlap F]
+//              [--blend gaussian|constant] [--max-pixels N] [--no-verify]
 // Segments one PNG or TIFF image with an exported model and writes the mask as an 8-bit gray PNG at
 // the input's size: 0/255 for a one-class model, the class index otherwise. The image is decoded by
 // the rule of mrdl/decode.hpp (16-bit: high byte; alpha dropped), as the Python runtime decodes it;
 // --threads sets ONNX Runtime's intra-op threads (0, the default: ONNX Runtime's choice, one per
-// physical core); --no-verify skips the artifact's SHA-256 check.
+// physical core). Tiling (docs/tiling.md): by default an image more than 1.5 times model.json's
+// source_size is segmented in overlapping windows at the training scale; --tile forces it,
+// --no-tile resizes every image whole; --overlap (default 0.25) and --blend (default gaussian) set
+// the windows. The summary line says which path ran. --no-verify skips the artifact's SHA-256 check.
 #include <cstddef>
 #include <cstdint>
 #include <iostream>
@@ -19,7 +23,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt] "
-    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16] [--threads N] [--max-pixels N] [--no-verify]";
+    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16] [--threads N] [--tile|--no-tile] [--overlap F] "
+    "[--blend gaussian|constant] [--max-pixels N] [--no-verify]";
 
 size_t pixel_limit(const std::string& value) {
     size_t used = 0;
@@ -45,12 +50,34 @@ int thread_count(const std::string& value) {
     return threads;
 }
 
-mrdl::SegmenterOptions parse_options(const std::vector<std::string>& args) {
-    mrdl::SegmenterOptions options;
+double overlap_fraction(const std::string& value) {
+    size_t used = 0;
+    double overlap = -1.0;
+    try {
+        overlap = std::stod(value, &used);
+    } catch (const std::exception&) {
+    }
+    if (used != value.size() || !(overlap >= 0.0 && overlap < 1.0))
+        throw std::invalid_argument("--overlap needs a number with 0 <= overlap < 1, got " + value);
+    return overlap;
+}
+
+struct Arguments {
+    mrdl::SegmenterOptions segmenter;
+    mrdl::TileOptions tiling;
+};
+
+Arguments parse_options(const std::vector<std::string>& args) {
+    Arguments parsed;
+    mrdl::SegmenterOptions& options = parsed.segmenter;
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& key = args[i];
         if (key == "--no-verify") {
             options.verify_artifacts = false;
+            continue;
+        }
+        if (key == "--tile" || key == "--no-tile") {
+            parsed.tiling.mode = key == "--tile" ? mrdl::TileMode::On : mrdl::TileMode::Off;
             continue;
         }
         if (i + 1 >= args.size()) throw std::invalid_argument(key + " needs a value");
@@ -62,10 +89,13 @@ mrdl::SegmenterOptions parse_options(const std::vector<std::string>& args) {
         else if (key == "--device" && value == "tensorrt") options.device = mrdl::Device::TensorRT;
         else if (key == "--precision") options.precision = value;
         else if (key == "--threads") options.intra_op_threads = thread_count(value);
+        else if (key == "--overlap") parsed.tiling.overlap = overlap_fraction(value);
+        else if (key == "--blend" && value == "gaussian") parsed.tiling.blend = mrdl::Blend::Gaussian;
+        else if (key == "--blend" && value == "constant") parsed.tiling.blend = mrdl::Blend::Constant;
         else if (key == "--max-pixels") options.max_pixels = pixel_limit(value);
         else throw std::invalid_argument("unknown option " + key + " " + value);
     }
-    return options;
+    return parsed;
 }
 
 }  // namespace
@@ -76,10 +106,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     try {
-        const mrdl::SegmenterOptions options = parse_options(std::vector<std::string>(argv + 4, argv + argc));
-        mrdl::Segmenter segmenter(argv[1], options);
-        const mrdl::Image image = mrdl::image_io::read_rgb(argv[2], options.max_pixels);
-        const mrdl::Segmentation result = segmenter.segment(image.view());
+        const Arguments arguments = parse_options(std::vector<std::string>(argv + 4, argv + argc));
+        const mrdl::Segmenter segmenter(argv[1], arguments.segmenter);
+        const mrdl::Image image = mrdl::image_io::read_rgb(argv[2], arguments.segmenter.max_pixels);
+        const mrdl::Segmentation result = segmenter.segment(image.view(), {}, arguments.tiling);
         std::vector<uint8_t> mask = result.mask;  // (H, W)
         if (result.n_classes == 1)
             for (uint8_t& value : mask) value = value ? 255 : 0;
@@ -87,7 +117,8 @@ int main(int argc, char** argv) {
         size_t foreground = 0;
         for (uint8_t value : result.mask) foreground += value != 0;
         std::cout << argv[3] << ": " << result.width << "x" << result.height << " mask, " << foreground
-                  << " foreground pixels (" << segmenter.backend_description() << ")\n";
+                  << " foreground pixels, " << (result.tiled ? "tiled at the training scale" : "whole image")
+                  << " (" << segmenter.backend_description() << ")\n";
     } catch (const std::invalid_argument& error) {
         std::cerr << "mrdl_segment: " << error.what() << "\n" << kUsage << "\n";
         return 2;

@@ -277,6 +277,15 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
     m.postprocessing.resize_to_original = r.text_or(post, "resize_to_original", "postprocessing", "bilinear");
     r.one_of(m.postprocessing.resize_to_original, {"bilinear"}, "postprocessing.resize_to_original");
 
+    if (root.contains("source_size")) {
+        const json& source = root["source_size"];
+        const auto side = [](const json& v) { return v.is_number_integer() && v >= 1 && v <= kMaxSourceSide; };
+        if (!source.is_array() || source.size() != 2 || !side(source[0]) || !side(source[1]))
+            r.fail("source_size is " + show(source) + "; expected [height, width] of the training images, two "
+                   "integers in [1, " + std::to_string(kMaxSourceSide) + "] (or no source_size at all)");
+        m.source_size = std::array<int, 2>{source[0].get<int>(), source[1].get<int>()};
+    }
+
     if (root.contains("versions") && root["versions"].is_object())
         for (const auto& item : root["versions"].items())
             m.versions[item.key()] = item.value().is_string() ? item.value().get<std::string>() : item.value().dump();

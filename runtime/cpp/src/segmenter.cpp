@@ -1,8 +1,10 @@
-// Segmenter: manifest + preprocessing + backend + postprocessing.
+// Segmenter: manifest + preprocessing + backend + postprocessing, whole-image or tiled.
 #include "mrdl/segmenter.hpp"
 
 #include <algorithm>
 #include <filesystem>
+
+#include "mrdl/resample.hpp"
 
 namespace mrdl {
 
@@ -20,15 +22,18 @@ Segmenter& Segmenter::operator=(Segmenter&&) noexcept = default;
 
 std::string Segmenter::backend_description() const { return backend_->describe(); }
 
-Segmentation Segmenter::segment(const ImageView& image, const std::vector<float>& text_features) {
+Segmentation Segmenter::segment(const ImageView& image, const std::vector<float>& text_features,
+                                const TileOptions& tiling) const {
     std::vector<std::vector<float>> text;
     if (!text_features.empty()) text.push_back(text_features);
-    return segment(std::vector<ImageView>{image}, text).front();
+    return segment(std::vector<ImageView>{image}, text, tiling).front();
 }
 
 std::vector<Segmentation> Segmenter::segment(const std::vector<ImageView>& images,
-                                             const std::vector<std::vector<float>>& text_features) {
+                                             const std::vector<std::vector<float>>& text_features,
+                                             const TileOptions& tiling) const {
     const Preprocessing& pre = manifest_.preprocessing;
+    tiling.validate();
     size_t text_size = 0;
     if (manifest_.needs_text_features()) {
         const TensorSpec& spec = manifest_.input("text_features");
@@ -46,28 +51,61 @@ std::vector<Segmentation> Segmenter::segment(const std::vector<ImageView>& image
         throw InputError("this model (fusion \"" + manifest_.fusion + "\") takes no text features; pass none");
     }
 
+    std::vector<Segmentation> results(images.size());
+    std::vector<size_t> whole;  // the images segmented by the whole-image path, batched together
+    for (size_t i = 0; i < images.size(); ++i) {
+        if (should_tile(images[i].height, images[i].width, manifest_.source_size, tiling.mode))
+            results[i] = segment_tiled(images[i], text_size ? &text_features[i] : nullptr, tiling);
+        else
+            whole.push_back(i);
+    }
     const size_t image_size = static_cast<size_t>(3) * pre.height * pre.width;
     const size_t out_plane = static_cast<size_t>(manifest_.n_classes) * pre.height * pre.width;
-    std::vector<Segmentation> results;
-    results.reserve(images.size());
-    for (size_t start = 0; start < images.size(); start += manifest_.max_batch) {
-        const size_t count = std::min(images.size() - start, static_cast<size_t>(manifest_.max_batch));
+    for (size_t start = 0; start < whole.size(); start += manifest_.max_batch) {
+        const size_t count = std::min(whole.size() - start, static_cast<size_t>(manifest_.max_batch));
         std::vector<float> batch;  // (B, 3, H, W)
         batch.reserve(count * image_size);
         std::vector<float> text;  // (B, L, D)
-        for (size_t i = start; i < start + count; ++i) {
-            const std::vector<float> tensor = preprocess(images[i], pre, max_pixels_);
+        for (size_t k = start; k < start + count; ++k) {
+            const std::vector<float> tensor = preprocess(images[whole[k]], pre, max_pixels_);
             batch.insert(batch.end(), tensor.begin(), tensor.end());
-            if (text_size) text.insert(text.end(), text_features[i].begin(), text_features[i].end());
+            if (text_size) text.insert(text.end(), text_features[whole[k]].begin(), text_features[whole[k]].end());
         }
         const std::vector<float> probabilities =
             backend_->run(batch, text_size ? &text : nullptr, static_cast<int64_t>(count));  // (B, K, H, W)
-        for (size_t i = 0; i < count; ++i)
-            results.push_back(postprocess(probabilities.data() + i * out_plane, manifest_.n_classes, pre.height,
-                                          pre.width, images[start + i].height, images[start + i].width,
-                                          manifest_.postprocessing));
+        for (size_t k = 0; k < count; ++k) {
+            const ImageView& image = images[whole[start + k]];
+            results[whole[start + k]] = postprocess(probabilities.data() + k * out_plane, manifest_.n_classes,
+                                                    pre.height, pre.width, image.height, image.width,
+                                                    manifest_.postprocessing);
+        }
     }
     return results;
+}
+
+Segmentation Segmenter::segment_tiled(const ImageView& image, const std::vector<float>* text_features,
+                                      const TileOptions& tiling) const {
+    const Preprocessing& pre = manifest_.preprocessing;
+    const std::array<int, 2> model_size{pre.height, pre.width};
+    const TilePlan plan = plan_tiles(image.height, image.width, *manifest_.source_size, model_size, tiling.overlap);
+    Image resampled;  // (h, w, 3) uint8 at the training scale
+    {
+        const Image rgb = to_rgb8(image, max_pixels_);
+        resampled = resize_bilinear(rgb.view(), plan.resampled_size[0], plan.resampled_size[1],
+                                    PassOrder::HorizontalFirst);
+    }
+    const WindowRunner run = [&](const std::vector<float>& batch, int64_t count) {
+        if (text_features == nullptr) return backend_->run(batch, nullptr, count);
+        std::vector<float> text;  // every window gets the image's text features
+        for (int64_t k = 0; k < count; ++k) text.insert(text.end(), text_features->begin(), text_features->end());
+        return backend_->run(batch, &text, count);
+    };
+    const std::vector<float> stitched = stitch(resampled.view(), plan, run, model_size, manifest_.n_classes,
+                                               manifest_.max_batch, pre.scale, tiling.blend);  // (C, h, w)
+    Segmentation result = postprocess(stitched.data(), manifest_.n_classes, plan.resampled_size[0],
+                                      plan.resampled_size[1], image.height, image.width, manifest_.postprocessing);
+    result.tiled = true;
+    return result;
 }
 
 }  // namespace mrdl

@@ -1,6 +1,9 @@
-// End to end: the C++ Segmenter's masks equal mrdl_runtime's on the synthetic images, for the
-// tiny model exported by make_test_data.py.
+// End to end: the C++ Segmenter's masks equal mrdl_runtime's on the synthetic images, whole and
+// tiled (docs/tiling.md), for the tiny model exported by make_test_data.py.
 //   test_segmenter TEST_DATA_DIR
+#include <algorithm>
+#include <cmath>
+
 #include "mrdl/segmenter.hpp"
 #include "test_support.hpp"
 
@@ -70,6 +73,68 @@ int main(int argc, char** argv) {
             check(max_abs_diff(results[i].probabilities, cases[i].probabilities) <= kProbabilityTolerance,
                   cases[i].name + ": batched probabilities differ");
         }
+    });
+    // Tiled inference (docs/tiling.md): the Python runtime's tiled masks and probabilities.
+    const float threshold = segment.at("threshold").get<float>();
+    std::vector<Case> tiled_cases;
+    std::vector<TileOptions> tile_options;
+    std::vector<bool> expect_tiled;
+    for (const auto& c : segment.at("tiled_cases")) {
+        Case item{c.at("name"), read_array<uint8_t>(dir + "/" + c.at("image").get<std::string>()), {},
+                  read_array<uint8_t>(dir + "/" + c.at("expected_mask").get<std::string>()),
+                  read_array<float>(dir + "/" + c.at("expected_probabilities").get<std::string>())};
+        item.view = ImageView{item.pixels.data(), c.at("shape")[0], c.at("shape")[1], c.at("shape")[2]};
+        tiled_cases.push_back(std::move(item));
+        TileOptions options;
+        const nlohmann::json& tile = c.at("tile");
+        options.mode = tile.is_string() ? TileMode::Auto : tile.get<bool>() ? TileMode::On : TileMode::Off;
+        options.overlap = c.at("overlap");
+        options.blend = c.at("blend") == "constant" ? Blend::Constant : Blend::Gaussian;
+        tile_options.push_back(options);
+        expect_tiled.push_back(c.at("tiled"));
+    }
+    check(tiled_cases.size() >= 4, "the test data holds tiled cases");
+    check(segmenter.manifest().source_size.has_value(), "the test model's model.json has a source_size");
+    float worst_tiled = 0.0f;
+    for (size_t t = 0; t < tiled_cases.size(); ++t) {
+        const Case& c = tiled_cases[t];
+        run("tiled " + c.name + " (" + std::to_string(c.view.height) + "x" + std::to_string(c.view.width) + "x" +
+                std::to_string(c.view.channels) + (expect_tiled[t] ? ", tiled)" : ", whole)"),
+            [&] {
+                const Segmentation result = segmenter.segment(c.view, {}, tile_options[t]);
+                check(result.tiled == expect_tiled[t], "tiled flag differs from mrdl_runtime's decision");
+                check(result.height == c.view.height && result.width == c.view.width, "mask at the original size");
+                const float diff = max_abs_diff(result.probabilities, c.probabilities);
+                worst_tiled = std::max(worst_tiled, diff);
+                check(diff <= kProbabilityTolerance, "max |probability diff| " + std::to_string(diff));
+                size_t differing = 0, near = 0;  // docs/tiling.md: masks equal away from the threshold
+                for (size_t i = 0; i < c.mask.size() && i < result.mask.size(); ++i) {
+                    if (result.mask[i] == c.mask[i]) continue;
+                    if (std::fabs(c.probabilities[i] - threshold) <= 1e-4f) ++near;
+                    else ++differing;
+                }
+                check(result.mask.size() == c.mask.size() && differing == 0,
+                      std::to_string(differing) + " mask pixels differ from mrdl_runtime away from the threshold");
+                std::cout << "     " << c.name << ": max |p diff| " << diff << ", mask pixels differing "
+                          << differing + near << " (" << near << " within 1e-4 of the threshold)\n";
+            });
+    }
+    std::cout << "tiled: worst max |probability diff| vs mrdl_runtime " << worst_tiled << "\n";
+    run("a batch mixing tiled and whole images equals them one by one", [&] {
+        std::vector<ImageView> views{tiled_cases[0].view, cases[0].view, tiled_cases[2].view};
+        const std::vector<Segmentation> results = segmenter.segment(views, {}, tile_options[0]);
+        check(results.size() == 3 && results[0].tiled && !results[1].tiled && results[2].tiled, "tiled flags");
+        check(results[0].mask == tiled_cases[0].mask, "tiled image in a batch");
+        check(results[1].mask == cases[0].mask, "whole image in a batch");
+        check(results[2].mask == segmenter.segment(tiled_cases[2].view, {}, tile_options[0]).mask, "second tiled image");
+    });
+    run("bad tile options are refused", [&] {
+        TileOptions options;
+        options.overlap = 1.0;
+        expect_error<InputError>("overlap 1", "overlap must be a number with 0 <= overlap < 1",
+                                 [&] { segmenter.segment(cases.front().view, {}, options); });
+        options.overlap = std::nan("");
+        expect_error<InputError>("overlap nan", "0 <= overlap < 1", [&] { segmenter.segment(cases.front().view, {}, options); });
     });
     run("text features are refused by a distribution-fusion model", [&] {
         expect_error<InputError>("text", "takes no text features",

@@ -33,7 +33,11 @@ struct MRDL_API SegmenterOptions {
     Device device = Device::CPU;
     std::string precision = "fp32";  // a key of manifest.artifacts: "fp32", "int8", "fp16"
     int device_id = 0;               // GPU ordinal for CUDA / TensorRT
-    int intra_op_threads = 0;        // ONNX Runtime CPU threads; 0 lets ONNX Runtime choose
+    /// ONNX Runtime's intra-op threads: how many CPU threads one model run uses (its thread pool
+    /// belongs to the session, shared by concurrent calls). 0 lets ONNX Runtime choose (one per
+    /// physical core); 1 runs each call on the calling thread alone, the usual choice when many
+    /// threads share one Segmenter. Ignored by the TensorRT backend. mrdl_segment --threads N.
+    int intra_op_threads = 0;
     /// Check the artifact's SHA-256 against model.json before loading it (about 4 s of CPU per
     /// GB). false skips only the hash, not the location, size, embedded-manifest and graph checks,
     /// and prints a warning once per process: use it only for huge engines whose directory you trust.
@@ -44,6 +48,8 @@ struct MRDL_API SegmenterOptions {
 
 /// A loaded model. `run` takes the image batch (B, 3, H, W) and, under fusion "addition", the
 /// text features (B, 77, D); it returns the probabilities (B, n_classes, H, W), row-major.
+/// `run` may be called from several threads at once (Segmenter relies on it): ONNX Runtime's
+/// Session::Run is safe to call concurrently; the TensorRT backend serialises its calls.
 class MRDL_API Backend {
 public:
     virtual ~Backend() = default;

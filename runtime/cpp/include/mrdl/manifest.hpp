@@ -5,7 +5,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <array>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,9 @@ namespace mrdl {
 /// Limits on model.json (and the copy embedded in each ONNX file), checked before parsing.
 constexpr size_t kMaxManifestBytes = size_t(1) << 20;  // 1 MiB
 constexpr int kMaxManifestDepth = 32;                    // nested objects/arrays
+
+/// Largest side accepted in model.json's source_size (2^20), as the Python runtime's MAX_SOURCE_SIDE.
+constexpr int kMaxSourceSide = 1 << 20;
 
 /// The only manifest format this runtime reads.
 constexpr const char* kManifestFormat = "mrdl-deploy/2";
@@ -70,6 +75,10 @@ struct MRDL_API Manifest {
     Postprocessing postprocessing;
     std::string precision;
     std::map<std::string, std::string> versions;  // every value rendered as a string
+    /// The training scale (docs/tiling.md): [height, width] of the training images before they were
+    /// resized to preprocessing.size, two integers in [1, kMaxSourceSide]; empty when model.json has
+    /// no "source_size" (then TileMode::Auto never tiles and TileMode::On is refused).
+    std::optional<std::array<int, 2>> source_size;
 
     /// Read and validate `path` (a model.json, at most kMaxManifestBytes, nesting at most
     /// kMaxManifestDepth; every numeric field in its documented range); throws ManifestError naming

@@ -24,6 +24,7 @@ struct MRDL_API Segmentation {
     int n_classes = 0;
     std::vector<uint8_t> mask;          // (H, W): 0/1 for one class, else the argmax class index
     std::vector<float> probabilities;   // (n_classes, H, W)
+    bool tiled = false;                 // segmented in windows at the training scale (mrdl/tiling.hpp)
 };
 
 /// (n_classes, h, w) probabilities at the model's size -> a Segmentation at (height, width):

@@ -6,6 +6,7 @@
 
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <sstream>
 
 #include <NvInfer.h>
@@ -83,6 +84,7 @@ public:
 
     std::vector<float> run(const std::vector<float>& images, const std::vector<float>* text_features,
                            int64_t batch) override {
+        const std::lock_guard<std::mutex> lock(run_mutex_);  // one context, one stream, one set of buffers
         for (Binding& binding : bindings_) {
             nvinfer1::Dims dims{};
             dims.nbDims = static_cast<int32_t>(binding.spec.shape.size());
@@ -136,6 +138,7 @@ private:
     std::unique_ptr<nvinfer1::ICudaEngine> engine_;
     std::unique_ptr<nvinfer1::IExecutionContext> context_;
     cudaStream_t stream_ = nullptr;
+    std::mutex run_mutex_;
     std::vector<Binding> bindings_;  // inputs in manifest order, then the output
 };
 
