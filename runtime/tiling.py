@@ -199,7 +199,7 @@ def resized_strips(probability: np.ndarray, size: tuple[int, int]) -> Iterator[t
     """(row slice, float32 rows) of one (h, w) map resized to ``size`` by the float32 bilinear rule,
     horizontal pass first, in strips of about STRIP_BYTES of output."""
     (height, width), (out_h, out_w) = probability.shape, size
-    step = _strip_outputs(out_h, 1.0, 16 * out_w)  # a strip's double sum and product: about STRIP_BYTES
+    step = _strip_outputs(out_h, 1.0, 40 * out_w)  # double sum and product, float32 rows: ~40 bytes a pixel
     if out_h == height:
         for start in range(0, out_h, step):
             yield slice(start, min(start + step, out_h)), _horizontal(probability[start:start + step], out_w)

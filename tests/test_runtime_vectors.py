@@ -344,3 +344,128 @@ def test_write_decode_vectors(vectors_dir):
     assert "NaN or infinite" in errors["error_float_nan"] and "down to -0.25" in errors["error_float_negative"]
     for case in back["files"]:
         assert (vectors_dir / case["file"]).is_file() and len(case["rgb"]) == case["height"] * case["width"] * 3
+
+
+# ----------------------------------------------------------------------------- tiling (docs/tiling.md)
+
+# name, image (height, width), source_size, n_classes, overlap, blend, max_batch
+TILING_CASES = [
+    ("rgb_150x130_source60_gaussian", (150, 130), (60, 60), 1, 0.25, "gaussian", 3),
+    ("rgb_80x300_padded_constant_2class", (80, 300), (100, 100), 2, 0.5, "constant", 4),
+    ("rgb_120x77_source37x41_gaussian", (120, 77), (37, 41), 1, 0.1, "gaussian", 16),
+]
+TILING_AUTO = [((1500, 1500), (1000, 1000)), ((1501, 1000), (1000, 1000)), ((1000, 1501), (1000, 1000)),
+               ((20000, 20000), (1000, 1000)), ((151, 10), (100, 100)), ((150, 150), (100, 100))]
+TILING_SIZES = [((1000, 1000), (1000, 1000), (224, 224)), ((4000, 20000), (1000, 1000), (224, 224)),
+                ((1001, 1003), (1000, 1000), (224, 224)), ((2, 1), (1000, 1000), (224, 224)),
+                ((80, 300), (100, 100), (64, 64)), ((120, 77), (37, 41), (64, 64)), ((333, 333), (250, 250), (64, 64))]
+TILING_WINDOWS = [(896, 224, 0.25), (4480, 224, 0.25), (224, 224, 0.25), (100, 64, 0.0), (70, 64, 0.999),
+                  (300, 64, 0.25), (1000, 96, 0.5), (65, 64, 0.9), (160, 64, 0.25), (208, 64, 0.1)]
+
+
+def _vignette(side: int) -> np.ndarray:
+    """The fake model's per-axis factor, float32: 1 - 0.5 * |2i - (side - 1)| / (side - 1) in double."""
+    return np.array([1.0 - 0.5 * abs(2 * i - (side - 1)) / max(side - 1, 1) for i in range(side)], dtype=np.float32)
+
+
+def fake_model(batch: np.ndarray, n_classes: int) -> np.ndarray:
+    """(B, 3, mh, mw) float32 -> (B, C, mh, mw): class c is channel c % 3 times the row vignette, then
+    times the column vignette, each product rounded to float32 (runtime/VECTORS.md)."""
+    rows, cols = _vignette(batch.shape[2]), _vignette(batch.shape[3])
+    channels = batch[:, [c % 3 for c in range(n_classes)]]
+    return (channels * rows[:, None]) * cols[None, :]
+
+
+def _reference_stitch(image: np.ndarray, source: tuple[int, int], classes: int, overlap: float, blend: str,
+                      max_batch: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """docs/tiling.md sections 3-9 written out again, plainly, on the documented resize."""
+    height, width = image.shape[:2]
+    size = tuple(max(1, (2 * n * 64 + s) // (2 * s)) for n, s in zip((height, width), source))
+    resampled = documented_resize(image, size, vertical_first=False)
+    padded = np.zeros((max(size[0], 64), max(size[1], 64), 3), np.uint8)
+    padded[:size[0], :size[1]] = resampled
+
+    def starts(length: int) -> list[int]:
+        stride = max(1, int(np.floor(64 * (1.0 - overlap))))
+        count = 1 if length == 64 else -(-(length - 64) // stride) + 1
+        return [min(i * stride, length - 64) for i in range(count)]
+
+    windows = [(y, x) for y in starts(padded.shape[0]) for x in starts(padded.shape[1])]
+    if blend == "constant":
+        weights = np.ones((64, 64), np.float32)
+    else:
+        g = np.array([np.exp(-((i - 31.5) ** 2) / (2 * 8.0 ** 2)) for i in range(64)])
+        weights = np.outer(g, g).astype(np.float32)
+    num = np.zeros((classes, *padded.shape[:2]), np.float32)
+    den = np.zeros(padded.shape[:2], np.float32)
+    for begin in range(0, len(windows), max_batch):
+        chunk = windows[begin:begin + max_batch]
+        batch = np.stack([padded[y:y + 64, x:x + 64].transpose(2, 0, 1).astype(np.float32) * np.float32(SCALE)
+                          for y, x in chunk])
+        for (y, x), out in zip(chunk, fake_model(batch, classes)):
+            for c in range(classes):
+                num[c, y:y + 64, x:x + 64] += weights * out[c]
+            den[y:y + 64, x:x + 64] += weights
+    return (num / den)[:, :size[0], :size[1]], windows
+
+
+def tiling_vectors() -> dict:
+    from mrdl_runtime.imaging import probabilities_to_mask
+    from mrdl_runtime.tiling import (TileOptions, blend_weights, mask_at, plan_tiles, probabilities_at, resample_rgb,
+                                     resampled_size, should_tile, stitch, window_starts)
+
+    cases = []
+    for index, (name, (height, width), source, classes, overlap, blend, max_batch) in enumerate(TILING_CASES):
+        image = _test_image(height, width, 3, seed=100 + index)
+        plan = plan_tiles((height, width), source, MODEL_SIZE, overlap)
+        resampled = resample_rgb(image, plan.resampled_size)
+        np.testing.assert_array_equal(resampled, documented_resize(image, plan.resampled_size, vertical_first=False))
+        stitched = stitch(resampled, plan, lambda batch: fake_model(batch, classes), model_size=MODEL_SIZE,
+                          n_classes=classes, max_batch=max_batch, scale=SCALE,
+                          options=TileOptions(True, overlap, blend))
+        reference, windows = _reference_stitch(image, source, classes, overlap, blend, max_batch)
+        assert list(plan.windows) == windows
+        np.testing.assert_allclose(stitched, reference, rtol=0, atol=2e-7)
+        probabilities = probabilities_at(stitched, (height, width))
+        for channel, resized in zip(stitched, probabilities):
+            np.testing.assert_array_equal(resized, documented_resize(np.ascontiguousarray(channel), (height, width),
+                                                                     vertical_first=False))
+        mask = probabilities_to_mask(probabilities, threshold=THRESHOLD)
+        np.testing.assert_array_equal(mask, mask_at(stitched, (height, width), threshold=THRESHOLD))
+        assert len(np.unique(mask)) == max(classes, 2), f"{name}: the mask misses a class"
+        cases.append({"name": name, "height": height, "width": width, "image": _flat(image),
+                      "source_size": list(source), "n_classes": classes, "overlap": overlap, "blend": blend,
+                      "max_batch": max_batch, "resampled_size": list(plan.resampled_size),
+                      "padded_size": list(plan.padded_size), "windows": [list(w) for w in plan.windows],
+                      "resampled": _flat(resampled), "stitched": _flat(stitched),
+                      "probabilities": _flat(probabilities), "mask": _flat(mask)})
+    return {
+        "format": FORMAT, "kind": "tiling", "size": list(MODEL_SIZE), "scale": SCALE, "threshold": THRESHOLD,
+        "auto": [{"image_size": list(image), "source_size": list(source), "tile": should_tile(image, source, "auto")}
+                 for image, source in TILING_AUTO],
+        "resampled_sizes": [{"image_size": list(image), "source_size": list(source), "model_size": list(model),
+                             "resampled_size": list(resampled_size(image, source, model))}
+                            for image, source, model in TILING_SIZES],
+        "window_starts": [{"length": length, "window": window, "overlap": overlap,
+                           "starts": window_starts(length, window, overlap)} for length, window, overlap in TILING_WINDOWS],
+        "weights": [{"model_size": list(size), "blend": blend, "weights": _flat(blend_weights(size, blend))}
+                    for size, blend in [((64, 64), "gaussian"), ((64, 48), "gaussian"), ((224, 224), "gaussian"),
+                                        ((7, 5), "gaussian"), ((64, 48), "constant")]],
+        "cases": cases,
+    }
+
+
+def test_write_tiling_vectors(vectors_dir):
+    doc = tiling_vectors()
+    _write_json(doc, vectors_dir / "tiling.json")
+    back = json.loads((vectors_dir / "tiling.json").read_text())
+    assert [c["name"] for c in back["cases"]] == [c[0] for c in TILING_CASES]
+    assert [a["tile"] for a in back["auto"]] == [False, True, True, True, True, False]
+    assert {tuple(s["resampled_size"]) for s in back["resampled_sizes"]} >= {(224, 224), (896, 4480), (224, 225)}
+    starts = {(w["length"], w["window"], w["overlap"]): w["starts"] for w in back["window_starts"]}
+    assert starts[(896, 224, 0.25)] == [0, 168, 336, 504, 672] and len(starts[(4480, 224, 0.25)]) == 27
+    for case in back["cases"]:
+        height, width = case["resampled_size"]
+        assert len(case["resampled"]) == height * width * 3 and len(case["mask"]) == case["height"] * case["width"]
+        stitched = np.array(case["stitched"], np.float32).reshape(case["n_classes"], height, width)
+        assert np.isfinite(stitched).all() and 0 <= stitched.min() and stitched.max() <= 1
