@@ -52,6 +52,35 @@ int main() {
                   fp32.sha256.substr(0, 4) == "e3b0",
               "the fp32 artifact record");
     });
+    run("source_size: optional, [height, width] in [1, 2^20]", [] {
+        check(!Manifest::parse(kValid, "model.json").source_size, "absent: unknown");
+        const Manifest m = Manifest::parse(replaced("\"max_batch\": 16,", "\"max_batch\": 16, \"source_size\": [1000, 900],"),
+                                           "model.json");
+        check(m.source_size && (*m.source_size)[0] == 1000 && (*m.source_size)[1] == 900, "[1000, 900]");
+        for (const std::string bad : {"[1000]", "[0,10]", "[1048577,10]", "[10.5,10]", "[true,10]", "\"1000x1000\"",
+                                      "[10,10,3]", "null"})
+            refused("source_size " + bad, "\"max_batch\": 16,", "\"max_batch\": 16, \"source_size\": " + bad + ",",
+                    "source_size is " + bad + "; expected [height, width] of the training images");
+    });
+    run("tile decisions and options (docs/tiling.md)", [] {
+        const std::optional<std::array<int, 2>> source = std::array<int, 2>{1000, 1000};
+        check(!should_tile(1500, 1500, source, TileMode::Auto) && should_tile(1501, 1000, source, TileMode::Auto) &&
+                  should_tile(1000, 1501, source, TileMode::Auto),
+              "auto tiles above 1.5 x source_size on either axis");
+        check(should_tile(10, 10, source, TileMode::On) && !should_tile(20000, 20000, source, TileMode::Off), "on / off");
+        check(!should_tile(20000, 20000, std::nullopt, TileMode::Auto), "auto never tiles without source_size");
+        expect_error<InputError>("on without source_size", "mrdl-export --source-size HxW",
+                                 [] { should_tile(10, 10, std::nullopt, TileMode::On); });
+        check(resampled_size(1000, 1001, {1000, 1000}, {224, 224}) == std::array<int, 2>{224, 224} &&
+                  resampled_size(1003, 4000, {1000, 1000}, {224, 224}) == std::array<int, 2>{225, 896} &&
+                  resampled_size(20000, 1, {1000, 1000}, {224, 224}) == std::array<int, 2>{4480, 1},
+              "resampled sizes of the examples");
+        check(window_starts(896, 224, 0.25) == std::vector<int>{0, 168, 336, 504, 672}, "896: 5 starts");
+        const std::vector<int> starts = window_starts(4480, 224, 0.25);
+        check(starts.size() == 27 && starts[25] == 4200 && starts.back() == 4256, "4480: 27 starts, the last clamped");
+        check(window_starts(224, 224, 0.9) == std::vector<int>{0}, "one window");
+        expect_error<InputError>("short axis", "shorter than the window", [] { window_starts(100, 224, 0.25); });
+    });
     run("descriptive fields the Python runtime defaults may be absent", [] {
         std::string text = kValid;
         for (const std::string field : {"\"resize\": \"bilinear\", ", "\"channel_order\": \"RGB\", ",
