@@ -89,13 +89,14 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     with loud_random_tower_warnings():
         if not embeddings.exists():
             compute_embeddings(data_root, config, out=embeddings, clip_weights=settings.clip_weights,
-                               seed=settings.seed)
+                               random_init=settings.clip_weights is None, seed=settings.seed)
         click.echo(f"embeddings: {embeddings}")
         lap("embed-text")
 
         _step(f"3/6 train {config.name} for {settings.epochs} epochs")
         trained = train_model(config=config, data_root=data_root, embeddings_path=embeddings, out_dir=out / "train",
-                              epochs=settings.epochs, seed=settings.seed, overwrite=True)  # the folder is reused
+                              epochs=settings.epochs, lr_period=settings.epochs, seed=settings.seed,
+                              overwrite=True)  # the folder is reused
     click.echo(f"best val Dice {trained.best_val_dice:.4f} at epoch {trained.best_epoch} -> {trained.best_checkpoint}")
     lap("train")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,36 +61,49 @@ def table_limit_options(command: Callable) -> Callable:
 @click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Local open_clip checkpoint in safetensors format for the text tower (its sha256 is recorded).")
 @click.option("--pretrained", default=None,
-              help="open_clip pretrained tag to download (online only; refused when HF_HUB_OFFLINE=1).")
+              help="open_clip pretrained tag, from the Hugging Face cache or hub [default: the paper's weights, "
+                   "'openai' for ViT-B-32].")
+@click.option("--random-init", is_flag=True,
+              help="Use a randomly initialised tower instead of pretrained weights: features WITHOUT language "
+                   "meaning (tests, demos).")
 @click.option("--config", "config_name", default="base", show_default=True,
               help="Config name or JSON file: fixes the CLIP model, its width and the prompt.")
+@click.option("--recipe", default=None,
+              help="Dataset recipe whose prompt to embed (as `mrdl train --recipe`): monuseg, glas, mosmedplus, "
+                   "qata-cov19 [default: the config's prompt].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: DATA_ROOT/mrdl_text_<clip model>_<width>.safetensors].")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the random initialisation when no weights are given.")
+              help="Seed of the random initialisation (with --random-init).")
 @table_limit_options
-def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | None, config_name: str,
-               out: Path | None, seed: int, table_limits: TableLimits) -> None:
+def embed_text(data_root: Path, clip_weights: Path | None, pretrained: str | None, random_init: bool,
+               config_name: str, recipe: str | None, out: Path | None, seed: int, table_limits: TableLimits) -> None:
     """Embed every description of DATA_ROOT (LViT layout) and the prompt with the frozen CLIP text tower.
 
-    Training reads the resulting file and never runs CLIP. Without --clip-weights or --pretrained the
-    tower is randomly initialised: the features then carry no language meaning. --clip-weights takes a
+    Training reads the resulting file and never runs CLIP. The tower's weights are the paper's
+    (open_clip ViT-B-32 'openai') unless --clip-weights or --pretrained say otherwise; they come from
+    the Hugging Face cache or hub, and where neither has them the command fails, naming both ways
+    to provide them (it never waits long for a network that is absent). --random-init builds a
+    random tower instead, whose features carry no language meaning. --clip-weights takes a
     safetensors file; pickle checkpoints (.pt, .bin) are refused with the command that converts one.
     """
     from mrdl.config import load_config
     from mrdl.data.dataset import DatasetError
     from mrdl.data.embeddings import compute_embeddings
+    from mrdl.recipes import apply_recipe, get_recipe
 
     if clip_weights is not None and pretrained is not None:
         raise click.UsageError("give either --clip-weights or --pretrained, not both")
-    if pretrained is not None and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise click.UsageError(f"HF_HUB_OFFLINE=1: cannot download pretrained tag {pretrained!r}; "
-                               "pass a local file with --clip-weights")
-    config = load_config(config_name)
+    if random_init and (clip_weights is not None or pretrained is not None):
+        raise click.UsageError("--random-init takes no weights: drop --clip-weights / --pretrained, or --random-init")
+    try:
+        config = apply_recipe(load_config(config_name), get_recipe(recipe) if recipe else None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     with loud_random_tower_warnings():
         try:
-            path = compute_embeddings(data_root, config, out=out, clip_weights=clip_weights,
-                                      pretrained=pretrained, seed=seed, limits=table_limits)
+            path = compute_embeddings(data_root, config, out=out, clip_weights=clip_weights, pretrained=pretrained,
+                                      random_init=random_init, seed=seed, limits=table_limits)
         except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {path}")

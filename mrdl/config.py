@@ -88,14 +88,46 @@ class LossConfig:
     kl_weight: float = 1.0
 
 
+LR_SCHEDULES = ("cosine", "cosine-restarts", "constant")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimisation. Early stopping (``patience`` epochs without a Val gain) ends a run; ``epochs`` is
+    only a safety cap. The learning rate follows ``lr_schedule`` with a period of its own:
+    ``cosine`` anneals from ``lr`` to ``min_lr`` over ``lr_period`` epochs and then stays there,
+    ``cosine-restarts`` repeats that anneal every ``lr_period`` epochs (SGDR, as LViT's code),
+    ``constant`` keeps ``lr``. ``lr_period`` 0 means the epoch cap (what runs before it existed did).
+    ``ema_decay`` > 0 also keeps an EMA of the weights (:mod:`mrdl.ema`); ``select`` says which
+    weights Val scores to pick the best checkpoint and to stop early: ``raw`` or ``ema``.
+    ``batch_size`` is the global batch: it is split over processes (torchrun) and accumulation steps.
+    """
+
     batch_size: int = 2
     lr: float = 1e-3
     weight_decay: float = 1e-4
     epochs: int = 200
     patience: int = 50
     num_workers: int = 0
+    lr_schedule: str = "cosine"
+    lr_period: int = 0
+    min_lr: float = 0.0
+    ema_decay: float = 0.0
+    select: str = "raw"
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.epochs < 0 or self.patience < 1:
+            raise ConfigError(f"train needs batch_size >= 1, epochs >= 0, patience >= 1; got {self.batch_size}, "
+                              f"{self.epochs}, {self.patience}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_period < 0 or not 0.0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"lr_period must be >= 0 and 0 <= min_lr <= lr; got {self.lr_period}, {self.min_lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
+        if self.select not in ("raw", "ema") or (self.select == "ema" and self.ema_decay == 0.0):
+            raise ConfigError(f"select must be 'raw' or 'ema' (the latter with ema_decay > 0), got {self.select!r} "
+                              f"with ema_decay {self.ema_decay}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +173,7 @@ def config_from_dict(data: dict[str, Any]) -> MRDLConfig:
     if data:
         raise ConfigError(f"unknown section(s) {sorted(data)}; expected model, loss, train")
     cfg.model.validate()
+    cfg.train.validate()
     return cfg
 
 

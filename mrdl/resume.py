@@ -1,11 +1,11 @@
 """Resumable training state in one safetensors file, never a pickle.
 
 ``resume.safetensors`` holds, as one atomically written generation: the model weights
-(``model/<name>``), the optimizer's tensors (``optimizer/<param index>/<key>``), the torch RNG state
+(``model/<name>``), the EMA of the weights when the run keeps one (``ema/<name>``), the optimizer's tensors (``optimizer/<param index>/<key>``), the torch RNG state
 (``rng/torch``, uint8) and numpy's MT19937 key (``rng/numpy_key``), plus JSON metadata: the config,
 the run's settings and provenance, its progress (epoch, step, best score, early-stop counter,
-history), the optimizer's param groups and scalar state, the scheduler's state and the remaining RNG
-scalars (numpy position and cached Gaussian, Python's ``random`` state). A digest over every tensor,
+history), the optimizer's param groups and scalar state, the scheduler's and the float16 gradient scaler's
+state and the remaining RNG scalars (numpy position and cached Gaussian, Python's ``random`` state). A digest over every tensor,
 as in :mod:`mrdl.checkpoint`, refuses a damaged file. Reading it needs safetensors and ``json`` only.
 """
 
@@ -45,6 +45,8 @@ class TrainState:
     settings: dict[str, Any]
     progress: dict[str, Any]
     provenance: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None = None  # the EMA weights, when the run keeps an EMA
+    scaler: dict[str, Any] | None = None  # torch.amp.GradScaler's state (float16 CUDA training)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -106,7 +108,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
 
 
 def save_train_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, settings: dict, progress: dict, provenance: dict) -> Path:
+                     scheduler: Any, settings: dict, progress: dict, provenance: dict,
+                     ema: dict[str, torch.Tensor] | None = None, scaler: dict[str, Any] | None = None) -> Path:
     """Write the whole resumable state to ``path`` in one atomic rename."""
     from safetensors.torch import save_file
 
@@ -115,9 +118,13 @@ def save_train_state(path: str | Path, *, model: torch.nn.Module, optimizer: tor
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update(optimizer_tensors)
     tensors.update(rng_tensors)
+    if ema is not None:
+        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.items()})
     fields = {"config": json.loads(model.config.to_json()), "settings": settings, "progress": progress,
               "provenance": provenance, "optimizer": optimizer_scalars, "scheduler": scheduler.state_dict(),
               "rng": rng_scalars}
+    if scaler is not None:
+        fields["scaler"] = scaler
     metadata = {f"mrdl.{name}": json.dumps(value, default=str if name == "provenance" else None)
                 for name, value in fields.items()}
     metadata.update({"mrdl.format": FORMAT, "mrdl.tensors_sha256": tensors_digest(tensors)})
@@ -155,7 +162,10 @@ def read_train_metadata(run_dir: str | Path) -> dict[str, Any]:
         raise ResumeError(f"{path} is not an mrdl resumable state (format {metadata.get('mrdl.format')!r}, "
                           f"expected {FORMAT!r})")
     try:
-        return {name: json.loads(metadata[f"mrdl.{name}"]) for name in _JSON_FIELDS}
+        fields = {name: json.loads(metadata[f"mrdl.{name}"]) for name in _JSON_FIELDS}
+        if "mrdl.scaler" in metadata:
+            fields["scaler"] = json.loads(metadata["mrdl.scaler"])
+        return fields
     except (KeyError, ValueError) as exc:
         raise ResumeError(f"{path} has unreadable metadata ({exc}); it cannot be resumed") from exc
 
@@ -175,7 +185,7 @@ def read_train_state(run_dir: str | Path) -> TrainState:
         raise ResumeError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
     if tensors_digest(tensors) != digest:
         raise ResumeError(f"{path} is corrupt: its tensors do not match the digest recorded when it was written")
-    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optimizer": {}, "rng": {}}
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optimizer": {}, "rng": {}, "ema": {}}
     for name, tensor in tensors.items():
         if name.split("/", 1)[0] not in groups:
             raise ResumeError(f"{path} holds an unexpected tensor {name!r}; it was not written by mrdl train")
@@ -187,5 +197,9 @@ def read_train_state(run_dir: str | Path) -> TrainState:
     except (KeyError, ValueError, TypeError) as exc:
         raise ResumeError(f"{path} holds an incomplete state ({exc}); it cannot be resumed") from exc
     model = {name.split("/", 1)[1]: tensor for name, tensor in groups["model"].items()}
+    ema = {name.split("/", 1)[1]: tensor for name, tensor in groups["ema"].items()} or None
+    if config.train.ema_decay > 0 and ema is None:
+        raise ResumeError(f"{path} is from a run that keeps an EMA of its weights but holds none; it cannot be resumed")
     return TrainState(config=config, model=model, optimizer=optimizer, scheduler=fields["scheduler"], rng=rng,
-                      settings=fields["settings"], progress=fields["progress"], provenance=fields["provenance"])
+                      settings=fields["settings"], progress=fields["progress"], provenance=fields["provenance"],
+                      ema=ema, scaler=fields.get("scaler"))

@@ -2,10 +2,18 @@
 
 Per-token features are ln_final(transformer(tokens)): (L=77, width). They are computed once per
 dataset (``mrdl embed-text``) and at model construction for the prompt T_P; training never runs
-CLIP. Weights come from a local open_clip checkpoint in safetensors format, from an open_clip
-pretrained tag when online (its safetensors file), or nowhere: then the tower is randomly
-initialised and we say so loudly, because its features carry no language meaning. Pickle
-checkpoints (.pt, .bin) are refused, never unpickled: unpickling can run arbitrary code.
+CLIP. Weights come, in this order, from a local open_clip checkpoint in safetensors format
+(``weights``), or from an open_clip pretrained tag (``pretrained``; by default the paper's,
+:data:`PAPER_WEIGHTS`: ``ViT-B-32`` ``openai``) found in the Hugging Face cache or downloaded from
+the hub (its safetensors file). When neither can be had the build fails with
+:class:`TextWeightsUnavailable`, naming both ways to provide them. Finding out costs at most a few
+seconds: the cache is read without network, ``HF_HUB_OFFLINE`` is honoured, and otherwise a TCP
+connection to the hub must open within ``connect_timeout`` seconds (a machine without network
+fails that check instead of waiting for the HTTP client's retries). A randomly initialised tower
+is built only when asked for (``random_init=True``; tests and demos) or for a ``custom``
+architecture, which has no published weights; it is said loudly, because its features carry no
+language meaning. Pickle checkpoints (.pt, .bin) are refused, never unpickled: unpickling can run
+arbitrary code.
 """
 
 from __future__ import annotations
@@ -27,6 +35,13 @@ from .config import TextTowerConfig
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT = "random-init"
+PAPER_WEIGHTS = {"ViT-B-32": "openai"}  # the text tower's weights in the MRDL paper (open_clip tag)
+HUB_SAFETENSORS = "open_clip_model.safetensors"  # the safetensors file open_clip publishes beside its .bin
+CONNECT_TIMEOUT_S = 3.0
+
+
+class TextWeightsUnavailable(RuntimeError):
+    """The text tower's pretrained weights are neither in a local file nor obtainable from the hub."""
 
 
 class RandomTextTowerWarning(UserWarning):
@@ -114,45 +129,131 @@ def read_clip_text_state(path: str | Path) -> dict[str, torch.Tensor]:
                          f"for a trusted pickle checkpoint, {convert_hint(path)}") from exc
 
 
-def _pretrained_file(clip_model: str, tag: str) -> Path:
-    """Download an open_clip pretrained tag's weights and insist on their safetensors form."""
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_reachable(timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the Hugging Face hub (``HF_ENDPOINT`` or huggingface.co) opens in ``timeout`` s.
+
+    Name resolution cannot be given a timeout, so the attempt runs in a daemon thread that is
+    abandoned when the time is up: the answer comes within ``timeout`` seconds in every case.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=connect, name="mrdl-hub-check", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def unavailable_message(clip_model: str, tag: str, reason: str, repo: str | None) -> str:
+    where = f" (e.g. {HUB_SAFETENSORS} from https://huggingface.co/{repo})" if repo else ""
+    return (f"the text tower's pretrained weights, open_clip {clip_model} {tag!r}, are not available: {reason}. "
+            f"Provide them in one of two ways: a local file, --clip-weights PATH, an open_clip checkpoint in "
+            f"safetensors format{where}; or the Hugging Face hub: run once with network access and HF_HUB_OFFLINE "
+            f"unset (the file is cached in the Hugging Face cache and found offline afterwards). To build features "
+            f"without language meaning instead (tests, demos), ask for a random tower with --random-init")
+
+
+def _pretrained_file(clip_model: str, tag: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> Path:
+    """The safetensors file of an open_clip pretrained tag: from the Hugging Face cache, else downloaded."""
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(clip_model, tag)
     if not cfg:
         raise ValueError(f"open_clip has no pretrained tag {tag!r} for {clip_model}; "
                          f"see open_clip.list_pretrained_tags_by_model({clip_model!r})")
-    path = Path(open_clip.download_pretrained(cfg))
-    if path.suffix != ".safetensors":
-        raise ValueError(f"open_clip publishes {clip_model}/{tag} only as a pickle file ({path}); mrdl never "
-                         f"unpickles files; {convert_hint(path)}")
-    return path
+    if "file" in cfg:
+        return Path(cfg["file"])
+    repo = os.path.split(cfg.get("hf_hub", ""))[0]
+    if not repo:
+        raise TextWeightsUnavailable(unavailable_message(
+            clip_model, tag, "open_clip publishes it only as a pickle file from a URL, which mrdl never unpickles",
+            None))
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, HUB_SAFETENSORS, local_files_only=True))
+    except Exception:  # not cached (huggingface_hub raises several types): go to the hub
+        pass
+    if _hub_offline():
+        raise TextWeightsUnavailable(unavailable_message(clip_model, tag, "HF_HUB_OFFLINE is set and the file is "
+                                                         "not in the Hugging Face cache", repo))
+    if not hub_reachable(connect_timeout):
+        raise TextWeightsUnavailable(unavailable_message(
+            clip_model, tag, f"the file is not in the Hugging Face cache and the hub did not answer within "
+                             f"{connect_timeout:g} s (no network?)", repo))
+    try:
+        return Path(hf_hub_download(repo, HUB_SAFETENSORS))
+    except Exception as exc:  # network, authorisation or missing-file errors of huggingface_hub
+        raise TextWeightsUnavailable(unavailable_message(clip_model, tag, f"the download failed ({exc})", repo)) from exc
 
 
-def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
-                     pretrained: str | None = None) -> TextTower:
-    """Build the frozen tower. ``weights``: local open_clip checkpoint; ``pretrained``: a tag."""
+def _activation(clip_model: str, tag: str | None):
+    """QuickGELU where the weights were trained with it (OpenAI's CLIP), else GELU."""
+    import open_clip
+    from torch import nn
+
+    if clip_model == "custom" or tag is None:
+        return nn.GELU
+    cfg = open_clip.get_pretrained_cfg(clip_model, tag) or {}
+    if cfg.get("quick_gelu"):
+        from open_clip.transformer import QuickGELU
+
+        return QuickGELU
+    return nn.GELU
+
+
+def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None, pretrained: str | None = None,
+                     random_init: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S) -> TextTower:
+    """Build the frozen tower (see the module docstring for where the weights come from).
+
+    ``weights``: a local open_clip checkpoint (safetensors; read with the activation of the paper's
+    tag for this architecture); ``pretrained``: an open_clip tag [default: :data:`PAPER_WEIGHTS`];
+    ``random_init``: a random tower, on request only. Raises :class:`TextWeightsUnavailable` when
+    pretrained weights cannot be had.
+    """
     import open_clip
     from open_clip.transformer import TextTransformer
 
+    if random_init and (weights is not None or pretrained is not None):
+        raise ValueError("a random text tower takes no weights: give --random-init alone, or --clip-weights / "
+                         "--pretrained without it")
     arch = _text_architecture(cfg)
     if arch["width"] != cfg.width or arch["context_length"] != cfg.context_length:
         raise ValueError(
             f"text config says width={cfg.width}, context={cfg.context_length} but open_clip's "
             f"{cfg.clip_model} has width={arch['width']}, context={arch['context_length']}")
-    model = TextTransformer(**arch, output_dim=None, output_tokens=True, proj_type="none")
+    tag = None if random_init else (pretrained or PAPER_WEIGHTS.get(cfg.clip_model))
+    random_tower = random_init or (weights is None and tag is None)
+    act_layer = _activation(cfg.clip_model, None if random_tower else tag)
+    model = TextTransformer(**arch, output_dim=None, output_tokens=True, proj_type="none", act_layer=act_layer)
     tokenizer_name = "ViT-B-32" if cfg.clip_model == "custom" else cfg.clip_model
     tokenizer = open_clip.get_tokenizer(tokenizer_name)
 
-    if weights is not None or pretrained is not None:
-        if weights is None and os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise RuntimeError(f"HF_HUB_OFFLINE=1: cannot fetch pretrained tag {pretrained!r}; pass a local file")
-        path = Path(weights) if weights is not None else _pretrained_file(cfg.clip_model, pretrained)
+    if not random_tower:
+        path = Path(weights) if weights is not None else _pretrained_file(cfg.clip_model, tag,
+                                                                          connect_timeout=connect_timeout)
         _load_text_state(model, read_clip_text_state(path), path, cfg.clip_model)
-        provenance = file_sha256(path) if weights is not None else f"pretrained:{pretrained}"
+        provenance = file_sha256(path) if weights is not None else f"pretrained:{tag}"
     else:
+        why = "asked for" if random_init else f"{cfg.clip_model} has no published weights"
         warnings.warn(
-            f"CLIP text tower {cfg.clip_model} is RANDOMLY INITIALISED (no --clip-weights given): "
+            f"CLIP text tower {cfg.clip_model} is RANDOMLY INITIALISED ({why}): "
             "its text embeddings carry no language meaning", RandomTextTowerWarning, stacklevel=2)
         provenance = RANDOM_INIT
     model.eval().requires_grad_(False)
@@ -176,4 +277,4 @@ def random_text_tower(cfg: TextTowerConfig, *, seed: int = 0) -> TextTower:
         warnings.simplefilter("ignore", RandomTextTowerWarning)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return build_text_tower(cfg)
+            return build_text_tower(cfg, random_init=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -101,11 +102,75 @@ def test_cli_round_trip(dataset_root: Path, tiny_config, tmp_path: Path):
     assert load_embeddings(out, tiny_config, expected_texts=dataset_texts(dataset_root, tiny_config))
 
 
+def _no_cached_weights(monkeypatch) -> list[dict]:
+    """Make the Hugging Face cache empty; record (and refuse) any call that would use the network."""
+    import huggingface_hub
+
+    calls: list[dict] = []
+
+    def download(repo_id, filename, **kwargs):
+        calls.append({"repo_id": repo_id, "filename": filename, **kwargs})
+        if kwargs.get("local_files_only"):
+            raise FileNotFoundError("not in the cache")
+        raise AssertionError("tried to download with no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return calls
+
+
+def test_paper_weights_are_the_default_and_absence_fails_fast(dataset_root: Path, tmp_path: Path, monkeypatch):
+    """Without options embed-text wants ViT-B-32 'openai'; with no cache and no network it fails within
+    the connect timeout, naming both ways to provide the weights (and --random-init), and writes nothing."""
+    from mrdl.text import PAPER_WEIGHTS, TextWeightsUnavailable, build_text_tower
+
+    assert PAPER_WEIGHTS == {"ViT-B-32": "openai"}
+    calls = _no_cached_weights(monkeypatch)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.mrdl-test.invalid")  # a name that never resolves: no network
+    tic = time.perf_counter()
+    with pytest.raises(TextWeightsUnavailable) as failure:
+        build_text_tower(load_config("small").model.text, connect_timeout=1.0)
+    assert time.perf_counter() - tic < 15  # building ViT-B-32's text tower itself takes a few seconds
+    assert [c["repo_id"] for c in calls] == ["timm/vit_base_patch32_clip_224.openai"]
+    assert calls[0]["filename"] == "open_clip_model.safetensors" and calls[0]["local_files_only"]
+    message = str(failure.value)
+    assert "open_clip ViT-B-32 'openai'" in message and "did not answer within 1 s (no network?)" in message
+    assert "--clip-weights PATH" in message and "Hugging Face hub" in message and "--random-init" in message
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "e.safetensors"
+    offline = CliRunner().invoke(main, ["embed-text", str(dataset_root), "--config", "small", "--out", str(out)])
+    assert offline.exit_code == 1 and not out.exists() and "Traceback" not in offline.output
+    assert "HF_HUB_OFFLINE is set" in offline.output and "--clip-weights PATH" in offline.output
+    assert "RANDOMLY INITIALISED" not in offline.output
+
+
+def test_hub_check_is_bounded(monkeypatch):
+    """A network that neither answers nor refuses (a connect or a name lookup that hangs) costs the timeout."""
+    import socket
+
+    from mrdl.text import hub_reachable
+
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+    tic = time.perf_counter()
+    assert hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - tic < 1.5
+
+
+def test_random_tower_only_on_request(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "r.safetensors"
+    asked = CliRunner().invoke(main, ["embed-text", str(dataset_root), "--config", "small", "--out", str(out),
+                                      "--random-init", "--recipe", "glas"])
+    assert asked.exit_code == 0, asked.output
+    assert "RANDOMLY INITIALISED (asked for)" in asked.output
+    loaded = load_embeddings(out, load_config("small").replace_model(prompt="a histopathology image of colon glands"))
+    assert loaded.provenance["weights"] == "random-init"
+    both = CliRunner().invoke(main, ["embed-text", str(dataset_root), "--random-init", "--pretrained", "openai"])
+    assert both.exit_code == 2 and "--random-init takes no weights" in both.output
+
+
 def test_cli_errors(dataset_root: Path, tmp_path: Path):
     runner = CliRunner()
-    offline = runner.invoke(main, ["embed-text", str(dataset_root), "--config", "tiny", "--pretrained", "openai"],
-                            env={"HF_HUB_OFFLINE": "1"})
-    assert offline.exit_code != 0 and "HF_HUB_OFFLINE=1" in offline.output
     missing = runner.invoke(main, ["embed-text", str(tmp_path / "absent"), "--config", "tiny"])
     assert missing.exit_code != 0 and "does not exist" in missing.output
     no_weights = runner.invoke(main, ["embed-text", str(dataset_root), "--config", "tiny",

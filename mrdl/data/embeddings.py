@@ -86,12 +86,15 @@ def rebuild_hint(data_root: str | Path | None, config: MRDLConfig, path: Path | 
 
 def compute_embeddings(data_root: str | Path, config: MRDLConfig, *, out: str | Path | None = None,
                        clip_weights: str | Path | None = None, pretrained: str | None = None,
-                       seed: int = 0, batch_size: int = 32, limits: TableLimits = TableLimits()) -> Path:
+                       random_init: bool = False, seed: int = 0, batch_size: int = 32,
+                       limits: TableLimits = TableLimits()) -> Path:
     """Run the frozen text tower over every description and the prompt and write the embedding file.
 
-    Weights from ``clip_weights`` (a local open_clip checkpoint) or ``pretrained`` (an open_clip tag,
-    online only); with neither the tower is randomly initialised from ``seed`` and a
-    :class:`mrdl.text.RandomTextTowerWarning` is raised as a warning. The description tables are
+    Weights from ``clip_weights`` (a local open_clip checkpoint) or ``pretrained`` (an open_clip tag;
+    by default the paper's weights for the config's CLIP model, from the Hugging Face cache or hub,
+    else :class:`mrdl.text.TextWeightsUnavailable`). ``random_init=True`` (or a ``custom`` tower,
+    which has no published weights) initialises the tower randomly from ``seed`` and raises a
+    :class:`mrdl.text.RandomTextTowerWarning` as a warning. The description tables are
     read within ``limits``. Returns the written path.
     """
     from tqdm import tqdm
@@ -102,7 +105,8 @@ def compute_embeddings(data_root: str | Path, config: MRDLConfig, *, out: str | 
     out_path = Path(out) if out is not None else default_embeddings_path(data_root, config)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        tower = build_text_tower(config.model.text, weights=clip_weights, pretrained=pretrained)
+        tower = build_text_tower(config.model.text, weights=clip_weights, pretrained=pretrained,
+                                 random_init=random_init)
     keys = sorted(texts)
     unique = sorted(set(texts.values()))
     encoded: dict[str, torch.Tensor] = {}

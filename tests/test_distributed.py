@@ -1,0 +1,176 @@
+"""Multi-process training under torchrun (gloo, CPU): the same update as one process, files written once,
+exact resume under two processes, and a killed rank ends the whole job with a non-zero exit.
+
+Every torchrun job here is ``python -m torch.distributed.run --standalone --nproc-per-node 2`` running
+a small launcher that records, per rank, every file the rank renames into place (all run files are
+written that way) and its pid, then runs ``mrdl train`` as ``python -m mrdl_apps`` would.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrdl.checkpoint import read_checkpoint
+from mrdl.data.embeddings import compute_embeddings
+from mrdl.data.synthetic import write_synthetic_dataset
+from mrdl.resume import RESUME, ResumeError, read_train_metadata
+from mrdl.train import train_model
+
+pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
+
+EPOCHS = 4  # 8 images, global batch 4: 2 steps per epoch, 8 optimizer steps
+LAUNCHER = '''
+import os, runpy, sys
+from pathlib import Path
+
+log_dir = Path(sys.argv[1])
+rank = os.environ["RANK"]
+(log_dir / f"pid.{rank}").write_text(str(os.getpid()))
+log = open(log_dir / f"writes.{rank}", "a")
+real_replace = os.replace
+
+def recording_replace(src, dst, *args, **kwargs):
+    log.write(f"{Path(dst).name}\\n")
+    log.flush()
+    return real_replace(src, dst, *args, **kwargs)
+
+os.replace = recording_replace
+sys.argv = ["mrdl"] + sys.argv[2:]
+runpy.run_module("mrdl_apps", run_name="__main__")
+'''
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_config) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("data")
+    root = write_synthetic_dataset(folder / "syn", n_train=8, n_val=2, size=64)
+    return root, compute_embeddings(root, tiny_config, out=folder / "text.safetensors", random_init=True)
+
+
+def _command(data, out: Path, *extra: str) -> list[str]:
+    root, embeddings = data
+    return ["train", "--config", "tiny", "--data", str(root), "--embeddings", str(embeddings), "--out", str(out),
+            "--batch-size", "4", "--epochs", str(EPOCHS), "--lr-period", str(EPOCHS), "--seed", "5", "--threads", "1",
+            *extra]
+
+
+def _torchrun(log_dir: Path, arguments: list[str], **popen) -> subprocess.Popen:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    launcher = log_dir / "launch.py"
+    launcher.write_text(LAUNCHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(launcher), str(log_dir), *arguments],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    return output
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, data) -> tuple[Path, Path, str]:
+    """An uninterrupted 2-process run: (run folder, launcher log folder, output)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    process = _torchrun(folder / "logs", _command(data, folder / "run"))
+    output = _finish(process)
+    assert process.returncode == 0, output
+    return folder / "run", folder / "logs", output
+
+
+def _parameters(path: Path) -> dict[str, torch.Tensor]:
+    checkpoint = read_checkpoint(path)
+    return {k: v for k, v in checkpoint.state_dict.items() if not k.endswith(("running_mean", "running_var",
+                                                                              "num_batches_tracked"))}
+
+
+def _metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def test_two_processes_compute_the_single_process_update(tmp_path: Path, tiny_config, data, two_process_run):
+    """Weights after 8 steps equal one process's with the same global batch (4) split into 2 micro-batches.
+
+    Two ranks with 2 images each and one process with --accumulate 2 see the same shards of every
+    global batch (rank r / micro-batch r), the same sampling noise (seeded per step and shard) and
+    average the same two gradients; only the summation order differs (gloo's all-reduce vs
+    accumulating .grad), a few float32 ulps per step. AdamW divides by sqrt(v) + eps, which can
+    magnify a relative error of ~1e-7 in a near-zero gradient, so after 8 steps the tolerance is
+    1e-4 absolute on weights of order 0.1-1 (a wrong batch split, seed or averaging gives differences
+    of order lr = 1e-3 per step, i.e. >= 1e-3). BatchNorm's running statistics are left out: DDP
+    keeps rank 0's (updated once per step from its shard), one process updates them per micro-batch.
+    """
+    run, logs, output = two_process_run
+    root, embeddings = data
+    single = train_model(config=tiny_config, data_root=root, embeddings_path=embeddings, out_dir=tmp_path / "single",
+                         epochs=EPOCHS, lr_period=EPOCHS, batch_size=4, accumulate=2, seed=5, progress=False)
+    assert single.epochs_completed == EPOCHS and single.history[-1]["step"] == 2 * EPOCHS
+    ddp, one = _parameters(run / "last.safetensors"), _parameters(single.last_checkpoint)
+    assert ddp.keys() == one.keys()
+    worst = max(float((ddp[k] - one[k]).abs().max()) for k in ddp)
+    print(f"largest weight difference, 2 processes vs 1 process with accumulate=2: {worst:.3g}")
+    assert worst < 1e-4, worst
+    moved = max(float((ddp[k] - _parameters(run / "best.safetensors")[k]).abs().max()) for k in ddp)
+    assert moved > 1e-3 or read_checkpoint(run / "best.safetensors").provenance["epoch"] == EPOCHS  # not vacuous
+    ddp_rows, one_rows = _metrics(run), _metrics(single.out_dir)
+    assert [r["step"] for r in ddp_rows] == [r["step"] for r in one_rows] == [str(2 * e) for e in range(1, EPOCHS + 1)]
+    for a, b in zip(ddp_rows, one_rows):  # the training loss is averaged over both ranks' samples
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
+    # Rank 0 wrote every file, once per epoch, in a single process's order; rank 1 wrote nothing.
+    per_epoch = ["best.safetensors", "metrics.csv", "curves.png", "last.safetensors", RESUME, "run.json"]
+    writes = (logs / "writes.0").read_text().split()
+    assert writes[:2] == [RESUME, "run.json"] and 1 <= writes.count("best.safetensors") <= EPOCHS
+    assert [w for w in writes[2:] if w != "best.safetensors"] == per_epoch[1:] * EPOCHS
+    assert not (logs / "writes.1").exists() or (logs / "writes.1").read_text() == ""
+    provenance = read_checkpoint(run / "last.safetensors").provenance
+    assert provenance["processes"] == 2 and provenance["global_batch"] == 4 and provenance["accumulate"] == 1
+    assert "2 process(es) x 1 accumulation step(s), 2 image(s) per forward pass" in output
+
+
+def test_killed_rank_fails_the_job_and_resume_under_two_processes_is_exact(tmp_path: Path, data, two_process_run):
+    reference, _, _ = two_process_run
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    process = _torchrun(logs, _command(data, run))
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # wait until epoch 1 is committed, then kill rank 1 mid-run
+            assert process.poll() is None, "the job ended before rank 1 could be killed:\n" + process.communicate()[0]
+            assert time.monotonic() < deadline, "the job committed no epoch in 180 s"
+            try:
+                if read_train_metadata(run)["progress"]["epoch"] >= 1:
+                    break
+            except ResumeError:
+                pass
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        os.kill(int((logs / "pid.1").read_text()), signal.SIGKILL)
+        output = _finish(process, timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode != 0, output
+    assert time.monotonic() - killed_at < 60  # torchrun stopped rank 0 instead of letting it wait for rank 1
+    saved = read_train_metadata(run)["progress"]["epoch"]
+    assert 1 <= saved < EPOCHS, saved
+
+    resumed = _torchrun(tmp_path / "logs_resume", ["train", "--out", str(run), "--resume", "--threads", "1"])
+    output = _finish(resumed)
+    assert resumed.returncode == 0, output
+    for name in ("last.safetensors", "best.safetensors"):
+        a, b = read_checkpoint(reference / name).state_dict, read_checkpoint(run / name).state_dict
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert _metrics(reference) == _metrics(run)
