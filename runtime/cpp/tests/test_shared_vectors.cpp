@@ -2,14 +2,20 @@
 // in the recorded pass order the C++ resize is bit-exact; the runtime's fixed horizontal-first
 // order stays within one grey level (images) and 1e-6 (probabilities), masks exact away from ties;
 // to_rgb8 decodes every array case bit for bit as Python's, and refuses the same ones with the
-// same message. (The PNG cases of decode.json: test_png.cpp.)
+// same message. (The PNG cases of decode.json: test_png.cpp.) tiling.json: docs/tiling.md's
+// decisions, sizes, window starts and weights exactly, and the whole tiled pipeline with the fake
+// model within 1e-6.
 //   test_shared_vectors VECTORS_DIR
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "mrdl/decode.hpp"
 #include "mrdl/errors.hpp"
 #include "mrdl/processing.hpp"
 #include "mrdl/resample.hpp"
+#include "mrdl/tiling.hpp"
 #include "test_support.hpp"
 
 using namespace mrdl;
@@ -72,6 +78,30 @@ Pixels pixels(const nlohmann::json& c) {
     if (dtype == "float64") p.view.data = p.f64.data(), p.view.type = PixelType::Float64;
     return p;
 }
+
+/// runtime/VECTORS.md's fake model: class c = input channel c % 3 times the row vignette, then the column one.
+std::vector<float> fake_model(const std::vector<float>& batch, int64_t count, int n_classes, int mh, int mw) {
+    const auto vignette = [](int side) {
+        std::vector<float> v(side);
+        for (int i = 0; i < side; ++i)
+            v[i] = static_cast<float>(1.0 - 0.5 * std::abs(2 * i - (side - 1)) / std::max(side - 1, 1));
+        return v;
+    };
+    const std::vector<float> rows = vignette(mh), cols = vignette(mw);
+    const size_t plane = static_cast<size_t>(mh) * mw;
+    std::vector<float> out(static_cast<size_t>(count) * n_classes * plane);
+    for (int64_t b = 0; b < count; ++b)
+        for (int c = 0; c < n_classes; ++c)
+            for (int i = 0; i < mh; ++i)
+                for (int j = 0; j < mw; ++j) {
+                    const float x = batch[(b * 3 + c % 3) * plane + static_cast<size_t>(i) * mw + j];
+                    const float row = x * rows[i];
+                    out[(b * n_classes + c) * plane + static_cast<size_t>(i) * mw + j] = row * cols[j];
+                }
+    return out;
+}
+
+std::array<int, 2> pair(const nlohmann::json& v) { return {v.at(0).get<int>(), v.at(1).get<int>()}; }
 
 PassOrder recorded(const nlohmann::json& c) {
     return c.at("pass_order") == "vertical_first" ? PassOrder::VerticalFirst : PassOrder::HorizontalFirst;
@@ -144,6 +174,80 @@ int main(int argc, char** argv) {
                 return;
             }
             check(to_rgb8(input.view).pixels == values<uint8_t>(c.at("rgb")), "RGB differs from Python's to_rgb8");
+        });
+    }
+
+    const nlohmann::json tiling = read_json(dir + "/tiling.json");
+    const std::array<int, 2> model_size = pair(tiling.at("size"));
+    run("tiling: auto decisions, resampled sizes, window starts, weights (exact)", [&] {
+        for (const auto& a : tiling.at("auto"))
+            check(should_tile(a.at("image_size")[0], a.at("image_size")[1], pair(a.at("source_size")), TileMode::Auto) ==
+                      a.at("tile").get<bool>(),
+                  "auto decision for " + a.at("image_size").dump());
+        for (const auto& r : tiling.at("resampled_sizes"))
+            check(resampled_size(r.at("image_size")[0], r.at("image_size")[1], pair(r.at("source_size")),
+                                 pair(r.at("model_size"))) == pair(r.at("resampled_size")),
+                  "resampled size of " + r.at("image_size").dump());
+        for (const auto& w : tiling.at("window_starts"))
+            check(window_starts(w.at("length"), w.at("window"), w.at("overlap")) == w.at("starts").get<std::vector<int>>(),
+                  "window starts for " + w.at("length").dump() + "/" + w.at("window").dump());
+        for (const auto& w : tiling.at("weights")) {
+            const std::array<int, 2> size = pair(w.at("model_size"));
+            const Blend blend = w.at("blend") == "constant" ? Blend::Constant : Blend::Gaussian;
+            check(blend_weights(size[0], size[1], blend) == values<float>(w.at("weights")),
+                  "weights " + w.at("blend").get<std::string>() + " " + w.at("model_size").dump() + " not bit-exact");
+        }
+        check(tiling.at("auto").size() >= 4 && tiling.at("weights").size() >= 3, "tiling.json holds the cases");
+    });
+    Postprocessing tiling_post;
+    tiling_post.threshold = tiling.at("threshold");
+    for (const auto& c : tiling.at("cases")) {
+        run("tiling " + c.at("name").get<std::string>(), [&] {
+            const int height = c.at("height"), width = c.at("width"), classes = c.at("n_classes");
+            const std::vector<uint8_t> pixels = values<uint8_t>(c.at("image"));
+            const TilePlan plan = plan_tiles(height, width, pair(c.at("source_size")), model_size, c.at("overlap"));
+            check(plan.resampled_size == pair(c.at("resampled_size")) && plan.padded_size == pair(c.at("padded_size")),
+                  "resampled / padded size");
+            std::vector<std::array<int, 2>> windows;
+            for (const auto& w : c.at("windows")) windows.push_back(pair(w));
+            check(plan.windows == windows, "window starts or order");
+            const Image resampled = resize_bilinear(ImageView{pixels.data(), height, width, 3}, plan.resampled_size[0],
+                                                    plan.resampled_size[1], PassOrder::HorizontalFirst);
+            check(resampled.pixels == values<uint8_t>(c.at("resampled")), "resampled image not byte-exact");
+            int64_t batches = 0, largest = 0;
+            const WindowRunner run = [&](const std::vector<float>& batch, int64_t count) {
+                ++batches;
+                largest = std::max(largest, count);
+                return fake_model(batch, count, classes, model_size[0], model_size[1]);
+            };
+            const Blend blend = c.at("blend") == "constant" ? Blend::Constant : Blend::Gaussian;
+            const int max_batch = c.at("max_batch");
+            const std::vector<float> stitched =
+                stitch(resampled.view(), plan, run, model_size, classes, max_batch, tiling.at("scale"), blend);
+            const int64_t expected_batches = (static_cast<int64_t>(windows.size()) + max_batch - 1) / max_batch;
+            check(batches == expected_batches && largest <= max_batch, "windows run in batches of max_batch");
+            const std::vector<float> expected_stitched = values<float>(c.at("stitched"));
+            const float stitch_diff = max_abs_diff(stitched, expected_stitched);
+            check(stitch_diff <= 1e-6f, "stitched differs by " + std::to_string(stitch_diff));
+            const Segmentation result = postprocess(stitched.data(), classes, plan.resampled_size[0],
+                                                    plan.resampled_size[1], height, width, tiling_post);
+            const std::vector<float> expected = values<float>(c.at("probabilities"));
+            const float diff = max_abs_diff(result.probabilities, expected);
+            check(diff <= 1e-6f, "probabilities differ by " + std::to_string(diff));
+            const std::vector<uint8_t> mask = values<uint8_t>(c.at("mask"));
+            const size_t plane = static_cast<size_t>(height) * width;
+            size_t differing = 0;
+            for (size_t p = 0; p < plane; ++p) {
+                const bool near_tie = classes == 1
+                    ? std::fabs(expected[p] - static_cast<float>(tiling_post.threshold)) <= 1e-5f
+                    : classes == 2 && std::fabs(expected[p] - expected[plane + p]) <= 1e-5f;
+                differing += result.mask[p] != mask[p] && !near_tie;
+            }
+            check(differing == 0, std::to_string(differing) + " mask pixels differ away from ties");
+            std::cout << "     " << c.at("name").get<std::string>() << ": " << windows.size() << " windows in "
+                      << batches << " batches; max |diff| stitched " << stitch_diff << ", probabilities " << diff
+                      << (stitched == expected_stitched && result.probabilities == expected ? " (bit-exact)" : "")
+                      << "\n";
         });
     }
     return finish();
