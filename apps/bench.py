@@ -24,7 +24,8 @@ EXIT_FAILURE = 1
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Model directory written by mrdl-export from the same checkpoint (holds model.json).")
 @click.option("--backends", default=",".join(BENCH_BACKENDS), show_default=True,
-              help="Comma-separated backends; those that cannot run here are skipped with the reason.")
+              help="Comma-separated backends; those that cannot run here are skipped with the reason. Add 'triton' "
+                   "to serve the model with mrdl serve and drive it with --concurrency clients.")
 @click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,4,8.")
 @click.option("--data", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Real images: an LViT-layout root (its first split of Val, Test, Train) or a folder of images, "
@@ -47,11 +48,17 @@ EXIT_FAILURE = 1
                    "marks the backend PARITY FAILED (exit 1).")
 @click.option("--int8-min-dice", default=DEFAULT_INT8_MIN_DICE, show_default=True, type=click.FloatRange(0, 1),
               help="Parity threshold for INT8 backends (ort-int8, an INT8 TensorRT engine).")
+@click.option("--concurrency", default="1,4,16", show_default=True,
+              help="With the triton backend: numbers of concurrent clients driving the model behind mrdl serve "
+                   "(throughput, p50/p99, dynamic-batch sizes, mask agreement with the in-process runtime).")
+@click.option("--serving-protocol", default="grpc", show_default=True, type=click.Choice(["grpc", "http"]),
+              help="With the triton backend: the protocol the clients use.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="bench-report", show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | None, images: int, warmup: int,
          iters: int, phase_iters: int | None, threads: int | None, include_prepost: bool, device: str,
-         profile_dir: str | None, min_dice: float, int8_min_dice: float, out: str) -> None:
+         profile_dir: str | None, min_dice: float, int8_min_dice: float, concurrency: str, serving_protocol: str,
+         out: str) -> None:
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
     require_extra("mrdl-bench", "bench")
     from mrdl_runtime.manifest import ManifestError
@@ -66,7 +73,8 @@ def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | Non
                                batches=parse_batches(batches), data=data, images=images, warmup=warmup, iters=iters,
                                phase_iters=phase_iters, threads=threads, include_prepost=include_prepost,
                                device=device, out=out, profile_dir=profile_dir, min_dice=min_dice,
-                               int8_min_dice=int8_min_dice)
+                               int8_min_dice=int8_min_dice, concurrency=concurrency,
+                               serving_protocol=serving_protocol)
     except (BenchError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc
     except ManifestError as exc:  # a model directory that fails the runtime's integrity checks

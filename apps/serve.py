@@ -255,7 +255,8 @@ class Server:
             raise ServeError(f"--instances must be >= 1, got {options.instances}")
         check_ports(options)
         manifest, max_batch = self._load()
-        preferred = sorted({size for size in (max_batch // 2, max_batch) if size >= 1})
+        # Dispatch as soon as a full batch is queued; otherwise after max_queue_delay_us with what is there.
+        preferred = [max_batch]
         config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
                               grpc_port=options.grpc_port, metrics_address=options.host,
                               metrics_port=options.metrics_port, allow_metrics=True, allow_cpu_metrics=True,

@@ -27,10 +27,11 @@ from mrdl_runtime.runner import BackendUnavailableError
 
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
 from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
-                      parity, phase_share, release_freed_memory)
+                      onnxruntime_gemm_peak, parity, phase_share, release_freed_memory)
 from .report import (DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE, PARITY_FAILED, PARITY_OK, BackendResult, BenchReport,
                      SkippedBackend, machine_info, write_report)
 from .runners import BENCH_BACKENDS, BenchRunner, TorchRunner, make_bench_runner
+from .serving import DEFAULT_CONCURRENCY, SERVING_BACKENDS, parse_concurrency
 
 REFERENCE = "torch-fft"
 QUANTISED = ("ort-int8", "ort-fp16", "tensorrt")
@@ -43,10 +44,10 @@ class BenchError(ValueError):
 def parse_backends(text: str | Sequence[str]) -> list[str]:
     """``"ort-fp32,ort-int8"`` or a list -> validated backend names, in the order given, no repeats."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in BENCH_BACKENDS]
+    unknown = [n for n in names if n not in BENCH_BACKENDS + SERVING_BACKENDS]
     if unknown or not names:
         raise BenchError(f"unknown backend(s) {unknown or '(none given)'}; expected a comma-separated list of "
-                         f"{', '.join(BENCH_BACKENDS)}")
+                         f"{', '.join(BENCH_BACKENDS + SERVING_BACKENDS)}")
     return list(dict.fromkeys(names))
 
 
@@ -192,7 +193,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                   warmup: int = 3, iters: int = 20, threads: int | None = None, include_prepost: bool = False,
                   device: str = "cpu", out: str | Path | None = None, profile_dir: str | Path | None = None,
                   phase_iters: int | None = None, min_dice: float = DEFAULT_MIN_DICE,
-                  int8_min_dice: float = DEFAULT_INT8_MIN_DICE, progress: bool = True) -> BenchReport:
+                  int8_min_dice: float = DEFAULT_INT8_MIN_DICE, progress: bool = True,
+                  concurrency: str | Sequence[int] = DEFAULT_CONCURRENCY, serving_protocol: str = "grpc") -> BenchReport:
     """Benchmark ``backends`` at each batch size on the same inputs; write the report into ``out`` if given.
 
     ``images``: how many input images (synthetic, or the first of ``data``) form the pool that
@@ -202,6 +204,9 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     ``phase_iters``: timed passes for the phase-share measurement (default: ``iters``).
     ``min_dice`` / ``int8_min_dice``: the parity thresholds (mask Dice agreement with torch-fft)
     for FP32/FP16 and for INT8 backends; below them a backend is marked ``PARITY FAILED``.
+    ``triton`` among ``backends``: the model behind ``mrdl serve`` driven by each number of
+    ``concurrency`` clients against the in-process runtime (:mod:`mrdl_bench.serving`; the
+    report's ``serving`` section), over ``serving_protocol`` ("grpc" or "http").
     Raises ``mrdl_runtime.IntegrityError`` when the model directory's files do not match its
     ``model.json``.
     """
@@ -211,6 +216,10 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
 
     ckpt, model_dir = Path(ckpt), Path(model_dir)
     backends, batches = parse_backends(backends), parse_batches(batches)
+    try:
+        levels = parse_concurrency(concurrency)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
     threads = threads or os.cpu_count() or 1
     if threads < 1 or warmup < 0 or iters < 1:
         raise BenchError(f"need threads >= 1, warmup >= 0 and iters >= 1; got {threads}, {warmup}, {iters}")
@@ -223,13 +232,20 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     machine = machine_info()
     inputs = load_inputs(size=config.model.image_size, data=data, count=images)
     peak = matmul_peak_gflops(threads=threads)
+    int8_peak = None
+    if "ort-int8" in backends:  # the integer GEMM the INT8 kernels run, and FP32 measured the same way beside it
+        int8_peak = onnxruntime_gemm_peak(threads=threads, precision="int8")
+        int8_peak["fp32_gops_same_way"] = onnxruntime_gemm_peak(threads=threads, precision="fp32")["gops"]
+        int8_peak["int8_over_fp32"] = int8_peak["gops"] / int8_peak["fp32_gops_same_way"]
     matmul_model = load_checkpoint(ckpt, phase="matmul")[0].eval()  # FLOPs and the phase's share of latency
     flops = flops_per_image(matmul_model)
     threshold = manifest.threshold
 
     with TorchRunner(REFERENCE, ckpt=ckpt, phase="fft", device=device) as reference_runner:
         reference = _all_outputs(reference_runner, inputs, batch=min(batches))
-    results, skipped, outputs = _measure_backends(backends, batches, ckpt=ckpt, model_dir=model_dir, inputs=inputs,
+    served = [name for name in backends if name in SERVING_BACKENDS]
+    in_process = [name for name in backends if name not in SERVING_BACKENDS]
+    results, skipped, outputs = _measure_backends(in_process, batches, ckpt=ckpt, model_dir=model_dir, inputs=inputs,
                                                   threads=threads, device=device, warmup=warmup, iters=iters,
                                                   include_prepost=include_prepost, threshold=threshold,
                                                   progress=progress)
@@ -244,6 +260,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
         result.parity_status = PARITY_OK if passed else PARITY_FAILED
         result.gflops_achieved = flops * result.throughput_ips / 1e9
         result.peak_fraction = result.gflops_achieved / peak["gflops"]
+        if int8_peak is not None and result.backend == "ort-int8":
+            result.int8_peak_fraction = result.gflops_achieved / int8_peak["gops"]
     for result in results:
         eager = next((r for r in results if r.backend == REFERENCE and r.batch == result.batch), None)
         if eager is not None:
@@ -262,6 +280,17 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                            if p.precision == "int8" else "")
                         + f"is {model_dir} exported from {ckpt}? Re-export it, or change --min-dice / --int8-min-dice")
 
+    serving = None
+    if served:
+        from .serving import measure_serving, serving_failures
+
+        try:
+            serving = measure_serving(model_dir, inputs.raw, concurrency=levels, threads=threads, iters=iters,
+                                      warmup=warmup, protocol=serving_protocol)
+            failures += serving_failures(serving)
+        except BackendUnavailableError as exc:
+            skipped.append(SkippedBackend("triton", str(exc)))
+
     shares = [phase_share(matmul_model, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters)
               for batch in batches]
     for share in shares:
@@ -274,9 +303,11 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                 "torch_threads": torch.get_num_threads(), "include_prepost": include_prepost, "device": device,
                 "inputs": inputs.source, "images": len(inputs), "image_size": config.model.image_size,
                 "reference": REFERENCE, "min_dice": min_dice, "int8_min_dice": int8_min_dice,
-                "source_checkpoint_matches": source_mismatch is None}
+                "source_checkpoint_matches": source_mismatch is None,
+                "concurrency": levels if served else None}
     report = BenchReport(settings=settings, machine=machine, flops_per_image=flops, matmul_peak=peak, results=results,
-                         skipped=skipped, phase_share=shares, profiles=profiles, failures=failures)
+                         skipped=skipped, phase_share=shares, profiles=profiles, failures=failures, serving=serving,
+                         int8_peak=int8_peak)
     if out is not None:
         write_report(report, Path(out))
     return report

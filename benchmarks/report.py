@@ -44,6 +44,7 @@ class BackendResult:
     prepost_included: bool
     gflops_achieved: float | None = None
     peak_fraction: float | None = None  # gflops_achieved / measured matmul peak
+    int8_peak_fraction: float | None = None  # ort-int8 only: gflops_achieved / the measured integer GEMM peak
     speedup_vs_torch_eager: float | None = None  # torch-fft p50 / this p50, same batch; parity passed only
     parity_min_dice: float | None = None  # the threshold applied to parity.dice_agreement
     parity_status: str | None = None  # PARITY_OK or PARITY_FAILED
@@ -76,12 +77,15 @@ class BenchReport:
     profiles: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # PARITY FAILED / SOURCE MISMATCH sentences
     files: dict[str, str] = field(default_factory=dict)
+    int8_peak: dict[str, Any] | None = None  # onnxruntime's u8 x s8 GEMM rate (with ort-int8); see measure.py
+    serving: dict[str, Any] | None = None  # mrdl_bench.serving.measure_serving (backend "triton")
 
     def to_dict(self) -> dict:
         return {"settings": self.settings, "machine": self.machine, "flops_per_image": self.flops_per_image,
-                "matmul_peak": self.matmul_peak, "failures": self.failures,
+                "matmul_peak": self.matmul_peak, "int8_peak": self.int8_peak, "failures": self.failures,
                 "results": [r.to_dict() for r in self.results], "skipped": [asdict(s) for s in self.skipped],
-                "phase_share": self.phase_share, "profiles": self.profiles, "files": self.files}
+                "phase_share": self.phase_share, "profiles": self.profiles, "files": self.files,
+                "serving": self.serving}
 
     def result(self, backend: str, batch: int) -> BackendResult | None:
         return next((r for r in self.results if r.backend == backend and r.batch == batch), None)
@@ -124,7 +128,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 TABLE_COLUMNS = ("backend", "batch", "p50 ms", "p90 ms", "p99 ms", "mean±sd ms", "img/s", "speed-up", "GFLOP/s",
-                 "% peak", "mem MB", "size MB", "max|Δp|", "Dice agr.", "parity")
+                 "% peak", "% int8 peak", "mem MB", "size MB", "max|Δp|", "Dice agr.", "parity")
 
 
 def _speedup(r: BackendResult) -> str:
@@ -147,6 +151,7 @@ def table_rows(report: BenchReport) -> list[list[str]]:
                      f"{lat.mean:.1f}±{lat.stdev:.1f}", f"{r.throughput_ips:.2f}", _speedup(r),
                      _fmt(r.gflops_achieved, ".1f"),
                      _fmt(None if r.peak_fraction is None else 100 * r.peak_fraction, ".1f"),
+                     _fmt(None if r.int8_peak_fraction is None else 100 * r.int8_peak_fraction, ".1f"),
                      f"{r.peak_memory_mb:.0f}", f"{r.model_size_mb:.1f}",
                      _fmt(r.parity.max_abs_diff if r.parity else None, ".2e"),
                      _fmt(r.parity.dice_agreement if r.parity else None, ".4f"), _parity_cell(r)])
@@ -176,6 +181,12 @@ def _footer(report: BenchReport) -> list[str]:
              f"matmul peak {report.matmul_peak['gflops']:.1f} GFLOP/s "
              f"({report.matmul_peak['method']}; % peak of INT8 backends can pass 100%: their kernels are not FP32); "
              f"memory: {report.results[0].memory_method if report.results else '-'}"]
+    if report.int8_peak:
+        p = report.int8_peak
+        lines.append(f"INT8 peak {p['gops']:.1f} GOP/s ({p['method']}); FP32 measured the same way "
+                     f"{p['fp32_gops_same_way']:.1f} GFLOP/s: INT8 GEMM / FP32 GEMM = {p['int8_over_fp32']:.2f}x, the "
+                     f"hardware's ceiling for INT8 over FP32 speed-up; % int8 peak = the model's FLOPs at ort-int8's "
+                     f"throughput / INT8 peak")
     for skip in report.skipped:
         lines.append(f"skipped {skip.backend}: {skip.reason}")
     for share in report.phase_share:
@@ -186,6 +197,10 @@ def _footer(report: BenchReport) -> list[str]:
     for profile in report.profiles:
         ops = ", ".join(f"{op['op']} {100 * op['share']:.0f}%" for op in profile["top_ops"][:4])
         lines.append(f"profile {profile['backend']} (batch {profile['batch']}): {ops}")
+    if report.serving:
+        from .serving import format_serving
+
+        lines += format_serving(report.serving)
     return lines
 
 

@@ -1,0 +1,329 @@
+"""``mrdl-bench --backends ...,triton --concurrency 1,4,16``: the model behind ``mrdl serve`` against in-process.
+
+Both sides do the same work per image: raw uint8 image in, mask at the original size out
+(preprocessing, model, postprocessing). First the in-process runtime (``mrdl_runtime.Segmenter``,
+ONNX Runtime CPU) is timed at every batch size up to the model's ``max_batch``; its best
+throughput is the reference. Then ``mrdl serve`` starts in a child process on free loopback ports
+(so the clients and the server do not share one interpreter), and for each concurrency level
+``c`` that many client threads, each with its own :class:`mrdl_runtime.RemoteSegmenter`, send
+single-image requests in a closed loop. Reported per level: throughput, p50/p99 latency per
+request, errors, and the batch sizes Triton's dynamic batcher formed (the difference of the
+model's ``/v2/models/<name>/stats`` batch statistics before and after the level). Finally every
+input image is segmented once through the server and its mask compared with the in-process one.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mrdl_runtime.runner import BackendUnavailableError
+
+from .measure import LatencySummary
+
+SERVING_BACKENDS = ("triton",)
+DEFAULT_CONCURRENCY = (1, 4, 16)
+START_TIMEOUT_S = 180
+TARGET_FRACTION = 0.9  # issue 13: 4 clients reach >= 0.9x the in-process best throughput
+
+
+class ServingError(RuntimeError):
+    """The server could not be started or stopped."""
+
+
+def parse_concurrency(text: str | Sequence[int]) -> list[int]:
+    """``"1,4,16"`` or a list -> positive client counts, in the order given, no repeats."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        levels = [int(str(p).strip()) for p in parts if str(p).strip()]
+    except ValueError:
+        levels = []
+    if not levels or any(level < 1 or level > 256 for level in levels):
+        raise ValueError(f"--concurrency must be comma-separated client counts in [1, 256] like 1,4,16; got {text!r}")
+    return list(dict.fromkeys(levels))
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago."""
+    sockets = []
+    for _ in range(count):
+        probe = socket.socket()
+        probe.bind((host, 0))
+        sockets.append(probe)
+    ports = [probe.getsockname()[1] for probe in sockets]
+    for probe in sockets:
+        probe.close()
+    return ports
+
+
+class ServerProcess:
+    """``mrdl serve`` in a child process on free loopback ports (its output in a log file).
+
+    ``start`` waits, bounded, until the model is ready; ``stop`` sends SIGTERM and waits (then
+    kills). A server that cannot start raises ``BackendUnavailableError`` with its last lines.
+    """
+
+    def __init__(self, model_dir: str | Path, *extra: str, log: Path | None = None) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        self.command = [sys.executable, "-m", "mrdl_apps", "serve", str(model_dir), "--host", "127.0.0.1",
+                        "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+                        "--metrics-port", str(self.metrics_port), *extra]
+        self.log = log or Path(tempfile.mkstemp(prefix="mrdl-serve-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.grpc = f"grpc://127.0.0.1:{self.grpc_port}"
+
+    def output(self, characters: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-characters:]
+        except OSError:
+            return ""
+
+    def get(self, path: str, *, port: int | None = None, timeout: float = 5) -> str:
+        url = f"http://127.0.0.1:{port or self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return reply.read().decode()
+
+    def ready(self, model: str = "mrdl") -> bool:
+        try:
+            self.get(f"/v2/models/{model}/ready", timeout=2)
+            return True
+        except OSError:
+            return False
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> "ServerProcess":
+        with open(self.log, "wb") as handle:
+            self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                lines = [line for line in self.output().splitlines() if line.strip()]
+                reason = next((line for line in reversed(lines) if line.startswith("Error")), lines[-1] if lines else "")
+                raise BackendUnavailableError(f"mrdl serve exited with {self.process.returncode}: {reason.strip()}")
+            if self.ready():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise BackendUnavailableError(f"mrdl serve was not ready within {timeout:.0f} s (log: {self.log})")
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+    def batch_counts(self, model: str = "mrdl") -> dict[int, int]:
+        """Model executions per batch size so far (Triton's statistics endpoint)."""
+        stats = json.loads(self.get(f"/v2/models/{model}/stats"))["model_stats"][0]
+        return {int(entry["batch_size"]): int(entry["compute_infer"]["count"]) for entry in stats.get("batch_stats", [])}
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def measure_in_process(model_dir: Path, images: list[np.ndarray], *, batches: Sequence[int], threads: int,
+                       precision: str, iters: int, warmup: int) -> tuple[list[dict], list[np.ndarray]]:
+    """Segmenter.predict_batch (raw images -> masks) at each batch size: rows, and the masks of every image."""
+    from mrdl_runtime import Segmenter
+
+    rows = []
+    with Segmenter.load(model_dir, backend="onnxruntime-cpu", precision=precision,
+                        intra_op_threads=threads) as segmenter:
+        masks = [p.mask for p in segmenter.predict_batch(images, with_probabilities=False)]
+        for batch in batches:
+            chunks = [[images[(step * batch + k) % len(images)] for k in range(batch)] for step in range(warmup + iters)]
+            times = []
+            for step, chunk in enumerate(chunks):
+                start = time.perf_counter()
+                segmenter.predict_batch(chunk, with_probabilities=False)
+                if step >= warmup:
+                    times.append(time.perf_counter() - start)
+            latency = LatencySummary.from_seconds(times)
+            rows.append({"batch": batch, "throughput_ips": batch * len(times) / sum(times),
+                         "latency_ms": latency.to_dict()})
+    return rows, masks
+
+
+def _drive(server: ServerProcess, images: list[np.ndarray], *, clients: int, requests: int, protocol: str,
+           timeout: float) -> dict:
+    """``clients`` threads, each sending ``requests`` single-image requests back to back (plus one warm-up)."""
+    from mrdl_runtime import RemoteSegmenter
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1, timeout=timeout)
+    url = server.grpc if protocol == "grpc" else server.http
+
+    def client(index: int) -> None:
+        remote = None
+        try:
+            remote = RemoteSegmenter(url, timeout=timeout)
+            remote.predict(images[index % len(images)], with_probabilities=False)  # warm-up, untimed
+        except Exception as exc:  # counted, never raised: the level goes on with the others
+            with lock:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        for step in range(requests if remote is not None else 0):
+            start = time.perf_counter()
+            try:
+                remote.predict(images[(index + step * clients) % len(images)], with_probabilities=False)
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - start)
+        if remote is not None:
+            remote.close()
+
+    before = server.batch_counts()
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=timeout * requests + 30)
+    wall = time.perf_counter() - start
+    after = server.batch_counts()
+    formed = {size: after.get(size, 0) - before.get(size, 0) for size in sorted(after)}
+    formed = {size: count for size, count in formed.items() if count > 0}
+    calls = sum(formed.values())
+    latency = LatencySummary.from_seconds(latencies) if latencies else None
+    return {"clients": clients, "requests": clients * requests, "answered": len(latencies), "errors": len(errors),
+            "error_examples": sorted(set(errors))[:3], "wall_s": wall,
+            "throughput_ips": len(latencies) / wall if wall > 0 else 0.0,
+            "latency_ms": latency.to_dict() if latency else None,
+            "batch_sizes": formed, "mean_batch": sum(s * c for s, c in formed.items()) / calls if calls else None,
+            "unfinished_clients": sum(thread.is_alive() for thread in threads)}
+
+
+def measure_serving(model_dir: str | Path, images: list[np.ndarray], *, concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
+                    threads: int = 0, precision: str = "fp32", iters: int = 20, warmup: int = 3,
+                    batches: Sequence[int] | None = None, protocol: str = "grpc", max_queue_delay_us: int = 2000,
+                    instances: int = 1, timeout: float = 120) -> dict:
+    """The serving comparison (module docstring) as a JSON-ready dict.
+
+    ``iters``: requests per client at each level (and timed calls per batch size in-process).
+    ``batches``: in-process batch sizes (default: powers of two up to the model's max_batch).
+    Raises ``BackendUnavailableError`` when ``mrdl serve`` cannot run here (with its reason).
+    """
+    from mrdl_runtime.manifest import load_manifest
+
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir)
+    if batches is None:
+        batches = [2 ** i for i in range(manifest.max_batch.bit_length()) if 2 ** i <= manifest.max_batch]
+    in_process, reference = measure_in_process(model_dir, images, batches=batches, threads=threads,
+                                               precision=precision, iters=iters, warmup=warmup)
+    best = max(in_process, key=lambda row: row["throughput_ips"])
+    extra = ["--precision", precision, "--max-queue-delay-us", str(max_queue_delay_us), "--instances", str(instances)]
+    if threads:
+        extra += ["--threads", str(threads)]
+    levels = []
+    server = ServerProcess(model_dir, *extra)
+    try:
+        started = time.perf_counter()
+        server.start()
+        start_s = time.perf_counter() - started
+        for clients in concurrency:
+            level = _drive(server, images, clients=clients, requests=iters, protocol=protocol, timeout=timeout)
+            level["fraction_of_in_process_best"] = level["throughput_ips"] / best["throughput_ips"]
+            levels.append(level)
+        from mrdl_runtime import RemoteSegmenter
+
+        with RemoteSegmenter(server.grpc if protocol == "grpc" else server.http, timeout=timeout) as remote:
+            served = [remote.predict(image, with_probabilities=False).mask for image in images]
+        stats = json.loads(server.get("/v2/models/mrdl/stats"))
+        metrics = server.get("/metrics", port=server.metrics_port)
+    finally:
+        exit_code = server.stop()
+        server.log.unlink(missing_ok=True)
+    identical = sum(np.array_equal(a, b) for a, b in zip(served, reference))
+    agreement = {"images": len(images), "identical_masks": int(identical),
+                 "mean_dice": float(np.mean([_dice(a, b) for a, b in zip(served, reference)]))}
+    four = next((level for level in levels if level["clients"] == 4), None)
+    return {"protocol": protocol, "precision": precision, "threads": threads, "instances": instances,
+            "max_queue_delay_us": max_queue_delay_us, "max_batch": manifest.max_batch, "server_start_s": start_s,
+            "server_exit_code": exit_code, "in_process": in_process, "in_process_best": best, "levels": levels,
+            "agreement": agreement, "target": {
+                "four_clients_fraction": four["fraction_of_in_process_best"] if four else None,
+                "required": TARGET_FRACTION,
+                "met": bool(four and four["fraction_of_in_process_best"] >= TARGET_FRACTION)},
+            "inference_count_metric": _metric(metrics, "nv_inference_count"),
+            "execution_count_metric": _metric(metrics, "nv_inference_exec_count"),
+            "model_stats_inference_count": stats["model_stats"][0].get("inference_count")}
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and 'model="mrdl"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def serving_failures(serving: dict) -> list[str]:
+    """Sentences for errors under load and masks that differ from the in-process runtime's."""
+    failures = [f"TRITON: {level['errors']} of {level['requests']} requests failed with {level['clients']} clients "
+                f"(e.g. {level['error_examples'][:1]})" for level in serving["levels"] if level["errors"]]
+    agreement = serving["agreement"]
+    if agreement["identical_masks"] != agreement["images"]:
+        failures.append(f"TRITON: {agreement['images'] - agreement['identical_masks']} of {agreement['images']} masks "
+                        f"differ from the in-process runtime's (mean Dice {agreement['mean_dice']:.4f})")
+    return failures
+
+
+def format_serving(serving: dict) -> list[str]:
+    """Plain-text lines: the in-process rows, one row per concurrency level, agreement and the target."""
+    best = serving["in_process_best"]
+    lines = [f"serving ({serving['protocol']}, {serving['precision']}, {serving['instances']} instance(s), "
+             f"queue delay {serving['max_queue_delay_us']} us; raw image in, mask at original size out, "
+             f"pre/post-processing included on both sides):"]
+    for row in serving["in_process"]:
+        latency = row["latency_ms"]
+        lines.append(f"  in-process batch {row['batch']:>3}: {row['throughput_ips']:8.1f} img/s  "
+                     f"p50 {latency['p50']:.1f} ms  p99 {latency['p99']:.1f} ms per call")
+    for level in serving["levels"]:
+        latency = level["latency_ms"] or {"p50": float("nan"), "p99": float("nan")}
+        sizes = ", ".join(f"{size}x{count}" for size, count in level["batch_sizes"].items()) or "-"
+        lines.append(f"  triton {level['clients']:>3} clients: {level['throughput_ips']:8.1f} img/s "
+                     f"({level['fraction_of_in_process_best']:.2f}x in-process best {best['throughput_ips']:.1f} "
+                     f"at batch {best['batch']})  p50 {latency['p50']:.1f} ms  p99 {latency['p99']:.1f} ms  "
+                     f"errors {level['errors']}/{level['requests']}  batches formed (size x count): {sizes}")
+    agreement, target = serving["agreement"], serving["target"]
+    lines.append(f"  masks identical to in-process: {agreement['identical_masks']}/{agreement['images']} "
+                 f"(mean Dice {agreement['mean_dice']:.4f})")
+    if target["four_clients_fraction"] is not None:
+        lines.append(f"  target 4 clients >= {target['required']}x in-process best: "
+                     f"{target['four_clients_fraction']:.2f}x, {'met' if target['met'] else 'NOT met'}")
+    return lines
