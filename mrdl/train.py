@@ -195,7 +195,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: MRDLConfig):
 def _step_scheduler(scheduler, config: MRDLConfig, epoch: int) -> None:
     """Advance the schedule after ``epoch``; ``cosine`` holds ``min_lr`` once its period is over."""
     t = config.train
-    if t.lr_schedule == "cosine" and epoch >= (t.lr_period or max(t.epochs, 1)):
+    if t.lr_schedule == "cosine" and epoch > (t.lr_period or max(t.epochs, 1)):
         return
     scheduler.step()
 
