@@ -174,3 +174,29 @@ def test_killed_rank_fails_the_job_and_resume_under_two_processes_is_exact(tmp_p
         a, b = read_checkpoint(reference / name).state_dict, read_checkpoint(run / name).state_dict
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert _metrics(reference) == _metrics(run)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch here)")
+def test_cuda_mixed_precision_run_trains_and_resumes(tmp_path: Path, tiny_config, data):
+    """One CUDA process: autocast (bf16, or fp16 with a GradScaler), channels-last, pinned workers; resume is exact."""
+    from mrdl.distributed import setup
+    from mrdl.train import Hardware
+
+    root, embeddings = data
+    hardware = Hardware(device="cuda", workers=2)
+    kwargs = dict(config=tiny_config, data_root=root, embeddings_path=embeddings, batch_size=4, seed=1,
+                  hardware=hardware, dist=setup("cuda"), progress=False, lr_period=3)
+    lines: list[str] = []
+    straight = train_model(out_dir=tmp_path / "straight", epochs=3, on_start=lines.append, **kwargs)
+    assert straight.epochs_completed == 3 and straight.samples_per_s > 0
+    assert "cuda:0, " in lines[0] and ("bfloat16" in lines[0] or "float16" in lines[0])
+    capped = train_model(out_dir=tmp_path / "resumed", epochs=1, **kwargs)
+    assert capped.epochs_completed == 1
+    resumed = train_model(out_dir=tmp_path / "resumed", resume=True, epochs=3, **{k: v for k, v in kwargs.items()
+                                                                                  if k in ("config", "data_root",
+                                                                                           "embeddings_path",
+                                                                                           "hardware", "dist",
+                                                                                           "progress")})
+    a, b = read_checkpoint(straight.last_checkpoint).state_dict, read_checkpoint(resumed.last_checkpoint).state_dict
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)  # cuDNN may pick other kernels

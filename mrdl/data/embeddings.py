@@ -81,7 +81,8 @@ def dataset_texts(data_root: str | Path, config: MRDLConfig, *,
 def rebuild_hint(data_root: str | Path | None, config: MRDLConfig, path: Path | None) -> str:
     root = data_root if data_root is not None else "DATA_ROOT"
     out = f" --out {path}" if path is not None else ""
-    return f"rebuild it with: mrdl embed-text {root} --config {config.name}{out} [--clip-weights PATH]"
+    return (f"rebuild it with: mrdl embed-text {root} --config {config.name}{out} [--clip-weights PATH] "
+            f"[--recipe NAME, as for training]")
 
 
 def compute_embeddings(data_root: str | Path, config: MRDLConfig, *, out: str | Path | None = None,
