@@ -4,6 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.mrdl-installed
+# `mrdl serve` (PyTriton) runs the model inside tritonserver's Python backend, whose stub embeds the
+# serving Python's own shared libpython (mrdl serve points it there): .venv is made from Debian's
+# /usr/bin/python3.11 (built with --enable-shared) when it exists, else from python3, with a note
+# when that one has no shared libpython (serving and its tests cannot run there; they skip).
+# Override with `make install BASE_PYTHON=/path/to/python3`.
+SERVE_PYTHON ?= /usr/bin/python3.11
+HAS_SHARED_LIBPYTHON = -c 'import sys, sysconfig, venv, ensurepip; sys.exit(0 if sysconfig.get_config_var("Py_ENABLE_SHARED") else 1)'
+BASE_PYTHON ?= $(shell $(SERVE_PYTHON) $(HAS_SHARED_LIBPYTHON) >/dev/null 2>&1 && echo $(SERVE_PYTHON) || echo python3)
+NO_SERVING_NOTE = note: $(VENV) uses a Python without a shared libpython: mrdl serve and the Triton serving tests \
+	cannot run there (they skip). Rebuild it from one that has it: rm -rf $(VENV) && make install BASE_PYTHON=/usr/bin/python3.11
 # torch 2.14.1 + torchvision 0.29.1 are the pair that import together on these machines
 # (PyPI's torchvision breaks beside the local torch 2.13.0 CPU wheel).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
@@ -11,7 +21,8 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 .PHONY: test test-py test-cpp demo install clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
+	@$(PY) $(HAS_SHARED_LIBPYTHON) || echo "$(NO_SERVING_NOTE)"
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
 	$(PIP) install -q -e '.[test]'

@@ -23,9 +23,10 @@ Wrong dtypes and ranks are refused by Triton itself; an empty image, one with mo
 limit. SIGTERM or SIGINT stops the server cleanly: Triton stops accepting requests, the ones it
 accepted are finished (up to ``exit_timeout`` seconds), then the process exits 0.
 
-PyTriton's backend stub embeds a shared ``libpython`` of the serving Python's exact release: a
-Python built without one (pyenv's default build) cannot host it, and :func:`hosting_problem`
-says so, with the fix, before anything starts.
+PyTriton's backend stub embeds a shared ``libpython`` of the serving Python's exact release:
+:func:`pin_libpython` points it at this interpreter's own library (the dynamic loader would
+otherwise hand it the system's, of another patch release under pyenv); a Python built without
+one cannot host it, and :func:`hosting_problem` says so, with the fix, before anything starts.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import os
 import signal
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -58,28 +60,51 @@ class ServeError(RuntimeError):
     """The server cannot start: no PyTriton, a Python that cannot host it, bad options."""
 
 
+def libpython_path() -> Path | None:
+    """This interpreter's own shared libpython (``libpython3.X.so.1.0``), or None when it has none."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    names = [sysconfig.get_config_var(key) for key in ("INSTSONAME", "LDLIBRARY")]
+    folders = [sysconfig.get_config_var(key) for key in ("LIBDIR", "LIBPL")]
+    for folder in filter(None, folders):
+        for name in filter(None, names):
+            if (Path(folder) / name).is_file():
+                return (Path(folder) / name).resolve()
+    return None
+
+
 def hosting_problem() -> str | None:
     """Why this Python cannot host PyTriton's Python backend, or None when it can.
 
-    The backend stub that ``tritonserver`` launches embeds ``libpython3.X.so`` and then imports
-    this interpreter's standard library and site-packages; that works only with a Python built
-    with ``--enable-shared`` whose shared library is this very release (a venv from Debian's
-    ``/usr/bin/python3.11``). pyenv's default build has no shared library, and the stub then
-    picks up the system's libpython of another patch release, which fails when the model loads.
+    The backend stub that ``tritonserver`` launches embeds ``libpython3.X.so.1.0`` and then imports
+    this interpreter's standard library and site-packages, so it needs this interpreter's own
+    shared library: a Python built without one (``--enable-shared``) cannot host it. (With one,
+    :func:`pin_libpython` makes the stub load exactly it; left to the dynamic loader, the stub would
+    take the system's libpython, of another patch release under pyenv, and fail when the model
+    loads with ``'_thread.RLock' object has no attribute '_recursion_count'``.)
     """
+    if libpython_path() is not None:
+        return None
     version = ".".join(map(str, sys.version_info[:3]))
-    fix = ("create the environment from a Python with a shared libpython, e.g. Debian's: "
-           "'/usr/bin/python3.11 -m venv .venv && .venv/bin/pip install -e \".[serve]\"' "
-           "(`make install` does this when /usr/bin/python3.11 exists)")
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        return (f"{sys.executable} (Python {version}) was built without a shared libpython, which PyTriton's "
-                f"Python backend needs to run the model inside Triton; {fix}")
-    library = sysconfig.get_config_var("LDLIBRARY") or ""
-    folders = [sysconfig.get_config_var(key) for key in ("LIBDIR", "LIBPL")]
-    if library and not any(folder and (Path(folder) / library).exists() for folder in folders):
-        return (f"{sys.executable} (Python {version}) says it was built with a shared libpython ({library}), "
-                f"but it is not in {folders[0]}; {fix}")
-    return None
+    return (f"{sys.executable} (Python {version}) has no shared libpython, which PyTriton's Python backend needs to "
+            "run the model inside Triton; create the environment from a Python built with --enable-shared, e.g. "
+            "Debian's: '/usr/bin/python3.11 -m venv .venv && .venv/bin/pip install -e \".[serve]\"' "
+            "(`make install` does this when /usr/bin/python3.11 exists)")
+
+
+def pin_libpython(folder: Path) -> Path:
+    """Put a link to this interpreter's libpython in ``folder`` and ``folder`` first on LD_LIBRARY_PATH,
+    which tritonserver and its backend stub inherit: the stub then loads this very release."""
+    library = libpython_path()
+    if library is None:
+        raise ServeError(hosting_problem() or "no shared libpython")
+    name = sysconfig.get_config_var("INSTSONAME") or library.name
+    link = folder / name
+    if not link.exists():
+        link.symlink_to(library)
+    paths = [str(folder)] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(paths)
+    return link
 
 
 def require_pytriton() -> None:
@@ -223,6 +248,7 @@ class Server:
         self.stats = BatchStats()
         self.segmenters: list = []
         self.triton = None
+        self._libpython: tempfile.TemporaryDirectory | None = None
         self._stop = threading.Event()
 
     def _load(self):
@@ -255,6 +281,8 @@ class Server:
             raise ServeError(f"--instances must be >= 1, got {options.instances}")
         check_ports(options)
         manifest, max_batch = self._load()
+        self._libpython = tempfile.TemporaryDirectory(prefix="mrdl-serve-libpython-")
+        pin_libpython(Path(self._libpython.name))
         # Dispatch as soon as a full batch is queued; otherwise after max_queue_delay_us with what is there.
         preferred = [max_batch]
         config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
@@ -304,6 +332,9 @@ class Server:
         for segmenter in self.segmenters:
             segmenter.close()
         self.segmenters = []
+        if self._libpython is not None:
+            self._libpython.cleanup()
+            self._libpython = None
 
 
 @click.command("serve")
