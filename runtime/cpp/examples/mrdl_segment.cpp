@@ -70,6 +70,7 @@ struct Arguments {
 Arguments parse_options(const std::vector<std::string>& args) {
     Arguments parsed;
     mrdl::SegmenterOptions& options = parsed.segmenter;
+    options.with_probabilities = false;  // only the mask is written: never hold n_classes x H x W floats
     for (size_t i = 0; i < args.size(); ++i) {
         const std::string& key = args[i];
         if (key == "--no-verify") {

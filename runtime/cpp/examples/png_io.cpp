@@ -102,9 +102,9 @@ Image read_rgb(const std::string& path, size_t max_pixels) {
     const std::string failure = decode(file.get(), max_pixels, decoded);
     if (decoded.too_large) check_pixel_count(decoded.height, decoded.width, max_pixels);
     if (!failure.empty()) throw InputError("cannot decode " + path + " as a PNG image: " + failure);
-    return to_rgb8(ImageView{decoded.pixels.data(), static_cast<int>(decoded.height), static_cast<int>(decoded.width),
-                             decoded.channels},
-                   max_pixels);
+    const int height = static_cast<int>(decoded.height), width = static_cast<int>(decoded.width);
+    if (decoded.channels == 3) return Image{height, width, 3, std::move(decoded.pixels)};  // RGB already: no copy
+    return to_rgb8(ImageView{decoded.pixels.data(), height, width, decoded.channels}, max_pixels);
 }
 
 void write(const std::string& path, const ImageView& image) {

@@ -272,6 +272,7 @@ Image read_rgb(const std::string& path, size_t max_pixels) {
             if (p % kept < static_cast<size_t>(l.color)) values[p] = static_cast<uint8_t>(top - values[p]);
     if (l.bits < 8)
         for (uint8_t& v : values) v = static_cast<uint8_t>(v * 255u / top);
+    if (kept == 3) return Image{h, w, 3, std::move(values)};  // already RGB uint8: no copy
     return to_rgb8(ImageView{values.data(), h, w, kept}, max_pixels);
 }
 

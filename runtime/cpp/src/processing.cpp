@@ -1,6 +1,7 @@
 // Pre- and postprocessing: the deploy-manifest rules, identical to mrdl_runtime's.
 #include "mrdl/processing.hpp"
 
+#include <algorithm>
 #include <string>
 
 #include "mrdl/decode.hpp"
@@ -44,6 +45,37 @@ Segmentation postprocess(const float* probabilities, int n_classes, int model_he
         result.mask[p] = static_cast<uint8_t>(best);
     }
     return result;
+}
+
+std::vector<uint8_t> mask_at_size(const float* probabilities, int n_classes, int model_height, int model_width,
+                                  int height, int width, const Postprocessing& spec) {
+    if (n_classes < 1) throw InputError("mask_at_size needs n_classes >= 1, got " + std::to_string(n_classes));
+    constexpr size_t kStripBytes = size_t(1) << 24;
+    const int strip = static_cast<int>(std::max<size_t>(1, kStripBytes / (sizeof(float) * std::max(width, 1))));
+    const size_t model_plane = static_cast<size_t>(model_height) * model_width;
+    const float threshold = static_cast<float>(spec.threshold);
+    std::vector<uint8_t> mask(static_cast<size_t>(height) * width);
+    for (int begin = 0; begin < height; begin += strip) {
+        const int end = std::min(height, begin + strip);
+        uint8_t* out = &mask[static_cast<size_t>(begin) * width];
+        std::vector<float> best =
+            resize_bilinear_rows(probabilities, model_height, model_width, height, width, begin, end);
+        if (n_classes == 1) {
+            for (size_t p = 0; p < best.size(); ++p) out[p] = best[p] > threshold ? 1 : 0;
+            continue;
+        }
+        std::fill(out, out + best.size(), uint8_t{0});
+        for (int c = 1; c < n_classes; ++c) {  // first maximum wins on ties, as postprocess
+            const std::vector<float> rows = resize_bilinear_rows(probabilities + c * model_plane, model_height,
+                                                                 model_width, height, width, begin, end);
+            for (size_t p = 0; p < rows.size(); ++p)
+                if (rows[p] > best[p]) {
+                    best[p] = rows[p];
+                    out[p] = static_cast<uint8_t>(c);
+                }
+        }
+    }
+    return mask;
 }
 
 }  // namespace mrdl

@@ -77,7 +77,7 @@ float filter_one(const float* in, size_t stride, const FilterTaps& taps, int out
 
 /// Resize along the width: (H, W, C) -> (H, out_width, C).
 template <typename T>
-std::vector<T> horizontal_pass(const std::vector<T>& in, int height, int width, int channels, int out_width) {
+std::vector<T> horizontal_pass(const T* in, int height, int width, int channels, int out_width) {
     const FilterTaps taps = bilinear_taps(width, out_width);
     std::vector<T> out(static_cast<size_t>(height) * out_width * channels);
     for (int y = 0; y < height; ++y) {
@@ -92,7 +92,7 @@ std::vector<T> horizontal_pass(const std::vector<T>& in, int height, int width, 
 
 /// Resize along the height: (H, W, C) -> (out_height, W, C).
 template <typename T>
-std::vector<T> vertical_pass(const std::vector<T>& in, int height, int width, int channels, int out_height) {
+std::vector<T> vertical_pass(const T* in, int height, int width, int channels, int out_height) {
     const FilterTaps taps = bilinear_taps(height, out_height);
     const size_t row = static_cast<size_t>(width) * channels;
     std::vector<T> out(out_height * row);
@@ -101,37 +101,63 @@ std::vector<T> vertical_pass(const std::vector<T>& in, int height, int width, in
     return out;
 }
 
+/// (H, W, C) -> (out_height, out_width, C), read from `pixels` without copying it first.
 template <typename T>
-std::vector<T> resize(std::vector<T> pixels, int height, int width, int channels, int out_height, int out_width,
+std::vector<T> resize(const T* pixels, int height, int width, int channels, int out_height, int out_width,
                       PassOrder order) {
     if (height < 1 || width < 1 || out_height < 1 || out_width < 1)
         throw InputError("resize needs positive sizes, got " + std::to_string(height) + "x" + std::to_string(width) +
                          " -> " + std::to_string(out_height) + "x" + std::to_string(out_width));
     const bool horizontal = out_width != width;
     const bool vertical = out_height != height;
+    if (!horizontal && !vertical) return std::vector<T>(pixels, pixels + static_cast<size_t>(height) * width * channels);
     if (order == PassOrder::VerticalFirst && vertical) {
-        pixels = vertical_pass(pixels, height, width, channels, out_height);
-        return horizontal ? horizontal_pass(pixels, out_height, width, channels, out_width) : pixels;
+        std::vector<T> middle = vertical_pass(pixels, height, width, channels, out_height);
+        return horizontal ? horizontal_pass(middle.data(), out_height, width, channels, out_width) : middle;
     }
-    if (horizontal) pixels = horizontal_pass(pixels, height, width, channels, out_width);
-    return vertical ? vertical_pass(pixels, height, out_width, channels, out_height) : pixels;
+    if (!horizontal) return vertical_pass(pixels, height, width, channels, out_height);
+    std::vector<T> middle = horizontal_pass(pixels, height, width, channels, out_width);
+    return vertical ? vertical_pass(middle.data(), height, out_width, channels, out_height) : middle;
 }
 
 }  // namespace
 
+std::vector<float> resize_bilinear_rows(const float* plane, int height, int width, int out_height, int out_width,
+                                        int row_begin, int row_end) {
+    if (height < 1 || width < 1 || out_height < 1 || out_width < 1 || row_begin < 0 || row_end > out_height ||
+        row_begin >= row_end)
+        throw InputError("resize rows [" + std::to_string(row_begin) + ", " + std::to_string(row_end) + ") of " +
+                         std::to_string(height) + "x" + std::to_string(width) + " -> " + std::to_string(out_height) +
+                         "x" + std::to_string(out_width) + ": expected positive sizes and 0 <= begin < end <= " +
+                         std::to_string(out_height));
+    int low = row_begin, high = row_end;  // the input rows needed
+    FilterTaps vertical;
+    if (out_height != height) {
+        vertical = bilinear_taps(height, out_height);
+        low = vertical.first[row_begin];
+        high = vertical.first[row_end - 1] + vertical.count[row_end - 1];
+    }
+    std::vector<float> rows(plane + static_cast<size_t>(low) * width, plane + static_cast<size_t>(high) * width);
+    if (out_width != width) rows = horizontal_pass(rows.data(), high - low, width, 1, out_width);
+    if (out_height == height) return rows;
+    std::vector<float> out(static_cast<size_t>(row_end - row_begin) * out_width);
+    for (int y = row_begin; y < row_end; ++y)
+        for (int x = 0; x < out_width; ++x)
+            out[static_cast<size_t>(y - row_begin) * out_width + x] =
+                filter_one(&rows[static_cast<size_t>(vertical.first[y] - low) * out_width + x], out_width, vertical, y);
+    return out;
+}
+
 Image resize_bilinear(const ImageView& image, int out_height, int out_width, PassOrder order) {
     if (image.channels < 1 || image.channels > 4)
         throw InputError("resize expects 1 to 4 channels, got " + std::to_string(image.channels));
-    const size_t size = static_cast<size_t>(std::max(image.height, 0)) * std::max(image.width, 0) * image.channels;
-    std::vector<uint8_t> pixels(image.data, image.data + size);
     return Image{out_height, out_width, image.channels,
-                 resize(std::move(pixels), image.height, image.width, image.channels, out_height, out_width, order)};
+                 resize(image.data, image.height, image.width, image.channels, out_height, out_width, order)};
 }
 
 std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width,
                                    PassOrder order) {
-    std::vector<float> values(plane, plane + static_cast<size_t>(std::max(height, 0)) * std::max(width, 0));
-    return resize(std::move(values), height, width, 1, out_height, out_width, order);
+    return resize(plane, height, width, 1, out_height, out_width, order);
 }
 
 }  // namespace mrdl

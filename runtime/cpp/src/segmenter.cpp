@@ -9,7 +9,7 @@
 namespace mrdl {
 
 Segmenter::Segmenter(const std::string& model_dir, const SegmenterOptions& options)
-    : max_pixels_(options.max_pixels) {
+    : max_pixels_(options.max_pixels), with_probabilities_(options.with_probabilities) {
     if (!std::filesystem::is_directory(model_dir))
         throw ManifestError(model_dir + " is not a directory (expected a model directory written by mrdl-export)");
     manifest_ = Manifest::load((std::filesystem::path(model_dir) / "model.json").string());
@@ -75,12 +75,22 @@ std::vector<Segmentation> Segmenter::segment(const std::vector<ImageView>& image
             backend_->run(batch, text_size ? &text : nullptr, static_cast<int64_t>(count));  // (B, K, H, W)
         for (size_t k = 0; k < count; ++k) {
             const ImageView& image = images[whole[start + k]];
-            results[whole[start + k]] = postprocess(probabilities.data() + k * out_plane, manifest_.n_classes,
-                                                    pre.height, pre.width, image.height, image.width,
-                                                    manifest_.postprocessing);
+            results[whole[start + k]] =
+                finish(probabilities.data() + k * out_plane, pre.height, pre.width, image.height, image.width);
         }
     }
     return results;
+}
+
+Segmentation Segmenter::finish(const float* probabilities, int model_height, int model_width, int height,
+                               int width) const {
+    if (with_probabilities_)
+        return postprocess(probabilities, manifest_.n_classes, model_height, model_width, height, width,
+                           manifest_.postprocessing);
+    return Segmentation{height, width, manifest_.n_classes,
+                        mask_at_size(probabilities, manifest_.n_classes, model_height, model_width, height, width,
+                                     manifest_.postprocessing),
+                        {}};
 }
 
 Segmentation Segmenter::segment_tiled(const ImageView& image, const std::vector<float>* text_features,
@@ -89,7 +99,11 @@ Segmentation Segmenter::segment_tiled(const ImageView& image, const std::vector<
     const std::array<int, 2> model_size{pre.height, pre.width};
     const TilePlan plan = plan_tiles(image.height, image.width, *manifest_.source_size, model_size, tiling.overlap);
     Image resampled;  // (h, w, 3) uint8 at the training scale
-    {
+    if (image.channels == 3) {  // already RGB: resampled straight from the caller's pixels, no copy
+        check_pixel_count(image.height, image.width, max_pixels_);
+        if (image.data == nullptr) throw InputError("image has no pixel data (expected an HxWxC buffer)");
+        resampled = resize_bilinear(image, plan.resampled_size[0], plan.resampled_size[1], PassOrder::HorizontalFirst);
+    } else {
         const Image rgb = to_rgb8(image, max_pixels_);
         resampled = resize_bilinear(rgb.view(), plan.resampled_size[0], plan.resampled_size[1],
                                     PassOrder::HorizontalFirst);
@@ -102,8 +116,8 @@ Segmentation Segmenter::segment_tiled(const ImageView& image, const std::vector<
     };
     const std::vector<float> stitched = stitch(resampled.view(), plan, run, model_size, manifest_.n_classes,
                                                manifest_.max_batch, pre.scale, tiling.blend);  // (C, h, w)
-    Segmentation result = postprocess(stitched.data(), manifest_.n_classes, plan.resampled_size[0],
-                                      plan.resampled_size[1], image.height, image.width, manifest_.postprocessing);
+    Segmentation result =
+        finish(stitched.data(), plan.resampled_size[0], plan.resampled_size[1], image.height, image.width);
     result.tiled = true;
     return result;
 }

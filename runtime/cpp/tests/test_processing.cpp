@@ -67,6 +67,18 @@ int main(int argc, char** argv) {
                     else margin = std::fabs(expected[result.mask[p] * plane + p] - expected[mask[p] * plane + p]);
                     check(margin <= 2 * kFloatTolerance, "mask differs at pixel " + std::to_string(p));
                 }
+            const int k = c.at("n_classes"), mh = c.at("model_size")[0], mw = c.at("model_size")[1];
+            const int h = c.at("size")[0], w = c.at("size")[1];
+            check(mask_at_size(probs.data(), k, mh, mw, h, w, spec) == result.mask,
+                  "mask_at_size (strips) differs from postprocess's mask");
+            for (int begin = 0; begin < h; begin += 7) {  // any strip: the rows of the whole resize, bit for bit
+                const int end = std::min(h, begin + 7);
+                const std::vector<float> rows = resize_bilinear_rows(probs.data(), mh, mw, h, w, begin, end);
+                const std::vector<float> whole(result.probabilities.begin() + static_cast<size_t>(begin) * w,
+                                               result.probabilities.begin() + static_cast<size_t>(end) * w);
+                check(rows == whole, "resize_bilinear_rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                                         ") differs from the whole resize");
+            }
         });
     }
 

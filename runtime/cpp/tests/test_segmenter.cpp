@@ -128,6 +128,20 @@ int main(int argc, char** argv) {
         check(results[1].mask == cases[0].mask, "whole image in a batch");
         check(results[2].mask == segmenter.segment(tiled_cases[2].view, {}, tile_options[0]).mask, "second tiled image");
     });
+    run("masks only (with_probabilities = false): the same masks, no probabilities", [&] {
+        SegmenterOptions options;
+        options.with_probabilities = false;
+        const Segmenter masks_only(dir + "/" + segment.at("model_dir").get<std::string>(), options);
+        for (const Case& c : cases) {
+            const Segmentation result = masks_only.segment(c.view);
+            check(result.mask == c.mask && result.probabilities.empty() && !result.tiled, c.name + ": whole image");
+        }
+        for (size_t t = 0; t < tiled_cases.size(); ++t) {
+            const Segmentation result = masks_only.segment(tiled_cases[t].view, {}, tile_options[t]);
+            check(result.mask == tiled_cases[t].mask && result.probabilities.empty() && result.tiled == expect_tiled[t],
+                  tiled_cases[t].name + ": tiled");
+        }
+    });
     run("bad tile options are refused", [&] {
         TileOptions options;
         options.overlap = 1.0;

@@ -44,6 +44,9 @@ struct MRDL_API SegmenterOptions {
     bool verify_artifacts = true;
     /// Segmenter::segment refuses images with more pixels (height * width) than this.
     size_t max_pixels = kDefaultMaxPixels;
+    /// false: Segmentation::probabilities stays empty and the mask is computed in row strips, so the
+    /// n_classes x H x W float probabilities of a large image never exist (mrdl_segment sets it).
+    bool with_probabilities = true;
 };
 
 /// A loaded model. `run` takes the image batch (B, 3, H, W) and, under fusion "addition", the

@@ -23,7 +23,7 @@ struct MRDL_API Segmentation {
     int width = 0;
     int n_classes = 0;
     std::vector<uint8_t> mask;          // (H, W): 0/1 for one class, else the argmax class index
-    std::vector<float> probabilities;   // (n_classes, H, W)
+    std::vector<float> probabilities;   // (n_classes, H, W); empty when SegmenterOptions::with_probabilities is false
     bool tiled = false;                 // segmented in windows at the training scale (mrdl/tiling.hpp)
 };
 
@@ -32,5 +32,11 @@ struct MRDL_API Segmentation {
 /// threshold) or arg-maxed (first maximum wins on ties).
 MRDL_API Segmentation postprocess(const float* probabilities, int n_classes, int model_height, int model_width,
                          int height, int width, const Postprocessing& spec);
+
+/// The mask of postprocess() alone, computed in row strips of about 16 MB of float32 (one class
+/// map's strip at a time, a running maximum over classes), so the n_classes x height x width
+/// probabilities never exist at once; equal to postprocess(...).mask.
+MRDL_API std::vector<uint8_t> mask_at_size(const float* probabilities, int n_classes, int model_height,
+                                           int model_width, int height, int width, const Postprocessing& spec);
 
 }  // namespace mrdl

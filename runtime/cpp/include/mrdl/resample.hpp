@@ -32,4 +32,10 @@ MRDL_API Image resize_bilinear(const ImageView& image, int out_height, int out_w
 MRDL_API std::vector<float> resize_bilinear(const float* plane, int height, int width, int out_height, int out_width,
                                    PassOrder order = PassOrder::HorizontalFirst);
 
+/// Output rows [row_begin, row_end) of the horizontal-first float resize above, (row_end -
+/// row_begin, out_width): bit-identical to those rows of the whole resize (each intermediate row
+/// depends on its input row alone), computed from only the input rows the vertical taps read.
+MRDL_API std::vector<float> resize_bilinear_rows(const float* plane, int height, int width, int out_height,
+                                                 int out_width, int row_begin, int row_end);
+
 }  // namespace mrdl

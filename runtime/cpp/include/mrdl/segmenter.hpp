@@ -63,7 +63,11 @@ private:
 
     Manifest manifest_;
     std::unique_ptr<Backend> backend_;
+    /// The mask (and, with_probabilities_, the probabilities) at height x width from (C, h, w) maps.
+    Segmentation finish(const float* probabilities, int model_height, int model_width, int height, int width) const;
+
     size_t max_pixels_ = kDefaultMaxPixels;
+    bool with_probabilities_ = true;
 };
 
 }  // namespace mrdl
