@@ -4,8 +4,8 @@
 #   runtime/cpp/scripts/fetch_onnxruntime.sh [PYTHON]
 #
 # 1. Build tools and libraries from Debian (cmake, a C++ compiler, pkg-config, libpng-dev,
-#    libtiff-dev, nlohmann-json3-dev): used when present; installed with apt-get when missing and running as
-#    root; otherwise the script stops and names the packages to install.
+#    libtiff-dev, nlohmann-json3-dev): used when present; installed with apt-get when missing and
+#    running as root; otherwise the script stops and names the packages to install.
 # 2. ONNX Runtime, assembled in the usual release layout (include/, lib/) under
 #    runtime/cpp/third_party/onnxruntime:
 #    - where the system's apt sources carry libonnxruntime-dev (Debian 13 and later), that
