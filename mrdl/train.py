@@ -443,7 +443,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 stopped_early = True
                 break
             epoch = progress_state["epoch"] + 1
-            tic = time.perf_counter()
+            tic, cpu_tic = time.perf_counter(), time.process_time()
             train_set.set_epoch(epoch)
             sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
                                          seed=seed, drop_last=False)
@@ -453,7 +453,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
             lr = optimizer.param_groups[0]["lr"]
             with tqdm(total=len(loader), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress) as bar:
                 losses, samples = _train_epoch(engine, loader, texts, config, progress_state["step"], bar)
-            train_seconds = time.perf_counter() - tic
+            train_seconds, train_cpu = time.perf_counter() - tic, time.process_time() - cpu_tic
             trained_samples += samples
             trained_seconds += train_seconds
             _step_scheduler(scheduler, config, epoch)
@@ -483,7 +483,8 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 plot_training_curves(history, out_dir / CURVES)
                 save_checkpoint(out_dir / LAST, model, provenance={**provenance, "epoch": epoch, "step": step})
                 _save_state(out_dir, model, optimizer, scheduler, settings, progress_state, provenance, ema, scaler,
-                            samples_per_s=samples / train_seconds)
+                            throughput={"samples_per_s": samples / train_seconds,
+                                        "samples_per_cpu_s": samples / dist.world_size / max(train_cpu, 1e-9)})
                 decision = [1.0, progress_state["best_val_dice"], float(progress_state["best_epoch"]),
                             float(progress_state["bad_epochs"])]
             decision = dist.broadcast_flags(decision)  # the other ranks wait here for rank 0's verdict
@@ -510,7 +511,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
 
 
 def _save_state(out_dir: Path, model, optimizer, scheduler, settings: dict, progress_state: dict,
-                provenance: dict, ema=None, scaler=None, samples_per_s: float | None = None) -> None:
+                provenance: dict, ema=None, scaler=None, throughput: dict | None = None) -> None:
     """Write the commit point resume.safetensors, then the readable summary run.json."""
     save_train_state(out_dir / RESUME, model=model, optimizer=optimizer, scheduler=scheduler, settings=settings,
                      progress=progress_state, provenance=provenance,
@@ -518,7 +519,7 @@ def _save_state(out_dir: Path, model, optimizer, scheduler, settings: dict, prog
                      scaler=scaler.state_dict() if scaler is not None else None)
     summary = {"settings": settings, "epoch": progress_state["epoch"], "best_val_dice": progress_state["best_val_dice"],
                "best_epoch": progress_state["best_epoch"]}
-    if samples_per_s is not None and math.isfinite(samples_per_s):
-        summary["samples_per_s_last_epoch"] = samples_per_s
+    if throughput is not None:  # the last epoch's training speed: wall clock (all ranks), and per CPU second of rank 0
+        summary["last_epoch_throughput"] = {k: v for k, v in throughput.items() if math.isfinite(v)}
     with atomic_path(out_dir / RUN_JSON) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
