@@ -188,6 +188,7 @@ class Segmenter:
         stitched = stitch(resampled, plan, lambda batch: self.infer(batch, text), model_size=manifest.size,
                           n_classes=manifest.n_classes, max_batch=manifest.max_batch, scale=manifest.scale,
                           options=options)  # (C, h, w)
+        del resampled  # not held while the maps are resized to the input size
         threshold = manifest.threshold
         if at_model_size:
             stitched = np.ascontiguousarray(stitched)

@@ -283,6 +283,24 @@ def test_a_large_image_stays_within_the_memory_bound(segmenter):
     assert peak - prediction.mask.nbytes < 24 * 2 ** 20, f"peak {peak / 2**20:.1f} MiB"
 
 
+def test_peak_rss_script_measures_a_tiled_prediction(model_dir, tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    deploy = tmp_path / "deploy"
+    shutil.copytree(model_dir, deploy)
+    manifest = json.loads((deploy / "model.json").read_text())
+    (deploy / "model.json").write_text(json.dumps({**manifest, "source_size": [150, 150]}))
+    args = [sys.executable, str(repo_root / "benchmarks" / "peak_rss.py"), "--tiled", "--size", "300",
+            "--model-dir", str(deploy), "--workdir", str(tmp_path)]
+    within = subprocess.run([*args, "--limit-mb", "100000"], capture_output=True, text=True)
+    assert within.returncode == 0, within.stderr
+    assert "tiled=True, mask (300, 300)" in within.stdout
+    assert "peak RSS of a tiled prediction on one 300x300 RGB image (in memory, counted):" in within.stdout
+    above = subprocess.run([*args, "--limit-mb", "1"], capture_output=True, text=True)
+    assert above.returncode == 1 and "ABOVE the limit of 1 MB" in above.stdout
+
+
 # ----------------------------------------------------------------------------- source_size chain
 
 def test_manifest_source_size_is_optional_and_validated(model_dir):
