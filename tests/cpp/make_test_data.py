@@ -28,6 +28,7 @@ Pillow, onnxruntime and torch change, and reused otherwise (exporting takes most
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import struct
@@ -130,9 +131,11 @@ def _postprocess_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
 
 def _write_tiff(path: Path, pixels: np.ndarray, *, photometric: int, byte_order: str = "<", tile: int | None = None,
                 rows_per_strip: int | None = None, planar: int = 1, deflate: bool = False, predictor: bool = False,
-                extra_samples: tuple[int, ...] = (), sample_format: int = 1) -> None:
+                extra_samples: tuple[int, ...] = (), sample_format: int = 1, jpeg_quality: int | None = None) -> None:
     """A baseline TIFF writer for the layouts Pillow cannot write: tiles, 16-bit RGB(A), big-endian,
-    separate planes, deflate with the horizontal predictor. ``pixels`` is (H, W, C) of the sample dtype."""
+    separate planes, deflate with the horizontal predictor, and YCbCr JPEG tiles (``jpeg_quality``:
+    each tile a complete 4:2:0 JPEG stream from Pillow, photometric YCbCr, as whole-slide images
+    store them). ``pixels`` is (H, W, C) of the sample dtype."""
     height, width, samples = pixels.shape
     chunks = []  # the strips or tiles in file order (plane by plane when planar == 2)
     for plane in ([slice(None)] if planar == 1 else [slice(s, s + 1) for s in range(samples)]):
@@ -146,6 +149,11 @@ def _write_tiff(path: Path, pixels: np.ndarray, *, photometric: int, byte_order:
                 chunk = np.array(part if chunk is None else chunk)[:, :, plane]
                 if predictor:  # horizontal differencing, modulo 2**bits
                     chunk[:, 1:] = chunk[:, 1:] - chunk[:, :-1]
+                if jpeg_quality is not None:
+                    encoded = io.BytesIO()
+                    Image.fromarray(chunk).save(encoded, "JPEG", quality=jpeg_quality, subsampling=2)
+                    chunks.append(encoded.getvalue())
+                    continue
                 raw = chunk.astype(pixels.dtype.newbyteorder(byte_order)).tobytes()
                 chunks.append(zlib.compress(raw) if deflate else raw)
     e = byte_order
@@ -156,10 +164,13 @@ def _write_tiff(path: Path, pixels: np.ndarray, *, photometric: int, byte_order:
         out += raw + b"\0" * (len(raw) % 2)
     SHORT, LONG = 3, 4
     tags = {256: (LONG, [width]), 257: (LONG, [height]), 258: (SHORT, [pixels.dtype.itemsize * 8] * samples),
-            259: (SHORT, [8 if deflate else 1]), 262: (SHORT, [photometric]), 277: (SHORT, [samples]),
+            259: (SHORT, [7 if jpeg_quality is not None else 8 if deflate else 1]), 262: (SHORT, [photometric]),
+            277: (SHORT, [samples]),
             284: (SHORT, [planar]), 339: (SHORT, [sample_format] * samples)}
     if predictor:
         tags[317] = (SHORT, [2])
+    if jpeg_quality is not None:
+        tags[530] = (SHORT, [2, 2])  # YCbCrSubSampling 4:2:0, what the JPEG streams hold
     if extra_samples:
         tags[338] = (SHORT, list(extra_samples))
     sizes = [len(raw) for raw in chunks]
@@ -185,8 +196,8 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
     """TIFF files with what ``mrdl_runtime.imaging.read_image`` (Pillow) decodes them to.
 
     Pillow writes the strip layouts it can (8/16-bit gray, RGB, RGBA, LA, bilevel, palette, float,
-    int32; raw, LZW, deflate, PackBits, Group 4); ``_write_tiff`` the rest (tiles, 16-bit RGB(A),
-    big-endian, separate planes, deflate with predictor). Each hand-written file's decoding is also
+    int32; raw, LZW, deflate, PackBits, JPEG, Group 4); ``_write_tiff`` the rest (tiles, 16-bit
+    RGB(A), big-endian, separate planes, deflate with predictor, YCbCr JPEG tiles). Each hand-written file's decoding is also
     checked against ``to_rgb8`` of the array written, so the vectors hold the rule, not a Pillow quirk.
     Cases with an ``error`` are files the C++ reader refuses (the fragment its message contains).
     """
@@ -198,6 +209,8 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
     rgb8, rgba8 = noise(37, 45, 3, np.uint8), noise(37, 45, 4, np.uint8)
     rgb16, rgba16, gray16 = noise(35, 40, 3, np.uint16), noise(35, 40, 4, np.uint16), noise(35, 40, 1, np.uint16)
     gray8 = noise(41, 50, 1, np.uint8)
+    ramp = np.linspace(0, 255, 70 * 90 * 3).reshape(70, 90, 3)  # smooth: JPEG keeps it close
+    smooth = np.clip(ramp + rng.normal(0, 6, size=ramp.shape), 0, 255).astype(np.uint8)
     pillow = [  # name, Pillow image, save keywords
         ("pillow_gray8_raw", Image.fromarray(gray8[:, :, 0]), {}),
         ("pillow_gray8_lzw", Image.fromarray(gray8[:, :, 0]), {"compression": "tiff_lzw"}),
@@ -205,6 +218,7 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
         ("pillow_gray16_big_endian", Image.fromarray(gray16[:, :, 0]).convert("I;16B"), {}),
         ("pillow_rgb8_lzw_strips", Image.fromarray(noise(300, 200, 3, np.uint8)), {"compression": "tiff_lzw"}),
         ("pillow_rgb8_packbits", Image.fromarray(rgb8), {"compression": "packbits"}),
+        ("pillow_rgb8_jpeg", Image.fromarray(noise(64, 48, 3, np.uint8)), {"compression": "jpeg", "quality": 90}),
         ("pillow_rgba8_deflate", Image.fromarray(rgba8), {"compression": "tiff_deflate"}),
         ("pillow_la8", Image.fromarray(rgba8[:, :, :2], mode="LA"), {}),
         ("pillow_bilevel_group4", Image.fromarray(gray8[:, :, 0] > 127), {"compression": "group4"}),
@@ -226,11 +240,13 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
         ("rgb16_tiles_planar_deflate", rgb16, {"photometric": 2, "tile": 16, "planar": 2, "deflate": True}),
         ("rgba16_tiles", rgba16, {"photometric": 2, "tile": 16, "extra_samples": (2,)}),
         ("gray16_tiles_big_endian_deflate", gray16, {"photometric": 1, "tile": 32, "byte_order": ">", "deflate": True}),
+        ("ycbcr_jpeg_tiles", smooth, {"photometric": 6, "tile": 32, "jpeg_quality": 90}),
     ]
     refused = [  # name, array, keywords, the C++ reader's message fragment
         ("error_associated_alpha", rgba8, {"photometric": 2, "extra_samples": (1,)}, "associated (premultiplied) alpha"),
         ("error_gray16_min_is_white", gray16, {"photometric": 0}, "min-is-white TIFF with 16-bit samples"),
         ("error_cmyk", rgba8, {"photometric": 5}, "photometric interpretation CMYK"),
+        ("error_ycbcr_uncompressed", rgb8, {"photometric": 6}, "YCbCr (other than JPEG-compressed)"),
     ]
     cases = []
 
@@ -249,8 +265,13 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
     for name, pixels, options in written:
         _write_tiff(folder / f"{name}.tif", pixels, **options)
         record(name, folder / f"{name}.tif")
-        source = 255 - pixels if options["photometric"] == 0 else pixels
-        assert np.array_equal(read_image(folder / f"{name}.tif"), to_rgb8(source)), f"{name}: Pillow breaks the rule"
+        source, decoded = 255 - pixels if options["photometric"] == 0 else pixels, read_image(folder / f"{name}.tif")
+        if "jpeg_quality" in options:  # lossy: the first tile is what Pillow's own JPEG decoder gives
+            side, encoded = options["tile"], io.BytesIO()
+            Image.fromarray(source[:side, :side]).save(encoded, "JPEG", quality=options["jpeg_quality"], subsampling=2)
+            assert np.array_equal(decoded[:side, :side], np.asarray(Image.open(encoded))), f"{name}: not the JPEG tile"
+        else:
+            assert np.array_equal(decoded, to_rgb8(source)), f"{name}: Pillow breaks the rule"
     for name, pixels, options, error in refused:
         _write_tiff(folder / f"{name}.tif", pixels, **options)
         record(name, folder / f"{name}.tif", error)

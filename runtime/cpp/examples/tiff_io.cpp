@@ -51,7 +51,7 @@ File open(const std::string& path, Messages& messages) {
 std::string photometric_name(uint16_t photometric) {
     switch (photometric) {
         case PHOTOMETRIC_SEPARATED: return "CMYK (separated)";
-        case PHOTOMETRIC_YCBCR: return "YCbCr";
+        case PHOTOMETRIC_YCBCR: return "YCbCr (other than JPEG-compressed)";
         case PHOTOMETRIC_CIELAB: return "CIELab";
         case PHOTOMETRIC_MASK: return "transparency mask";
         default: return "code " + std::to_string(photometric);
@@ -69,7 +69,7 @@ struct Layout {
     int per_chunk_pixel() const { return planar == PLANARCONFIG_SEPARATE ? 1 : samples; }  // samples per pixel in a chunk
 };
 
-Layout read_layout(TIFF* tif, const std::string& path, size_t max_pixels) {
+Layout read_layout(TIFF* tif, const std::string& path, size_t max_pixels, Messages& messages) {
     Layout l;
     TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &l.width);
     TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &l.height);
@@ -82,6 +82,15 @@ Layout read_layout(TIFF* tif, const std::string& path, size_t max_pixels) {
     if (!TIFFGetField(tif, TIFFTAG_PHOTOMETRIC, &l.photometric))
         throw InputError(path + ": TIFF without a PhotometricInterpretation tag; expected gray, RGB or palette");
     const std::string expected = "; the C++ reader takes gray, RGB or palette TIFFs (convert the file, e.g. to RGB)";
+    uint16_t compression = COMPRESSION_NONE;
+    TIFFGetFieldDefaulted(tif, TIFFTAG_COMPRESSION, &compression);
+    if (l.photometric == PHOTOMETRIC_YCBCR && compression == COMPRESSION_JPEG) {
+        // JPEG-compressed YCbCr (whole-slide images): libjpeg converts to RGB and upsamples the
+        // chroma, as Pillow has libtiff do; from here on the file reads as 8-bit RGB.
+        if (!TIFFSetField(tif, TIFFTAG_JPEGCOLORMODE, JPEGCOLORMODE_RGB))
+            throw InputError(path + ": cannot decode JPEG YCbCr as RGB: " + messages.error);
+        l.photometric = PHOTOMETRIC_RGB;
+    }
     switch (l.photometric) {
         case PHOTOMETRIC_MINISBLACK:
         case PHOTOMETRIC_MINISWHITE:
@@ -215,7 +224,7 @@ Image read_rgb(const std::string& path, size_t max_pixels) {
     Messages messages;
     File tif = open(path, messages);
     if (!tif) throw InputError("cannot read " + path + " as a TIFF image: " + messages.error);
-    const Layout l = read_layout(tif.get(), path, max_pixels);
+    const Layout l = read_layout(tif.get(), path, max_pixels, messages);
     const int h = static_cast<int>(l.height), w = static_cast<int>(l.width), kept = l.kept();
 
     if (l.format == SAMPLEFORMAT_IEEEFP) {

@@ -13,12 +13,13 @@ namespace mrdl::tiff {
 /// - strips or tiles, contiguous or separate planes, any compression this libtiff decodes
 ///   (none, LZW, deflate, PackBits, ... with or without a predictor), either byte order;
 /// - gray (min-is-black; min-is-white inverted for 1 to 8 bits), RGB, palette (colour map
-///   entries keep their high byte); 1/2/4-bit gray scaled to 0..255 (v * 255 / (2^bits - 1));
+///   entries keep their high byte), JPEG-compressed YCbCr (libjpeg's RGB conversion, as Pillow
+///   has libtiff do); 1/2/4-bit gray scaled to 0..255 (v * 255 / (2^bits - 1));
 /// - unsigned 8- and 16-bit samples (16-bit: the high byte), signed 16/32-bit integers (values
 ///   in [0, 65535]: as 16-bit) and 32/64-bit floats ([0, 1] or [0, 255]), through mrdl::to_rgb8;
 /// - an unassociated alpha or unspecified extra samples are dropped.
-/// Refused with an InputError naming what was found: other photometric interpretations (YCbCr,
-/// CMYK, CIELab, ...), associated (premultiplied) alpha, 16-bit min-is-white, bit depths other
+/// Refused with an InputError naming what was found: other photometric interpretations (YCbCr
+/// without JPEG, CMYK, CIELab, ...), associated (premultiplied) alpha, 16-bit min-is-white, bit depths other
 /// than 1, 2, 4, 8, 16, 32 (64 for floats), damaged files, and more than `max_pixels` pixels
 /// (checked from the header, before any pixel data is read).
 Image read_rgb(const std::string& path, size_t max_pixels = kDefaultMaxPixels);
