@@ -22,7 +22,8 @@ from .backends import make_runner, select_backend
 from .imaging import ImageInputError, check_image, mask_at_size, preprocess, probabilities_to_mask, resize_probabilities
 from .manifest import Manifest, load_manifest
 from .runner import Runner
-from .tiling import DEFAULT_OVERLAP, TileOptions, mask_at, plan_tiles, probabilities_at, resample_rgb, should_tile, stitch
+from .tiling import (DEFAULT_OVERLAP, TileOptions, mask_at, plan_tiles, probabilities_at, resample_rgb, should_tile,
+                     stitch)
 
 logger = logging.getLogger("mrdl_runtime")
 

@@ -447,7 +447,8 @@ def tiling_vectors() -> dict:
                              "resampled_size": list(resampled_size(image, source, model))}
                             for image, source, model in TILING_SIZES],
         "window_starts": [{"length": length, "window": window, "overlap": overlap,
-                           "starts": window_starts(length, window, overlap)} for length, window, overlap in TILING_WINDOWS],
+                           "starts": window_starts(length, window, overlap)}
+                          for length, window, overlap in TILING_WINDOWS],
         "weights": [{"model_size": list(size), "blend": blend, "weights": _flat(blend_weights(size, blend))}
                     for size, blend in [((64, 64), "gaussian"), ((64, 48), "gaussian"), ((224, 224), "gaussian"),
                                         ((7, 5), "gaussian"), ((64, 48), "constant")]],
