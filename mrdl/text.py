@@ -240,14 +240,16 @@ def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
             f"{cfg.clip_model} has width={arch['width']}, context={arch['context_length']}")
     tag = None if random_init else (pretrained or PAPER_WEIGHTS.get(cfg.clip_model))
     random_tower = random_init or (weights is None and tag is None)
+    path = None  # found before the tower is built, so a missing file is reported at once
+    if not random_tower:
+        path = Path(weights) if weights is not None else _pretrained_file(cfg.clip_model, tag,
+                                                                          connect_timeout=connect_timeout)
     act_layer = _activation(cfg.clip_model, None if random_tower else tag)
     model = TextTransformer(**arch, output_dim=None, output_tokens=True, proj_type="none", act_layer=act_layer)
     tokenizer_name = "ViT-B-32" if cfg.clip_model == "custom" else cfg.clip_model
     tokenizer = open_clip.get_tokenizer(tokenizer_name)
 
-    if not random_tower:
-        path = Path(weights) if weights is not None else _pretrained_file(cfg.clip_model, tag,
-                                                                          connect_timeout=connect_timeout)
+    if path is not None:
         _load_text_state(model, read_clip_text_state(path), path, cfg.clip_model)
         provenance = file_sha256(path) if weights is not None else f"pretrained:{tag}"
     else:

@@ -130,7 +130,7 @@ def test_paper_weights_are_the_default_and_absence_fails_fast(dataset_root: Path
     tic = time.perf_counter()
     with pytest.raises(TextWeightsUnavailable) as failure:
         build_text_tower(load_config("small").model.text, connect_timeout=1.0)
-    assert time.perf_counter() - tic < 15  # building ViT-B-32's text tower itself takes a few seconds
+    assert time.perf_counter() - tic < 5  # the weights are looked for before the tower is built
     assert [c["repo_id"] for c in calls] == ["timm/vit_base_patch32_clip_224.openai"]
     assert calls[0]["filename"] == "open_clip_model.safetensors" and calls[0]["local_files_only"]
     message = str(failure.value)
