@@ -183,11 +183,13 @@ def resample_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 -> size[0] x size[1] x 3 uint8 by Pillow's bilinear rule, horizontal pass first,
     in row strips (about STRIP_BYTES of input rows at a time)."""
     (height, width), (out_h, out_w) = rgb.shape[:2], size
-    if out_h == height:
-        return _horizontal(rgb, out_w).copy() if out_w != width else rgb.copy()
-    taps = axis_taps(height, out_h)
     out = np.empty((out_h, out_w, 3), dtype=np.uint8)
     step = _strip_outputs(out_h, height / out_h, 4 * width)
+    if out_h == height:  # the horizontal pass alone (or none), strip by strip
+        for start in range(0, out_h, step):
+            out[start:start + step] = _horizontal(rgb[start:start + step], out_w)
+        return out
+    taps = axis_taps(height, out_h)
     for start in range(0, out_h, step):
         stop = min(start + step, out_h)
         low, high = taps.rows_needed(start, stop)
