@@ -282,6 +282,14 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
     damaged[8:40] = bytes(range(32))  # inside the first tile's deflate stream
     (folder / "error_damaged_tile.tif").write_bytes(bytes(damaged))
     record("error_damaged_tile", folder / "error_damaged_tile.tif", "as a TIFF image: ZIPDecode")
+    huge = bytearray((folder / "rgb8_tiles.tif").read_bytes())  # TileWidth/TileLength patched to 65536
+    (ifd,) = struct.unpack_from("<I", huge, 4)
+    (count,) = struct.unpack_from("<H", huge, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack_from("<H", huge, entry)[0] in (322, 323):
+            struct.pack_into("<I", huge, entry + 8, 65536)
+    (folder / "error_huge_tiles.tif").write_bytes(bytes(huge))
+    record("error_huge_tiles", folder / "error_huge_tiles.tif", "the reader takes at most 1073741824 bytes per tile")
     return cases
 
 

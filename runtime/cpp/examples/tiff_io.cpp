@@ -19,6 +19,8 @@
 namespace mrdl::tiff {
 namespace {
 
+constexpr uint64_t kMaxChunkBytes = uint64_t(1) << 30;  // one decoded strip or tile, at most 1 GiB
+
 /// libtiff's first error message for this file (warnings are ignored).
 struct Messages {
     std::string error;
@@ -170,6 +172,9 @@ std::vector<T> read_samples(TIFF* tif, const Layout& l, const std::string& path,
     if (chunk_width == 0 || chunk_height == 0) throw InputError(path + ": TIFF with empty tiles or strips");
     const tmsize_t chunk_bytes = tiled ? TIFFTileSize(tif) : TIFFStripSize(tif);
     if (chunk_bytes <= 0) throw InputError(path + ": cannot decode this TIFF: " + messages.error);
+    if (static_cast<uint64_t>(chunk_bytes) > kMaxChunkBytes)  // a hostile header must not allocate gigabytes
+        throw InputError(path + ": TIFF " + (tiled ? "tiles" : "strips") + " of " + std::to_string(chunk_bytes) +
+                         " bytes; the reader takes at most " + std::to_string(kMaxChunkBytes) + " bytes per tile or strip");
     const size_t row_bytes = (static_cast<size_t>(chunk_width) * l.per_chunk_pixel() * l.bits + 7) / 8;
     std::vector<uint8_t> buffer(static_cast<size_t>(chunk_bytes));
     for (int plane = 0; plane < l.planes(); ++plane) {
