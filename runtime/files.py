@@ -307,8 +307,8 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
     tiling = TileOptions(tile, overlap, blend)
     if not isinstance(segmenter, Segmenter) and tiling.tile is not False:  # mrdl predict --server
         raise ValueError("tiling runs in-process only: pass tile=False with a served model")
-    tile_options = {"tile": tiling.tile, "overlap": tiling.overlap, "blend": tiling.blend} \
-        if isinstance(segmenter, Segmenter) else {}
+    tile_options = {"tile": tiling.tile, "overlap": tiling.overlap, "blend": tiling.blend,
+                    "tile_progress": progress} if isinstance(segmenter, Segmenter) else {}
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

@@ -133,7 +133,7 @@ class Segmenter:
     def predict_batch(self, images: Sequence[np.ndarray], *, text_features: np.ndarray | None = None,
                       at_model_size: bool = False, channel_order: str = "RGB", with_probabilities: bool = True,
                       tile: str | bool = "auto", overlap: float = DEFAULT_OVERLAP,
-                      blend: str = "gaussian") -> list[Prediction]:
+                      blend: str = "gaussian", tile_progress: bool = False) -> list[Prediction]:
         """Segment several images (any sizes); the model runs in batches of at most ``max_batch``.
 
         Images go through :func:`~mrdl_runtime.imaging.to_rgb8` (uint8, uint16, bool, floats in
@@ -146,7 +146,8 @@ class Segmenter:
         overlapping model-size windows at the training scale, others whole; True tiles every image
         (it needs ``source_size``), False none. ``overlap`` in [0, 1) is the fraction of a window
         shared with its neighbour, ``blend`` "gaussian" (MONAI's weights) or "constant". A tiled
-        image's ``at_model_size`` result is at the training scale (its resampled size).
+        image's ``at_model_size`` result is at the training scale (its resampled size);
+        ``tile_progress`` shows a bar of each tiled image's windows on stderr.
         """
         options = TileOptions(tile, overlap, blend)
         if len(images) == 0:
@@ -164,7 +165,7 @@ class Segmenter:
         for i in (i for i, tiles in enumerate(tiled) if tiles):
             results[i] = self._predict_tiled(images[i], None if text is None else text[i], options,
                                              at_model_size=at_model_size, channel_order=channel_order,
-                                             with_probabilities=with_probabilities)
+                                             with_probabilities=with_probabilities, progress=tile_progress)
         return results
 
     def _finish(self, probs: np.ndarray, size: tuple[int, int], at_model_size: bool,
@@ -178,7 +179,8 @@ class Segmenter:
         return Prediction(probabilities_to_mask(probs, threshold=threshold), probs if with_probabilities else None)
 
     def _predict_tiled(self, image: np.ndarray, text: np.ndarray | None, options: TileOptions, *,
-                       at_model_size: bool, channel_order: str, with_probabilities: bool) -> Prediction:
+                       at_model_size: bool, channel_order: str, with_probabilities: bool,
+                       progress: bool = False) -> Prediction:
         """One image in blended windows at the training scale (docs/tiling.md), streamed in row strips."""
         manifest = self.manifest
         rgb = check_image(image, channel_order=channel_order)
@@ -188,7 +190,7 @@ class Segmenter:
         del rgb  # a converted copy (uint16, float, gray input) is not kept while the windows run
         stitched = stitch(resampled, plan, lambda batch: self.infer(batch, text), model_size=manifest.size,
                           n_classes=manifest.n_classes, max_batch=manifest.max_batch, scale=manifest.scale,
-                          options=options)  # (C, h, w)
+                          options=options, progress=progress)  # (C, h, w)
         del resampled  # not held while the maps are resized to the input size
         threshold = manifest.threshold
         if at_model_size:
@@ -202,12 +204,12 @@ class Segmenter:
 
     def predict(self, image: np.ndarray, *, text_features: np.ndarray | None = None, at_model_size: bool = False,
                 channel_order: str = "RGB", with_probabilities: bool = True, tile: str | bool = "auto",
-                overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian") -> Prediction:
+                overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", tile_progress: bool = False) -> Prediction:
         """Segment one image (HxWx3 RGB, gray HxW / HxWx1, gray+alpha, RGBA; uint8, uint16 or float);
-        ``tile``, ``overlap`` and ``blend`` as in :meth:`predict_batch`."""
+        ``tile``, ``overlap``, ``blend`` and ``tile_progress`` as in :meth:`predict_batch`."""
         return self.predict_batch([image], text_features=text_features, at_model_size=at_model_size,
                                   channel_order=channel_order, with_probabilities=with_probabilities,
-                                  tile=tile, overlap=overlap, blend=blend)[0]
+                                  tile=tile, overlap=overlap, blend=blend, tile_progress=tile_progress)[0]
 
     def close(self) -> None:
         """Release the backend."""

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from .imaging import STRIP_BYTES, to_model_input
 
@@ -235,10 +236,11 @@ def plan_tiles(image_size: tuple[int, int], source_size: tuple[int, int], model_
 
 def stitch(resampled: np.ndarray, plan: TilePlan, run: Callable[[np.ndarray], np.ndarray], *,
            model_size: tuple[int, int], n_classes: int, max_batch: int, scale: float,
-           options: TileOptions) -> np.ndarray:
+           options: TileOptions, progress: bool = False) -> np.ndarray:
     """Run every window of the resampled (h, w, 3) uint8 image and blend: -> (C, h, w) float32.
 
-    ``run`` maps a (B, 3, mh, mw) float32 batch (B <= max_batch) to (B, C, mh, mw) probabilities.
+    ``run`` maps a (B, 3, mh, mw) float32 batch (B <= max_batch) to (B, C, mh, mw) probabilities;
+    ``progress`` shows a bar of the windows (on stderr, removed when done).
     """
     (mh, mw), (hp, wp), (h, w) = model_size, plan.padded_size, plan.resampled_size
     padded = resampled
@@ -248,6 +250,7 @@ def stitch(resampled: np.ndarray, plan: TilePlan, run: Callable[[np.ndarray], np
     weights = blend_weights(model_size, options.blend)  # (mh, mw)
     num = np.zeros((n_classes, hp, wp), dtype=np.float32)
     den = np.zeros((hp, wp), dtype=np.float32)
+    bar = tqdm(total=len(plan.windows), desc="windows", unit="window", leave=False, disable=not progress)
     for begin in range(0, len(plan.windows), max_batch):
         chunk = plan.windows[begin:begin + max_batch]
         batch = np.stack([to_model_input(padded[y:y + mh, x:x + mw], scale) for y, x in chunk])  # (B, 3, mh, mw)
@@ -255,6 +258,8 @@ def stitch(resampled: np.ndarray, plan: TilePlan, run: Callable[[np.ndarray], np
         for (y, x), window in zip(chunk, probabilities):
             num[:, y:y + mh, x:x + mw] += weights * window  # float32 product, then float32 sum
             den[y:y + mh, x:x + mw] += weights
+        bar.update(len(chunk))
+    bar.close()
     num /= den
     return num[:, :h, :w]
 
