@@ -99,7 +99,8 @@ class TrainConfig:
     ``cosine-restarts`` repeats that anneal every ``lr_period`` epochs (SGDR, as LViT's code),
     ``constant`` keeps ``lr``. ``lr_period`` 0 means the epoch cap (what runs before it existed did).
     ``ema_decay`` > 0 also keeps an EMA of the weights (:mod:`mrdl.ema`); ``select`` says which
-    weights Val scores to pick the best checkpoint and to stop early: ``raw`` or ``ema``.
+    weights Val scores to pick the best checkpoint and to stop early: ``raw`` or ``ema``; with
+    ``val_window`` > 1 the criterion is the mean of those weights' last ``val_window`` Val Dice scores.
     ``batch_size`` is the global batch: it is split over processes (torchrun) and accumulation steps.
     """
 
@@ -114,6 +115,7 @@ class TrainConfig:
     min_lr: float = 0.0
     ema_decay: float = 0.0
     select: str = "raw"
+    val_window: int = 1
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.epochs < 0 or self.patience < 1:
@@ -125,6 +127,8 @@ class TrainConfig:
             raise ConfigError(f"lr_period must be >= 0 and 0 <= min_lr <= lr; got {self.lr_period}, {self.min_lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
+        if self.val_window < 1:
+            raise ConfigError(f"val_window must be >= 1 (1 = the epoch's own Val Dice), got {self.val_window}")
         if self.select not in ("raw", "ema") or (self.select == "ema" and self.ema_decay == 0.0):
             raise ConfigError(f"select must be 'raw' or 'ema' (the latter with ema_decay > 0), got {self.select!r} "
                               f"with ema_decay {self.ema_decay}")

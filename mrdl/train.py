@@ -114,11 +114,12 @@ class TrainResult:
 
 def run_config(config: MRDLConfig, *, epochs: int | None, batch_size: int | None, kl_weight: float | None,
                use_text: bool, recipe: Recipe | None = None, lr: float | None = None,
-               lr_period: int | None = None, ema_decay: float | None = None, select: str | None = None) -> MRDLConfig:
+               lr_period: int | None = None, ema_decay: float | None = None, select: str | None = None,
+               val_window: int | None = None) -> MRDLConfig:
     """The config a run trains with: the recipe, then explicit overrides; no text forces lambda_3 = 0."""
     config = apply_recipe(config, recipe)
     changes = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_period": lr_period, "ema_decay": ema_decay,
-               "select": select}
+               "select": select, "val_window": val_window}
     train = dataclasses.replace(config.train, **{k: v for k, v in changes.items() if v is not None})
     train.validate()
     kl = 0.0 if not use_text else (kl_weight if kl_weight is not None else config.loss.kl_weight)
@@ -300,7 +301,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 epochs: int | None = None, seed: int = 0, use_text: bool = True, kl_weight: float | None = None,
                 batch_size: int | None = None, recipe: str | Recipe | None = None, lr: float | None = None,
                 lr_period: int | None = None, ema_decay: float | None = None, select: str | None = None,
-                accumulate: int = 1, resume: bool = False, overwrite: bool = False,
+                val_window: int | None = None, accumulate: int = 1, resume: bool = False, overwrite: bool = False,
                 table_limits: TableLimits = TableLimits(), hardware: Hardware = Hardware(),
                 dist: Distributed | None = None, progress: bool = True,
                 on_epoch_end: Callable[[dict], None] | None = None,
@@ -310,7 +311,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
     ``use_text=False`` is the paper's no-text ablation (no text features, lambda_3 = 0); the prompt's
     features still come from ``embeddings_path``. ``recipe`` (a name of :data:`mrdl.recipes.RECIPES`)
     sets the dataset's batch, lr, lambda_3 and prompt; ``epochs``, ``batch_size``, ``lr``,
-    ``kl_weight``, ``lr_period``, ``ema_decay`` and ``select`` override it. ``accumulate`` splits
+    ``kl_weight``, ``lr_period``, ``ema_decay``, ``select`` and ``val_window`` override it. ``accumulate`` splits
     each process's share of a batch into that many micro-batches (one optimizer step).
     ``resume=True`` continues the run in ``out_dir`` with the settings saved there; only ``epochs``
     (the cap) may be given again, to raise or lower it; the other arguments except ``hardware``,
@@ -349,7 +350,8 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1, got {accumulate}")
         config = run_config(config, epochs=epochs, batch_size=batch_size, kl_weight=kl_weight, use_text=use_text,
-                            recipe=recipe, lr=lr, lr_period=lr_period, ema_decay=ema_decay, select=select)
+                            recipe=recipe, lr=lr, lr_period=lr_period, ema_decay=ema_decay, select=select,
+                            val_window=val_window)
         settings = {"data_root": str(Path(data_root).resolve()), "embeddings": str(Path(embeddings_path).resolve()),
                     "seed": seed, "use_text": use_text, "table_limits": dataclasses.asdict(table_limits),
                     "recipe": recipe.to_dict() if recipe is not None else None, "accumulate": accumulate}
@@ -428,7 +430,9 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                   + f"; {dist.world_size} process(es) x {accumulate} accumulation step(s), "
                     f"{config.train.batch_size // shards} image(s) per forward pass; {device}, {precision}"
                   + (f"; EMA decay {config.train.ema_decay:g}, best/early stop on "
-                     f"{'EMA' if select_ema else 'raw'} weights" if config.train.ema_decay else ""))
+                     f"{'EMA' if select_ema else 'raw'} weights" if config.train.ema_decay else "")
+                  + (f"; best/early stop on the mean Val Dice of the last {config.train.val_window} epochs"
+                     if config.train.val_window > 1 else ""))
     if on_start is not None and dist.is_main:
         on_start(start_line)
 
@@ -472,11 +476,19 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 row["seconds"] = time.perf_counter() - tic
                 history.append(row)
                 progress_state.update(epoch=epoch, step=step)
+                window = config.train.val_window
+                if window > 1:  # the criterion is the trailing mean of the selected weights' last Val scores
+                    column = "val_dice_ema" if select_ema else "val_dice"
+                    recent = [r[column] for r in history[-window:]]
+                    scored = float(np.mean(recent))
                 if scored > progress_state["best_val_dice"]:
                     progress_state.update(best_val_dice=scored, best_epoch=epoch, bad_epochs=0)
                     best_iou = row["val_iou_ema"] if chosen is not model else val_iou
+                    best_dice = row["val_dice_ema"] if chosen is not model else val_dice
+                    extra = {"val_dice_smoothed": scored, "val_window": window} if window > 1 else {}
                     save_checkpoint(out_dir / BEST, chosen, provenance={
-                        **provenance, "epoch": epoch, "step": step, "val_dice": scored, "val_iou": best_iou})
+                        **provenance, "epoch": epoch, "step": step, "val_dice": best_dice, "val_iou": best_iou,
+                        **extra})
                 else:
                     progress_state["bad_epochs"] += 1
                 _write_metrics(out_dir / METRICS_CSV, history)

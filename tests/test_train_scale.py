@@ -67,10 +67,16 @@ def test_recipe_is_printed_applied_and_stored(tmp_path: Path, tiny_config, data)
 
 
 def test_epoch_cap_is_only_a_limit_and_the_lr_period_its_own(tmp_path: Path, tiny_config, data):
-    """cosine over 2 epochs then held; a run capped at 2 and resumed with cap 4 equals a 4-epoch run."""
-    straight = _train(tiny_config, data, tmp_path / "straight", epochs=4, lr_period=2)
+    """cosine over 2 epochs then held; a run capped at 2 and resumed with cap 4 equals a 4-epoch run.
+    Both pick their best checkpoint on the mean Val Dice of the last 2 epochs (val_window)."""
+    straight = _train(tiny_config, data, tmp_path / "straight", epochs=4, lr_period=2, val_window=2)
     assert [row["lr"] for row in straight.history] == pytest.approx([1e-3, 5e-4, 0.0, 0.0], abs=1e-12)
-    capped = _train(tiny_config, data, tmp_path / "capped", epochs=2, lr_period=2)
+    dice = [row["val_dice"] for row in straight.history]
+    smoothed = [sum(dice[max(0, i - 1): i + 1]) / len(dice[max(0, i - 1): i + 1]) for i in range(4)]
+    best = read_checkpoint(straight.best_checkpoint).provenance
+    assert best["epoch"] == 1 + smoothed.index(max(smoothed)) and best["val_window"] == 2
+    assert best["val_dice_smoothed"] == pytest.approx(max(smoothed)) and best["val_dice"] == dice[best["epoch"] - 1]
+    capped = _train(tiny_config, data, tmp_path / "capped", epochs=2, lr_period=2, val_window=2)
     assert capped.epochs_completed == 2 and not capped.stopped_early
     raised = _resume(tmp_path / "capped", epochs=4)
     assert raised.epochs_completed == 4
