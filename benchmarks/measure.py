@@ -140,6 +140,47 @@ def matmul_peak_gflops(*, threads: int, size: int = 2048, repeats: int = 5) -> d
             "threads": threads, "seconds": best}
 
 
+def onnxruntime_gemm_peak(*, threads: int, precision: str = "int8", size: int = 2048, repeats: int = 5) -> dict:
+    """Measured GEMM rate of onnxruntime's CPU kernels, the way :func:`matmul_peak_gflops` measures FP32.
+
+    ``int8``: MatMulInteger with uint8 activations x int8 weights (a constant), the integer GEMM
+    class behind QLinearConv / QLinearMatMul in onnxruntime's INT8 models (u8 x s8 is the fast
+    x86 path; s8 x s8 has no fast kernel without AVX-VNNI-INT8). ``fp32``: MatMul in float32.
+    Giga-operations per second, 2 per multiply-accumulate, best of ``repeats``.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    if precision not in ("int8", "fp32"):
+        raise ValueError(f"precision must be int8 or fp32, got {precision!r}")
+    rng = np.random.default_rng(0)
+    if precision == "int8":
+        op, a_type, out_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+        a = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        b = rng.integers(-127, 128, (size, size), dtype=np.int8)
+    else:
+        op, a_type, out_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
+        a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+    graph = helper.make_graph([helper.make_node(op, ["A", "B"], ["Y"])], "gemm_peak",
+                              [helper.make_tensor_value_info("A", a_type, [size, size])],
+                              [helper.make_tensor_value_info("Y", out_type, [size, size])],
+                              [numpy_helper.from_array(b, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"A": a})  # warm-up: thread pool, packed weights
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"A": a})
+        best = min(best, time.perf_counter() - start)
+    kind = "MatMulInteger uint8 x int8" if precision == "int8" else "MatMul float32"
+    return {"gops": 2.0 * size**3 / best / 1e9, "precision": precision, "threads": threads, "seconds": best,
+            "method": f"onnxruntime {ort.__version__} {kind} {size}x{size}, best of {repeats}"}
+
+
 def flops_per_image(model: MRDL) -> int:
     """FLOPs of one image through the ``matmul``-phase PyTorch model (eval mode), by FlopCounterMode.
 

@@ -55,6 +55,7 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     phase_check: dict[str, float] = field(default_factory=dict)
     training_phase_parity: ParityResult | None = None  # FP32 ONNX vs the checkpoint's own (fft) phase
+    int8: dict[str, Any] | None = None  # INT8 recipe, FP32 islands, sensitivity search and task-accuracy gate
 
 
 @dataclass
@@ -64,6 +65,8 @@ class _Reference:
     inputs: list[np.ndarray]  # [images] [+ stand-in text features]
     source: str
     probabilities: np.ndarray
+    labels: np.ndarray | None = None  # ground truth (N, S, S) where the parity images have it
+    fp32_probabilities: np.ndarray | None = None  # the FP32 ONNX model's, for the INT8 task-accuracy gate
 
     def compare(self, onnx_path: Path) -> ParityResult:
         from .parity import compare, onnx_probabilities
@@ -93,6 +96,7 @@ class _Job:
     variant_reports: dict[str, dict] = field(default_factory=dict)
     ops: dict[str, int] = field(default_factory=dict)
     calibration_source: str | None = None
+    int8: dict[str, Any] = field(default_factory=dict)  # INT8 recipe, search and accuracy (manifest int8_quantization)
     engine: dict[str, Any] | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -156,7 +160,8 @@ class Exporter:
                             manifest=job.manifest, parity=job.parity, ops=job.ops, folding=job.folding.to_dict(),
                             trt_report=job.report, int8_path=published("int8"), fp16_path=published("fp16"),
                             engine_path=published("tensorrt"), sizes=sizes, timings=job.timings,
-                            phase_check=job.phase_check, training_phase_parity=job.phase_drift)
+                            phase_check=job.phase_check, training_phase_parity=job.phase_drift,
+                            int8=job.int8 or None)
 
     def deploy_module(self, job: _Job):
         """The checkpoint reduced to what inference needs (:mod:`mrdl_export.deploy`)."""
@@ -187,15 +192,21 @@ class Exporter:
         trained ``small`` model that alone moves a few probabilities by 1e-2 (masks agree to
         1e-5), while the export itself stays near 1e-6. That drift is measured too, gated on masks.
         """
-        from .parity import compare, onnx_probabilities, reference_probabilities
+        from mrdl.data.sources import EVALUATION_SPLITS
+
+        from .parity import compare, ground_truth, onnx_probabilities, reference_probabilities
 
         options, model = self.options, job.model
         trained_phase = job.config.model.phase  # the checkpoint's own phase implementation (usually fft)
         with _step(job, "parity gate"):
             mark = time.perf_counter()
-            inputs, source = _model_inputs(job.config, data=options.data, count=options.parity_images)
+            inputs, source, names = _model_inputs(job.config, data=options.data, count=options.parity_images)
             job.reference = _Reference(inputs, source, reference_probabilities(model, inputs))
             fp32_probabilities = onnx_probabilities(job.folder / job.artifacts["fp32"], inputs)
+            job.reference.fp32_probabilities = fp32_probabilities
+            if options.int8:
+                job.reference.labels = ground_truth(options.data, names, size=job.config.model.image_size,
+                                                    splits=EVALUATION_SPLITS)
             job.parity["fp32"] = compare(job.reference.probabilities, fp32_probabilities, source=source)
             if trained_phase != "matmul":  # the same weights with the phase as trained
                 with model.phase_mode(trained_phase):
@@ -211,26 +222,81 @@ class Exporter:
         """The INT8 (``options.int8``) and FP16 (``options.fp16``) models, compared with the gate's reference."""
         from mrdl.data.sources import CALIBRATION_SPLITS
 
-        from .quantize import convert_fp16, quantize_int8
+        from .parity import compare, onnx_probabilities
+        from .quantize import convert_fp16
 
         options, folder = self.options, job.folder
         fp32_path = folder / job.artifacts["fp32"]
         if options.int8:
             with _step(job, "int8 quantization"):
-                calibration, job.calibration_source = _model_inputs(
-                    job.config, data=options.calib_data or options.data, count=options.calib_images,
-                    splits=CALIBRATION_SPLITS, synthetic_offset=1000)
-                path = _timed(job, "int8", quantize_int8, fp32_path, folder / ARTIFACT_FILES["int8"], calibration,
-                              calib_method=options.calib_method, keep_fp32=tuple(options.int8_keep_fp32))
-                job.parity["int8"] = job.reference.compare(path)
-                if options.int8_min_dice is not None:
-                    _gate(job.parity["int8"], "INT8", ckpt=job.ckpt, atol=1.0, min_dice=options.int8_min_dice)
+                calib_data = options.calib_data or options.data
+                calibration, job.calibration_source, names = _model_inputs(
+                    job.config, data=calib_data, count=options.calib_images, splits=CALIBRATION_SPLITS,
+                    synthetic_offset=1000)
+                path = _timed(job, "int8", self._quantize, job, fp32_path, calibration, names, calib_data)
+                probabilities = onnx_probabilities(path, job.reference.inputs)
+                job.parity["int8"] = compare(job.reference.probabilities, probabilities, source=job.reference.source)
+                self._int8_gate(job, probabilities)
                 job.artifacts["int8"] = ARTIFACT_FILES["int8"]
         if options.fp16:
             with _step(job, "fp16 conversion"):
                 path = _timed(job, "fp16", convert_fp16, fp32_path, folder / ARTIFACT_FILES["fp16"])
                 job.parity["fp16"] = job.reference.compare(path)
                 job.artifacts["fp16"] = ARTIFACT_FILES["fp16"]
+
+    def _quantize(self, job: _Job, fp32_path: Path, calibration: list[np.ndarray], names: list[str],
+                  calib_data: Path | None) -> Path:
+        """``model.int8.onnx`` by ``int8_target``'s recipe; FP32 islands by hand or by the sensitivity search."""
+        from mrdl.data.sources import CALIBRATION_SPLITS
+
+        from .mixed_precision import search_fp32_blocks
+        from .parity import ground_truth
+        from .quantize import AUTO, Int8Model, excluded_nodes, quantize_full, quantize_int8_model, save_model
+
+        options, out = self.options, job.folder / ARTIFACT_FILES["int8"]
+        keep = tuple(options.int8_keep_fp32)
+        if AUTO not in keep:
+            try:
+                int8 = quantize_int8_model(fp32_path, out, calibration, calib_method=options.calib_method,
+                                           keep_fp32=keep, target=options.int8_target)
+            except ValueError as exc:
+                raise ExportError(str(exc)) from exc
+            job.int8 = int8.to_dict()
+            return out
+        quantized, fp32 = quantize_full(fp32_path, calibration, calib_method=options.calib_method,
+                                        target=options.int8_target)
+        labels = ground_truth(calib_data, names, size=job.config.model.image_size, splits=CALIBRATION_SPLITS,
+                              synthetic_offset=1000)
+        model, search = search_fp32_blocks(quantized, fp32, calibration, labels, source=job.calibration_source,
+                                           max_drop_points=options.int8_max_dice_drop, progress=options.progress)
+        save_model(model, out)
+        int8 = Int8Model(path=out, target=options.int8_target, kept=search.kept,
+                         fp32_nodes=excluded_nodes(fp32, keep_fp32=tuple(search.kept)))
+        job.int8 = {**int8.to_dict(), "search": search.to_dict()}
+        return out
+
+    def _int8_gate(self, job: _Job, probabilities: np.ndarray) -> None:
+        """Task Dice against ground truth, INT8 vs FP32 ONNX, on the parity images (when labelled); then the
+        optional mask-agreement gate. :class:`ParityError` when either fails."""
+        from .parity import task_accuracy
+
+        options, reference = self.options, job.reference
+        if reference.labels is None:
+            job.int8["accuracy"] = {"measured": False,
+                                    "reason": f"the parity images ({reference.source}) have no ground truth masks"}
+        else:
+            accuracy = task_accuracy(reference.fp32_probabilities, probabilities, reference.labels,
+                                     source=reference.source, max_drop_points=options.int8_max_dice_drop)
+            job.int8["accuracy"] = {"measured": True, **accuracy.to_dict()}
+            if not accuracy.passes:
+                raise ParityError(
+                    f"INT8 accuracy gate failed for {job.ckpt}: task Dice against ground truth {accuracy.int8_dice:.4f} "
+                    f"vs FP32 {accuracy.fp32_dice:.4f} on {accuracy.images} images from {accuracy.source}, a drop of "
+                    f"{accuracy.drop_points:.2f} points (limit {accuracy.max_drop_points:g}; mask agreement with FP32 "
+                    f"{accuracy.agreement:.4f}); keep more of the model in FP32 (--int8-keep-fp32 auto or scopes), "
+                    f"calibrate on more images, or raise --int8-max-dice-drop; no model was written")
+        if options.int8_min_dice is not None:
+            _gate(job.parity["int8"], "INT8", ckpt=job.ckpt, atol=1.0, min_dice=options.int8_min_dice)
 
     def tensorrt(self, job: _Job) -> None:
         """The TensorRT compatibility report of every graph (``trt_check``: gated), then the engine (``trt``)."""
@@ -277,9 +343,11 @@ class Exporter:
         if job.variant_reports:
             extra["tensorrt_compatibility_variants"] = job.variant_reports
         if job.calibration_source:
+            recipe = job.int8.get("recipe", "")
             extra["int8_calibration"] = {"source": job.calibration_source, "images": options.calib_images,
-                                         "method": f"{options.calib_method}, symmetric INT8, per-channel weights",
-                                         "fp32_scopes": ["phase", "attention matmuls", *options.int8_keep_fp32]}
+                                         "method": f"{options.calib_method}, {recipe}",
+                                         "fp32_scopes": ["phase", "attention matmuls", *job.int8.get("fp32_kept", [])]}
+            extra["int8_quantization"] = job.int8
         if job.engine:
             extra["tensorrt"] = job.engine
         precisions = {"fp32": "fp32", "int8": "int8", "fp16": "fp16", "tensorrt": options.engine_precision}
@@ -337,15 +405,15 @@ def _check_triton_out(repo: Path, *, force: bool, out_dir: Path) -> None:
         raise ExportError(str(exc).replace("--out", "--triton", 1)) from exc
 
 
-def _model_inputs(config, *, data: Path | None, count: int, **selection) -> tuple[list[np.ndarray], str]:
-    """The graph's inputs for ``count`` images (``load_images``): [images] [+ stand-in text features]."""
+def _model_inputs(config, *, data: Path | None, count: int, **selection) -> tuple[list[np.ndarray], str, list[str]]:
+    """The graph's inputs for ``count`` images (``load_images``): ([images] [+ stand-in text features], source, names)."""
     from mrdl.data.sources import load_images
 
     from .parity import text_features_for
 
     images = load_images(size=config.model.image_size, data=data, count=count, **selection)
     extra = [text_features_for(config, len(images))] if config.model.fusion == "addition" else []
-    return [images.tensors, *extra], images.source
+    return [images.tensors, *extra], images.source, images.names
 
 
 @contextmanager

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 from mrdl_runtime.manifest import PRECISIONS
 
-from .parity import DEFAULT_ATOL, DEFAULT_MIN_DICE
-from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, KEEP_FP32, MODEL_SCOPES
+from .parity import DEFAULT_ATOL, DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_DICE
+from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_INT8_TARGET, INT8_TARGETS, KEEP_CHOICES, KEEP_FP32
 from .tensorrt_build import EngineOptions
 
 
@@ -60,9 +60,17 @@ class ExportOptions:
     calib_method: str = option(DEFAULT_CALIBRATION,
                                "INT8 calibration: activation ranges from min/max, entropy or percentile.",
                                choices=tuple(CALIBRATION_METHODS))
+    # INT8 (issue 12): recipe, FP32 islands and the task-accuracy gate
+    int8_target: str = option(
+        DEFAULT_INT8_TARGET, "INT8 recipe: onnxruntime (u8 activations, integer CPU kernels between layers) or "
+        "tensorrt (symmetric s8, zero points 0, compute ops only).", choices=tuple(INT8_TARGETS))
     int8_keep_fp32: tuple[str, ...] = option(
-        KEEP_FP32, "Model parts left in FP32 in the INT8 model (repeatable; 'none' quantizes all but the phase).",
-        choices=MODEL_SCOPES)
+        KEEP_FP32, "Model parts left in FP32 in the INT8 model (repeatable; 'auto': the fewest blocks that pass the "
+        "accuracy gate, by sensitivity on the calibration images; 'none' quantizes all but the phase).",
+        choices=KEEP_CHOICES)
+    int8_max_dice_drop: float = option(
+        DEFAULT_MAX_DICE_DROP, "INT8 gate: most task Dice points (x100, against ground truth on labelled parity "
+        "images) the INT8 model may lose against FP32.", low=0)
     int8_min_dice: float | None = option(
         None, "Fail when INT8 mask Dice agreement is below this (default: report only).", low=0, high=1)
     fp16: bool = option(False, "Also write model.fp16.onnx (FP32 IO, norms in FP32).")
@@ -121,6 +129,11 @@ class ExportOptions:
             tensorrt_build.detect_gpu()
         if self.trt and self.engine_precision == "int8" and not self.int8:
             raise ExportError("an INT8 engine is built from the INT8 QDQ model: add --int8")
+        if self.trt and self.engine_precision == "int8" and self.int8_target != "tensorrt":
+            raise ExportError("an INT8 engine needs the INT8 model's zero points at 0: add --int8-target tensorrt")
+        if "auto" in self.int8_keep_fp32 and len(self.int8_keep_fp32) > 1:
+            raise ExportError(f"int8_keep_fp32 'auto' cannot be combined with scopes, got "
+                              f"{', '.join(self.int8_keep_fp32)}")
         if self.source_size is not None:  # a malformed HxW fails before minutes of work
             from .manifest import parse_source_size
 

@@ -68,13 +68,14 @@ def reference_probabilities(model, inputs: list[np.ndarray], *, batch: int = 4) 
     return np.concatenate(outputs)
 
 
-def onnx_probabilities(path: Path, inputs: list[np.ndarray], *, batch: int = 4) -> np.ndarray:
-    """Probabilities of an ONNX model in onnxruntime (CPU), run ``batch`` images at a time."""
+def onnx_probabilities(path: Path | bytes, inputs: list[np.ndarray], *, batch: int = 4) -> np.ndarray:
+    """Probabilities of an ONNX model (a file, or its serialized bytes) in onnxruntime (CPU), ``batch`` images at a time."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     outputs = []
     for start in range(0, len(inputs[0]), batch):
@@ -115,3 +116,78 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, source: str, thresh
     return ParityResult(max_abs_diff=float(delta.max()), mean_abs_diff=float(delta.mean()),
                         dice_agreement=float(dice.mean()), min_dice_agreement=float(dice.min()),
                         images=len(reference), source=source)
+
+
+# ----------------------------------------------------------------------------- task accuracy (INT8 gate)
+
+DEFAULT_MAX_DICE_DROP = 0.5  # points of task Dice (x100) an INT8 model may lose against FP32
+
+
+def ground_truth(data: str | Path | None, names: list[str], *, size: int, splits: tuple[str, ...],
+                 synthetic_offset: int = 0) -> np.ndarray | None:
+    """The label masks (N, size, size) uint8 of images drawn by :func:`mrdl.data.sources.load_images`.
+
+    An LViT split's ``labelcol`` folder beside its ``img`` (the mask with the image's file stem), the
+    synthetic tiles' own masks, or None where there are none (a plain image folder, or any image
+    without its mask). Masks are resized nearest-neighbour to the model size, as evaluation does.
+    """
+    from mrdl.data.dataset import read_mask
+    from mrdl.data.preprocess import resize_mask
+    from mrdl.data.sources import image_folder
+
+    if data is None:
+        from mrdl.data.synthetic import synthetic_sample
+
+        return np.stack([resize_mask(synthetic_sample(synthetic_offset + i, size=size, seed=0)[1], size)
+                         for i in range(len(names))])
+    folder = image_folder(data, splits=splits)
+    labels = folder.parent / "labelcol"
+    if folder.name != "img" or not labels.is_dir():
+        return None
+    by_stem = {p.stem: p for p in sorted(labels.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    stems = [Path(name).stem for name in names]
+    if any(stem not in by_stem for stem in stems):
+        return None
+    return np.stack([resize_mask(read_mask(by_stem[stem]), size) for stem in stems])
+
+
+def task_dice(probabilities: np.ndarray, labels: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
+    """Per-image Dice of the masks of (B, K, H, W) probabilities against (B, H, W) labels (LViT's rule:
+    foreground = label > 0, both empty scores 1)."""
+    predicted = (masks_of(probabilities, threshold=threshold) > 0).reshape(len(labels), -1)
+    truth = (labels > 0).reshape(len(labels), -1)
+    sizes = predicted.sum(1) + truth.sum(1)
+    return np.where(sizes == 0, 1.0, 2.0 * (predicted & truth).sum(1) / np.maximum(sizes, 1))
+
+
+@dataclass
+class TaskAccuracy:
+    """INT8 against FP32 on labelled images: task Dice of each against ground truth, and mask agreement."""
+
+    images: int
+    source: str
+    fp32_dice: float  # mean per-image Dice of the FP32 model against ground truth
+    int8_dice: float
+    drop_points: float  # 100 * (fp32_dice - int8_dice)
+    max_drop_points: float
+    agreement: float  # mean mask Dice agreement INT8 vs FP32
+    min_agreement: float
+
+    @property
+    def passes(self) -> bool:
+        return self.drop_points <= self.max_drop_points
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passes": self.passes}
+
+
+def task_accuracy(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, *, source: str, max_drop_points: float,
+                  threshold: float = 0.5) -> TaskAccuracy:
+    """:class:`TaskAccuracy` of INT8 probabilities ``int8`` against FP32 ones ``fp32`` (both (B, K, H, W))."""
+    reference, candidate = task_dice(fp32, labels, threshold=threshold), task_dice(int8, labels, threshold=threshold)
+    agreement = dice_agreement(masks_of(fp32, threshold=threshold), masks_of(int8, threshold=threshold),
+                               n_classes=fp32.shape[1])
+    return TaskAccuracy(images=len(labels), source=source, fp32_dice=float(reference.mean()),
+                        int8_dice=float(candidate.mean()), drop_points=float(100 * (reference.mean() - candidate.mean())),
+                        max_drop_points=max_drop_points, agreement=float(agreement.mean()),
+                        min_agreement=float(agreement.min()))

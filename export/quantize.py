@@ -1,35 +1,42 @@
 """Precision variants of an exported FP32 model: INT8 QDQ and FP16.
 
-INT8: onnxruntime static quantization in QDQ format, calibrated on dataset images, signed
-INT8 with symmetric activations and per-channel symmetric weights, so every Q/DQ zero point
-is 0, as TensorRT requires for QDQ graphs. What stays FP32, and why (measured on trained
-`small` checkpoints, INT8 vs FP32 onnxruntime masks on the 6 MoNuSeg Val images):
+INT8: onnxruntime static quantization in QDQ format, calibrated on dataset images, with one of
+two recipes (:data:`INT8_TARGETS`):
+
+* ``onnxruntime`` (default), for onnxruntime's CPU kernels: unsigned INT8 activations with
+  asymmetric ranges, signed per-channel symmetric weights, and every op between the
+  convolutions quantized too (Add, Mul, Concat, MaxPool, Resize, Sigmoid, the shape ops), so that
+  onnxruntime fuses the QDQ pairs into QLinearConv / QLinearMatMul / QLinearAdd / QLinearConcat /
+  QLinearMul and the activations stay 8-bit from one layer to the next. On this project's AVX2
+  machine (no VNNI) onnxruntime's u8 x s8 integer GEMM runs 177 GOP/s against 91 GFLOP/s for its
+  FP32 GEMM on one core, but s8 x s8 only 31 GOP/s (no fast kernel): unsigned activations are the
+  fast path. Relu stays in the graph (``QDQKeepRemovableActivations``) so that any node can be
+  turned back to FP32 afterwards (:func:`keep_float`); onnxruntime removes it itself when it
+  fuses the following QuantizeLinear (zero point at the type's minimum), so it costs nothing.
+* ``tensorrt``: signed INT8 with symmetric activations and weights (every Q/DQ zero point is 0,
+  as TensorRT requires for QDQ graphs) on the compute ops only (Conv, ConvTranspose, MatMul,
+  Gemm); TensorRT fuses the element-wise ops itself. On onnxruntime's CPU it is barely faster
+  than FP32 (s8 activations are rewritten to u8 and every element-wise op between runs in float).
+
+What always stays FP32, and why:
 
 * The phase spectrum (the DFT as matmuls with cos/sin matrices, then atan2): the DFT sums N
   products per output and its matrices hold exact zeros that INT8 rounding would smear, which
   turns the phase of near-zero bins into noise. Excluding its nodes is not enough: onnxruntime
   rewires every consumer of a quantized tensor to the dequantized copy, so the phase read the
   INT8-rounded image (its first conv shares the input) and its first conv ran at 9.5 dB SQNR.
-  :func:`read_float_inputs` points excluded nodes back at the float tensors (44.8 dB after).
+  :func:`keep_float` points excluded nodes back at the float tensors (44.8 dB after).
 * Activation x activation MatMuls (attention q.k^T and attn.v): no weight to quantize per
-  channel, softmax probabilities in [0, 1] keep 7 bits under a symmetric scale, and at 196
-  tokens they are a sliver of the compute.
-* The decoder (``KEEP_FP32``, default ``("decoder",)``): the one change that reaches the 0.98
-  Dice target. With it quantized, mask Dice agreement was 0.948 (worst image 0.77) on the
-  text-fusion checkpoint and 0.979 on the no-text one; with it in FP32, 0.989 / 0.989 (worst
-  0.982 / 0.984). No single up block is to blame: keeping any one of them, or the first conv
-  and head, or the frequency encoder, in FP32 moved Dice by under 0.01. The error builds up
-  layer by layer (worst image: SQNR 23 dB entering the decoder, 8 dB at the logits, while each
-  tensor's own INT8 rounding stays above 22 dB), and a partly trained model whose probabilities
-  sit near 0.5 on 6-19% of pixels turns it into flipped mask pixels. The decoder is half the
-  MACs (`small`: 3.5 of 7.0 GMAC), so this trades speed for accuracy: on `base` at batch 1
-  with 2 threads, INT8 ran 1.58x faster than FP32 onnxruntime with the decoder quantized and
-  1.24x with it in FP32. ``keep_fp32=()`` quantizes it too.
+  channel, and at 196 tokens they are a sliver of the compute.
 
-Calibration: MinMax (default). Percentile 99.999 clipped ranges the decoder needs (Dice 0.934,
-worse); Entropy gave the same figures as MinMax. Calibration images matter below 24: with the
-decoder quantized, 8 images gave Dice 0.888 (worst image 0.41), 24 gave 0.948 and 48 (the 24
-plus their mirror images) 0.947. ``calib_method`` selects among them for other checkpoints.
+What else stays FP32 is chosen by ``keep_fp32``: model scopes (:data:`MODEL_SCOPES`) or blocks
+(:func:`model_blocks`, e.g. ``decoder.up1``) by hand, or ``auto``, the fewest blocks that keep
+task accuracy within the gate (:mod:`mrdl_export.mixed_precision`). Earlier measurements that
+motivated the old default (the whole decoder in FP32): on partly trained ``small`` checkpoints the
+decoder's error builds up layer by layer and flips pixels whose probability sits near 0.5; on
+trained ones, task Dice against ground truth moved by under 0.1 point with everything quantized.
+
+Calibration: MinMax (default); Percentile 99.999 and Entropy are available (``calib_method``).
 
 FP16: onnxruntime's float16 converter with FP32 inputs/outputs kept (casts at the borders),
 normalisation layers (LayerNormalization, BatchNormalization) and the phase spectrum
@@ -39,21 +46,82 @@ blocked in FP32 for the same reason.
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-QUANTIZED_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]  # compute-bound ops; TensorRT fuses the rest
+COMPUTE_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+QUANTIZED_OPS = COMPUTE_OPS  # the tensorrt recipe's ops (kept under its old name)
+# Ops whose QDQ pairs onnxruntime's CPU provider fuses into integer kernels or drops (data movement).
+ONNXRUNTIME_OPS = COMPUTE_OPS + ["Add", "Mul", "Concat", "MaxPool", "Resize", "Relu", "Sigmoid", "AveragePool",
+                                 "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice", "Split", "Gather", "Where"]
 NORMALISATION_OPS = ["LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization"]
 MODEL_SCOPES = ("vision_encoder", "cross_modality", "frequency_prompt", "decoder")  # MRDL's top-level modules
-KEEP_FP32 = ("decoder",)  # default INT8 FP32 islands besides the phase; see the module docstring
+AUTO = "auto"
+KEEP_FP32 = (AUTO,)  # default: the sensitivity search picks the FP32 blocks (mrdl_export.mixed_precision)
+KEEP_CHOICES = (*MODEL_SCOPES, AUTO)
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 DEFAULT_CALIBRATION = "minmax"
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How one INT8 target quantizes: activation type and symmetry, and the ops given QDQ pairs."""
+
+    activations: str  # "uint8" or "int8"
+    symmetric_activations: bool
+    ops: tuple[str, ...]
+    note: str
+
+    def describe(self) -> str:
+        kind = "symmetric" if self.symmetric_activations else "asymmetric"
+        return f"{kind} {self.activations} activations, symmetric per-channel int8 weights"
+
+
+INT8_TARGETS = {
+    "onnxruntime": Int8Recipe("uint8", False, tuple(ONNXRUNTIME_OPS),
+                              "onnxruntime CPU integer kernels (u8 x s8), element-wise and shape ops quantized"),
+    "tensorrt": Int8Recipe("int8", True, tuple(COMPUTE_OPS),
+                           "TensorRT explicit quantization: zero points 0, compute ops only"),
+}
+DEFAULT_INT8_TARGET = "onnxruntime"
+
+
+@dataclass
+class Int8Model:
+    """What :func:`quantize_int8` wrote: the target, and which nodes stayed FP32 and why."""
+
+    path: Path
+    target: str
+    fp32_nodes: dict[str, list[str]]  # reason (phase, activation_matmul, kept) -> node names
+    kept: list[str] = field(default_factory=list)  # the scopes / blocks kept in FP32
+
+    def to_dict(self) -> dict:
+        recipe = INT8_TARGETS[self.target]
+        return {"target": self.target, "recipe": recipe.describe(), "quantized_ops": list(recipe.ops),
+                "note": recipe.note, "fp32_kept": list(self.kept),
+                "fp32_nodes": {reason: len(names) for reason, names in self.fp32_nodes.items()}}
 
 
 def node_scope(node) -> str:
     """The module path the dynamo exporter recorded for ``node`` ('' when absent)."""
     return next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+
+
+def scope_path(node) -> list[str]:
+    """``node``'s enclosing modules, outermost first: ['decoder', 'decoder.up1', 'decoder.up1.conv', ...]."""
+    parts = [p for p in node_scope(node).strip("[]").replace("'", "").split(", ") if p]
+    return [p for p in parts if p and not p.startswith("_") and "." in p or p in MODEL_SCOPES]
+
+
+def block_of(node) -> str | None:
+    """The block ``node`` belongs to: its module two levels down (``decoder.up1``; an item of a module
+    list, such as ``cross_modality.down_blocks.1``, is a block of its own since the list is never called),
+    its top-level module when it sits directly in one; None outside the model's modules."""
+    path = scope_path(node)
+    return path[1] if len(path) > 1 else (path[0] if path else None)
 
 
 def phase_nodes(model) -> list[str]:
@@ -68,28 +136,72 @@ def activation_matmuls(model) -> list[str]:
             if node.op_type == "MatMul" and not any(name in weights for name in node.input)]
 
 
-def scope_nodes(model, scopes: tuple[str, ...]) -> list[str]:
-    """Quantizable nodes whose top-level module (``decoder``, ``vision_encoder``, ...) is in ``scopes``."""
-    names = []
+def model_blocks(model) -> dict[str, list[str]]:
+    """Blocks (:func:`block_of`) that hold a Conv / MatMul with weights -> all their node names, in graph order.
+    The phase spectrum is not a block: it always stays FP32."""
+    weights = {init.name for init in model.graph.initializer}
+    blocks: dict[str, list[str]] = {}
     for node in model.graph.node:
-        parts = [p for p in node_scope(node).strip("[]").replace("'", "").split(", ") if p]
-        if node.op_type in QUANTIZED_OPS and parts and parts[1 if parts[0] == "" else 0] in scopes:
-            names.append(node.name)
-    return names
+        block = block_of(node)
+        if block is not None and "frequency_prompt.phase" not in node_scope(node):
+            blocks.setdefault(block, []).append(node.name)
+    nodes = {node.name: node for node in model.graph.node}
+    return {block: names for block, names in blocks.items()
+            if any(nodes[n].op_type in COMPUTE_OPS and set(nodes[n].input) & weights for n in names)}
+
+
+def scope_nodes(model, scopes: tuple[str, ...]) -> list[str]:
+    """Nodes inside any of ``scopes``: top-level scopes (``decoder``) or blocks (``decoder.up1``)."""
+    wanted = set(scopes)
+    return [node.name for node in model.graph.node if wanted & set(scope_path(node))]
 
 
 def excluded_nodes(model, *, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """Nodes left in FP32, by reason: ``phase``, ``activation_matmul``, ``kept`` (``keep_fp32`` scopes)."""
+    """Nodes left in FP32, by reason: ``phase``, ``activation_matmul``, ``kept`` (``keep_fp32`` scopes / blocks)."""
     phase = phase_nodes(model)
     attention = [name for name in activation_matmuls(model) if name not in phase]
     kept = [name for name in scope_nodes(model, keep_fp32) if name not in phase and name not in attention]
     return {"phase": phase, "activation_matmul": attention, "kept": kept}
 
 
+def keep_float(quantized, fp32, names: set[str]) -> int:
+    """Give the nodes ``names`` of ``quantized`` their FP32 inputs back (activations and weights), as in
+    ``fp32``, the model it was quantized from; drop the Q/DQ nodes and initializers nothing reads any more.
+
+    Returns how many inputs changed. ``quantized`` is changed in place.
+    """
+    from onnx import TensorProto
+
+    original = {node.name: node for node in fp32.graph.node}
+    fp32_weights = {init.name: init for init in fp32.graph.initializer}
+    present = {init.name for init in quantized.graph.initializer}
+    produced = {out for node in quantized.graph.node for out in node.output}
+    changed = 0
+    for node in quantized.graph.node:
+        if node.name in names and node.name in original:
+            for index, tensor in enumerate(original[node.name].input):
+                if tensor in fp32_weights and (tensor in produced or tensor not in present):
+                    # the quantizer may give a weight's DequantizeLinear output the weight's own name (biases)
+                    name = tensor + "_float" if tensor in produced else tensor
+                    if name not in present:
+                        weight = TensorProto()
+                        weight.CopyFrom(fp32_weights[tensor])
+                        weight.name = name
+                        quantized.graph.initializer.append(weight)
+                        present.add(name)
+                    tensor = name
+                if node.input[index] != tensor:
+                    node.input[index] = tensor
+                    changed += 1
+    remove_dead_qdq(quantized)
+    return changed
+
+
 def read_float_inputs(model, names: set[str]) -> int:
     """Point the nodes ``names`` at the float tensors behind their Q->DQ inputs; drop unused Q/DQ.
 
-    Returns how many inputs were rewired. The model is changed in place.
+    Weights quantized without a QuantizeLinear node stay as they are (use :func:`keep_float` for
+    those). Returns how many inputs were rewired. The model is changed in place.
     """
     producers = {out: node for node in model.graph.node for out in node.output}
     float_source = {}  # DQ output -> the float tensor its Q quantized
@@ -104,14 +216,23 @@ def read_float_inputs(model, names: set[str]) -> int:
                 if tensor in float_source:
                     node.input[index] = float_source[tensor]
                     rewired += 1
+    remove_dead_qdq(model)
+    return rewired
+
+
+def remove_dead_qdq(model) -> None:
+    """Remove QuantizeLinear / DequantizeLinear nodes whose outputs nothing reads, then unread initializers."""
     while True:
         used = {t for node in model.graph.node for t in node.input} | {o.name for o in model.graph.output}
         dead = [node for node in model.graph.node
                 if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in node.output)]
         if not dead:
-            return rewired
+            break
         for node in dead:
             model.graph.node.remove(node)
+    used = {t for node in model.graph.node for t in node.input}
+    for init in [init for init in model.graph.initializer if init.name not in used]:
+        model.graph.initializer.remove(init)
 
 
 class ImageCalibrationReader:
@@ -133,56 +254,108 @@ class ImageCalibrationReader:
         self.position = 0
 
 
-def check_int8_options(*, calib_method: str, keep_fp32: tuple[str, ...]) -> None:
+def check_int8_options(*, calib_method: str, keep_fp32: tuple[str, ...], target: str = DEFAULT_INT8_TARGET) -> None:
     """Raise ValueError naming the accepted values when an INT8 option is not one of them."""
     if calib_method not in CALIBRATION_METHODS:
         raise ValueError(f"calib_method must be one of {', '.join(CALIBRATION_METHODS)}, got {calib_method!r}")
-    unknown = [scope for scope in keep_fp32 if scope not in MODEL_SCOPES]
+    if target not in INT8_TARGETS:
+        raise ValueError(f"int8 target must be one of {', '.join(INT8_TARGETS)}, got {target!r}")
+    unknown = [scope for scope in keep_fp32 if scope.split(".", 1)[0] not in MODEL_SCOPES and scope != AUTO]
     if unknown:
-        raise ValueError(f"keep_fp32 scopes must be among {', '.join(MODEL_SCOPES)}, got {', '.join(unknown)}")
+        raise ValueError(f"keep_fp32 scopes must be among {', '.join(KEEP_CHOICES)} (or a block of one, such as "
+                         f"decoder.up1), got {', '.join(unknown)}")
+    if AUTO in keep_fp32 and len(keep_fp32) > 1:
+        raise ValueError(f"keep_fp32 '{AUTO}' cannot be combined with scopes, got {', '.join(keep_fp32)}")
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration_inputs: list[np.ndarray], *,
-                  calib_method: str = DEFAULT_CALIBRATION, keep_fp32: tuple[str, ...] = KEEP_FP32) -> Path:
-    """Write the INT8 QDQ model of ``fp32_path`` to ``out_path``, calibrated on ``calibration_inputs``.
-
-    ``calib_method``: one of :data:`CALIBRATION_METHODS`; ``keep_fp32``: top-level model scopes
-    (:data:`MODEL_SCOPES`) left in FP32 besides the phase spectrum and activation x activation MatMuls.
-    """
+def quantize_full(fp32_path: Path, calibration_inputs: list[np.ndarray], *, calib_method: str = DEFAULT_CALIBRATION,
+                  target: str = DEFAULT_INT8_TARGET, exclude: set[str] = frozenset()):
+    """The INT8 QDQ ModelProto of ``fp32_path`` by ``target``'s recipe, with the phase spectrum, the
+    activation x activation MatMuls and ``exclude`` in FP32 (reading float tensors); and the FP32 model."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from mrdl.checkpoint import atomic_path
-
-    check_int8_options(calib_method=calib_method, keep_fp32=tuple(keep_fp32))
-
     class Reader(ImageCalibrationReader, CalibrationDataReader):
         pass
 
-    model = onnx.load(str(fp32_path))
-    excluded = excluded_nodes(model, keep_fp32=tuple(keep_fp32))
-    float_nodes = {name for names in excluded.values() for name in names}
-    names = [i.name for i in model.graph.input]
+    recipe = INT8_TARGETS[target]
+    fp32 = onnx.load(str(fp32_path))
+    always = excluded_nodes(fp32)
+    float_nodes = {name for names in always.values() for name in names} | set(exclude)
+    names = [i.name for i in fp32.graph.input]
     method = getattr(CalibrationMethod, CALIBRATION_METHODS[calib_method])
+    activations = QuantType.QUInt8 if recipe.activations == "uint8" else QuantType.QInt8
     # No quant_pre_process: its symbolic shape inference gives up on the dynamic batch axis, and
     # export_onnx already ran onnx's shape inference and folded constants.
     root = logging.getLogger()  # onnxruntime.quantization advises on the root logger; keep errors only
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with atomic_path(out_path) as tmp:
+        with tempfile.TemporaryDirectory(prefix="mrdl-int8-") as folder:
+            tmp = Path(folder) / "qdq.onnx"
             quantize_static(str(fp32_path), str(tmp), Reader(calibration_inputs, names), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=sorted(float_nodes),
+                            activation_type=activations, weight_type=QuantType.QInt8, per_channel=True,
+                            op_types_to_quantize=list(recipe.ops), nodes_to_exclude=sorted(float_nodes),
                             calibrate_method=method,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                            extra_options={"ActivationSymmetric": recipe.symmetric_activations,
+                                           "WeightSymmetric": True, "QDQKeepRemovableActivations": True})
             quantized = onnx.load(str(tmp))
-            read_float_inputs(quantized, float_nodes)
-            onnx.save_model(quantized, str(tmp), save_as_external_data=False)
     finally:
         root.setLevel(level)
+    keep_float(quantized, fp32, float_nodes)
+    return quantized, fp32
+
+
+def save_model(model, out_path: Path) -> Path:
+    """Write ``model`` to ``out_path`` atomically, weights inside the file."""
+    import onnx
+
+    from mrdl.checkpoint import atomic_path
+
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
     return out_path
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration_inputs: list[np.ndarray], *,
+                  calib_method: str = DEFAULT_CALIBRATION, keep_fp32: tuple[str, ...] = (),
+                  target: str = DEFAULT_INT8_TARGET) -> Path:
+    """Write the INT8 QDQ model of ``fp32_path`` to ``out_path``, calibrated on ``calibration_inputs``.
+
+    ``calib_method``: one of :data:`CALIBRATION_METHODS`; ``target``: one of :data:`INT8_TARGETS`;
+    ``keep_fp32``: model scopes (:data:`MODEL_SCOPES`) or blocks (``decoder.up1``) left in FP32
+    besides the phase spectrum and activation x activation MatMuls (``auto`` is the exporter's:
+    :func:`mrdl_export.mixed_precision.search_fp32_blocks`).
+    """
+    return quantize_int8_model(fp32_path, out_path, calibration_inputs, calib_method=calib_method,
+                               keep_fp32=keep_fp32, target=target).path
+
+
+def quantize_int8_model(fp32_path: Path, out_path: Path, calibration_inputs: list[np.ndarray], *,
+                        calib_method: str = DEFAULT_CALIBRATION, keep_fp32: tuple[str, ...] = (),
+                        target: str = DEFAULT_INT8_TARGET) -> Int8Model:
+    """:func:`quantize_int8` with what stayed FP32 and why (:class:`Int8Model`)."""
+    check_int8_options(calib_method=calib_method, keep_fp32=tuple(keep_fp32), target=target)
+    if AUTO in keep_fp32:
+        raise ValueError("keep_fp32 'auto' needs the sensitivity search: use mrdl_export.mixed_precision")
+    import onnx
+
+    check_blocks(onnx.load(str(fp32_path), load_external_data=False), keep_fp32)  # before minutes of calibration
+    quantized, fp32 = quantize_full(fp32_path, calibration_inputs, calib_method=calib_method, target=target)
+    excluded = excluded_nodes(fp32, keep_fp32=tuple(keep_fp32))
+    keep_float(quantized, fp32, set(excluded["kept"]))
+    save_model(quantized, out_path)
+    return Int8Model(path=out_path, target=target, fp32_nodes=excluded, kept=list(keep_fp32))
+
+
+def check_blocks(fp32, keep_fp32: tuple[str, ...]) -> None:
+    """Raise ValueError when a block named in ``keep_fp32`` is not one of the graph's blocks."""
+    blocks = set(model_blocks(fp32)) | set(MODEL_SCOPES)
+    unknown = [name for name in keep_fp32 if name not in blocks]
+    if unknown:
+        raise ValueError(f"keep_fp32: no block {', '.join(unknown)} in this model; its blocks are "
+                         f"{', '.join(sorted(blocks))}")
 
 
 def convert_fp16(fp32_path: Path, out_path: Path) -> Path:

@@ -9,10 +9,16 @@ Given the manifest, a runner loads its artifact through :func:`mrdl_runtime.inte
 (ONNX Runtime gets the bytes that were verified) and, once loaded, checks the file's embedded
 identity and its graph against ``model.json``. A file ONNX Runtime cannot load is an
 :class:`IntegrityError`, not an onnxruntime traceback.
+
+On the CPU provider, every graph gets onnxruntime's full optimizations (``ORT_ENABLE_ALL``), and
+the optimized graph is kept in a cache keyed by the verified artifact's SHA-256, so that the next
+load skips them (:mod:`mrdl_runtime.ort_cache`; ``optimized_cache=None`` or ``MRDL_ORT_CACHE=off``
+turns it off). ``load_mode`` says how the open went.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -20,6 +26,7 @@ import numpy as np
 
 from .integrity import check_embedded_manifest, check_graph, graph_spec, read_artifact
 from .manifest import IntegrityError, Manifest
+from .ort_cache import default_cache_dir, open_session
 from .runner import BackendUnavailableError, Runner
 
 PROVIDERS = {
@@ -67,7 +74,8 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, onnx_path: str | Path, *, backend: str = "onnxruntime-cpu", precision: str = "fp32",
                  device_id: int = 0, intra_op_threads: int = 0,
                  trt_profile: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None,
-                 cache_dir: str | Path | None = None, manifest: Manifest | None = None, verify: bool = True) -> None:
+                 cache_dir: str | Path | None = None, manifest: Manifest | None = None, verify: bool = True,
+                 optimized_cache: str | Path | None | bool = True) -> None:
         super().__init__()
         if backend not in PROVIDERS:
             raise ValueError(f"backend must be one of {sorted(PROVIDERS)}, got {backend!r}")
@@ -82,6 +90,10 @@ class OnnxRuntimeRunner(Runner):
         self.verify = verify
         if manifest is not None:
             self.cache_dir = self.cache_dir / manifest.artifact(precision).sha256[:16]
+        # the optimized-graph cache (CPU provider, manifest-verified artifacts): True = the default folder
+        self.optimized_cache = (default_cache_dir() if optimized_cache is True
+                                else Path(optimized_cache) if optimized_cache else None)
+        self.load_mode = None  # "cached", "optimized and cached" or "uncached" once open
         self.session = None
 
     def _provider_list(self) -> list:
@@ -118,7 +130,15 @@ class OnnxRuntimeRunner(Runner):
         model = (read_artifact(self.manifest, self.precision, verify=self.verify) if self.manifest is not None
                  else str(self.onnx_path))
         try:
-            session = ort.InferenceSession(model, sess_options=options, providers=self._provider_list())
+            if self.backend == "onnxruntime-cpu" and isinstance(model, bytes):
+                source = (self.manifest.artifact(self.precision).sha256 if self.verify
+                          else hashlib.sha256(model).hexdigest())  # the key is the hash of the bytes loaded
+                session, self.load_mode = open_session(
+                    ort, model, source_sha256=source, options=options, providers=self._provider_list(),
+                    folder=self.optimized_cache, graph_options={"graph_optimization_level": "ORT_ENABLE_ALL"})
+            else:
+                session = ort.InferenceSession(model, sess_options=options, providers=self._provider_list())
+                self.load_mode = "uncached"
         except _load_errors(ort) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             hint = ("the file is corrupt or not an ONNX model: re-export it" if type(exc).__name__ in MALFORMED

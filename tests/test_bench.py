@@ -30,7 +30,7 @@ from mrdl_runtime import BackendUnavailableError  # noqa: E402
 
 RESULT_FIELDS = {"backend", "precision", "batch", "latency_ms", "warmup", "throughput_ips", "peak_memory_mb",
                  "memory_method", "model_size_mb", "model_file", "parity", "parity_vs_onnx_fp32", "prepost_included",
-                 "gflops_achieved", "peak_fraction", "speedup_vs_torch_eager", "parity_min_dice", "parity_status",
+                 "gflops_achieved", "peak_fraction", "int8_peak_fraction", "speedup_vs_torch_eager", "parity_min_dice", "parity_status",
                  "speedup_unverified", "notes"}
 LATENCY_FIELDS = {"p50", "p90", "p99", "mean", "stdev", "min", "max", "iterations"}
 
