@@ -392,6 +392,9 @@ def serve(model_dir: Path, host: str, http_port: int, grpc_port: int, metrics_po
     except (ServeError, ManifestError, BackendUnavailableError) as exc:
         server.stop()
         raise click.ClickException(str(exc)) from exc
+    except BaseException:
+        server.stop()  # never leave a tritonserver behind
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

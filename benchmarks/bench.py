@@ -286,7 +286,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
 
         try:
             serving = measure_serving(model_dir, inputs.raw, concurrency=levels, threads=threads, iters=iters,
-                                      warmup=warmup, protocol=serving_protocol)
+                                      warmup=warmup, protocol=serving_protocol, progress=progress)
             failures += serving_failures(serving)
         except BackendUnavailableError as exc:
             skipped.append(SkippedBackend("triton", str(exc)))

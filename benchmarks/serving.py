@@ -148,7 +148,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure_in_process(model_dir: Path, images: list[np.ndarray], *, batches: Sequence[int], threads: int,
-                       precision: str, iters: int, warmup: int) -> tuple[list[dict], list[np.ndarray]]:
+                       precision: str, iters: int, warmup: int, bar=None) -> tuple[list[dict], list[np.ndarray]]:
     """Segmenter.predict_batch (raw images -> masks) at each batch size: rows, and the masks of every image."""
     from mrdl_runtime import Segmenter
 
@@ -157,6 +157,8 @@ def measure_in_process(model_dir: Path, images: list[np.ndarray], *, batches: Se
                         intra_op_threads=threads) as segmenter:
         masks = [p.mask for p in segmenter.predict_batch(images, with_probabilities=False)]
         for batch in batches:
+            if bar is not None:
+                bar.set_postfix_str(f"in-process batch {batch}")
             chunks = [[images[(step * batch + k) % len(images)] for k in range(batch)] for step in range(warmup + iters)]
             times = []
             for step, chunk in enumerate(chunks):
@@ -167,6 +169,8 @@ def measure_in_process(model_dir: Path, images: list[np.ndarray], *, batches: Se
             latency = LatencySummary.from_seconds(times)
             rows.append({"batch": batch, "throughput_ips": batch * len(times) / sum(times),
                          "latency_ms": latency.to_dict()})
+            if bar is not None:
+                bar.update()
     return rows, masks
 
 
@@ -231,7 +235,7 @@ def _drive(server: ServerProcess, images: list[np.ndarray], *, clients: int, req
 def measure_serving(model_dir: str | Path, images: list[np.ndarray], *, concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
                     threads: int = 0, precision: str = "fp32", iters: int = 20, warmup: int = 3,
                     batches: Sequence[int] | None = None, protocol: str = "grpc", max_queue_delay_us: int = 2000,
-                    instances: int = 1, timeout: float = 120) -> dict:
+                    instances: int = 1, timeout: float = 120, progress: bool = False) -> dict:
     """The serving comparison (module docstring) as a JSON-ready dict.
 
     ``iters``: requests per client at each level (and timed calls per batch size in-process).
@@ -244,8 +248,22 @@ def measure_serving(model_dir: str | Path, images: list[np.ndarray], *, concurre
     manifest = load_manifest(model_dir)
     if batches is None:
         batches = [2 ** i for i in range(manifest.max_batch.bit_length()) if 2 ** i <= manifest.max_batch]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(batches) + 1 + len(concurrency) + 1, desc="mrdl-bench serving", disable=not progress)
+    try:
+        return _measure_serving(model_dir, manifest, images, bar, concurrency=concurrency, threads=threads,
+                                precision=precision, iters=iters, warmup=warmup, batches=batches, protocol=protocol,
+                                max_queue_delay_us=max_queue_delay_us, instances=instances, timeout=timeout)
+    finally:
+        bar.close()
+
+
+def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *, concurrency: Sequence[int],
+                     threads: int, precision: str, iters: int, warmup: int, batches: Sequence[int], protocol: str,
+                     max_queue_delay_us: int, instances: int, timeout: float) -> dict:
     in_process, reference = measure_in_process(model_dir, images, batches=batches, threads=threads,
-                                               precision=precision, iters=iters, warmup=warmup)
+                                               precision=precision, iters=iters, warmup=warmup, bar=bar)
     best = max(in_process, key=lambda row: row["throughput_ips"])
     extra = ["--precision", precision, "--max-queue-delay-us", str(max_queue_delay_us), "--instances", str(instances)]
     if threads:
@@ -253,13 +271,18 @@ def measure_serving(model_dir: str | Path, images: list[np.ndarray], *, concurre
     levels = []
     server = ServerProcess(model_dir, *extra)
     try:
+        bar.set_postfix_str("starting mrdl serve")
         started = time.perf_counter()
         server.start()
         start_s = time.perf_counter() - started
+        bar.update()
         for clients in concurrency:
+            bar.set_postfix_str(f"triton {clients} clients")
             level = _drive(server, images, clients=clients, requests=iters, protocol=protocol, timeout=timeout)
             level["fraction_of_in_process_best"] = level["throughput_ips"] / best["throughput_ips"]
             levels.append(level)
+            bar.update()
+        bar.set_postfix_str("mask agreement")
         from mrdl_runtime import RemoteSegmenter
 
         with RemoteSegmenter(server.grpc if protocol == "grpc" else server.http, timeout=timeout) as remote:
@@ -269,6 +292,7 @@ def measure_serving(model_dir: str | Path, images: list[np.ndarray], *, concurre
     finally:
         exit_code = server.stop()
         server.log.unlink(missing_ok=True)
+    bar.update()
     identical = sum(np.array_equal(a, b) for a, b in zip(served, reference))
     agreement = {"images": len(images), "identical_masks": int(identical),
                  "mean_dice": float(np.mean([_dice(a, b) for a, b in zip(served, reference)]))}
