@@ -108,9 +108,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                lines = [line for line in self.output().splitlines() if line.strip()]
-                reason = next((line for line in reversed(lines) if line.startswith("Error")), lines[-1] if lines else "")
-                raise BackendUnavailableError(f"mrdl serve exited with {self.process.returncode}: {reason.strip()}")
+                lines = [line.strip() for line in self.output(20000).splitlines() if line.strip()]
+                reason = next((line for line in reversed(lines) if line.startswith("Error: ") and "NVML" not in line),
+                              " | ".join(lines[-3:]))
+                raise BackendUnavailableError(f"mrdl serve exited with {self.process.returncode}: {reason} "
+                                              f"(log: {self.log})")
             if self.ready():
                 return self
             time.sleep(0.25)
@@ -291,7 +293,7 @@ def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *
         metrics = server.get("/metrics", port=server.metrics_port)
     finally:
         exit_code = server.stop()
-        server.log.unlink(missing_ok=True)
+    server.log.unlink(missing_ok=True)  # kept when the server failed: the error names it
     bar.update()
     identical = sum(np.array_equal(a, b) for a, b in zip(served, reference))
     agreement = {"images": len(images), "identical_masks": int(identical),
