@@ -5,7 +5,9 @@ array to HxWx3 uint8 (uint8 kept; bool -> 0/255; uint16 and other integers in [0
 high byte; finite non-negative floats in [0, 1] -> floor(v * 255 + 0.5), in [0, 255] ->
 floor(v + 0.5), computed in float64; gray replicated, gray+alpha and RGBA lose alpha).
 :func:`read_image` decodes a file with Pillow under a pixel limit checked from the header
-before any pixel data is decoded, then applies the same rule.
+before any pixel data is decoded, then applies the same rule. TIFFs are checked from their tags
+first and refused or decoded exactly as the C++ reader does (:mod:`mrdl_runtime.tiff`: Pillow
+mis-decodes some TIFF layouts).
 
 **Preprocessing**: Pillow bilinear (antialiased) resize on the uint8 RGB image, times ``scale``
 (1/255) in float32, HWC -> CHW. **Postprocessing** resizes each probability map back to the
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
+
+from . import tiff
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # image files, any case: inputs, datasets, --data
@@ -123,111 +127,19 @@ def _open(path: Path, max_pixels: int, *, libtiff: bool = False) -> Image.Image:
         finally:
             Image.MAX_IMAGE_PIXELS = saved
             TiffImagePlugin.READ_LIBTIFF = saved_libtiff
-    width, height = image.size
-    if width * height > max_pixels:
+    try:
+        _check_pixel_count(path, *image.size, max_pixels)
+    except ImageReadError:
         image.close()
-        raise ImageReadError(f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of "
-                             f"{max_pixels:,} pixels; raise it with --max-pixels (max_pixels=) if the file is "
-                             "trusted and memory allows")
+        raise
     return image
 
 
-# --- TIFF: the layout checked from the tags before Pillow decodes anything ---------------------------------------
-#
-# Pillow's TIFF reader turns some layouts into plausible but wrong pixels (found by decoding every
-# combination of photometric, sample type, extra samples, planar configuration, compression and
-# byte order against the rule; tests/test_tiff_decode.py): its own uncompressed reader mis-reads
-# separate planes (16-bit RGB gets bytes of the wrong samples, min-is-white planes stay
-# uninverted), its libtiff reader leaves big-endian signed and float samples byte-swapped, and it
-# reads signed 8-bit as unsigned, 16-bit and float min-is-white uninverted, un-premultiplies
-# associated alpha and converts YCbCr, CMYK and CIELab by its own formulas. So the tags are read
-# first and the layout is accepted or refused exactly as the C++ reader (runtime/cpp/examples/
-# tiff_io.cpp) does; accepted layouts are decoded by whichever of Pillow's two readers is right for
-# them, and any other layout is refused naming what the file holds.
-
-_TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
-_TIFF_PHOTOMETRIC = {5: "CMYK (separated)", 6: "YCbCr (other than JPEG-compressed)", 8: "CIELab",
-                     4: "transparency mask"}
-_TIFF_EXPECTED = "; the Python reader takes gray, RGB or palette TIFFs (convert the file, e.g. to RGB)"
-_TIFF_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I", "F")  # what accepted layouts decode to
-
-
-def _tiff_tags(path: Path) -> TiffImagePlugin.ImageFileDirectory_v2 | None:
-    """The first image's tags of a TIFF / BigTIFF file (None without a TIFF signature); no pixel data read."""
-    with open(path, "rb") as file:
-        head = file.read(8)
-        if head[:4] not in _TIFF_SIGNATURES:
-            return None
-        if head[2] == 43:  # BigTIFF: a 16-byte header
-            head += file.read(8)
-        tags = TiffImagePlugin.ImageFileDirectory_v2(head)
-        file.seek(tags.next)
-        tags.load(file)
-    if 256 not in tags or 257 not in tags:
-        raise ImageInputError("TIFF whose first directory is missing or truncated (no ImageWidth / ImageLength)")
-    return tags
-
-
-def _tiff_layout(tags: TiffImagePlugin.ImageFileDirectory_v2) -> str:
-    """The layout a TIFF's tags describe, in words, for errors."""
-    kind = {1: "unsigned", 2: "signed", 3: "float"}.get(_first(tags.get(339), 1), "other")
-    photometric = {0: "min-is-white", 1: "gray", 2: "RGB", 3: "palette"}.get(tags.get(262), "other")
-    extra = tags.get(338, ())
-    return (f"{photometric}, {tags.get(277, 1)} samples per pixel of {_first(tags.get(258), 1)}-bit {kind}, "
-            f"extra samples {tuple(extra) if isinstance(extra, tuple) else (extra,)}, "
-            f"{'separate planes' if tags.get(284, 1) == 2 else 'contiguous'}, "
-            f"{'big' if tags.prefix == b'MM' else 'little'}-endian, compression {tags.get(259, 1)}")
-
-
-def _first(value, default: int) -> int:
-    return value[0] if isinstance(value, tuple) and value else default if value is None else value
-
-
-def _tiff_libtiff(tags: TiffImagePlugin.ImageFileDirectory_v2) -> bool:
-    """Check a TIFF's layout the way the C++ reader does; return whether Pillow must decode it with
-    libtiff (True) or with its own uncompressed reader (False). Raises ImageInputError naming what
-    the file holds and what is supported."""
-    if 262 not in tags:
-        raise ImageInputError("TIFF without a PhotometricInterpretation tag; expected gray, RGB or palette")
-    photometric, compression = tags[262], tags.get(259, 1)
-    bits, sample_format = _first(tags.get(258), 1), _first(tags.get(339), 1)
-    samples, planar = tags.get(277, 1), tags.get(284, 1)
-    extra = tags.get(338, ())
-    extra = extra if isinstance(extra, tuple) else (extra,)
-    if photometric == 6 and compression == 7:  # JPEG YCbCr (whole-slide images): libjpeg's RGB, as C++
-        photometric = 2
-    if photometric not in (0, 1, 2, 3):
-        name = _TIFF_PHOTOMETRIC.get(photometric, f"code {photometric}")
-        raise ImageInputError(f"TIFF photometric interpretation {name}{_TIFF_EXPECTED}")
-    color = 3 if photometric == 2 else 1
-    if samples < color:
-        raise ImageInputError(f"TIFF with {samples} samples per pixel for {color} colour channels")
-    if photometric != 3 and samples > color and extra and extra[0] == 1:
-        raise ImageInputError("TIFF with associated (premultiplied) alpha; the Python reader takes unassociated "
-                              "alpha only (save the image without alpha or with plain alpha)")
-    if len(set(tags.get(258, (bits,)))) > 1:
-        raise ImageInputError(f"TIFF with samples of different sizes {tags[258]} bits; expected one size")
-    integer = {1: "unsigned", 2: "signed"}.get(sample_format)
-    if not ((sample_format == 1 and bits in (1, 2, 4, 8, 16, 32)) or (sample_format == 2 and bits in (16, 32))
-            or (sample_format == 3 and bits in (32, 64))):
-        kind = "float" if sample_format == 3 else integer or f"sample format {sample_format}"
-        raise ImageInputError(f"TIFF with {bits}-bit {kind} samples; expected unsigned 1/2/4/8/16/32-bit, "
-                              "signed 16/32-bit or 32/64-bit float")
-    if photometric == 3 and (sample_format != 1 or bits > 8):
-        raise ImageInputError(f"palette TIFF with {bits}-bit indices; expected 1 to 8 bits")
-    if photometric == 0 and not (sample_format == 1 and bits <= 8):
-        raise ImageInputError(f"min-is-white TIFF with {bits}-bit samples; the Python reader inverts 1- to 8-bit "
-                              "min-is-white only (Pillow leaves deeper ones uninverted); save it as min-is-black")
-    if bits < 8 and samples != 1:
-        raise ImageInputError(f"TIFF with {samples} samples of {bits} bits; expected 1 sample per pixel below 8 bits")
-    libtiff = compression != 1 or planar == 2  # Pillow's own reader is right for uncompressed contiguous samples only
-    if libtiff and tags.prefix == b"MM" and sample_format in (2, 3) and bits in (16, 32):
-        kind = "float" if sample_format == 3 else "signed"
-        how = "compressed" if compression != 1 else "separate-plane"
-        raise ImageInputError(f"{how} big-endian TIFF with {bits}-bit {kind} samples: Pillow's libtiff reader "
-                              "leaves them byte-swapped; save it little-endian (or uncompressed with contiguous "
-                              "samples), as the Python reader decodes those by the rule")
-    return libtiff
+def _check_pixel_count(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageReadError(f"{path} is {width}x{height} = {width * height:,} pixels, over the limit of "
+                             f"{max_pixels:,} pixels; raise it with --max-pixels (max_pixels=) if the file is "
+                             "trusted and memory allows")
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -242,11 +154,11 @@ def _pixels(image: Image.Image) -> np.ndarray:
     return out
 
 
-def _decode(image: Image.Image, *, tiff: bool = False) -> np.ndarray:
+def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
     image.load()
-    if tiff and image.mode not in _TIFF_MODES:  # a checked layout never needs Pillow's colour conversions
+    if from_tiff and image.mode not in tiff.PILLOW_MODES:  # a checked layout never needs Pillow's conversions
         raise ImageInputError(f"TIFF decoded by Pillow to mode {image.mode!r}; the Python reader takes modes "
-                              f"{', '.join(_TIFF_MODES)} from TIFFs, which decode by the rule")
+                              f"{', '.join(tiff.PILLOW_MODES)} from TIFFs, which decode by the rule")
     if image.mode in ("P", "PA"):  # palette -> its RGB(A) colours (via RGBA when a transparency is set)
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
     elif image.mode not in _ARRAY_MODES:  # CMYK, YCbCr, LAB, HSV, premultiplied, ...
@@ -270,21 +182,24 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         raise ImageReadError(f"image {path} does not exist or is not a file")
     tags = None
     try:
-        tags = _tiff_tags(path)
-        libtiff = tags is not None and _tiff_libtiff(tags)
-        with _open(path, max_pixels, libtiff=libtiff) as image:
-            return _decode(image, tiff=tags is not None)
+        tags = tiff.read_tags(path)
+        layout = None if tags is None else tiff.check_layout(tags)
+        if layout is not None and tiff.decoded_here(layout):  # from the samples, as the C++ reader: no Pillow quirks
+            _check_pixel_count(path, layout.width, layout.height, max_pixels)
+            return to_rgb8(tiff.oriented(tiff.read_samples(path, tags, layout), tags.get(274, 1)))
+        with _open(path, max_pixels, libtiff=layout is not None and tiff.pillow_libtiff(layout)) as image:
+            return _decode(image, from_tiff=tags is not None)
     except ImageReadError:
         raise
-    except ImageInputError as exc:
+    except (ImageInputError, tiff.TiffLayoutError) as exc:
         raise ImageReadError(f"{path}: {exc}") from exc
     except UnidentifiedImageError as exc:
-        if tags is not None:  # the layout passed the checks, but Pillow has no unpacker for it
+        if tags is not None:  # the layout passed the checks, but Pillow has no unpacker for it (and it is compressed)
             raise ImageReadError(f"cannot read {path} as an image: Pillow cannot decode this TIFF layout "
-                                 f"({_tiff_layout(tags)}); the C++ runtime reads it, the Python one once it is saved as 8- "
-                                 "or 16-bit unsigned gray or RGB") from exc
+                                 f"({tiff.describe(tags)}); the C++ runtime reads it, the Python one once it is "
+                                 "saved uncompressed or deflate-compressed") from exc
         raise ImageReadError(f"cannot read {path} as an image: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, struct.error, KeyError, TypeError) as exc:  # struct, Key, Type: bad TIFF tags
+    except (OSError, SyntaxError, ValueError, struct.error, KeyError, TypeError) as exc:  # the last 3: bad TIFF tags
         raise ImageReadError(f"cannot read {path} as an image: {exc}") from exc
 
 

@@ -1,0 +1,225 @@
+"""TIFF layouts for :func:`mrdl_runtime.imaging.read_image`: checked from the tags, then decoded by the rule.
+
+Pillow's TIFF reader turns some layouts into plausible but wrong pixels (found by decoding every
+combination of photometric, sample type, extra samples, planar configuration, compression and byte
+order against the rule; tests/test_tiff_decode.py): its own uncompressed reader mis-reads separate
+planes (16-bit RGB gets bytes of the wrong samples, min-is-white planes stay uninverted), its libtiff
+reader leaves big-endian signed and float samples byte-swapped, and it reads signed 8-bit as
+unsigned, 16-bit and float min-is-white uninverted, un-premultiplies associated alpha and converts
+YCbCr, CMYK and CIELab by its own formulas.
+
+So the first image's tags are read first (:func:`read_tags`, no pixel data) and the layout is
+accepted or refused exactly as the C++ reader (runtime/cpp/examples/tiff_io.cpp) does, in its words
+(:func:`check_layout`). Uncompressed and deflate files of 8 bits or more (not palette) are decoded
+here from the samples (:func:`read_samples`), as the C++ reader places libtiff's; the rest
+(LZW, PackBits, JPEG, 1/2/4-bit, palette) by Pillow through libtiff (:func:`pillow_libtiff`), which
+is right for them except big-endian signed and float samples, refused. The Orientation tag is
+applied as Pillow applies it on loading a TIFF (:func:`oriented`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import TiffImagePlugin
+
+SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # TIFF and BigTIFF, either byte order
+PILLOW_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I", "F")  # what accepted layouts give
+MAX_CHUNK_BYTES = 1 << 30  # one decoded strip or tile, at most 1 GiB (as the C++ reader)
+_PHOTOMETRIC = {4: "transparency mask", 5: "CMYK (separated)", 6: "YCbCr (other than JPEG-compressed)", 8: "CIELab"}
+_EXPECTED = "; the Python reader takes gray, RGB or palette TIFFs (convert the file, e.g. to RGB)"
+_DEFLATE = (8, 32946)  # Adobe and old-style deflate codes
+
+
+class TiffLayoutError(ValueError):
+    """A TIFF whose layout is refused (named with what the file holds and what is supported)."""
+
+
+class Layout(NamedTuple):
+    width: int
+    height: int
+    photometric: int  # 0 min-is-white, 1 min-is-black, 2 RGB (JPEG YCbCr included), 3 palette
+    color: int  # colour samples: 1 (gray, palette) or 3 (RGB)
+    alpha: bool  # the sample after them is unassociated alpha (kept for the value rule, as in C++)
+    bits: int
+    sample_format: int  # 1 unsigned, 2 signed, 3 float
+    samples: int
+    planar: int  # 1 contiguous, 2 separate planes
+    compression: int
+    predictor: int
+    big_endian: bool
+
+
+def read_tags(path: Path) -> TiffImagePlugin.ImageFileDirectory_v2 | None:
+    """The first image's tags of a TIFF / BigTIFF file (None without a TIFF signature); no pixel data read."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+        if head[:4] not in SIGNATURES:
+            return None
+        if head[2] == 43:  # BigTIFF: a 16-byte header
+            head += file.read(8)
+        tags = TiffImagePlugin.ImageFileDirectory_v2(head)
+        file.seek(tags.next)
+        tags.load(file)
+    if 256 not in tags or 257 not in tags:
+        raise TiffLayoutError("TIFF whose first directory is missing or truncated (no ImageWidth / ImageLength)")
+    return tags
+
+
+def _first(value, default: int) -> int:
+    return value[0] if isinstance(value, tuple) and value else default if value is None else value
+
+
+def _tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else () if value is None else (value,)
+
+
+def describe(tags: TiffImagePlugin.ImageFileDirectory_v2) -> str:
+    """The layout the tags describe, in words, for errors."""
+    kind = {1: "unsigned", 2: "signed", 3: "float"}.get(_first(tags.get(339), 1), "other")
+    photometric = {0: "min-is-white", 1: "gray", 2: "RGB", 3: "palette"}.get(tags.get(262), "other")
+    return (f"{photometric}, {tags.get(277, 1)} samples per pixel of {_first(tags.get(258), 1)}-bit {kind}, "
+            f"extra samples {_tuple(tags.get(338))}, "
+            f"{'separate planes' if tags.get(284, 1) == 2 else 'contiguous'}, "
+            f"{'big' if tags.prefix == b'MM' else 'little'}-endian, compression {tags.get(259, 1)}")
+
+
+def check_layout(tags: TiffImagePlugin.ImageFileDirectory_v2) -> Layout:
+    """The layout, checked the way the C++ reader checks it (same refusals, same wording)."""
+    if 262 not in tags:
+        raise TiffLayoutError("TIFF without a PhotometricInterpretation tag; expected gray, RGB or palette")
+    photometric, compression = tags[262], tags.get(259, 1)
+    bits, sample_format = _first(tags.get(258), 1), _first(tags.get(339), 1)
+    samples, planar, extra = tags.get(277, 1), tags.get(284, 1), _tuple(tags.get(338))
+    if photometric == 6 and compression == 7:  # JPEG YCbCr (whole-slide images): libjpeg's RGB, as C++
+        photometric = 2
+    if photometric not in (0, 1, 2, 3):
+        raise TiffLayoutError(f"TIFF photometric interpretation {_PHOTOMETRIC.get(photometric, f'code {photometric}')}"
+                              + _EXPECTED)
+    color = 3 if photometric == 2 else 1
+    if samples < color:
+        raise TiffLayoutError(f"TIFF with {samples} samples per pixel for {color} colour channels")
+    alpha = False
+    if photometric != 3 and samples > color and extra:
+        if extra[0] == 1:
+            raise TiffLayoutError("TIFF with associated (premultiplied) alpha; the Python reader takes unassociated "
+                                  "alpha only (save the image without alpha or with plain alpha)")
+        alpha = extra[0] == 2
+    elif photometric == 2 and samples == 4:
+        alpha = True  # RGBA without an ExtraSamples tag: alpha, as Pillow and the C++ reader read it
+    if len(set(_tuple(tags.get(258)) or (bits,))) > 1:
+        raise TiffLayoutError(f"TIFF with samples of different sizes {tags[258]} bits; expected one size")
+    if not ((sample_format == 1 and bits in (1, 2, 4, 8, 16, 32)) or (sample_format == 2 and bits in (16, 32))
+            or (sample_format == 3 and bits in (32, 64))):
+        kind = {1: "unsigned", 2: "signed", 3: "float"}.get(sample_format, f"sample format {sample_format}")
+        raise TiffLayoutError(f"TIFF with {bits}-bit {kind} samples; expected unsigned 1/2/4/8/16/32-bit, "
+                              "signed 16/32-bit or 32/64-bit float")
+    if photometric == 3 and (sample_format != 1 or bits > 8):
+        raise TiffLayoutError(f"palette TIFF with {bits}-bit indices; expected 1 to 8 bits")
+    if photometric == 0 and not (sample_format == 1 and bits <= 8):
+        raise TiffLayoutError(f"min-is-white TIFF with {bits}-bit samples; the Python reader inverts 1- to 8-bit "
+                              "min-is-white only (Pillow leaves deeper ones uninverted); save it as min-is-black")
+    if bits < 8 and samples != 1:
+        raise TiffLayoutError(f"TIFF with {samples} samples of {bits} bits; expected 1 sample per pixel below 8 bits")
+    return Layout(tags[256], tags[257], photometric, color, alpha, bits, sample_format, samples, planar,
+                  compression, tags.get(317, 1), tags.prefix == b"MM")
+
+
+def decoded_here(layout: Layout) -> bool:
+    """Whether :func:`read_samples` decodes the layout: uncompressed or deflate (horizontal predictor for
+    integers), 8 bits or more, not palette."""
+    return (layout.compression in (1, *_DEFLATE) and layout.bits >= 8 and layout.photometric != 3
+            and (layout.predictor == 1 or (layout.predictor == 2 and layout.sample_format != 3)))
+
+
+def pillow_libtiff(layout: Layout) -> bool:
+    """For a layout Pillow decodes: through libtiff (True) or its own uncompressed reader (False)."""
+    libtiff = layout.compression != 1 or layout.planar == 2  # Pillow's own reader mis-reads separate planes
+    if libtiff and layout.big_endian and layout.sample_format in (2, 3) and layout.bits in (16, 32):
+        kind = "float" if layout.sample_format == 3 else "signed"
+        how = "compressed" if layout.compression != 1 else "separate-plane"
+        raise TiffLayoutError(f"{how} big-endian TIFF with {layout.bits}-bit {kind} samples: Pillow's libtiff "
+                              "reader leaves them byte-swapped; save it little-endian, uncompressed or "
+                              "deflate-compressed, which the Python reader decodes by the rule")
+    return libtiff
+
+
+def oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels as stored -> as displayed by the Orientation tag, as Pillow applies it on loading a TIFF
+    (ImageOps.exif_transpose). A view."""
+    flips = {2: pixels[:, ::-1], 3: pixels[::-1, ::-1], 4: pixels[::-1], 5: pixels.swapaxes(0, 1),
+             6: pixels[::-1].swapaxes(0, 1), 7: pixels[::-1, ::-1].swapaxes(0, 1), 8: pixels[:, ::-1].swapaxes(0, 1)}
+    return flips.get(orientation, pixels)
+
+
+def _chunks(tags: TiffImagePlugin.ImageFileDirectory_v2, layout: Layout):
+    """(chunk width, chunk height, offsets, byte counts) of the strips or tiles."""
+    tiled = 322 in tags
+    if tiled:
+        width, height, offsets, sizes = tags[322], tags[323], tags.get(324), tags.get(325)
+    else:
+        width, height = layout.width, min(tags.get(278, layout.height), layout.height)
+        offsets, sizes = tags.get(273), tags.get(279)
+    offsets, sizes = _tuple(offsets), _tuple(sizes)
+    if not (width and height and offsets and len(offsets) == len(sizes)):
+        raise TiffLayoutError("TIFF with empty or missing tiles / strips")
+    return width, height, offsets, sizes
+
+
+def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout: Layout) -> np.ndarray:
+    """The samples of an uncompressed or deflate TIFF (strips or tiles, either planar configuration and
+    byte order, horizontal predictor), as stored (H, W, kept), kept = colour samples (+ alpha):
+    8- and 16-bit as uint8 by the rule chunk by chunk (min-is-white inverted), wider types as they
+    are (the rule needs their range)."""
+    height, width, color, kept = layout.height, layout.width, layout.color, layout.color + layout.alpha
+    stored = np.dtype({1: "u", 2: "i", 3: "f"}[layout.sample_format] + str(layout.bits // 8))
+    stored = stored.newbyteorder(">" if layout.big_endian else "<")
+    native = stored.newbyteorder("=")
+    chunk_width, chunk_height, offsets, sizes = _chunks(tags, layout)
+    per_pixel = 1 if layout.planar == 2 else layout.samples
+    chunk_values = chunk_width * chunk_height * per_pixel
+    if chunk_values * stored.itemsize > MAX_CHUNK_BYTES:  # a hostile header must not allocate gigabytes
+        raise TiffLayoutError(f"TIFF tiles or strips of {chunk_values * stored.itemsize} bytes; the reader takes at "
+                              f"most {MAX_CHUNK_BYTES} bytes per tile or strip")
+    as_bytes = stored.kind == "u" and stored.itemsize <= 2
+    out = np.empty((height, width, kept), np.uint8 if as_bytes else native)
+    across, down = -(-width // chunk_width), -(-height // chunk_height)
+    with open(path, "rb") as file:
+        for plane in range(kept if layout.planar == 2 else 1):
+            for row in range(down):
+                for column in range(across):
+                    index = (plane * down + row) * across + column
+                    if index >= len(offsets):
+                        raise TiffLayoutError(f"TIFF with {len(offsets)} tiles / strips; expected at least {index + 1}")
+                    file.seek(offsets[index])
+                    data = file.read(sizes[index])
+                    if layout.compression in _DEFLATE:
+                        try:
+                            data = zlib.decompressobj().decompress(data, chunk_values * stored.itemsize)
+                        except zlib.error as exc:
+                            raise TiffLayoutError(f"TIFF tile or strip {index} is damaged ({exc})") from exc
+                    y0, x0 = row * chunk_height, column * chunk_width
+                    rows, columns = min(chunk_height, height - y0), min(chunk_width, width - x0)
+                    if len(data) < ((rows - 1) * chunk_width + columns) * per_pixel * stored.itemsize:
+                        raise TiffLayoutError(f"TIFF tile or strip {index} is truncated")
+                    full = rows * chunk_width * per_pixel  # a short last row is padded (its tail is not kept)
+                    count = min(len(data) // stored.itemsize, full)
+                    values = np.frombuffer(data, stored, count).astype(native)
+                    values = np.pad(values, (0, full - count)).reshape(rows, chunk_width, per_pixel)
+                    if layout.predictor == 2:  # horizontal differencing, modulo 2**bits
+                        values = np.cumsum(values, axis=1, dtype=native)
+                    values = values[:, :columns, :kept]
+                    if layout.photometric == 0:  # min-is-white (8 bits at most here): colour samples inverted
+                        inverted = color if layout.planar == 1 else int(plane < color)
+                        values[:, :, :inverted] ^= np.uint8(0xFF)
+                    if as_bytes and stored.itemsize == 2:
+                        values = (values >> 8).astype(np.uint8)  # the rule's high byte
+                    target = out[y0:y0 + rows, x0:x0 + columns]
+                    if layout.planar == 2:
+                        target[:, :, plane] = values[:, :, 0]
+                    else:
+                        target[:] = values
+    return out
