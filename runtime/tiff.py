@@ -124,6 +124,13 @@ def check_layout(tags: TiffImagePlugin.ImageFileDirectory_v2) -> Layout:
                               "min-is-white only (Pillow leaves deeper ones uninverted); save it as min-is-black")
     if bits < 8 and samples != 1:
         raise TiffLayoutError(f"TIFF with {samples} samples of {bits} bits; expected 1 sample per pixel below 8 bits")
+    tiled = 322 in tags
+    chunk_pixels = (tags[322] * tags.get(323, 0) if tiled
+                    else tags[256] * min(tags.get(278, tags[257]), tags[257]))
+    chunk_bytes = chunk_pixels * (1 if planar == 2 else samples) * bits // 8
+    if chunk_bytes > MAX_CHUNK_BYTES:  # a hostile header must not allocate gigabytes, in either decoder
+        raise TiffLayoutError(f"TIFF {'tiles' if tiled else 'strips'} of {chunk_bytes} bytes; the reader takes at "
+                              f"most {MAX_CHUNK_BYTES} bytes per tile or strip")
     return Layout(tags[256], tags[257], photometric, color, alpha, bits, sample_format, samples, planar,
                   compression, tags.get(317, 1), tags.prefix == b"MM")
 
@@ -181,9 +188,6 @@ def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout
     chunk_width, chunk_height, offsets, sizes = _chunks(tags, layout)
     per_pixel = 1 if layout.planar == 2 else layout.samples
     chunk_values = chunk_width * chunk_height * per_pixel
-    if chunk_values * stored.itemsize > MAX_CHUNK_BYTES:  # a hostile header must not allocate gigabytes
-        raise TiffLayoutError(f"TIFF tiles or strips of {chunk_values * stored.itemsize} bytes; the reader takes at "
-                              f"most {MAX_CHUNK_BYTES} bytes per tile or strip")
     as_bytes = stored.kind == "u" and stored.itemsize <= 2
     out = np.empty((height, width, kept), np.uint8 if as_bytes else native)
     across, down = -(-width // chunk_width), -(-height // chunk_height)

@@ -230,6 +230,7 @@ def test_each_reported_layout(write_tiff, tmp_path, case, message):
         assert str(path) in str(info.value) and message in str(info.value), str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow, on the truncated file
 def test_tiff_vectors_refusals_are_python_refusals(tmp_path):
     """The TIFF files the C++ vectors mark as refused (tests/cpp/make_test_data.py) are refused by
     read_image too, naming the same layout where the refusal is the layout's."""
@@ -299,6 +300,42 @@ def test_damaged_samples_are_refused_naming_the_chunk(write_tiff, tmp_path, dama
     with pytest.raises(ImageReadError) as info:
         read_image(path)
     assert str(path) in str(info.value) and message in str(info.value), str(info.value)
+
+
+def _patch_tags(path: Path, values: dict[int, int]) -> None:
+    """Rewrite in-line SHORT / LONG values of a little-endian TIFF's first directory."""
+    data = bytearray(path.read_bytes())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        tag, kind = struct.unpack_from("<HH", data, entry)
+        if tag in values:
+            struct.pack_into("<H" if kind == 3 else "<I", data, entry + 8, values[tag])
+    path.write_bytes(bytes(data))
+
+
+def test_huge_strips_are_refused_before_pillow_allocates_them(tmp_path):
+    """An LZW file (Pillow's path) claiming 60000 x 6000 RGB strips: refused from the tags, as in C++."""
+    from mrdl_runtime.imaging import ImageReadError, read_image
+
+    path = tmp_path / "huge.tif"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(path, compression="tiff_lzw")
+    _patch_tags(path, {256: 60000, 257: 6000, 278: 6000})
+    with pytest.raises(ImageReadError, match="TIFF strips of 1080000000 bytes; the reader takes at most 1073741824"):
+        read_image(path, max_pixels=10**9)
+
+
+def test_pillow_bomb_check_on_loading_a_tiff_never_escapes(tmp_path, monkeypatch):
+    """Pillow repeats its decompression-bomb check when it loads a TIFF: under max_pixels, a TIFF over
+    Pillow's own limit (2 x MAX_IMAGE_PIXELS, 179 M pixels by default) decodes (it raised
+    DecompressionBombError, not an ImageReadError, before)."""
+    from mrdl_runtime.imaging import read_image
+
+    rgb = np.random.default_rng(4).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels: over twice the limit
+    np.testing.assert_array_equal(read_image(tmp_path / "lzw.tif"), rgb)
+    assert Image.MAX_IMAGE_PIXELS == 100
 
 
 # --- other 16-bit paths: PNG variants Pillow converts on its own, and Pillow's big-endian TIFF ----------------------
