@@ -215,7 +215,8 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
         ("pillow_gray8_raw", Image.fromarray(gray8[:, :, 0]), {}),
         ("pillow_gray8_lzw", Image.fromarray(gray8[:, :, 0]), {"compression": "tiff_lzw"}),
         ("pillow_gray16_deflate", Image.fromarray(gray16[:, :, 0]), {"compression": "tiff_deflate"}),
-        ("pillow_gray16_big_endian", Image.fromarray(gray16[:, :, 0]).convert("I;16B"), {}),
+        ("pillow_gray16_big_endian",  # not convert("I;16B"), which clamps the values to 255
+         Image.frombytes("I;16B", gray16.shape[1::-1], gray16[:, :, 0].astype(">u2").tobytes()), {}),
         ("pillow_rgb8_lzw_strips", Image.fromarray(noise(300, 200, 3, np.uint8)), {"compression": "tiff_lzw"}),
         ("pillow_rgb8_packbits", Image.fromarray(rgb8), {"compression": "packbits"}),
         ("pillow_rgb8_jpeg", Image.fromarray(noise(64, 48, 3, np.uint8)), {"compression": "jpeg", "quality": 90}),
