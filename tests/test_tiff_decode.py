@@ -340,20 +340,24 @@ def test_pillow_bomb_check_on_loading_a_tiff_never_escapes(tmp_path, monkeypatch
 
 # --- other 16-bit paths: PNG variants Pillow converts on its own, and Pillow's big-endian TIFF ----------------------
 
-def _png(path: Path, pixels: np.ndarray, color_type: int) -> None:
-    """A 16-bit PNG (gray 0, RGB 2, gray+alpha 4, RGBA 6) written by hand: Pillow cannot write most of them."""
+def _png(path: Path, pixels: np.ndarray, color_type: int, transparent: bool = False) -> None:
+    """A 16-bit PNG (gray 0, RGB 2, gray+alpha 4, RGBA 6) written by hand: Pillow cannot write most of them.
+    ``transparent``: a tRNS chunk naming the first pixel's value (gray and RGB)."""
     height, width = pixels.shape[:2]
     raw = b"".join(b"\0" + pixels[row].astype(">u2").tobytes() for row in range(height))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0))
+    if transparent:
+        header += chunk(b"tRNS", pixels[0, 0].astype(">u2").tobytes())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-@pytest.mark.parametrize(("variant", "channels"), [("gray", 1), ("gray_alpha", 2), ("rgb", 3), ("rgba", 4),
-                                                    ("tiff_big_endian", 1), ("tiff_little_endian", 1)])
+@pytest.mark.parametrize(("variant", "channels"), [
+    ("gray", 1), ("gray_alpha", 2), ("rgb", 3), ("rgba", 4), ("gray_trns", 1), ("rgb_trns", 3),
+    ("tiff_big_endian", 1), ("tiff_little_endian", 1)])
 def test_16bit_files_keep_the_high_byte(tmp_path, variant, channels):
     from mrdl_runtime.imaging import read_image
 
@@ -369,6 +373,8 @@ def test_16bit_files_keep_the_high_byte(tmp_path, variant, channels):
         image.save(path)
     else:
         path = tmp_path / f"{variant}.png"
-        _png(path, pixels if channels > 1 else pixels[:, :, 0], {1: 0, 2: 4, 3: 2, 4: 6}[channels])
+        _png(path, pixels if channels > 1 else pixels[:, :, 0], {1: 0, 2: 4, 3: 2, 4: 6}[channels],
+             transparent=variant.endswith("trns"))
+        assert variant.endswith("trns") == ("transparency" in Image.open(path).info)
     np.testing.assert_array_equal(read_image(path), expected, err_msg=f"{variant}: Pillow mode {Image.open(path).mode}")
     assert not np.array_equal(expected, np.repeat((pixels[:, :, :1] & 0xFF).astype(np.uint8), 3, axis=2))
