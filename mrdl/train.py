@@ -118,6 +118,8 @@ def run_config(config: MRDLConfig, *, epochs: int | None, batch_size: int | None
                val_window: int | None = None) -> MRDLConfig:
     """The config a run trains with: the recipe, then explicit overrides; no text forces lambda_3 = 0."""
     config = apply_recipe(config, recipe)
+    if ema_decay == 0.0 and select is None:  # no EMA asked for: the raw weights are the ones to select
+        select = "raw"
     changes = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_period": lr_period, "ema_decay": ema_decay,
                "select": select, "val_window": val_window}
     train = dataclasses.replace(config.train, **{k: v for k, v in changes.items() if v is not None})
