@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # image fil
 DEFAULT_MAX_PIXELS = 250_000_000  # a 15811 x 15811 image; --max-pixels / max_pixels raises it
 STRIP_BYTES = 1 << 24  # row strips of about 16 MB bound the temporary copies of large images
 _ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-_PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-global
+_PILLOW_LIMIT = tiff.PILLOW_GLOBALS  # Image.MAX_IMAGE_PIXELS and TiffImagePlugin.READ_LIBTIFF are process-global
 
 
 class ImageInputError(ValueError):

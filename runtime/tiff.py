@@ -19,12 +19,15 @@ applied as Pillow applies it on loading a TIFF (:func:`oriented`).
 
 from __future__ import annotations
 
+import io
+import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import TiffImagePlugin
+from PIL import Image, TiffImagePlugin
 
 SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # TIFF and BigTIFF, either byte order
 PILLOW_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I", "F")  # what accepted layouts give
@@ -32,6 +35,8 @@ MAX_CHUNK_BYTES = 1 << 30  # one decoded strip or tile, at most 1 GiB (as the C+
 _PHOTOMETRIC = {4: "transparency mask", 5: "CMYK (separated)", 6: "YCbCr (other than JPEG-compressed)", 8: "CIELab"}
 _EXPECTED = "; the Python reader takes gray, RGB or palette TIFFs (convert the file, e.g. to RGB)"
 _DEFLATE = (8, 32946)  # Adobe and old-style deflate codes
+_JPEG = (6, 7)  # old- and new-style JPEG: Pillow (libjpeg's YCbCr -> RGB, as the C++ reader)
+PILLOW_GLOBALS = threading.Lock()  # Image.MAX_IMAGE_PIXELS and TiffImagePlugin.READ_LIBTIFF are process-global
 
 
 class TiffLayoutError(ValueError):
@@ -136,22 +141,48 @@ def check_layout(tags: TiffImagePlugin.ImageFileDirectory_v2) -> Layout:
 
 
 def decoded_here(layout: Layout) -> bool:
-    """Whether :func:`read_samples` decodes the layout: uncompressed or deflate (horizontal predictor for
-    integers), 8 bits or more, not palette."""
-    return (layout.compression in (1, *_DEFLATE) and layout.bits >= 8 and layout.photometric != 3
+    """Whether :func:`read_samples` decodes the layout: 8 bits or more, not palette, not JPEG, no
+    predictor or the horizontal one for integers."""
+    return (layout.compression not in _JPEG and layout.bits >= 8 and layout.photometric != 3
             and (layout.predictor == 1 or (layout.predictor == 2 and layout.sample_format != 3)))
 
 
+def _chunk_file(data: bytes, compression: int, fill_order: int, width_bytes: int, rows: int) -> bytes:
+    """A one-strip 8-bit gray TIFF holding one compressed strip or tile (``width_bytes`` bytes a row):
+    libtiff, through Pillow, then decompresses it to bytes without interpreting the samples."""
+    tags = [(256, 4, width_bytes), (257, 4, rows), (258, 3, 8), (259, 3, compression), (262, 3, 1),
+            (266, 3, fill_order), (273, 4, 0), (277, 3, 1), (278, 4, rows), (279, 4, len(data))]
+    data_at = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<I" if kind == 4 else "<Hxx",
+                                                                          data_at if tag == 273 else value)
+                       for tag, kind, value in tags)
+    return b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + bytes(4) + data
+
+
+def _decompress(data: bytes, layout: Layout, fill_order: int, width_bytes: int, rows: int, index: int) -> bytes:
+    """One strip or tile's bytes, decompressed (deflate by zlib, the other codecs by libtiff)."""
+    if layout.compression == 1:
+        return data
+    try:
+        if layout.compression in _DEFLATE:
+            return zlib.decompressobj().decompress(data, width_bytes * rows)
+        with PILLOW_GLOBALS:  # one strip can be over Pillow's decompression-bomb limit: the limit is ours
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(_chunk_file(data, layout.compression, fill_order, width_bytes, rows))) as gray:
+                    gray.load()
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+            return gray.tobytes()
+    except (zlib.error, OSError, ValueError, KeyError, SyntaxError) as exc:  # KeyError: a codec Pillow does not know
+        raise TiffLayoutError(f"TIFF tile or strip {index} (compression {layout.compression}) cannot be decoded "
+                              f"({type(exc).__name__}: {exc})") from exc
+
+
 def pillow_libtiff(layout: Layout) -> bool:
-    """For a layout Pillow decodes: through libtiff (True) or its own uncompressed reader (False)."""
-    libtiff = layout.compression != 1 or layout.planar == 2  # Pillow's own reader mis-reads separate planes
-    if libtiff and layout.big_endian and layout.sample_format in (2, 3) and layout.bits in (16, 32):
-        kind = "float" if layout.sample_format == 3 else "signed"
-        how = "compressed" if layout.compression != 1 else "separate-plane"
-        raise TiffLayoutError(f"{how} big-endian TIFF with {layout.bits}-bit {kind} samples: Pillow's libtiff "
-                              "reader leaves them byte-swapped; save it little-endian, uncompressed or "
-                              "deflate-compressed, which the Python reader decodes by the rule")
-    return libtiff
+    """For a layout Pillow decodes (JPEG, palette, 1/2/4-bit: unsigned 8 bits at most): through libtiff
+    (True) or Pillow's own uncompressed reader (False), which mis-reads separate planes."""
+    return layout.compression != 1 or layout.planar == 2
 
 
 def oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -177,8 +208,9 @@ def _chunks(tags: TiffImagePlugin.ImageFileDirectory_v2, layout: Layout):
 
 
 def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout: Layout) -> np.ndarray:
-    """The samples of an uncompressed or deflate TIFF (strips or tiles, either planar configuration and
-    byte order, horizontal predictor), as stored (H, W, kept), kept = colour samples (+ alpha):
+    """The samples of a TIFF of 8 bits or more, not JPEG (strips or tiles, either planar configuration
+    and byte order, horizontal predictor; libtiff decompresses, this places the samples as the C++
+    reader does), as stored (H, W, kept), kept = colour samples (+ alpha):
     8- and 16-bit as uint8 by the rule chunk by chunk (min-is-white inverted), wider types as they
     are (the rule needs their range)."""
     height, width, color, kept = layout.height, layout.width, layout.color, layout.color + layout.alpha
@@ -187,7 +219,7 @@ def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout
     native = stored.newbyteorder("=")
     chunk_width, chunk_height, offsets, sizes = _chunks(tags, layout)
     per_pixel = 1 if layout.planar == 2 else layout.samples
-    chunk_values = chunk_width * chunk_height * per_pixel
+    row_bytes, tiled, fill_order = chunk_width * per_pixel * stored.itemsize, 322 in tags, tags.get(266, 1)
     as_bytes = stored.kind == "u" and stored.itemsize <= 2
     out = np.empty((height, width, kept), np.uint8 if as_bytes else native)
     across, down = -(-width // chunk_width), -(-height // chunk_height)
@@ -198,15 +230,11 @@ def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout
                     index = (plane * down + row) * across + column
                     if index >= len(offsets):
                         raise TiffLayoutError(f"TIFF with {len(offsets)} tiles / strips; expected at least {index + 1}")
-                    file.seek(offsets[index])
-                    data = file.read(sizes[index])
-                    if layout.compression in _DEFLATE:
-                        try:
-                            data = zlib.decompressobj().decompress(data, chunk_values * stored.itemsize)
-                        except zlib.error as exc:
-                            raise TiffLayoutError(f"TIFF tile or strip {index} is damaged ({exc})") from exc
                     y0, x0 = row * chunk_height, column * chunk_width
                     rows, columns = min(chunk_height, height - y0), min(chunk_width, width - x0)
+                    file.seek(offsets[index])
+                    data = _decompress(file.read(sizes[index]), layout, fill_order, row_bytes,
+                                       chunk_height if tiled else rows, index)
                     if len(data) < ((rows - 1) * chunk_width + columns) * per_pixel * stored.itemsize:
                         raise TiffLayoutError(f"TIFF tile or strip {index} is truncated")
                     full = rows * chunk_width * per_pixel  # a short last row is padded (its tail is not kept)
