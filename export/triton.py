@@ -84,7 +84,8 @@ def config_text(manifest: Manifest, key: str, name: str, options: TritonRepoOpti
                   "mrdl.scale": repr(manifest.scale), "mrdl.size": f"{manifest.size[0]}x{manifest.size[1]}"}
     parameter_text = "\n".join(f'parameters {{\n  key: "{k}"\n  value {{ string_value: "{v}" }}\n}}'
                                for k, v in parameters.items())
-    return (f'# Written by mrdl triton-repo from {manifest.model_dir.name}/{record.file} (export {manifest.export_id}).\n'
+    return (f'# Written by mrdl triton-repo from {manifest.model_dir.name}/{record.file} '
+            f'(export {manifest.export_id}).\n'
             f'# Input: the preprocessed image (mrdl_runtime.preprocess); output: probabilities at the model size.\n'
             f'name: "{name}"\n{backend}\nmax_batch_size: {max_batch}\n'
             f'input [\n{inputs}\n]\noutput [\n{outputs}\n]\n'
@@ -132,7 +133,8 @@ def check_out(out: Path, *, force: bool, model_dir: Path) -> None:
                                   "even with --force")
 
 
-def write_repository(model_dir: str | Path, out: str | Path, options: TritonRepoOptions | None = None) -> dict[str, Path]:
+def write_repository(model_dir: str | Path, out: str | Path,
+                     options: TritonRepoOptions | None = None) -> dict[str, Path]:
     """Write the Triton model repository of ``model_dir`` into ``out``; returns {model name: its folder}.
 
     Raises :class:`TritonRepoError` (bad options, an occupied ``out``), ``ManifestError`` (no such

@@ -139,7 +139,8 @@ class RemoteSegmenter:
             done: queue.Queue = queue.Queue()
             for index, group in enumerate(groups):
                 inputs, outputs = self._request(group, with_probabilities)
-                self._client.async_infer(self.model, inputs, lambda result, error, i=index: done.put((i, result, error)),
+                self._client.async_infer(self.model, inputs,
+                                         lambda result, error, i=index: done.put((i, result, error)),
                                          outputs=outputs, client_timeout=self.timeout, parameters=parameters)
             for _ in groups:
                 index, result, error = done.get(timeout=self.timeout + 5)

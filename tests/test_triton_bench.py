@@ -53,6 +53,7 @@ def test_serving_report(model_dir):
         assert served == level["answered"] + level["clients"]  # + one untimed warm-up request per client
         assert all(1 <= size <= serving["max_batch"] for size in level["batch_sizes"])
         assert level["throughput_ips"] > 0 and level["latency_ms"]["p99"] >= level["latency_ms"]["p50"] > 0
+        assert level["in_process_beside_ips"] > 0 and level["fraction_of_in_process_beside"] > 0
     assert serving["agreement"] == {"images": 6, "identical_masks": 6, "mean_dice": 1.0}
     assert [row["batch"] for row in serving["in_process"]] == [1, 4]
     assert serving["server_exit_code"] == 0 and serving_failures(serving) == []
