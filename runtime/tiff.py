@@ -35,6 +35,7 @@ MAX_CHUNK_BYTES = 1 << 30  # one decoded strip or tile, at most 1 GiB (as the C+
 _PHOTOMETRIC = {4: "transparency mask", 5: "CMYK (separated)", 6: "YCbCr (other than JPEG-compressed)", 8: "CIELab"}
 _EXPECTED = "; the Python reader takes gray, RGB or palette TIFFs (convert the file, e.g. to RGB)"
 _DEFLATE = (8, 32946)  # Adobe and old-style deflate codes
+_PREDICTED = (5, 8, 32946, 34925, 50000)  # LZW, deflate, LZMA, ZSTD: the codecs libtiff applies a Predictor to
 _JPEG = (6, 7)  # old- and new-style JPEG: Pillow (libjpeg's YCbCr -> RGB, as the C++ reader)
 PILLOW_GLOBALS = threading.Lock()  # Image.MAX_IMAGE_PIXELS and TiffImagePlugin.READ_LIBTIFF are process-global
 
@@ -136,53 +137,76 @@ def check_layout(tags: TiffImagePlugin.ImageFileDirectory_v2) -> Layout:
     if chunk_bytes > MAX_CHUNK_BYTES:  # a hostile header must not allocate gigabytes, in either decoder
         raise TiffLayoutError(f"TIFF {'tiles' if tiled else 'strips'} of {chunk_bytes} bytes; the reader takes at "
                               f"most {MAX_CHUNK_BYTES} bytes per tile or strip")
+    predictor = tags.get(317, 1) if compression in _PREDICTED else 1  # libtiff ignores it for the others
     return Layout(tags[256], tags[257], photometric, color, alpha, bits, sample_format, samples, planar,
-                  compression, tags.get(317, 1), tags.prefix == b"MM")
+                  compression, predictor, tags.prefix == b"MM")
 
 
 def decoded_here(layout: Layout) -> bool:
     """Whether :func:`read_samples` decodes the layout: 8 bits or more, not palette, not JPEG, no
-    predictor or the horizontal one for integers."""
+    predictor, the horizontal one for integers or the floating-point one for floats."""
     return (layout.compression not in _JPEG and layout.bits >= 8 and layout.photometric != 3
-            and (layout.predictor == 1 or (layout.predictor == 2 and layout.sample_format != 3)))
+            and (layout.predictor == 1 or (layout.predictor == 2) == (layout.sample_format != 3)))
 
 
-def _chunk_file(data: bytes, compression: int, fill_order: int, width_bytes: int, rows: int) -> bytes:
-    """A one-strip 8-bit gray TIFF holding one compressed strip or tile (``width_bytes`` bytes a row):
-    libtiff, through Pillow, then decompresses it to bytes without interpreting the samples."""
-    tags = [(256, 4, width_bytes), (257, 4, rows), (258, 3, 8), (259, 3, compression), (262, 3, 1),
-            (266, 3, fill_order), (273, 4, 0), (277, 3, 1), (278, 4, rows), (279, 4, len(data))]
-    data_at = 8 + 2 + 12 * len(tags) + 4
-    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<I" if kind == 4 else "<Hxx",
-                                                                          data_at if tag == 273 else value)
-                       for tag, kind, value in tags)
-    return b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + bytes(4) + data
+def _strips_file(chunks: list[bytes], rows: list[int], compression: int, fill_order: int, row_bytes: int) -> bytes:
+    """An 8-bit gray TIFF whose strips are the given compressed strips or tiles, one under the other
+    (``row_bytes`` bytes a row; every one of ``rows[0]`` rows but the last): libtiff, through Pillow,
+    decompresses them to bytes without interpreting the samples."""
+    offsets, at = [], 0
+    for chunk in chunks:
+        offsets.append(at)
+        at += len(chunk)
+    tags = [(256, [row_bytes]), (257, [sum(rows)]), (258, [8]), (259, [compression]), (262, [1]), (266, [fill_order]),
+            (273, offsets), (277, [1]), (278, [rows[0]]), (279, [len(chunk) for chunk in chunks])]
+    values_at = 8 + 2 + 12 * len(tags) + 4
+    data_at = values_at + 4 * sum(len(items) for _, items in tags if len(items) > 1)
+    entries, values = bytearray(struct.pack("<H", len(tags))), bytearray()
+    for tag, items in tags:
+        items = [data_at + item for item in items] if tag == 273 else items
+        if len(items) == 1:
+            entries += struct.pack("<HHII", tag, 4, 1, items[0])
+        else:
+            entries += struct.pack("<HHII", tag, 4, len(items), values_at + len(values))
+            values += struct.pack(f"<{len(items)}I", *items)
+    return b"II*\0" + struct.pack("<I", 8) + bytes(entries) + bytes(4) + bytes(values) + b"".join(chunks)
 
 
-def _decompress(data: bytes, layout: Layout, fill_order: int, width_bytes: int, rows: int, index: int) -> bytes:
-    """One strip or tile's bytes, decompressed (deflate by zlib, the other codecs by libtiff)."""
-    if layout.compression == 1:
-        return data
+def _decompressed(chunks: list[bytes], rows: list[int], layout: Layout, fill_order: int, row_bytes: int,
+                  plane: int) -> list:
+    """The strips or tiles of one plane decompressed, each bytes-like (deflate by zlib, chunk by chunk; the
+    other codecs by libtiff, all at once)."""
+    where = f" of plane {plane}" if layout.planar == 2 else ""
+    what = f"TIFF strips / tiles{where} (compression {layout.compression})"
     try:
         if layout.compression in _DEFLATE:
-            return zlib.decompressobj().decompress(data, width_bytes * rows)
-        with PILLOW_GLOBALS:  # one strip can be over Pillow's decompression-bomb limit: the limit is ours
+            return [zlib.decompressobj().decompress(chunk, count * row_bytes) for chunk, count in zip(chunks, rows)]
+        if len(chunks) >= 1 << 20 or sum(rows) * row_bytes >= 1 << 34:
+            raise TiffLayoutError(f"{what}: {len(chunks)} strips / tiles, too many for the Python reader")
+        with PILLOW_GLOBALS:  # they may be over Pillow's decompression-bomb limit: the limit is max_pixels
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                with Image.open(io.BytesIO(_chunk_file(data, layout.compression, fill_order, width_bytes, rows))) as gray:
+                file = io.BytesIO(_strips_file(chunks, rows, layout.compression, fill_order, row_bytes))
+                with Image.open(file) as gray:
                     gray.load()
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
-            return gray.tobytes()
-    except (zlib.error, OSError, ValueError, KeyError, SyntaxError) as exc:  # KeyError: a codec Pillow does not know
-        raise TiffLayoutError(f"TIFF tile or strip {index} (compression {layout.compression}) cannot be decoded "
-                              f"({type(exc).__name__}: {exc})") from exc
+        decoded, starts = np.asarray(gray, dtype=np.uint8), np.cumsum([0, *rows])
+        return [decoded[start:stop].reshape(-1) for start, stop in zip(starts[:-1], starts[1:])]
+    except (zlib.error, OSError, ValueError, KeyError, SyntaxError) as exc:  # KeyError: a codec unknown to Pillow
+        raise TiffLayoutError(f"{what} cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
 
 def pillow_libtiff(layout: Layout) -> bool:
-    """For a layout Pillow decodes (JPEG, palette, 1/2/4-bit: unsigned 8 bits at most): through libtiff
-    (True) or Pillow's own uncompressed reader (False), which mis-reads separate planes."""
-    return layout.compression != 1 or layout.planar == 2
+    """For a layout Pillow decodes (JPEG, palette, 1/2/4-bit, float with the floating-point predictor):
+    through libtiff (True) or Pillow's own uncompressed reader (False), which mis-reads separate planes."""
+    libtiff = layout.compression != 1 or layout.planar == 2
+    if libtiff and layout.big_endian and layout.sample_format in (2, 3) and layout.bits in (16, 32):
+        kind = "float" if layout.sample_format == 3 else "signed"
+        raise TiffLayoutError(f"big-endian TIFF with {layout.bits}-bit {kind} samples and predictor "
+                              f"{layout.predictor}: Pillow's libtiff reader leaves them byte-swapped; save it "
+                              "little-endian or without the floating-point predictor")
+    return libtiff
 
 
 def oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -225,33 +249,61 @@ def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout
     across, down = -(-width // chunk_width), -(-height // chunk_height)
     with open(path, "rb") as file:
         for plane in range(kept if layout.planar == 2 else 1):
-            for row in range(down):
-                for column in range(across):
-                    index = (plane * down + row) * across + column
-                    if index >= len(offsets):
-                        raise TiffLayoutError(f"TIFF with {len(offsets)} tiles / strips; expected at least {index + 1}")
-                    y0, x0 = row * chunk_height, column * chunk_width
+            first, last = plane * down * across, (plane + 1) * down * across
+            if last > len(offsets):
+                raise TiffLayoutError(f"TIFF with {len(offsets)} tiles / strips; expected at least {last}")
+            chunks = []
+            for index in range(first, last):
+                file.seek(offsets[index])
+                chunks.append(file.read(sizes[index]))
+            rows_of = [chunk_height if tiled else min(chunk_height, height - (index // across) * chunk_height)
+                       for index in range(down * across)]
+            if layout.compression != 1:
+                chunks = _decompressed(chunks, rows_of, layout, fill_order, row_bytes, plane)
+            pieces = []  # (first tile or strip, y0, x0, rows, columns, bytes)
+            if tiled:
+                for k, data in enumerate(chunks):
+                    y0, x0 = (k // across) * chunk_height, (k % across) * chunk_width
                     rows, columns = min(chunk_height, height - y0), min(chunk_width, width - x0)
-                    file.seek(offsets[index])
-                    data = _decompress(file.read(sizes[index]), layout, fill_order, row_bytes,
-                                       chunk_height if tiled else rows, index)
-                    if len(data) < ((rows - 1) * chunk_width + columns) * per_pixel * stored.itemsize:
+                    pieces.append((first + k, y0, x0, rows, columns, data))
+            else:  # strips: checked, then placed in groups of about 16 MB (strip by strip, Python's work dominated)
+                group, y0, y = [], 0, 0
+                for k, (data, count) in enumerate(zip(chunks, rows_of)):
+                    if len(data) < count * row_bytes:
+                        raise TiffLayoutError(f"TIFF tile or strip {first + k} is truncated")
+                    group.append(memoryview(data)[:count * row_bytes])
+                    y += count
+                    if (y - y0) * row_bytes >= 1 << 24 or k == len(chunks) - 1:
+                        pieces.append((first + k, y0, 0, y - y0, width, b"".join(group)))
+                        group, y0 = [], y
+            for index, y0, x0, rows, columns, data in pieces:
+                if len(data) < ((rows - 1) * chunk_width + columns) * per_pixel * stored.itemsize:
+                    raise TiffLayoutError(f"TIFF tile or strip {index} is truncated")
+                if layout.predictor == 3:  # floating point: byte planes (most significant first), differenced
+                    if len(data) < rows * row_bytes:
                         raise TiffLayoutError(f"TIFF tile or strip {index} is truncated")
+                    shuffled = np.frombuffer(data, np.uint8, rows * row_bytes).reshape(rows, -1, per_pixel)
+                    shuffled = np.cumsum(shuffled, axis=1, dtype=np.uint8).reshape(rows, stored.itemsize, -1)
+                    values = np.ascontiguousarray(shuffled.transpose(0, 2, 1)).view(stored.newbyteorder(">"))
+                    values = values.astype(native).reshape(rows, chunk_width, per_pixel)
+                else:
                     full = rows * chunk_width * per_pixel  # a short last row is padded (its tail is not kept)
                     count = min(len(data) // stored.itemsize, full)
-                    values = np.frombuffer(data, stored, count).astype(native)
-                    values = np.pad(values, (0, full - count)).reshape(rows, chunk_width, per_pixel)
-                    if layout.predictor == 2:  # horizontal differencing, modulo 2**bits
-                        values = np.cumsum(values, axis=1, dtype=native)
-                    values = values[:, :columns, :kept]
-                    if layout.photometric == 0:  # min-is-white (8 bits at most here): colour samples inverted
-                        inverted = color if layout.planar == 1 else int(plane < color)
-                        values[:, :, :inverted] ^= np.uint8(0xFF)
-                    if as_bytes and stored.itemsize == 2:
-                        values = (values >> 8).astype(np.uint8)  # the rule's high byte
-                    target = out[y0:y0 + rows, x0:x0 + columns]
-                    if layout.planar == 2:
-                        target[:, :, plane] = values[:, :, 0]
-                    else:
-                        target[:] = values
+                    values = np.frombuffer(data, stored, count).astype(native)  # a writable copy in native order
+                    if count < full:
+                        values = np.pad(values, (0, full - count))
+                    values = values.reshape(rows, chunk_width, per_pixel)
+                if layout.predictor == 2:  # horizontal differencing, modulo 2**bits
+                    values = np.cumsum(values, axis=1, dtype=native)
+                values = values[:, :columns, :kept]
+                if layout.photometric == 0:  # min-is-white (8 bits at most here): colour samples inverted
+                    inverted = color if layout.planar == 1 else int(plane < color)
+                    values[:, :, :inverted] ^= np.uint8(0xFF)
+                if as_bytes and stored.itemsize == 2:
+                    values = (values >> 8).astype(np.uint8)  # the rule's high byte
+                target = out[y0:y0 + rows, x0:x0 + columns]
+                if layout.planar == 2:
+                    target[:, :, plane] = values[:, :, 0]
+                else:
+                    target[:] = values
     return out

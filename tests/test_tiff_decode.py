@@ -52,30 +52,45 @@ def write_tiff():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def write(path: Path, pixels: np.ndarray, *, packbits: bool = False, **options) -> None:
-        if not packbits:
+    def write(path: Path, pixels: np.ndarray, *, packbits: bool = False, float_predictor: bool = False,
+              **options) -> None:
+        if not (packbits or float_predictor):
             return module._write_tiff(path, pixels, **options)
         options.pop("deflate", None)
+        order = options.get("byte_order", "<")
         samples = 1 if options.get("planar", 1) == 2 else pixels.shape[2]
-        row_bytes = (options.get("tile") or pixels.shape[1]) * samples * pixels.dtype.itemsize
+        row_values = (options.get("tile") or pixels.shape[1]) * samples
+        stored = pixels.dtype.newbyteorder(order)
 
-        class PackBits:
+        class Codec:
             @staticmethod
             def compress(raw: bytes) -> bytes:
-                return _packbits(raw, row_bytes)
+                if packbits:
+                    return _packbits(raw, row_values * pixels.dtype.itemsize)
+                # floating-point predictor (libtiff's fpDiff): each row's values as byte planes, most
+                # significant first, then bytes differenced with a stride of the samples per pixel
+                values = np.frombuffer(raw, stored).reshape(-1, row_values)
+                msb = values.astype(stored.newbyteorder(">")).view(np.uint8).reshape(len(values), row_values, -1)
+                planes = msb.transpose(0, 2, 1).reshape(len(values), -1)
+                differenced = planes.copy()
+                differenced[:, samples:] = planes[:, samples:] - planes[:, :-samples]
+                return zlib.compress(differenced.tobytes())
 
-        module.zlib, saved = PackBits, module.zlib
+        module.zlib, saved = Codec, module.zlib
         try:
             module._write_tiff(path, pixels, deflate=True, **options)
         finally:
             module.zlib = saved
         data = bytearray(path.read_bytes())
-        order = options.get("byte_order", "<")
         (ifd,) = struct.unpack_from(order + "I", data, 4)
         (count,) = struct.unpack_from(order + "H", data, ifd)
         for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-            if struct.unpack_from(order + "H", data, entry)[0] == 259:
+            tag = struct.unpack_from(order + "H", data, entry)[0]
+            if tag == 259 and packbits:
                 struct.pack_into(order + "H", data, entry + 8, 32773)
+            if tag == 284 and float_predictor:  # PlanarConfiguration made Predictor 3 (still in tag order)
+                assert options.get("planar", 1) == 1
+                struct.pack_into(order + "HHIH", data, entry, 317, 3, 1, 3)
         path.write_bytes(bytes(data))
 
     return write
@@ -128,7 +143,8 @@ def test_every_tiff_layout_decodes_by_the_rule_or_is_refused(write_tiff, tmp_pat
         pixels = _samples(np.dtype(dtype), (13, 21, colors + len(extra)), rng)
         path = tmp_path / f"{name}.tif"
         tiles = 16 if index % 2 else None  # strips and tiles alternate (the grid's other axes all vary over both)
-        write_tiff(path, pixels, photometric=photometric, byte_order=order, tile=tiles, rows_per_strip=None if tiles else 5,
+        write_tiff(path, pixels, photometric=photometric, byte_order=order, tile=tiles,
+                   rows_per_strip=None if tiles else 5,
                    planar=planar, deflate=compression == "deflate", packbits=compression == "packbits",
                    extra_samples=extra, sample_format=sample_format)
         cpp_refusal = _cpp_refusal(photometric, np.dtype(dtype), extra)
@@ -155,7 +171,8 @@ def test_every_tiff_layout_decodes_by_the_rule_or_is_refused(write_tiff, tmp_pat
     ("gray8_min_is_white_planar_raw", None),  # was left uninverted
     ("gray16_min_is_white", "min-is-white TIFF with 16-bit samples; the Python reader inverts 1- to 8-bit"),  # (b)
     ("float32_min_is_white", "min-is-white TIFF with 32-bit samples"),
-    ("rgba8_associated_alpha", "TIFF with associated (premultiplied) alpha; the Python reader takes unassociated"),  # (c)
+    # (c)
+    ("rgba8_associated_alpha", "TIFF with associated (premultiplied) alpha; the Python reader takes unassociated"),
     ("rgba16_associated_alpha", "TIFF with associated (premultiplied) alpha"),
     ("ycbcr_uncompressed", "TIFF photometric interpretation YCbCr (other than JPEG-compressed); the Python reader "
                            "takes gray, RGB or palette TIFFs"),  # (d)
@@ -167,6 +184,8 @@ def test_every_tiff_layout_decodes_by_the_rule_or_is_refused(write_tiff, tmp_pat
     ("int16_big_endian_packbits", None),  # Pillow (libtiff) left them byte-swapped
     ("float32_big_endian_planar", None),
     ("float64", None),  # Pillow cannot read it at all
+    ("rgb_float32_predictor3", None),  # Pillow has no unpacker for it
+    ("float32_big_endian_predictor3_tiles", None),  # Pillow (libtiff) left it byte-swapped
     ("gray16_alpha_packbits", None),  # Pillow has no unpacker for it
     ("no_photometric", "TIFF without a PhotometricInterpretation tag; expected gray, RGB or palette"),
 ])
@@ -182,7 +201,8 @@ def test_each_reported_layout(write_tiff, tmp_path, case, message):
         "gray8_min_is_white_planar_raw": (rgb16[:, :, :1].astype(np.uint8), {"photometric": 0, "planar": 2}),
         "gray16_min_is_white": (rgb16[:, :, :1], {"photometric": 0}),
         "float32_min_is_white": (rng.random((9, 11, 1)).astype(np.float32), {"photometric": 0, "sample_format": 3}),
-        "rgba8_associated_alpha": (rgb16.astype(np.uint8)[:, :, [0, 1, 2, 0]], {"photometric": 2, "extra_samples": (1,)}),
+        "rgba8_associated_alpha": (rgb16.astype(np.uint8)[:, :, [0, 1, 2, 0]],
+                                   {"photometric": 2, "extra_samples": (1,)}),
         "rgba16_associated_alpha": (rgb16[:, :, [0, 1, 2, 0]], {"photometric": 2, "extra_samples": (1,)}),
         "ycbcr_uncompressed": (rgb16.astype(np.uint8), {"photometric": 6}),
         "ycbcr_deflate": (rgb16.astype(np.uint8), {"photometric": 6, "deflate": True}),
@@ -190,11 +210,17 @@ def test_each_reported_layout(write_tiff, tmp_path, case, message):
         "cielab": (rgb16.astype(np.uint8), {"photometric": 8}),
         "int8": (small.astype(np.int8), {"photometric": 1, "sample_format": 2}),
         "int16_big_endian_deflate": (small, {"photometric": 1, "sample_format": 2, "byte_order": ">", "deflate": True}),
-        "int16_big_endian_packbits": (small, {"photometric": 1, "sample_format": 2, "byte_order": ">", "packbits": True}),
+        "int16_big_endian_packbits": (small, {"photometric": 1, "sample_format": 2, "byte_order": ">",
+                                              "packbits": True}),
         "gray16_alpha_packbits": (rgb16[:, :, :2], {"photometric": 1, "extra_samples": (2,), "packbits": True}),
         "float32_big_endian_planar": (rng.random((9, 11, 3)).astype(np.float32),
                                       {"photometric": 2, "sample_format": 3, "byte_order": ">", "planar": 2}),
         "float64": (rng.random((9, 11, 1)), {"photometric": 1, "sample_format": 3}),
+        "rgb_float32_predictor3": (rng.random((9, 11, 3)).astype(np.float32),
+                                   {"photometric": 2, "sample_format": 3, "float_predictor": True}),
+        "float32_big_endian_predictor3_tiles": (rng.random((20, 21, 1)).astype(np.float32),
+                                                {"photometric": 1, "sample_format": 3, "float_predictor": True,
+                                                 "byte_order": ">", "tile": 16}),
         "no_photometric": (rgb16.astype(np.uint8), {"photometric": 2}),
     }
     pixels, keywords = options[case]
@@ -266,9 +292,9 @@ def _with_orientation(image: Image.Image, orientation: int) -> Image.Image:
 
 @pytest.mark.parametrize(("damage", "message"), [
     ("cut", "TIFF tile or strip 2 is truncated"),
-    ("deflate", "TIFF tile or strip 0 (compression 8) cannot be decoded (error: Error -3 while decompressing"),
-    ("lzw", "TIFF tile or strip 0 (compression 5) cannot be decoded (OSError: decoder error"),
-    ("offsets", "TIFF with 3 tiles / strips; expected at least 4"),
+    ("deflate", "TIFF strips / tiles (compression 8) cannot be decoded (error: Error -3 while decompressing"),
+    ("lzw", "TIFF strips / tiles (compression 5) cannot be decoded (OSError: decoder error"),
+    ("offsets", "TIFF with 3 tiles / strips; expected at least 6"),
 ])
 def test_damaged_samples_are_refused_naming_the_chunk(write_tiff, tmp_path, damage, message):
     from mrdl_runtime.imaging import ImageReadError, read_image
