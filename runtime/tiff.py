@@ -10,11 +10,13 @@ YCbCr, CMYK and CIELab by its own formulas.
 
 So the first image's tags are read first (:func:`read_tags`, no pixel data) and the layout is
 accepted or refused exactly as the C++ reader (runtime/cpp/examples/tiff_io.cpp) does, in its words
-(:func:`check_layout`). Uncompressed and deflate files of 8 bits or more (not palette) are decoded
-here from the samples (:func:`read_samples`), as the C++ reader places libtiff's; the rest
-(LZW, PackBits, JPEG, 1/2/4-bit, palette) by Pillow through libtiff (:func:`pillow_libtiff`), which
-is right for them except big-endian signed and float samples, refused. The Orientation tag is
-applied as Pillow applies it on loading a TIFF (:func:`oriented`).
+(:func:`check_layout`). Every accepted layout of 8 bits or more but palette and JPEG is then decoded
+here (:func:`read_samples`) as the C++ reader does it: libtiff (through Pillow, on an 8-bit gray
+TIFF made of the file's strips or tiles) or zlib only decompresses, and this module places the
+samples (strips or tiles, separate planes, byte order, predictors, min-is-white). JPEG, palette
+and 1/2/4-bit files go to Pillow (through libtiff; Pillow's own uncompressed reader mis-reads
+separate planes). The Orientation tag is applied as Pillow applies it on loading a TIFF
+(:func:`oriented`).
 """
 
 from __future__ import annotations
