@@ -156,12 +156,8 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
     if from_tiff:  # Pillow's TIFF reader repeats its decompression-bomb check on loading: off, as in _open
-        with _PILLOW_LIMIT:
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                image.load()
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+        with tiff.without_bomb_check(image.size[0] * image.size[1]):
+            image.load()
     image.load()
     if from_tiff and image.mode not in tiff.PILLOW_MODES:  # a checked layout never needs Pillow's conversions
         raise ImageInputError(f"TIFF decoded by Pillow to mode {image.mode!r}; the Python reader takes modes "

@@ -21,6 +21,7 @@ separate planes). The Orientation tag is applied as Pillow applies it on loading
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import threading
@@ -151,6 +152,23 @@ def decoded_here(layout: Layout) -> bool:
             and (layout.predictor == 1 or (layout.predictor == 2) == (layout.sample_format != 3)))
 
 
+@contextlib.contextmanager
+def without_bomb_check(pixels: int):
+    """Pillow's decompression-bomb check (Image.MAX_IMAGE_PIXELS, process-global) off for an image of
+    ``pixels`` pixels, whose limit is ``max_pixels``: under the lock only when the image is over it
+    (a smaller one passes the check whatever the other threads do)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or pixels <= limit:
+        yield
+        return
+    with PILLOW_GLOBALS:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _strips_file(chunks: list[bytes], rows: list[int], compression: int, fill_order: int, row_bytes: int) -> bytes:
     """An 8-bit gray TIFF whose strips are the given compressed strips or tiles, one under the other
     (``row_bytes`` bytes a row; every one of ``rows[0]`` rows but the last): libtiff, through Pillow,
@@ -185,14 +203,10 @@ def _decompressed(chunks: list[bytes], rows: list[int], layout: Layout, fill_ord
             return [zlib.decompressobj().decompress(chunk, count * row_bytes) for chunk, count in zip(chunks, rows)]
         if len(chunks) >= 1 << 20 or sum(rows) * row_bytes >= 1 << 34:
             raise TiffLayoutError(f"{what}: {len(chunks)} strips / tiles, too many for the Python reader")
-        with PILLOW_GLOBALS:  # they may be over Pillow's decompression-bomb limit: the limit is max_pixels
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                file = io.BytesIO(_strips_file(chunks, rows, layout.compression, fill_order, row_bytes))
-                with Image.open(file) as gray:
-                    gray.load()
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+        file = io.BytesIO(_strips_file(chunks, rows, layout.compression, fill_order, row_bytes))
+        with without_bomb_check(sum(rows) * row_bytes):
+            with Image.open(file) as gray:
+                gray.load()
         decoded, starts = np.asarray(gray, dtype=np.uint8), np.cumsum([0, *rows])
         return [decoded[start:stop].reshape(-1) for start, stop in zip(starts[:-1], starts[1:])]
     except (zlib.error, OSError, ValueError, KeyError, SyntaxError) as exc:  # KeyError: a codec unknown to Pillow

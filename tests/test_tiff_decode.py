@@ -345,17 +345,39 @@ def test_huge_strips_are_refused_before_pillow_allocates_them(tmp_path):
         read_image(path, max_pixels=10**9)
 
 
-def test_pillow_bomb_check_on_loading_a_tiff_never_escapes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["rgb_lzw", "palette_lzw"])  # read_image's decoder (libtiff), Pillow's
+def test_pillow_bomb_check_on_loading_a_tiff_never_escapes(tmp_path, monkeypatch, kind):
     """Pillow repeats its decompression-bomb check when it loads a TIFF: under max_pixels, a TIFF over
     Pillow's own limit (2 x MAX_IMAGE_PIXELS, 179 M pixels by default) decodes (it raised
     DecompressionBombError, not an ImageReadError, before)."""
     from mrdl_runtime.imaging import read_image
 
     rgb = np.random.default_rng(4).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    image = Image.fromarray(rgb) if kind == "rgb_lzw" else Image.fromarray(rgb).quantize(16)
+    image.save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    expected = np.asarray(image.convert("RGB"))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels: over twice the limit
-    np.testing.assert_array_equal(read_image(tmp_path / "lzw.tif"), rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "lzw.tif"), expected)
     assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_threads_decode_tiffs_as_one_thread_does(write_tiff, tmp_path):
+    """read_image from 4 threads at once (libtiff, zlib and Pillow paths; Pillow globals under a lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mrdl_runtime.imaging import read_image
+
+    rgb16 = np.random.default_rng(6).integers(0, 65536, (64, 48, 3)).astype(np.uint16)
+    write_tiff(tmp_path / "deflate.tif", rgb16, photometric=2, tile=16, deflate=True)
+    write_tiff(tmp_path / "packbits.tif", rgb16, photometric=2, planar=2, packbits=True, rows_per_strip=5)
+    Image.fromarray((rgb16 >> 8).astype(np.uint8)).quantize(32).save(tmp_path / "palette.tif", compression="tiff_lzw")
+    paths = [tmp_path / name for name in ("deflate.tif", "packbits.tif", "palette.tif")] * 8
+    alone = [read_image(path) for path in paths]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(read_image, paths))
+    for path, one, other in zip(paths, alone, together):
+        np.testing.assert_array_equal(other, one, err_msg=path.name)
+    np.testing.assert_array_equal(alone[0], (rgb16 >> 8).astype(np.uint8))
 
 
 # --- other 16-bit paths: PNG variants Pillow converts on its own, and Pillow's big-endian TIFF ----------------------
