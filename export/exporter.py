@@ -293,8 +293,9 @@ class Exporter:
                     f"INT8 accuracy gate failed for {job.ckpt}: task Dice against ground truth {accuracy.int8_dice:.4f} "
                     f"vs FP32 {accuracy.fp32_dice:.4f} on {accuracy.images} images from {accuracy.source}, a drop of "
                     f"{accuracy.drop_points:.2f} points (limit {accuracy.max_drop_points:g}; mask agreement with FP32 "
-                    f"{accuracy.agreement:.4f}); keep more of the model in FP32 (--int8-keep-fp32 auto or scopes), "
-                    f"calibrate on more images, or raise --int8-max-dice-drop; no model was written")
+                    f"{accuracy.agreement:.4f}){_search_summary(job.int8.get('search'))}; keep more of the model in "
+                    f"FP32 (--int8-keep-fp32 scopes), calibrate on more images, or raise --int8-max-dice-drop; "
+                    f"no model was written")
         if options.int8_min_dice is not None:
             _gate(job.parity["int8"], "INT8", ckpt=job.ckpt, atol=1.0, min_dice=options.int8_min_dice)
 
@@ -429,6 +430,16 @@ def _timed(job: _Job, name: str, function, *args, **kwargs):
     value = function(*args, **kwargs)
     job.timings[name] = job.timings.get(name, 0.0) + time.perf_counter() - mark
     return value
+
+
+def _search_summary(search: dict | None) -> str:
+    """What the automatic mixed-precision search kept, for a failed gate's message ('' without a search)."""
+    if not search:
+        return ""
+    final = search["final"]
+    drop = "" if final["drop_points"] is None else f", Dice drop {final['drop_points']:.2f} points"
+    return (f"; the search kept {', '.join(search['kept']) or 'nothing'} in FP32 (on {search['images']} calibration "
+            f"images: agreement {final['agreement']:.4f}{drop})")
 
 
 def _gate(result: ParityResult, label: str, *, ckpt: Path, atol: float, min_dice: float) -> None:

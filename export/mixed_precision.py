@@ -12,12 +12,15 @@ on the calibration images:
 3. Greedy: while the criterion fails, put back in FP32 the block with the next largest gain
    (blocks that gain nothing are never kept) and measure again.
 
-The criterion: with ground truth for the calibration images (an LViT split's masks, or the
-synthetic tiles'), task Dice against it may drop at most ``SEARCH_MARGIN`` of the export gate's
-``--int8-max-dice-drop`` below FP32's, so that the gate on the parity images has room (measured
-on the first :data:`SEARCH_IMAGES` calibration images: one to two dozen candidates each run them);
-without ground truth, mask agreement with FP32 must reach :data:`AUTO_MIN_AGREEMENT`. What is
-measured is what ships: the model written is the searched one, not a re-calibration.
+The criterion, on the first :data:`SEARCH_IMAGES` calibration images (one to three dozen
+candidates each run them): mask agreement with FP32 must reach :data:`AUTO_MIN_AGREEMENT`, and,
+with ground truth for the images (an LViT split's masks, or the synthetic tiles'), task Dice
+against it may drop at most ``SEARCH_MARGIN`` of the export gate's ``--int8-max-dice-drop``
+below FP32's. Both, because the calibration images are usually training images, on which a
+model is more confident than on held-out ones: on a partly trained ``small`` (Val Dice 0.64) the
+fully quantized model passed a Dice-only criterion on Train and then lost 1.5 points on Val,
+with mask agreement 0.85. What is measured is what ships: the model written is the searched one,
+not a re-calibration.
 """
 
 from __future__ import annotations
@@ -87,12 +90,13 @@ def search_fp32_blocks(quantized, fp32, inputs: list[np.ndarray], labels: np.nda
         return Score(mean_abs_diff=parity.mean_abs_diff, agreement=parity.dice_agreement, drop_points=drop)
 
     limit = SEARCH_MARGIN * max_drop_points
+    criterion = f"mask Dice agreement with FP32 >= {AUTO_MIN_AGREEMENT:g}"
     if labels is None:
-        criterion = f"mask Dice agreement with FP32 >= {AUTO_MIN_AGREEMENT:g} (no ground truth)"
+        criterion += " (no ground truth)"
         good = lambda s: s.agreement >= AUTO_MIN_AGREEMENT  # noqa: E731
     else:
-        criterion = f"task Dice drop against FP32 <= {limit:g} points ({SEARCH_MARGIN:g} x --int8-max-dice-drop)"
-        good = lambda s: s.drop_points <= limit  # noqa: E731
+        criterion += f" and task Dice drop against FP32 <= {limit:g} points ({SEARCH_MARGIN:g} x --int8-max-dice-drop)"
+        good = lambda s: s.agreement >= AUTO_MIN_AGREEMENT and s.drop_points <= limit  # noqa: E731
 
     def with_float(blocks: list[str]):
         candidate = onnx.ModelProto()

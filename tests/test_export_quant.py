@@ -116,20 +116,15 @@ def test_onnxruntime_recipe_u8_activations_symmetric_weights_integer_kernels(tin
     assert {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearConcat"} <= fused
 
 
-def test_tensorrt_recipe_has_all_zero_points_and_quantizes_compute_ops_only(tiny_onnx, calibration, tmp_path):
+def test_tensorrt_recipe_has_all_zero_points_and_leaves_concat_float(tiny_onnx, calibration, tmp_path):
     from mrdl_export.quantize import COMPUTE_OPS, quantize_int8
 
     model = onnx.load(str(quantize_int8(tiny_onnx, tmp_path / "trt.onnx", calibration, target="tensorrt")))
     zero_points = _zero_points(model)
     assert zero_points and not any(z.any() for z in zero_points.values())
     assert {z.dtype for z in zero_points.values()} == {np.dtype(np.int8), np.dtype(np.int32)}  # int32: biases
-    consumers = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    read_by = [{c.op_type for dq in consumers[q.output[0]] for c in consumers[dq.output[0]]} for q in quantizers]
-    assert quantizers and all(ops & set(COMPUTE_OPS) for ops in read_by)  # activations quantized for compute ops only
+    quantized_ops = {n.op_type for n in model.graph.node if _reads_dequantized(model, n)}
+    assert set(COMPUTE_OPS) - {"Gemm"} <= quantized_ops and "Concat" not in quantized_ops  # no QLinearConcat etc.
 
 
 def test_a_kept_block_gets_float_inputs_and_float_weights_back(tiny_onnx, calibration, tmp_path):
@@ -257,7 +252,7 @@ def test_ground_truth_from_an_lvit_split_synthetic_tiles_or_none(tmp_path):
 def test_export_records_the_int8_recipe_search_and_task_accuracy(variants_export):
     record = variants_export.manifest["int8_quantization"]
     assert record["target"] == "onnxruntime" and "uint8" in record["recipe"]
-    assert record["search"]["criterion"].startswith("task Dice drop")  # synthetic tiles have their masks
+    assert "task Dice drop" in record["search"]["criterion"]  # synthetic tiles have their masks
     assert record["fp32_kept"] == record["search"]["kept"]
     accuracy = record["accuracy"]
     assert accuracy["measured"] and accuracy["images"] == 4 and accuracy["passes"]
