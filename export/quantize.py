@@ -61,7 +61,7 @@ NORMALISATION_OPS = ["LayerNormalization", "BatchNormalization", "InstanceNormal
 MODEL_SCOPES = ("vision_encoder", "cross_modality", "frequency_prompt", "decoder")  # MRDL's top-level modules
 AUTO = "auto"
 KEEP_FP32 = (AUTO,)  # default: the sensitivity search picks the FP32 blocks (mrdl_export.mixed_precision)
-KEEP_CHOICES = (*MODEL_SCOPES, AUTO)
+KEEP_CHOICES = (AUTO, *MODEL_SCOPES)
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 DEFAULT_CALIBRATION = "minmax"
 
