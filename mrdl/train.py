@@ -396,7 +396,8 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                   "text_embeddings": settings["embeddings"], "clip_weights": embeddings.provenance.get("weights"),
                   "use_text": use_text, "seed": seed, "recipe": recipe_info,
                   "global_batch": config.train.batch_size, "processes": dist.world_size, "accumulate": accumulate,
-                  "selected_weights": config.train.select}
+                  "selected_weights": config.train.select,
+                  "source_size": list(train_set.source_size)}  # the training scale; mrdl-export copies it to model.json
     if state is not None:
         load_optimizer_state(optimizer, state.optimizer)  # torch moves the moments to the weights' device
         scheduler.load_state_dict(state.scheduler)

@@ -47,6 +47,7 @@ def test_validation_dice_rises(tmp_path: Path, tiny_config):
     assert ckpt.provenance["epoch"] == result.best_epoch and ckpt.provenance["val_dice"] == pytest.approx(max(dice))
     assert ckpt.provenance["dataset"] == str(root.resolve()) and ckpt.provenance["clip_weights"] == "random-init"
     assert ckpt.provenance["step"] == result.best_epoch * 4 and ckpt.config.train.epochs == 12
+    assert ckpt.provenance["source_size"] == [64, 64]  # the synthetic images' size before resizing
     with open(tmp_path / "run" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12 and float(rows[-1]["val_dice"]) == pytest.approx(dice[-1])
