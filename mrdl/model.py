@@ -254,8 +254,10 @@ def create_model(config: str | MRDLConfig = "base", *, prompt_features: torch.Te
     """Build an MRDL model from a named config (``tiny``, ``small``, ``base``) or a config object.
 
     ``prompt_features``: precomputed CLIP per-token features of the config's prompt (L, D). When
-    absent, they are computed here with the text tower (weights from ``clip_weights``, else a
-    random tower, with a loud warning). ``overrides`` change model fields, e.g. ``phase="matmul"``.
+    absent, they are computed here with the text tower (weights from ``clip_weights``, else the
+    paper's pretrained weights, see :func:`mrdl.text.build_text_tower`, which raises
+    ``TextWeightsUnavailable`` when they cannot be had). ``overrides`` change model fields, e.g.
+    ``phase="matmul"``.
     """
     cfg = load_config(config) if isinstance(config, str) else config
     if overrides:
