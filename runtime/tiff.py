@@ -60,6 +60,7 @@ class Layout(NamedTuple):
     compression: int
     predictor: int
     big_endian: bool
+    orientation: int = 1  # the Orientation tag as stored (applied by :func:`oriented` or Pillow)
 
 
 def read_tags(path: Path) -> TiffImagePlugin.ImageFileDirectory_v2 | None:
@@ -142,7 +143,7 @@ def check_layout(tags: TiffImagePlugin.ImageFileDirectory_v2) -> Layout:
                               f"most {MAX_CHUNK_BYTES} bytes per tile or strip")
     predictor = tags.get(317, 1) if compression in _PREDICTED else 1  # libtiff ignores it for the others
     return Layout(tags[256], tags[257], photometric, color, alpha, bits, sample_format, samples, planar,
-                  compression, predictor, tags.prefix == b"MM")
+                  compression, predictor, tags.prefix == b"MM", tags.get(274, 1))
 
 
 def decoded_here(layout: Layout) -> bool:
@@ -215,8 +216,10 @@ def _decompressed(chunks: list[bytes], rows: list[int], layout: Layout, fill_ord
 
 def pillow_libtiff(layout: Layout) -> bool:
     """For a layout Pillow decodes (JPEG, palette, 1/2/4-bit, float with the floating-point predictor):
-    through libtiff (True) or Pillow's own uncompressed reader (False), which mis-reads separate planes."""
-    libtiff = layout.compression != 1 or layout.planar == 2
+    through libtiff (True) or Pillow's own uncompressed reader (False), which mis-reads separate planes
+    and, for the transposing orientations 5 to 8, 8-bit and palette files (their pixels neither stored
+    nor displayed)."""
+    libtiff = layout.compression != 1 or layout.planar == 2 or layout.orientation in (5, 6, 7, 8)
     if libtiff and layout.big_endian and layout.sample_format in (2, 3) and layout.bits in (16, 32):
         kind = "float" if layout.sample_format == 3 else "signed"
         raise TiffLayoutError(f"big-endian TIFF with {layout.bits}-bit {kind} samples and predictor "

@@ -268,8 +268,8 @@ def test_tiff_vectors_refusals_are_python_refusals(tmp_path):
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_tiff_orientation_is_applied_as_pillow_does(tmp_path, orientation):
     """The Orientation tag is applied as Pillow applies it on loading a TIFF (ImageOps.exif_transpose),
-    by read_image's own decoder (uncompressed) as by Pillow's (LZW). The C++ reader, for now,
-    ignores the tag: reported."""
+    by read_image's own decoder (uncompressed) as by Pillow's (LZW). The C++ reader applies it too
+    (the orientation vectors of tests/cpp/make_test_data.py, ctest tiff_vectors)."""
     from PIL import ImageOps
 
     from mrdl_runtime.imaging import read_image

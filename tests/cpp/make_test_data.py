@@ -131,11 +131,13 @@ def _postprocess_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
 
 def _write_tiff(path: Path, pixels: np.ndarray, *, photometric: int, byte_order: str = "<", tile: int | None = None,
                 rows_per_strip: int | None = None, planar: int = 1, deflate: bool = False, predictor: bool = False,
-                extra_samples: tuple[int, ...] = (), sample_format: int = 1, jpeg_quality: int | None = None) -> None:
+                extra_samples: tuple[int, ...] = (), sample_format: int = 1, jpeg_quality: int | None = None,
+                orientation: int | None = None) -> None:
     """A baseline TIFF writer for the layouts Pillow cannot write: tiles, 16-bit RGB(A), big-endian,
     separate planes, deflate with the horizontal predictor, and YCbCr JPEG tiles (``jpeg_quality``:
     each tile a complete 4:2:0 JPEG stream from Pillow, photometric YCbCr, as whole-slide images
-    store them). ``pixels`` is (H, W, C) of the sample dtype."""
+    store them), with an Orientation tag when ``orientation`` is given. ``pixels`` is (H, W, C) of
+    the sample dtype, as stored."""
     height, width, samples = pixels.shape
     chunks = []  # the strips or tiles in file order (plane by plane when planar == 2)
     for plane in ([slice(None)] if planar == 1 else [slice(s, s + 1) for s in range(samples)]):
@@ -169,6 +171,8 @@ def _write_tiff(path: Path, pixels: np.ndarray, *, photometric: int, byte_order:
             284: (SHORT, [planar]), 339: (SHORT, [sample_format] * samples)}
     if predictor:
         tags[317] = (SHORT, [2])
+    if orientation is not None:
+        tags[274] = (SHORT, [orientation])
     if jpeg_quality is not None:
         tags[530] = (SHORT, [2, 2])  # YCbCrSubSampling 4:2:0, what the JPEG streams hold
     if extra_samples:
@@ -199,6 +203,9 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
     int32; raw, LZW, deflate, PackBits, JPEG, Group 4); ``_write_tiff`` the rest (tiles, 16-bit
     RGB(A), big-endian, separate planes, deflate with predictor, YCbCr JPEG tiles). Each hand-written file's decoding is also
     checked against ``to_rgb8`` of the array written, so the vectors hold the rule, not a Pillow quirk.
+    The Orientation tag: values 1 to 8 on non-square gray and RGB files (strips and tiles, checked
+    against Pillow's transpose for each value), on two files Pillow decodes (palette, bilevel), and
+    values outside 1..8 (left as stored).
     Cases with an ``error`` are files the C++ reader refuses (the fragment its message contains).
     """
     from mrdl_runtime.imaging import read_image, to_rgb8
@@ -273,6 +280,27 @@ def _tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
             assert np.array_equal(decoded[:side, :side], np.asarray(Image.open(encoded))), f"{name}: not the JPEG tile"
         else:
             assert np.array_equal(decoded, to_rgb8(source)), f"{name}: Pillow breaks the rule"
+    flips = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}  # EXIF / TIFF Orientation -> the transpose that displays it
+    for orientation in (0, *range(1, 10)):
+        for kind, pixels, photometric in (("gray8", gray8, 1), ("rgb8", rgb8, 2)):
+            if orientation in (0, 9) and kind == "gray8":
+                continue
+            name = f"orientation{orientation}_{kind}"
+            layout = {"tile": 16} if orientation % 2 else {"rows_per_strip": 9}
+            _write_tiff(folder / f"{name}.tif", pixels, photometric=photometric, orientation=orientation, **layout)
+            record(name, folder / f"{name}.tif")
+            shown = Image.fromarray(to_rgb8(pixels))
+            shown = shown.transpose(flips[orientation]) if orientation in flips else shown
+            assert np.array_equal(read_image(folder / f"{name}.tif"), np.asarray(shown)), f"{name}: not as displayed"
+    for name, image, orientation in (("pillow_palette", Image.fromarray(rgb8).quantize(37), 6),
+                                     ("pillow_bilevel_group4", Image.fromarray(gray8[:, :, 0] > 127), 7)):
+        image.save(folder / f"{name}_orientation{orientation}.tif", tiffinfo={274: orientation},
+                   compression="group4" if image.mode == "1" else None)
+        record(f"{name}_orientation{orientation}", folder / f"{name}_orientation{orientation}.tif")
+        shown = np.asarray(image.convert("RGB").transpose(flips[orientation]))
+        assert np.array_equal(read_image(folder / f"{name}_orientation{orientation}.tif"), shown), name
     for name, pixels, options, error in refused:
         _write_tiff(folder / f"{name}.tif", pixels, **options)
         record(name, folder / f"{name}.tif", error)

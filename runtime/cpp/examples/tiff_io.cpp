@@ -212,6 +212,106 @@ T typed_at(const uint8_t* row, size_t index, int) {
     return value;
 }
 
+/// The pixels as stored (the Orientation tag not applied), HxWx3 RGB by the decoding rule.
+Image read_stored(TIFF* tif, const std::string& path, size_t max_pixels, Messages& messages) {
+    const Layout l = read_layout(tif, path, max_pixels, messages);
+    const int h = static_cast<int>(l.height), w = static_cast<int>(l.width), kept = l.kept();
+
+    if (l.format == SAMPLEFORMAT_IEEEFP) {
+        if (l.bits == 32) {
+            const auto values = read_samples<float>(tif, l, path, messages, typed_at<float>);
+            return to_rgb8(PixelView{values.data(), PixelType::Float32, h, w, kept}, max_pixels);
+        }
+        const auto values = read_samples<double>(tif, l, path, messages, typed_at<double>);
+        return to_rgb8(PixelView{values.data(), PixelType::Float64, h, w, kept}, max_pixels);
+    }
+    if (l.bits == 32 || l.format == SAMPLEFORMAT_INT) {  // through int32: the rule checks [0, 65535]
+        std::vector<int32_t> values;
+        if (l.bits == 16) {
+            const auto raw = read_samples<int16_t>(tif, l, path, messages, typed_at<int16_t>);
+            values.assign(raw.begin(), raw.end());
+        } else if (l.format == SAMPLEFORMAT_INT) {
+            values = read_samples<int32_t>(tif, l, path, messages, typed_at<int32_t>);
+        } else {
+            const auto raw = read_samples<uint32_t>(tif, l, path, messages, typed_at<uint32_t>);
+            for (uint32_t v : raw)
+                if (v > 65535)
+                    throw InputError(path + ": integer image values up to " + std::to_string(v) +
+                                     "; expected 8-bit (uint8) or 16-bit values in [0, 65535]");
+            values.assign(raw.begin(), raw.end());
+        }
+        return to_rgb8(PixelView{values.data(), PixelType::Int32, h, w, kept}, max_pixels);
+    }
+    if (l.bits == 16) {
+        const auto values = read_samples<uint16_t>(tif, l, path, messages,
+                                                   [](const uint8_t* row, size_t i, int bits) {
+                                                       return static_cast<uint16_t>(sample_at(row, i, bits));
+                                                   });
+        return to_rgb8(PixelView{values.data(), PixelType::UInt16, h, w, kept}, max_pixels);
+    }
+    std::vector<uint8_t> values = read_samples<uint8_t>(tif, l, path, messages,
+                                                        [](const uint8_t* row, size_t i, int bits) {
+                                                            return static_cast<uint8_t>(sample_at(row, i, bits));
+                                                        });
+    const unsigned top = (1u << l.bits) - 1;
+    if (l.photometric == PHOTOMETRIC_PALETTE) {
+        uint16_t *red = nullptr, *green = nullptr, *blue = nullptr;
+        if (!TIFFGetField(tif, TIFFTAG_COLORMAP, &red, &green, &blue))
+            throw InputError(path + ": palette TIFF without a ColorMap");
+        std::vector<uint8_t> rgb(values.size() * 3);
+        for (size_t p = 0; p < values.size(); ++p) {  // entries are 16-bit: the high byte, as Pillow
+            rgb[p * 3] = static_cast<uint8_t>(red[values[p]] >> 8);
+            rgb[p * 3 + 1] = static_cast<uint8_t>(green[values[p]] >> 8);
+            rgb[p * 3 + 2] = static_cast<uint8_t>(blue[values[p]] >> 8);
+        }
+        return to_rgb8(ImageView{rgb.data(), h, w, 3}, max_pixels);
+    }
+    if (l.photometric == PHOTOMETRIC_MINISWHITE)
+        for (size_t p = 0; p < values.size(); ++p)
+            if (p % kept < static_cast<size_t>(l.color)) values[p] = static_cast<uint8_t>(top - values[p]);
+    if (l.bits < 8)
+        for (uint8_t& v : values) v = static_cast<uint8_t>(v * 255u / top);
+    if (kept == 3) return Image{h, w, 3, std::move(values)};  // already RGB uint8: no copy
+    return to_rgb8(ImageView{values.data(), h, w, kept}, max_pixels);
+}
+
+/// Pixels as stored -> as displayed by the Orientation tag, as Pillow applies it on loading a TIFF
+/// (ImageOps.exif_transpose) and runtime/tiff.py's `oriented`: 2 mirrors left-right, 3 turns by
+/// 180 degrees, 4 mirrors top-bottom, 5 transposes, 6 turns 90 degrees clockwise, 7 transverses,
+/// 8 turns 90 degrees counter-clockwise (5 to 8 give a WxH image). Any other value leaves the
+/// pixels as stored, as in Python. Out pixel (y, x) is stored pixel (y, x) or, transposed, (x, y),
+/// with the stored row and / or column counted from the other end.
+Image oriented(Image stored, uint16_t orientation) {
+    if (orientation < 2 || orientation > 8) return stored;
+    const bool transposed = orientation >= 5;
+    const bool rows_reversed = orientation == 3 || orientation == 4 || orientation == 6 || orientation == 7;
+    const bool columns_reversed = orientation == 2 || orientation == 3 || orientation == 7 || orientation == 8;
+    const size_t h = stored.height, w = stored.width, c = stored.channels, row = w * c;
+    if (!transposed) {  // in place: rows swapped end for end, pixels swapped within each row
+        uint8_t* p = stored.pixels.data();
+        if (rows_reversed)
+            for (size_t y = 0; y < h / 2; ++y) std::swap_ranges(p + y * row, p + (y + 1) * row, p + (h - 1 - y) * row);
+        if (columns_reversed)
+            for (size_t y = 0; y < h; ++y)
+                for (size_t x = 0; x < w / 2; ++x) std::swap_ranges(p + y * row + x * c, p + y * row + (x + 1) * c,
+                                                                   p + y * row + (w - 1 - x) * c);
+        return stored;
+    }
+    Image out{stored.width, stored.height, stored.channels, std::vector<uint8_t>(stored.pixels.size())};
+    constexpr size_t kBlock = 64;  // block by block: both images are read and written a cache line at a time
+    for (size_t y0 = 0; y0 < w; y0 += kBlock)      // out rows = stored columns
+        for (size_t x0 = 0; x0 < h; x0 += kBlock)  // out columns = stored rows
+            for (size_t y = y0; y < std::min(y0 + kBlock, w); ++y) {
+                const size_t sx = columns_reversed ? w - 1 - y : y;
+                uint8_t* dst = out.pixels.data() + (y * h + x0) * c;
+                for (size_t x = x0; x < std::min(x0 + kBlock, h); ++x, dst += c) {
+                    const size_t sy = rows_reversed ? h - 1 - x : x;
+                    std::memcpy(dst, stored.pixels.data() + sy * row + sx * c, c);
+                }
+            }
+    return out;
+}
+
 }  // namespace
 
 bool has_signature(const std::string& path) {
@@ -229,65 +329,12 @@ Image read_rgb(const std::string& path, size_t max_pixels) {
     Messages messages;
     File tif = open(path, messages);
     if (!tif) throw InputError("cannot read " + path + " as a TIFF image: " + messages.error);
-    const Layout l = read_layout(tif.get(), path, max_pixels, messages);
-    const int h = static_cast<int>(l.height), w = static_cast<int>(l.width), kept = l.kept();
-
-    if (l.format == SAMPLEFORMAT_IEEEFP) {
-        if (l.bits == 32) {
-            const auto values = read_samples<float>(tif.get(), l, path, messages, typed_at<float>);
-            return to_rgb8(PixelView{values.data(), PixelType::Float32, h, w, kept}, max_pixels);
-        }
-        const auto values = read_samples<double>(tif.get(), l, path, messages, typed_at<double>);
-        return to_rgb8(PixelView{values.data(), PixelType::Float64, h, w, kept}, max_pixels);
-    }
-    if (l.bits == 32 || l.format == SAMPLEFORMAT_INT) {  // through int32: the rule checks [0, 65535]
-        std::vector<int32_t> values;
-        if (l.bits == 16) {
-            const auto raw = read_samples<int16_t>(tif.get(), l, path, messages, typed_at<int16_t>);
-            values.assign(raw.begin(), raw.end());
-        } else if (l.format == SAMPLEFORMAT_INT) {
-            values = read_samples<int32_t>(tif.get(), l, path, messages, typed_at<int32_t>);
-        } else {
-            const auto raw = read_samples<uint32_t>(tif.get(), l, path, messages, typed_at<uint32_t>);
-            for (uint32_t v : raw)
-                if (v > 65535)
-                    throw InputError(path + ": integer image values up to " + std::to_string(v) +
-                                     "; expected 8-bit (uint8) or 16-bit values in [0, 65535]");
-            values.assign(raw.begin(), raw.end());
-        }
-        return to_rgb8(PixelView{values.data(), PixelType::Int32, h, w, kept}, max_pixels);
-    }
-    if (l.bits == 16) {
-        const auto values = read_samples<uint16_t>(tif.get(), l, path, messages,
-                                                   [](const uint8_t* row, size_t i, int bits) {
-                                                       return static_cast<uint16_t>(sample_at(row, i, bits));
-                                                   });
-        return to_rgb8(PixelView{values.data(), PixelType::UInt16, h, w, kept}, max_pixels);
-    }
-    std::vector<uint8_t> values = read_samples<uint8_t>(tif.get(), l, path, messages,
-                                                        [](const uint8_t* row, size_t i, int bits) {
-                                                            return static_cast<uint8_t>(sample_at(row, i, bits));
-                                                        });
-    const unsigned top = (1u << l.bits) - 1;
-    if (l.photometric == PHOTOMETRIC_PALETTE) {
-        uint16_t *red = nullptr, *green = nullptr, *blue = nullptr;
-        if (!TIFFGetField(tif.get(), TIFFTAG_COLORMAP, &red, &green, &blue))
-            throw InputError(path + ": palette TIFF without a ColorMap");
-        std::vector<uint8_t> rgb(values.size() * 3);
-        for (size_t p = 0; p < values.size(); ++p) {  // entries are 16-bit: the high byte, as Pillow
-            rgb[p * 3] = static_cast<uint8_t>(red[values[p]] >> 8);
-            rgb[p * 3 + 1] = static_cast<uint8_t>(green[values[p]] >> 8);
-            rgb[p * 3 + 2] = static_cast<uint8_t>(blue[values[p]] >> 8);
-        }
-        return to_rgb8(ImageView{rgb.data(), h, w, 3}, max_pixels);
-    }
-    if (l.photometric == PHOTOMETRIC_MINISWHITE)
-        for (size_t p = 0; p < values.size(); ++p)
-            if (p % kept < static_cast<size_t>(l.color)) values[p] = static_cast<uint8_t>(top - values[p]);
-    if (l.bits < 8)
-        for (uint8_t& v : values) v = static_cast<uint8_t>(v * 255u / top);
-    if (kept == 3) return Image{h, w, 3, std::move(values)};  // already RGB uint8: no copy
-    return to_rgb8(ImageView{values.data(), h, w, kept}, max_pixels);
+    // An Orientation outside 1..8 is not set by libtiff (it reports "Bad value ... for "Orientation"
+    // tag" and reads the default, 1, as Pillow ignores it): not an error of this file.
+    if (messages.error.find("\"Orientation\" tag") != std::string::npos) messages.error.clear();
+    uint16_t orientation = ORIENTATION_TOPLEFT;
+    TIFFGetFieldDefaulted(tif.get(), TIFFTAG_ORIENTATION, &orientation);
+    return oriented(read_stored(tif.get(), path, max_pixels, messages), orientation);
 }
 
 }  // namespace mrdl::tiff

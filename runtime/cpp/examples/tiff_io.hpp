@@ -17,7 +17,9 @@ namespace mrdl::tiff {
 ///   has libtiff do); 1/2/4-bit gray scaled to 0..255 (v * 255 / (2^bits - 1));
 /// - unsigned 8- and 16-bit samples (16-bit: the high byte), signed 16/32-bit integers (values
 ///   in [0, 65535]: as 16-bit) and 32/64-bit floats ([0, 1] or [0, 255]), through mrdl::to_rgb8;
-/// - an unassociated alpha or unspecified extra samples are dropped.
+/// - an unassociated alpha or unspecified extra samples are dropped;
+/// - the Orientation tag (1 to 8) applied as Pillow applies it on loading a TIFF (mirrored,
+///   turned or transposed: 5 to 8 give a WxH image); other values leave the pixels as stored.
 /// Refused with an InputError naming what was found: other photometric interpretations (YCbCr
 /// without JPEG, CMYK, CIELab, ...), associated (premultiplied) alpha, 16-bit min-is-white, bit depths other
 /// than 1, 2, 4, 8, 16, 32 (64 for floats), damaged files, and more than `max_pixels` pixels

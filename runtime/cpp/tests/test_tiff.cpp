@@ -1,7 +1,8 @@
 // The example's TIFF reader decodes make_test_data.py's TIFF files (strips, tiles, separate planes,
 // 8/16-bit, both byte orders, compressed) to the same RGB bytes as mrdl_runtime.imaging.read_image
-// (Pillow), refuses the layouts it does not take with a clear message, and checks the pixel limit
-// from the header.
+// (Pillow), with the Orientation tag applied as Pillow applies it (1 to 8 mirror, turn or transpose;
+// other values leave the pixels as stored), refuses the layouts it does not take with a clear
+// message, and checks the pixel limit from the header.
 //   test_tiff TEST_DATA_DIR
 #include <filesystem>
 
@@ -20,7 +21,7 @@ int main(int argc, char** argv) {
     const std::string dir = argv[1];
     const nlohmann::json cases = read_index(dir).at("tiff");
     check(cases.size() >= 20, "the test data holds the TIFF cases");
-    size_t decoded = 0;
+    size_t decoded = 0, oriented = 0;
     for (const auto& c : cases) {
         const std::string path = dir + "/" + c.at("file").get<std::string>();
         run("tiff " + c.at("name").get<std::string>(), [&] {
@@ -36,9 +37,11 @@ int main(int argc, char** argv) {
             check(image.pixels.size() == expected.size() && differing == 0,
                   std::to_string(differing) + " RGB values differ from Python's read_image");
             ++decoded;
+            if (c.at("name").get<std::string>().find("orientation") != std::string::npos) ++oriented;
         });
     }
     check(decoded >= 20, "at least 20 TIFF files decoded");
+    check(oriented >= 18, "the Orientation files (1 to 8, gray and RGB, and values outside 1..8) decoded");
     const std::string sample = dir + "/" + cases.at(0).at("file").get<std::string>();
     run("the pixel limit is checked from the header", [&] {
         const Image image = tiff::read_rgb(sample);
