@@ -265,8 +265,7 @@ class Exporter:
             return out
         quantized, fp32 = quantize_full(fp32_path, calibration, calib_method=options.calib_method,
                                         target=options.int8_target)
-        labels = ground_truth(calib_data, names, size=job.config.model.image_size, splits=CALIBRATION_SPLITS,
-                              synthetic_offset=1000)
+        labels = ground_truth(calib_data, names, size=job.config.model.image_size, splits=CALIBRATION_SPLITS)
         model, search = search_fp32_blocks(quantized, fp32, calibration, labels, source=job.calibration_source,
                                            max_drop_points=options.int8_max_dice_drop, progress=options.progress)
         save_model(model, out)

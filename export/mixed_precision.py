@@ -14,7 +14,7 @@ on the calibration images:
 
 The criterion, on the first :data:`SEARCH_IMAGES` calibration images (one to three dozen
 candidates each run them): mask agreement with FP32 must reach :data:`AUTO_MIN_AGREEMENT`, and,
-with ground truth for the images (an LViT split's masks, or the synthetic tiles'), task Dice
+with ground truth for the images (an LViT split's masks), task Dice
 against it may drop at most ``SEARCH_MARGIN`` of the export gate's ``--int8-max-dice-drop``
 below FP32's. Both, because the calibration images are usually training images, on which a
 model is more confident than on held-out ones: on a partly trained ``small`` (Val Dice 0.64) the

@@ -123,23 +123,21 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, source: str, thresh
 DEFAULT_MAX_DICE_DROP = 0.5  # points of task Dice (x100) an INT8 model may lose against FP32
 
 
-def ground_truth(data: str | Path | None, names: list[str], *, size: int, splits: tuple[str, ...],
-                 synthetic_offset: int = 0) -> np.ndarray | None:
+def ground_truth(data: str | Path | None, names: list[str], *, size: int,
+                 splits: tuple[str, ...]) -> np.ndarray | None:
     """The label masks (N, size, size) uint8 of images drawn by :func:`mrdl.data.sources.load_images`.
 
-    An LViT split's ``labelcol`` folder beside its ``img`` (the mask with the image's file stem), the
-    synthetic tiles' own masks, or None where there are none (a plain image folder, or any image
-    without its mask). Masks are resized nearest-neighbour to the model size, as evaluation does.
+    An LViT split's ``labelcol`` folder beside its ``img`` (the mask with the image's file stem), or
+    None where there are none: a plain image folder, any image without its mask, and the built-in
+    synthetic tiles (``data`` None), whose blobs say nothing about a model's task accuracy.
+    Masks are resized nearest-neighbour to the model size, as evaluation does.
     """
     from mrdl.data.dataset import read_mask
     from mrdl.data.preprocess import resize_mask
     from mrdl.data.sources import image_folder
 
     if data is None:
-        from mrdl.data.synthetic import synthetic_sample
-
-        return np.stack([resize_mask(synthetic_sample(synthetic_offset + i, size=size, seed=0)[1], size)
-                         for i in range(len(names))])
+        return None
     folder = image_folder(data, splits=splits)
     labels = folder.parent / "labelcol"
     if folder.name != "img" or not labels.is_dir():
