@@ -53,12 +53,15 @@ EXIT_FAILURE = 1
                    "(throughput, p50/p99, dynamic-batch sizes, mask agreement with the in-process runtime).")
 @click.option("--serving-protocol", default="grpc", show_default=True, type=click.Choice(["grpc", "http"]),
               help="With the triton backend: the protocol the clients use.")
+@click.option("--serving-instances", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="With the triton backend: model instances in the server (mrdl serve --instances), sharing "
+                   "--threads between them.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="bench-report", show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | None, images: int, warmup: int,
          iters: int, phase_iters: int | None, threads: int | None, include_prepost: bool, device: str,
          profile_dir: str | None, min_dice: float, int8_min_dice: float, concurrency: str, serving_protocol: str,
-         out: str) -> None:
+         serving_instances: int, out: str) -> None:
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
     require_extra("mrdl-bench", "bench")
     from mrdl_runtime.manifest import ManifestError
@@ -74,7 +77,7 @@ def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | Non
                                phase_iters=phase_iters, threads=threads, include_prepost=include_prepost,
                                device=device, out=out, profile_dir=profile_dir, min_dice=min_dice,
                                int8_min_dice=int8_min_dice, concurrency=concurrency,
-                               serving_protocol=serving_protocol)
+                               serving_protocol=serving_protocol, serving_instances=serving_instances)
     except (BenchError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc
     except ManifestError as exc:  # a model directory that fails the runtime's integrity checks

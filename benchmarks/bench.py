@@ -194,7 +194,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                   device: str = "cpu", out: str | Path | None = None, profile_dir: str | Path | None = None,
                   phase_iters: int | None = None, min_dice: float = DEFAULT_MIN_DICE,
                   int8_min_dice: float = DEFAULT_INT8_MIN_DICE, progress: bool = True,
-                  concurrency: str | Sequence[int] = DEFAULT_CONCURRENCY, serving_protocol: str = "grpc") -> BenchReport:
+                  concurrency: str | Sequence[int] = DEFAULT_CONCURRENCY, serving_protocol: str = "grpc",
+                  serving_instances: int = 1) -> BenchReport:
     """Benchmark ``backends`` at each batch size on the same inputs; write the report into ``out`` if given.
 
     ``images``: how many input images (synthetic, or the first of ``data``) form the pool that
@@ -206,7 +207,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     for FP32/FP16 and for INT8 backends; below them a backend is marked ``PARITY FAILED``.
     ``triton`` among ``backends``: the model behind ``mrdl serve`` driven by each number of
     ``concurrency`` clients against the in-process runtime (:mod:`mrdl_bench.serving`; the
-    report's ``serving`` section), over ``serving_protocol`` ("grpc" or "http").
+    report's ``serving`` section), over ``serving_protocol`` ("grpc" or "http"), with
+    ``serving_instances`` model instances sharing the ``threads``.
     Raises ``mrdl_runtime.IntegrityError`` when the model directory's files do not match its
     ``model.json``.
     """
@@ -286,7 +288,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
 
         try:
             serving = measure_serving(model_dir, inputs.raw, concurrency=levels, threads=threads, iters=iters,
-                                      warmup=warmup, protocol=serving_protocol, progress=progress)
+                                      warmup=warmup, protocol=serving_protocol, instances=serving_instances,
+                                      progress=progress)
             failures += serving_failures(serving)
         except BackendUnavailableError as exc:
             skipped.append(SkippedBackend("triton", str(exc)))

@@ -290,8 +290,8 @@ def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *
                                                precision=precision, iters=iters, warmup=warmup, bar=bar)
     best = max(in_process, key=lambda row: row["throughput_ips"])
     extra = ["--precision", precision, "--max-queue-delay-us", str(max_queue_delay_us), "--instances", str(instances)]
-    if threads:
-        extra += ["--threads", str(threads)]
+    if threads:  # the in-process runtime's cores, shared among the server's instances
+        extra += ["--threads", str(max(1, threads // instances))]
     levels = []
     server = ServerProcess(model_dir, *extra)
     try:

@@ -91,12 +91,16 @@ class RemoteSegmenter:
         else:
             self._client = client_module.InferenceServerClient(self.address)
         try:
-            ready = self._client.is_model_ready(self.model)
-            config = self._client.get_model_config(self.model)
+            self._client.is_server_live()
         except (self._server_error, OSError, ConnectionError) as exc:
             self.close()
             raise RemoteError(f"no Triton server answers at {self.url} ({exc}); start one with: "
                               f"mrdl serve MODEL_DIR") from exc
+        try:
+            ready = self._client.is_model_ready(self.model)
+            config = self._client.get_model_config(self.model) if ready else None
+        except (self._server_error, OSError, ConnectionError):
+            ready, config = False, None
         if not ready:
             self.close()
             raise RemoteError(f"the server at {self.url} has no ready model {self.model!r} "

@@ -226,7 +226,7 @@ def test_bad_requests_get_errors_and_the_server_stays_healthy(server):
         client.close()
     from mrdl_runtime import ImageInputError, RemoteError, RemoteSegmenter
 
-    with pytest.raises(RemoteError, match="nope"):
+    with pytest.raises(RemoteError, match="has no ready model 'nope'"):
         RemoteSegmenter(server.http, model="nope")
     with RemoteSegmenter(server.grpc) as remote, pytest.raises(ImageInputError):
         remote.predict(np.zeros((0, 5, 3), np.uint8))  # refused by the client's own image check
