@@ -27,6 +27,24 @@ sys.meta_path.insert(0, _Block())
 """
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ort_cache_in_a_temporary_folder(tmp_path_factory):
+    """Optimized ONNX Runtime graphs (mrdl_runtime.ort_cache) go to a per-session folder, not the
+    user's ~/.cache: tests leave nothing behind and never load an entry from an earlier run.
+    Subprocesses (CLI tests) inherit the variable."""
+    import os
+
+    folder = tmp_path_factory.mktemp("ort-optimized")
+    folder.chmod(0o700)
+    previous = os.environ.get("MRDL_ORT_CACHE")
+    os.environ["MRDL_ORT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MRDL_ORT_CACHE", None)
+    else:
+        os.environ["MRDL_ORT_CACHE"] = previous
+
+
 def _torch():
     return pytest.importorskip("torch")
 
