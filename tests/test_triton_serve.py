@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from mrdl_apps.serve import hosting_problem
+from mrdl_bench.serving import free_ports
 
 pytest.importorskip("onnxruntime")
 _PROBLEM = hosting_problem()
@@ -38,23 +38,11 @@ START_TIMEOUT_S = 120
 MAX_PIXELS = 250_000  # the test server's --max-pixels: a 600x600 image is "oversized" without a big payload
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        sockets.append(probe)
-    ports = [probe.getsockname()[1] for probe in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
-
-
 class ServerProcess:
     """``mrdl serve`` in a child process on free loopback ports; stopped with SIGTERM (then killed, bounded)."""
 
     def __init__(self, model_dir: Path, log: Path, *extra: str) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = _free_ports(3)
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.log = log
         command = [sys.executable, "-m", "mrdl_apps", "serve", str(model_dir), "--host", "127.0.0.1",
                    "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
@@ -251,7 +239,7 @@ def test_predict_server_writes_the_same_files(server, model_dir, tmp_path):
         for path in sorted((tmp_path / "local" / kind).iterdir()):
             assert path.read_bytes() == (tmp_path / "remote" / kind / path.name).read_bytes()
     refused = CliRunner().invoke(main, ["predict", str(model_dir), str(folder), "--out", str(tmp_path / "x"),
-                                        "--server", f"http://127.0.0.1:{_free_ports(1)[0]}", "--no-progress"])
+                                        "--server", f"http://127.0.0.1:{free_ports(1)[0]}", "--no-progress"])
     assert refused.exit_code == 1 and "no Triton server answers" in refused.output
 
 
@@ -260,8 +248,8 @@ def test_busy_port_is_refused_before_loading(server, model_dir):
     from mrdl_apps.cli import main
 
     result = CliRunner().invoke(main, ["serve", str(model_dir), "--http-port", str(server.http_port),
-                                       "--grpc-port", str(_free_ports(1)[0]),
-                                       "--metrics-port", str(_free_ports(1)[0])])
+                                       "--grpc-port", str(free_ports(1)[0]),
+                                       "--metrics-port", str(free_ports(1)[0])])
     assert result.exit_code == 1 and "is not free" in result.output and "--http-port" in result.output
 
 
