@@ -96,6 +96,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         _step(f"3/6 train {config.name} for {settings.epochs} epochs")
         trained = train_model(config=config, data_root=data_root, embeddings_path=embeddings, out_dir=out / "train",
                               epochs=settings.epochs, lr_period=settings.epochs, seed=settings.seed,
+                              select="raw",  # a few dozen steps: far shorter than the EMA's horizon
                               overwrite=True)  # the folder is reused
     click.echo(f"best val Dice {trained.best_val_dice:.4f} at epoch {trained.best_epoch} -> {trained.best_checkpoint}")
     lap("train")

@@ -299,6 +299,10 @@ def _autocast_factory(hardware: Hardware, device: torch.device) -> tuple[Callabl
     return (lambda: torch.autocast(device_type="cuda", dtype=dtype)), scaler, str(dtype).removeprefix("torch.")
 
 
+class ShortEmaRunWarning(UserWarning):
+    """A run too short for its EMA to catch up with the trained weights, selecting on the EMA anyway."""
+
+
 def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: str | Path, out_dir: str | Path,
                 epochs: int | None = None, seed: int = 0, use_text: bool = True, kl_weight: float | None = None,
                 batch_size: int | None = None, recipe: str | Recipe | None = None, lr: float | None = None,
@@ -438,6 +442,14 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                      if config.train.val_window > 1 else ""))
     if on_start is not None and dist.is_main:
         on_start(start_line)
+    if select_ema and dist.is_main:
+        planned_steps = config.train.epochs * math.ceil(len(train_set) / config.train.batch_size)
+        horizon = 1.0 / (1.0 - config.train.ema_decay)
+        if planned_steps < horizon:
+            warnings.warn(f"this run makes at most {planned_steps} optimizer steps, fewer than the EMA's averaging "
+                          f"horizon (decay {config.train.ema_decay:g}: ~{horizon:.0f} steps), yet the best checkpoint "
+                          "and early stopping use the EMA weights, which lag the trained ones; for a short run "
+                          "pass --select raw (or --ema-decay 0)", ShortEmaRunWarning, stacklevel=2)
 
     history: list[dict] = progress_state["history"]
     interrupted = stopped_early = False

@@ -109,6 +109,7 @@ def test_weight_ema_follows_timm_model_ema_v3():
     assert ours.decay_at(1) == 0.0 and ours.decay_at(10**9) == 0.99
 
 
+@pytest.mark.filterwarnings("ignore::mrdl.train.ShortEmaRunWarning")  # 3 steps: a deliberately short EMA run
 def test_ema_selects_best_and_resumes_exactly(tmp_path: Path, tiny_config, data):
     straight = _train(tiny_config, data, tmp_path / "straight", epochs=3, ema_decay=0.9, select="ema")
 
@@ -130,3 +131,15 @@ def test_ema_selects_best_and_resumes_exactly(tmp_path: Path, tiny_config, data)
     assert header.endswith("val_dice,val_iou,val_dice_ema,val_iou_ema,seconds")
     with pytest.raises(ValueError, match="select must be 'raw' or 'ema'"):
         _train(tiny_config, data, tmp_path / "bad", epochs=1, select="ema")
+
+
+def test_selecting_on_an_ema_longer_than_the_run_warns(tmp_path: Path, tiny_config, data):
+    import warnings
+
+    from mrdl.train import ShortEmaRunWarning
+
+    with pytest.warns(ShortEmaRunWarning, match="--select raw"):  # 1 epoch of a few steps vs ~1000
+        _train(tiny_config, data, tmp_path / "short", epochs=1, ema_decay=0.999, select="ema")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShortEmaRunWarning)
+        _train(tiny_config, data, tmp_path / "raw", epochs=1, ema_decay=0.999, select="raw")
