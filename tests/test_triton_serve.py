@@ -9,10 +9,7 @@ cannot host PyTriton's backend (no shared libpython: ``make install`` builds .ve
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,7 +21,9 @@ import pytest
 from click.testing import CliRunner
 
 from mrdl_apps.serve import hosting_problem
+from mrdl_bench import serving
 from mrdl_bench.serving import free_ports
+from mrdl_runtime.runner import BackendUnavailableError
 
 pytest.importorskip("onnxruntime")
 _PROBLEM = hosting_problem()
@@ -38,22 +37,12 @@ START_TIMEOUT_S = 120
 MAX_PIXELS = 250_000  # the test server's --max-pixels: a 600x600 image is "oversized" without a big payload
 
 
-class ServerProcess:
-    """``mrdl serve`` in a child process on free loopback ports; stopped with SIGTERM (then killed, bounded)."""
+class ServerProcess(serving.ServerProcess):
+    """The benchmark's ``mrdl serve`` child process (loopback ports, SIGTERM then kill, bounded) with the
+    tests' pixel limit; a server that does not come up fails the test with its log."""
 
     def __init__(self, model_dir: Path, log: Path, *extra: str) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        self.log = log
-        command = [sys.executable, "-m", "mrdl_apps", "serve", str(model_dir), "--host", "127.0.0.1",
-                   "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                   "--metrics-port", str(self.metrics_port), "--max-pixels", str(MAX_PIXELS), *extra]
-        with open(log, "wb") as handle:
-            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
-        self.http = f"http://127.0.0.1:{self.http_port}"
-        self.grpc = f"grpc://127.0.0.1:{self.grpc_port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        super().__init__(model_dir, "--max-pixels", str(MAX_PIXELS), *extra, log=log)
 
     def status(self, path: str, port: int | None = None) -> int:
         try:
@@ -62,30 +51,11 @@ class ServerProcess:
         except OSError:
             return 0
 
-    def get(self, path: str, port: int | None = None) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port or self.http_port}{path}", timeout=5) as reply:
-            return reply.read().decode()
-
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"mrdl serve exited with {self.process.returncode}:\n{self.output()}")
-            if self.status("/v2/models/mrdl/ready") == 200:
-                return
-            time.sleep(0.25)
-        self.stop()
-        pytest.fail(f"mrdl serve was not ready within {START_TIMEOUT_S} s:\n{self.output()}")
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        try:
+            self.start(START_TIMEOUT_S)
+        except BackendUnavailableError as error:
+            pytest.fail(f"{error}\n{self.output(4000)}")
 
 
 @pytest.fixture(scope="module")
