@@ -16,6 +16,7 @@ Needs ``tritonclient`` (``pip install 'mrdl[serve]'``), imported when a RemoteSe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Sequence
 from urllib.parse import urlsplit
@@ -24,11 +25,12 @@ import numpy as np
 
 from .imaging import check_image
 from .segmenter import Prediction
+from .tiling import TileOptions
 
 DEFAULT_MODEL = "mrdl"
 PROTOCOLS = ("http", "grpc")
 # Segmenter.predict_batch's tiling defaults (docs/tiling.md); other values are sent as request parameters.
-TILING_DEFAULTS = {"tile": "auto", "overlap": 0.25, "blend": "gaussian"}
+TILING_DEFAULTS = dataclasses.asdict(TileOptions())  # {"tile": "auto", "overlap": 0.25, "blend": "gaussian"}
 
 
 class RemoteError(RuntimeError):
