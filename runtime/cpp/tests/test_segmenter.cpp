@@ -22,6 +22,15 @@ struct Case {
     std::vector<float> probabilities;
 };
 
+/// One end-to-end case of index.json: its image and the Python runtime's mask and probabilities.
+Case load_case(const std::string& dir, const nlohmann::json& c) {
+    Case item{c.at("name"), read_array<uint8_t>(dir + "/" + c.at("image").get<std::string>()), {},
+              read_array<uint8_t>(dir + "/" + c.at("expected_mask").get<std::string>()),
+              read_array<float>(dir + "/" + c.at("expected_probabilities").get<std::string>())};
+    item.view = ImageView{item.pixels.data(), c.at("shape")[0], c.at("shape")[1], c.at("shape")[2]};
+    return item;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -34,11 +43,7 @@ int main(int argc, char** argv) {
     const nlohmann::json& segment = index.at("segment");
     std::vector<Case> cases;
     for (const auto& c : segment.at("cases")) {
-        Case item{c.at("name"), read_array<uint8_t>(dir + "/" + c.at("image").get<std::string>()), {},
-                  read_array<uint8_t>(dir + "/" + c.at("expected_mask").get<std::string>()),
-                  read_array<float>(dir + "/" + c.at("expected_probabilities").get<std::string>())};
-        item.view = ImageView{item.pixels.data(), c.at("shape")[0], c.at("shape")[1], c.at("shape")[2]};
-        cases.push_back(std::move(item));
+        cases.push_back(load_case(dir, c));
     }
     check(!cases.empty(), "the test data holds end-to-end cases");
 
@@ -80,11 +85,7 @@ int main(int argc, char** argv) {
     std::vector<TileOptions> tile_options;
     std::vector<bool> expect_tiled;
     for (const auto& c : segment.at("tiled_cases")) {
-        Case item{c.at("name"), read_array<uint8_t>(dir + "/" + c.at("image").get<std::string>()), {},
-                  read_array<uint8_t>(dir + "/" + c.at("expected_mask").get<std::string>()),
-                  read_array<float>(dir + "/" + c.at("expected_probabilities").get<std::string>())};
-        item.view = ImageView{item.pixels.data(), c.at("shape")[0], c.at("shape")[1], c.at("shape")[2]};
-        tiled_cases.push_back(std::move(item));
+        tiled_cases.push_back(load_case(dir, c));
         TileOptions options;
         const nlohmann::json& tile = c.at("tile");
         options.mode = tile.is_string() ? TileMode::Auto : tile.get<bool>() ? TileMode::On : TileMode::Off;
