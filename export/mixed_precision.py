@@ -113,13 +113,14 @@ def search_fp32_blocks(quantized, fp32, inputs: list[np.ndarray], labels: np.nda
             sensitivity.append({"block": block, "nodes": len(block_nodes[block]), "mean_abs_diff": error,
                                 "gain": baseline.mean_abs_diff - error})
         sensitivity.sort(key=lambda row: row["gain"], reverse=True)
-    kept, current, steps = [], baseline, []
+    kept, model, current, steps = [], quantized, baseline, []
     for row in sensitivity:
         if good(current) or row["gain"] <= 0:
             break
         kept.append(row["block"])
-        current = score(with_float(kept))
+        model = with_float(kept)
+        current = score(model)
         steps.append({"kept": list(kept), **asdict(current)})
     result = SearchResult(criterion=criterion, images=len(inputs[0]), source=source, all_int8=baseline,
                           sensitivity=sensitivity, kept=kept, final=current, satisfied=good(current), steps=steps)
-    return (with_float(kept) if kept else quantized), result
+    return model, result
