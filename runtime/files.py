@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -307,8 +307,8 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
     tiling = TileOptions(tile, overlap, blend)
     if not isinstance(segmenter, Segmenter) and tiling.tile is not False:  # mrdl predict --server
         raise ValueError("tiling runs in-process only: pass tile=False with a served model")
-    tile_options = {"tile": tiling.tile, "overlap": tiling.overlap, "blend": tiling.blend,
-                    "tile_progress": progress} if isinstance(segmenter, Segmenter) else {}
+    tiling_fields = asdict(tiling)  # tile, overlap, blend
+    tile_options = {**tiling_fields, "tile_progress": progress} if isinstance(segmenter, Segmenter) else {}
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -342,7 +342,7 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
         finally:
             outputs = sorted(set(written))
             _write_record(out_dir, {"format": RECORD_FORMAT, "model": model, "outputs": outputs,
-                                    "tiling": {"tile": tiling.tile, "overlap": tiling.overlap, "blend": tiling.blend,
+                                    "tiling": {**tiling_fields,
                                                "source_size": manifest.source_size and list(manifest.source_size)},
                                     "tiled": {stem: tiled[stem] for stem in outputs if stem in tiled}})
     return PredictSummary(n_images=len(written) - n_before, n_inputs=len(paths), out_dir=out_dir,
