@@ -477,8 +477,6 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
             trained_seconds += train_seconds
             _step_scheduler(scheduler, config, epoch)
             step = progress_state["step"] + len(loader)
-            decision = [0.0, progress_state["best_val_dice"], float(progress_state["best_epoch"]),
-                        float(progress_state["bad_epochs"])]
             if dist.is_main:
                 val_dice, val_iou = _validate(model, val_set, engine, config.train.batch_size)
                 row = {"epoch": epoch, "step": step, "lr": lr, **losses, "val_dice": val_dice, "val_iou": val_iou}
@@ -512,12 +510,13 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 _save_state(out_dir, model, optimizer, scheduler, settings, progress_state, provenance, ema, scaler,
                             throughput={"samples_per_s": samples / train_seconds,
                                         "samples_per_cpu_s": samples / dist.world_size / max(train_cpu, 1e-9)})
-                decision = [1.0, progress_state["best_val_dice"], float(progress_state["best_epoch"]),
-                            float(progress_state["bad_epochs"])]
-            decision = dist.broadcast_flags(decision)  # the other ranks wait here for rank 0's verdict
+            # the other ranks wait here for rank 0's verdict (their own entries are overwritten)
+            best, best_epoch, bad_epochs = dist.broadcast_flags(
+                [progress_state["best_val_dice"], float(progress_state["best_epoch"]),
+                 float(progress_state["bad_epochs"])])
             if not dist.is_main:
-                progress_state.update(epoch=epoch, step=step, best_val_dice=decision[1], best_epoch=int(decision[2]),
-                                      bad_epochs=int(decision[3]))
+                progress_state.update(epoch=epoch, step=step, best_val_dice=best, best_epoch=int(best_epoch),
+                                      bad_epochs=int(bad_epochs))
             epoch_bar.update(1)
             if dist.is_main:
                 epoch_bar.set_postfix(val_dice=f"{history[-1]['val_dice']:.3f}",
