@@ -363,8 +363,6 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from mrdl.checkpoint import atomic_path
-
     model = onnx.load(str(fp32_path))
     from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -372,6 +370,4 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
                                     node_block_list=phase_nodes(model))
     OnnxModel(half).topological_sort()  # the converter appends its border casts out of order
     onnx.checker.check_model(half)
-    with atomic_path(out_path) as tmp:
-        onnx.save_model(half, str(tmp), save_as_external_data=False)
-    return out_path
+    return save_model(half, out_path)
