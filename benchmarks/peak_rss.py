@@ -87,20 +87,26 @@ _MEASURE = ("import os, subprocess, sys; process = subprocess.Popen(sys.argv[2:]
             "open(sys.argv[1], 'w').write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')")
 
 
-def peak_rss_of_predict(model_dir: Path, image: Path, out_dir: Path, *, backend: str = "onnxruntime-cpu",
-                        extra: tuple[str, ...] = ()) -> tuple[int, float, int, str]:
-    """Run ``mrdl predict`` in a subprocess: (its exit status, seconds, peak RSS in bytes, its output)."""
-    command = [sys.executable, "-m", "mrdl_apps", "predict", str(model_dir), str(image),
-               "--out", str(out_dir), "--backend", backend, "--no-progress", *extra]
+def measured_run(command: list[str]) -> tuple[int, float, int, subprocess.CompletedProcess]:
+    """Run ``command`` under :data:`_MEASURE`: (its exit status, seconds, peak RSS in bytes, the run)."""
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "rusage"
         start = time.perf_counter()
         run = subprocess.run([sys.executable, "-c", _MEASURE, str(report), *command], capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if not report.is_file():
-            return run.returncode or 1, seconds, 0, run.stdout + run.stderr
+            return run.returncode or 1, seconds, 0, run
         status, max_rss_kib = map(int, report.read_text().split())
-    return status, seconds, max_rss_kib * 1024, run.stdout + run.stderr
+    return status, seconds, max_rss_kib * 1024, run
+
+
+def peak_rss_of_predict(model_dir: Path, image: Path, out_dir: Path, *, backend: str = "onnxruntime-cpu",
+                        extra: tuple[str, ...] = ()) -> tuple[int, float, int, str]:
+    """Run ``mrdl predict`` in a subprocess: (its exit status, seconds, peak RSS in bytes, its output)."""
+    command = [sys.executable, "-m", "mrdl_apps", "predict", str(model_dir), str(image),
+               "--out", str(out_dir), "--backend", backend, "--no-progress", *extra]
+    status, seconds, peak, run = measured_run(command)
+    return status, seconds, peak, run.stdout + run.stderr
 
 
 def _rss_mb() -> float:
@@ -130,21 +136,16 @@ def measure_tiled(args: argparse.Namespace, work: Path) -> int:
     model_dir = args.model_dir or export_tiny_model(work / f"tiled-{source}", source_size=f"{source}x{source}",
                                                     max_batch=16)
     child = [sys.executable, "-m", "mrdl_bench.peak_rss", "--tiled-child", str(model_dir), "--size", str(args.size)]
-    with tempfile.TemporaryDirectory() as folder:
-        report = Path(folder) / "rusage"
-        start = time.perf_counter()
-        run = subprocess.run([sys.executable, "-c", _MEASURE, str(report), *child], capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        status, max_rss_kib = map(int, report.read_text().split()) if report.is_file() else (run.returncode or 1, 0)
+    status, seconds, peak, run = measured_run(child)
     if status != 0:
         print(run.stdout + run.stderr, file=sys.stderr)
         print(f"tiled prediction failed with exit status {status}", file=sys.stderr)
         return 2
-    megabytes = max_rss_kib * 1024 / 1e6
+    megabytes = peak / 1e6
     verdict = "within" if megabytes <= args.limit_mb else "ABOVE"
     print(run.stdout.strip())
     print(f"peak RSS of a tiled prediction on one {args.size}x{args.size} RGB image (in memory, counted): "
-          f"{megabytes:.0f} MB ({max_rss_kib / 1024:.0f} MiB), {verdict} the limit of {args.limit_mb:.0f} MB; "
+          f"{megabytes:.0f} MB ({peak / 2**20:.0f} MiB), {verdict} the limit of {args.limit_mb:.0f} MB; "
           f"{seconds:.1f} s in all")
     return 0 if megabytes <= args.limit_mb else 1
 
