@@ -6,8 +6,10 @@ against); :func:`evaluate_checkpoint` writes a per-image CSV, a summary JSON and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +24,25 @@ GRID_ROWS = 8
 
 @torch.no_grad()
 def predict_dataset(model: torch.nn.Module, dataset: SegmentationDataset, *, batch_size: int = 4,
-                    threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """Eval-mode predictions on the unaugmented images of ``dataset``: {name: (S, S) uint8 mask}."""
+                    threshold: float = 0.5, device: torch.device | None = None, channels_last: bool = False,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                    ) -> dict[str, np.ndarray]:
+    """Eval-mode predictions on the unaugmented images of ``dataset``: {name: (S, S) uint8 mask}.
+
+    ``device``, ``channels_last`` and ``autocast`` let training validate on its own device and precision.
+    """
     was_training = model.training
     model.eval()
     masks: dict[str, np.ndarray] = {}
     try:
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([item["image"] for item in items])  # (B, 3, S, S)
-            predicted = predict_mask(model(images).logits, threshold=threshold)  # (B, S, S)
+            images = torch.stack([item["image"] for item in items]).to(device)  # (B, 3, S, S)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(images).logits
+            predicted = predict_mask(logits.float(), threshold=threshold).cpu()  # (B, S, S)
             for item, mask in zip(items, predicted):
                 masks[item["name"]] = mask.to(torch.uint8).numpy()
     finally:

@@ -57,9 +57,8 @@ from .config import MRDLConfig
 from .data.dataset import SegmentationDataset, TableLimits
 from .data.embeddings import TextEmbeddings, compute_embeddings, key, load_embeddings
 from .distributed import Distributed, DistributedError
-from .evaluate import score_masks
+from .evaluate import predict_dataset, score_masks
 from .losses import segmentation_loss
-from .metrics import predict_mask
 from .recipes import Recipe, apply_recipe, get_recipe
 from .resume import LEGACY_STATE, RESUME, load_optimizer_state, read_train_state, restore_rng, save_train_state
 from .text import RANDOM_INIT, RandomTextTowerWarning
@@ -267,25 +266,11 @@ def _train_epoch(engine: _Engine, loader, texts: TextEmbeddings | None, config: 
     return {name: total / max(totals[-1], 1.0) for name, total in zip(sums, totals)}, int(totals[-1])
 
 
-@torch.no_grad()
 def _validate(model: torch.nn.Module, dataset: SegmentationDataset, engine: _Engine, batch_size: int) -> tuple[float, float]:
     """Mean per-image Dice and IoU of ``model`` (eval mode) on ``dataset``, LViT's protocol."""
-    was_training = model.training
-    model.eval()
     device = engine.dist.device
-    masks: dict[str, np.ndarray] = {}
-    try:
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([item["image"] for item in items]).to(device)  # (B, 3, S, S)
-            if engine.hardware.channels_last and device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with engine.autocast():
-                logits = model(images).logits
-            for item, mask in zip(items, predict_mask(logits.float()).cpu()):
-                masks[item["name"]] = mask.to(torch.uint8).numpy()
-    finally:
-        model.train(was_training)
+    masks = predict_dataset(model, dataset, batch_size=batch_size, device=device, autocast=engine.autocast,
+                            channels_last=engine.hardware.channels_last and device.type == "cuda")
     scores = score_masks(masks, dataset)
     return float(np.mean([s["dice"] for s in scores])), float(np.mean([s["iou"] for s in scores]))
 
