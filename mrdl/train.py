@@ -387,6 +387,8 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                   "global_batch": config.train.batch_size, "processes": dist.world_size, "accumulate": accumulate,
                   "selected_weights": config.train.select,
                   "source_size": list(train_set.source_size)}  # the training scale; mrdl-export copies it to model.json
+    if dist.is_main:
+        _remove_leftover_temporaries(out_dir)
     if state is not None:
         load_optimizer_state(optimizer, state.optimizer)  # torch moves the moments to the weights' device
         scheduler.load_state_dict(state.scheduler)
@@ -395,12 +397,9 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
         if ema is not None:
             ema.load_state_dict(state.ema, updates=progress_state["step"])
     elif dist.is_main:
-        _remove_leftover_temporaries(out_dir)
         _clear_run(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _save_state(out_dir, model, optimizer, scheduler, settings, progress_state, provenance, ema)
-    if state is not None and dist.is_main:
-        _remove_leftover_temporaries(out_dir)
 
     wrapped = model
     if dist.enabled:
