@@ -78,13 +78,21 @@ void check_pixel_count(int64_t height, int64_t width, size_t max_pixels) {
                          "mrdl_segment --max-pixels) to accept it");
 }
 
-Image to_rgb8(const PixelView& image, size_t max_pixels) {
+void check_image(const PixelView& image, size_t max_pixels) {
     if (image.data == nullptr) throw InputError("image has no pixel data (expected an HxWxC buffer)");
     if (image.height < 1 || image.width < 1 || image.channels < 1 || image.channels > 4)
         throw InputError("image of shape " + shape_of(image) +
                          ": expected at least 1x1 pixels with 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) "
                          "channels");
     check_pixel_count(image.height, image.width, max_pixels);
+}
+
+void check_image(const ImageView& image, size_t max_pixels) {
+    check_image(PixelView{image.data, PixelType::UInt8, image.height, image.width, image.channels}, max_pixels);
+}
+
+Image to_rgb8(const PixelView& image, size_t max_pixels) {
+    check_image(image, max_pixels);
     switch (image.type) {
         case PixelType::UInt8: return to_rgb<uint8_t>(image, [](uint8_t v) { return v; });
         case PixelType::UInt16: return to_rgb<uint16_t>(image, [](uint16_t v) { return static_cast<uint8_t>(v >> 8); });

@@ -100,8 +100,7 @@ Segmentation Segmenter::segment_tiled(const ImageView& image, const std::vector<
     const TilePlan plan = plan_tiles(image.height, image.width, *manifest_.source_size, model_size, tiling.overlap);
     Image resampled;  // (h, w, 3) uint8 at the training scale
     if (image.channels == 3) {  // already RGB: resampled straight from the caller's pixels, no copy
-        check_pixel_count(image.height, image.width, max_pixels_);
-        if (image.data == nullptr) throw InputError("image has no pixel data (expected an HxWxC buffer)");
+        check_image(image, max_pixels_);  // to_rgb8's checks, without its copy
         resampled = resize_bilinear(image, plan.resampled_size[0], plan.resampled_size[1], PassOrder::HorizontalFirst);
     } else {
         const Image rgb = to_rgb8(image, max_pixels_);

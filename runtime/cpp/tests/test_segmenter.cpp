@@ -151,6 +151,20 @@ int main(int argc, char** argv) {
         options.overlap = std::nan("");
         expect_error<InputError>("overlap nan", "0 <= overlap < 1", [&] { segmenter.segment(cases.front().view, {}, options); });
     });
+    run("a tiled RGB image gets the whole-image path's checks", [&] {
+        const uint8_t pixel[3] = {0, 0, 0};
+        const std::vector<std::pair<ImageView, std::string>> bad{
+            {ImageView{pixel, 0, 5, 3}, "expected at least 1x1 pixels"},
+            {ImageView{pixel, 5, 0, 3}, "expected at least 1x1 pixels"},
+            {ImageView{nullptr, 5, 5, 3}, "has no pixel data"}};
+        for (const auto& [view, fragment] : bad)
+            for (TileMode mode : {TileMode::Off, TileMode::On}) {
+                TileOptions options;
+                options.mode = mode;
+                expect_error<InputError>(std::string("bad RGB view, tile ") + (mode == TileMode::On ? "on" : "off"),
+                                         fragment, [&] { segmenter.segment(view, {}, options); });
+            }
+    });
     run("text features are refused by a distribution-fusion model", [&] {
         expect_error<InputError>("text", "takes no text features",
                                  [&] { segmenter.segment(cases.front().view, std::vector<float>(77 * 8)); });

@@ -43,6 +43,11 @@ MRDL_API Image to_rgb8(const uint16_t* data, int height, int width, int channels
 MRDL_API Image to_rgb8(const float* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
 MRDL_API Image to_rgb8(const double* data, int height, int width, int channels, size_t max_pixels = kDefaultMaxPixels);
 
+/// The checks to_rgb8 makes before decoding (pixel data present, at least 1x1, 1-4 channels, at most
+/// `max_pixels`), for callers that read an RGB view in place; InputError names what was expected.
+MRDL_API void check_image(const PixelView& image, size_t max_pixels = kDefaultMaxPixels);
+MRDL_API void check_image(const ImageView& image, size_t max_pixels = kDefaultMaxPixels);
+
 /// Throw InputError when a height x width image exceeds `max_pixels`, naming the limit and how to
 /// raise it; decoders call it before allocating.
 MRDL_API void check_pixel_count(int64_t height, int64_t width, size_t max_pixels);
