@@ -37,7 +37,7 @@ EXIT_FAILURE = 1
 @click.option("--phase-iters", default=None, type=click.IntRange(min=1),
               help="Timed passes for the export-safe phase's share of latency. Default: --iters.")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="torch and onnxruntime intra-op threads. Default: all logical cores.")
+              help="torch, onnxruntime and openvino threads. Default: the physical cores available to the process.")
 @click.option("--include-prepost/--exclude-prepost", default=False, show_default=True,
               help="Time preprocessing (resize, /255) and postprocessing (resize back, threshold) too.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the PyTorch backends (cpu, cuda).")

@@ -36,8 +36,8 @@ from mrdl_runtime.tiling import BLEND_MODES, DEFAULT_OVERLAP
               help="check the model file's SHA-256 against model.json before loading it; --no-verify skips only "
                    "the hash (its size, export and graph are still checked) and warns that it did")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
-              help="ONNX Runtime intra-op threads (the cores one model call may use); 0 lets ONNX Runtime decide "
-                   "(one per physical core). The native tensorrt backend ignores it")
+              help="ONNX Runtime intra-op threads (the cores one model call may use); 0: one per physical "
+                   "core available to the process. The native tensorrt backend ignores it")
 @click.option("--server", default=None, metavar="URL",
               help="segment on a Triton server (mrdl serve) at http://HOST:PORT or grpc://HOST:PORT instead of "
                    "in-process; MODEL_DIR is then the directory the server serves (its model.json names the "

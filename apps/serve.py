@@ -254,6 +254,7 @@ class Server:
     def _load(self):
         from mrdl_runtime import Segmenter
         from mrdl_runtime.manifest import load_manifest
+        from mrdl_runtime.threads import default_threads
 
         options = self.options
         manifest = load_manifest(self.model_dir)
@@ -264,7 +265,7 @@ class Server:
         if not 1 <= max_batch <= manifest.max_batch:
             raise ServeError(f"--max-batch must be in [1, {manifest.max_batch}] (the model directory's max_batch); "
                              f"got {max_batch}")
-        threads = options.threads or max(1, (os.cpu_count() or 1) // options.instances)
+        threads = options.threads or max(1, default_threads() // options.instances)
         for _ in range(options.instances):
             self.segmenters.append(Segmenter.load(self.model_dir, backend=options.backend, precision=options.precision,
                                                   verify=options.verify, intra_op_threads=threads))

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from mrdl_runtime.runner import BackendUnavailableError
+from mrdl_runtime.threads import default_threads
 
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
 from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
@@ -200,7 +201,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
 
     ``images``: how many input images (synthetic, or the first of ``data``) form the pool that
     batches cycle over and parity is computed on. ``threads``: torch and onnxruntime intra-op
-    threads (default: all logical cores). ``profile_dir``: profile torch eager and the CPU
+    threads (default: the physical cores available, :func:`mrdl_runtime.threads.default_threads`). ``profile_dir``: profile torch eager and the CPU
     onnxruntime backends at the smallest batch (traces written there, op summaries in the report).
     ``phase_iters``: timed passes for the phase-share measurement (default: ``iters``).
     ``min_dice`` / ``int8_min_dice``: the parity thresholds (mask Dice agreement with torch-fft)
@@ -222,7 +223,7 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
         levels = parse_concurrency(concurrency)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()
     if threads < 1 or warmup < 0 or iters < 1:
         raise BenchError(f"need threads >= 1, warmup >= 0 and iters >= 1; got {threads}, {warmup}, {iters}")
     if not (0 <= min_dice <= 1 and 0 <= int8_min_dice <= 1):

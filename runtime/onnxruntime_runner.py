@@ -28,6 +28,7 @@ from .integrity import check_embedded_manifest, check_graph, graph_spec, read_ar
 from .manifest import IntegrityError, Manifest
 from .ort_cache import default_cache_dir, open_session
 from .runner import BackendUnavailableError, Runner
+from .threads import resolve_threads
 
 PROVIDERS = {
     "onnxruntime-cpu": "CPUExecutionProvider",
@@ -125,7 +126,7 @@ class OnnxRuntimeRunner(Runner):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.intra_op_threads
+        options.intra_op_num_threads = resolve_threads(self.intra_op_threads)  # 0: one per physical core
         options.log_severity_level = 3  # errors only; a provider fallback is caught below
         model = (read_artifact(self.manifest, self.precision, verify=self.verify) if self.manifest is not None
                  else str(self.onnx_path))
