@@ -44,6 +44,9 @@ from .embed import loud_random_tower_warnings, table_limit_options
                    "[default: from the config; 1 = each epoch's own].")
 @click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split each process's share of a batch into this many micro-batches (same step, less memory).")
+@click.option("--source-mpp", type=click.FloatRange(min=0, max=1000, min_open=True), default=None,
+              help="Microns per pixel of the training images, recorded in the checkpoints for whole-slide inference "
+                   "[default: the recipe's (monuseg: 0.25), else unknown].")
 @click.option("--no-text", is_flag=True, help="Ablation: train without text features (lambda_3 = 0).")
 @click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Local open_clip checkpoint (safetensors) used when the synthetic data's embeddings are built here.")
@@ -68,7 +71,8 @@ from .embed import loud_random_tower_warnings, table_limit_options
 @table_limit_options
 def train(config_name: str, recipe: str | None, data_root: Path | None, embeddings: Path | None, epochs: int | None,
           batch_size: int | None, lr: float | None, lr_period: int | None, kl_weight: float | None,
-          ema_decay: float | None, select: str | None, val_window: int | None, accumulate: int, no_text: bool, clip_weights: Path | None,
+          ema_decay: float | None, select: str | None, val_window: int | None, accumulate: int, source_mpp: float | None,
+          no_text: bool, clip_weights: Path | None,
           out_dir: Path, seed: int, resume: bool, overwrite: bool, device: str, amp: bool, channels_last: bool,
           sync_bn: bool, workers: int | None, threads: int | None, table_limits: TableLimits) -> None:
     """Train MRDL on a dataset's Train split with early stopping on its Val split's Dice.
@@ -95,7 +99,7 @@ def train(config_name: str, recipe: str | None, data_root: Path | None, embeddin
     try:
         result = _train(config_name, data_root, embeddings, epochs=epochs, batch_size=batch_size, kl_weight=kl_weight,
                         recipe=recipe, lr=lr, lr_period=lr_period, ema_decay=ema_decay, select=select,
-                        val_window=val_window, accumulate=accumulate, no_text=no_text, clip_weights=clip_weights, out_dir=out_dir, seed=seed,
+                        val_window=val_window, accumulate=accumulate, source_mpp=source_mpp, no_text=no_text, clip_weights=clip_weights, out_dir=out_dir, seed=seed,
                         resume=resume, overwrite=overwrite, threads=threads, table_limits=table_limits,
                         hardware=hardware, dist=dist, on_start=echo)
     except KeyboardInterrupt:

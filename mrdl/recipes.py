@@ -1,7 +1,9 @@
 """Named per-dataset training settings (``mrdl train --recipe NAME``, ``mrdl embed-text --recipe NAME``).
 
 A recipe sets what the paper and LViT choose per dataset: the (global) batch size, the learning
-rate, lambda_3 (the weight of L_KL) and the prompt T_P. It is applied on top of a config (which
+rate, lambda_3 (the weight of L_KL) and the prompt T_P; and the dataset's source resolution
+(``source_mpp``, microns per pixel of the training images), which a run records in its checkpoints'
+provenance so that whole-slide inference can resample a slide to the training scale. It is applied on top of a config (which
 fixes the architecture and the schedule); explicit options (``--batch-size``, ``--kl-weight``,
 ``--lr``) win over the recipe. A run prints its recipe when it starts and stores it in its settings
 and in every checkpoint's provenance. The prompt is part of the model, so the text-embedding file
@@ -11,7 +13,10 @@ Sources: batch 2 for MoNuSeg and GlaS and 24 for MosMedData+ (LViT, and the MRDL
 lambda_3 = 1.0 for MoNuSeg and 0.1 for GlaS (the MRDL paper's text; it gives no value for the other
 datasets, which keep the loss default 1.0); learning rates from LViT's public Config.py (1e-3 for
 MoNuSeg and MosMedData+, 3e-4 for QaTa-COV19). QaTa-COV19's batch (24, as MosMedData+) and every
-prompt are mrdl's choices: neither paper states them.
+prompt are mrdl's choices: neither paper states them. MoNuSeg's 1000x1000 crops come from TCGA
+slides scanned at 40x, about 0.25 um/px (Kumar et al. 2017); the other recipes leave ``source_mpp``
+unset (GlaS's scanner resolution is not stated in the recipe's sources; CT and X-ray have no
+microscope scale), and ``mrdl train --source-mpp`` supplies it where a dataset has one.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Recipe:
     lr: float
     kl_weight: float
     prompt: str
+    source_mpp: float | None = None  # microns per pixel of the training images; None = not known
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -39,7 +45,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("monuseg", "MoNuSeg (H&E nuclei, 1000x1000)", batch_size=2, lr=1e-3, kl_weight=1.0,
-           prompt="a histopathology image of cell nuclei"),
+           prompt="a histopathology image of cell nuclei", source_mpp=0.25),
     Recipe("glas", "GlaS (H&E colon glands)", batch_size=2, lr=1e-3, kl_weight=0.1,
            prompt="a histopathology image of colon glands"),
     Recipe("mosmedplus", "MosMedData+ (lung CT, COVID-19 lesions)", batch_size=24, lr=1e-3, kl_weight=1.0,
@@ -65,6 +71,16 @@ def apply_recipe(config: MRDLConfig, recipe: Recipe | None) -> MRDLConfig:
     return dataclasses.replace(
         config, train=dataclasses.replace(config.train, batch_size=recipe.batch_size, lr=recipe.lr),
         loss=dataclasses.replace(config.loss, kl_weight=recipe.kl_weight))
+
+
+def check_source_mpp(value: float | None, *, where: str = "source_mpp") -> float | None:
+    """``value`` as a float in (0, 1000] microns per pixel, or None; else ValueError naming the expected range."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1000.0:
+        raise ValueError(f"{where} is {value!r}; expected the training images' resolution in microns per pixel, "
+                         "a number in (0, 1000] (MoNuSeg at 40x: 0.25)")
+    return float(value)
 
 
 def describe(recipe: Recipe | None, config: MRDLConfig) -> str:

@@ -59,7 +59,7 @@ from .data.embeddings import TextEmbeddings, compute_embeddings, key, load_embed
 from .distributed import Distributed, DistributedError
 from .evaluate import predict_dataset, score_masks
 from .losses import segmentation_loss
-from .recipes import Recipe, apply_recipe, get_recipe
+from .recipes import Recipe, apply_recipe, check_source_mpp, get_recipe
 from .resume import LEGACY_STATE, RESUME, load_optimizer_state, read_train_state, restore_rng, save_train_state
 from .text import RANDOM_INIT, RandomTextTowerWarning
 
@@ -293,6 +293,7 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                 batch_size: int | None = None, recipe: str | Recipe | None = None, lr: float | None = None,
                 lr_period: int | None = None, ema_decay: float | None = None, select: str | None = None,
                 val_window: int | None = None, accumulate: int = 1, resume: bool = False, overwrite: bool = False,
+                source_mpp: float | None = None,
                 table_limits: TableLimits = TableLimits(), hardware: Hardware = Hardware(),
                 dist: Distributed | None = None, progress: bool = True,
                 on_epoch_end: Callable[[dict], None] | None = None,
@@ -303,7 +304,9 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
     features still come from ``embeddings_path``. ``recipe`` (a name of :data:`mrdl.recipes.RECIPES`)
     sets the dataset's batch, lr, lambda_3 and prompt; ``epochs``, ``batch_size``, ``lr``,
     ``kl_weight``, ``lr_period``, ``ema_decay``, ``select`` and ``val_window`` override it. ``accumulate`` splits
-    each process's share of a batch into that many micro-batches (one optimizer step).
+    each process's share of a batch into that many micro-batches (one optimizer step). ``source_mpp``
+(microns per pixel of the training images; default: the recipe's) is recorded in every checkpoint's
+provenance as ``source_mpp`` (None when unknown).
     ``resume=True`` continues the run in ``out_dir`` with the settings saved there; only ``epochs``
     (the cap) may be given again, to raise or lower it; the other arguments except ``hardware``,
     ``dist``, ``progress`` and the callbacks are ignored. A new run refuses an ``out_dir`` holding a
@@ -345,7 +348,9 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                             val_window=val_window)
         settings = {"data_root": str(Path(data_root).resolve()), "embeddings": str(Path(embeddings_path).resolve()),
                     "seed": seed, "use_text": use_text, "table_limits": dataclasses.asdict(table_limits),
-                    "recipe": recipe.to_dict() if recipe is not None else None, "accumulate": accumulate}
+                    "recipe": recipe.to_dict() if recipe is not None else None, "accumulate": accumulate,
+                    "source_mpp": check_source_mpp(source_mpp if source_mpp is not None else
+                                                   recipe.source_mpp if recipe is not None else None)}
     data_root, seed, use_text = Path(settings["data_root"]), settings["seed"], settings["use_text"]
     accumulate = int(settings.get("accumulate", 1))
     recipe_info = settings.get("recipe")
@@ -386,7 +391,8 @@ def train_model(*, config: MRDLConfig, data_root: str | Path, embeddings_path: s
                   "use_text": use_text, "seed": seed, "recipe": recipe_info,
                   "global_batch": config.train.batch_size, "processes": dist.world_size, "accumulate": accumulate,
                   "selected_weights": config.train.select,
-                  "source_size": list(train_set.source_size)}  # the training scale; mrdl-export copies it to model.json
+                  "source_size": list(train_set.source_size),  # the training scale; mrdl-export copies it to model.json
+                  "source_mpp": settings.get("source_mpp")}  # microns per pixel of the training images (None: unknown)
     if dist.is_main:
         _remove_leftover_temporaries(out_dir)
     if state is not None:

@@ -48,6 +48,7 @@ def test_validation_dice_rises(tmp_path: Path, tiny_config):
     assert ckpt.provenance["dataset"] == str(root.resolve()) and ckpt.provenance["clip_weights"] == "random-init"
     assert ckpt.provenance["step"] == result.best_epoch * 4 and ckpt.config.train.epochs == 12
     assert ckpt.provenance["source_size"] == [64, 64]  # the synthetic images' size before resizing
+    assert ckpt.provenance["source_mpp"] is None  # no recipe, no --source-mpp: the resolution is unknown
     with open(tmp_path / "run" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12 and float(rows[-1]["val_dice"]) == pytest.approx(dice[-1])
@@ -103,6 +104,22 @@ def test_resume_refuses_a_missing_or_damaged_state(tmp_path: Path, tiny_config, 
         train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=run.out_dir, resume=True)
 
 
+def test_source_mpp_from_the_recipe_or_the_option_is_in_the_provenance(tmp_path: Path, tiny_config, small_data):
+    from mrdl.recipes import get_recipe
+
+    assert get_recipe("monuseg").source_mpp == 0.25 and get_recipe("glas").source_mpp is None
+    recipe = _train(tiny_config, small_data, tmp_path / "recipe", epochs=1, recipe="monuseg", batch_size=2)
+    assert read_checkpoint(recipe.last_checkpoint).provenance["source_mpp"] == 0.25
+    given = _train(tiny_config, small_data, tmp_path / "given", epochs=1, recipe="monuseg", source_mpp=0.5)
+    assert read_checkpoint(given.best_checkpoint).provenance["source_mpp"] == 0.5  # the option wins over the recipe
+    resumed = train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=given.out_dir, resume=True,
+                          epochs=2, progress=False)
+    assert read_checkpoint(resumed.last_checkpoint).provenance["source_mpp"] == 0.5  # kept in the run's settings
+    for bad in (0.0, -1.0, float("nan"), "0.25"):
+        with pytest.raises(ValueError, match=r"expected the training images' resolution in microns per pixel"):
+            _train(tiny_config, small_data, tmp_path / "bad", epochs=1, source_mpp=bad)
+
+
 def test_stale_embeddings_are_refused(tmp_path: Path, tiny_config, small_data):
     root, _ = small_data
     other = write_synthetic_dataset(tmp_path / "other", n_train=2, n_val=1, size=64, seed=9)
@@ -126,4 +143,7 @@ def test_cli_trains_on_builtin_synthetic_data(tmp_path: Path):
     failed = runner.invoke(main, ["train", "--out", str(tmp_path / "empty"), "--resume"])
     assert failed.exit_code != 0 and "cannot resume" in failed.output
     helped = runner.invoke(main, ["train", "--help"])
-    assert "--no-text" in helped.output and "--resume" in helped.output
+    assert "--no-text" in helped.output and "--resume" in helped.output and "--source-mpp" in helped.output
+    refused = runner.invoke(main, ["train", "--config", "tiny", "--epochs", "1", "--out", str(tmp_path / "mpp"),
+                                   "--source-mpp", "0"])
+    assert refused.exit_code == 2 and "--source-mpp" in refused.output
