@@ -249,25 +249,39 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+TEXT_TOWERS = ("pretrained", "random")
+
+
 def create_model(config: str | MRDLConfig = "base", *, prompt_features: torch.Tensor | None = None,
-                 clip_weights: str | None = None, seed: int | None = None, **overrides) -> MRDL:
+                 clip_weights: str | None = None, text_tower: str = "pretrained", download: bool = False,
+                 seed: int | None = None, **overrides) -> MRDL:
     """Build an MRDL model from a named config (``tiny``, ``small``, ``base``) or a config object.
 
-    ``prompt_features``: precomputed CLIP per-token features of the config's prompt (L, D). When
-    absent, they are computed here with the text tower (weights from ``clip_weights``, else the
-    paper's pretrained weights, see :func:`mrdl.text.build_text_tower`, which raises
-    ``TextWeightsUnavailable`` when they cannot be had). ``overrides`` change model fields, e.g.
+    The prompt's CLIP per-token features (L, D) come from, in this order: ``prompt_features`` when
+    given; ``text_tower="random"``: a seeded random tower (``seed``, else 0; reproducible features
+    without language meaning, for tests, demos and untrained checkpoints); else the pretrained
+    tower: weights from ``clip_weights`` (an open_clip safetensors file), else the paper's weights
+    from the Hugging Face cache, looked up without network unless ``download=True`` (see
+    :func:`mrdl.text.build_text_tower`). When they cannot be had it raises
+    ``TextWeightsUnavailable`` at once, saying how to provide them. A ``custom`` tower (``tiny``)
+    has no published weights and is always random. ``overrides`` change model fields, e.g.
     ``phase="matmul"``.
     """
+    if text_tower not in TEXT_TOWERS:
+        raise ValueError(f"text_tower must be one of {TEXT_TOWERS}, got {text_tower!r}")
+    if text_tower == "random" and (clip_weights is not None or prompt_features is not None):
+        raise ValueError('text_tower="random" takes no clip_weights or prompt_features')
     cfg = load_config(config) if isinstance(config, str) else config
     if overrides:
         cfg = cfg.replace_model(**overrides)
     if seed is not None:
         torch.manual_seed(seed)
-    if prompt_features is None:
+    if prompt_features is None and text_tower == "random":
+        prompt_features = deterministic_prompt_features(cfg, seed=0 if seed is None else seed)
+    elif prompt_features is None:
         from .text import build_text_tower
 
-        tower = build_text_tower(cfg.model.text, weights=clip_weights)
+        tower = build_text_tower(cfg.model.text, weights=clip_weights, hub=download)
         prompt_features = tower.encode([cfg.model.prompt])[0]
     return MRDL(cfg, prompt_features)
 

@@ -163,14 +163,18 @@ def hub_reachable(timeout: float = CONNECT_TIMEOUT_S) -> bool:
 def unavailable_message(clip_model: str, tag: str, reason: str, repo: str | None) -> str:
     where = f" (e.g. {HUB_SAFETENSORS} from https://huggingface.co/{repo})" if repo else ""
     return (f"the text tower's pretrained weights, open_clip {clip_model} {tag!r}, are not available: {reason}. "
-            f"Provide them in one of two ways: a local file, --clip-weights PATH, an open_clip checkpoint in "
-            f"safetensors format{where}; or the Hugging Face hub: run once with network access and HF_HUB_OFFLINE "
-            f"unset (the file is cached in the Hugging Face cache and found offline afterwards). To build features "
-            f"without language meaning instead (tests, demos), ask for a random tower with --random-init")
+            f"Provide them in one of two ways: a local file, an open_clip checkpoint in safetensors format{where}, "
+            f"given as --clip-weights PATH (in Python: create_model(config, clip_weights=PATH)); or the Hugging "
+            f"Face hub: run once with network access and HF_HUB_OFFLINE unset (mrdl embed-text, or in Python "
+            f"create_model(config, download=True)); the file is cached and found offline afterwards. To build "
+            f"features without language meaning instead (tests, demos), ask for a random tower with --random-init "
+            f"(in Python: create_model(config, text_tower=\"random\"))")
 
 
-def _pretrained_file(clip_model: str, tag: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> Path:
-    """The safetensors file of an open_clip pretrained tag: from the Hugging Face cache, else downloaded."""
+def _pretrained_file(clip_model: str, tag: str, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+                     hub: bool = True) -> Path:
+    """The safetensors file of an open_clip pretrained tag: from the Hugging Face cache, else downloaded
+    (``hub=False``: from the cache only)."""
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(clip_model, tag)
@@ -190,6 +194,9 @@ def _pretrained_file(clip_model: str, tag: str, *, connect_timeout: float = CONN
         return Path(hf_hub_download(repo, HUB_SAFETENSORS, local_files_only=True))
     except Exception:  # not cached (huggingface_hub raises several types): go to the hub
         pass
+    if not hub:
+        raise TextWeightsUnavailable(unavailable_message(clip_model, tag, "the file is not in the Hugging Face cache "
+                                                         "and this call looks only there", repo))
     if _hub_offline():
         raise TextWeightsUnavailable(unavailable_message(clip_model, tag, "HF_HUB_OFFLINE is set and the file is "
                                                          "not in the Hugging Face cache", repo))
@@ -219,13 +226,15 @@ def _activation(clip_model: str, tag: str | None):
 
 
 def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None, pretrained: str | None = None,
-                     random_init: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S) -> TextTower:
+                     random_init: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S,
+                     hub: bool = True) -> TextTower:
     """Build the frozen tower (see the module docstring for where the weights come from).
 
     ``weights``: a local open_clip checkpoint (safetensors; read with the activation of the paper's
     tag for this architecture); ``pretrained``: an open_clip tag [default: :data:`PAPER_WEIGHTS`];
-    ``random_init``: a random tower, on request only. Raises :class:`TextWeightsUnavailable` when
-    pretrained weights cannot be had.
+    ``random_init``: a random tower, on request only; ``hub=False``: look for the pretrained tag's
+    file in the Hugging Face cache only, never on the network. Raises :class:`TextWeightsUnavailable`
+    when pretrained weights cannot be had.
     """
     import open_clip
     from open_clip.transformer import TextTransformer
@@ -243,7 +252,7 @@ def build_text_tower(cfg: TextTowerConfig, *, weights: str | Path | None = None,
     path = None  # found before the tower is built, so a missing file is reported at once
     if not random_tower:
         path = Path(weights) if weights is not None else _pretrained_file(cfg.clip_model, tag,
-                                                                          connect_timeout=connect_timeout)
+                                                                          connect_timeout=connect_timeout, hub=hub)
     act_layer = _activation(cfg.clip_model, None if random_tower else tag)
     model = TextTransformer(**arch, output_dim=None, output_tokens=True, proj_type="none", act_layer=act_layer)
     tokenizer_name = "ViT-B-32" if cfg.clip_model == "custom" else cfg.clip_model
