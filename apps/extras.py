@@ -29,6 +29,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "train": _TRAIN,
     "export": _EXPORT,
     "bench": (*_EXPORT, "psutil"),
+    "slide": ("tifffile", "tiffslide", "imagecodecs", "shapely"),
 }
 
 # `mrdl` subcommand -> the extra it needs (subcommands not listed need none, or check their own)
@@ -38,6 +39,7 @@ SUBCOMMAND_EXTRAS = {
     "evaluate": "train",
     "export": "export",
     "demo": "bench",
+    "predict-slide": "slide",
 }
 
 

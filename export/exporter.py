@@ -334,7 +334,7 @@ class Exporter:
         """``model.json`` and its copy in each ONNX file (:func:`mrdl_export.manifest.write_deploy_manifest`)."""
         from mrdl_runtime.manifest import file_sha256
 
-        from .manifest import build_manifest, source_size_for, write_deploy_manifest
+        from .manifest import build_manifest, source_mpp_for, source_size_for, write_deploy_manifest
 
         options = self.options
         extra = {"folding": job.folding.to_dict(), "tensorrt_compatibility": job.report.to_dict()}
@@ -356,7 +356,8 @@ class Exporter:
                                              for key, name in job.artifacts.items()},
                                   opset=options.opset, max_batch=options.max_batch,
                                   parity={key: result.to_dict() for key, result in job.parity.items()}, extra=extra,
-                                  source_size=source_size_for(options.source_size, job.ckpt))
+                                  source_size=source_size_for(options.source_size, job.ckpt),
+                                  source_mpp=source_mpp_for(options.source_mpp, job.ckpt))
         if job.engine:  # both runtimes check the engine's TensorRT version here before deserialising
             manifest["versions"]["tensorrt"] = job.engine["tensorrt_version"]
         job.manifest = write_deploy_manifest(job.folder, manifest)

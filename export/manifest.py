@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mrdl_runtime.manifest import (FORMAT, MANIFEST_NAME, MAX_SOURCE_SIDE, METADATA_KEY, ManifestError, artifact_record,
+from mrdl_runtime.manifest import (FORMAT, MANIFEST_NAME, MAX_SOURCE_MPP, MAX_SOURCE_SIDE, METADATA_KEY, ManifestError, artifact_record,
                                    parse_manifest)
 
 from .options import ExportError
@@ -60,13 +60,42 @@ def source_size_for(option: str | None, checkpoint_path: str | Path) -> tuple[in
     return parse_source_size(recorded, where=f"{checkpoint_path} provenance source_size (override with --source-size)")
 
 
+def parse_source_mpp(value: Any, *, where: str = "--source-mpp") -> float:
+    """``"0.25"`` (``--source-mpp``) or 0.25 (checkpoint provenance) -> microns per pixel in
+    (0, MAX_SOURCE_MPP]; else :class:`ExportError` naming the expected form."""
+    try:
+        number = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or not 0.0 < number <= MAX_SOURCE_MPP:
+        raise ExportError(f"{where} is {value!r}; expected the training images' resolution in microns per pixel, "
+                          f"a number in (0, {MAX_SOURCE_MPP:g}] (MoNuSeg at 40x: 0.25)")
+    return number
+
+
+def source_mpp_for(option: str | None, checkpoint_path: str | Path) -> float | None:
+    """The manifest's ``source_mpp``: ``--source-mpp`` when given, else the checkpoint provenance's
+    ``source_mpp`` (recorded by ``mrdl train``), else None (whole slides are then refused)."""
+    if option is not None:
+        return parse_source_mpp(option)
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint_path), framework="pt") as handle:  # the header only, no tensors
+        provenance = json.loads((handle.metadata() or {}).get("mrdl.provenance", "{}"))
+    recorded = provenance.get("source_mpp") if isinstance(provenance, dict) else None
+    if recorded is None:
+        return None
+    return parse_source_mpp(recorded, where=f"{checkpoint_path} provenance source_mpp (override with --source-mpp)")
+
+
 def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: str,
                    artifacts: dict[str, dict[str, str]], opset: int, max_batch: int, parity: dict[str, Any],
                    precision: str = "fp32", extra: dict[str, Any] | None = None,
-                   source_size: tuple[int, int] | None = None) -> dict[str, Any]:
+                   source_size: tuple[int, int] | None = None, source_mpp: float | None = None) -> dict[str, Any]:
     """The manifest dict for a model exported from ``config`` (an :class:`mrdl.config.MRDLConfig`).
 
-    ``source_size``: the training images' (H, W) before resizing (docs/tiling.md), written when known.
+    ``source_size``: the training images' (H, W) before resizing (docs/tiling.md), written when known;
+    ``source_mpp``: their microns per pixel (docs/slides.md), written when known.
 
     ``artifacts``: key -> ``{"file", "precision"}``; :func:`write_deploy_manifest` adds sizes and
     hashes once the files are final. A fresh ``export_id`` ties the files of this export together.
@@ -103,6 +132,8 @@ def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: st
     }
     if source_size is not None:
         manifest["source_size"] = [int(source_size[0]), int(source_size[1])]
+    if source_mpp is not None:
+        manifest["source_mpp"] = float(source_mpp)
     manifest.update(extra or {})
     return manifest
 

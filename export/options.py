@@ -93,6 +93,10 @@ class ExportOptions:
     source_size: str | None = option(
         None, "Training images' size HxW (e.g. 1000x1000) for tiled inference; default: the checkpoint's "
               "provenance source_size (recorded by mrdl train), else none.")
+    # Whole slides (issue 20): the training images' resolution, model.json's source_mpp (docs/slides.md).
+    source_mpp: str | None = option(
+        None, "Training images' resolution in microns per pixel (e.g. 0.25 for MoNuSeg at 40x) for whole-slide "
+              "inference; default: the checkpoint's provenance source_mpp (recorded by mrdl train), else none.")
     exporter: str = option("dynamo", "torch.onnx exporter (mrdl_export.onnx_export.EXPORTERS).", cli=False)
     progress: bool = option(False, "Show a progress bar of the steps on stderr.", cli=False)
 
@@ -138,6 +142,10 @@ class ExportOptions:
             from .manifest import parse_source_size
 
             parse_source_size(self.source_size)
+        if self.source_mpp is not None:
+            from .manifest import parse_source_mpp
+
+            parse_source_mpp(self.source_mpp)
         for folder in (self.data, self.calib_data):  # refuse a bad image folder before minutes of work
             if folder is not None:
                 try:

@@ -37,6 +37,7 @@ MAX_IMAGE_SIDE = 8192
 MAX_CLASSES = 255
 MAX_BATCH = 4096
 MAX_SOURCE_SIDE = 1 << 20  # source_size: the training images' typical [height, width] before resizing
+MAX_SOURCE_MPP = 1000.0  # source_mpp: microns per pixel of the training images, in (0, MAX_SOURCE_MPP]
 _JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 
 
@@ -158,6 +159,7 @@ class Manifest:
     versions: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     source_size: tuple[int, int] | None = None  # the training scale (docs/tiling.md); None = unknown
+    source_mpp: float | None = None  # microns per pixel of the training images (docs/slides.md); None = unknown
 
     @property
     def image_input(self) -> TensorSpec:
@@ -272,6 +274,17 @@ def _source_size(doc: dict[str, Any], where: str) -> tuple[int, int] | None:
     return value[0], value[1]
 
 
+def _source_mpp(doc: dict[str, Any], where: str) -> float | None:
+    """The optional ``source_mpp``: a number in (0, MAX_SOURCE_MPP] microns per pixel; absent -> None."""
+    if "source_mpp" not in doc:
+        return None
+    value = doc["source_mpp"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= MAX_SOURCE_MPP:
+        raise ManifestError(f"{where} source_mpp is {value!r}; expected the training images' microns per pixel, "
+                            f"a number in (0, {MAX_SOURCE_MPP:g}] (or no source_mpp at all)")
+    return float(value)
+
+
 def parse_manifest(doc: dict[str, Any], model_dir: str | Path) -> Manifest:
     """Check a manifest document against docs/deploy-manifest.md and return it typed.
 
@@ -341,6 +354,7 @@ def parse_manifest(doc: dict[str, Any], model_dir: str | Path) -> Manifest:
         versions=dict(versions),
         raw=doc,
         source_size=_source_size(doc, where),
+        source_mpp=_source_mpp(doc, where),
     )
 
 
