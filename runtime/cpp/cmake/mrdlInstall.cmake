@@ -1,11 +1,14 @@
 # Install rules: `cmake --install` writes a package that another project uses with
-#   find_package(mrdl CONFIG REQUIRED)
-#   target_link_libraries(app PRIVATE mrdl::runtime)
-# Layout (GNUInstallDirs): include/mrdl/*.hpp (+ the generated export.hpp), lib/libmrdl_runtime.so.*,
-# lib/libonnxruntime.so* (the ONNX Runtime the build linked, with MRDL_INSTALL_ONNXRUNTIME),
-# lib/cmake/mrdl/{mrdlConfig,mrdlConfigVersion,mrdlTargets}.cmake and bin/mrdl_segment.
-# The library's RUNPATH is $ORIGIN and mrdl_segment's $ORIGIN/../lib, so the installed tree runs
-# without LD_LIBRARY_PATH.
+#   find_package(mrdl CONFIG REQUIRED [COMPONENTS imageio])
+#   target_link_libraries(app PRIVATE mrdl::runtime [mrdl::imageio])
+#   set_target_properties(app PROPERTIES INSTALL_RPATH "${mrdl_LIBDIR}")  # the installed app finds them
+# Layout (GNUInstallDirs): include/mrdl/*.hpp (+ the generated export.hpp, imageio_export.hpp),
+# lib/libmrdl_runtime.so.*, lib/libmrdl_imageio.so.* (with MRDL_IMAGEIO), lib/libonnxruntime.so*
+# (the ONNX Runtime the build linked, with MRDL_INSTALL_ONNXRUNTIME),
+# lib/cmake/mrdl/{mrdlConfig,mrdlConfigVersion,mrdlTargets,mrdlImageioTargets}.cmake and
+# bin/mrdl_segment. The libraries' RUNPATH is $ORIGIN and mrdl_segment's $ORIGIN/../lib, so the
+# installed tree runs without LD_LIBRARY_PATH; mrdlConfig.cmake sets mrdl_LIBDIR (the installed
+# lib folder, absolute) for an application's own INSTALL_RPATH.
 include(CMakePackageConfigHelpers)
 set(MRDL_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/mrdl" CACHE STRING
     "Where cmake --install puts mrdlConfig.cmake (relative to the prefix)")
@@ -16,9 +19,19 @@ install(TARGETS mrdl_runtime EXPORT mrdlTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} NAMELINK_COMPONENT Development
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(DIRECTORY include/mrdl DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY include/mrdl DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} PATTERN imageio.hpp EXCLUDE)
 install(FILES "${CMAKE_CURRENT_BINARY_DIR}/include/mrdl/export.hpp" DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/mrdl)
 install(EXPORT mrdlTargets NAMESPACE mrdl:: DESTINATION ${MRDL_INSTALL_CMAKEDIR})
+if(MRDL_IMAGEIO)  # the component imageio: its own export set, loaded by find_package(mrdl COMPONENTS imageio)
+  install(TARGETS mrdl_imageio EXPORT mrdlImageioTargets
+    ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+    LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} NAMELINK_COMPONENT Development
+    RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+    INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+  install(FILES include/mrdl/imageio.hpp "${CMAKE_CURRENT_BINARY_DIR}/include/mrdl/imageio_export.hpp"
+    DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/mrdl)
+  install(EXPORT mrdlImageioTargets NAMESPACE mrdl:: DESTINATION ${MRDL_INSTALL_CMAKEDIR})
+endif()
 
 # ONNX Runtime: the libonnxruntime.so* files beside the library the build linked (the real file
 # and its symlinks, plus any libonnxruntime_providers_*.so), so the installed tree is self-contained.
@@ -65,7 +78,7 @@ endif()
 configure_package_config_file("${CMAKE_CURRENT_SOURCE_DIR}/cmake/mrdlConfig.cmake.in"
   "${CMAKE_CURRENT_BINARY_DIR}/mrdlConfig.cmake"
   INSTALL_DESTINATION ${MRDL_INSTALL_CMAKEDIR}
-  PATH_VARS MRDL_ORT_INSTALLED)
+  PATH_VARS MRDL_ORT_INSTALLED CMAKE_INSTALL_LIBDIR CMAKE_INSTALL_INCLUDEDIR)
 write_basic_package_version_file("${CMAKE_CURRENT_BINARY_DIR}/mrdlConfigVersion.cmake"
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
 install(FILES "${CMAKE_CURRENT_BINARY_DIR}/mrdlConfig.cmake" "${CMAKE_CURRENT_BINARY_DIR}/mrdlConfigVersion.cmake"

@@ -2,8 +2,8 @@
 //              [--precision fp32|int8|fp16] [--threads N] [--tile|--no-tile] [--overlap F]
 //              [--blend gaussian|constant] [--max-pixels N] [--no-verify]
 // Segments one PNG or TIFF image with an exported model and writes the mask as an 8-bit gray PNG at
-// the input's size: 0/255 for a one-class model, the class index otherwise. The image is decoded by
-// the rule of mrdl/decode.hpp (16-bit: high byte; alpha dropped), as the Python runtime decodes it;
+// the input's size: 0/255 for a one-class model, the class index otherwise. The image is read with
+// mrdl::imageio (mrdl/imageio.hpp), decoded by the rule of mrdl/decode.hpp (16-bit: high byte; alpha dropped), as the Python runtime decodes it;
 // --threads sets ONNX Runtime's intra-op threads (0, the default: ONNX Runtime's choice, one per
 // physical core). Tiling (docs/tiling.md): by default an image more than 1.5 times model.json's
 // source_size is segmented in overlapping windows at the training scale; --tile forces it,
@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "mrdl/imageio.hpp"
 #include "mrdl/segmenter.hpp"
-#include "image_io.hpp"
 
 namespace {
 
@@ -109,12 +109,12 @@ int main(int argc, char** argv) {
     try {
         const Arguments arguments = parse_options(std::vector<std::string>(argv + 4, argv + argc));
         const mrdl::Segmenter segmenter(argv[1], arguments.segmenter);
-        const mrdl::Image image = mrdl::image_io::read_rgb(argv[2], arguments.segmenter.max_pixels);
+        const mrdl::Image image = mrdl::imageio::read_image(argv[2], arguments.segmenter.max_pixels);
         const mrdl::Segmentation result = segmenter.segment(image.view(), {}, arguments.tiling);
         std::vector<uint8_t> mask = result.mask;  // (H, W)
         if (result.n_classes == 1)
             for (uint8_t& value : mask) value = value ? 255 : 0;
-        mrdl::png::write(argv[3], mrdl::ImageView{mask.data(), result.height, result.width, 1});
+        mrdl::imageio::write_png(argv[3], mrdl::ImageView{mask.data(), result.height, result.width, 1});
         size_t foreground = 0;
         for (uint8_t value : result.mask) foreground += value != 0;
         std::cout << argv[3] << ": " << result.width << "x" << result.height << " mask, " << foreground

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <iterator>
 
-#include "image_io.hpp"
+#include "mrdl/imageio.hpp"
 #include "test_support.hpp"
 
 using namespace mrdl;
@@ -33,8 +33,8 @@ int main(int argc, char** argv) {
                 const std::string command = "\"" + exe + "\" \"" + model + "\" \"" + dir + "/" +
                                             c.at(format).get<std::string>() + "\" \"" + out + "\" --threads 1";
                 check(std::system(command.c_str()) == 0, "command failed: " + command);
-                const Image written = png::read_rgb(out);
-                const Image expected = png::read_rgb(dir + "/" + c.at("mask_png").get<std::string>());
+                const Image written = imageio::read_png(out);
+                const Image expected = imageio::read_png(dir + "/" + c.at("mask_png").get<std::string>());
                 check(written.height == expected.height && written.width == expected.width, "mask size");
                 check(written.pixels == expected.pixels, "the PNG mask differs from mrdl_runtime's");
             });
@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
             const std::string command = "\"" + exe + "\" \"" + model + "\" \"" + dir + "/" + c.at("png").get<std::string>() +
                                         "\" \"" + out + "\"" + flags + " > \"" + log + "\"";
             check(std::system(command.c_str()) == 0, "command failed: " + command);
-            check(png::read_rgb(out).pixels == png::read_rgb(dir + "/" + c.at("mask_png").get<std::string>()).pixels,
+            check(imageio::read_png(out).pixels == imageio::read_png(dir + "/" + c.at("mask_png").get<std::string>()).pixels,
                   "the PNG mask differs from mrdl_runtime's tiled one");
             std::ifstream stream(log);
             const std::string said((std::istreambuf_iterator<char>(stream)), std::istreambuf_iterator<char>());

@@ -1,4 +1,4 @@
-// The example's TIFF reader decodes make_test_data.py's TIFF files (strips, tiles, separate planes,
+// mrdl::imageio's TIFF reader decodes make_test_data.py's TIFF files (strips, tiles, separate planes,
 // 8/16-bit, both byte orders, compressed) to the same RGB bytes as mrdl_runtime.imaging.read_image
 // (Pillow), with the Orientation tag applied as Pillow applies it (1 to 8 mirror, turn or transpose;
 // other values leave the pixels as stored), refuses the layouts it does not take with a clear
@@ -6,8 +6,8 @@
 //   test_tiff TEST_DATA_DIR
 #include <filesystem>
 
-#include "image_io.hpp"
 #include "mrdl/errors.hpp"
+#include "mrdl/imageio.hpp"
 #include "test_support.hpp"
 
 using namespace mrdl;
@@ -26,10 +26,10 @@ int main(int argc, char** argv) {
         const std::string path = dir + "/" + c.at("file").get<std::string>();
         run("tiff " + c.at("name").get<std::string>(), [&] {
             if (c.contains("error")) {
-                expect_error<InputError>(c.at("name"), c.at("error"), [&] { tiff::read_rgb(path); });
+                expect_error<InputError>(c.at("name"), c.at("error"), [&] { imageio::read_tiff(path); });
                 return;
             }
-            const Image image = image_io::read_rgb(path);  // through the signature dispatch, as mrdl_segment
+            const Image image = imageio::read_image(path);  // through the signature dispatch, as mrdl_segment
             check(image.height == c.at("height") && image.width == c.at("width") && image.channels == 3, "size");
             const std::vector<uint8_t> expected = read_array<uint8_t>(dir + "/" + c.at("expected").get<std::string>());
             size_t differing = 0;
@@ -44,19 +44,19 @@ int main(int argc, char** argv) {
     check(oriented >= 18, "the Orientation files (1 to 8, gray and RGB, and values outside 1..8) decoded");
     const std::string sample = dir + "/" + cases.at(0).at("file").get<std::string>();
     run("the pixel limit is checked from the header", [&] {
-        const Image image = tiff::read_rgb(sample);
+        const Image image = imageio::read_tiff(sample);
         const size_t pixels = static_cast<size_t>(image.height) * image.width;
         expect_error<InputError>("over the limit", "pixels exceeds the limit of " + std::to_string(pixels - 1),
-                                 [&] { tiff::read_rgb(sample, pixels - 1); });
-        check(tiff::read_rgb(sample, pixels).pixels == image.pixels, "exactly at the limit is accepted");
+                                 [&] { imageio::read_tiff(sample, pixels - 1); });
+        check(imageio::read_tiff(sample, pixels).pixels == image.pixels, "exactly at the limit is accepted");
     });
     run("files that are not TIFF (or PNG) are refused", [&] {
         const std::filesystem::path bad = std::filesystem::temp_directory_path() / "mrdl_cpp_test_tiff_bad.tif";
         std::ofstream(bad) << "not a tiff";
-        expect_error<InputError>("not tiff", "no TIFF signature", [&] { tiff::read_rgb(bad.string()); });
-        expect_error<InputError>("neither", "neither a PNG nor a TIFF", [&] { image_io::read_rgb(bad.string()); });
+        expect_error<InputError>("not tiff", "no TIFF signature", [&] { imageio::read_tiff(bad.string()); });
+        expect_error<InputError>("neither", "neither a PNG nor a TIFF", [&] { imageio::read_image(bad.string()); });
         std::filesystem::remove(bad);
-        expect_error<InputError>("missing", "cannot open /nonexistent.tif", [] { tiff::read_rgb("/nonexistent.tif"); });
+        expect_error<InputError>("missing", "cannot open /nonexistent.tif", [] { imageio::read_tiff("/nonexistent.tif"); });
     });
     return finish();
 }

@@ -10,7 +10,7 @@
 namespace mrdl {
 
 /// Images with more pixels (height * width) than this are refused unless the caller raises the
-/// limit (`max_pixels` of to_rgb8, png::read_rgb and SegmenterOptions): 250 million, a 15811 x
+/// limit (`max_pixels` of to_rgb8, imageio::read_image and SegmenterOptions): 250 million, a 15811 x
 /// 15811 image, the same default as the Python runtime's.
 constexpr size_t kDefaultMaxPixels = 250'000'000;
 

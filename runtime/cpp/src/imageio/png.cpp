@@ -1,5 +1,5 @@
-// PNG input and output of the example program; reading follows the decoding rule of mrdl/decode.hpp.
-#include "png_io.hpp"
+// mrdl::imageio PNG input and output, through libpng; reading follows the decoding rule of mrdl/decode.hpp.
+#include "mrdl/imageio.hpp"
 
 #include <cerrno>
 #include <csetjmp>
@@ -15,7 +15,7 @@
 #include "mrdl/decode.hpp"
 #include "mrdl/errors.hpp"
 
-namespace mrdl::png {
+namespace mrdl::imageio {
 
 namespace {
 
@@ -90,7 +90,7 @@ std::string decode(std::FILE* file, size_t max_pixels, Decoded& out) {
 
 }  // namespace
 
-Image read_rgb(const std::string& path, size_t max_pixels) {
+Image read_png(const std::string& path, size_t max_pixels) {
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
     if (!file) throw InputError("cannot open " + path + ": " + std::strerror(errno));
     png_byte signature[8] = {};
@@ -107,7 +107,7 @@ Image read_rgb(const std::string& path, size_t max_pixels) {
     return to_rgb8(ImageView{decoded.pixels.data(), height, width, decoded.channels}, max_pixels);
 }
 
-void write(const std::string& path, const ImageView& image) {
+void write_png(const std::string& path, const ImageView& image) {
     if (image.channels != 1 && image.channels != 3)
         throw InputError("PNG output expects 1 or 3 channels, got " + std::to_string(image.channels));
     png_image info{};
@@ -123,4 +123,4 @@ void write(const std::string& path, const ImageView& image) {
     std::filesystem::rename(temporary, path);
 }
 
-}  // namespace mrdl::png
+}  // namespace mrdl::imageio

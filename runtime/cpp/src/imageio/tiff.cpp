@@ -1,6 +1,6 @@
-// TIFF input of the example program: libtiff decodes each strip or tile (decompression, predictor,
-// byte order, fill order); this file places the samples and applies the decoding rule.
-#include "tiff_io.hpp"
+// mrdl::imageio TIFF input: libtiff decodes each strip or tile (decompression, predictor, byte
+// order, fill order); this file places the samples and applies the decoding rule.
+#include "mrdl/imageio.hpp"
 
 #include <cerrno>
 #include <cstdarg>
@@ -16,7 +16,7 @@
 #include "mrdl/decode.hpp"
 #include "mrdl/errors.hpp"
 
-namespace mrdl::tiff {
+namespace mrdl::imageio {
 namespace {
 
 constexpr uint64_t kMaxChunkBytes = uint64_t(1) << 30;  // one decoded strip or tile, at most 1 GiB
@@ -314,7 +314,7 @@ Image oriented(Image stored, uint16_t orientation) {
 
 }  // namespace
 
-bool has_signature(const std::string& path) {
+bool is_tiff(const std::string& path) {
     std::ifstream file(path, std::ios::binary);
     char head[4] = {};
     if (!file.read(head, 4)) return false;
@@ -323,9 +323,9 @@ bool has_signature(const std::string& path) {
            magic == std::string("MM\0+", 4);
 }
 
-Image read_rgb(const std::string& path, size_t max_pixels) {
+Image read_tiff(const std::string& path, size_t max_pixels) {
     if (!std::ifstream(path, std::ios::binary)) throw InputError("cannot open " + path + ": " + std::strerror(errno));
-    if (!has_signature(path)) throw InputError("cannot read " + path + " as a TIFF image: no TIFF signature");
+    if (!is_tiff(path)) throw InputError("cannot read " + path + " as a TIFF image: no TIFF signature");
     Messages messages;
     File tif = open(path, messages);
     if (!tif) throw InputError("cannot read " + path + " as a TIFF image: " + messages.error);
@@ -337,4 +337,4 @@ Image read_rgb(const std::string& path, size_t max_pixels) {
     return oriented(read_stored(tif.get(), path, max_pixels, messages), orientation);
 }
 
-}  // namespace mrdl::tiff
+}  // namespace mrdl::imageio
