@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 import threading
 import zlib
@@ -32,9 +33,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
+from .errors import MrdlError
+
 SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # TIFF and BigTIFF, either byte order
 PILLOW_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I;16", "I;16B", "I", "F")  # what accepted layouts give
 MAX_CHUNK_BYTES = 1 << 30  # one decoded strip or tile, at most 1 GiB (as the C++ reader)
+# A compressed strip or tile holds at most COMPRESSED_FACTOR x its decoded bytes + COMPRESSED_SLACK
+# (runtime/VECTORS.md, "TIFF byte bounds"): no TIFF codec expands data that much (LZW at most 1.5x).
+COMPRESSED_FACTOR, COMPRESSED_SLACK = 4, 1024
 _PHOTOMETRIC = {4: "transparency mask", 5: "CMYK (separated)", 6: "YCbCr (other than JPEG-compressed)", 8: "CIELab"}
 _EXPECTED = "; the Python reader takes gray, RGB or palette TIFFs (convert the file, e.g. to RGB)"
 _DEFLATE = (8, 32946)  # Adobe and old-style deflate codes
@@ -43,7 +49,7 @@ _JPEG = (6, 7)  # old- and new-style JPEG: Pillow (libjpeg's YCbCr -> RGB, as th
 PILLOW_GLOBALS = threading.Lock()  # Image.MAX_IMAGE_PIXELS and TiffImagePlugin.READ_LIBTIFF are process-global
 
 
-class TiffLayoutError(ValueError):
+class TiffLayoutError(MrdlError, ValueError):
     """A TIFF whose layout is refused (named with what the file holds and what is supported)."""
 
 
@@ -64,7 +70,8 @@ class Layout(NamedTuple):
 
 
 def read_tags(path: Path) -> TiffImagePlugin.ImageFileDirectory_v2 | None:
-    """The first image's tags of a TIFF / BigTIFF file (None without a TIFF signature); no pixel data read."""
+    """The first image's tags of a TIFF / BigTIFF file (None without a TIFF signature); no pixel data read.
+    ``file_size`` is set on the result: :func:`check_layout` bounds the strips and tiles by it."""
     with open(path, "rb") as file:
         head = file.read(8)
         if head[:4] not in SIGNATURES:
@@ -74,6 +81,7 @@ def read_tags(path: Path) -> TiffImagePlugin.ImageFileDirectory_v2 | None:
         tags = TiffImagePlugin.ImageFileDirectory_v2(head)
         file.seek(tags.next)
         tags.load(file)
+        tags.file_size = os.fstat(file.fileno()).st_size  # what the strips and tiles must fit in (chunk_reads)
     if 256 not in tags or 257 not in tags:
         raise TiffLayoutError("TIFF whose first directory is missing or truncated (no ImageWidth / ImageLength)")
     return tags
@@ -142,8 +150,10 @@ def check_layout(tags: TiffImagePlugin.ImageFileDirectory_v2) -> Layout:
         raise TiffLayoutError(f"TIFF {'tiles' if tiled else 'strips'} of {chunk_bytes} bytes; the reader takes at "
                               f"most {MAX_CHUNK_BYTES} bytes per tile or strip")
     predictor = tags.get(317, 1) if compression in _PREDICTED else 1  # libtiff ignores it for the others
-    return Layout(tags[256], tags[257], photometric, color, alpha, bits, sample_format, samples, planar,
-                  compression, predictor, tags.prefix == b"MM", tags.get(274, 1))
+    layout = Layout(tags[256], tags[257], photometric, color, alpha, bits, sample_format, samples, planar,
+                    compression, predictor, tags.prefix == b"MM", tags.get(274, 1))
+    chunk_reads(tags, layout)  # the byte bounds, before any decoder reads a strip or tile
+    return layout
 
 
 def decoded_here(layout: Layout) -> bool:
@@ -250,6 +260,43 @@ def _chunks(tags: TiffImagePlugin.ImageFileDirectory_v2, layout: Layout):
     return width, height, offsets, sizes
 
 
+def chunk_reads(tags: TiffImagePlugin.ImageFileDirectory_v2, layout: Layout) -> list[tuple[int, int]]:
+    """(offset, bytes to read) of every strip or tile the image uses, in StripOffsets / TileOffsets
+    order (plane by plane; the colour and alpha planes only when planes are separate), once the byte
+    bounds of runtime/VECTORS.md ("TIFF byte bounds") hold; the C++ reader checks the same.
+
+    Chunk ``i`` (offset ``o``, byte count ``n``, ``d`` bytes once decoded) lies inside the file
+    (``o + n`` at most its size: a byte count of 2**63 is refused here, not by ``read``), holds at most
+    ``4 d + 1024`` bytes when compressed, and is read for at most ``d`` bytes when not. Repeated or
+    overlapping chunks therefore cost no more than distinct ones: what is read is bounded by four times
+    the decoded image and by the file, whatever the tags say.
+    """
+    chunk_width, chunk_height, offsets, sizes = _chunks(tags, layout)
+    planes = layout.color + layout.alpha if layout.planar == 2 else 1
+    per_pixel = 1 if layout.planar == 2 else layout.samples
+    row_bytes = (chunk_width * per_pixel * layout.bits + 7) // 8
+    across, down = -(-layout.width // chunk_width), -(-layout.height // chunk_height)
+    tiled, compressed, file_size = 322 in tags, layout.compression != 1, tags.file_size
+    reads = []
+    for plane in range(planes):
+        if (plane + 1) * down * across > len(offsets):
+            raise TiffLayoutError(f"TIFF with {len(offsets)} tiles / strips; expected at least "
+                                  f"{(plane + 1) * down * across}")
+        for k in range(down * across):
+            index = plane * down * across + k
+            offset, count = offsets[index], sizes[index]
+            rows = chunk_height if tiled else min(chunk_height, layout.height - (k // across) * chunk_height)
+            decoded = rows * row_bytes
+            if offset + count > file_size:
+                raise TiffLayoutError(f"TIFF tile or strip {index} is truncated: {count} bytes at offset {offset} go "
+                                      f"past the end of the file ({file_size} bytes)")
+            if compressed and count > COMPRESSED_FACTOR * decoded + COMPRESSED_SLACK:
+                raise TiffLayoutError(f"TIFF tile or strip {index} holds {count} compressed bytes for {decoded} "
+                                      f"decoded bytes; expected at most {COMPRESSED_FACTOR * decoded + COMPRESSED_SLACK}")
+            reads.append((offset, count if compressed else min(count, decoded)))
+    return reads
+
+
 def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout: Layout) -> np.ndarray:
     """The samples of a TIFF of 8 bits or more, not JPEG (strips or tiles, either planar configuration
     and byte order, horizontal predictor; libtiff decompresses, this places the samples as the C++
@@ -260,21 +307,22 @@ def read_samples(path: Path, tags: TiffImagePlugin.ImageFileDirectory_v2, layout
     stored = np.dtype({1: "u", 2: "i", 3: "f"}[layout.sample_format] + str(layout.bits // 8))
     stored = stored.newbyteorder(">" if layout.big_endian else "<")
     native = stored.newbyteorder("=")
-    chunk_width, chunk_height, offsets, sizes = _chunks(tags, layout)
+    chunk_width, chunk_height, _, _ = _chunks(tags, layout)
     per_pixel = 1 if layout.planar == 2 else layout.samples
     row_bytes, tiled, fill_order = chunk_width * per_pixel * stored.itemsize, 322 in tags, tags.get(266, 1)
     as_bytes = stored.kind == "u" and stored.itemsize <= 2
     out = np.empty((height, width, kept), np.uint8 if as_bytes else native)
     across, down = -(-width // chunk_width), -(-height // chunk_height)
+    reads = chunk_reads(tags, layout)
     with open(path, "rb") as file:
         for plane in range(kept if layout.planar == 2 else 1):
             first, last = plane * down * across, (plane + 1) * down * across
-            if last > len(offsets):
-                raise TiffLayoutError(f"TIFF with {len(offsets)} tiles / strips; expected at least {last}")
-            chunks = []
-            for index in range(first, last):
-                file.seek(offsets[index])
-                chunks.append(file.read(sizes[index]))
+            chunks, read_once = [], {}  # an exact repeat (offset, count) is read once
+            for offset, count in reads[first:last]:
+                if (offset, count) not in read_once:
+                    file.seek(offset)
+                    read_once[offset, count] = file.read(count)
+                chunks.append(read_once[offset, count])
             rows_of = [chunk_height if tiled else min(chunk_height, height - (index // across) * chunk_height)
                        for index in range(down * across)]
             if layout.compression != 1:

@@ -15,6 +15,8 @@ OUT_DIR/index.json describes raw little-endian arrays (``.u8`` uint8, ``.f32`` f
   ``source_size``; docs/tiling.md) with ``Segmenter.predict(..., tile=, overlap=, blend=)``'s results;
 * ``tiff``: TIFF files (Pillow-written and hand-written: strips, tiles, planes, 8/16-bit, compressed)
   with the RGB ``mrdl_runtime.imaging.read_image`` decodes them to, and files the C++ reader refuses;
+* ``hostile_tiff``: crafted TIFFs whose strip / tile numbers lie (tests/cpp/hostile_tiffs.py): each
+  decodes to ``expected`` or is refused with ``error`` by both readers (runtime/VECTORS.md, "TIFF byte bounds");
 * ``integrity``: files for the C++ artifact checks: a blob with its ``hashlib`` SHA-256, and copies of
   the exported ``model.onnx`` whose embedded manifest names another export, or that has none.
 
@@ -72,7 +74,8 @@ def sources_digest() -> str:
     import torch
 
     digest = hashlib.sha256()
-    files = [Path(__file__).resolve(), *sorted((REPO / "runtime").glob("*.py"))]
+    files = [Path(__file__).resolve(), Path(__file__).with_name("hostile_tiffs.py").resolve(),
+             *sorted((REPO / "runtime").glob("*.py"))]
     for package in ("mrdl", "export"):
         files += sorted((REPO / package).rglob("*.py"))
     for path in files:
@@ -429,6 +432,9 @@ def main(out_dir: str) -> None:
         index = {"sources_digest": digest, "preprocess": _preprocess_vectors(tmp, rng), "postprocess": _postprocess_vectors(tmp, rng),
                  "tiff": _tiff_vectors(tmp, rng), "segment": _segment_vectors(tmp)}
         index["integrity"] = _integrity_vectors(tmp, tmp / index["segment"]["model_dir"], rng)
+        from hostile_tiffs import write_vectors as hostile_tiff_vectors  # beside this script
+
+        index["hostile_tiff"] = hostile_tiff_vectors(tmp)  # runtime/VECTORS.md, "TIFF byte bounds"
         (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
