@@ -37,7 +37,7 @@ class TextTowerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the MRDL network (ARCHITECTURE.md section 1)."""
+    """Architecture of the MRDL network (docs/architecture.md, "The model")."""
 
     image_size: int = 224
     in_channels: int = 3
@@ -89,6 +89,7 @@ class LossConfig:
 
 
 LR_SCHEDULES = ("cosine", "cosine-restarts", "constant")
+MIN_DELTA_MODES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,10 @@ class TrainConfig:
     weights Val scores to pick the best checkpoint and to stop early: ``raw`` or ``ema``; with
     ``val_window`` > 1 the criterion is the mean of those weights' last ``val_window`` Val Dice scores.
     ``batch_size`` is the global batch: it is split over processes (torchrun) and accumulation steps.
+    A Val gain counts for early stopping only when it exceeds ``min_delta``: in Dice
+    (``min_delta_mode`` ``absolute``, as Keras' and Lightning's ``min_delta``) or as a fraction of
+    the best score so far (``relative``); smaller gains still update the best checkpoint, but do not
+    restart the patience count.
     """
 
     batch_size: int = 2
@@ -116,6 +121,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     select: str = "raw"
     val_window: int = 1
+    min_delta: float = 0.0
+    min_delta_mode: str = "absolute"
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.epochs < 0 or self.patience < 1:
@@ -129,6 +136,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
         if self.val_window < 1:
             raise ConfigError(f"val_window must be >= 1 (1 = the epoch's own Val Dice), got {self.val_window}")
+        if not 0.0 <= self.min_delta < float("inf") or self.min_delta_mode not in MIN_DELTA_MODES:
+            raise ConfigError(f"min_delta must be a finite number >= 0 and min_delta_mode one of {MIN_DELTA_MODES}; "
+                              f"got {self.min_delta}, {self.min_delta_mode!r}")
         if self.select not in ("raw", "ema") or (self.select == "ema" and self.ema_decay == 0.0):
             raise ConfigError(f"select must be 'raw' or 'ema' (the latter with ema_decay > 0), got {self.select!r} "
                               f"with ema_decay {self.ema_decay}")

@@ -57,7 +57,7 @@ def dice(model, dataset) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/MoNuSeg"))
+    parser.add_argument("--data", type=Path, required=True, help="MoNuSeg in LViT's layout (Train_Folder, Val_Folder)")
     parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--epochs", type=int, default=40)

@@ -1,4 +1,4 @@
-"""Segmentation datasets in LViT's layout (ARCHITECTURE.md section 2).
+"""Segmentation datasets in LViT's layout (docs/architecture.md, "Data").
 
     <root>/<Split>_Folder/img/*.{png,tif,tiff,jpg,jpeg,bmp}   RGB images
     <root>/<Split>_Folder/labelcol/<same stem>.*              8-bit masks, {0,255} or {0,1}
