@@ -1,10 +1,10 @@
 """Deploy module -> one self-contained, checked, shape-inferred, constant-folded ONNX file.
 
-Exporter choice (measured on the ``tiny`` and ``base`` deploy modules with torch 2.14):
+Exporter choice (compared on the ``tiny`` and ``base`` deploy modules with torch 2.14):
 
 * ``dynamo`` (``torch.onnx.export(..., dynamo=True)``, the default here): exports the whole
   model at opset 20 with a symbolic ``batch`` axis that onnxruntime runs at any batch, and its
-  onnxscript optimiser folds constants and removes dead nodes (448 nodes for ``tiny``). Every
+  onnxscript optimiser folds constants and removes dead nodes. Every
   op it emits (Conv, MatMul, LayerNormalization, Gelu, Resize, Atan, Where, ...) is in the
   TensorRT 10 ONNX parser's table; no DFT, no Random*.
 * ``torchscript`` (``dynamo=False``): fails on this model. Under tracing with a dynamic batch
@@ -15,7 +15,8 @@ Exporter choice (measured on the ``tiny`` and ``base`` deploy modules with torch
 
 Constant folding uses onnx's own tooling (the onnxscript optimiser behind
 ``ONNXProgram.optimize``), not onnxruntime's offline optimiser: the latter's saved graph adds
-nodes (460 vs 448) and imports onnxruntime-only domains that TensorRT does not parse.
+nodes and imports onnxruntime-only domains that TensorRT does not parse (node counts in
+docs/measurements.md).
 """
 
 from __future__ import annotations

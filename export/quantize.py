@@ -1,46 +1,35 @@
 """Precision variants of an exported FP32 model: INT8 QDQ and FP16.
 
-INT8: onnxruntime static quantization in QDQ format, calibrated on dataset images, with one of
-two recipes (:data:`INT8_TARGETS`):
+INT8: onnxruntime static quantization in QDQ format, calibrated on dataset images (MinMax by
+default; Percentile and Entropy through ``calib_method``), with one of two recipes
+(:data:`INT8_TARGETS`):
 
 * ``onnxruntime`` (default), for onnxruntime's CPU kernels: unsigned INT8 activations with
-  asymmetric ranges, signed per-channel symmetric weights, and every op between the
-  convolutions quantized too (Add, Mul, Concat, MaxPool, Resize, Sigmoid, the shape ops), so that
-  onnxruntime fuses the QDQ pairs into QLinearConv / QLinearMatMul / QLinearAdd / QLinearConcat /
-  QLinearMul and the activations stay 8-bit from one layer to the next. On this project's AVX2
-  machine (no VNNI) onnxruntime's u8 x s8 integer GEMM runs 177 GOP/s against 91 GFLOP/s for its
-  FP32 GEMM on one core, but s8 x s8 only 31 GOP/s (no fast kernel): unsigned activations are the
-  fast path. Relu stays in the graph (``QDQKeepRemovableActivations``) so that any node can be
-  turned back to FP32 afterwards (:func:`keep_float`); onnxruntime removes it itself when it
-  fuses the following QuantizeLinear (zero point at the type's minimum), so it costs nothing.
-* ``tensorrt``: signed INT8 with symmetric activations and weights (every Q/DQ zero point is 0,
-  as TensorRT requires for QDQ graphs) on the compute ops only (Conv, ConvTranspose, MatMul,
-  Gemm); TensorRT fuses the element-wise ops itself. On onnxruntime's CPU it is barely faster
-  than FP32 (s8 activations are rewritten to u8 and every element-wise op between runs in float).
+  asymmetric ranges, signed per-channel symmetric weights, and every op between the convolutions
+  quantized too (Add, Mul, Concat, MaxPool, Resize, Sigmoid, the shape ops), so that onnxruntime
+  fuses the QDQ pairs into QLinearConv / QLinearMatMul / QLinearAdd / QLinearConcat / QLinearMul
+  and activations stay 8-bit between layers. Unsigned activations because u8 x s8 is onnxruntime's
+  fast integer GEMM on x86 and s8 x s8 has no fast kernel there. Relu stays in the graph
+  (``QDQKeepRemovableActivations``) so that any node can be turned back to FP32 afterwards
+  (:func:`keep_float`); onnxruntime drops it when it fuses the following QuantizeLinear.
+* ``tensorrt``: signed INT8 with symmetric activations and weights (every zero point 0, as
+  TensorRT requires for QDQ graphs) on the compute ops only (Conv, ConvTranspose, MatMul, Gemm);
+  TensorRT fuses the element-wise ops itself.
 
-What always stays FP32, and why:
+Always FP32: the phase spectrum (its DFT matrices hold exact zeros that INT8 rounding would smear,
+turning the phase of near-zero bins into noise) and the attention's activation x activation MatMuls
+(no weight to quantize per channel, a sliver of the compute). Excluding the phase's nodes is not
+enough: onnxruntime rewires every consumer of a quantized tensor to the dequantized copy, so
+:func:`keep_float` points excluded nodes back at the float tensors. What else stays FP32 is chosen
+by ``keep_fp32``: model scopes (:data:`MODEL_SCOPES`) or blocks (:func:`model_blocks`, e.g.
+``decoder.up1``) by hand, or ``auto``, the fewest blocks that keep task accuracy within the gate
+(:mod:`mrdl_export.mixed_precision`).
 
-* The phase spectrum (the DFT as matmuls with cos/sin matrices, then atan2): the DFT sums N
-  products per output and its matrices hold exact zeros that INT8 rounding would smear, which
-  turns the phase of near-zero bins into noise. Excluding its nodes is not enough: onnxruntime
-  rewires every consumer of a quantized tensor to the dequantized copy, so the phase read the
-  INT8-rounded image (its first conv shares the input) and its first conv ran at 9.5 dB SQNR.
-  :func:`keep_float` points excluded nodes back at the float tensors (44.8 dB after).
-* Activation x activation MatMuls (attention q.k^T and attn.v): no weight to quantize per
-  channel, and at 196 tokens they are a sliver of the compute.
+FP16: onnxruntime's float16 converter with FP32 inputs/outputs kept (casts at the borders) and the
+normalisation layers and the phase spectrum kept in FP32 for the same reason.
 
-What else stays FP32 is chosen by ``keep_fp32``: model scopes (:data:`MODEL_SCOPES`) or blocks
-(:func:`model_blocks`, e.g. ``decoder.up1``) by hand, or ``auto``, the fewest blocks that keep
-task accuracy within the gate (:mod:`mrdl_export.mixed_precision`). Earlier measurements that
-motivated the old default (the whole decoder in FP32): on partly trained ``small`` checkpoints the
-decoder's error builds up layer by layer and flips pixels whose probability sits near 0.5; on
-trained ones, task Dice against ground truth moved by under 0.1 point with everything quantized.
-
-Calibration: MinMax (default); Percentile 99.999 and Entropy are available (``calib_method``).
-
-FP16: onnxruntime's float16 converter with FP32 inputs/outputs kept (casts at the borders),
-normalisation layers (LayerNormalization, BatchNormalization) and the phase spectrum
-blocked in FP32 for the same reason.
+The measurements behind these choices (GEMM rates, SQNR of the phase, accuracy and speed of each
+recipe) are in docs/measurements.md.
 """
 
 from __future__ import annotations
