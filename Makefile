@@ -14,8 +14,8 @@ HAS_SHARED_LIBPYTHON = -c 'import sys, sysconfig, venv, ensurepip; sys.exit(0 if
 BASE_PYTHON ?= $(shell $(SERVE_PYTHON) $(HAS_SHARED_LIBPYTHON) >/dev/null 2>&1 && echo $(SERVE_PYTHON) || echo python3)
 NO_SERVING_NOTE = note: $(VENV) uses a Python without a shared libpython: mrdl serve and the Triton serving tests \
 	cannot run there (they skip). Rebuild it from one that has it: rm -rf $(VENV) && make install BASE_PYTHON=/usr/bin/python3.11
-# torch 2.14.1 + torchvision 0.29.1 are the pair that import together on these machines
-# (PyPI's torchvision breaks beside the local torch 2.13.0 CPU wheel).
+# torch 2.14.1 + torchvision 0.29.1 are the pair tested together (on a 2-core AMD EPYC VM with Debian 12,
+# PyPI's torchvision broke beside the local torch 2.13.0 CPU wheel).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: test test-py test-cpp demo install clean
