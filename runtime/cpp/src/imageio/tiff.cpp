@@ -15,6 +15,7 @@
 
 #include "mrdl/decode.hpp"
 #include "mrdl/errors.hpp"
+#include "tiff_bounds.hpp"
 
 namespace mrdl::imageio {
 namespace {
@@ -176,6 +177,12 @@ std::vector<T> read_samples(TIFF* tif, const Layout& l, const std::string& path,
         throw InputError(path + ": TIFF " + (tiled ? "tiles" : "strips") + " of " + std::to_string(chunk_bytes) +
                          " bytes; the reader takes at most " + std::to_string(kMaxChunkBytes) + " bytes per tile or strip");
     const size_t row_bytes = (static_cast<size_t>(chunk_width) * l.per_chunk_pixel() * l.bits + 7) / 8;
+    uint16_t compression = COMPRESSION_NONE;
+    TIFFGetFieldDefaulted(tif, TIFFTAG_COMPRESSION, &compression);
+    // Before any strip or tile is read; an uncompressed one is then read for the bytes its rows need
+    // (libtiff reads at most chunk_bytes of it), so repeated or overlapping chunks cost no more.
+    check_chunk_bytes(path, ChunkGeometry{tiled, l.width, l.height, chunk_width, chunk_height, row_bytes,
+                                          l.planes() > 1 ? l.kept() : 1, compression != COMPRESSION_NONE});
     std::vector<uint8_t> buffer(static_cast<size_t>(chunk_bytes));
     for (int plane = 0; plane < l.planes(); ++plane) {
         if (l.planes() > 1 && plane >= kept) break;  // separate planes after the kept ones: not needed
