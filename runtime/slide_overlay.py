@@ -1,0 +1,110 @@
+"""A picture of a whole-slide result: the slide's thumbnail with its mask tinted in, and a detail.
+
+Reads the slide's coarsest pyramid level through tiffslide (in row bands, subsampled to at most
+``side`` pixels) and the mask OME-TIFF's coarsest level through tifffile (class index per pixel),
+tints each class in as ``mrdl predict``'s overlays do (:func:`mrdl_runtime.files.tint`), and puts
+beside it a full-resolution detail: a ``detail`` pixel square of the mask grid around the densest
+part of the mask (or a given centre), where single objects are visible. Nothing larger than one
+level's row band and the picture itself is held in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .files import tint, write_png
+
+BAND_ROWS = 512  # rows of the coarsest slide level read at a time
+GAP = 8  # white pixels between the thumbnail and the detail
+
+
+def _tiffslide():
+    try:
+        import tiffslide
+    except ImportError as error:
+        raise ImportError("slide overlays need tiffslide and tifffile: pip install 'mrdl[slide]'") from error
+    return tiffslide
+
+
+def _coarsest_slide_level(slide, side: int) -> np.ndarray:
+    """The slide's coarsest level as RGB, every ``step``-th pixel so its longer side is at most ``side``."""
+    level = slide.level_count - 1
+    width, height = slide.level_dimensions[level]
+    step = max(1, math.ceil(max(width, height) / side))
+    downsample = slide.level_downsamples[level]
+    parts = []
+    for first in range(0, height, BAND_ROWS):
+        rows = min(BAND_ROWS, height - first)
+        band = slide.read_region((0, round(first * downsample)), level, (width, rows), as_array=True)
+        parts.append(band[-first % step::step, ::step, :3])
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def _coarsest_mask_level(mask_path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """The mask's coarsest pyramid level (h, w) uint8 and the size (height, width) of its level 0."""
+    import tifffile
+
+    with tifffile.TiffFile(mask_path) as tif:
+        levels = tif.series[0].levels
+        full, coarse = levels[0].shape, levels[-1].asarray()
+    if coarse.ndim != 2 or coarse.dtype != np.uint8:
+        raise ValueError(f"{mask_path}: expected a one-plane uint8 class-index mask, got {coarse.shape} {coarse.dtype}")
+    return coarse, full[-2:]
+
+
+def _densest_centre(coarse: np.ndarray, window: int) -> tuple[int, int]:
+    """(row, column) in ``coarse`` of the ``window``-sided square holding the most foreground."""
+    window = max(1, min(window, *coarse.shape))
+    sums = np.pad((coarse > 0).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    boxes = (sums[window:, window:] - sums[:-window, window:] - sums[window:, :-window] + sums[:-window, :-window])
+    row, column = np.unravel_index(np.argmax(boxes), boxes.shape)
+    return int(row) + window // 2, int(column) + window // 2
+
+
+def overlay_images(slide_path: str | Path, mask_path: str | Path, *, side: int = 1024, detail: int = 512,
+                   centre: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(thumbnail, detail) RGB uint8 arrays with the mask tinted in; ``centre`` is the detail's centre as
+    (row, column) of the mask grid (default: the densest part of the mask). ``detail=0``: no detail."""
+    tiffslide = _tiffslide()
+    mask_path = Path(mask_path)
+    coarse, (mask_height, mask_width) = _coarsest_mask_level(mask_path)
+    with tiffslide.TiffSlide(slide_path) as slide:
+        thumbnail = _coarsest_slide_level(slide, side)
+        slide_width, slide_height = slide.dimensions
+        if detail:
+            if centre is None:
+                factor = mask_height / coarse.shape[0]
+                row, column = _densest_centre(coarse, math.ceil(detail / factor))
+                centre = (round(row * factor), round(column * factor))
+            top = min(max(centre[0] - detail // 2, 0), max(mask_height - detail, 0))
+            left = min(max(centre[1] - detail // 2, 0), max(mask_width - detail, 0))
+            rows, columns = min(detail, mask_height), min(detail, mask_width)
+            scale_y, scale_x = slide_height / mask_height, slide_width / mask_width  # level-0 px per mask px
+            region = slide.read_region((round(left * scale_x), round(top * scale_y)), 0,
+                                       (round(columns * scale_x), round(rows * scale_y)), as_array=True)[..., :3]
+    shown = np.asarray(Image.fromarray(coarse).resize(thumbnail.shape[1::-1], Image.NEAREST))
+    thumbnail = tint(np.array(thumbnail), shown)
+    if not detail:
+        return thumbnail, None
+    with tiffslide.TiffSlide(mask_path) as mask_slide:
+        labels = mask_slide.read_region((left, top), 0, (columns, rows), as_array=True)[..., 0]
+    pixels = np.asarray(Image.fromarray(np.ascontiguousarray(region)).resize((columns, rows), Image.BOX))
+    return thumbnail, tint(np.array(pixels), labels)
+
+
+def write_slide_overlay(slide_path: str | Path, mask_path: str | Path, out_png: str | Path, *, side: int = 1024,
+                        detail: int = 512, centre: tuple[int, int] | None = None) -> Path:
+    """Write the thumbnail (and the detail to its right, if ``detail``) as one PNG; returns its path."""
+    thumbnail, zoomed = overlay_images(slide_path, mask_path, side=side, detail=detail, centre=centre)
+    picture = thumbnail
+    if zoomed is not None:
+        height = max(thumbnail.shape[0], zoomed.shape[0])
+        picture = np.full((height, thumbnail.shape[1] + GAP + zoomed.shape[1], 3), 255, np.uint8)
+        picture[:thumbnail.shape[0], :thumbnail.shape[1]] = thumbnail
+        picture[:zoomed.shape[0], thumbnail.shape[1] + GAP:] = zoomed
+    write_png(picture, Path(out_png))
+    return Path(out_png)
