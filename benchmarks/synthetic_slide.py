@@ -144,6 +144,12 @@ def _source(image: str | None, seed: int | None, size: int) -> tuple[np.ndarray,
     return pixels, np.zeros(0, np.uint8)
 
 
+@lru_cache(maxsize=64)
+def _truth(mask: str) -> np.ndarray:
+    """A MoNuSeg ground-truth mask as 0/1, cached like the images."""
+    return (np.asarray(Image.open(mask).convert("L")) > 127).astype(np.uint8)
+
+
 def crop_pixels(placement: Placement) -> np.ndarray:
     """The (height, width, 3) uint8 pixels the slide holds at ``placement`` (level 0)."""
     size = None if placement.image else max(placement.width, placement.height)
@@ -157,7 +163,7 @@ def crop_mask(placement: Placement) -> np.ndarray:
     if placement.image is None:
         mask = _source(None, placement.procedural_seed, max(placement.width, placement.height))[1]
     else:
-        mask = (np.asarray(Image.open(placement.mask).convert("L")) > 127).astype(np.uint8)
+        mask = _truth(placement.mask)
     return mask[placement.source_y:placement.source_y + placement.height,
                 placement.source_x:placement.source_x + placement.width]
 
@@ -227,6 +233,17 @@ def compose_rows(placements: list[Placement], options: SlideOptions, shape: tupl
             pixels = _scaled_crop(placement, max(right - left, 1), max(bottom - top, 1))
         low, high = max(top, y0), min(bottom, y1)
         band[low - y0:high - y0, left:right] = pixels[low - top:high - top, :right - left]
+    return band
+
+
+def truth_rows(placements: list[Placement], y0: int, y1: int, width: int) -> np.ndarray:
+    """Rows ``y0:y1`` of the slide's level-0 ground truth: (y1 - y0, width) uint8, 1 on nuclei."""
+    band = np.zeros((y1 - y0, width), np.uint8)
+    for placement in placements:
+        low, high = max(placement.y, y0), min(placement.y + placement.height, y1)
+        if low < high:
+            mask = crop_mask(placement)
+            band[low - y0:high - y0, placement.x:placement.x + placement.width] = mask[low - placement.y:high - placement.y]
     return band
 
 

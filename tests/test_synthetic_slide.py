@@ -12,7 +12,7 @@ tifffile = pytest.importorskip("tifffile", reason="synthetic slides need the sli
 tiffslide = pytest.importorskip("tiffslide", reason="reading slides needs the slide extra (tiffslide)")
 
 from mrdl_bench.synthetic_slide import (  # noqa: E402
-    BACKGROUND, SlideOptions, build_synthetic_slide, crop_mask, crop_pixels, main, read_placements,
+    BACKGROUND, SlideOptions, build_synthetic_slide, crop_mask, crop_pixels, main, read_placements, truth_rows,
 )
 
 # JPEG at quality 90 moves a pixel by a few levels on average; edges of nuclei move more.
@@ -93,6 +93,18 @@ def test_placements_file_round_trips(tiny_ome):
     assert read_placements(tiny_ome.placements_path) == tiny_ome.placements
     mask = crop_mask(tiny_ome.placements[0])
     assert mask.shape == (512, 512) and set(np.unique(mask)) == {0, 1}
+
+
+def test_truth_rows_hold_each_crops_mask_and_nothing_else(tiny_ome):
+    whole = truth_rows(tiny_ome.placements, 0, 2048, 2048)
+    banded = np.concatenate([truth_rows(tiny_ome.placements, y, min(y + 300, 2048), 2048) for y in range(0, 2048, 300)])
+    np.testing.assert_array_equal(banded, whole)
+    covered = np.zeros(whole.shape, bool)
+    for placement in tiny_ome.placements:
+        window = np.s_[placement.y:placement.y + placement.height, placement.x:placement.x + placement.width]
+        np.testing.assert_array_equal(whole[window], crop_mask(placement))
+        covered[window] = True
+    assert whole.any() and not whole[~covered].any()
 
 
 @pytest.mark.skipif(not MONUSEG.is_dir(), reason=f"MoNuSeg not found at {MONUSEG}")
