@@ -134,3 +134,16 @@ def test_cli_says_where_crops_came_from_and_refuses_bad_options(tmp_path, capsys
     assert main([str(tmp_path / "bad.svs"), "--size", "1024", "--monuseg", str(tmp_path)]) == 2
     assert "no MoNuSeg images" in capsys.readouterr().err
     assert not (tmp_path / "bad.svs").exists()
+
+
+def test_geojson_stream_counts_the_truths_nuclei(tmp_path):
+    pytest.importorskip("shapely", reason="GeoJSON output needs the slide extra (shapely)")
+    from test_slide_geojson import reference_components
+
+    from mrdl_bench.geojson_stream import stream_truth
+    from mrdl_bench.synthetic_slide import layout
+
+    options = SlideOptions(width=600, height=520, crop=256, tissue_fraction=0.5, seed=2)
+    objects, _ = stream_truth(options, tmp_path / "truth.geojson", band=37)
+    truth = truth_rows(layout(options), 0, 520, 600)
+    assert objects == len(reference_components(truth)) > 10
