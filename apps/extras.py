@@ -61,7 +61,7 @@ def missing_extra_message(command: str, extra: str, missing: list[str]) -> str:
     """The one line a command prints when ``extra`` is missing."""
     named = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
     return (f"{command}: needs mrdl's '{extra}' extra, which is not installed here (missing: {named}); "
-            f"add it with: pip install 'mrdl[{extra}]'  (README, 'Installing')")
+            f"add it with: pip install 'mrdl[{extra}]'  (docs/install.md)")
 
 
 def require_extra(command: str, extra: str) -> None:

@@ -5,7 +5,7 @@
     python benchmarks/install_size.py --extra runtime-gpu
 
 Clones the repository's committed HEAD into a temporary folder, creates a fresh virtualenv with
-the Python running this script, installs the extra exactly as README's "Installing" shows, and
+the Python running this script, installs the extra exactly as docs/install.md shows, and
 prints the site-packages size (``du``-style, with and without the venv's own pip and setuptools)
 and every installed distribution with its size. It then checks what a runtime-only install
 promises: ``import mrdl_runtime`` leaves torch unimported, torch is not installed, and

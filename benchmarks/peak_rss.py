@@ -14,7 +14,7 @@ the figure and exits 1 when it is above ``--limit-mb`` (decimal megabytes), 2 wh
 ``--tiled`` (docs/tiling.md) measures ``Segmenter.predict(image, tile=True, with_probabilities=False)``
 in a fresh process on a ``--size`` x ``--size`` (default 20000) RGB uint8 array that the process
 builds in memory, strip by strip (the 1.2 GB input itself counts in the figure; a PNG of that size
-would be decoded whole by Pillow first, see the README). The exported ``tiny`` model gets
+would be decoded whole by Pillow first, see docs/measurements.md). The exported ``tiny`` model gets
 ``source_size`` = size * 64 / 4480, so the image is resampled to 4480 x 4480 (what MoNuSeg's 224-pixel
 ``base`` model does with 20000 x 20000 at source size 1000) and runs in 8649 windows of 64 x 64.
 """
