@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MrdlError
+
 MPP_RELATIVE_TOLERANCE = 0.05  # a level up to 5 % coarser than needed still counts as fine enough
 _OME_UNITS_IN_MICRONS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
-class SlideError(ValueError):
+class SlideError(MrdlError, ValueError):
     """A slide that cannot be segmented as asked: unreadable, no resolution, no level fine enough."""
 
 

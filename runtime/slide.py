@@ -1,0 +1,488 @@
+"""Whole-slide segmentation at the training resolution, streamed band by band (docs/slides.md).
+
+:class:`SlideSegmenter` segments a pyramidal slide (SVS, pyramidal TIFF, OME-TIFF) with bounded
+memory, as the tiled runtime (docs/tiling.md) would segment the whole slide as one image:
+
+1. **Scale.** The model sees ``source_mpp * source_size / size`` microns per pixel (model.json).
+   The reader picks the coarsest level at least that fine (:func:`~mrdl_runtime.slide_reader.choose_level`)
+   and the rest is resampled by the tiled runtime's rule (Pillow's bilinear, antialiased). The
+   resampled level is the *grid*: windows run on it and the mask is written at its resolution.
+2. **Tissue.** Otsu on the saturation of the coarsest level (:mod:`~mrdl_runtime.slide_tissue`);
+   windows without tissue are not run (their pixels are background), bands without any are not read.
+3. **Bands.** A band is one row of windows. Its new grid rows are read and resampled in a
+   background thread while the previous band's windows run; each band's windows are blended
+   (docs/tiling.md weights, in the same order as :func:`~mrdl_runtime.tiling.stitch`) into
+   accumulators one band high, the rows no later window touches are finished and appended to an
+   uncompressed intermediate file, and the overlap rows carry to the next band.
+4. **Outputs.** The intermediate is turned into a pyramidal OME-TIFF mask (and probabilities as
+   uint8, when asked) and QuPath GeoJSON, strip by strip, through temporary names.
+5. **Resume.** After every band the carried rows and the band count are saved atomically beside
+   the intermediate; ``resume=True`` continues from there and gives the same bytes as one run.
+
+Memory: a band of grid rows, its level rows and the accumulators, twice (one band read ahead),
+plus a 1/16-area copy of the mask for the OME-TIFF pyramid; nothing holds a whole level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid as uuid_module
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from .imaging import probabilities_to_mask, to_model_input
+from .manifest import Manifest
+from .slide_ometiff import write_ome_tiff
+from .slide_reader import SlideError, SlideLevel, SlideReader, choose_level
+from .slide_tissue import THUMBNAIL_SIDE, TissueMask, tissue_mask
+from .tiling import (DEFAULT_OVERLAP, TileOptions, _horizontal, _vertical_uint8, axis_taps, blend_weights,
+                     resampled_size, window_starts)
+
+logger = logging.getLogger("mrdl_runtime")
+
+STATE_VERSION = 1
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".btf", ".tf8")
+WindowRun = Callable[[np.ndarray], np.ndarray]  # (B, mh, mw, 3) uint8 windows -> (B, C, mh, mw) float32
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How to segment a slide. ``mpp``: level 0's microns per pixel, overriding (or supplying) the
+    file's; ``tissue_mask``: skip windows without tissue; ``tissue_threshold``: saturation in [0, 1]
+    (None: Otsu); ``overlap``/``blend``: as docs/tiling.md; ``probabilities``: also write the class
+    probabilities (uint8, p * 255); ``geojson``/``gzip``: QuPath objects, gzip-compressed;
+    ``min_area_px``: smallest object kept (mask pixels); ``resume``: continue an interrupted run."""
+
+    mpp: float | None = None
+    tissue_mask: bool = True
+    tissue_threshold: float | None = None
+    overlap: float = DEFAULT_OVERLAP
+    blend: str = "gaussian"
+    probabilities: bool = False
+    geojson: bool = True
+    gzip: bool = False
+    min_area_px: int = 0
+    resume: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        TileOptions(True, self.overlap, self.blend)  # the same checks and messages as tiling
+        if self.mpp is not None and not (isinstance(self.mpp, (int, float)) and 0 < self.mpp <= 1000):
+            raise ValueError(f"mpp must be the slide's microns per pixel, a number in (0, 1000], got {self.mpp!r}")
+        if self.tissue_threshold is not None and not 0.0 <= self.tissue_threshold <= 1.0:
+            raise ValueError(f"tissue_threshold must be a saturation in [0, 1], got {self.tissue_threshold!r}")
+        if isinstance(self.min_area_px, bool) or not isinstance(self.min_area_px, int) or self.min_area_px < 0:
+            raise ValueError(f"min_area_px must be an integer >= 0, got {self.min_area_px!r}")
+
+    def output_settings(self) -> dict:
+        """The settings that change the outputs (a resumed run must have the same)."""
+        return {key: value for key, value in asdict(self).items() if key not in ("resume", "progress")}
+
+
+def model_mpp(manifest: Manifest) -> tuple[float, float]:
+    """(y, x) microns per model-input pixel: ``source_mpp * source_size / size`` (``source_mpp`` alone
+    when model.json has no source_size: the training images were then at the model size)."""
+    if manifest.source_mpp is None:
+        raise SlideError(f"model {manifest.name} records no training resolution (model.json has no 'source_mpp'), "
+                         "so a slide cannot be segmented at the right scale; re-export it with "
+                         "mrdl-export --source-mpp MICRONS_PER_PIXEL (e.g. 0.25 for MoNuSeg at 40x)")
+    source = manifest.source_size or manifest.size
+    return tuple(manifest.source_mpp * s / m for s, m in zip(source, manifest.size))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """The geometry of one slide: the level read, the grid (the mask's size, the level resampled to
+    the model's resolution), the padded grid and the windows' row and column starts."""
+
+    slide_size: tuple[int, int]
+    level: SlideLevel
+    grid: tuple[int, int]
+    padded: tuple[int, int]
+    rows: tuple[int, ...]
+    columns: tuple[int, ...]
+
+    @property
+    def mask_mpp(self) -> tuple[float, float]:
+        """(y, x) microns per mask pixel."""
+        return tuple(mpp * n / g for mpp, n, g in zip(self.level.mpp, self.level.size, self.grid))  # type: ignore
+
+    @property
+    def windows(self) -> int:
+        return len(self.rows) * len(self.columns)
+
+
+def plan_slide(levels: tuple[SlideLevel, ...], manifest: Manifest, overlap: float) -> SlidePlan:
+    """Choose the level and lay out the grid and windows of a slide for ``manifest``'s model."""
+    target = model_mpp(manifest)
+    level = choose_level(levels, target)
+    model_size = manifest.size
+    if level.mpp[0] == manifest.source_mpp == level.mpp[1] and manifest.source_size is not None:
+        grid = resampled_size(level.size, manifest.source_size, model_size)  # the tiled runtime's integer rule
+    else:
+        grid = tuple(max(1, math.floor(n * mpp / t + 0.5)) for n, mpp, t in zip(level.size, level.mpp, target))
+    padded = (max(grid[0], model_size[0]), max(grid[1], model_size[1]))
+    return SlidePlan(levels[0].size, level, tuple(grid), padded,  # type: ignore[arg-type]
+                     tuple(window_starts(padded[0], model_size[0], overlap)),
+                     tuple(window_starts(padded[1], model_size[1], overlap)))
+
+
+def read_thumbnail(reader: SlideReader, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """The coarsest level, subsampled to at most ``side`` pixels along its longer axis, read in tile rows."""
+    level = reader.levels[-1]
+    height, width = level.size
+    step = max(1, math.ceil(max(height, width) / side))
+    if step == 1:
+        return reader.read(level.index, (0, height), (0, width))
+    block = max(reader.tile_height(level.index), step)
+    parts = []
+    for first in range(0, height, block):
+        rows = reader.read(level.index, (first, min(first + block, height)), (0, width))
+        parts.append(rows[-first % step::step, ::step])
+    return np.concatenate(parts)
+
+
+@dataclass
+class SlideResult:
+    """What one slide's run did: sizes, level, tissue, windows, time and the files written."""
+
+    slide: Path
+    slide_size: tuple[int, int]
+    mpp: tuple[float, float]
+    mpp_source: str
+    level: SlideLevel
+    grid: tuple[int, int]
+    mask_mpp: tuple[float, float]
+    tissue_fraction: float | None
+    windows: int
+    windows_run: int
+    seconds: float
+    resumed_bands: int = 0
+    objects: int | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One summary line."""
+        (h0, w0), (gh, gw), level = self.slide_size, self.grid, self.level
+        tissue = "tissue mask off" if self.tissue_fraction is None else f"tissue {self.tissue_fraction:.1%}"
+        rate = self.windows_run / self.seconds if self.seconds > 0 else 0.0
+        resumed = f", resumed after {self.resumed_bands} bands" if self.resumed_bands else ""
+        objects = "" if self.objects is None else f", {self.objects} objects"
+        return (f"{self.slide.name}: {w0}x{h0} px at {self.mpp[1]:.4g} um/px ({self.mpp_source}); level "
+                f"{level.index} ({level.size[1]}x{level.size[0]}, {level.mpp[1]:.4g} um/px) -> mask {gw}x{gh} at "
+                f"{self.mask_mpp[1]:.4g} um/px; {tissue}; windows {self.windows_run}/{self.windows} run; "
+                f"{self.seconds:.1f} s ({rate:.1f} windows/s){objects}{resumed}")
+
+
+def slide_stem(path: Path) -> str:
+    """``a.ome.tif`` -> ``a``; ``a.svs`` -> ``a``."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", *SLIDE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return path.stem
+
+
+class _Intermediate:
+    """The band-by-band results on disk: ``mask.u8`` (grid rows, uint8), ``prob-<c>.u8`` and the
+    resume state (``state.json`` naming the carry file of the overlap rows)."""
+
+    def __init__(self, folder: Path, grid: tuple[int, int], planes: int) -> None:
+        self.folder, self.grid, self.planes = folder, grid, planes
+        self.names = ["mask.u8"] + [f"prob-{c}.u8" for c in range(planes)]
+
+    def state(self, key: str) -> dict | None:
+        path = self.folder / "state.json"
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if state.get("key") != key or any(not (self.folder / name).is_file() for name in self.names):
+            return None
+        return state
+
+    def create(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        for name in self.names:
+            with open(self.folder / name, "wb") as handle:
+                handle.truncate(self.grid[0] * self.grid[1])
+
+    def write_rows(self, first: int, mask: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """Grid rows from ``first``: mask (r, w) uint8, probabilities (C, r, w) uint8 or None."""
+        arrays = [mask] + ([] if probabilities is None else list(probabilities))
+        for name, rows in zip(self.names, arrays):
+            with open(self.folder / name, "r+b") as handle:
+                handle.seek(first * self.grid[1])
+                handle.write(np.ascontiguousarray(rows).tobytes())
+
+    def read_rows(self, index: int, first: int, stop: int) -> np.ndarray:
+        width = self.grid[1]
+        with open(self.folder / self.names[index], "rb") as handle:
+            handle.seek(first * width)
+            data = np.frombuffer(handle.read((stop - first) * width), dtype=np.uint8)
+        return data.reshape(stop - first, width)
+
+    def save(self, key: str, bands_done: int, carry: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Record ``bands_done`` finished bands and the carried accumulator rows, atomically."""
+        carry_name = None
+        if carry is not None:
+            carry_name = f"carry-{bands_done}.npz"
+            temporary = self.folder / f".{carry_name}.tmp"
+            with open(temporary, "wb") as handle:
+                np.savez(handle, num=carry[0], den=carry[1])
+            os.replace(temporary, self.folder / carry_name)
+        temporary = self.folder / ".state.json.tmp"
+        temporary.write_text(json.dumps({"version": STATE_VERSION, "key": key, "bands_done": bands_done,
+                                         "carry": carry_name}))
+        os.replace(temporary, self.folder / "state.json")
+        for old in self.folder.glob("carry-*.npz"):
+            if old.name != carry_name:
+                old.unlink()
+
+    def carry(self, state: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        if not state.get("carry"):
+            return None
+        with np.load(self.folder / state["carry"]) as data:
+            return data["num"], data["den"]
+
+
+class SlideSegmenter:
+    """Segments whole slides with a model: ``manifest`` (model.json) and ``run_windows``, a function
+    from (B, mh, mw, 3) uint8 windows (B <= ``batch``) to (B, C, mh, mw) float32 probabilities.
+
+    Build one with :meth:`in_process` (a loaded :class:`~mrdl_runtime.Segmenter`) or :meth:`remote`
+    (a :class:`~mrdl_runtime.RemoteSegmenter` and the served model's manifest).
+    """
+
+    def __init__(self, manifest: Manifest, run_windows: WindowRun, *, batch: int | None = None) -> None:
+        self.manifest, self.run_windows = manifest, run_windows
+        self.batch = batch or manifest.max_batch
+
+    @classmethod
+    def in_process(cls, segmenter) -> SlideSegmenter:
+        """Windows run by ``segmenter.infer`` (the model's batch path, no resizing)."""
+        scale = segmenter.manifest.scale
+
+        def run(windows: np.ndarray) -> np.ndarray:
+            return segmenter.infer(np.stack([to_model_input(window, scale) for window in windows]))
+
+        return cls(segmenter.manifest, run)
+
+    @classmethod
+    def remote(cls, remote, manifest: Manifest) -> SlideSegmenter:
+        """Windows sent to a Triton server (``mrdl serve``): each window is a model-size image, which
+        the server segments whole (no resize either way) and answers with its probabilities."""
+
+        def run(windows: np.ndarray) -> np.ndarray:
+            predictions = remote.predict_batch(list(windows), tile=False, with_probabilities=True)
+            return np.stack([prediction.probabilities for prediction in predictions]).astype(np.float32, copy=False)
+
+        return cls(manifest, run, batch=getattr(remote, "max_batch", None) or manifest.max_batch)
+
+    # ---- one slide ----
+
+    def _job_key(self, path: Path, reader: SlideReader, plan: SlidePlan, options: SlideOptions) -> str:
+        stat = path.stat()
+        identity = {"version": STATE_VERSION, "slide": str(path.resolve()), "bytes": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns, "model": self.manifest.raw.get("export_id", self.manifest.name),
+                    "level": plan.level.index, "grid": plan.grid, "mpp": reader.levels[0].mpp,
+                    "options": options.output_settings()}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def predict_slide(self, path: str | Path, out_dir: str | Path, options: SlideOptions = SlideOptions()) -> SlideResult:
+        """Segment one slide into ``out_dir``: ``<stem>.mask.ome.tif`` (class index per pixel at the
+        model's resolution), ``<stem>.probabilities.ome.tif`` (with ``probabilities``), ``<stem>.geojson``
+        (``.geojson.gz`` with ``gzip``) and ``<stem>.json`` (this run's record)."""
+        start = time.perf_counter()
+        path, out_dir = Path(path), Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with SlideReader(path, mpp=options.mpp) as reader:
+            plan = plan_slide(reader.levels, self.manifest, options.overlap)
+            tissue = None
+            if options.tissue_mask:
+                tissue = tissue_mask(read_thumbnail(reader), options.tissue_threshold)
+            keep = self._windows_kept(plan, tissue)
+            stem = slide_stem(path)
+            planes = self.manifest.n_classes if options.probabilities else 0
+            work = _Intermediate(out_dir / f".{stem}.partial", plan.grid, planes)
+            key = self._job_key(path, reader, plan, options)
+            state = work.state(key) if options.resume else None
+            if options.resume and state is None and work.folder.exists():
+                logger.warning("%s: the interrupted run's state does not match this slide, model or settings; "
+                               "starting over", path)
+            if state is None:
+                work.create()
+                state = {"bands_done": 0, "carry": None}
+            done = int(state["bands_done"])
+            self._run_bands(reader, plan, keep, work, key, done, work.carry(state), options, stem)
+        result = SlideResult(path, plan.slide_size, reader.levels[0].mpp, reader.mpp_source, plan.level, plan.grid,
+                             plan.mask_mpp, None if tissue is None else tissue.fraction, plan.windows,
+                             int(sum(map(sum, keep))), 0.0, resumed_bands=done)
+        self._write_outputs(work, plan, out_dir, stem, key, options, result)
+        shutil.rmtree(work.folder, ignore_errors=True)
+        result.seconds = time.perf_counter() - start
+        self._write_record(out_dir / f"{stem}.json", result, options)
+        return result
+
+    def _windows_kept(self, plan: SlidePlan, tissue: TissueMask | None) -> list[list[bool]]:
+        """keep[band][column]: whether the window holds any tissue (all True without a tissue mask)."""
+        (mh, mw), (gh, gw) = self.manifest.size, plan.grid
+        if tissue is None:
+            return [[True] * len(plan.columns) for _ in plan.rows]
+        return [[tissue.any_in((y / gh, min(y + mh, gh) / gh), (x / gw, min(x + mw, gw) / gw))
+                 for x in plan.columns] for y in plan.rows]
+
+    def _fetch_plan(self, plan: SlidePlan, keep: list[list[bool]], first_band: int) -> dict[int, tuple[int, int]]:
+        """band -> the grid rows [a, b) to read for it: its rows not already held from the band before."""
+        mh, gh = self.manifest.size[0], plan.grid[0]
+        fetch, held_end, held_band = {}, None, None
+        for band in range(first_band, len(plan.rows)):
+            if not any(keep[band]):
+                continue
+            y, end = plan.rows[band], min(plan.rows[band] + mh, gh)
+            begin = held_end if held_band == band - 1 and held_end is not None and held_end > y else y
+            fetch[band] = (min(begin, end), end)
+            held_end, held_band = end, band
+        return fetch
+
+    def _resampler(self, reader: SlideReader, plan: SlidePlan) -> Callable[[int, int], np.ndarray]:
+        """A function giving grid rows [a, b) as (b-a, grid width, 3) uint8, by the tiled runtime's rule."""
+        level, (gh, gw) = plan.level, plan.grid
+        height, width = level.size
+        taps = axis_taps(height, gh) if gh != height else None
+
+        def rows(first: int, stop: int) -> np.ndarray:
+            if stop <= first:
+                return np.zeros((0, gw, 3), dtype=np.uint8)
+            if taps is None:
+                return np.ascontiguousarray(_horizontal(reader.rows(level.index, first, stop), gw))
+            low, high = taps.rows_needed(first, stop)
+            return _vertical_uint8(_horizontal(reader.rows(level.index, low, high), gw), taps, first, stop, low)
+
+        return rows
+
+    def _run_bands(self, reader: SlideReader, plan: SlidePlan, keep: list[list[bool]], work: _Intermediate,
+                   key: str, first_band: int, carry: tuple[np.ndarray, np.ndarray] | None,
+                   options: SlideOptions, stem: str) -> int:
+        manifest = self.manifest
+        (mh, mw), (gh, gw), (_, wp) = manifest.size, plan.grid, plan.padded
+        classes = manifest.n_classes
+        weights = blend_weights(manifest.size, options.blend)  # (mh, mw)
+        fetch = self._fetch_plan(plan, keep, first_band)
+        order = sorted(fetch)
+        resample = self._resampler(reader, plan)
+        total = sum(sum(row) for row in keep)
+        already = sum(sum(row) for row in keep[:first_band])
+        bar = tqdm(total=total, initial=already, desc=stem, unit="window", disable=not options.progress,
+                   dynamic_ncols=True)
+        held, held_first = np.zeros((0, gw, 3), dtype=np.uint8), 0  # grid rows [held_first, +len(held))
+        run = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrdl-slide-read") as pool:
+            pending = {band: pool.submit(resample, *fetch[band]) for band in order[:1]}
+            for band in range(first_band, len(plan.rows)):
+                y = plan.rows[band]
+                num = np.zeros((classes, mh, wp), dtype=np.float32)
+                den = np.zeros((mh, wp), dtype=np.float32)
+                if carry is not None:
+                    count = carry[1].shape[0]
+                    num[:, :count], den[:count] = carry
+                if band in fetch:
+                    rows = pending.pop(band).result()  # (b-a, gw, 3)
+                    following = order[order.index(band) + 1] if order.index(band) + 1 < len(order) else None
+                    if following is not None:
+                        pending[following] = pool.submit(resample, *fetch[following])
+                    a, b = fetch[band]
+                    if a == y or len(held) == 0:
+                        held, held_first = rows, a
+                    else:  # the rows carried from the band before, then the new ones
+                        held = np.concatenate([held[y - held_first:], rows])
+                        held_first = y
+                    image = np.zeros((mh, wp, 3), dtype=np.uint8)  # the band, zero-padded as docs/tiling.md
+                    image[:len(held), :gw] = held
+                    columns = [x for x, kept in zip(plan.columns, keep[band]) if kept]
+                    for begin in range(0, len(columns), self.batch):
+                        chunk = columns[begin:begin + self.batch]
+                        probabilities = self.run_windows(np.stack([image[:, x:x + mw] for x in chunk]))
+                        for x, window in zip(chunk, probabilities):  # window (C, mh, mw)
+                            num[:, :, x:x + mw] += weights * window  # float32 product, then float32 sum
+                            den[:, x:x + mw] += weights
+                        bar.update(len(chunk))
+                        run += len(chunk)
+                last = band + 1 == len(plan.rows)
+                finished = min(gh, y + mh) - y if last else plan.rows[band + 1] - y
+                self._finish_rows(work, y, num[:, :finished], den[:finished], gw, options)
+                carry = None if last else (num[:, finished:].copy(), den[finished:].copy())
+                work.save(key, band + 1, carry)
+        bar.close()
+        return run
+
+    def _finish_rows(self, work: _Intermediate, y: int, num: np.ndarray, den: np.ndarray, width: int,
+                     options: SlideOptions) -> None:
+        """Blend the finished rows (C, r, wp) / (r, wp) and append the mask (and probabilities) to the intermediate."""
+        probabilities = np.zeros_like(num)
+        np.divide(num, den, out=probabilities, where=den > 0)  # pixels of skipped windows only: background
+        probabilities = probabilities[:, :, :width]
+        mask = probabilities_to_mask(probabilities, threshold=self.manifest.threshold)
+        scaled = None
+        if options.probabilities:
+            scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
+        work.write_rows(y, mask, scaled)
+
+    def _write_outputs(self, work: _Intermediate, plan: SlidePlan, out_dir: Path, stem: str, key: str,
+                       options: SlideOptions, result: SlideResult) -> None:
+        """The OME-TIFF mask (with the GeoJSON fed the same rows), then the probabilities' OME-TIFF."""
+        identity = str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, f"mrdl-slide:{key}"))
+        geojson = None
+        if options.geojson:
+            from .slide_geojson import GeoJSONWriter
+
+            name = f"{stem}.geojson" + (".gz" if options.gzip else "")
+            scale = plan.slide_size[1] / plan.grid[1]  # level-0 pixels per mask pixel
+            geojson = GeoJSONWriter(out_dir / name, width=plan.grid[1], height=plan.grid[0], scale=scale,
+                                    class_names=list(self.manifest.classes), gzip=options.gzip,
+                                    min_area_px=options.min_area_px)
+            result.outputs["geojson"] = name
+        mask_name = f"{stem}.mask.ome.tif"
+        try:
+            write_ome_tiff(out_dir / mask_name, lambda _plane, a, b: work.read_rows(0, a, b), size=plan.grid,
+                           planes=1, mpp=plan.mask_mpp, uuid=identity,
+                           on_rows=None if geojson is None else lambda first, rows: geojson.add_band(first, rows))
+        except BaseException:
+            if geojson is not None:
+                geojson.abort()
+            raise
+        result.outputs["mask"] = mask_name
+        if geojson is not None:
+            result.objects = geojson.close()
+        if options.probabilities:
+            name = f"{stem}.probabilities.ome.tif"
+            write_ome_tiff(out_dir / name, lambda plane, a, b: work.read_rows(1 + plane, a, b), size=plan.grid,
+                           planes=self.manifest.n_classes, mpp=plan.mask_mpp,
+                           uuid=str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, f"mrdl-slide-probabilities:{key}")),
+                           channel_names=list(self.manifest.classes[-self.manifest.n_classes:]))
+            result.outputs["probabilities"] = name
+
+    def _write_record(self, path: Path, result: SlideResult, options: SlideOptions) -> None:
+        record = {"slide": str(result.slide), "slide_size": list(result.slide_size), "mpp": list(result.mpp),
+                  "mpp_source": result.mpp_source, "level": result.level.index, "level_size": list(result.level.size),
+                  "level_mpp": list(result.level.mpp), "mask_size": list(result.grid),
+                  "mask_mpp": list(result.mask_mpp), "model_mpp": list(model_mpp(self.manifest)),
+                  "model": self.manifest.name, "export_id": self.manifest.raw.get("export_id"),
+                  "tissue_fraction": result.tissue_fraction, "windows": result.windows,
+                  "windows_run": result.windows_run, "objects": result.objects, "outputs": result.outputs,
+                  "settings": options.output_settings()}
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(temporary, path)
