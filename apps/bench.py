@@ -12,13 +12,15 @@ from __future__ import annotations
 import click
 
 from mrdl_apps.extras import require_extra
+from mrdl_apps.options import CONTEXT_SETTINGS, version_option
 from mrdl_bench.report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
 from mrdl_bench.runners import BENCH_BACKENDS
 
 EXIT_FAILURE = 1
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
+@version_option
 @click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="mrdl checkpoint (.safetensors): the PyTorch model and the parity reference.")
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False, path_type=str),

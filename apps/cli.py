@@ -1,7 +1,8 @@
 """The ``mrdl`` command: one click group whose subcommands are imported only when used.
 
 Lazy loading keeps ``mrdl --help`` fast and lets a subcommand's heavy dependencies (onnx,
-onnxruntime, tensorrt) stay optional until that subcommand runs.
+onnxruntime, tensorrt) stay optional until that subcommand runs. Every subcommand gets the
+group's help settings (``-h``, defaults shown) and ``--version`` (added here when it has none).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 import click
 
 from mrdl_apps.extras import SUBCOMMAND_EXTRAS, missing_extra_command, missing_modules
+from mrdl_apps.options import CONTEXT_SETTINGS, version_option
 
 # name -> "module:attribute" of a click command
 SUBCOMMANDS = {
@@ -40,13 +42,20 @@ class LazyGroup(click.Group):
             extra = SUBCOMMAND_EXTRAS.get(name)
             missing = missing_modules(extra) if extra else []
             if missing:  # a runtime-only install: one line naming the extra, not an import traceback
-                return missing_extra_command(name, f"mrdl {name}", extra, missing)
+                return _with_version(missing_extra_command(name, f"mrdl {name}", extra, missing))
             module, attribute = SUBCOMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attribute)
+            return _with_version(getattr(importlib.import_module(module), attribute))
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mrdl")
+def _with_version(command: click.Command) -> click.Command:
+    """``command`` with the project's ``--version`` option (added once, where it has none)."""
+    if not any("--version" in getattr(parameter, "opts", ()) for parameter in command.params):
+        version_option(command)
+    return command
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
+@version_option
 def main() -> None:
     """mrdl: text-guided medical image segmentation (MRDL, IJCAI 2024) from training to deployment."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from mrdl_apps.extras import require_extra
+from mrdl_apps.options import CONTEXT_SETTINGS, version_option
 from mrdl_export.options import ExportOptions, command_line_flag
 
 EXIT_FAILURE = 1
@@ -159,8 +160,9 @@ def export_command(**options) -> None:
     run_export(**options)
 
 
-@click.command("mrdl-export", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("mrdl-export", context_settings=CONTEXT_SETTINGS)
 @export_options
+@version_option
 def main(**options) -> None:
     """Export a checkpoint to a verified deploy directory (ONNX FP32 [+INT8, FP16], TensorRT engine)."""
     run_export(**options)

@@ -31,11 +31,13 @@ from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss
                       onnxruntime_gemm_peak, parity, phase_share, release_freed_memory)
 from .report import (DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE, PARITY_FAILED, PARITY_OK, BackendResult, BenchReport,
                      SkippedBackend, machine_info, write_report)
-from .runners import BENCH_BACKENDS, BenchRunner, TorchRunner, make_bench_runner
+from .runners import BENCH_BACKENDS, RUNTIME_BACKEND, BenchRunner, TorchRunner, make_bench_runner
 from .serving import DEFAULT_CONCURRENCY, SERVING_BACKENDS, parse_concurrency
 
 REFERENCE = "torch-fft"
-QUANTISED = ("ort-int8", "ort-fp16", "tensorrt")
+# runtime backends that run a reduced-precision model (or an engine): compared with ort-fp32 too
+QUANTISED = tuple(name for name, (_, precision) in RUNTIME_BACKEND.items() if precision != "fp32")
+CPU_ONNXRUNTIME = tuple(name for name, (backend, _) in RUNTIME_BACKEND.items() if backend == "onnxruntime-cpu")
 
 
 class BenchError(ValueError):
@@ -181,7 +183,7 @@ def _profiles(results: list[BackendResult], *, ckpt: Path, batch: int, size: int
     from .profiling import profile_onnxruntime, profile_torch
 
     profiles = [profile_torch(ckpt, phase="fft", batch=batch, iters=iters)]
-    cpu_ort = {r.backend: r.model_file for r in results if r.backend in ("ort-fp32", "ort-int8", "ort-fp16")}
+    cpu_ort = {r.backend: r.model_file for r in results if r.backend in CPU_ONNXRUNTIME}
     for backend, model_file in cpu_ort.items():
         profile = profile_onnxruntime(Path(model_file), batch=batch, size=size, threads=threads, iters=iters,
                                       out_dir=out_dir)

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from mrdl_runtime.runner import BackendUnavailableError
+from mrdl_runtime.backends import REGISTRY
+from mrdl_runtime.errors import BackendUnavailableError
+from mrdl_runtime.options import LoadOptions
 
-BENCH_BACKENDS = ("torch-fft", "torch-matmul", "torch-compile", "ort-fp32", "ort-int8", "ort-fp16", "ort-cuda",
-                  "tensorrt")
 TORCH_PHASE = {"torch-fft": "fft", "torch-matmul": "matmul", "torch-compile": "fft"}
-RUNTIME_BACKEND = {"ort-fp32": ("onnxruntime-cpu", "fp32"), "ort-int8": ("onnxruntime-cpu", "int8"),
-                   "ort-fp16": ("onnxruntime-cpu", "fp16"), "ort-cuda": ("onnxruntime-cuda", "fp32"),
-                   "tensorrt": ("tensorrt", "fp32")}  # tensorrt: the precision the engine was built with
+# bench name -> (runtime backend, precision; None: the engine's own), from the runtime's backend registry
+RUNTIME_BACKEND = {name: (backend.name, precision) for backend in REGISTRY.values() for name, precision in backend.bench}
+BENCH_BACKENDS = (*TORCH_PHASE, *RUNTIME_BACKEND)
 
 
 class BenchRunner(ABC):
@@ -163,10 +163,11 @@ class RuntimeRunner(BenchRunner):
     the session; this adapter gives it the benchmark's array-in, array-out interface.
     """
 
-    def __init__(self, name: str, *, model_dir: Path, backend: str, precision: str, threads: int) -> None:
+    def __init__(self, name: str, *, model_dir: Path, backend: str, precision: str | None, threads: int) -> None:
         super().__init__()
         self.name, self.model_dir, self.threads = name, Path(model_dir), threads
-        self.backend, self.precision = backend, precision
+        self.backend, self.precision = backend, precision or "fp32"
+        self.engine_precision = precision is None  # the precision the engine was built with, read on activation
         self.uses_cuda = False  # the runtime's runners copy results back to the host, which waits for the GPU
         self.segmenter: Any = None
 
@@ -179,17 +180,17 @@ class RuntimeRunner(BenchRunner):
 
     @property
     def model_path(self) -> Path:
-        return self.manifest.artifact_path("tensorrt" if self.backend == "tensorrt" else self.precision)
+        return self.manifest.artifact_path(REGISTRY[self.backend].artifact_key(self.precision))
 
     def _activate(self) -> None:
         from mrdl_runtime.backends import engine_precision
         from mrdl_runtime.segmenter import Segmenter
 
         manifest = self.manifest
-        if self.backend == "tensorrt":
+        if self.engine_precision:
             self.precision = engine_precision(manifest) or "fp32"
-        self.segmenter = Segmenter.load(self.model_dir, backend=self.backend, precision=self.precision,
-                                        intra_op_threads=self.threads)  # BackendUnavailableError: skipped
+        self.segmenter = Segmenter.load(self.model_dir, LoadOptions(backend=self.backend, precision=self.precision,
+                                                                    threads=self.threads))  # unavailable: skipped
         self.precision = self.segmenter.precision  # what the verified artifact holds
         self.input_name = manifest.image_input.name
         self.output_name = manifest.outputs[0].name

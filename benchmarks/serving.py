@@ -3,8 +3,9 @@
 Both sides do the same work per image: raw uint8 image in, mask at the original size out
 (preprocessing, model, postprocessing). First the in-process runtime (``mrdl_runtime.Segmenter``,
 ONNX Runtime CPU) is timed at every batch size up to the model's ``max_batch``; its best
-throughput is the reference. Then ``mrdl serve`` starts in a child process on free loopback ports
-(so the clients and the server do not share one interpreter), and for each concurrency level
+throughput is the reference. Then the server behind ``mrdl serve`` (:mod:`mrdl_runtime.serving`)
+starts in a child process on free loopback ports (:class:`mrdl_runtime.server_process.ServerProcess`,
+so the clients and the server do not share one interpreter), and for each concurrency level
 ``c`` that many client threads, each with its own :class:`mrdl_runtime.RemoteSegmenter`, send
 single-image requests in a closed loop. Reported per level: throughput, p50/p99 latency per
 request, errors, and the batch sizes Triton's dynamic batcher formed (the difference of the
@@ -18,31 +19,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from mrdl_runtime.runner import BackendUnavailableError
+from mrdl_runtime.options import LoadOptions
+from mrdl_runtime.server_process import ServerProcess
+from mrdl_runtime.serving import ServeOptions
 
 from .measure import LatencySummary
 
 SERVING_BACKENDS = ("triton",)
 DEFAULT_CONCURRENCY = (1, 4, 16)
-START_TIMEOUT_S = 180
 TARGET_FRACTION = 0.9  # issue 13: 4 clients reach >= 0.9x the in-process best throughput
-
-
-class ServingError(RuntimeError):
-    """The server could not be started or stopped."""
 
 
 def parse_concurrency(text: str | Sequence[int]) -> list[int]:
@@ -57,96 +49,6 @@ def parse_concurrency(text: str | Sequence[int]) -> list[int]:
     return list(dict.fromkeys(levels))
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports that were free a moment ago."""
-    sockets = []
-    for _ in range(count):
-        probe = socket.socket()
-        probe.bind((host, 0))
-        sockets.append(probe)
-    ports = [probe.getsockname()[1] for probe in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
-
-
-class ServerProcess:
-    """``mrdl serve`` in a child process on free loopback ports (its output in a log file).
-
-    ``start`` waits, bounded, until the model is ready; ``stop`` sends SIGTERM and waits (then
-    kills). A server that cannot start raises ``BackendUnavailableError`` with its last lines.
-    """
-
-    def __init__(self, model_dir: str | Path, *extra: str, log: Path | None = None) -> None:
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        self.command = [sys.executable, "-m", "mrdl_apps", "serve", str(model_dir), "--host", "127.0.0.1",
-                        "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                        "--metrics-port", str(self.metrics_port), *extra]
-        self.log = log or Path(tempfile.mkstemp(prefix="mrdl-serve-", suffix=".log")[1])
-        self.process: subprocess.Popen | None = None
-        self.http = f"http://127.0.0.1:{self.http_port}"
-        self.grpc = f"grpc://127.0.0.1:{self.grpc_port}"
-
-    def output(self, characters: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-characters:]
-        except OSError:
-            return ""
-
-    def get(self, path: str, *, port: int | None = None, timeout: float = 5) -> str:
-        url = f"http://127.0.0.1:{port or self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
-            return reply.read().decode()
-
-    def ready(self, model: str = "mrdl") -> bool:
-        try:
-            self.get(f"/v2/models/{model}/ready", timeout=2)
-            return True
-        except OSError:
-            return False
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> "ServerProcess":
-        with open(self.log, "wb") as handle:
-            self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                lines = [line.strip() for line in self.output(20000).splitlines() if line.strip()]
-                reason = next((line for line in reversed(lines) if line.startswith("Error: ") and "NVML" not in line),
-                              " | ".join(lines[-3:]))
-                raise BackendUnavailableError(f"mrdl serve exited with {self.process.returncode}: {reason} "
-                                              f"(log: {self.log})")
-            if self.ready():
-                return self
-            time.sleep(0.25)
-        self.stop()
-        raise BackendUnavailableError(f"mrdl serve was not ready within {timeout:.0f} s (log: {self.log})")
-
-    def stop(self, timeout: float = 60) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        return self.process.returncode
-
-    def batch_counts(self, model: str = "mrdl") -> dict[int, int]:
-        """Model executions per batch size so far (Triton's statistics endpoint)."""
-        stats = json.loads(self.get(f"/v2/models/{model}/stats"))["model_stats"][0]
-        return {int(entry["batch_size"]): int(entry["compute_infer"]["count"])
-                for entry in stats.get("batch_stats", [])}
-
-    def __enter__(self) -> "ServerProcess":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     total = a.sum() + b.sum()
@@ -159,8 +61,8 @@ def measure_in_process(model_dir: Path, images: list[np.ndarray], *, batches: Se
     from mrdl_runtime import Segmenter
 
     rows = []
-    with Segmenter.load(model_dir, backend="onnxruntime-cpu", precision=precision,
-                        intra_op_threads=threads) as segmenter:
+    with Segmenter.load(model_dir, LoadOptions(backend="onnxruntime-cpu", precision=precision,
+                                               threads=threads)) as segmenter:
         masks = [p.mask for p in segmenter.predict_batch(images, with_probabilities=False)]
         for batch in batches:
             if bar is not None:
@@ -187,8 +89,8 @@ def _in_process_round(model_dir: Path, images: list[np.ndarray], *, batch: int, 
     concurrency level so that both see the same machine load."""
     from mrdl_runtime import Segmenter
 
-    with Segmenter.load(model_dir, backend="onnxruntime-cpu", precision=precision,
-                        intra_op_threads=threads) as segmenter:
+    with Segmenter.load(model_dir, LoadOptions(backend="onnxruntime-cpu", precision=precision,
+                                               threads=threads)) as segmenter:
         chunks = [[images[(step * batch + k) % len(images)] for k in range(batch)] for step in range(iters + 1)]
         segmenter.predict_batch(chunks[0], with_probabilities=False)
         start = time.perf_counter()
@@ -289,11 +191,11 @@ def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *
     in_process, reference = measure_in_process(model_dir, images, batches=batches, threads=threads,
                                                precision=precision, iters=iters, warmup=warmup, bar=bar)
     best = max(in_process, key=lambda row: row["throughput_ips"])
-    extra = ["--precision", precision, "--max-queue-delay-us", str(max_queue_delay_us), "--instances", str(instances)]
-    if threads:  # the in-process runtime's cores, shared among the server's instances
-        extra += ["--threads", str(max(1, threads // instances))]
+    # the in-process runtime's cores, shared among the server's instances (0: the runtime's default, shared)
+    load = LoadOptions(precision=precision, threads=max(1, threads // instances) if threads else 0)
     levels = []
-    server = ServerProcess(model_dir, *extra)
+    server = ServerProcess(model_dir, ServeOptions(max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                                   load=load))
     try:
         bar.set_postfix_str("starting mrdl serve")
         started = time.perf_counter()

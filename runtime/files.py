@@ -13,6 +13,8 @@ Large images stay within about three image-sized buffers: masks are resized and 
 row strips, overlays are tinted in place strip by strip (:func:`mrdl_runtime.imaging.mask_at_size`).
 Images much larger than the model's training images are segmented in windows at the training scale
 (``tile``, docs/tiling.md); ``predict.json`` records per image whether it was (``"tiled"``).
+The settings are one :class:`~mrdl_runtime.options.PredictOptions`, handed whole to the segmenter
+(in-process, or a :class:`~mrdl_runtime.RemoteSegmenter` that sends them to the server).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -33,9 +35,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, STRIP_BYTES, ImageInputError, read_image
+from .errors import MrdlError, OptionsError
+from .imaging import IMAGE_SUFFIXES, STRIP_BYTES, ImageInputError, read_image
+from .options import PredictOptions
 from .segmenter import Segmenter
-from .tiling import DEFAULT_OVERLAP, TileOptions
 
 OVERLAY_COLOURS = np.array([[0, 255, 0], [255, 0, 0], [0, 128, 255], [255, 200, 0], [255, 0, 255]], dtype=np.float32)
 OVERLAY_ALPHA = 0.45
@@ -46,11 +49,11 @@ RECORD_FORMAT = "mrdl-predict/1"
 BATCH_PIXELS = 16_000_000  # a batch is cut early once its images hold this many pixels (bounded memory)
 
 
-class InputFilesError(ValueError):
+class InputFilesError(MrdlError, ValueError):
     """Input paths that name no images, or images that cannot be read."""
 
 
-class OutputFolderError(RuntimeError):
+class OutputFolderError(MrdlError, RuntimeError):
     """An --out folder in use by another run, or holding another model's outputs."""
 
 
@@ -288,27 +291,25 @@ def _recorded_tiling(out_dir: Path) -> dict[str, bool]:
     return {str(stem): bool(value) for stem, value in recorded.items()} if isinstance(recorded, dict) else {}
 
 
-def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: str | Path, *,
-                  progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, on_error: str = "skip",
-                  overwrite: bool = False, tile: str | bool = "auto", overlap: float = DEFAULT_OVERLAP,
-                  blend: str = "gaussian") -> PredictSummary:
+def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: str | Path,
+                  options: PredictOptions | None = None, *, progress: bool = True, on_error: str = "skip",
+                  overwrite: bool = False, **fields) -> PredictSummary:
     """Segment every image named by ``inputs`` and write ``out_dir/masks/<stem>.png`` and
     ``out_dir/overlays/<stem>.png`` at each image's original size.
 
+    ``options`` (:class:`PredictOptions`, or keywords naming its fields): ``max_pixels`` bounds each
+    file read, the rest goes whole to ``segmenter.predict_batch`` (an in-process Segmenter or a
+    served model); ``tile``, ``overlap``, ``blend`` as :meth:`Segmenter.predict_batch`
+    (docs/tiling.md), and ``predict.json``'s ``"tiled"`` says per image which path ran.
     ``on_error``: "skip" (every readable image is still segmented) or "stop" (end at the first
     image that cannot be read); failures are listed in the summary. Raises
     :class:`OutputFolderError` when ``out_dir`` is in use or holds another model's outputs, and
-    :class:`PredictInterrupted` on Ctrl-C. ``tile``, ``overlap``, ``blend``: as
-    :meth:`Segmenter.predict_batch` (docs/tiling.md); ``predict.json``'s ``"tiled"`` says per image
-    which path ran.
+    :class:`PredictInterrupted` on Ctrl-C.
     """
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    tiling = TileOptions(tile, overlap, blend)
-    if not isinstance(segmenter, Segmenter) and tiling.tile is not False:  # mrdl predict --server
-        raise ValueError("tiling runs in-process only: pass tile=False with a served model")
-    tiling_fields = asdict(tiling)  # tile, overlap, blend
-    tile_options = {**tiling_fields, "tile_progress": progress} if isinstance(segmenter, Segmenter) else {}
+        raise OptionsError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    options = PredictOptions.of(options, **fields).with_fields(with_probabilities=False, at_model_size=False,
+                                                               progress=progress)
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -325,9 +326,9 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
         n_before = len(written)
         try:
             with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-                for batch in _read_batches(paths, manifest.max_batch, max_pixels, on_error == "stop", failed):
-                    predictions = segmenter.predict_batch([image for _, image in batch], with_probabilities=False,
-                                                          **tile_options)
+                for batch in _read_batches(paths, manifest.max_batch, options.max_pixels, on_error == "stop",
+                                           failed):
+                    predictions = segmenter.predict_batch([image for _, image in batch], options)
                     for (path, image), prediction in zip(batch, predictions):
                         overlay = tint(image if image.flags.writeable else image.copy(), prediction.mask)
                         mask = mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask)
@@ -342,7 +343,7 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
         finally:
             outputs = sorted(set(written))
             _write_record(out_dir, {"format": RECORD_FORMAT, "model": model, "outputs": outputs,
-                                    "tiling": {**tiling_fields,
+                                    "tiling": {**options.tiling(),
                                                "source_size": manifest.source_size and list(manifest.source_size)},
                                     "tiled": {stem: tiled[stem] for stem in outputs if stem in tiled}})
     return PredictSummary(n_images=len(written) - n_before, n_inputs=len(paths), out_dir=out_dir,

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from . import tiff
+from .errors import MrdlError
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # image files, any case: inputs, datasets, --data
@@ -34,7 +35,7 @@ _ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I;16", "I;16L", "I;16B",
 _PILLOW_LIMIT = tiff.PILLOW_GLOBALS  # Image.MAX_IMAGE_PIXELS and TiffImagePlugin.READ_LIBTIFF are process-global
 
 
-class ImageInputError(ValueError):
+class ImageInputError(MrdlError, ValueError):
     """An input image of the wrong dtype, shape, channel count or value range."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import MrdlError
+
 FORMAT = "mrdl-deploy/2"
 OLDER_FORMATS = ("mrdl-deploy/1",)
 MANIFEST_NAME = "model.json"
@@ -41,7 +43,7 @@ MAX_SOURCE_MPP = 1000.0  # source_mpp: microns per pixel of the training images,
 _JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 
 
-class ManifestError(ValueError):
+class ManifestError(MrdlError, ValueError):
     """A model directory or manifest the runtime cannot use."""
 
 

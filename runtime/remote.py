@@ -16,24 +16,22 @@ Needs ``tritonclient`` (``pip install 'mrdl[serve]'``), imported when a RemoteSe
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from .errors import BackendUnavailableError, MrdlError, OptionsError
 from .imaging import check_image
+from .options import PredictOptions
 from .segmenter import Prediction
-from .tiling import TileOptions
 
 DEFAULT_MODEL = "mrdl"
 PROTOCOLS = ("http", "grpc")
-# Segmenter.predict_batch's tiling defaults (docs/tiling.md); other values are sent as request parameters.
-TILING_DEFAULTS = dataclasses.asdict(TileOptions())  # {"tile": "auto", "overlap": 0.25, "blend": "gaussian"}
 
 
-class RemoteError(RuntimeError):
+class RemoteError(MrdlError, RuntimeError):
     """The server could not be reached, does not serve the model, or answered a request with an error."""
 
 
@@ -42,11 +40,11 @@ def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
     parts = urlsplit(url if "://" in url else f"//{url}")
     scheme = parts.scheme or protocol or "http"
     if protocol is not None and parts.scheme and parts.scheme != protocol:
-        raise ValueError(f"url {url!r} says {parts.scheme}, protocol says {protocol}")
+        raise OptionsError(f"url {url!r} says {parts.scheme}, protocol says {protocol}")
     if scheme not in PROTOCOLS:
-        raise ValueError(f"url {url!r}: expected http://HOST:PORT or grpc://HOST:PORT")
+        raise OptionsError(f"url {url!r}: expected http://HOST:PORT or grpc://HOST:PORT")
     if not parts.hostname or parts.port is None or parts.path not in ("", "/"):
-        raise ValueError(f"url {url!r}: expected {scheme}://HOST:PORT (e.g. {scheme}://127.0.0.1:"
+        raise OptionsError(f"url {url!r}: expected {scheme}://HOST:PORT (e.g. {scheme}://127.0.0.1:"
                          f"{8000 if scheme == 'http' else 8001})")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return scheme, f"{host}:{parts.port}"
@@ -80,7 +78,7 @@ class RemoteSegmenter:
             else:
                 import tritonclient.grpc as client_module
         except ImportError as exc:
-            raise ImportError(f"RemoteSegmenter needs tritonclient ({exc}); install the serve extra: "
+            raise BackendUnavailableError(f"RemoteSegmenter needs tritonclient ({exc}); install the serve extra: "
                               "pip install 'mrdl[serve]'") from exc
         self._module = client_module
         from tritonclient.utils import InferenceServerException
@@ -159,34 +157,34 @@ class RemoteSegmenter:
         except (OSError, ConnectionError) as exc:
             raise RemoteError(f"{self.url}: connection failed: {exc}") from exc
 
-    def predict_batch(self, images: Sequence[np.ndarray], *, text_features: np.ndarray | None = None,
-                      at_model_size: bool = False, channel_order: str = "RGB", with_probabilities: bool = True,
-                      tile: str | bool = "auto", overlap: float = TILING_DEFAULTS["overlap"],
-                      blend: str = TILING_DEFAULTS["blend"]) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[np.ndarray], options: PredictOptions | None = None, *,
+                      text_features: np.ndarray | None = None, **fields) -> list[Prediction]:
         """Segment several images (any sizes) on the server; results in the order given.
 
-        Same contract as ``Segmenter.predict_batch``, except that the server serves image-only
-        models (``text_features`` must be None) and returns results at the original size
-        (``at_model_size=False``). ``tile``, ``overlap`` and ``blend`` other than their defaults
-        travel as request parameters, which the server applies.
+        Same contract as ``Segmenter.predict_batch`` (``options`` or keywords naming
+        :class:`PredictOptions` fields), except that the server serves image-only models
+        (``text_features`` must be None) and returns results at the original size
+        (``at_model_size=False``). The fields marked ``request=True`` (``tile``, ``overlap``,
+        ``blend``) travel with every request as its parameters, which the server applies.
         """
-        parameters = {key: (str(value).lower() if key == "tile" else value)
-                      for key, value in (("tile", tile), ("overlap", overlap), ("blend", blend))
-                      if value != TILING_DEFAULTS[key]}
+        options = PredictOptions.of(options, **fields)
         if text_features is not None:
-            raise ValueError("the served model takes images only (mrdl serve serves fusion 'distribution' models)")
-        if at_model_size:
-            raise ValueError("the server returns masks at each image's original size; at_model_size is in-process only")
+            raise OptionsError("the served model takes images only (mrdl serve serves fusion 'distribution' models)")
+        if options.at_model_size:
+            raise OptionsError("the server returns masks at each image's original size; at_model_size is "
+                               "in-process only")
+        with_probabilities = options.with_probabilities
         if len(images) == 0:
             return []
-        rgb = [check_image(image, channel_order=channel_order) for image in images]
+        rgb = [check_image(image, channel_order=options.channel_order) for image in images]
         order: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(rgb):
             order.setdefault(image.shape, []).append(index)
         plan = [indices[start:start + self.max_batch] for indices in order.values()
                 for start in range(0, len(indices), self.max_batch)]
         start = time.perf_counter()
-        results = self._send_all([np.stack([rgb[i] for i in chunk]) for chunk in plan], with_probabilities, parameters)
+        results = self._send_all([np.stack([rgb[i] for i in chunk]) for chunk in plan], with_probabilities,
+                                 options.request_parameters())
         self.count += len(plan)
         self._seconds += (time.perf_counter() - start) * len(plan)  # the requests ran concurrently
         predictions: list[Prediction | None] = [None] * len(rgb)
@@ -205,13 +203,10 @@ class RemoteSegmenter:
                                                 **extra)
         return predictions  # type: ignore[return-value]
 
-    def predict(self, image: np.ndarray, *, text_features: np.ndarray | None = None, at_model_size: bool = False,
-                channel_order: str = "RGB", with_probabilities: bool = True, tile: str | bool = "auto",
-                overlap: float = TILING_DEFAULTS["overlap"], blend: str = TILING_DEFAULTS["blend"]) -> Prediction:
+    def predict(self, image: np.ndarray, options: PredictOptions | None = None, *,
+                text_features: np.ndarray | None = None, **fields) -> Prediction:
         """Segment one image on the server (HxWx3 RGB, gray, RGBA; uint8, uint16 or float)."""
-        return self.predict_batch([image], text_features=text_features, at_model_size=at_model_size,
-                                  channel_order=channel_order, with_probabilities=with_probabilities, tile=tile,
-                                  overlap=overlap, blend=blend)[0]
+        return self.predict_batch([image], PredictOptions.of(options, **fields), text_features=text_features)[0]
 
     def close(self) -> None:
         """Close the connection."""

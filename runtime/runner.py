@@ -22,15 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import BackendUnavailableError
 from .manifest import TensorSpec
 
-
-class BackendUnavailableError(RuntimeError):
-    """A backend that was asked for by name but cannot run here (library, GPU or artifact missing).
-
-    The one "cannot run here" error of every mrdl layer: the layers above raise it, or errors derived
-    from it, and a caller that can do without the backend catches it and reports the message.
-    """
+__all__ = ["BackendUnavailableError", "LatencyStats", "Runner"]
 
 
 @dataclass

@@ -6,7 +6,8 @@ before the backend loads it. ``predict`` preprocesses exactly as training did, r
 returns the mask and probabilities at the image's original size (or at the model's size, LViT's
 evaluation protocol, with ``at_model_size=True``). Images much larger than the training images are
 segmented in overlapping windows at the training scale (``tile``; :mod:`mrdl_runtime.tiling`,
-docs/tiling.md).
+docs/tiling.md). The settings of both calls are :class:`~mrdl_runtime.options.LoadOptions` and
+:class:`~mrdl_runtime.options.PredictOptions`, passed whole or as keywords naming their fields.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .backends import make_runner, select_backend
+from .backends import REGISTRY, make_runner, select_backend
+from .errors import OptionsError
 from .imaging import ImageInputError, check_image, mask_at_size, preprocess, probabilities_to_mask, resize_probabilities
 from .manifest import Manifest, load_manifest
+from .options import LoadOptions, PredictOptions
 from .runner import Runner
-from .tiling import (DEFAULT_OVERLAP, TileOptions, mask_at, plan_tiles, probabilities_at, resample_rgb, should_tile,
-                     stitch)
+from .tiling import mask_at, plan_tiles, probabilities_at, resample_rgb, should_tile, stitch
 
 logger = logging.getLogger("mrdl_runtime")
 
@@ -55,41 +57,42 @@ class Segmenter:
     (``tests/test_threads.py``: 8 threads). Its own state is read-only after ``load``, the
     runner's latency counters are updated under a lock, ONNX Runtime sessions run concurrent
     calls side by side, and the native ``tensorrt`` backend serializes them (one execution
-    context). ``close`` only after every thread is done. ``Segmenter.load(intra_op_threads=N)``
-    sets ONNX Runtime's intra-op threads (the cores one model call may use; 0, the default, lets
-    ONNX Runtime use one per physical core): with several threads calling at once, a small N per
-    call (e.g. cores / threads) avoids oversubscribing the CPU. ``mrdl predict --threads N`` is
-    the same setting.
+    context). ``close`` only after every thread is done. ``LoadOptions.threads`` (``threads=N``)
+    sets ONNX Runtime's intra-op threads (the cores one model call may use; 0, the default: one per
+    physical core available): with several threads calling at once, a small N per call (e.g.
+    cores / threads) avoids oversubscribing the CPU. ``mrdl predict --threads N`` is the same setting.
     """
 
-    def __init__(self, manifest: Manifest, runner: Runner, *, backend: str, precision: str, reason: str) -> None:
+    def __init__(self, manifest: Manifest, runner: Runner, *, backend: str, precision: str, reason: str,
+                 options: LoadOptions | None = None) -> None:
         self.manifest = manifest
         self.runner = runner
         self.backend = backend
         self.precision = precision
         self.reason = reason
+        self.options = options or LoadOptions()
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, backend: str = "auto", precision: str = "fp32", verify: bool = True,
-             device_id: int = 0, intra_op_threads: int = 0, cache_dir: str | Path | None = None) -> Segmenter:
+    def load(cls, model_dir: str | Path, options: LoadOptions | None = None, **fields) -> Segmenter:
         """Read ``model_dir/model.json``, choose the backend, verify its artifact and open it.
 
-        ``backend``: "auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt" or
-        "tensorrt"; ``precision``: "fp32", "int8" or "fp16" (the matching exported artifact).
-        The artifact must match its record in ``model.json``: a regular file inside the directory,
-        its size, its SHA-256 (``verify=False`` skips only the hash, with a logged warning), the
-        export and precision an ONNX file carries, and the graph's inputs and outputs. A mismatch
-        raises :class:`IntegrityError`.
+        ``options`` (:class:`LoadOptions`; keywords name its fields, e.g. ``backend="onnxruntime-cpu"``):
+        ``backend`` "auto" or a name in :data:`mrdl_runtime.backends.REGISTRY`; ``precision`` "fp32",
+        "int8" or "fp16" (the matching exported artifact); ``verify``, ``threads``, ``device_id``,
+        ``cache_dir``. The artifact must match its record in ``model.json``: a regular file inside
+        the directory, its size, its SHA-256 (``verify=False`` skips only the hash, with a logged
+        warning), the export and precision an ONNX file carries, and the graph's inputs and
+        outputs. A mismatch raises :class:`IntegrityError`.
         """
+        options = LoadOptions.of(options, **fields)
         manifest = load_manifest(model_dir)
-        chosen, reason = select_backend(manifest, backend, precision)
-        if backend == "auto":
+        chosen, reason = select_backend(manifest, options.backend, options.precision)
+        if options.backend == "auto":
             logger.info("%s: %s", manifest.model_dir, reason)
-        runner = make_runner(manifest, chosen, precision, verify=verify, device_id=device_id,
-                             intra_op_threads=intra_op_threads, cache_dir=cache_dir)
+        runner = make_runner(manifest, chosen, options.precision, options)
         runner.open()
-        held = manifest.artifact("tensorrt" if chosen == "tensorrt" else precision).precision  # verified on open
-        return cls(manifest, runner, backend=chosen, precision=held, reason=reason)
+        held = manifest.artifact(REGISTRY[chosen].artifact_key(options.precision)).precision  # verified on open
+        return cls(manifest, runner, backend=chosen, precision=held, reason=reason, options=options)
 
     @property
     def mean_latency_ms(self) -> float:
@@ -100,17 +103,17 @@ class Segmenter:
         spec = self.manifest.text_input
         if spec is None:
             if text_features is not None:
-                raise ValueError(f"model {self.manifest.name} (fusion {self.manifest.fusion}) takes no text features")
+                raise OptionsError(f"model {self.manifest.name} (fusion {self.manifest.fusion}) takes no text features")
             return None
         expected = (count, *spec.fixed_shape)
         if text_features is None:
-            raise ValueError(f"model {self.manifest.name} uses fusion 'addition' and needs text_features of shape "
+            raise OptionsError(f"model {self.manifest.name} uses fusion 'addition' and needs text_features of shape "
                              f"{expected[1:]} per image (precomputed CLIP token features)")
         text = np.asarray(text_features, dtype=np.float32)
         if text.shape == expected[1:]:
             text = np.broadcast_to(text, expected)
         if text.shape != expected:
-            raise ValueError(f"text_features must have shape {expected[1:]} (one for all) or {expected}, got {text.shape}")
+            raise OptionsError(f"text_features must have shape {expected[1:]} (one for all) or {expected}, got {text.shape}")
         return np.ascontiguousarray(text)
 
     def infer(self, batch: np.ndarray, text_features: np.ndarray | None = None) -> np.ndarray:
@@ -130,16 +133,15 @@ class Segmenter:
             chunks.append(self.runner.infer(feeds)[name_out])
         return np.concatenate(chunks).astype(np.float32, copy=False)  # (B, n_classes, H, W)
 
-    def predict_batch(self, images: Sequence[np.ndarray], *, text_features: np.ndarray | None = None,
-                      at_model_size: bool = False, channel_order: str = "RGB", with_probabilities: bool = True,
-                      tile: str | bool = "auto", overlap: float = DEFAULT_OVERLAP,
-                      blend: str = "gaussian", tile_progress: bool = False) -> list[Prediction]:
+    def predict_batch(self, images: Sequence[np.ndarray], options: PredictOptions | None = None, *,
+                      text_features: np.ndarray | None = None, **fields) -> list[Prediction]:
         """Segment several images (any sizes); the model runs in batches of at most ``max_batch``.
 
         Images go through :func:`~mrdl_runtime.imaging.to_rgb8` (uint8, uint16, bool, floats in
-        [0, 1] or [0, 255]). ``with_probabilities=False`` returns masks only (``probabilities`` is
-        None): each class's map is then resized and thresholded in row strips, so a large image
-        never holds its n_classes full-size float maps; the masks are the same.
+        [0, 1] or [0, 255]). ``options`` (:class:`PredictOptions`; keywords name its fields):
+        ``with_probabilities=False`` returns masks only (``probabilities`` is None): each class's
+        map is then resized and thresholded in row strips, so a large image never holds its
+        n_classes full-size float maps; the masks are the same.
 
         ``tile`` (docs/tiling.md): "auto" segments an image more than 1.5 times the model's
         ``source_size`` (the training images' size, from model.json) along either axis in
@@ -147,9 +149,9 @@ class Segmenter:
         (it needs ``source_size``), False none. ``overlap`` in [0, 1) is the fraction of a window
         shared with its neighbour, ``blend`` "gaussian" (MONAI's weights) or "constant". A tiled
         image's ``at_model_size`` result is at the training scale (its resampled size);
-        ``tile_progress`` shows a bar of each tiled image's windows on stderr.
+        ``progress`` shows a bar of each tiled image's windows on stderr.
         """
-        options = TileOptions(tile, overlap, blend)
+        options = PredictOptions.of(options, **fields)
         if len(images) == 0:
             return []
         text = self._text_batch(text_features, len(images))
@@ -159,38 +161,35 @@ class Segmenter:
         whole = [i for i, tiles in enumerate(tiled) if not tiles]
         if whole:
             batch = np.stack([preprocess(images[i], self.manifest.size, scale=self.manifest.scale,
-                                         channel_order=channel_order) for i in whole])  # (B, 3, H, W)
+                                         channel_order=options.channel_order) for i in whole])  # (B, 3, H, W)
             for i, probs in zip(whole, self.infer(batch, None if text is None else text[whole])):  # probs (C, h, w)
-                results[i] = self._finish(probs, images[i].shape[:2], at_model_size, with_probabilities)
+                results[i] = self._finish(probs, images[i].shape[:2], options)
         for i in (i for i, tiles in enumerate(tiled) if tiles):
-            results[i] = self._predict_tiled(images[i], None if text is None else text[i], options,
-                                             at_model_size=at_model_size, channel_order=channel_order,
-                                             with_probabilities=with_probabilities, progress=tile_progress)
+            results[i] = self._predict_tiled(images[i], None if text is None else text[i], options)
         return results
 
-    def _finish(self, probs: np.ndarray, size: tuple[int, int], at_model_size: bool,
-                with_probabilities: bool) -> Prediction:
+    def _finish(self, probs: np.ndarray, size: tuple[int, int], options: PredictOptions) -> Prediction:
         """The untiled path's postprocessing of one image's (C, h, w) model output."""
         threshold = self.manifest.threshold
+        at_model_size, with_probabilities = options.at_model_size, options.with_probabilities
         if not (at_model_size or with_probabilities):
             return Prediction(mask_at_size(probs, size, threshold=threshold), None)
         if not at_model_size:
             probs = resize_probabilities(probs, size)
         return Prediction(probabilities_to_mask(probs, threshold=threshold), probs if with_probabilities else None)
 
-    def _predict_tiled(self, image: np.ndarray, text: np.ndarray | None, options: TileOptions, *,
-                       at_model_size: bool, channel_order: str, with_probabilities: bool,
-                       progress: bool = False) -> Prediction:
+    def _predict_tiled(self, image: np.ndarray, text: np.ndarray | None, options: PredictOptions) -> Prediction:
         """One image in blended windows at the training scale (docs/tiling.md), streamed in row strips."""
         manifest = self.manifest
-        rgb = check_image(image, channel_order=channel_order)
+        at_model_size, with_probabilities = options.at_model_size, options.with_probabilities
+        rgb = check_image(image, channel_order=options.channel_order)
         size = rgb.shape[:2]
         plan = plan_tiles(size, manifest.source_size, manifest.size, options.overlap)
         resampled = resample_rgb(rgb, plan.resampled_size)  # (h, w, 3) uint8
         del rgb  # a converted copy (uint16, float, gray input) is not kept while the windows run
         stitched = stitch(resampled, plan, lambda batch: self.infer(batch, text), model_size=manifest.size,
                           n_classes=manifest.n_classes, max_batch=manifest.max_batch, scale=manifest.scale,
-                          options=options, progress=progress)  # (C, h, w)
+                          options=options, progress=options.progress)  # (C, h, w)
         del resampled  # not held while the maps are resized to the input size
         threshold = manifest.threshold
         if at_model_size:
@@ -202,14 +201,11 @@ class Segmenter:
         probs = probabilities_at(stitched, size)
         return Prediction(probabilities_to_mask(probs, threshold=threshold), probs, tiled=True)
 
-    def predict(self, image: np.ndarray, *, text_features: np.ndarray | None = None, at_model_size: bool = False,
-                channel_order: str = "RGB", with_probabilities: bool = True, tile: str | bool = "auto",
-                overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", tile_progress: bool = False) -> Prediction:
+    def predict(self, image: np.ndarray, options: PredictOptions | None = None, *,
+                text_features: np.ndarray | None = None, **fields) -> Prediction:
         """Segment one image (HxWx3 RGB, gray HxW / HxWx1, gray+alpha, RGBA; uint8, uint16 or float);
-        ``tile``, ``overlap``, ``blend`` and ``tile_progress`` as in :meth:`predict_batch`."""
-        return self.predict_batch([image], text_features=text_features, at_model_size=at_model_size,
-                                  channel_order=channel_order, with_probabilities=with_probabilities,
-                                  tile=tile, overlap=overlap, blend=blend, tile_progress=tile_progress)[0]
+        ``options`` and keywords as in :meth:`predict_batch`."""
+        return self.predict_batch([image], PredictOptions.of(options, **fields), text_features=text_features)[0]
 
     def close(self) -> None:
         """Release the backend."""

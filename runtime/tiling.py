@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .errors import OptionsError
 from .imaging import STRIP_BYTES, to_model_input
 
 TILE_CHOICES = ("auto", True, False)
@@ -40,13 +41,13 @@ class TileOptions:
 
     def __post_init__(self) -> None:
         if not (self.tile is True or self.tile is False or isinstance(self.tile, str) and self.tile == "auto"):
-            raise ValueError(f"tile must be 'auto', True or False, got {self.tile!r}")
+            raise OptionsError(f"tile must be 'auto', True or False, got {self.tile!r}")
         overlap = self.overlap
         if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be a number with 0 <= overlap < 1 (the fraction of a window shared "
-                             f"with its neighbour; default {DEFAULT_OVERLAP}), got {overlap!r}")
+            raise OptionsError(f"overlap must be a number with 0 <= overlap < 1 (the fraction of a window shared "
+                               f"with its neighbour; default {DEFAULT_OVERLAP}), got {overlap!r}")
         if self.blend not in BLEND_MODES:
-            raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
+            raise OptionsError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
 
 
 def should_tile(image_size: tuple[int, int], source_size: tuple[int, int] | None, tile: str | bool) -> bool:
@@ -56,8 +57,8 @@ def should_tile(image_size: tuple[int, int], source_size: tuple[int, int] | None
         return False
     if source_size is None:
         if tile is True:
-            raise ValueError("tile=True needs the training source size, and model.json has no 'source_size'; "
-                             "re-export with mrdl-export --source-size HxW (e.g. 1000x1000 for MoNuSeg)")
+            raise OptionsError("tile=True needs the training source size, and model.json has no 'source_size'; "
+                               "re-export with mrdl-export --source-size HxW (e.g. 1000x1000 for MoNuSeg)")
         return False
     if tile is True:
         return True
@@ -100,7 +101,7 @@ def blend_weights(model_size: tuple[int, int], blend: str) -> np.ndarray:
     ``g[i] = exp(-d^2 / (2 sigma^2))``, ``d = i - (m-1)/2``, ``sigma = 0.125 m`` ("gaussian"). Unclamped:
     ``|d| < 4 sigma``, so every weight exceeds exp(-16) = 1.1e-7 and every pixel's weight sum is > 0."""
     if blend not in BLEND_MODES:
-        raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
+        raise OptionsError(f"blend must be one of {', '.join(BLEND_MODES)}, got {blend!r}")
     if blend == "constant":
         return np.ones(model_size, dtype=np.float32)
     return np.outer(_gaussian(model_size[0]), _gaussian(model_size[1])).astype(np.float32)  # product in float64

@@ -65,11 +65,12 @@ def test_this_machine_default_within_affinity():
 
 def test_onnxruntime_session_gets_the_default(model_dir):
     from mrdl_runtime.backends import make_runner
+    from mrdl_runtime.options import LoadOptions
     from mrdl_runtime.manifest import load_manifest
 
     manifest = load_manifest(model_dir)
-    with make_runner(manifest, "onnxruntime-cpu", "fp32", intra_op_threads=0) as runner:
+    with make_runner(manifest, "onnxruntime-cpu", "fp32", LoadOptions(threads=0)) as runner:
         got = runner.session.get_session_options().intra_op_num_threads
     assert got == threads.default_threads()
-    with make_runner(manifest, "onnxruntime-cpu", "fp32", intra_op_threads=1) as runner:
+    with make_runner(manifest, "onnxruntime-cpu", "fp32", LoadOptions(threads=1)) as runner:
         assert runner.session.get_session_options().intra_op_num_threads == 1

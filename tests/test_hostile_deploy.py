@@ -425,10 +425,10 @@ def engine_dir(deploy, copy_of) -> Path:
 
 
 def _engine_runner(model_dir: Path, monkeypatch, stand_in: StandInTensorRT, **options):
-    from mrdl_runtime import backends, load_manifest, tensorrt_runner
+    from mrdl_runtime import LoadOptions, backends, load_manifest, tensorrt_runner
 
     monkeypatch.setattr(tensorrt_runner, "import_tensorrt", lambda: (stand_in.trt, stand_in.cudart))
-    return backends.make_runner(load_manifest(model_dir), "tensorrt", "fp32", **options)
+    return backends.make_runner(load_manifest(model_dir), "tensorrt", "fp32", LoadOptions(**options))
 
 
 def test_engine_verified_then_deserialized_from_the_same_bytes(engine_dir, monkeypatch):

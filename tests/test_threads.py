@@ -1,5 +1,5 @@
 """Threads: one Segmenter shared by 8 threads gives exactly the serial results; the runner's
-latency counters lose no call; ``intra_op_threads`` / ``mrdl predict --threads`` reach ONNX Runtime."""
+latency counters lose no call; ``LoadOptions.threads`` / ``mrdl predict --threads`` reach ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def shared_segmenter(model_dir):
     from mrdl_runtime import Segmenter
 
     # two intra-op threads: ONNX Runtime's own pool works under the 8 calling threads too
-    with Segmenter.load(model_dir, backend="onnxruntime-cpu", intra_op_threads=2) as segmenter:
+    with Segmenter.load(model_dir, backend="onnxruntime-cpu", threads=2) as segmenter:
         yield segmenter
 
 
@@ -81,7 +81,7 @@ def test_shared_segmenter_tiled_from_8_threads_equals_serial(model_dir, tmp_path
     record["source_size"] = [2 * side, 2 * side]  # a 5x-side image is then 2.5 windows wide at the training scale
     (copy / "model.json").write_text(json.dumps(record))
     images = [synthetic_sample(i, size=5 * side + 3 * i, seed=4)[0] for i in range(4)]
-    with Segmenter.load(copy, backend="onnxruntime-cpu", intra_op_threads=1) as segmenter:
+    with Segmenter.load(copy, backend="onnxruntime-cpu", threads=1) as segmenter:
         serial = [segmenter.predict(image, tile=True) for image in images]
         assert all(prediction.tiled for prediction in serial)
         jobs = list(range(len(images))) * 2
@@ -146,7 +146,7 @@ def test_serial_backend_never_runs_two_batches_at_once():
 def test_intra_op_threads_reach_onnxruntime(model_dir):
     from mrdl_runtime import Segmenter
 
-    with Segmenter.load(model_dir, backend="onnxruntime-cpu", intra_op_threads=2) as segmenter:
+    with Segmenter.load(model_dir, backend="onnxruntime-cpu", threads=2) as segmenter:
         assert segmenter.runner.session.get_session_options().intra_op_num_threads == 2
 
 
@@ -168,7 +168,9 @@ def test_predict_threads_option(model_dir, tmp_path, monkeypatch):
         result = CliRunner().invoke(main, ["predict", str(model_dir), str(tmp_path / "a.png"), "--out",
                                            str(tmp_path / f"out{threads}"), "--threads", threads, "--no-progress"])
         assert result.exit_code == 0, result.output
-    assert seen == [3, 0]
+    from mrdl_runtime.threads import default_threads
+
+    assert seen == [3, default_threads()]  # 0: the runtime's default, one per physical core available
     refused = CliRunner().invoke(main, ["predict", str(model_dir), str(tmp_path / "a.png"), "--out",
                                        str(tmp_path / "bad"), "--threads", "-1"])
     assert refused.exit_code == 2 and "--threads" in refused.output

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mrdl_apps.serve import hosting_problem
+from mrdl_runtime.serving import hosting_problem
 
 pytest.importorskip("onnxruntime")
 _PROBLEM = hosting_problem()

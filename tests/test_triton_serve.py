@@ -1,6 +1,7 @@
 """``mrdl serve`` (a real tritonserver through PyTriton) and ``RemoteSegmenter``, on loopback only.
 
-The server runs as a child process (``python -m mrdl_apps serve``) on free 127.0.0.1 ports; every
+The server runs as a child process (:class:`mrdl_runtime.server_process.ServerProcess`: the library's
+``run_server``, what ``mrdl serve`` runs) on free 127.0.0.1 ports; every
 wait and every loop below is bounded in count and time. Skipped, with the reason, where this Python
 cannot host PyTriton's backend (no shared libpython: ``make install`` builds .venv from Debian's
 /usr/bin/python3.11 for that) or where the serve extra is missing.
@@ -20,10 +21,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mrdl_apps.serve import hosting_problem
-from mrdl_bench import serving
-from mrdl_bench.serving import free_ports
-from mrdl_runtime.runner import BackendUnavailableError
+from mrdl_runtime import PredictOptions, server_process
+from mrdl_runtime.errors import BackendUnavailableError
+from mrdl_runtime.server_process import free_ports
+from mrdl_runtime.serving import ServeOptions, hosting_problem
 
 pytest.importorskip("onnxruntime")
 _PROBLEM = hosting_problem()
@@ -37,12 +38,12 @@ START_TIMEOUT_S = 120
 MAX_PIXELS = 250_000  # the test server's --max-pixels: a 600x600 image is "oversized" without a big payload
 
 
-class ServerProcess(serving.ServerProcess):
-    """The benchmark's ``mrdl serve`` child process (loopback ports, SIGTERM then kill, bounded) with the
-    tests' pixel limit; a server that does not come up fails the test with its log."""
+class ServerProcess(server_process.ServerProcess):
+    """The library's server child process (loopback ports, SIGTERM then kill, bounded) with the tests' pixel
+    limit; a server that does not come up fails the test with its log."""
 
-    def __init__(self, model_dir: Path, log: Path, *extra: str) -> None:
-        super().__init__(model_dir, "--max-pixels", str(MAX_PIXELS), *extra, log=log)
+    def __init__(self, model_dir: Path, log: Path, **options) -> None:
+        super().__init__(model_dir, ServeOptions(predict=PredictOptions(max_pixels=MAX_PIXELS), **options), log=log)
 
     def status(self, path: str, port: int | None = None) -> int:
         try:
@@ -62,8 +63,7 @@ class ServerProcess(serving.ServerProcess):
 def server(model_dir, tmp_path_factory):
     if _PROBLEM is not None:
         pytest.skip(f"this Python cannot host PyTriton: {_PROBLEM}")
-    running = ServerProcess(model_dir, tmp_path_factory.mktemp("serve") / "serve.log",
-                            "--max-queue-delay-us", "20000")
+    running = ServerProcess(model_dir, tmp_path_factory.mktemp("serve") / "serve.log", max_queue_delay_us=20000)
     running.wait_ready()
     yield running
     code = running.stop()
@@ -89,7 +89,7 @@ def test_hosting_problem_names_the_fix(monkeypatch):
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: 0 if name == "Py_ENABLE_SHARED" else None)
     problem = hosting_problem()
     assert "shared libpython" in problem and "/usr/bin/python3.11" in problem and "make install" in problem
-    from mrdl_apps.serve import ServeError, require_pytriton
+    from mrdl_runtime.serving import ServeError, require_pytriton
 
     with pytest.raises(ServeError, match="shared libpython"):
         require_pytriton()
@@ -229,7 +229,7 @@ def test_sigterm_under_load_loses_no_accepted_request(model_dir, segmenter, tmp_
     right mask or an explicit refusal (server stopping / model gone / connection refused); none is lost."""
     from mrdl_runtime import RemoteError, RemoteSegmenter
 
-    running = ServerProcess(model_dir, tmp_path / "serve.log", "--exit-timeout", "30")
+    running = ServerProcess(model_dir, tmp_path / "serve.log", exit_timeout=30)
     running.wait_ready()
     image = _images(1, seed=4, sizes=((400, 400),))[0]
     expected = segmenter.predict(image, with_probabilities=False).mask

@@ -1,0 +1,26 @@
+"""The one base of every mrdl error, in the runtime's lowest layer (the C++ runtime's ``mrdl::Error``).
+
+Every exception class the project defines derives from :class:`MrdlError` and keeps the builtin base
+it had (``class ManifestError(MrdlError, ValueError)``), so ``except ValueError`` callers still
+work and a command catches ``MrdlError`` once to print one line. The errors of several modules
+live here: :class:`BackendUnavailableError` (every layer's "cannot run here") and
+:class:`OptionsError` (a setting outside its choices or range). Nothing here imports anything.
+"""
+
+from __future__ import annotations
+
+
+class MrdlError(Exception):
+    """Base of every error mrdl raises on purpose: its message says what was expected and what to do next."""
+
+
+class BackendUnavailableError(MrdlError, RuntimeError):
+    """A backend that was asked for by name but cannot run here (library, GPU or artifact missing).
+
+    The one "cannot run here" error of every mrdl layer: the layers above raise it, or errors derived
+    from it, and a caller that can do without the backend catches it and reports the message.
+    """
+
+
+class OptionsError(MrdlError, ValueError):
+    """A load, predict or serve setting outside its choices or range (the message names the setting)."""

@@ -1,0 +1,204 @@
+"""``LoadOptions`` and ``PredictOptions``: every setting of loading and running a model, each written once.
+
+A setting is one dataclass field: its default in the field, its help, choices and range in the
+field's metadata (:func:`option`, the pattern of :mod:`mrdl_export.options`). The objects travel
+whole: ``mrdl predict`` and ``mrdl serve`` build their command-line options from the fields
+(``mrdl_apps.options``), :func:`mrdl_runtime.files.predict_files`, :class:`mrdl_runtime.RemoteSegmenter`
+and the server (:mod:`mrdl_runtime.serving`) pass them on unchanged, and
+:meth:`mrdl_runtime.Segmenter.load` / :meth:`~mrdl_runtime.Segmenter.predict` read them. The
+fields of :class:`PredictOptions` marked ``request=True`` travel to a server as request parameters,
+spelled as on the command line (:func:`to_text` / :meth:`PredictOptions.from_request`). A new
+predict option is one field here (and its use in the segmenter).
+
+    from mrdl_runtime import LoadOptions, PredictOptions, Segmenter
+    with Segmenter.load("deploy/", LoadOptions(threads=2)) as segmenter:
+        prediction = segmenter.predict(rgb, PredictOptions(tile=True, overlap=0.5))
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import Field, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+from .backends import AUTO, backend_choices, get_backend
+from .errors import OptionsError
+from .imaging import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS
+from .manifest import PRECISIONS
+from .tiling import BLEND_MODES, DEFAULT_OVERLAP, TileOptions
+
+TILE_TEXT = {"auto": "auto", "true": True, "false": False}  # tile's spelling on the command line and in requests
+THREADS_HELP = ("CPU threads one model call may use (ONNX Runtime intra-op threads); 0: the runtime's default, one "
+                "per physical core available to the process (mrdl_runtime.threads.default_threads; mrdl serve shares "
+                "it among its --instances). The native tensorrt backend ignores it")
+
+Options = TypeVar("Options", bound="OptionsBase")
+
+
+def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True, request: bool = False,
+           choices: Sequence[Any] | None = None, low: float | None = None, high: float | None = None,
+           high_open: bool = False) -> Any:
+    """An options field with its ``default`` and ``help``.
+
+    ``flag``: its command-line spelling (default: ``--`` and the field name with dashes);
+    ``cli=False``: library-only. ``request``: sent to a server with each request. ``choices`` and
+    the range [``low``, ``high``] (``high_open``: ``high`` excluded) are checked by
+    :func:`check_fields` and by the command line's types alike.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "request": request,
+                                            "choices": None if choices is None else tuple(choices), "low": low,
+                                            "high": high, "high_open": high_open})
+
+
+def command_line_flag(option_field: Field) -> str | None:
+    """The ``--flag`` of an options field, or None for a library-only one."""
+    if not option_field.metadata["cli"]:
+        return None
+    return option_field.metadata["flag"] or "--" + option_field.name.replace("_", "-")
+
+
+def check_fields(options: object) -> None:
+    """Raise :class:`OptionsError` for the first field outside its choices or range."""
+    for option_field in fields(options):
+        value, rules = getattr(options, option_field.name), option_field.metadata
+        if value is None:
+            continue
+        if rules["choices"] is not None and not any(value is c or (type(value) is type(c) and value == c)
+                                                    for c in rules["choices"]):
+            raise OptionsError(f"{option_field.name} must be one of {', '.join(map(to_text, rules['choices']))}, "
+                               f"got {value!r}")
+        low, high = rules["low"], rules["high"]
+        if low is None and high is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+                or (low is not None and value < low) or (high is not None and value > high) \
+                or (rules["high_open"] and value == high):
+            limits = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if rules['high_open'] else ']'}"
+            raise OptionsError(f"{option_field.name} must be a number {limits}, got {value!r}")
+
+
+def to_text(value: Any) -> str:
+    """A field value as the command line and request parameters spell it: True -> "true", 0.25 -> "0.25"."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def field_kind(options_class: type, name: str) -> type:
+    """``int`` for ``int | None``, ``bool`` for ``bool``, ``str`` for ``str | bool`` (a text-or-flag field such
+    as ``tile``): the type a field's text is parsed to (``tuple`` for ``tuple[str, ...]``)."""
+    hint = typing.get_type_hints(options_class)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        hint = str if str in args else args[0]
+    return typing.get_origin(hint) or hint
+
+
+def from_text(options_class: type, name: str, text: str) -> Any:
+    """Parse one field's text (command line, request parameter) to its value; :class:`OptionsError` if it cannot."""
+    kind = field_kind(options_class, name)
+    text = str(text).strip()
+    try:
+        if name == "tile":
+            return TILE_TEXT[text.lower()]
+        if kind is bool:
+            return {"true": True, "false": False}[text.lower()]
+        if kind in (int, float):
+            return kind(text)
+    except (KeyError, ValueError):
+        expected = ("one of " + ", ".join(TILE_TEXT) if name == "tile" else "true or false" if kind is bool
+                    else f"a number ({kind.__name__})")
+        raise OptionsError(f"{name} must be {expected}; got {text!r}") from None
+    return Path(text) if kind is Path else text
+
+
+class OptionsBase:
+    """What every options dataclass shares: a copy with some fields changed, checked like the original."""
+
+    def with_fields(self: Options, **changes: Any) -> Options:
+        """A copy with ``changes`` applied (field names only; :class:`OptionsError` names an unknown one)."""
+        if not changes:
+            return self
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise OptionsError(f"{type(self).__name__} has no field {', '.join(unknown)} (it has {', '.join(sorted(known))})")
+        return replace(self, **changes)
+
+    @classmethod
+    def of(cls: type[Options], options: Options | None = None, **changes: Any) -> Options:
+        """``options`` (default: the defaults) with ``changes``: the keyword form of the library calls."""
+        if options is not None and not isinstance(options, cls):
+            raise OptionsError(f"expected {cls.__name__}, got {type(options).__name__}")
+        return (options or cls()).with_fields(**changes)
+
+
+@dataclass(frozen=True)
+class LoadOptions(OptionsBase):
+    """How :meth:`mrdl_runtime.Segmenter.load` opens a model directory (``mrdl predict`` / ``mrdl serve``)."""
+
+    backend: str = option(AUTO, "Inference backend (mrdl_runtime.backends.REGISTRY); one named here that cannot "
+                          "run is an error, never a fallback; auto: the fastest that can run", choices=backend_choices())
+    precision: str = option("fp32", "Which exported model to run (model.json's artifacts)", choices=PRECISIONS)
+    verify: bool = option(True, "Check the model file's SHA-256 against model.json before loading it; --no-verify "
+                          "skips only the hash (its size, export and graph are still checked) and warns that it did")
+    threads: int = option(0, THREADS_HELP, low=0)
+    device_id: int = option(0, "GPU index for the CUDA and TensorRT backends", low=0)
+    cache_dir: Path | None = option(None, "ONNX Runtime TensorRT EP engine cache (default: ~/.cache/mrdl/ort-tensorrt)",
+                                    cli=False)
+
+    def __post_init__(self) -> None:
+        if self.backend != AUTO:
+            get_backend(self.backend)  # the registry's message, naming every backend
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class PredictOptions(OptionsBase):
+    """How :meth:`mrdl_runtime.Segmenter.predict` segments images (``mrdl predict``; ``mrdl serve``'s defaults).
+
+    ``tile``, ``overlap`` and ``blend`` are the tiling contract of docs/tiling.md (validated as
+    :class:`mrdl_runtime.tiling.TileOptions`); they travel to a server with every request.
+    """
+
+    tile: str | bool = option(
+        "auto", "Segment in overlapping windows at the training scale (docs/tiling.md): true always (needs "
+        "model.json's source_size), false never, auto only images more than 1.5 times the training images' size "
+        "along either axis; --tile alone means true", choices=("auto", True, False), request=True)
+    overlap: float = option(DEFAULT_OVERLAP, "Tiling: fraction of a window shared with its neighbour", low=0, high=1,
+                            high_open=True, request=True)
+    blend: str = option("gaussian", "Tiling: window weights, gaussian (sigma = window / 8, as MONAI) or constant",
+                        choices=BLEND_MODES, request=True)
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS, "Refuse image files with more pixels than this (checked from the file header, before "
+        "decoding). mrdl serve applies it to each request image and defaults to 16777216 (4096 x 4096): a server "
+        "holds several requests in memory at once", low=1)
+    at_model_size: bool = option(False, "Return results at the model's size (LViT's evaluation protocol; a tiled "
+                                 "image's at the training scale) instead of each image's own size", cli=False)
+    with_probabilities: bool = option(True, "Return the probabilities too; False: masks only, resized and "
+                                      "thresholded in row strips", cli=False)
+    channel_order: str = option("RGB", "Channel order of 3-channel inputs", choices=CHANNEL_ORDERS, cli=False)
+    progress: bool = option(False, "Show a bar of each tiled image's windows on stderr", cli=False)
+
+    def __post_init__(self) -> None:
+        TileOptions(self.tile, self.overlap, self.blend)  # the tiling contract's own checks and messages
+        check_fields(self)
+
+    def tiling(self) -> dict[str, Any]:
+        """The tiling fields (predict.json's record of how images were tiled)."""
+        return {"tile": self.tile, "overlap": self.overlap, "blend": self.blend}
+
+    def request_parameters(self) -> dict[str, str]:
+        """The ``request=True`` fields as a server's request parameters, spelled as on the command line."""
+        return {f.name: to_text(getattr(self, f.name)) for f in fields(self) if f.metadata["request"]}
+
+    def from_request(self, parameters: Mapping[str, Any] | None) -> PredictOptions:
+        """These options (a server's defaults) with a request's parameters applied (other parameters, e.g.
+        Triton's own, are left alone); :class:`OptionsError` names a value out of its choices or range."""
+        parameters = parameters or {}
+        carried = [f.name for f in fields(self) if f.metadata["request"] and f.name in parameters]
+        try:
+            return self.with_fields(**{name: from_text(PredictOptions, name, parameters[name]) for name in carried})
+        except ValueError as exc:
+            raise OptionsError(f"request parameter {exc}") from exc
