@@ -1,6 +1,7 @@
 // Parsing and validation of model.json (format mrdl-deploy/2) with nlohmann::json.
 #include "mrdl/manifest.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -279,10 +280,17 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
 
     if (root.contains("source_size")) {
         const json& source = root["source_size"];
-        const auto side = [](const json& v) { return v.is_number_integer() && v >= 1 && v <= kMaxSourceSide; };
-        if (!source.is_array() || source.size() != 2 || !side(source[0]) || !side(source[1]))
-            r.fail("source_size is " + show(source) + "; expected [height, width] of the training images, two "
-                   "integers in [1, " + std::to_string(kMaxSourceSide) + "] (or no source_size at all)");
+        const int model[2] = {m.preprocessing.height, m.preprocessing.width};
+        int low[2];
+        for (int a = 0; a < 2; ++a) low[a] = std::max(kMinSourceSide, (model[a] + kMaxSourceUpscale - 1) / kMaxSourceUpscale);
+        const auto side = [](const json& v, int least) { return v.is_number_integer() && v >= least && v <= kMaxSourceSide; };
+        if (!source.is_array() || source.size() != 2 || !side(source[0], low[0]) || !side(source[1], low[1])) {
+            const auto range = [](int least) { return "[" + std::to_string(least) + ", " + std::to_string(kMaxSourceSide) + "]"; };
+            r.fail("source_size is " + show(source) + "; expected [height, width] of the training images, each side in " +
+                   (low[0] == low[1] ? range(low[0]) : range(low[0]) + " and " + range(low[1])) + " for a " +
+                   std::to_string(model[0]) + "x" + std::to_string(model[1]) + " model (below a quarter of the model "
+                   "size the tiled path would enlarge every image more than 4 times per axis)");
+        }
         m.source_size = std::array<int, 2>{source[0].get<int>(), source[1].get<int>()};
     }
 

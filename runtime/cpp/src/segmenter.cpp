@@ -97,10 +97,11 @@ Segmentation Segmenter::segment_tiled(const ImageView& image, const std::vector<
                                       const TileOptions& tiling) const {
     const Preprocessing& pre = manifest_.preprocessing;
     const std::array<int, 2> model_size{pre.height, pre.width};
+    check_image(image, max_pixels_);  // to_rgb8's checks first
+    check_tile_cost(image.height, image.width, *manifest_.source_size, model_size, tiling.overlap, max_pixels_);
     const TilePlan plan = plan_tiles(image.height, image.width, *manifest_.source_size, model_size, tiling.overlap);
     Image resampled;  // (h, w, 3) uint8 at the training scale
     if (image.channels == 3) {  // already RGB: resampled straight from the caller's pixels, no copy
-        check_image(image, max_pixels_);  // to_rgb8's checks, without its copy
         resampled = resize_bilinear(image, plan.resampled_size[0], plan.resampled_size[1], PassOrder::HorizontalFirst);
     } else {
         const Image rgb = to_rgb8(image, max_pixels_);

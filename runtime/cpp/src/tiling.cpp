@@ -81,6 +81,39 @@ std::vector<float> blend_weights(int model_height, int model_width, Blend blend)
     return weights;
 }
 
+void check_tile_cost(int64_t height, int64_t width, const std::array<int, 2>& source_size,
+                     const std::array<int, 2>& model_size, double overlap, size_t max_pixels) {
+    const int64_t sizes[2] = {height, width};
+    uint64_t resampled[2], across[2];
+    for (int a = 0; a < 2; ++a) {  // resampled_size and window_starts' count, in 64-bit integers
+        const int64_t s = source_size[a], m = model_size[a];
+        const int64_t side = std::max<int64_t>(1, (2 * sizes[a] * m + s) / (2 * s)), padded = std::max(side, m);
+        const int64_t stride = std::max<int64_t>(1, static_cast<int64_t>(std::floor(m * (1.0 - overlap))));
+        resampled[a] = static_cast<uint64_t>(side);
+        across[a] = padded == m ? 1 : static_cast<uint64_t>((padded - m + stride - 1) / stride + 1);
+    }
+    const auto product = [](uint64_t a, uint64_t b) {  // saturating: the limits compare, nothing wraps
+        return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b;
+    };
+    const auto size = [](uint64_t h, uint64_t w) { return std::to_string(w) + "x" + std::to_string(h); };
+    const std::string raise = "; raise max_pixels (SegmenterOptions::max_pixels, mrdl_segment --max-pixels)";
+    const uint64_t pixels = product(resampled[0], resampled[1]);
+    if (pixels > max_pixels)
+        throw InputError("tiling resamples this " + size(static_cast<uint64_t>(height), static_cast<uint64_t>(width)) + " image to " +
+                         size(resampled[0], resampled[1]) + " = " + std::to_string(pixels) +
+                         " pixels at the training scale (source_size [" + std::to_string(source_size[0]) + ", " +
+                         std::to_string(source_size[1]) + "]), more than the limit of " + std::to_string(max_pixels) +
+                         " pixels" + raise + " or segment it whole (no tiling)");
+    const uint64_t windows = product(across[0], across[1]);
+    const uint64_t model_pixels = product(windows, product(model_size[0], model_size[1]));
+    if (model_pixels > product(kMaxWindowCoverage, max_pixels))
+        throw InputError("tiling this " + size(static_cast<uint64_t>(height), static_cast<uint64_t>(width)) + " image takes " + std::to_string(windows) +
+                         " windows of " + size(model_size[0], model_size[1]) + " = " + std::to_string(model_pixels) +
+                         " model pixels, more than " + std::to_string(kMaxWindowCoverage) + " x the limit of " +
+                         std::to_string(max_pixels) + " pixels; lower the overlap (" + std::to_string(overlap) + ")" +
+                         " or raise max_pixels (SegmenterOptions::max_pixels, mrdl_segment --max-pixels)");
+}
+
 TilePlan plan_tiles(int64_t height, int64_t width, const std::array<int, 2>& source_size,
                     const std::array<int, 2>& model_size, double overlap) {
     TilePlan plan;

@@ -52,15 +52,33 @@ int main() {
                   fp32.sha256.substr(0, 4) == "e3b0",
               "the fp32 artifact record");
     });
-    run("source_size: optional, [height, width] in [1, 2^20]", [] {
+    run("source_size: optional, [height, width], each side in [max(16, ceil(model side / 4)), 65536]", [] {
         check(!Manifest::parse(kValid, "model.json").source_size, "absent: unknown");
-        const Manifest m = Manifest::parse(replaced("\"max_batch\": 16,", "\"max_batch\": 16, \"source_size\": [1000, 900],"),
-                                           "model.json");
+        const auto with_source = [](const std::string& value) {
+            return replaced("\"max_batch\": 16,", "\"max_batch\": 16, \"source_size\": " + value + ",");
+        };
+        const Manifest m = Manifest::parse(with_source("[1000, 900]"), "model.json");
         check(m.source_size && (*m.source_size)[0] == 1000 && (*m.source_size)[1] == 900, "[1000, 900]");
-        for (const std::string bad : {"[1000]", "[0,10]", "[1048577,10]", "[10.5,10]", "[true,10]", "\"1000x1000\"",
+        const Manifest low = Manifest::parse(with_source("[16, 65536]"), "model.json");  // the 64x64 model's range
+        check(low.source_size && (*low.source_size)[0] == 16 && (*low.source_size)[1] == 65536, "both ends accepted");
+        for (const std::string bad : {"[1000]", "[0,10]", "[1,1]", "[15,100]", "[100,15]", "[65537,100]",
+                                      "[100000,100000]", "[1048576,100]", "[10.5,10]", "[true,10]", "\"1000x1000\"",
                                       "[10,10,3]", "null"})
             refused("source_size " + bad, "\"max_batch\": 16,", "\"max_batch\": 16, \"source_size\": " + bad + ",",
-                    "source_size is " + bad + "; expected [height, width] of the training images");
+                    "source_size is " + bad + "; expected [height, width] of the training images, each side in "
+                    "[16, 65536] for a 64x64 model (below a quarter of the model size");
+        // A 128x256 model: at least a quarter of its size per axis, 32 and 64.
+        std::string big = with_source("[32, 64]");
+        for (const auto& [from, to] : {std::pair<std::string, std::string>{"3, 64, 64]", "3, 128, 256]"},
+                                       {"1, 64, 64]", "1, 128, 256]"}, {"\"size\": [64, 64]", "\"size\": [128, 256]"}})
+            big.replace(big.find(from), from.size(), to);
+        const Manifest wide = Manifest::parse(big, "model.json");
+        check(wide.source_size && (*wide.source_size)[1] == 64, "[32, 64] for a 128x256 model");
+        big.replace(big.find("[32, 64]"), 8, "[32, 63]");
+        expect_error<ManifestError>("[32, 63] for a 128x256 model",
+                                    "source_size is [32,63]; expected [height, width] of the training images, each side "
+                                    "in [32, 65536] and [64, 65536] for a 128x256 model",
+                                    [&] { Manifest::parse(big, "model.json"); });
     });
     run("tile decisions and options (docs/tiling.md)", [] {
         const std::optional<std::array<int, 2>> source = std::array<int, 2>{1000, 1000};
@@ -76,6 +94,19 @@ int main() {
                   resampled_size(20000, 1, {1000, 1000}, {224, 224}) == std::array<int, 2>{4480, 1},
               "resampled sizes of the examples");
         check(window_starts(896, 224, 0.25) == std::vector<int>{0, 168, 336, 504, 672}, "896: 5 starts");
+        // The cost check: 1000x1000 at source [16, 16] for a 64x64 model resamples to 4000x4000 =
+        // 16 M pixels; at overlap 0.9 (stride 6) that is 657 x 657 windows = 1768 M model pixels.
+        check_tile_cost(1000, 1000, {16, 16}, {64, 64}, 0.25, 16'000'000);
+        expect_error<InputError>("resampled over max_pixels",
+                                 "tiling resamples this 1000x1000 image to 4000x4000 = 16000000 pixels at the training "
+                                 "scale (source_size [16, 16]), more than the limit of 15999999 pixels; raise max_pixels",
+                                 [] { check_tile_cost(1000, 1000, {16, 16}, {64, 64}, 0.25, 15'999'999); });
+        expect_error<InputError>("windows over 16 x max_pixels",
+                                 "tiling this 1000x1000 image takes 431649 windows of 64x64 = 1768034304 model "
+                                 "pixels, more than 16 x the limit of 110502143 pixels; lower the overlap",
+                                 [] { check_tile_cost(1000, 1000, {16, 16}, {64, 64}, 0.9, 110'502'143); });
+        check_tile_cost(1000, 1000, {16, 16}, {64, 64}, 0.9, 110'502'144);  // 16 x 110502144 = 1768034304: at the bound
+        check_tile_cost(1 << 30, 1 << 30, {16, 16}, {64, 64}, 0.25, SIZE_MAX);  // products saturate, nothing wraps
         const std::vector<int> starts = window_starts(4480, 224, 0.25);
         check(starts.size() == 27 && starts[25] == 4200 && starts.back() == 4256, "4480: 27 starts, the last clamped");
         check(window_starts(224, 224, 0.9) == std::vector<int>{0}, "one window");

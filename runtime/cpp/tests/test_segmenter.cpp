@@ -165,6 +165,23 @@ int main(int argc, char** argv) {
                                          fragment, [&] { segmenter.segment(view, {}, options); });
             }
     });
+    run("the tiled path's cost is checked against max_pixels before it allocates", [&] {
+        // The test model: 64x64, source_size [128, 128], so a 1000x1000 image resamples to 500x500.
+        // With overlap 0.99 (stride 1) that is 437 x 437 windows of 64x64 = 782 M model pixels.
+        SegmenterOptions options;
+        options.max_pixels = 1000 * 1000;
+        const Segmenter limited(dir + "/" + segment.at("model_dir").get<std::string>(), options);
+        const std::vector<uint8_t> pixels(1000 * 1000 * 3, 128);
+        const ImageView image{pixels.data(), 1000, 1000, 3};
+        TileOptions tiling;
+        tiling.mode = TileMode::On;
+        tiling.overlap = 0.99;
+        expect_error<InputError>("overlap 0.99", "tiling this 1000x1000 image takes 190969 windows of 64x64 = "
+                                                 "782209024 model pixels, more than 16 x the limit of 1000000 pixels",
+                                 [&] { limited.segment(image, {}, tiling); });
+        tiling.overlap = 0.5;  // 15 x 15 windows = 921600 model pixels: accepted
+        check(limited.segment(image, {}, tiling).tiled, "overlap 0.5 is within the bound");
+    });
     run("text features are refused by a distribution-fusion model", [&] {
         expect_error<InputError>("text", "takes no text features",
                                  [&] { segmenter.segment(cases.front().view, std::vector<float>(77 * 8)); });

@@ -17,8 +17,14 @@ namespace mrdl {
 constexpr size_t kMaxManifestBytes = size_t(1) << 20;  // 1 MiB
 constexpr int kMaxManifestDepth = 32;                    // nested objects/arrays
 
-/// Largest side accepted in model.json's source_size (2^20), as the Python runtime's MAX_SOURCE_SIDE.
-constexpr int kMaxSourceSide = 1 << 20;
+/// The range of model.json's source_size per axis (runtime/VECTORS.md, "source_size range"), as the
+/// Python runtime's MIN_SOURCE_SIDE, MAX_SOURCE_SIDE and MAX_SOURCE_UPSCALE: each side in
+/// [max(kMinSourceSide, ceil(model side / kMaxSourceUpscale)), kMaxSourceSide]. Below a quarter of
+/// the model size the tiled path would enlarge every image more than 4 times per axis; above 65536
+/// it shrinks any image to a meaningless few pixels.
+constexpr int kMinSourceSide = 16;
+constexpr int kMaxSourceSide = 1 << 16;
+constexpr int kMaxSourceUpscale = 4;
 
 /// The only manifest format this runtime reads.
 constexpr const char* kManifestFormat = "mrdl-deploy/2";
@@ -76,7 +82,7 @@ struct MRDL_API Manifest {
     std::string precision;
     std::map<std::string, std::string> versions;  // every value rendered as a string
     /// The training scale (docs/tiling.md): [height, width] of the training images before they were
-    /// resized to preprocessing.size, two integers in [1, kMaxSourceSide]; empty when model.json has
+    /// resized to preprocessing.size, two integers in the range above (kMinSourceSide); empty when model.json has
     /// no "source_size" (then TileMode::Auto never tiles and TileMode::On is refused).
     std::optional<std::array<int, 2>> source_size;
 

@@ -63,6 +63,17 @@ struct MRDL_API TilePlan {
     std::vector<std::array<int, 2>> windows;  // (row, column) starts, row-major, both ascending
 };
 
+/// How many times the tiled path may cover the image's resampled pixels with model windows
+/// (windows x model height x model width): an overlap of 0.75 sees each pixel 16 times.
+constexpr int kMaxWindowCoverage = 16;
+
+/// The cost of tiling one height x width image, checked before anything is allocated
+/// (runtime/VECTORS.md, "source_size range and the cost of the tiled path"): the resampled image at
+/// most `max_pixels` pixels, and its windows at most kMaxWindowCoverage x `max_pixels` model pixels;
+/// else InputError naming max_pixels (mrdl_segment --max-pixels). Segmenter calls it.
+MRDL_API void check_tile_cost(int64_t height, int64_t width, const std::array<int, 2>& source_size,
+                              const std::array<int, 2>& model_size, double overlap, size_t max_pixels);
+
 MRDL_API TilePlan plan_tiles(int64_t height, int64_t width, const std::array<int, 2>& source_size,
                              const std::array<int, 2>& model_size, double overlap);
 
