@@ -43,8 +43,12 @@ MRDL_IMAGEIO_API Image read_png(const std::string& path, size_t max_pixels = kDe
 ///   turned or transposed: 5 to 8 give a WxH image); other values leave the pixels as stored.
 /// Refused with an InputError naming what was found: other photometric interpretations (YCbCr
 /// without JPEG, CMYK, CIELab, ...), associated (premultiplied) alpha, 16-bit min-is-white, bit
-/// depths other than 1, 2, 4, 8, 16, 32 (64 for floats), damaged files, and more than `max_pixels`
-/// pixels.
+/// depths other than 1, 2, 4, 8, 16, 32 (64 for floats), damaged files, more than `max_pixels`
+/// pixels, and strip / tile tags that break the byte bounds of runtime/VECTORS.md ("TIFF byte
+/// bounds", checked before any pixel data is read): a chunk past the end of the file, or a
+/// compressed one holding more than 4 x its decoded bytes + 1024. Repeated or overlapping chunks
+/// are read as the tags say, an uncompressed one for the bytes its rows need, so the bytes read
+/// are bounded by the decoded image and the file whatever the tags claim.
 MRDL_IMAGEIO_API Image read_tiff(const std::string& path, size_t max_pixels = kDefaultMaxPixels);
 
 /// True when the file starts with a TIFF or BigTIFF signature (II*\0, MM\0*, II+\0, MM\0+).
