@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from mrdl.checkpoint import atomic_path
+from mrdl_runtime.atomic import atomic_path
 
 
 @dataclass
@@ -27,7 +27,7 @@ class DemoSettings:
     train_images: int = 16
     val_images: int = 8
     bench_iters: int = 10
-    threads: int | None = None
+    threads: int = 0  # 0: the runtime's default (mrdl_runtime.threads.default_threads)
     clip_weights: Path | None = None
     seed: int = 0
 
@@ -48,17 +48,17 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     import torch
 
     from mrdl.config import load_config
+    from mrdl_runtime.threads import resolve_threads
     from mrdl.data.embeddings import compute_embeddings, default_embeddings_path
     from mrdl.data.synthetic import write_synthetic_dataset
     from mrdl.evaluate import evaluate_checkpoint
-    from mrdl.train import train_model
+    from mrdl.train import TrainOptions, train_model
     from mrdl_bench.bench import run_benchmark
     from mrdl_export import export_model
 
     from .embed import loud_random_tower_warnings
 
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
+    torch.set_num_threads(resolve_threads(settings.threads))
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
     config = load_config(settings.config)
@@ -94,10 +94,11 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         lap("embed-text")
 
         _step(f"3/6 train {config.name} for {settings.epochs} epochs")
-        trained = train_model(config=config, data_root=data_root, embeddings_path=embeddings, out_dir=out / "train",
-                              epochs=settings.epochs, lr_period=settings.epochs, seed=settings.seed,
-                              select="raw",  # a few dozen steps: far shorter than the EMA's horizon
-                              overwrite=True)  # the folder is reused
+        trained = train_model(TrainOptions(data_root=data_root, embeddings=embeddings, out_dir=out / "train",
+                                           epochs=settings.epochs, lr_period=settings.epochs, seed=settings.seed,
+                                           select="raw",  # a few dozen steps: far shorter than the EMA's horizon
+                                           overwrite=True),  # the folder is reused
+                              config=config)
     click.echo(f"best val Dice {trained.best_val_dice:.4f} at epoch {trained.best_epoch} -> {trained.best_checkpoint}")
     lap("train")
 
@@ -196,11 +197,14 @@ Per image: [evaluate/per_image.csv](evaluate/per_image.csv).
               show_default=True, help="Report folder (reused: existing data and embeddings are kept).")
 @click.option("--config", "config_name", default="small", show_default=True, help="Config to train.")
 @click.option("--epochs", type=int, default=6, show_default=True, help="Training epochs (a brief run).")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime [default: all].")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="CPU threads of torch and every runtime backend; 0: the runtime's default, one per physical core "
+                   "available to the process (mrdl_runtime.threads.default_threads).")
 @click.option("--clip-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Local open_clip checkpoint for the text tower [default: random init, with a warning].")
-@click.option("--seed", type=int, default=0, show_default=True)
-def demo(data_root: Path | None, out_dir: Path, config_name: str, epochs: int, threads: int | None,
+@click.option("--seed", type=int, default=0,
+              help="Seed of the synthetic data, the training run and the random text tower.")
+def demo(data_root: Path | None, out_dir: Path, config_name: str, epochs: int, threads: int,
          clip_weights: Path | None, seed: int) -> None:
     """Run data -> embed-text -> train -> evaluate -> export (FP32 + INT8) -> benchmark, and write a report."""
     tic = time.perf_counter()

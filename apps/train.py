@@ -1,80 +1,91 @@
-"""``mrdl train`` and ``mrdl evaluate``: thin click commands over :mod:`mrdl.train` and :mod:`mrdl.evaluate`."""
+"""``mrdl train`` and ``mrdl evaluate``: thin click commands over :mod:`mrdl.train` and :mod:`mrdl.evaluate`.
+
+``mrdl train``'s options are built from the fields of :class:`mrdl.train_options.TrainOptions` and
+:class:`mrdl.train_engine.Hardware` (flag, help, choices, range and default written there once),
+plus ``--config``, ``--clip-weights``, ``--threads`` and the description-table limits.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import shlex
+import typing
+from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import click
 
 from mrdl.data.dataset import TableLimits
+from mrdl.train_options import Hardware, TrainOptions, command_line_flag
 
 from .embed import loud_random_tower_warnings, table_limit_options
 
 
+def _field_option(option_field, hint) -> Callable:
+    """The click option of one :class:`TrainOptions` or :class:`Hardware` field (flag, help, type, default)."""
+    rules, default = option_field.metadata, option_field.default
+    kind = next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)  # int for int | None
+    flag = command_line_flag(option_field)
+    settings: dict = {"help": rules["help"], "default": default, "show_default": default is not None}
+    if kind is bool and "/" not in flag:
+        return click.option(flag, option_field.name, is_flag=True, help=rules["help"])
+    if kind is bool:
+        settings["type"] = bool
+    elif rules["choices"] is not None:
+        settings["type"] = click.Choice(list(rules["choices"]))
+    elif rules["low"] is not None or rules["high"] is not None:
+        number_range = click.IntRange if kind is int else click.FloatRange
+        settings["type"] = number_range(min=rules["low"], max=rules["high"], min_open=rules["low_open"],
+                                        max_open=rules["high_open"])
+    else:
+        settings["type"] = click.Path(path_type=Path) if kind is Path else kind
+    return click.option(flag, option_field.name, **settings)
+
+
+def _options_of(*classes: type) -> list[Callable]:
+    """One click option per command-line field of ``classes``, in field order."""
+    found = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        found += [_field_option(f, hints[f.name]) for f in fields(cls) if command_line_flag(f) is not None]
+    return found
+
+
+def train_options(command: Callable) -> Callable:
+    """``--config``, the fields of :class:`TrainOptions`, ``--clip-weights``, :class:`Hardware`'s, ``--threads``
+    and the table limits; the command receives ``config_name``, ``options``, ``hardware``, ``clip_weights``
+    and ``threads``."""
+    names = {cls: [f.name for f in fields(cls) if command_line_flag(f) is not None] for cls in (TrainOptions, Hardware)}
+
+    @functools.wraps(command)
+    def with_objects(*args, table_limits: TableLimits, **kwargs):
+        options = TrainOptions(**{name: kwargs.pop(name) for name in names[TrainOptions]}, table_limits=table_limits)
+        hardware = Hardware(**{name: kwargs.pop(name) for name in names[Hardware]})
+        return command(*args, options=options, hardware=hardware, **kwargs)
+
+    decorators = [
+        click.option("--config", "config_name", default="small", show_default=True,
+                     help="Config name (tiny, small, base) or JSON file."),
+        *_options_of(TrainOptions),
+        click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Local open_clip checkpoint (safetensors) used when the synthetic data's embeddings are "
+                          "built here."),
+        *_options_of(Hardware),
+        click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice]."),
+    ]
+    wrapped = table_limit_options(with_objects)
+    for decorator in reversed(decorators):
+        wrapped = decorator(wrapped)
+    return wrapped
+
+
 @click.command("train")
-@click.option("--config", "config_name", default="small", show_default=True,
-              help="Config name (tiny, small, base) or JSON file.")
-@click.option("--recipe", default=None,
-              help="Dataset recipe: monuseg, glas, mosmedplus, qata-cov19 (batch, lr, lambda_3, prompt; printed at "
-                   "the start and stored in the checkpoints) [default: the config's own settings].")
-@click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Dataset root in LViT's layout [default: the built-in synthetic dataset, generated into OUT/data].")
-@click.option("--embeddings", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Text embedding file from `mrdl embed-text` [default: the one beside --data; with the synthetic "
-                   "data, OUT/text_embeddings.safetensors, built with a random tower].")
-@click.option("--epochs", type=click.IntRange(min=0), default=None,
-              help="Epoch cap, a safety limit (early stopping is the real stop) [default: from the config]; with "
-                   "--resume it raises or lowers the saved cap.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Global batch of one optimizer step, split over processes and --accumulate [default: recipe/config].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Initial learning rate [default: recipe/config].")
-@click.option("--lr-period", type=click.IntRange(min=1), default=None,
-              help="Epochs of one cosine period of the learning-rate schedule [default: from the config].")
-@click.option("--kl-weight", type=float, default=None, help="lambda_3, the weight of L_KL [default: recipe/config].")
-@click.option("--ema-decay", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
-              help="Also keep an EMA of the weights with this decay cap (0 = none) [default: from the config].")
-@click.option("--select", type=click.Choice(["raw", "ema"]), default=None,
-              help="Which weights' Val Dice picks best.safetensors and stops early [default: from the config].")
-@click.option("--val-window", type=click.IntRange(min=1), default=None,
-              help="Pick the best checkpoint and stop early on the mean of the last N epochs' Val Dice "
-                   "[default: from the config; 1 = each epoch's own].")
-@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Split each process's share of a batch into this many micro-batches (same step, less memory).")
-@click.option("--source-mpp", type=click.FloatRange(min=0, max=1000, min_open=True), default=None,
-              help="Microns per pixel of the training images, recorded in the checkpoints for whole-slide inference "
-                   "[default: the recipe's (monuseg: 0.25), else unknown].")
-@click.option("--no-text", is_flag=True, help="Ablation: train without text features (lambda_3 = 0).")
-@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Local open_clip checkpoint (safetensors) used when the synthetic data's embeddings are built here.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/train"),
-              show_default=True, help="Run folder: checkpoints, resume.safetensors, metrics.csv, curves.png, run.json.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling and augmentation.")
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out exactly where it stopped (its saved settings win; --epochs may change "
-                   "the cap).")
-@click.option("--overwrite", is_flag=True,
-              help="Start from scratch in an --out that holds a run, replacing that run's files (others are kept).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Train on the CPU or on CUDA GPUs (one per process under torchrun: cuda:LOCAL_RANK, NCCL).")
-@click.option("--amp/--no-amp", default=True, show_default=True,
-              help="CUDA: mixed precision (bfloat16 where supported, else float16 with a gradient scaler).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-              help="CUDA: NHWC memory layout for images and conv weights.")
-@click.option("--sync-bn", is_flag=True, help="CUDA DDP: BatchNorm statistics over the global batch (SyncBatchNorm).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader worker processes [default: the config's num_workers].")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice].")
-@table_limit_options
-def train(config_name: str, recipe: str | None, data_root: Path | None, embeddings: Path | None, epochs: int | None,
-          batch_size: int | None, lr: float | None, lr_period: int | None, kl_weight: float | None,
-          ema_decay: float | None, select: str | None, val_window: int | None, accumulate: int, source_mpp: float | None,
-          no_text: bool, clip_weights: Path | None,
-          out_dir: Path, seed: int, resume: bool, overwrite: bool, device: str, amp: bool, channels_last: bool,
-          sync_bn: bool, workers: int | None, threads: int | None, table_limits: TableLimits) -> None:
+@train_options
+def train(config_name: str, options: TrainOptions, hardware: Hardware, clip_weights: Path | None,
+          threads: int | None) -> None:
     """Train MRDL on a dataset's Train split with early stopping on its Val split's Dice.
 
     An --out that already holds a run is refused unless --resume or --overwrite is given. Ctrl-C
@@ -83,25 +94,21 @@ def train(config_name: str, recipe: str | None, data_root: Path | None, embeddin
     and writes; a failing rank stops the job with a non-zero exit).
     """
     from mrdl.distributed import DistributedError, setup
-    from mrdl.train import Hardware
 
-    if resume and overwrite:
+    if options.resume and options.overwrite:
         raise click.UsageError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
-    if clip_weights is not None and data_root is not None:
+    if clip_weights is not None and options.data_root is not None:
         raise click.UsageError("--clip-weights only applies to the built-in synthetic data; for --data run "
                                "`mrdl embed-text DATA --clip-weights PATH` and pass --embeddings")
     try:
-        dist = setup(device)
+        dist = setup(hardware.device)
     except DistributedError as exc:
         raise click.ClickException(str(exc)) from exc
-    hardware = Hardware(device=device, amp=amp, channels_last=channels_last, workers=workers, sync_bn=sync_bn)
     echo = click.echo if dist.is_main else (lambda *args, **kwargs: None)
+    out_dir = options.out_dir
     try:
-        result = _train(config_name, data_root, embeddings, epochs=epochs, batch_size=batch_size, kl_weight=kl_weight,
-                        recipe=recipe, lr=lr, lr_period=lr_period, ema_decay=ema_decay, select=select,
-                        val_window=val_window, accumulate=accumulate, source_mpp=source_mpp, no_text=no_text, clip_weights=clip_weights, out_dir=out_dir, seed=seed,
-                        resume=resume, overwrite=overwrite, threads=threads, table_limits=table_limits,
-                        hardware=hardware, dist=dist, on_start=echo)
+        result = _train(config_name, options, clip_weights=clip_weights, threads=threads, hardware=hardware,
+                        dist=dist, on_start=echo)
     except KeyboardInterrupt:
         _stop_interrupted(out_dir, dist.is_main)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
@@ -110,18 +117,19 @@ def train(config_name: str, recipe: str | None, data_root: Path | None, embeddin
         _stop_interrupted(out_dir, dist.is_main)
     dist.close()
     if result.stopped_early:
-        echo(f"early stop after epoch {result.epochs_completed} (no Val Dice gain for the patience window)")
+        echo(f"early stop after epoch {result.epochs_completed} (no Val Dice gain above min_delta for the patience "
+             "window)")
     if result.epochs_completed == 0:
         echo(f"no epoch completed; the initial state is saved in {out_dir}")
         return
     echo(f"best Val Dice {result.best_val_dice:.4f} at epoch {result.best_epoch}; "
-         f"best: {result.best_checkpoint}; last: {result.last_checkpoint}; {result.wall_seconds:.0f} s; "
+         f"best: {result.best_checkpoint}; last: {result.last_checkpoint}; {result.wall_seconds:.0f} s "
+         f"({result.seconds_to_best:.0f} s of epochs to the best, {result.seconds_after_best:.0f} s after it); "
          f"{result.samples_per_s:.2f} training samples/s")
 
 
-def _train(config_name: str, data_root: Path | None, embeddings: Path | None, *, no_text: bool,
-           clip_weights: Path | None, out_dir: Path, seed: int, resume: bool, overwrite: bool, threads: int | None,
-           dist, **overrides):
+def _train(config_name: str, options: TrainOptions, *, clip_weights: Path | None, threads: int | None, dist,
+           **run):
     """Prepare the data the options name (the synthetic set by default) and run :func:`mrdl.train.train_model`.
 
     Under torchrun rank 0 checks the folder and writes the synthetic data while the others wait.
@@ -131,21 +139,21 @@ def _train(config_name: str, data_root: Path | None, embeddings: Path | None, *,
     from mrdl.config import load_config
     from mrdl.data.embeddings import compute_embeddings, default_embeddings_path
     from mrdl.recipes import apply_recipe, get_recipe
-    from mrdl.train import check_run_folder, prepare_synthetic_data, train_model
+    from mrdl.run_folder import check_run_folder
+    from mrdl.train import prepare_synthetic_data, train_model
 
     if threads is not None:
         torch.set_num_threads(threads)
     config = load_config(config_name)
-    recipe = get_recipe(overrides["recipe"]) if overrides.get("recipe") and not resume else None
-    if not resume and dist.is_main:
-        check_run_folder(out_dir, overwrite=overwrite)  # before the synthetic data is written there
+    out_dir, data_root, embeddings = options.out_dir, options.data_root, options.embeddings
+    recipe = get_recipe(options.recipe) if options.recipe and not options.resume else None
+    if not options.resume and dist.is_main:
+        check_run_folder(out_dir, overwrite=options.overwrite)  # before the synthetic data is written there
     with loud_random_tower_warnings():
-        if resume:
-            data_root = embeddings = Path()
-        elif data_root is None:
+        if not options.resume and data_root is None:
             if dist.is_main:
                 out_dir.mkdir(parents=True, exist_ok=True)
-                prepare_synthetic_data(out_dir, apply_recipe(config, recipe), seed=seed)
+                prepare_synthetic_data(out_dir, apply_recipe(config, recipe), seed=options.seed)
             dist.barrier()
             data_root, default_embeddings = out_dir / "data", out_dir / "text_embeddings.safetensors"
             if embeddings is None and clip_weights is not None:
@@ -155,11 +163,10 @@ def _train(config_name: str, data_root: Path | None, embeddings: Path | None, *,
                                        clip_weights=clip_weights)
                 dist.barrier()
             embeddings = embeddings or default_embeddings
-        elif embeddings is None:
+        elif not options.resume and embeddings is None:
             embeddings = default_embeddings_path(data_root, config)
-        return train_model(config=config, data_root=data_root, embeddings_path=embeddings, out_dir=out_dir,
-                           seed=seed, use_text=not no_text, resume=resume, overwrite=overwrite, dist=dist,
-                           **overrides)
+        options = dataclasses.replace(options, data_root=data_root, embeddings=embeddings)
+        return train_model(options, config=config, dist=dist, **run)
 
 
 def _stop_interrupted(out_dir: Path, main_rank: bool = True) -> NoReturn:

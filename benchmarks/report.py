@@ -261,7 +261,7 @@ def plot_chart(report: BenchReport, path: Path) -> None:
 
 def write_report(report: BenchReport, out_dir: Path) -> dict[str, str]:
     """Write bench.json, bench.md and bench.png into ``out_dir``, each atomically; return their paths."""
-    from mrdl.checkpoint import atomic_path
+    from mrdl_runtime.atomic import atomic_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

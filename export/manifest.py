@@ -17,10 +17,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from mrdl_runtime.atomic import atomic_path
 from mrdl_runtime.manifest import (FORMAT, MANIFEST_NAME, MAX_SOURCE_MPP, MAX_SOURCE_SIDE, METADATA_KEY, ManifestError, artifact_record,
                                    parse_manifest)
 
-from .options import ExportError
+from .errors import ExportError
 
 
 def input_specs(config) -> list[dict[str, Any]]:
@@ -144,8 +145,6 @@ def manifest_json(manifest: dict[str, Any]) -> str:
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
     """Write ``model.json`` atomically."""
-    from mrdl.checkpoint import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(manifest_json(manifest))
@@ -159,8 +158,6 @@ def embed_manifest(onnx_path: str | Path, manifest: dict[str, Any], *, precision
     its own hash. ``export_id`` is the same as in ``model.json``.
     """
     import onnx
-
-    from mrdl.checkpoint import atomic_path
 
     onnx_path = Path(onnx_path)
     model = onnx.load(str(onnx_path))

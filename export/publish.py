@@ -22,15 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from mrdl_runtime.atomic import is_temporary_name
 from mrdl_runtime.manifest import (ARTIFACT_FILES, ARTIFACT_NAME_PATTERN, FORMAT, MANIFEST_NAME, MAX_MANIFEST_BYTES,
                                    ManifestError, parse_json)
 
-from .options import ExportError
+from .errors import ExportError
 
 DEPLOY_FORMAT_PREFIX = FORMAT.rsplit("/", 1)[0] + "/"  # "mrdl-deploy/": a deploy directory of any version
 KNOWN_FILES = frozenset([MANIFEST_NAME, *ARTIFACT_FILES.values()])
-# atomic_path's temporary name for a file being written: ".<name>.<random>.tmp"
-ATOMIC_TEMP = re.compile(r"\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp")
 
 
 def temp_folder(out_dir: Path, kind: str, pid: int | None = None) -> Path:
@@ -64,9 +63,8 @@ def foreign_entries(folder: Path, *, temporary: bool = False) -> list[str]:
     allowed = KNOWN_FILES | (_listed_files(folder) or set())
     foreign = []
     for entry in sorted(folder.iterdir()):
-        match = ATOMIC_TEMP.fullmatch(entry.name) if temporary else None
-        name = match["name"] if match else entry.name
-        if entry.is_symlink() or not entry.is_file() or name not in allowed:
+        being_written = temporary and is_temporary_name(entry.name)  # atomic_path's ".<8 hex>.tmp"
+        if entry.is_symlink() or not entry.is_file() or not (being_written or entry.name in allowed):
             foreign.append(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
     return foreign
 

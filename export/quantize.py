@@ -300,7 +300,7 @@ def save_model(model, out_path: Path) -> Path:
     """Write ``model`` to ``out_path`` atomically, weights inside the file."""
     import onnx
 
-    from mrdl.checkpoint import atomic_path
+    from mrdl_runtime.atomic import atomic_path
 
     with atomic_path(out_path) as tmp:
         onnx.save_model(model, str(tmp), save_as_external_data=False)

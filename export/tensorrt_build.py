@@ -121,7 +121,7 @@ def build_engine(onnx_path: Path, engine_path: Path, inputs: dict[str, tuple[int
     ``inputs``: input name -> shape without batch. ``trt``/``gpu`` default to the real module and
     device (tests pass stand-ins). Raises :class:`TensorRTUnavailable` without TensorRT or a GPU.
     """
-    from mrdl.checkpoint import atomic_path
+    from mrdl_runtime.atomic import atomic_path
 
     options.validate()
     trt = trt if trt is not None else load_tensorrt()

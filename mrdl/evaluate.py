@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_path, load_checkpoint
+from mrdl_runtime.atomic import atomic_path
+
+from .checkpoint import load_checkpoint
 from .data.dataset import SegmentationDataset
 from .metrics import dice_iou_per_image, predict_mask
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import atomic_path
+from mrdl_runtime.atomic import atomic_path
 
 GT_COLOUR = np.array([0, 200, 0], dtype=np.float32)
 PRED_COLOUR = np.array([0, 230, 255], dtype=np.float32)  # cyan: visible on pink and purple stains

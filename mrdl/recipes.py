@@ -73,16 +73,6 @@ def apply_recipe(config: MRDLConfig, recipe: Recipe | None) -> MRDLConfig:
         loss=dataclasses.replace(config.loss, kl_weight=recipe.kl_weight))
 
 
-def check_source_mpp(value: float | None, *, where: str = "source_mpp") -> float | None:
-    """``value`` as a float in (0, 1000] microns per pixel, or None; else ValueError naming the expected range."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1000.0:
-        raise ValueError(f"{where} is {value!r}; expected the training images' resolution in microns per pixel, "
-                         "a number in (0, 1000] (MoNuSeg at 40x: 0.25)")
-    return float(value)
-
-
 def describe(recipe: Recipe | None, config: MRDLConfig) -> str:
     """One line for the start of a run: the recipe and the settings the run really uses."""
     head = f"recipe {recipe.name} ({recipe.dataset})" if recipe is not None else f"no recipe (config {config.name}'s own settings)"
@@ -90,4 +80,12 @@ def describe(recipe: Recipe | None, config: MRDLConfig) -> str:
     period = t.lr_period or t.epochs
     return (f"{head}: batch {t.batch_size}, lr {t.lr:g}, lambda_3 {config.loss.kl_weight:g}, "
             f"prompt {config.model.prompt!r}; schedule {t.lr_schedule} period {period} epochs, min lr {t.min_lr:g}; "
-            f"early stop after {t.patience} epochs without a Val gain, epoch cap {t.epochs}")
+            f"early stop after {t.patience} epochs without a Val gain{_above(t)}, epoch cap {t.epochs}")
+
+
+def _above(train) -> str:
+    """The clause of a non-zero min_delta: ' above 0.001' (absolute) or ' above 0.5% of the best' (relative)."""
+    if not train.min_delta:
+        return ""
+    return f" above {train.min_delta:g}" if train.min_delta_mode == "absolute" else \
+        f" above {100 * train.min_delta:g}% of the best"

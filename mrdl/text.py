@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
+from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.manifest import file_sha256
 
-from .checkpoint import shape_mismatches
+from .tagged_file import shape_mismatches
 from .config import TextTowerConfig
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ HUB_SAFETENSORS = "open_clip_model.safetensors"  # the safetensors file open_cli
 CONNECT_TIMEOUT_S = 3.0
 
 
-class TextWeightsUnavailable(RuntimeError):
+class TextWeightsUnavailable(MrdlError, RuntimeError):
     """The text tower's pretrained weights are neither in a local file nor obtainable from the hub."""
 
 

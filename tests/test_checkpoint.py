@@ -63,15 +63,3 @@ def test_phase_override_keeps_weights(tiny_model, tmp_path):
     with torch.no_grad():
         a, b = tiny_model.eval()(x).logits, model.eval()(x).logits
     assert torch.allclose(a, b, atol=1e-4)
-
-
-def test_atomic_writes_get_ordinary_permissions(tmp_path):
-    import os
-
-    from mrdl.checkpoint import atomic_path
-
-    with atomic_path(tmp_path / "a.txt") as tmp:
-        tmp.write_text("x")
-    umask = os.umask(0)
-    os.umask(umask)
-    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -24,7 +24,7 @@ from mrdl.data.embeddings import compute_embeddings, load_embeddings
 from mrdl.model import create_model
 from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.resume import RESUME, ResumeError, read_train_metadata
-from mrdl.train import train_model
+from helpers.training import resume_run, train_run
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -118,9 +118,9 @@ def test_two_processes_compute_the_single_process_update(tmp_path: Path, tiny_co
     per micro-batch; they only affect eval mode.
     """
     run, logs, output = two_process_run
-    root, embeddings = data
-    single = train_model(config=tiny_config, data_root=root, embeddings_path=embeddings, out_dir=tmp_path / "single",
-                         epochs=EPOCHS, lr_period=EPOCHS, batch_size=4, accumulate=2, seed=5, progress=False)
+    _, embeddings = data
+    single = train_run(tiny_config, data, tmp_path / "single", epochs=EPOCHS, lr_period=EPOCHS, batch_size=4,
+                       accumulate=2, seed=5)
     assert single.epochs_completed == EPOCHS and single.history[-1]["step"] == 2 * EPOCHS
     ddp, one = _parameters(run / "last.safetensors"), _parameters(single.last_checkpoint)
     assert ddp.keys() == one.keys()
@@ -186,20 +186,14 @@ def test_cuda_mixed_precision_run_trains_and_resumes(tmp_path: Path, tiny_config
     from mrdl.distributed import setup
     from mrdl.train import Hardware
 
-    root, embeddings = data
     hardware = Hardware(device="cuda", workers=2)
-    kwargs = dict(config=tiny_config, data_root=root, embeddings_path=embeddings, batch_size=4, seed=1,
-                  hardware=hardware, dist=setup("cuda"), progress=False, lr_period=3)
+    kwargs = dict(batch_size=4, seed=1, hardware=hardware, dist=setup("cuda"), lr_period=3)
     lines: list[str] = []
-    straight = train_model(out_dir=tmp_path / "straight", epochs=3, on_start=lines.append, **kwargs)
+    straight = train_run(tiny_config, data, tmp_path / "straight", epochs=3, on_start=lines.append, **kwargs)
     assert straight.epochs_completed == 3 and straight.samples_per_s > 0
     assert "cuda:0, " in lines[0] and ("bfloat16" in lines[0] or "float16" in lines[0])
-    capped = train_model(out_dir=tmp_path / "resumed", epochs=1, **kwargs)
+    capped = train_run(tiny_config, data, tmp_path / "resumed", epochs=1, **kwargs)
     assert capped.epochs_completed == 1
-    resumed = train_model(out_dir=tmp_path / "resumed", resume=True, epochs=3, **{k: v for k, v in kwargs.items()
-                                                                                  if k in ("config", "data_root",
-                                                                                           "embeddings_path",
-                                                                                           "hardware", "dist",
-                                                                                           "progress")})
+    resumed = resume_run(tmp_path / "resumed", epochs=3, hardware=hardware, dist=kwargs["dist"])
     a, b = read_checkpoint(straight.last_checkpoint).state_dict, read_checkpoint(resumed.last_checkpoint).state_dict
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)  # cuDNN may pick other kernels

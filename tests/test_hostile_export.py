@@ -220,7 +220,7 @@ def test_leftovers_are_removed_only_when_dead_and_all_ours(tmp_path):
         for folder in folders.values():
             folder.mkdir()
             (folder / "model.onnx").write_bytes(b"onnx")
-        (folders["dead_partial"] / ".model.int8.onnx.k2j4_x9.tmp").write_bytes(b"half")
+        (folders["dead_partial"] / ".0a1b2c3d.tmp").write_bytes(b"half")  # atomic_path's temporary name
         (folders["dead_old"] / "model.json").write_text(json.dumps({
             "format": "mrdl-deploy/2", "artifacts": {"fp32": {"file": "custom.onnx", "precision": "fp32"}}}))
         (folders["dead_old"] / "custom.onnx").write_bytes(b"listed by its model.json")

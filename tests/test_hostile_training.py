@@ -27,12 +27,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mrdl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_digest
+from helpers.training import resume_run, train_run
+from mrdl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mrdl_apps.cli import main
 from mrdl.data.embeddings import compute_embeddings
 from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.resume import LEGACY_STATE, RESUME, ResumeError, read_train_metadata
-from mrdl.train import RUN_FILES, RunExistsError, train_model
+from mrdl.run_folder import RUN_FILES, RunExistsError
+from mrdl.tagged_file import tensors_digest
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -48,13 +50,11 @@ def data(tmp_path_factory, tiny_config) -> tuple[Path, Path]:
 
 
 def _train(tiny_config, data, out: Path, **kwargs):
-    root, embeddings = data
-    return train_model(config=tiny_config, data_root=root, embeddings_path=embeddings, out_dir=out, progress=False,
-                       **kwargs)
+    return train_run(tiny_config, data, out, **kwargs)
 
 
 def _resume(out: Path):
-    return train_model(config=None, data_root="", embeddings_path="", out_dir=out, resume=True, progress=False)
+    return resume_run(out)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

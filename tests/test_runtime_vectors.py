@@ -167,7 +167,7 @@ def vectors_dir(tmp_path) -> Path:
 
 
 def _write_json(doc: dict, path: Path) -> None:
-    from mrdl.checkpoint import atomic_path
+    from mrdl_runtime.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")

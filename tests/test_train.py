@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from mrdl_apps.cli import main
 from mrdl.data.embeddings import compute_embeddings
 from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.resume import RESUME, ResumeError
-from mrdl.train import train_model
+from helpers.training import resume_run, train_run
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -32,9 +33,7 @@ def small_data(tmp_path_factory, tiny_config) -> tuple[Path, Path]:
 
 
 def _train(tiny_config, data, out: Path, **kwargs):
-    root, embeddings = data
-    return train_model(config=tiny_config, data_root=root, embeddings_path=embeddings, out_dir=out,
-                       progress=False, **kwargs)
+    return train_run(tiny_config, data, out, **kwargs)
 
 
 def test_validation_dice_rises(tmp_path: Path, tiny_config):
@@ -65,8 +64,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, tiny_config, small_data
 
     stopped = _train(tiny_config, small_data, tmp_path / "resumed", epochs=3, seed=3, on_epoch_end=interrupt_after_first)
     assert stopped.interrupted and stopped.epochs_completed == 1
-    resumed = train_model(config=tiny_config, data_root="ignored", embeddings_path="ignored",
-                          out_dir=tmp_path / "resumed", resume=True, progress=False)
+    resumed = resume_run(tmp_path / "resumed")
     assert resumed.epochs_completed == 3
     a = read_checkpoint(straight.last_checkpoint).state_dict
     b = read_checkpoint(resumed.last_checkpoint).state_dict
@@ -87,21 +85,20 @@ def test_same_seed_same_weights_and_no_text(tmp_path: Path, tiny_config, small_d
 
 def test_resume_refuses_a_missing_or_damaged_state(tmp_path: Path, tiny_config, small_data):
     with pytest.raises(ResumeError, match=f"cannot resume {tmp_path}: expected {RESUME} there"):
-        train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=tmp_path, resume=True)
+        resume_run(tmp_path)
     run = _train(tiny_config, small_data, tmp_path / "run", epochs=1)
     model, _ = load_checkpoint(run.last_checkpoint)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     save_checkpoint(run.last_checkpoint, model)  # resume reads resume.safetensors alone: this does not matter
-    resumed = train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=run.out_dir, resume=True,
-                          progress=False)
+    resumed = resume_run(run.out_dir)
     assert resumed.epochs_completed == 1 and not resumed.interrupted
     state = run.out_dir / RESUME
     data = bytearray(state.read_bytes())
     data[-3] ^= 0xFF
     state.write_bytes(bytes(data))
     with pytest.raises(ResumeError, match="resume.safetensors is corrupt"):
-        train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=run.out_dir, resume=True)
+        resume_run(run.out_dir)
 
 
 def test_source_mpp_from_the_recipe_or_the_option_is_in_the_provenance(tmp_path: Path, tiny_config, small_data):
@@ -112,11 +109,10 @@ def test_source_mpp_from_the_recipe_or_the_option_is_in_the_provenance(tmp_path:
     assert read_checkpoint(recipe.last_checkpoint).provenance["source_mpp"] == 0.25
     given = _train(tiny_config, small_data, tmp_path / "given", epochs=1, recipe="monuseg", source_mpp=0.5)
     assert read_checkpoint(given.best_checkpoint).provenance["source_mpp"] == 0.5  # the option wins over the recipe
-    resumed = train_model(config=tiny_config, data_root="x", embeddings_path="x", out_dir=given.out_dir, resume=True,
-                          epochs=2, progress=False)
+    resumed = resume_run(given.out_dir, epochs=2)
     assert read_checkpoint(resumed.last_checkpoint).provenance["source_mpp"] == 0.5  # kept in the run's settings
     for bad in (0.0, -1.0, float("nan"), "0.25"):
-        with pytest.raises(ValueError, match=r"expected the training images' resolution in microns per pixel"):
+        with pytest.raises(ValueError, match=r"source_mpp is .*; expected a number in \(0, 1000\]"):
             _train(tiny_config, small_data, tmp_path / "bad", epochs=1, source_mpp=bad)
 
 
@@ -134,6 +130,7 @@ def test_cli_trains_on_builtin_synthetic_data(tmp_path: Path):
     result = runner.invoke(main, ["train", "--config", "tiny", "--epochs", "1", "--out", str(out), "--batch-size", "8"])
     assert result.exit_code == 0, result.output
     assert "RANDOMLY INITIALISED" in result.output and "best Val Dice" in result.output
+    assert re.search(r"\(\d+ s of epochs to the best, 0 s after it\)", result.output), result.output
     assert (out / "data" / "Train_Folder" / "img").is_dir() and (out / "last.safetensors").is_file()
     assert read_checkpoint(out / "last.safetensors").config.train.batch_size == 8
     clobber = runner.invoke(main, ["train", "--config", "tiny", "--epochs", "1", "--out", str(out)])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from mrdl.data.synthetic import write_synthetic_dataset
 from mrdl.distributed import DistributedError
 from mrdl.ema import WeightEMA
 from mrdl.recipes import RECIPES, apply_recipe
-from mrdl.train import train_model
+from helpers.training import resume_run, train_run
 from mrdl_apps.cli import main
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mrdl.text.RandomTextTowerWarning"),
@@ -30,14 +32,11 @@ def data(tmp_path_factory, tiny_config) -> tuple[Path, Path]:
 
 
 def _train(tiny_config, data, out: Path, **kwargs):
-    root, embeddings = data
-    return train_model(config=tiny_config, data_root=root, embeddings_path=embeddings, out_dir=out, progress=False,
-                       seed=2, **kwargs)
+    return train_run(tiny_config, data, out, seed=2, **kwargs)
 
 
 def _resume(out: Path, **kwargs):
-    return train_model(config=None, data_root="", embeddings_path="", out_dir=out, resume=True, progress=False,
-                       **kwargs)
+    return resume_run(out, **kwargs)
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -143,3 +142,67 @@ def test_selecting_on_an_ema_longer_than_the_run_warns(tmp_path: Path, tiny_conf
     with warnings.catch_warnings():
         warnings.simplefilter("error", ShortEmaRunWarning)
         _train(tiny_config, data, tmp_path / "raw", epochs=1, ema_decay=0.999, select="raw")
+
+
+def test_real_gain_absolute_and_relative_min_delta(tiny_config):
+    from mrdl.train import real_gain
+
+    train = tiny_config.train
+    absolute = dataclasses.replace(train, min_delta=0.01)
+    relative = dataclasses.replace(train, min_delta=0.02, min_delta_mode="relative")
+    assert real_gain(0.0, None, absolute)  # the first score always counts
+    assert real_gain(0.50001, 0.5, train) and not real_gain(0.5, 0.5, train)  # min_delta 0: any increase
+    assert not real_gain(0.509, 0.5, absolute) and real_gain(0.511, 0.5, absolute)
+    assert not real_gain(0.509, 0.5, relative) and real_gain(0.511, 0.5, relative)  # 2% of 0.5 = 0.01
+    with pytest.raises(ValueError, match="min_delta must be a finite number >= 0"):
+        dataclasses.replace(train, min_delta=-0.1).validate()
+
+
+def _scripted_validation(monkeypatch, scores: list[float]) -> None:
+    """Make each epoch's Val Dice the next of ``scores`` (IoU = Dice / 2), to test the stopping rule exactly."""
+    import mrdl.train
+
+    remaining = iter(scores)
+
+    def validate(model, dataset, engine, batch_size):
+        score = next(remaining)
+        return score, score / 2
+
+    monkeypatch.setattr(mrdl.train, "validate", validate)
+
+
+@pytest.mark.parametrize("mode, min_delta", [("absolute", 0.001), ("relative", 0.002)])
+def test_a_gain_below_min_delta_does_not_restart_patience(tmp_path: Path, tiny_config, data, monkeypatch, mode,
+                                                          min_delta):
+    creeping = [0.5, 0.5004, 0.5008, 0.5012, 0.5016]  # +0.0004 per epoch: below 0.001 (and 0.2% of 0.5)
+    _scripted_validation(monkeypatch, creeping)
+    without = _train(tiny_config, data, tmp_path / "any", epochs=5, patience=2)
+    assert without.epochs_completed == 5 and not without.stopped_early  # each creep restarted the patience count
+    _scripted_validation(monkeypatch, creeping)
+    stopped = _train(tiny_config, data, tmp_path / "creep", epochs=5, patience=2, min_delta=min_delta,
+                     min_delta_mode=mode)
+    assert stopped.epochs_completed == 3 and stopped.stopped_early  # epochs 2 and 3 gained too little
+    assert stopped.best_epoch == 3 and stopped.best_val_dice == 0.5008  # the best checkpoint still follows any gain
+    assert read_checkpoint(stopped.best_checkpoint).provenance["epoch"] == 3
+    _scripted_validation(monkeypatch, [0.5, 0.5004, 0.502, 0.5024, 0.5028, 0.5032])
+    regained = _train(tiny_config, data, tmp_path / "gain", epochs=6, patience=2, min_delta=min_delta,
+                      min_delta_mode=mode)
+    assert regained.epochs_completed == 5 and regained.stopped_early  # epoch 3's real gain restarted the count
+    assert read_checkpoint(regained.last_checkpoint).config.train.min_delta == min_delta
+
+
+def test_run_reports_the_time_to_the_best_epoch_and_after_it(tmp_path: Path, tiny_config, data, monkeypatch):
+    _scripted_validation(monkeypatch, [0.5, 0.6, 0.55, 0.55])
+
+    def stop_after_first(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    assert _train(tiny_config, data, tmp_path / "run", epochs=4, on_epoch_end=stop_after_first).interrupted
+    result = _resume(tmp_path / "run")  # the timings add up over both invocations
+    assert result.epochs_completed == 4 and result.best_epoch == 2
+    seconds = [row["seconds"] for row in result.history]
+    assert result.seconds_to_best >= sum(seconds[:2]) and result.seconds_after_best >= sum(seconds[2:]) > 0
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["seconds_to_best"] == pytest.approx(result.seconds_to_best)
+    assert summary["seconds_after_best"] == pytest.approx(result.seconds_after_best)

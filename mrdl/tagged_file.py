@@ -1,0 +1,76 @@
+"""Tagged safetensors files: the one format helper behind checkpoints, resumable state and text embeddings.
+
+A tagged file is a safetensors file whose header metadata names its kind in ``mrdl.format`` and,
+for files written here, records ``mrdl.tensors_sha256`` (:func:`tensors_digest`, over every
+tensor's name, dtype, shape and bytes), so a truncated or bit-flipped file is refused with a
+message naming the problem. The other ``mrdl.*`` metadata entries are the caller's (JSON strings).
+Files are written through :func:`mrdl_runtime.atomic.atomic_path`; nothing here can unpickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mrdl_runtime.atomic import atomic_path
+
+FORMAT_KEY = "mrdl.format"
+DIGEST_KEY = "mrdl.tensors_sha256"
+
+
+def tensors_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def shape_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:
+    """One line per tensor present in both whose shapes differ: name, expected and found shape."""
+    return [f"tensor {name!r} has shape {tuple(given[name].shape)}, expected {tuple(tensor.shape)}"
+            for name, tensor in expected.items() if name in given and given[name].shape != tensor.shape]
+
+
+def write_tagged(path: str | Path, tensors: dict[str, torch.Tensor], *, file_format: str,
+                 metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` (moved to the CPU, contiguous) with ``metadata``, the format tag and the digest, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    header = {**metadata, FORMAT_KEY: file_format, DIGEST_KEY: tensors_digest(tensors)}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return path
+
+
+def read_tagged(path: str | Path, *, file_format: str, kind: str, error: Callable[[str], Exception],
+                tensors: bool = True, require_digest: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and (``tensors=True``) the verified tensors of a tagged file of format ``file_format``.
+
+    Raises ``error(message)`` for a file safetensors cannot read (missing, truncated, not safetensors), another format (the
+    message names ``kind``, e.g. "an mrdl checkpoint") or tensors that do not match the recorded
+    digest. ``require_digest=False`` accepts a file without a digest (written before it was recorded).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:  # one open: metadata and tensors
+            metadata = handle.metadata() or {}
+            found = metadata.get(FORMAT_KEY)
+            state = {name: handle.get_tensor(name) for name in handle.keys()} if tensors and found == file_format else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise error(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
+    if found != file_format:
+        raise error(f"{path} is not {kind} (format {found!r}, expected {file_format!r})")
+    recorded = metadata.get(DIGEST_KEY)
+    if tensors and (recorded is not None or require_digest) and tensors_digest(state) != recorded:
+        raise error(f"{path} is corrupt: its tensors do not match the digest recorded when it was written")
+    return metadata, state

@@ -1,0 +1,60 @@
+"""Atomic file writes: the one helper every layer writes its files through.
+
+:func:`atomic_path` yields a temporary path in the target's folder; the caller writes the whole
+file there, and only when the block ends without an exception is the file flushed to disk and
+renamed onto the target (``os.replace``: readers see the old file or the new one, never a part).
+On an exception the temporary file is removed and the target is left as it was.
+
+The temporary name is short and fixed in length, ``.<8 hex digits>.tmp`` (:data:`TEMPORARY_NAME`),
+not the target's name plus a suffix, so any legal target name works, even one of 255 bytes.
+Checkpoints, resumable training state, exports, predict outputs and the ONNX Runtime cache all
+write through it; code that cleans up after a killed write recognises leftovers with
+:func:`is_temporary_name`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+TEMPORARY_NAME = re.compile(r"\.[0-9a-f]{8}\.tmp")  # what atomic_path names its temporary files
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` (a file name, no folder) is one of :func:`atomic_path`'s temporary names."""
+    return TEMPORARY_NAME.fullmatch(name) is not None
+
+
+def _create_temporary(folder: Path, mode: int) -> Path:
+    """Create a new empty file ``.<8 hex>.tmp`` in ``folder`` (exclusively: never an existing file)."""
+    while True:
+        candidate = folder / f".{secrets.token_hex(4)}.tmp"
+        try:
+            descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            continue
+        os.close(descriptor)
+        return candidate
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; fsync it and rename it onto ``path`` only if the block succeeds.
+
+    The file is created with ``mode`` less the umask, as ``open(path, "w")`` does for 0o666 (pass
+    0o600 for a private file). Missing parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _create_temporary(path.parent, mode)
+    try:
+        yield temporary
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
