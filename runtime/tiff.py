@@ -9,7 +9,7 @@ unsigned, 16-bit and float min-is-white uninverted, un-premultiplies associated 
 YCbCr, CMYK and CIELab by its own formulas.
 
 So the first image's tags are read first (:func:`read_tags`, no pixel data) and the layout is
-accepted or refused exactly as the C++ reader (runtime/cpp/examples/tiff_io.cpp) does, in its words
+accepted or refused exactly as the C++ reader (runtime/cpp/src/imageio/tiff.cpp) does, in its words
 (:func:`check_layout`). Every accepted layout of 8 bits or more but palette and JPEG is then decoded
 here (:func:`read_samples`) as the C++ reader does it: libtiff (through Pillow, on an 8-bit gray
 TIFF made of the file's strips or tiles) or zlib only decompresses, and this module places the

@@ -105,7 +105,7 @@ def _samples(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator) 
 
 
 def _cpp_refusal(photometric: int, dtype: np.dtype, extra: tuple[int, ...]) -> str | None:
-    """The C++ reader's refusal (a fragment of its message) for a layout, from runtime/cpp/examples/tiff_io.cpp."""
+    """The C++ reader's refusal (a fragment of its message) for a layout, from runtime/cpp/src/imageio/tiff.cpp."""
     if extra[:1] == (1,):
         return "associated (premultiplied) alpha"
     if dtype.kind == "i" and dtype.itemsize == 1:

@@ -5,7 +5,7 @@
 
 Each case is a file and what both readers must do with it: decode it to ``expected`` (raw HxWx3
 uint8 RGB beside it) or refuse it with an error containing ``error`` (the same words in Python's
-``mrdl_runtime.imaging.read_image`` and C++'s ``tiff::read_rgb``). ``make_test_data.py`` writes
+``mrdl_runtime.imaging.read_image`` and C++'s ``mrdl::imageio::read_tiff``). ``make_test_data.py`` writes
 them under the ``hostile_tiff`` key of the C++ test data's index.json; ``tests/test_hostile_tiff.py``
 checks Python against them. The files are written byte by byte here (no library), so they hold
 exactly the offsets and byte counts named below, including the ones no writer would produce.
