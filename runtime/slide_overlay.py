@@ -1,7 +1,7 @@
 """A picture of a whole-slide result: the slide's thumbnail with its mask tinted in, and a detail.
 
-Reads the slide's coarsest pyramid level through tiffslide (in row bands, subsampled to at most
-``side`` pixels) and the mask OME-TIFF's coarsest level through tifffile (class index per pixel),
+Reads the slide through tiffslide from the coarsest pyramid level that still has ``side`` pixels (in
+row bands, subsampled to at most ``side``) and the mask OME-TIFF's level chosen alike through tifffile,
 tints each class in as ``mrdl predict``'s overlays do (:func:`mrdl_runtime.files.tint`), and puts
 beside it a full-resolution detail: a ``detail`` pixel square of the mask grid around the densest
 part of the mask (or a given centre), where single objects are visible. Nothing larger than one
@@ -18,7 +18,7 @@ from PIL import Image
 
 from .files import tint, write_png
 
-BAND_ROWS = 512  # rows of the coarsest slide level read at a time
+BAND_ROWS = 512  # rows of the thumbnail's slide level read at a time
 GAP = 8  # white pixels between the thumbnail and the detail
 
 
@@ -30,9 +30,16 @@ def _tiffslide():
     return tiffslide
 
 
-def _coarsest_slide_level(slide, side: int) -> np.ndarray:
-    """The slide's coarsest level as RGB, every ``step``-th pixel so its longer side is at most ``side``."""
-    level = slide.level_count - 1
+def _level_for(sizes: list[tuple[int, int]], side: int) -> int:
+    """The coarsest level whose longer side still reaches ``side`` (level 0 when none does)."""
+    reaching = [index for index, size in enumerate(sizes) if max(size) >= side]
+    return reaching[-1] if reaching else 0
+
+
+def _slide_thumbnail(slide, side: int) -> np.ndarray:
+    """The slide as RGB from the level nearest above ``side``, every ``step``-th pixel so that its longer
+    side is at most ``side``; read in bands of rows."""
+    level = _level_for(list(slide.level_dimensions), side)
     width, height = slide.level_dimensions[level]
     step = max(1, math.ceil(max(width, height) / side))
     downsample = slide.level_downsamples[level]
@@ -44,16 +51,19 @@ def _coarsest_slide_level(slide, side: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(parts))
 
 
-def _coarsest_mask_level(mask_path: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """The mask's coarsest pyramid level (h, w) uint8 and the size (height, width) of its level 0."""
+def _mask_overview(mask_path: Path, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The mask's pyramid level nearest above ``side`` (h, w) uint8, and the (height, width) of its level 0."""
     import tifffile
 
     with tifffile.TiffFile(mask_path) as tif:
         levels = tif.series[0].levels
-        full, coarse = levels[0].shape, levels[-1].asarray()
-    if coarse.ndim != 2 or coarse.dtype != np.uint8:
-        raise ValueError(f"{mask_path}: expected a one-plane uint8 class-index mask, got {coarse.shape} {coarse.dtype}")
-    return coarse, full[-2:]
+        full = levels[0].shape
+        level = _level_for([shape[-2:] for shape in (lv.shape for lv in levels)], side)
+        overview = levels[level].asarray()
+    if overview.ndim != 2 or overview.dtype != np.uint8:
+        raise ValueError(f"{mask_path}: expected a one-plane uint8 class-index mask, got {overview.shape} "
+                         f"{overview.dtype}")
+    return overview, full[-2:]
 
 
 def _densest_centre(coarse: np.ndarray, window: int) -> tuple[int, int]:
@@ -71,9 +81,9 @@ def overlay_images(slide_path: str | Path, mask_path: str | Path, *, side: int =
     (row, column) of the mask grid (default: the densest part of the mask). ``detail=0``: no detail."""
     tiffslide = _tiffslide()
     mask_path = Path(mask_path)
-    coarse, (mask_height, mask_width) = _coarsest_mask_level(mask_path)
+    coarse, (mask_height, mask_width) = _mask_overview(mask_path, side)
     with tiffslide.TiffSlide(slide_path) as slide:
-        thumbnail = _coarsest_slide_level(slide, side)
+        thumbnail = _slide_thumbnail(slide, side)
         slide_width, slide_height = slide.dimensions
         if detail:
             if centre is None:

@@ -26,8 +26,8 @@ def write_mask(path, mask: np.ndarray) -> None:
 def slide_and_truth(tmp_path_factory):
     folder = tmp_path_factory.mktemp("overlay")
     slide = build_synthetic_slide(folder / "slide.ome.tif", SlideOptions(
-        width=2048, height=1536, crop=512, tissue_fraction=0.4, kind="ome-tiff", compression="zlib", seed=1,
-        max_levels=2))  # the coarsest level: 4x smaller
+        width=2048, height=1536, crop=512, tissue_fraction=0.4, kind="ome-tiff", compression="zlib", seed=1))
+    # levels 2048x1536, 512x384, 128x96
     truth = np.zeros((1536, 2048), np.uint8)
     for placement in slide.placements:
         truth[placement.y:placement.y + placement.height, placement.x:placement.x + placement.width] = crop_mask(placement)
@@ -57,7 +57,8 @@ def test_detail_tints_exactly_the_masked_pixels(slide_and_truth):
 def test_thumbnail_keeps_background_and_tints_tissue(slide_and_truth):
     slide, mask_path, truth = slide_and_truth
     thumbnail, detail = overlay_images(slide.path, mask_path, side=512, detail=0)
-    assert detail is None and thumbnail.shape == (384, 512, 3)  # the coarsest level, 2048/4 x 1536/4
+    assert detail is None and thumbnail.shape == (384, 512, 3)  # level 1, the coarsest with 512 pixels
+    assert overlay_images(slide.path, mask_path, side=100, detail=0)[0].shape == (48, 64, 3)  # level 2, every 2nd
     coarse = truth[::4, ::4]
     tissue = np.zeros(coarse.shape, bool)
     for placement in slide.placements:
@@ -71,7 +72,7 @@ def test_written_png_places_the_densest_detail_beside_the_thumbnail(slide_and_tr
     slide, mask_path, truth = slide_and_truth
     out = write_slide_overlay(slide.path, mask_path, tmp_path / "figure.png", side=400, detail=200)
     picture = np.asarray(Image.open(out))
-    thumbnail_width = 2048 // 4 // 2  # the coarsest level (512 x 384) every 2nd pixel to fit 400: 256 x 192
+    thumbnail_width = 2048 // 4 // 2  # level 1 (512 x 384) every 2nd pixel to fit 400: 256 x 192
     assert picture.shape == (200, thumbnail_width + GAP + 200, 3)
     detail = picture[:200, thumbnail_width + GAP:]
     assert (detail != BACKGROUND).any(axis=-1).all()  # the densest part of the mask lies inside tissue
