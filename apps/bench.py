@@ -38,8 +38,10 @@ EXIT_FAILURE = 1
 @click.option("--iters", default=20, show_default=True, type=click.IntRange(min=1), help="Timed iterations.")
 @click.option("--phase-iters", default=None, type=click.IntRange(min=1),
               help="Timed passes for the export-safe phase's share of latency. Default: --iters.")
-@click.option("--threads", default=None, type=click.IntRange(min=1),
-              help="torch, onnxruntime and openvino threads. Default: the physical cores available to the process.")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="CPU threads of every backend (torch, ONNX Runtime, OpenVINO intra-op threads, the same for all); "
+                   "0: the runtime's default, one per physical core available to the process "
+                   "(mrdl_runtime.threads.default_threads).")
 @click.option("--include-prepost/--exclude-prepost", default=False, show_default=True,
               help="Time preprocessing (resize, /255) and postprocessing (resize back, threshold) too.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the PyTorch backends (cpu, cuda).")
@@ -61,12 +63,12 @@ EXIT_FAILURE = 1
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default="bench-report", show_default=True,
               help="Folder for bench.json, bench.md and bench.png.")
 def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | None, images: int, warmup: int,
-         iters: int, phase_iters: int | None, threads: int | None, include_prepost: bool, device: str,
+         iters: int, phase_iters: int | None, threads: int, include_prepost: bool, device: str,
          profile_dir: str | None, min_dice: float, int8_min_dice: float, concurrency: str, serving_protocol: str,
          serving_instances: int, out: str) -> None:
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
     require_extra("mrdl-bench", "bench")
-    from mrdl_runtime.manifest import ManifestError
+    from mrdl_runtime import MrdlError
 
     from mrdl_bench.bench import BenchError, parse_backends, parse_batches, run_benchmark
     from mrdl_bench.inputs import InputError
@@ -82,7 +84,7 @@ def main(ckpt: str, model_dir: str, backends: str, batches: str, data: str | Non
                                serving_protocol=serving_protocol, serving_instances=serving_instances)
     except (BenchError, InputError) as exc:
         raise click.UsageError(str(exc)) from exc
-    except ManifestError as exc:  # a model directory that fails the runtime's integrity checks
+    except MrdlError as exc:  # e.g. a model directory that fails the runtime's integrity checks: one line, exit 1
         click.echo(f"mrdl-bench: error: {exc}", err=True)
         context.exit(EXIT_FAILURE)
     click.echo(format_table(report))

@@ -54,7 +54,7 @@ def _field_option(option_field, kind: type):
         settings["type"] = number_range(min=rules["low"], max=rules["high"])
     else:
         settings["type"] = _PATH if kind is Path else kind
-    return click.option(command_line_flag(option_field), option_field.name, show_default=default is not None,
+    return click.option(command_line_flag(option_field), option_field.name, show_default=True,
                         **settings)
 
 
@@ -126,17 +126,16 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None
     """Run the export and turn its errors into exit codes 1, 3 and 130 (2 without the 'export' extra)."""
     context = click.get_current_context()
     require_extra(context.command_path, "export")
-    from mrdl.checkpoint import CheckpointError
-    from mrdl_export import ExportError, Exporter, ParityError
-    from mrdl_export.onnx_export import ExportSafetyError
+    from mrdl_export import Exporter
     from mrdl_export.tensorrt_build import TensorRTUnavailable
+    from mrdl_runtime import MrdlError
 
     try:
         result = Exporter(ExportOptions(progress=True, **options)).run(ckpt, out)
     except TensorRTUnavailable as exc:
         click.echo(f"mrdl-export: {exc}", err=True)
         context.exit(EXIT_TENSORRT_MISSING)
-    except (ExportError, ParityError, ExportSafetyError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (MrdlError, FileNotFoundError, ValueError) as exc:  # builtins: argument checks of the libraries below
         click.echo(f"mrdl-export: error: {exc}", err=True)
         context.exit(EXIT_FAILURE)
     except KeyboardInterrupt:

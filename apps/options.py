@@ -36,7 +36,7 @@ def _is_text_or_flag(options_class: type, option_field: Field) -> bool:
 
 def _field_option(options_class: type, option_field: Field, default: Any) -> Callable:
     rules, name, flag = option_field.metadata, option_field.name, command_line_flag(option_field)
-    settings: dict[str, Any] = {"help": rules["help"], "default": default, "show_default": True}
+    settings: dict[str, Any] = {"help": rules.get("help"), "default": default, "show_default": True}
     kind = field_kind(options_class, name)
     if _is_text_or_flag(options_class, option_field):
         return click.option(flag, name, type=click.Choice([to_text(c) for c in rules["choices"]]), is_flag=False,
@@ -44,11 +44,11 @@ def _field_option(options_class: type, option_field: Field, default: Any) -> Cal
     if kind is bool:
         flags = f"{flag}/--no-{flag[2:]}" if default else flag
         return click.option(flags, name, is_flag=True, **settings)
-    if rules["choices"] is not None:
+    if rules.get("choices") is not None:
         settings["type"] = click.Choice([to_text(c) for c in rules["choices"]])
-    elif rules["low"] is not None or rules["high"] is not None:
+    elif rules.get("low") is not None or rules.get("high") is not None:
         number_range = click.IntRange if kind is int else click.FloatRange
-        settings["type"] = number_range(min=rules["low"], max=rules["high"],
+        settings["type"] = number_range(min=rules.get("low"), max=rules.get("high"),
                                         max_open=bool(rules.get("high_open")))
     else:
         settings["type"] = click.Path(path_type=Path) if kind is Path else kind

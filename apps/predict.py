@@ -19,21 +19,21 @@ from mrdl_runtime.options import LoadOptions, PredictOptions
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for masks/<stem>.png (0/255) and overlays/<stem>.png")
+              help="Folder for masks/<stem>.png (0/255) and overlays/<stem>.png.")
 @field_options(LoadOptions)
 @field_options(PredictOptions)
 @click.option("--on-error", default="skip", show_default=True, type=click.Choice(["skip", "stop"]),
               help="A bad image: skip it and go on, or stop the run; either way the failures are listed and "
-                   "the exit status is 1")
+                   "the exit status is 1.")
 @click.option("--overwrite", is_flag=True, show_default=True,
-              help="Write into an --out that holds another model's masks (its recorded outputs are deleted first)")
+              help="Write into an --out that holds another model's masks (its recorded outputs are deleted first).")
 @click.option("--server", default=None, metavar="URL", show_default=True,
               help="Segment on a Triton server (mrdl serve) at http://HOST:PORT or grpc://HOST:PORT instead of "
                    "in-process, with the same predict options; MODEL_DIR is then the directory the server serves "
                    "(its model.json names the classes), no model file is loaded here and the load options "
-                   "are the server's")
-@click.option("--model-name", default="mrdl", show_default=True, help="With --server: the served model's name")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars on stderr")
+                   "are the server's.")
+@click.option("--model-name", default="mrdl", show_default=True, help="With --server: the served model's name.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars on stderr.")
 def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, on_error: str, overwrite: bool,
             server: str | None, model_name: str, progress: bool, **fields) -> None:
     """Segment IMAGES (files, folders or glob patterns) with the model exported to MODEL_DIR."""

@@ -10,33 +10,35 @@ from pathlib import Path
 
 import click
 
+from mrdl_runtime.manifest import PRECISIONS
+
 
 @click.command("triton-repo")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="the repository folder to write")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "int8", "fp16", "tensorrt"]),
-              help="artifacts to include (repeatable; default: every artifact model.json lists)")
-@click.option("--prefix", default="mrdl", show_default=True, help="models are named PREFIX_<precision>")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The repository folder to write.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice([*PRECISIONS, "tensorrt"]),
+              help="Artifacts to include (repeatable; default: every artifact model.json lists).")
+@click.option("--prefix", default="mrdl", show_default=True, help="Models are named PREFIX_<precision>.")
 @click.option("--max-batch", default=None, type=click.IntRange(min=1),
-              help="max_batch_size (default: the model directory's max_batch)")
+              help="Triton's max_batch_size (default: the model directory's max_batch).")
 @click.option("--max-queue-delay-us", default=2000, show_default=True, type=click.IntRange(min=0),
-              help="dynamic batcher: how long a request may wait for others, in microseconds")
-@click.option("--instances", default=1, show_default=True, type=click.IntRange(min=1), help="instances per model")
+              help="Dynamic batcher: how long a request may wait for others, in microseconds.")
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(min=1), help="Instances per model.")
 @click.option("--kind", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "gpu"]),
-              help="instance placement (auto: TensorRT engines on GPU, ONNX models on CPU)")
-@click.option("--force", is_flag=True, help="replace a repository written before (never a folder with other files)")
+              help="Instance placement (auto: TensorRT engines on GPU, ONNX models on CPU).")
+@click.option("--force", is_flag=True, help="Replace a repository written before (never a folder with other files).")
 def triton_repo(model_dir: Path, out: Path, precisions: tuple[str, ...], prefix: str, max_batch: int | None,
                 max_queue_delay_us: int, instances: int, kind: str, force: bool) -> None:
     """Write a Triton Inference Server model repository for the model exported to MODEL_DIR."""
-    from mrdl_runtime import ManifestError
+    from mrdl_runtime import MrdlError
 
-    from mrdl_export.triton import TritonRepoError, TritonRepoOptions, write_repository
+    from mrdl_export.triton import TritonRepoOptions, write_repository
 
     options = TritonRepoOptions(prefix=prefix, precisions=precisions or None, max_batch=max_batch,
                                 max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind, force=force)
     try:
         written = write_repository(model_dir, out, options)
-    except (TritonRepoError, ManifestError) as exc:
+    except MrdlError as exc:
         raise click.ClickException(str(exc)) from exc
     for name, folder in written.items():
         click.echo(f"{name}: {folder}")

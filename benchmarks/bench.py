@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.runner import BackendUnavailableError
 from mrdl_runtime.threads import default_threads
 
@@ -40,7 +41,7 @@ QUANTISED = tuple(name for name, (_, precision) in RUNTIME_BACKEND.items() if pr
 CPU_ONNXRUNTIME = tuple(name for name, (backend, _) in RUNTIME_BACKEND.items() if backend == "onnxruntime-cpu")
 
 
-class BenchError(ValueError):
+class BenchError(MrdlError, ValueError):
     """Benchmark settings that cannot work: a missing file, an unknown backend, a bad batch size."""
 
 
@@ -193,7 +194,7 @@ def _profiles(results: list[BackendResult], *, ckpt: Path, batch: int, size: int
 
 def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Sequence[str] = BENCH_BACKENDS,
                   batches: str | Sequence[int] = (1,), data: str | Path | None = None, images: int = 8,
-                  warmup: int = 3, iters: int = 20, threads: int | None = None, include_prepost: bool = False,
+                  warmup: int = 3, iters: int = 20, threads: int = 0, include_prepost: bool = False,
                   device: str = "cpu", out: str | Path | None = None, profile_dir: str | Path | None = None,
                   phase_iters: int | None = None, min_dice: float = DEFAULT_MIN_DICE,
                   int8_min_dice: float = DEFAULT_INT8_MIN_DICE, progress: bool = True,
@@ -202,8 +203,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     """Benchmark ``backends`` at each batch size on the same inputs; write the report into ``out`` if given.
 
     ``images``: how many input images (synthetic, or the first of ``data``) form the pool that
-    batches cycle over and parity is computed on. ``threads``: torch and onnxruntime intra-op
-    threads (default: the physical cores available, :func:`mrdl_runtime.threads.default_threads`). ``profile_dir``: profile torch eager and the CPU
+    batches cycle over and parity is computed on. ``threads``: every backend's intra-op threads (0:
+    the runtime's default, :func:`mrdl_runtime.threads.default_threads`). ``profile_dir``: profile torch eager and the CPU
     onnxruntime backends at the smallest batch (traces written there, op summaries in the report).
     ``phase_iters``: timed passes for the phase-share measurement (default: ``iters``).
     ``min_dice`` / ``int8_min_dice``: the parity thresholds (mask Dice agreement with torch-fft)

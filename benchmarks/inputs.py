@@ -16,8 +16,10 @@ import numpy as np
 
 from mrdl.data.sources import ImageSourceError, load_images
 
+from mrdl_runtime.errors import MrdlError
 
-class InputError(ValueError):
+
+class InputError(MrdlError, ValueError):
     """A data folder the benchmark cannot draw images from."""
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mrdl_runtime.errors import MrdlError
+
 MAX_OPSET = 20  # TensorRT 10's ONNX parser covers opsets 9..20
 EXPORTERS = ("dynamo", "torchscript")
 FORBIDDEN_OPS = {"DFT", "STFT", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
@@ -35,7 +37,7 @@ FORBIDDEN_OPS = {"DFT", "STFT", "RandomNormal", "RandomNormalLike", "RandomUnifo
 COMPLEX_TYPES = {14, 15}  # onnx.TensorProto.COMPLEX64, COMPLEX128
 
 
-class ExportSafetyError(RuntimeError):
+class ExportSafetyError(MrdlError, RuntimeError):
     """An exported graph that a deployment target cannot run as intended."""
 
 

@@ -12,13 +12,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.manifest import PRECISIONS
 
-from .errors import ExportError
-from .manifest import parse_source_mpp, parse_source_size
 from .parity import DEFAULT_ATOL, DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_DICE
 from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_INT8_TARGET, INT8_TARGETS, KEEP_CHOICES, KEEP_FP32
 from .tensorrt_build import EngineOptions
+
+
+class ExportError(MrdlError, RuntimeError):
+    """Bad input or a failed export step; the message says what was expected."""
 
 
 def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True,
@@ -137,8 +140,12 @@ class ExportOptions:
             raise ExportError(f"int8_keep_fp32 'auto' cannot be combined with scopes, got "
                               f"{', '.join(self.int8_keep_fp32)}")
         if self.source_size is not None:  # a malformed HxW fails before minutes of work
+            from .manifest import parse_source_size
+
             parse_source_size(self.source_size)
         if self.source_mpp is not None:
+            from .manifest import parse_source_mpp
+
             parse_source_mpp(self.source_mpp)
         for folder in (self.data, self.calib_data):  # refuse a bad image folder before minutes of work
             if folder is not None:

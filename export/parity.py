@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.imaging import probabilities_to_mask
 
 DEFAULT_ATOL = 1e-3  # FP32 ONNX vs PyTorch: float reassociation stays orders of magnitude below this
 DEFAULT_MIN_DICE = 0.99  # mask agreement; pixels whose probability sits at 0.5 may flip
 
 
-class ParityError(RuntimeError):
+class ParityError(MrdlError, RuntimeError):
     """The exported model does not reproduce the checkpoint within the tolerances."""
 
 

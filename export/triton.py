@@ -30,6 +30,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.manifest import Manifest, load_manifest
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
@@ -39,7 +40,7 @@ KINDS = ("auto", "cpu", "gpu")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class TritonRepoError(RuntimeError):
+class TritonRepoError(MrdlError, RuntimeError):
     """A repository that cannot be written: bad options, an occupied ``out``, a failed artifact check."""
 
 

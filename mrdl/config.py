@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrdl_runtime.errors import MrdlError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 FUSION_MODES = ("distribution", "addition")
 PHASE_MODES = ("fft", "matmul")
 
 
-class ConfigError(ValueError):
+class ConfigError(MrdlError, ValueError):
     """A config that cannot describe a valid model."""
 
 

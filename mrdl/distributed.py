@@ -20,10 +20,12 @@ from datetime import timedelta
 
 import torch
 
+from mrdl_runtime.errors import MrdlError
+
 DEVICES = ("cpu", "cuda")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(MrdlError, RuntimeError):
     """A distributed setting that cannot work (bad environment, a backend or device that is absent)."""
 
 

@@ -33,7 +33,7 @@ from .tiling import BLEND_MODES, DEFAULT_OVERLAP, TileOptions
 TILE_TEXT = {"auto": "auto", "true": True, "false": False}  # tile's spelling on the command line and in requests
 THREADS_HELP = ("CPU threads one model call may use (ONNX Runtime intra-op threads); 0: the runtime's default, one "
                 "per physical core available to the process (mrdl_runtime.threads.default_threads; mrdl serve shares "
-                "it among its --instances). The native tensorrt backend ignores it")
+                "it among its --instances). The native tensorrt backend ignores it.")
 
 Options = TypeVar("Options", bound="OptionsBase")
 
@@ -54,10 +54,10 @@ def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True
 
 
 def command_line_flag(option_field: Field) -> str | None:
-    """The ``--flag`` of an options field, or None for a library-only one."""
-    if not option_field.metadata["cli"]:
+    """The ``--flag`` of an options field, or None for a library-only one (or a field without help)."""
+    if not option_field.metadata.get("cli", "help" in option_field.metadata):
         return None
-    return option_field.metadata["flag"] or "--" + option_field.name.replace("_", "-")
+    return option_field.metadata.get("flag") or "--" + option_field.name.replace("_", "-")
 
 
 def check_fields(options: object) -> None:
@@ -66,17 +66,17 @@ def check_fields(options: object) -> None:
         value, rules = getattr(options, option_field.name), option_field.metadata
         if value is None:
             continue
-        if rules["choices"] is not None and not any(value is c or (type(value) is type(c) and value == c)
+        if rules.get("choices") is not None and not any(value is c or (type(value) is type(c) and value == c)
                                                     for c in rules["choices"]):
             raise OptionsError(f"{option_field.name} must be one of {', '.join(map(to_text, rules['choices']))}, "
                                f"got {value!r}")
-        low, high = rules["low"], rules["high"]
+        low, high = rules.get("low"), rules.get("high")
         if low is None and high is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
                 or (low is not None and value < low) or (high is not None and value > high) \
-                or (rules["high_open"] and value == high):
-            limits = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if rules['high_open'] else ']'}"
+                or (rules.get("high_open") and value == high):
+            limits = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if rules.get('high_open') else ']'}"
             raise OptionsError(f"{option_field.name} must be a number {limits}, got {value!r}")
 
 
@@ -139,13 +139,13 @@ class LoadOptions(OptionsBase):
     """How :meth:`mrdl_runtime.Segmenter.load` opens a model directory (``mrdl predict`` / ``mrdl serve``)."""
 
     backend: str = option(AUTO, "Inference backend (mrdl_runtime.backends.REGISTRY); one named here that cannot "
-                          "run is an error, never a fallback; auto: the fastest that can run", choices=backend_choices())
-    precision: str = option("fp32", "Which exported model to run (model.json's artifacts)", choices=PRECISIONS)
+                          "run is an error, never a fallback; auto: the fastest that can run.", choices=backend_choices())
+    precision: str = option("fp32", "Which exported model to run (model.json's artifacts).", choices=PRECISIONS)
     verify: bool = option(True, "Check the model file's SHA-256 against model.json before loading it; --no-verify "
-                          "skips only the hash (its size, export and graph are still checked) and warns that it did")
+                          "skips only the hash (its size, export and graph are still checked) and warns that it did.")
     threads: int = option(0, THREADS_HELP, low=0)
-    device_id: int = option(0, "GPU index for the CUDA and TensorRT backends", low=0)
-    cache_dir: Path | None = option(None, "ONNX Runtime TensorRT EP engine cache (default: ~/.cache/mrdl/ort-tensorrt)",
+    device_id: int = option(0, "GPU index for the CUDA and TensorRT backends.", low=0)
+    cache_dir: Path | None = option(None, "ONNX Runtime TensorRT EP engine cache (default: ~/.cache/mrdl/ort-tensorrt).",
                                     cli=False)
 
     def __post_init__(self) -> None:
@@ -165,21 +165,21 @@ class PredictOptions(OptionsBase):
     tile: str | bool = option(
         "auto", "Segment in overlapping windows at the training scale (docs/tiling.md): true always (needs "
         "model.json's source_size), false never, auto only images more than 1.5 times the training images' size "
-        "along either axis; --tile alone means true", choices=("auto", True, False), request=True)
-    overlap: float = option(DEFAULT_OVERLAP, "Tiling: fraction of a window shared with its neighbour", low=0, high=1,
+        "along either axis; --tile alone means true.", choices=("auto", True, False), request=True)
+    overlap: float = option(DEFAULT_OVERLAP, "Tiling: fraction of a window shared with its neighbour.", low=0, high=1,
                             high_open=True, request=True)
-    blend: str = option("gaussian", "Tiling: window weights, gaussian (sigma = window / 8, as MONAI) or constant",
+    blend: str = option("gaussian", "Tiling: window weights, gaussian (sigma = window / 8, as MONAI) or constant.",
                         choices=BLEND_MODES, request=True)
     max_pixels: int = option(
         DEFAULT_MAX_PIXELS, "Refuse image files with more pixels than this (checked from the file header, before "
         "decoding). mrdl serve applies it to each request image and defaults to 16777216 (4096 x 4096): a server "
-        "holds several requests in memory at once", low=1)
+        "holds several requests in memory at once.", low=1)
     at_model_size: bool = option(False, "Return results at the model's size (LViT's evaluation protocol; a tiled "
-                                 "image's at the training scale) instead of each image's own size", cli=False)
+                                 "image's at the training scale) instead of each image's own size.", cli=False)
     with_probabilities: bool = option(True, "Return the probabilities too; False: masks only, resized and "
-                                      "thresholded in row strips", cli=False)
-    channel_order: str = option("RGB", "Channel order of 3-channel inputs", choices=CHANNEL_ORDERS, cli=False)
-    progress: bool = option(False, "Show a bar of each tiled image's windows on stderr", cli=False)
+                                      "thresholded in row strips.", cli=False)
+    channel_order: str = option("RGB", "Channel order of 3-channel inputs.", choices=CHANNEL_ORDERS, cli=False)
+    progress: bool = option(False, "Show a bar of each tiled image's windows on stderr.", cli=False)
 
     def __post_init__(self) -> None:
         TileOptions(self.tile, self.overlap, self.blend)  # the tiling contract's own checks and messages
@@ -191,13 +191,13 @@ class PredictOptions(OptionsBase):
 
     def request_parameters(self) -> dict[str, str]:
         """The ``request=True`` fields as a server's request parameters, spelled as on the command line."""
-        return {f.name: to_text(getattr(self, f.name)) for f in fields(self) if f.metadata["request"]}
+        return {f.name: to_text(getattr(self, f.name)) for f in fields(self) if f.metadata.get("request")}
 
     def from_request(self, parameters: Mapping[str, Any] | None) -> PredictOptions:
         """These options (a server's defaults) with a request's parameters applied (other parameters, e.g.
         Triton's own, are left alone); :class:`OptionsError` names a value out of its choices or range."""
         parameters = parameters or {}
-        carried = [f.name for f in fields(self) if f.metadata["request"] and f.name in parameters]
+        carried = [f.name for f in fields(self) if f.metadata.get("request") and f.name in parameters]
         try:
             return self.with_fields(**{name: from_text(PredictOptions, name, parameters[name]) for name in carried})
         except ValueError as exc:

@@ -156,23 +156,23 @@ class ServeOptions(OptionsBase):
     """How :class:`Server` serves a model directory (``mrdl serve``'s options): the server's own
     settings, and whole the options each instance loads with and requests run with."""
 
-    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network)")
-    http_port: int = option(DEFAULT_PORTS["http"], "HTTP port (KServe v2 protocol)", low=1, high=65535)
-    grpc_port: int = option(DEFAULT_PORTS["grpc"], "gRPC port (KServe v2 protocol)", low=1, high=65535)
-    metrics_port: int = option(DEFAULT_PORTS["metrics"], "Prometheus metrics at http://HOST:PORT/metrics",
+    host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).")
+    http_port: int = option(DEFAULT_PORTS["http"], "HTTP port (KServe v2 protocol).", low=1, high=65535)
+    grpc_port: int = option(DEFAULT_PORTS["grpc"], "gRPC port (KServe v2 protocol).", low=1, high=65535)
+    metrics_port: int = option(DEFAULT_PORTS["metrics"], "Prometheus metrics at http://HOST:PORT/metrics.",
                                low=1, high=65535)
-    model_name: str = option(DEFAULT_MODEL_NAME, "The name clients ask for")
+    model_name: str = option(DEFAULT_MODEL_NAME, "The name clients ask for.")
     max_batch: int | None = option(None, "Largest batch the dynamic batcher forms (default: the model "
-                                   "directory's max_batch)", low=1)
-    max_queue_delay_us: int = option(2000, "How long a request may wait for others to batch with, in microseconds",
+                                   "directory's max_batch).", low=1)
+    max_queue_delay_us: int = option(2000, "How long a request may wait for others to batch with, in microseconds.",
                                      low=0)
     instances: int = option(1, "Model instances (each its own runtime session, run in parallel; --threads 0 "
-                            "shares the default among them)", low=1, high=64)
-    max_side: int = option(DEFAULT_MAX_SIDE, "Refuse request images taller or wider than this", low=1)
-    exit_timeout: int = option(30, "On SIGTERM, seconds to finish the requests already accepted", low=0)
-    load: LoadOptions = option(LoadOptions(), "How each instance loads the model", cli=False)
+                            "shares the default among them).", low=1, high=64)
+    max_side: int = option(DEFAULT_MAX_SIDE, "Refuse request images taller or wider than this.", low=1)
+    exit_timeout: int = option(30, "On SIGTERM, seconds to finish the requests already accepted.", low=0)
+    load: LoadOptions = option(LoadOptions(), "How each instance loads the model.", cli=False)
     predict: PredictOptions = option(SERVE_PREDICT_DEFAULTS, "What requests run with (their parameters "
-                                     "override the request fields)", cli=False)
+                                     "override the request fields).", cli=False)
 
     def __post_init__(self) -> None:
         check_fields(self)

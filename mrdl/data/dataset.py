@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.imaging import IMAGE_SUFFIXES
 
 from .preprocess import ImageReadError, read_rgb, resize_mask, resize_rgb, to_model_input
@@ -36,7 +37,7 @@ SPLITS = ("Train", "Val", "Test")
 MAX_TABLE_COLUMNS = 64  # columns of a description table beyond this one are never read
 
 
-class DatasetError(ValueError):
+class DatasetError(MrdlError, ValueError):
     """A dataset folder that does not follow LViT's layout or holds bad files."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.imaging import IMAGE_SUFFIXES
 
 EVALUATION_SPLITS = ("Val", "Test", "Train")
@@ -28,7 +29,7 @@ CALIBRATION_SPLITS = ("Train", "Val", "Test")
 SYNTHETIC = "synthetic"
 
 
-class ImageSourceError(FileNotFoundError):
+class ImageSourceError(MrdlError, FileNotFoundError):
     """A ``--data`` folder that does not exist or holds no images by the rule above."""
 
 
