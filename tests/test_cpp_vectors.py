@@ -114,3 +114,41 @@ def test_tiff_vectors_decode_by_the_rule(make_test_data, tmp_path):
 
     with Image.open(tiled) as image:
         assert image.tag_v2.get(322) == 16 and image.tag_v2.get(317) == 2, "tiled with a predictor as intended"
+
+
+CPP = Path(__file__).resolve().parents[1] / "runtime" / "cpp"
+
+
+def _cpp_constant(relative: str, name: str) -> int | str:
+    """The value of ``constexpr ... name = value`` in a C++ file: an integer expression
+    (``250'000'000``, ``size_t(1) << 20``) or a string literal."""
+    import re
+
+    match = re.search(rf"\b{name}\s*=\s*([^;,]+)[;,]", (CPP / relative).read_text())
+    assert match, f"{name} not found in runtime/cpp/{relative}"
+    text = match.group(1).strip()
+    if text.startswith('"'):
+        return text.strip('"')
+    expression = re.sub(r"\b(?:u?int\d+_t|size_t)\((\d+)\)", r"\1", text.replace("'", ""))
+    assert re.fullmatch(r"[0-9 <]+", expression), f"{name} = {text}: not a plain integer expression"
+    return eval(expression)  # digits, spaces and << only (checked above)
+
+
+def test_cpp_limits_are_the_python_runtimes():
+    """The limits both runtimes enforce are one number each: the C++ constants equal Python's."""
+    from mrdl_runtime import imaging, manifest, tiff
+
+    pairs = [
+        ("include/mrdl/image.hpp", "kDefaultMaxPixels", imaging.DEFAULT_MAX_PIXELS),
+        ("include/mrdl/manifest.hpp", "kMaxManifestBytes", manifest.MAX_MANIFEST_BYTES),
+        ("include/mrdl/manifest.hpp", "kMaxManifestDepth", manifest.MAX_JSON_DEPTH),
+        ("include/mrdl/manifest.hpp", "kManifestFormat", manifest.FORMAT),
+        ("include/mrdl/manifest.hpp", "kMinSourceSide", manifest.MIN_SOURCE_SIDE),
+        ("include/mrdl/manifest.hpp", "kMaxSourceSide", manifest.MAX_SOURCE_SIDE),
+        ("include/mrdl/manifest.hpp", "kMaxSourceUpscale", manifest.MAX_SOURCE_UPSCALE),
+        ("src/imageio/tiff.cpp", "kMaxChunkBytes", tiff.MAX_CHUNK_BYTES),
+        ("src/imageio/tiff_bounds.cpp", "kCompressedFactor", tiff.COMPRESSED_FACTOR),
+        ("src/imageio/tiff_bounds.cpp", "kCompressedSlack", tiff.COMPRESSED_SLACK),
+    ]
+    for relative, name, python_value in pairs:
+        assert _cpp_constant(relative, name) == python_value, f"runtime/cpp/{relative}: {name}"
