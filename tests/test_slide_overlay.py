@@ -54,6 +54,20 @@ def test_detail_tints_exactly_the_masked_pixels(slide_and_truth):
     assert max(thumbnail.shape[:2]) <= 300
 
 
+def test_coarser_mask_is_scaled_to_the_detail_by_nearest_neighbour(slide_and_truth, tmp_path):
+    slide, _, truth = slide_and_truth
+    half = truth[::2, ::2]  # a mask at twice the slide's microns per pixel
+    write_mask(tmp_path / "half.ome.tif", half)
+    placement = slide.placements[-1]
+    top, left = placement.y + 100, placement.x + 31
+    _, detail = overlay_images(slide.path, tmp_path / "half.ome.tif", side=200, detail=90, centre=(top + 45, left + 45))
+    original = tifffile.imread(slide.path)[top:top + 90, left:left + 90]
+    labels = half[(top + np.arange(90)) // 2][:, (left + np.arange(90)) // 2]
+    assert labels.any() and not labels.all()
+    np.testing.assert_array_equal(detail[labels == 0], original[labels == 0])
+    np.testing.assert_array_equal(detail[labels == 1], tinted(original[labels == 1]))
+
+
 def test_thumbnail_keeps_background_and_tints_tissue(slide_and_truth):
     slide, mask_path, truth = slide_and_truth
     thumbnail, detail = overlay_images(slide.path, mask_path, side=512, detail=0)
@@ -77,6 +91,12 @@ def test_written_png_places_the_densest_detail_beside_the_thumbnail(slide_and_tr
     detail = picture[:200, thumbnail_width + GAP:]
     assert (detail != BACKGROUND).any(axis=-1).all()  # the densest part of the mask lies inside tissue
     assert list(tmp_path.iterdir()) == [out]
+    small = write_slide_overlay(slide.path, mask_path, tmp_path / "small.png", side=400, detail=200, colours=32)
+    with Image.open(small) as image:
+        assert image.mode == "P" and image.size == (thumbnail_width + GAP + 200, 200)
+        assert len(image.getcolors()) <= 32
+    with pytest.raises(ValueError, match="palette size"):
+        write_slide_overlay(slide.path, mask_path, tmp_path / "bad.png", colours=1)
 
 
 def test_mask_with_planes_is_refused(slide_and_truth, tmp_path):
