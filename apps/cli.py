@@ -2,7 +2,9 @@
 
 Lazy loading keeps ``mrdl --help`` fast and lets a subcommand's heavy dependencies (onnx,
 onnxruntime, tensorrt) stay optional until that subcommand runs. Every subcommand gets the
-group's help settings (``-h``, defaults shown) and ``--version`` (added here when it has none).
+group's help settings (``-h``, defaults shown) and ``--version`` (added here when it has none);
+an :class:`~mrdl_runtime.MrdlError` a subcommand does not handle itself ends it with one line
+(``Error: ...``) and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import click
 
 from mrdl_apps.extras import SUBCOMMAND_EXTRAS, missing_extra_command, missing_modules
 from mrdl_apps.options import CONTEXT_SETTINGS, version_option
+from mrdl_runtime.errors import MrdlError
 
 # name -> "module:attribute" of a click command
 SUBCOMMANDS = {
@@ -47,6 +50,12 @@ class LazyGroup(click.Group):
             return _with_version(getattr(importlib.import_module(module), attribute))
         return super().get_command(ctx, name)
 
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MrdlError as exc:  # the project's one error type: one line, exit 1
+            raise click.ClickException(str(exc)) from exc
 
 def _with_version(command: click.Command) -> click.Command:
     """``command`` with the project's ``--version`` option (added once, where it has none)."""

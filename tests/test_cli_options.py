@@ -97,3 +97,27 @@ def test_threads_means_one_thing():
     assert len(threads) == 3
     for option in threads:
         assert option.default == 0 and "0: the runtime's default" in option.help
+
+
+def test_an_unhandled_mrdl_error_is_one_line():
+    """The group turns a project error that a subcommand does not catch into ``Error: ...`` and exit 1."""
+    from mrdl_apps.cli import LazyGroup
+    from mrdl_runtime import MrdlError, OptionsError
+
+    @click.group(cls=LazyGroup)
+    def group() -> None:
+        pass
+
+    @group.command("fails")
+    def fails() -> None:
+        raise OptionsError("overlap must be a number in [0, 1), got 2")
+
+    @group.command("crashes")
+    def crashes() -> None:
+        raise KeyError("not a project error")
+
+    result = CliRunner().invoke(group, ["fails"])
+    assert result.exit_code == 1 and result.output == "Error: overlap must be a number in [0, 1), got 2\n"
+    assert issubclass(OptionsError, MrdlError) and issubclass(OptionsError, ValueError)
+    crashed = CliRunner().invoke(group, ["crashes"])
+    assert crashed.exit_code == 1 and isinstance(crashed.exception, KeyError)  # not hidden behind one line
