@@ -139,10 +139,15 @@ class ExportOptions:
         if "auto" in self.int8_keep_fp32 and len(self.int8_keep_fp32) > 1:
             raise ExportError(f"int8_keep_fp32 'auto' cannot be combined with scopes, got "
                               f"{', '.join(self.int8_keep_fp32)}")
-        if self.source_size is not None:  # a malformed HxW fails before minutes of work
+        if self.source_size is not None:  # a malformed or absurd HxW fails before minutes of work
+            from mrdl_runtime.manifest import ManifestError, check_source_size
+
             from .manifest import parse_source_size
 
-            parse_source_size(self.source_size)
+            try:  # the model-independent range here; the model-relative one when the manifest is built
+                check_source_size(parse_source_size(self.source_size), None, "--source-size")
+            except ManifestError as exc:
+                raise ExportError(str(exc)) from None
         if self.source_mpp is not None:
             from .manifest import parse_source_mpp
 

@@ -8,17 +8,20 @@ and cannot change between the check and the load.
 After: :func:`check_embedded_manifest` compares the identity an ONNX file carries in its
 ``mrdl.manifest`` metadata (``export_id`` and precision) with ``model.json``, which catches the
 INT8 file renamed to ``model.onnx`` or another export's ``model.onnx`` even when the hash was
-skipped; :func:`check_graph` compares the graph's inputs and outputs (names, dtypes, non-batch
+skipped; :func:`check_unedited_manifest` then compares the whole of ``model.json`` with that
+embedded copy, so that no field of it (``source_size``, the threshold, ...) can be edited without
+the verified file saying otherwise; :func:`check_graph` compares the graph's inputs and outputs (names, dtypes, non-batch
 dimensions) with the manifest's. Every mismatch is an :class:`IntegrityError` naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import stat
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .manifest import MANIFEST_NAME, METADATA_KEY, IntegrityError, Manifest, ManifestError, TensorSpec, parse_json
 
@@ -88,6 +91,58 @@ def check_embedded_manifest(manifest: Manifest, key: str, metadata: Mapping[str,
         raise IntegrityError(f"{path} holds {embedded.get('precision')} weights (its embedded manifest says so), but "
                              f"{MANIFEST_NAME} lists it as the {record.precision} artifact; was a file renamed? "
                              + REEXPORT)
+
+
+def check_unedited_manifest(manifest: Manifest, key: str, metadata: Mapping[str, str]) -> None:
+    """The whole of ``model.json`` equals the copy mrdl-export embedded in the (verified) ONNX file of
+    artifact ``key`` (:func:`embedded_copy`): an edited field is refused, named; run after
+    :func:`check_embedded_manifest` and :func:`check_graph`, whose messages are more specific."""
+    path = manifest.model_dir / manifest.artifact(key).file
+    embedded = parse_json(metadata.get(METADATA_KEY, "null"), f"{path} metadata '{METADATA_KEY}'")
+    edited = manifest_differences(embedded_copy(manifest.raw, manifest.artifact(key).precision), embedded)
+    if edited:
+        raise IntegrityError(f"{manifest.model_dir / MANIFEST_NAME} was edited after export: {'; '.join(edited)} "
+                             f"(what mrdl-export embedded in {path}); restore it, or re-export to change a field "
+                             "(e.g. mrdl-export --source-size)")
+
+
+def embedded_copy(doc: Mapping[str, Any], precision: str) -> dict[str, Any]:
+    """The manifest mrdl-export embeds in the ONNX file of ``precision`` for the ``model.json`` ``doc``: the
+    same document with that precision and each artifact record reduced to its file and precision (a file
+    cannot hold its own size and hash); the whole of it is compared, so no field vouches for itself."""
+    artifacts = doc.get("artifacts")
+    return {**doc, "precision": precision,
+            "artifacts": {key: {"file": entry.get("file"), "precision": entry.get("precision")}
+                          for key, entry in artifacts.items()} if isinstance(artifacts, dict) else artifacts}
+
+
+def manifest_differences(expected: Any, embedded: Any, where: str = "", *, limit: int = 3) -> list[str]:
+    """Up to ``limit`` fields where ``model.json`` (``expected``) and the embedded copy differ, as
+    ``source_size is [1, 1], not [128, 128]``."""
+    if isinstance(expected, list) and isinstance(embedded, list) and len(expected) == len(embedded):
+        found = []
+        for index, (item, copy) in enumerate(zip(expected, embedded)):
+            found += manifest_differences(item, copy, f"{where}[{index}]", limit=limit)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+    if isinstance(expected, dict) and isinstance(embedded, dict):
+        found = []
+        for key in sorted(set(expected) | set(embedded), key=str):
+            name = f"{where}.{key}" if where else str(key)
+            if key not in embedded:
+                found.append(f"{name} was added")
+            elif key not in expected:
+                found.append(f"{name} was removed")
+            else:
+                found += manifest_differences(expected[key], embedded[key], name, limit=limit)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+    if expected == embedded and type(expected) is type(embedded):
+        return []
+    shown = [text if len(text) <= 60 else text[:57] + "..." for text in (json.dumps(expected), json.dumps(embedded))]
+    return [f"{where or 'the manifest'} is {shown[0]}, not {shown[1]}"]
 
 
 def check_graph(manifest: Manifest, key: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:

@@ -38,7 +38,9 @@ MAX_JSON_DEPTH = 32
 MAX_IMAGE_SIDE = 8192
 MAX_CLASSES = 255
 MAX_BATCH = 4096
-MAX_SOURCE_SIDE = 1 << 20  # source_size: the training images' typical [height, width] before resizing
+# source_size: the training images' typical [height, width] before resizing; each side in
+# [max(MIN_SOURCE_SIDE, ceil(model side / MAX_SOURCE_UPSCALE)), MAX_SOURCE_SIDE] (runtime/VECTORS.md)
+MIN_SOURCE_SIDE, MAX_SOURCE_SIDE, MAX_SOURCE_UPSCALE = 16, 1 << 16, 4
 MAX_SOURCE_MPP = 1000.0  # source_mpp: microns per pixel of the training images, in (0, MAX_SOURCE_MPP]
 _JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 
@@ -264,16 +266,34 @@ def _artifact_records(doc: dict[str, Any], where: str) -> dict[str, ArtifactReco
     return records
 
 
-def _source_size(doc: dict[str, Any], where: str) -> tuple[int, int] | None:
-    """The optional ``source_size``: [height, width], two integers in [1, MAX_SOURCE_SIDE]; absent -> None."""
+def source_size_low(model_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The smallest ``source_size`` side per axis: a quarter of the model's side (the tiled path then
+    enlarges an image at most 4 times per axis), and never below MIN_SOURCE_SIDE."""
+    sides = model_size or (0, 0)
+    return tuple(max(MIN_SOURCE_SIDE, -(-side // MAX_SOURCE_UPSCALE)) for side in sides)
+
+
+def check_source_size(value: object, model_size: tuple[int, int] | None, where: str) -> tuple[int, int]:
+    """``value`` as (height, width) when it is two integers in the range of runtime/VECTORS.md
+    ("source_size range"), for a model of ``model_size`` (None: the model-independent range only);
+    else :class:`ManifestError` naming the range."""
+    low = source_size_low(model_size)
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(type(side) is int and bound <= side <= MAX_SOURCE_SIDE for side, bound in zip(value, low))):
+        model = f" for a {model_size[0]}x{model_size[1]} model" if model_size else ""
+        sides = f"[{low[0]}, {MAX_SOURCE_SIDE}]" if low[0] == low[1] else \
+            f"[{low[0]}, {MAX_SOURCE_SIDE}] and [{low[1]}, {MAX_SOURCE_SIDE}]"
+        raise ManifestError(f"{where} is {list(value) if isinstance(value, tuple) else value!r}; expected [height, "
+                            f"width] of the training images, each side in {sides}{model} (below a quarter of the "
+                            "model size the tiled path would enlarge every image more than 4 times per axis)")
+    return value[0], value[1]
+
+
+def _source_size(doc: dict[str, Any], where: str, model_size: tuple[int, int]) -> tuple[int, int] | None:
+    """The optional ``source_size`` (:func:`check_source_size`); absent -> None."""
     if "source_size" not in doc:
         return None
-    value = doc["source_size"]
-    if not (isinstance(value, list) and len(value) == 2 and all(type(s) is int and 1 <= s <= MAX_SOURCE_SIDE
-                                                                for s in value)):
-        raise ManifestError(f"{where} source_size is {value!r}; expected [height, width] of the training images, "
-                            f"two integers in [1, {MAX_SOURCE_SIDE}] (or no source_size at all)")
-    return value[0], value[1]
+    return check_source_size(doc["source_size"], model_size, f"{where} source_size")
 
 
 def _source_mpp(doc: dict[str, Any], where: str) -> float | None:
@@ -355,7 +375,7 @@ def parse_manifest(doc: dict[str, Any], model_dir: str | Path) -> Manifest:
         activation_in_graph=True,
         versions=dict(versions),
         raw=doc,
-        source_size=_source_size(doc, where),
+        source_size=_source_size(doc, where, (size[0], size[1])),
         source_mpp=_source_mpp(doc, where),
     )
 

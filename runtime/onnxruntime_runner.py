@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .integrity import check_embedded_manifest, check_graph, graph_spec, read_artifact
+from .integrity import check_embedded_manifest, check_graph, check_unedited_manifest, graph_spec, read_artifact
 from .manifest import IntegrityError, Manifest
 from .ort_cache import default_cache_dir, open_session
 from .runner import BackendUnavailableError, Runner
@@ -136,7 +136,8 @@ class OnnxRuntimeRunner(Runner):
                           else hashlib.sha256(model).hexdigest())  # the key is the hash of the bytes loaded
                 session, self.load_mode = open_session(
                     ort, model, source_sha256=source, options=options, providers=self._provider_list(),
-                    folder=self.optimized_cache, graph_options={"graph_optimization_level": "ORT_ENABLE_ALL"})
+                    folder=self.optimized_cache, graph_options={"graph_optimization_level": "ORT_ENABLE_ALL"},
+                    check=self._check_session)  # a cached graph that is not this model's is rebuilt
             else:
                 session = ort.InferenceSession(model, sess_options=options, providers=self._provider_list())
                 self.load_mode = "uncached"
@@ -151,13 +152,18 @@ class OnnxRuntimeRunner(Runner):
             raise BackendUnavailableError(
                 f"ONNX Runtime could not start {wanted} for backend {self.backend} (the session got "
                 f"{session.get_providers()}); check the CUDA / cuDNN / TensorRT libraries and the GPU")
+        self.session, self.input_specs, self.output_specs, self.metadata = session, *self._check_session(session)
+
+    def _check_session(self, session) -> tuple[list, list, dict]:
+        """The session's inputs, outputs and metadata, once its embedded manifest and graph match model.json."""
         inputs, outputs = ([graph_spec(arg.name, arg.shape, ELEMENT_TYPES.get(arg.type, arg.type)) for arg in args]
                            for args in (session.get_inputs(), session.get_outputs()))
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         if self.manifest is not None:
             check_embedded_manifest(self.manifest, self.precision, metadata)
             check_graph(self.manifest, self.precision, inputs, outputs)
-        self.session, self.input_specs, self.output_specs, self.metadata = session, inputs, outputs, metadata
+            check_unedited_manifest(self.manifest, self.precision, metadata)
+        return inputs, outputs, metadata
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, feeds)

@@ -19,8 +19,18 @@ both are written through a temporary name and renamed, the record last, so a cra
 record pointing at a partial file. On load the bytes are read once, checked against the record,
 and those same bytes go to onnxruntime. A mismatch (a tampered, truncated or swapped file), a
 missing or unreadable record, or a cache folder that other users may write to is never run: the
-entry is removed and rebuilt from the verified artifact, with a warning. The folder is created
-private (0700); one that is group/world-writable or owned by someone else is not used at all.
+entry is removed and rebuilt from the verified artifact, with a warning. So is an entry that
+matches its record but not the model (another export's graph under a rewritten record): the
+caller's ``check`` of the cached session (the runner compares its embedded manifest and graph
+with model.json) fails, or onnxruntime cannot load it, and the entry is rebuilt on that same load
+instead of failing every later one. The folder is created private (0700); one that is
+group/world-writable or owned by someone else is not used at all.
+
+Ownership: the cache deletes only what it can prove is its own. The folder carries a marker file
+(:data:`MARKER`) written when the cache created it or adopted it (an empty folder, or one holding
+only entry names of this cache); a folder with other files and no marker (``MRDL_ORT_CACHE``
+pointed at a folder of one's own) is not used, and nothing in it is touched. Pruning removes only
+``<64 hex digits>.json`` records of this format and their ``.onnx``.
 """
 
 from __future__ import annotations
@@ -30,10 +40,11 @@ import json
 import logging
 import os
 import platform
+import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger("mrdl_runtime")
 
@@ -41,6 +52,10 @@ CACHE_FORMAT = "mrdl-ort-optimized/1"
 CACHE_ENV = "MRDL_ORT_CACHE"  # a folder, or "off" to disable
 DEFAULT_OPTIMIZED_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrdl" / "ort-optimized"
 MAX_ENTRIES = 32  # oldest entries beyond this are removed when a new one is written
+MARKER = ".mrdl-ort-cache"  # the file that marks a folder as this cache's (it holds CACHE_FORMAT)
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.(onnx|json)")
+TEMPORARY_NAME = re.compile(r"\.([0-9a-f]{64}\.[^/]*|[0-9a-f]{8})\.tmp")  # this cache's and atomic_path's temporaries
+MAX_RECORD_BYTES = 4096  # a record is a few hundred bytes
 
 
 def default_cache_dir() -> Path | None:
@@ -84,7 +99,50 @@ def usable_folder(folder: Path) -> bool:
         logger.warning("optimized-model cache %s is not a private folder of this user (owner, or group/world "
                        "write permission); loading without it", folder)
         return False
-    return os.access(folder, os.W_OK)
+    return os.access(folder, os.W_OK) and owned(folder)
+
+
+def owned(folder: Path) -> bool:
+    """Whether ``folder`` is this cache's: it holds the :data:`MARKER` file, or it is adopted now (marker
+    written) because every name in it is an entry or temporary name of this cache (an empty folder, or a
+    cache written before the marker existed). False, with a warning, for a folder with other files."""
+    marker = folder / MARKER
+    try:
+        if stat.S_ISREG(os.lstat(marker).st_mode):
+            return True
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    with os.scandir(folder) as listing:
+        foreign = next((entry.name for entry in listing
+                        if not (ENTRY_NAME.fullmatch(entry.name) or TEMPORARY_NAME.fullmatch(entry.name))), None)
+    if foreign is not None:
+        logger.warning("optimized-model cache %s holds files that are not its own (%s, ...) and no %s marker; "
+                       "loading without it, and nothing in it is touched: point %s at an empty or new folder",
+                       folder, foreign, MARKER, CACHE_ENV)
+        return False
+    try:
+        with open(marker, "x") as handle:
+            handle.write(CACHE_FORMAT + "\n")
+    except FileExistsError:
+        pass  # another process adopted it first
+    return True
+
+
+def own_record(path: Path) -> dict[str, Any] | None:
+    """The record at ``path`` when it is one of this cache's (its name, size and format), else None."""
+    if not ENTRY_NAME.fullmatch(path.name) or path.suffix != ".json":
+        return None
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode) or os.lstat(path).st_size > MAX_RECORD_BYTES:
+            return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("format") == CACHE_FORMAT and record.get("key") == path.stem:
+        return record
+    return None
 
 
 def read_entry(folder: Path, key: str) -> bytes | None:
@@ -140,28 +198,46 @@ def write_entry(folder: Path, key: str, written: Path, *, source_sha256: str, or
 
 
 def prune(folder: Path, *, keep: int = MAX_ENTRIES) -> None:
-    """Remove the oldest entries beyond ``keep`` (by the record's modification time)."""
-    records = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for record in records[keep:]:
+    """Remove the oldest entries beyond ``keep`` (by the record's modification time); only this cache's
+    records (:func:`own_record`) count and are removed, with their ``.onnx``."""
+    records = []
+    for path in folder.iterdir():
+        if own_record(path) is not None:
+            try:
+                records.append((path.stat().st_mtime, path))
+            except OSError:
+                continue
+    for _, record in sorted(records, reverse=True)[keep:]:
         remove_entry(folder, record.stem)
 
 
 def open_session(ort, model: bytes, *, source_sha256: str, options, providers: list, folder: Path | None,
-                 graph_options: dict[str, Any]):
+                 graph_options: dict[str, Any], check: Callable[[Any], None] | None = None):
     """An InferenceSession of ``model`` (verified bytes whose SHA-256 is ``source_sha256``) through the cache.
 
     Returns (session, how: "cached" | "optimized and cached" | "uncached"). ``options`` are the
     caller's SessionOptions (graph optimization level set); ``graph_options`` the settings that
-    shape the optimized graph, part of the key.
+    shape the optimized graph, part of the key. ``check(session)`` raises when a session is not the
+    verified model's (embedded manifest, graph): a cached entry that fails it, or that onnxruntime
+    cannot load, is removed and rebuilt from ``model`` here.
     """
     provider = providers[0] if isinstance(providers[0], str) else providers[0][0]
     if folder is None or not usable_folder(folder):
         return ort.InferenceSession(model, sess_options=options, providers=providers), "uncached"
     key = cache_key(source_sha256, ort_version=ort.__version__, provider=provider, options=graph_options)
-    cached = read_entry(folder, key)
+    cached, refused = read_entry(folder, key), None
     if cached is not None:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already done
-        return ort.InferenceSession(cached, sess_options=options, providers=providers), "cached"
+        level, options.graph_optimization_level = (options.graph_optimization_level,
+                                                   ort.GraphOptimizationLevel.ORT_DISABLE_ALL)  # already done
+        try:
+            session = ort.InferenceSession(cached, sess_options=options, providers=providers)
+            if check is not None:
+                check(session)
+            return session, "cached"
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with an entry, the verified model decides
+            refused = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            remove_entry(folder, key)
+            options.graph_optimization_level = level
     fd, written = tempfile.mkstemp(prefix=f".{key}.", suffix=".onnx.tmp", dir=folder)
     os.close(fd)
     try:
@@ -176,4 +252,9 @@ def open_session(ort, model: bytes, *, source_sha256: str, options, providers: l
             return session, "uncached"
     finally:
         Path(written).unlink(missing_ok=True)
+    if refused is not None:  # the entry, not the model, was at fault when the model's own session passes
+        if check is not None:
+            check(session)
+        logger.warning("optimized-model cache entry %s matched its record but not the model (%s); it was "
+                       "removed and rebuilt from the verified model", folder / f"{key}.onnx", refused)
     return session, "optimized and cached"

@@ -75,11 +75,11 @@ def test_shared_segmenter_tiled_from_8_threads_equals_serial(model_dir, tmp_path
     from mrdl.data.synthetic import synthetic_sample
     from mrdl_runtime import Segmenter
 
+    from reexport import rewrite_manifest
+
     copy = shutil.copytree(model_dir, tmp_path / "deploy")
-    record = json.loads((copy / "model.json").read_text())
-    side = record["preprocessing"]["size"][0]
-    record["source_size"] = [2 * side, 2 * side]  # a 5x-side image is then 2.5 windows wide at the training scale
-    (copy / "model.json").write_text(json.dumps(record))
+    side = json.loads((copy / "model.json").read_text())["preprocessing"]["size"][0]
+    rewrite_manifest(copy, {"source_size": [2 * side, 2 * side]})  # a 5x-side image: 2.5 windows at the training scale
     images = [synthetic_sample(i, size=5 * side + 3 * i, seed=4)[0] for i in range(4)]
     with Segmenter.load(copy, backend="onnxruntime-cpu", threads=1) as segmenter:
         serial = [segmenter.predict(image, tile=True) for image in images]

@@ -21,6 +21,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from PIL import Image
+from reexport import rewrite_manifest
 
 from mrdl_runtime import tiling
 from mrdl_runtime.manifest import ManifestError, parse_manifest
@@ -289,8 +290,7 @@ def test_peak_rss_script_measures_a_tiled_prediction(model_dir, tmp_path, repo_r
 
     deploy = tmp_path / "deploy"
     shutil.copytree(model_dir, deploy)
-    manifest = json.loads((deploy / "model.json").read_text())
-    (deploy / "model.json").write_text(json.dumps({**manifest, "source_size": [150, 150]}))
+    rewrite_manifest(deploy, {"source_size": [150, 150]})
     args = [sys.executable, str(repo_root / "benchmarks" / "peak_rss.py"), "--tiled", "--size", "300",
             "--model-dir", str(deploy), "--workdir", str(tmp_path)]
     within = subprocess.run([*args, "--limit-mb", "100000"], capture_output=True, text=True)
@@ -360,8 +360,7 @@ def test_predict_cli_records_which_images_were_tiled(model_dir, tmp_path):
     refused = runner.invoke(predict, [str(deploy), str(images), "--out", str(tmp_path / "a"), "--tile",
                                       "--no-progress"])
     assert refused.exit_code == 1 and "source_size" in refused.output
-    manifest = json.loads((deploy / "model.json").read_text())
-    (deploy / "model.json").write_text(json.dumps({**manifest, "source_size": [100, 100]}))
+    rewrite_manifest(deploy, {"source_size": [100, 100]})
     result = runner.invoke(predict, [str(deploy), str(images), "--out", str(tmp_path / "b"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "tiling: 1 images in windows at the training scale (large), 1 whole" in result.output

@@ -331,6 +331,7 @@ def _segment_vectors(folder: Path) -> dict:
     from mrdl.data.synthetic import synthetic_sample
     from mrdl.model import create_model, deterministic_prompt_features
     from mrdl_export import export_model
+    from mrdl_export.manifest import write_deploy_manifest
     from mrdl_runtime import Segmenter
 
     cfg = load_config("tiny")
@@ -350,7 +351,11 @@ def _segment_vectors(folder: Path) -> dict:
     # Tiling (docs/tiling.md) at half the scale: 128x128 "training images" for the 64x64 model; a
     # max_batch of 4 makes a tiled image's windows run in several batches.
     manifest["source_size"], manifest["max_batch"] = list(TILED_SOURCE_SIZE), 4
-    (folder / "model" / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    # Written as the export writes it (the copy embedded in each ONNX file too): the runtimes refuse
+    # a model.json that differs from the embedded copy.
+    manifest["artifacts"] = {key: {"file": entry["file"], "precision": entry["precision"]}
+                             for key, entry in manifest["artifacts"].items()}
+    write_deploy_manifest(folder / "model", manifest)
     cases = []
     with Segmenter.load(folder / "model", backend="onnxruntime-cpu") as segmenter:
         for i in range(SEGMENT_IMAGES):
