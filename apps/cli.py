@@ -50,12 +50,12 @@ class LazyGroup(click.Group):
             return _with_version(getattr(importlib.import_module(module), attribute))
         return super().get_command(ctx, name)
 
-
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MrdlError as exc:  # the project's one error type: one line, exit 1
             raise click.ClickException(str(exc)) from exc
+
 
 def _with_version(command: click.Command) -> click.Command:
     """``command`` with the project's ``--version`` option (added once, where it has none)."""
