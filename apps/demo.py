@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from mrdl.checkpoint import atomic_path
+from mrdl_runtime.atomic import atomic_path
 
 
 @dataclass
@@ -52,7 +52,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     from mrdl.data.embeddings import compute_embeddings, default_embeddings_path
     from mrdl.data.synthetic import write_synthetic_dataset
     from mrdl.evaluate import evaluate_checkpoint
-    from mrdl.train import train_model
+    from mrdl.train import TrainOptions, train_model
     from mrdl_bench.bench import run_benchmark
     from mrdl_export import export_model
 
@@ -94,10 +94,11 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         lap("embed-text")
 
         _step(f"3/6 train {config.name} for {settings.epochs} epochs")
-        trained = train_model(config=config, data_root=data_root, embeddings_path=embeddings, out_dir=out / "train",
-                              epochs=settings.epochs, lr_period=settings.epochs, seed=settings.seed,
-                              select="raw",  # a few dozen steps: far shorter than the EMA's horizon
-                              overwrite=True)  # the folder is reused
+        trained = train_model(TrainOptions(data_root=data_root, embeddings=embeddings, out_dir=out / "train",
+                                           epochs=settings.epochs, lr_period=settings.epochs, seed=settings.seed,
+                                           select="raw",  # a few dozen steps: far shorter than the EMA's horizon
+                                           overwrite=True),  # the folder is reused
+                              config=config)
     click.echo(f"best val Dice {trained.best_val_dice:.4f} at epoch {trained.best_epoch} -> {trained.best_checkpoint}")
     lap("train")
 

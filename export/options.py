@@ -12,16 +12,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.manifest import PRECISIONS
 
+from .errors import ExportError
+from .manifest import parse_source_mpp, parse_source_size
 from .parity import DEFAULT_ATOL, DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_DICE
 from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_INT8_TARGET, INT8_TARGETS, KEEP_CHOICES, KEEP_FP32
 from .tensorrt_build import EngineOptions
-
-
-class ExportError(MrdlError, RuntimeError):
-    """Bad input or a failed export step; the message says what was expected."""
 
 
 def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True,
@@ -142,15 +139,11 @@ class ExportOptions:
         if self.source_size is not None:  # a malformed or absurd HxW fails before minutes of work
             from mrdl_runtime.manifest import ManifestError, check_source_size
 
-            from .manifest import parse_source_size
-
             try:  # the model-independent range here; the model-relative one when the manifest is built
                 check_source_size(parse_source_size(self.source_size), None, "--source-size")
             except ManifestError as exc:
                 raise ExportError(str(exc)) from None
         if self.source_mpp is not None:
-            from .manifest import parse_source_mpp
-
             parse_source_mpp(self.source_mpp)
         for folder in (self.data, self.calib_data):  # refuse a bad image folder before minutes of work
             if folder is not None:

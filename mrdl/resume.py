@@ -5,8 +5,9 @@
 (``rng/torch``, uint8) and numpy's MT19937 key (``rng/numpy_key``), plus JSON metadata: the config,
 the run's settings and provenance, its progress (epoch, step, best score, early-stop counter,
 history), the optimizer's param groups and scalar state, the scheduler's and the float16 gradient scaler's
-state and the remaining RNG scalars (numpy position and cached Gaussian, Python's ``random`` state). A digest over every tensor,
-as in :mod:`mrdl.checkpoint`, refuses a damaged file. Reading it needs safetensors and ``json`` only.
+state and the remaining RNG scalars (numpy position and cached Gaussian, Python's ``random`` state). It is a
+tagged safetensors file (:mod:`mrdl.tagged_file`, format ``mrdl-train-resume/1``): its tensor digest refuses
+a damaged file. Reading it needs safetensors and ``json`` only.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 
 from mrdl_runtime.errors import MrdlError
 
-from .checkpoint import atomic_path, tensors_digest
 from .config import MRDLConfig, config_from_dict
+from .tagged_file import read_tagged, write_tagged
 
 RESUME = "resume.safetensors"
 LEGACY_STATE = "last.state.pt"
@@ -113,15 +114,13 @@ def save_train_state(path: str | Path, *, model: torch.nn.Module, optimizer: tor
                      scheduler: Any, settings: dict, progress: dict, provenance: dict,
                      ema: dict[str, torch.Tensor] | None = None, scaler: dict[str, Any] | None = None) -> Path:
     """Write the whole resumable state to ``path`` in one atomic rename."""
-    from safetensors.torch import save_file
-
     optimizer_tensors, optimizer_scalars = _optimizer_parts(optimizer.state_dict())
     rng_tensors, rng_scalars = _rng_parts(capture_rng())
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update(optimizer_tensors)
     tensors.update(rng_tensors)
     if ema is not None:
-        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.items()})
+        tensors.update({f"ema/{k}": v for k, v in ema.items()})
     fields = {"config": json.loads(model.config.to_json()), "settings": settings, "progress": progress,
               "provenance": provenance, "optimizer": optimizer_scalars, "scheduler": scheduler.state_dict(),
               "rng": rng_scalars}
@@ -129,11 +128,7 @@ def save_train_state(path: str | Path, *, model: torch.nn.Module, optimizer: tor
         fields["scaler"] = scaler
     metadata = {f"mrdl.{name}": json.dumps(value, default=str if name == "provenance" else None)
                 for name, value in fields.items()}
-    metadata.update({"mrdl.format": FORMAT, "mrdl.tensors_sha256": tensors_digest(tensors)})
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return path
+    return write_tagged(path, tensors, file_format=FORMAT, metadata=metadata)
 
 
 def _missing_state_error(run_dir: Path) -> ResumeError:
@@ -149,20 +144,19 @@ def _missing_state_error(run_dir: Path) -> ResumeError:
 
 def read_train_metadata(run_dir: str | Path) -> dict[str, Any]:
     """The JSON fields of a run's resumable state (no tensors read): settings, progress, config, ..."""
-    from safetensors import SafetensorError, safe_open
+    metadata, _ = _read(Path(run_dir), tensors=False)
+    return _json_fields(Path(run_dir) / RESUME, metadata)
 
-    run_dir = Path(run_dir)
-    path = run_dir / RESUME
-    if not path.is_file():
+
+def _read(run_dir: Path, *, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The verified metadata and (``tensors``) tensors of ``run_dir``'s resumable state."""
+    if not (run_dir / RESUME).is_file():
         raise _missing_state_error(run_dir)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ResumeError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
-    if metadata.get("mrdl.format") != FORMAT:
-        raise ResumeError(f"{path} is not an mrdl resumable state (format {metadata.get('mrdl.format')!r}, "
-                          f"expected {FORMAT!r})")
+    return read_tagged(run_dir / RESUME, file_format=FORMAT, kind="an mrdl resumable state", error=ResumeError,
+                       tensors=tensors)
+
+
+def _json_fields(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
     try:
         fields = {name: json.loads(metadata[f"mrdl.{name}"]) for name in _JSON_FIELDS}
         if "mrdl.scaler" in metadata:
@@ -174,19 +168,10 @@ def read_train_metadata(run_dir: str | Path) -> dict[str, Any]:
 
 def read_train_state(run_dir: str | Path) -> TrainState:
     """Read and verify ``run_dir``'s resumable state."""
-    from safetensors import SafetensorError, safe_open
-
     run_dir = Path(run_dir)
-    fields = read_train_metadata(run_dir)
     path = run_dir / RESUME
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            digest = (handle.metadata() or {}).get("mrdl.tensors_sha256")
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ResumeError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
-    if tensors_digest(tensors) != digest:
-        raise ResumeError(f"{path} is corrupt: its tensors do not match the digest recorded when it was written")
+    metadata, tensors = _read(run_dir, tensors=True)
+    fields = _json_fields(path, metadata)
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optimizer": {}, "rng": {}, "ema": {}}
     for name, tensor in tensors.items():
         if name.split("/", 1)[0] not in groups:

@@ -30,7 +30,7 @@ import torch
 from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.manifest import file_sha256
 
-from .checkpoint import shape_mismatches
+from .tagged_file import shape_mismatches
 from .config import TextTowerConfig
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
 """Precomputed CLIP per-token text features of a dataset: computed once, read by training.
 
-The file is safetensors: one float32 tensor (context_length, width) per description, named
-``<Split>/<mask file name>``, plus ``prompt`` for the config's prompt T_P. Its metadata records the
+The file is a tagged safetensors file (:mod:`mrdl.tagged_file`, format ``mrdl-text-embeddings/1``):
+one float32 tensor (context_length, width) per description, named ``<Split>/<mask file name>``, plus
+``prompt`` for the config's prompt T_P, and a digest of them (files written before it was recorded
+are read without one). Its metadata records the
 provenance (CLIP model, weights sha256 / pretrained tag / "random-init", tokenizer, context length,
 width) and every embedded sentence, so a file built from another model or from other descriptions is
 refused with the command that rebuilds it.
@@ -18,8 +20,8 @@ import torch
 
 from mrdl_runtime.errors import MrdlError
 
-from ..checkpoint import atomic_path
 from ..config import MRDLConfig
+from ..tagged_file import read_tagged, write_tagged
 from .dataset import SPLITS, DatasetError, TableLimits, list_samples, split_folder
 
 FORMAT = "mrdl-text-embeddings/1"
@@ -124,13 +126,9 @@ def compute_embeddings(data_root: str | Path, config: MRDLConfig, *, out: str | 
         "context_length": config.model.text.context_length, "width": tower.width,
         "data_root": str(Path(data_root).resolve()),
     }
-    metadata = {"mrdl.format": FORMAT, "mrdl.provenance": json.dumps(provenance, sort_keys=True),
+    metadata = {"mrdl.provenance": json.dumps(provenance, sort_keys=True),
                 "mrdl.texts": json.dumps({k: texts[k] for k in keys}, sort_keys=True)}
-    from safetensors.torch import save_file
-
-    with atomic_path(out_path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return out_path
+    return write_tagged(out_path, tensors, file_format=FORMAT, metadata=metadata)
 
 
 def load_embeddings(path: str | Path, config: MRDLConfig, *, expected_texts: dict[str, str] | None = None,
@@ -141,20 +139,12 @@ def load_embeddings(path: str | Path, config: MRDLConfig, *, expected_texts: dic
     same sentence; the prompt must match the config's. Anything else raises :class:`EmbeddingsError`
     saying how to rebuild the file.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     hint = rebuild_hint(data_root, config, path)
     if not path.is_file():
         raise EmbeddingsError(f"text embedding file {path} does not exist; {hint}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            features = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise EmbeddingsError(f"{path} is not a readable safetensors file ({exc}); {hint}") from exc
-    if metadata.get("mrdl.format") != FORMAT:
-        raise EmbeddingsError(f"{path} is not an mrdl text-embedding file (format {metadata.get('mrdl.format')!r}); {hint}")
+    metadata, features = read_tagged(path, file_format=FORMAT, kind="an mrdl text-embedding file",
+                                     error=lambda message: EmbeddingsError(f"{message}; {hint}"), require_digest=False)
     provenance = json.loads(metadata["mrdl.provenance"])
     texts = json.loads(metadata["mrdl.texts"])
     text_cfg = config.model.text
