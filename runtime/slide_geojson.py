@@ -49,7 +49,7 @@ def band_runs(band: np.ndarray, y0: int) -> tuple[np.ndarray, np.ndarray, np.nda
     np.not_equal(band[:, 1:], band[:, :-1], out=changes[:, 1:w])
     foreground = band != 0
     start_rows, x0 = np.nonzero(changes[:, :w] & foreground)
-    end_rows, x1 = np.nonzero(changes[:, 1:] & foreground)
+    _, x1 = np.nonzero(changes[:, 1:] & foreground)  # the same runs, in the same order
     return (start_rows.astype(np.int64) + y0, x0.astype(np.int64), x1.astype(np.int64) + 1,
             band[start_rows, x0])
 
