@@ -14,6 +14,7 @@ import importlib.util
 
 import click
 
+from mrdl_apps.errors import os_errors_reported
 from mrdl_apps.extras import SUBCOMMAND_EXTRAS, missing_extra_command, missing_modules
 from mrdl_apps.options import CONTEXT_SETTINGS, version_option
 from mrdl_runtime.errors import MrdlError
@@ -52,7 +53,8 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with os_errors_reported():  # a full disk, read-only folder, name too long...: one line, exit 1
+                return super().invoke(ctx)
         except MrdlError as exc:  # the project's one error type: one line, exit 1
             raise click.ClickException(str(exc)) from exc
 

@@ -130,6 +130,8 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None
     from mrdl_export.tensorrt_build import TensorRTUnavailable
     from mrdl_runtime import MrdlError
 
+    from mrdl_apps.errors import os_error_line
+
     try:
         result = Exporter(ExportOptions(progress=True, **options)).run(ckpt, out)
     except TensorRTUnavailable as exc:
@@ -137,6 +139,9 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None
         context.exit(EXIT_TENSORRT_MISSING)
     except (MrdlError, FileNotFoundError, ValueError) as exc:  # builtins: argument checks of the libraries below
         click.echo(f"mrdl-export: error: {exc}", err=True)
+        context.exit(EXIT_FAILURE)
+    except OSError as exc:  # a full disk, read-only folder, name too long...: one line (mrdl_apps.errors)
+        click.echo(f"mrdl-export: error: {os_error_line(exc)}", err=True)
         context.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         click.echo(f"mrdl-export: interrupted; nothing half-written is left under {out}. Run the command again "
