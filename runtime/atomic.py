@@ -41,6 +41,29 @@ def _create_temporary(folder: Path, mode: int) -> Path:
         return candidate
 
 
+class AtomicFile:
+    """A temporary file beside ``path`` that a writer fills over time, then :meth:`commit` renames onto ``path``.
+
+    For writers that stay open across calls (a streaming GeoJSON writer); :func:`atomic_path` is the
+    same for one block. The file is created with ``mode`` less the umask.
+    """
+
+    def __init__(self, path: str | Path, *, mode: int = 0o666) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary = _create_temporary(self.path.parent, mode)
+
+    def commit(self) -> None:
+        """Flush the temporary file to disk and rename it onto ``path``."""
+        with open(self.temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.temporary, self.path)
+
+    def discard(self) -> None:
+        """Remove the temporary file (``path`` is left as it was); harmless after :meth:`commit`."""
+        self.temporary.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; fsync it and rename it onto ``path`` only if the block succeeds.
@@ -48,13 +71,9 @@ def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
     The file is created with ``mode`` less the umask, as ``open(path, "w")`` does for 0o666 (pass
     0o600 for a private file). Missing parent folders are created.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _create_temporary(path.parent, mode)
+    file = AtomicFile(path, mode=mode)
     try:
-        yield temporary
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        yield file.temporary
+        file.commit()
     finally:
-        temporary.unlink(missing_ok=True)
+        file.discard()

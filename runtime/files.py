@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import signal
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -35,9 +33,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .atomic import atomic_path
 from .errors import MrdlError, OptionsError
-from .imaging import IMAGE_SUFFIXES, STRIP_BYTES, ImageInputError, read_image
+from .imaging import IMAGE_SUFFIXES, ImageInputError, read_image
 from .options import PredictOptions
+from .resample import STRIP_BYTES
 from .segmenter import Segmenter
 
 OVERLAY_COLOURS = np.array([[0, 255, 0], [255, 0, 0], [0, 128, 255], [255, 200, 0], [255, 0, 255]], dtype=np.float32)
@@ -169,27 +169,14 @@ def tint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return image
 
 
-@contextmanager
-def _replacing(path: Path) -> Iterator[str]:
-    """Yield a temporary file name beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def write_png(array: np.ndarray, path: Path) -> None:
     """Write ``array`` as a PNG through a temporary file renamed onto ``path``."""
-    with _replacing(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
 def _write_record(out_dir: Path, record: dict) -> None:
-    with _replacing(out_dir / RECORD_NAME) as tmp, open(tmp, "w") as stream:
+    with atomic_path(out_dir / RECORD_NAME) as tmp, open(tmp, "w") as stream:
         json.dump(record, stream, indent=2)
 
 

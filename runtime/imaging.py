@@ -12,13 +12,13 @@ mis-decodes some TIFF layouts).
 **Preprocessing**: Pillow bilinear (antialiased) resize on the uint8 RGB image, times ``scale``
 (1/255) in float32, HWC -> CHW. **Postprocessing** resizes each probability map back to the
 original size with Pillow's mode-"F" bilinear resize, then thresholds (one class) or takes the
-argmax; :func:`mask_at_size` does the same one map at a time without holding them all.
+argmax; :func:`mask_at_size` does the same one map at a time without holding them all. Both
+resizes are :mod:`mrdl_runtime.resample`'s Pillow path.
 """
 
 from __future__ import annotations
 
 import struct
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,11 @@ from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from . import tiff
 from .errors import MrdlError
+from .resample import pillow_map_strips, resize_rgb, rows_per_strip
 
 CHANNEL_ORDERS = ("RGB", "BGR")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # image files, any case: inputs, datasets, --data
 DEFAULT_MAX_PIXELS = 250_000_000  # a 15811 x 15811 image; --max-pixels / max_pixels raises it
-STRIP_BYTES = 1 << 24  # row strips of about 16 MB bound the temporary copies of large images
 _ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _PILLOW_LIMIT = tiff.PILLOW_GLOBALS  # Image.MAX_IMAGE_PIXELS and TiffImagePlugin.READ_LIBTIFF are process-global
 
@@ -41,10 +41,6 @@ class ImageInputError(MrdlError, ValueError):
 
 class ImageReadError(ImageInputError):
     """An image file that cannot be read: missing, not an image, truncated, or over the pixel limit."""
-
-
-def _rows_per_strip(row_bytes: int) -> int:
-    return max(1, STRIP_BYTES // max(row_bytes, 1))
 
 
 def _check_layout(array: np.ndarray) -> None:
@@ -68,7 +64,7 @@ def _float_to_uint8(array: np.ndarray) -> np.ndarray:
         raise ImageInputError(f"float image values up to {high:g}; expected [0, 1] or [0, 255]")
     factor = 255.0 if high <= 1.0 else 1.0
     out = np.empty(array.shape, dtype=np.uint8)
-    step = _rows_per_strip(8 * array[0].size)
+    step = rows_per_strip(8 * array[0].size)
     for start in range(0, len(array), step):  # float64 in strips: the rule's arithmetic, bounded memory
         out[start:start + step] = np.floor(array[start:start + step].astype(np.float64) * factor + 0.5)
     return out
@@ -146,7 +142,7 @@ def _check_pixel_count(path: Path, width: int, height: int, max_pixels: int) -> 
 def _pixels(image: Image.Image) -> np.ndarray:
     """A loaded Pillow image as a numpy array, copied in row strips (no full-size bytes object)."""
     width, height = image.size
-    rows = _rows_per_strip(16 * width)
+    rows = rows_per_strip(16 * width)
     first = np.asarray(image.crop((0, 0, width, min(rows, height))))
     out = np.empty((height, *first.shape[1:]), dtype=first.dtype)
     out[:len(first)] = first
@@ -220,12 +216,6 @@ def check_image(image: object, *, channel_order: str = "RGB") -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1]) if channel_order == "BGR" else rgb
 
 
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 -> size[0] x size[1] x 3 uint8 with Pillow's bilinear filter (as training)."""
-    height, width = size
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR), dtype=np.uint8)
-
-
 def to_model_input(resized: np.ndarray, scale: float = 1.0 / 255.0) -> np.ndarray:
     """An already resized HxWx3 uint8 image -> (3, H, W) float32, values = uint8 * scale."""
     scaled = resized.astype(np.float32) * np.float32(scale)
@@ -238,28 +228,13 @@ def preprocess(image: np.ndarray, size: tuple[int, int], *, scale: float = 1.0 /
     return to_model_input(resize_rgb(check_image(image, channel_order=channel_order), size), scale)
 
 
-def _resized_map(probability: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """One (h, w) probability map -> a Pillow mode-"F" image of size[0] x size[1] (bilinear)."""
-    height, width = size
-    return Image.fromarray(np.ascontiguousarray(probability, dtype=np.float32)).resize((width, height), Image.BILINEAR)
-
-
-def _strips(image: Image.Image):
-    """(row slice, float32 rows) of a mode-"F" image in strips of about STRIP_BYTES."""
-    width, height = image.size
-    rows = _rows_per_strip(4 * width)
-    for start in range(0, height, rows):
-        stop = min(start + rows, height)
-        yield slice(start, stop), np.asarray(image.crop((0, start, width, stop)), dtype=np.float32)
-
-
 def resize_probabilities(probabilities: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, h, w) float32 -> (C, size[0], size[1]) float32, each map with Pillow mode-"F" bilinear."""
     if probabilities.shape[1:] == tuple(size):
         return probabilities.astype(np.float32, copy=False)
     out = np.empty((len(probabilities), *size), dtype=np.float32)
     for resized_maps, probability in zip(out, probabilities):
-        for rows, strip in _strips(_resized_map(probability, size)):
+        for rows, strip in pillow_map_strips(probability, size):
             resized_maps[rows] = strip
     return out
 
@@ -280,7 +255,7 @@ def mask_at_size(probabilities: np.ndarray, size: tuple[int, int], *, threshold:
     mask = np.zeros(size, dtype=np.uint8)
     best = np.empty(size, dtype=np.float32) if len(probabilities) > 1 else None
     for label, probability in enumerate(probabilities):
-        for rows, strip in _strips(_resized_map(probability, size)):
+        for rows, strip in pillow_map_strips(probability, size):
             if best is None:
                 mask[rows] = strip > threshold
             elif label == 0:

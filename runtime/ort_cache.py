@@ -42,9 +42,10 @@ import os
 import platform
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from .atomic import atomic_path
 
 logger = logging.getLogger("mrdl_runtime")
 
@@ -54,7 +55,7 @@ DEFAULT_OPTIMIZED_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".
 MAX_ENTRIES = 32  # oldest entries beyond this are removed when a new one is written
 MARKER = ".mrdl-ort-cache"  # the file that marks a folder as this cache's (it holds CACHE_FORMAT)
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.(onnx|json)")
-TEMPORARY_NAME = re.compile(r"\.([0-9a-f]{64}\.[^/]*|[0-9a-f]{8})\.tmp")  # this cache's and atomic_path's temporaries
+TEMPORARY_NAME = re.compile(r"\.([0-9a-f]{64}\.[^/]*|[0-9a-f]{8})\.tmp")  # atomic_path's, and older versions' temporaries
 MAX_RECORD_BYTES = 4096  # a record is a few hundred bytes
 
 
@@ -178,22 +179,12 @@ def remove_entry(folder: Path, key: str) -> None:
             pass
 
 
-def write_entry(folder: Path, key: str, written: Path, *, source_sha256: str, ort_version: str) -> None:
-    """Adopt the optimized model onnxruntime wrote at ``written`` (inside ``folder``) as entry ``key``."""
-    data = written.read_bytes()
+def write_record(folder: Path, key: str, data: bytes, *, source_sha256: str, ort_version: str) -> None:
+    """Write the record of entry ``key`` (whose bytes are ``data``), private, then prune the oldest entries."""
     record = {"format": CACHE_FORMAT, "key": key, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
               "source_sha256": source_sha256, "onnxruntime": ort_version}
-    os.chmod(written, 0o600)
-    os.replace(written, folder / f"{key}.onnx")
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, folder / f"{key}.json")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(folder / f"{key}.json", mode=0o600) as tmp:
+        tmp.write_text(json.dumps(record))
     prune(folder)
 
 
@@ -238,20 +229,20 @@ def open_session(ort, model: bytes, *, source_sha256: str, options, providers: l
             refused = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             remove_entry(folder, key)
             options.graph_optimization_level = level
-    fd, written = tempfile.mkstemp(prefix=f".{key}.", suffix=".onnx.tmp", dir=folder)
-    os.close(fd)
-    try:
-        options.optimized_model_filepath = written
-        session = ort.InferenceSession(model, sess_options=options, providers=providers)
-        try:
-            write_entry(folder, key, Path(written), source_sha256=source_sha256, ort_version=ort.__version__)
-        except OSError as exc:
-            logger.warning("optimized-model cache %s: cannot write entry (%s); next load optimizes again",
-                           folder, exc.strerror)
-            remove_entry(folder, key)
-            return session, "uncached"
-    finally:
-        Path(written).unlink(missing_ok=True)
+    session = None
+    try:  # onnxruntime writes the optimized graph to the temporary name; renamed only once the session exists
+        with atomic_path(folder / f"{key}.onnx", mode=0o600) as written:
+            options.optimized_model_filepath = str(written)
+            session = ort.InferenceSession(model, sess_options=options, providers=providers)
+            data = written.read_bytes()
+        write_record(folder, key, data, source_sha256=source_sha256, ort_version=ort.__version__)
+    except OSError as exc:
+        if session is None:
+            raise
+        logger.warning("optimized-model cache %s: cannot write entry (%s); next load optimizes again",
+                       folder, exc.strerror)
+        remove_entry(folder, key)
+        return session, "uncached"
     if refused is not None:  # the entry, not the model, was at fault when the model's own session passes
         if check is not None:
             check(session)

@@ -24,8 +24,9 @@ from .errors import OptionsError
 from .imaging import ImageInputError, check_image, mask_at_size, preprocess, probabilities_to_mask, resize_probabilities
 from .manifest import Manifest, load_manifest
 from .options import LoadOptions, PredictOptions
+from .resample import resample_rgb
 from .runner import Runner
-from .tiling import mask_at, plan_tiles, probabilities_at, resample_rgb, should_tile, stitch
+from .tiling import mask_at, plan_tiles, probabilities_at, should_tile, stitch
 
 logger = logging.getLogger("mrdl_runtime")
 

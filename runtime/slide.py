@@ -46,8 +46,8 @@ from .manifest import Manifest
 from .slide_ometiff import write_ome_tiff
 from .slide_reader import SlideError, SlideLevel, SlideReader, choose_level
 from .slide_tissue import THUMBNAIL_SIDE, TissueMask, tissue_mask
-from .tiling import (DEFAULT_OVERLAP, TileOptions, _horizontal, _vertical_uint8, axis_taps, blend_weights,
-                     resampled_size, window_starts)
+from .resample import axis_taps, horizontal_pass, vertical_pass_uint8
+from .tiling import DEFAULT_OVERLAP, TileOptions, blend_weights, resampled_size, window_starts
 
 logger = logging.getLogger("mrdl_runtime")
 
@@ -367,9 +367,9 @@ class SlideSegmenter:
             if stop <= first:
                 return np.zeros((0, gw, 3), dtype=np.uint8)
             if taps is None:
-                return np.ascontiguousarray(_horizontal(reader.rows(level.index, first, stop), gw))
+                return np.ascontiguousarray(horizontal_pass(reader.rows(level.index, first, stop), gw))
             low, high = taps.rows_needed(first, stop)
-            return _vertical_uint8(_horizontal(reader.rows(level.index, low, high), gw), taps, first, stop, low)
+            return vertical_pass_uint8(horizontal_pass(reader.rows(level.index, low, high), gw), taps, first, stop, low)
 
         return rows
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import AtomicFile
 from .files import OVERLAY_COLOURS
 
 OBJECT_TYPES = ("detection", "annotation")
@@ -217,9 +216,8 @@ class GeoJSONWriter:
         self._next_id = 0
         self._carried = tuple(np.zeros(0, np.int64) for _ in range(5))  # last row's runs: rows, x0, x1, class, id
         self._open = tuple(np.zeros(0, np.int64) for _ in range(5))  # runs of open objects: rows, x0, x1, class, id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        raw = os.fdopen(fd, "wb")
+        self._atomic = AtomicFile(self.path)
+        raw = open(self._atomic.temporary, "wb")
         self._file = gzip_module.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip else raw
         self._raw = raw
         self._file.write(b'{"type":"FeatureCollection","features":[')
@@ -337,7 +335,7 @@ class GeoJSONWriter:
         self._file.close()
         self._raw.close()
         self._file = None
-        os.replace(self._tmp, self.path)
+        self._atomic.commit()
         return self._count
 
     def abort(self) -> None:
@@ -346,4 +344,4 @@ class GeoJSONWriter:
             self._file.close()
             self._raw.close()
             self._file = None
-        Path(self._tmp).unlink(missing_ok=True)
+        self._atomic.discard()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from mrdl_runtime.atomic import TEMPORARY_NAME, atomic_path, is_temporary_name
+from mrdl_runtime.atomic import TEMPORARY_NAME, AtomicFile, atomic_path, is_temporary_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,32 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("disk full")
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["best.safetensors"]
+
+
+def test_every_writer_uses_the_one_atomic_write():
+    """No second copy: no source outside runtime/atomic.py makes its own temporary file and renames it."""
+    offenders = []
+    for folder in ("mrdl", "export", "runtime", "benchmarks", "apps"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text()
+            if path != ROOT / "runtime" / "atomic.py" and re.search(r"mkstemp\(|NamedTemporaryFile\(", text) \
+                    and re.search(r"os\.(replace|rename)\(", text):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_a_streaming_writer_commits_or_discards(tmp_path):
+    target = tmp_path / ("g" * 250 + ".json")
+    target.write_text("old")
+    kept = AtomicFile(target)
+    kept.temporary.write_text("partial")
+    kept.discard()
+    assert target.read_text() == "old" and os.listdir(tmp_path) == [target.name]
+    written = AtomicFile(target, mode=0o600)
+    with open(written.temporary, "w") as stream:
+        stream.write("new")
+    written.commit()
+    assert target.read_text() == "new" and target.stat().st_mode & 0o777 == 0o600
 
 
 def test_export_manifest_imports_no_torch():

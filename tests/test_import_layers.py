@@ -1,4 +1,6 @@
-"""Import layers: each package imports only from the layers below it, never from one above, not even lazily.
+"""Import layers and circles: each package imports only from the layers below it, never from one above, not
+even lazily; and no module imports itself through a chain of imports (a circle), not even through a
+function-level import.
 
 Layers, lowest first (folder -> import package, read from pyproject.toml's package-dir):
 
@@ -7,7 +9,8 @@ Layers, lowest first (folder -> import package, read from pyproject.toml's packa
 Every ``.py`` file under those folders is parsed with ``ast``; every import counts wherever it is written: at
 module level, inside a function (lazy), under ``if TYPE_CHECKING:``, relative (``from ..x import y``) or as
 ``importlib.import_module("literal")`` / ``__import__("literal")``. Run as a command, the file prints the
-package import graph (edges with counts) and any upward import, for the working tree or a commit:
+package import graph (edges with counts), any upward import and any import circle between modules, for the
+working tree or a commit:
 
     python tests/test_import_layers.py              # the working tree
     python tests/test_import_layers.py --rev REV    # a commit, read with git show (no checkout)
@@ -113,6 +116,81 @@ def revision_sources(root: Path, rev: str) -> tuple[dict[str, str], dict[str, st
     return {path: git("show", f"{rev}:{path}") for path in paths}, folders
 
 
+def module_name(path: str, folders: dict[str, str]) -> str | None:
+    """The dotted module name of a source file (``export/options.py`` -> ``mrdl_export.options``), or None."""
+    folder, *rest = Path(path).parts
+    if folder not in folders or not path.endswith(".py") or not rest:
+        return None
+    parts = [folders[folder], *rest[:-1], Path(rest[-1]).stem]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_graph(sources: dict[str, str], folders: dict[str, str]) -> dict[str, set[str]]:
+    """module -> the modules of ours it imports, wherever the import is written (module level, function, ...).
+
+    ``from package import name`` counts as an import of ``package.name`` when that is a module of ours,
+    else of ``package``; ``import a.b.c`` as the longest prefix that is a module of ours. The implicit
+    import of a parent package's ``__init__`` is not counted (every module has it), nor an import under
+    ``if TYPE_CHECKING:`` (it never runs).
+    """
+    modules = {name: path for path in sources if (name := module_name(path, folders)) is not None}
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(sources[path], filename=path)
+        is_package = Path(path).stem == "__init__"
+        names = {node.lineno: [alias.name for alias in node.names] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+        type_only = {inner.lineno for node in ast.walk(tree) if isinstance(node, ast.If)
+                     and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                     for statement in node.body for inner in ast.walk(statement) if hasattr(inner, "lineno")}
+        for line, imported in _imported_modules(tree, name, is_package):
+            if line in type_only:
+                continue
+            submodules = [f"{imported}.{alias}" for alias in names.get(line, ()) if f"{imported}.{alias}" in modules]
+            for candidate in submodules or [imported]:
+                target = candidate
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges[name].add(target)
+    return edges
+
+
+def import_circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Each set of modules that import one another through a chain (strongly connected, 2 or more), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm, iteratively deep graphs are small here
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(circles)
+
+
 def graph(imports: list[Import]) -> collections.Counter:
     return collections.Counter((i.importer, i.imported) for i in imports)
 
@@ -181,6 +259,31 @@ def test_scanner_finds_planted_upward_imports():
     assert "runtime/files.py:4: mrdl_runtime imports mrdl.model, a higher layer" in describe(imports)
 
 
+def test_no_import_circles():
+    edges = module_graph(*worktree_sources(ROOT))
+    assert "mrdl.model" in edges["mrdl.checkpoint"] and "mrdl.tagged_file" in edges["mrdl.text"]  # edges were found
+    assert import_circles(edges) == []
+
+
+def test_scanner_finds_planted_circles_through_function_level_imports():
+    folders = {"mrdl": "mrdl", "export": "mrdl_export"}
+    sources = {
+        "mrdl/__init__.py": "",
+        "mrdl/checkpoint.py": "def load():\n    from .model import MRDL\n",  # function level
+        "mrdl/model.py": "def tower():\n    from . import text\n",
+        "mrdl/text.py": "from mrdl.checkpoint import shape_mismatches\n",
+        "mrdl/config.py": "import mrdl.layers\n",
+        "mrdl/layers.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .config import MRDLConfig\n",
+        "export/__init__.py": "from .options import ExportOptions\n",  # a package importing its module: no circle
+        "export/options.py": "def check():\n    from .manifest import parse\n",
+        "export/manifest.py": "from .options import ExportError\n",
+    }
+    edges = module_graph(sources, folders)
+    assert edges["mrdl.model"] == {"mrdl.text"} and edges["mrdl.config"] == {"mrdl.layers"}
+    assert import_circles(edges) == [["mrdl.checkpoint", "mrdl.model", "mrdl.text"],
+                                     ["mrdl_export.manifest", "mrdl_export.options"]]
+
+
 def test_predict_and_the_runtime_need_no_torch(tmp_path, block_torch):
     """The bottom layer and ``mrdl predict`` import with torch (and mrdl, which needs it) unimportable."""
     code = block_torch + (
@@ -207,6 +310,9 @@ if __name__ == "__main__":
     options = parser.parse_args()
     found, _ = scan_sources(*(revision_sources(options.root, options.rev) if options.rev
                               else worktree_sources(options.root)))
+    circles = import_circles(module_graph(*(revision_sources(options.root, options.rev) if options.rev
+                                            else worktree_sources(options.root))))
     print("layers, lowest first: " + " <- ".join(LAYERS))
     print(describe(found))
-    sys.exit(1 if any(i.upward for i in found) else 0)
+    print(f"import circles: {len(circles)}" + "".join(f"\n  {' <-> '.join(circle)}" for circle in circles))
+    sys.exit(1 if any(i.upward for i in found) or circles else 0)

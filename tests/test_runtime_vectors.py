@@ -411,8 +411,9 @@ def _reference_stitch(image: np.ndarray, source: tuple[int, int], classes: int, 
 
 def tiling_vectors() -> dict:
     from mrdl_runtime.imaging import probabilities_to_mask
-    from mrdl_runtime.tiling import (TileOptions, blend_weights, mask_at, plan_tiles, probabilities_at, resample_rgb,
-                                     resampled_size, should_tile, stitch, window_starts)
+    from mrdl_runtime.resample import resample_rgb
+    from mrdl_runtime.tiling import (TileOptions, blend_weights, mask_at, plan_tiles, probabilities_at, resampled_size,
+                                     should_tile, stitch, window_starts)
 
     cases = []
     for index, (name, (height, width), source, classes, overlap, blend, max_batch) in enumerate(TILING_CASES):

@@ -23,10 +23,11 @@ import pytest
 from PIL import Image
 from reexport import rewrite_manifest
 
-from mrdl_runtime import tiling
+from mrdl_runtime import resample
 from mrdl_runtime.manifest import ManifestError, parse_manifest
-from mrdl_runtime.tiling import (TileOptions, blend_weights, mask_at, plan_tiles, probabilities_at, resample_rgb,
-                                 resampled_size, resized_strips, should_tile, stitch, window_starts)
+from mrdl_runtime.resample import resample_rgb, resized_strips
+from mrdl_runtime.tiling import (TileOptions, blend_weights, mask_at, plan_tiles, probabilities_at, resampled_size,
+                                 should_tile, stitch, window_starts)
 
 SEAM_RATIO_LIMIT = 1.5
 
@@ -130,8 +131,8 @@ def test_streamed_resampling_is_exact_for_any_strip_height(shape, size, monkeypa
     probability = rng.random(size, dtype=np.float32)
     expected_rgb = _pillow_horizontal_first(rgb, size)
     expected_map = _pillow_horizontal_first(probability, shape)
-    for strip_bytes in (tiling.STRIP_BYTES, 1, 5000):  # whole image, one output row, a few rows per strip
-        monkeypatch.setattr(tiling, "STRIP_BYTES", strip_bytes)
+    for strip_bytes in (resample.STRIP_BYTES, 1, 5000):  # whole image, one output row, a few rows per strip
+        monkeypatch.setattr(resample, "STRIP_BYTES", strip_bytes)
         assert np.array_equal(resample_rgb(rgb, size), expected_rgb)
         assert np.array_equal(np.concatenate([rows for _, rows in resized_strips(probability, shape)]), expected_map)
 
