@@ -153,7 +153,7 @@ def _read(run_dir: Path, *, tensors: bool) -> tuple[dict[str, str], dict[str, to
     if not (run_dir / RESUME).is_file():
         raise _missing_state_error(run_dir)
     return read_tagged(run_dir / RESUME, file_format=FORMAT, kind="an mrdl resumable state", error=ResumeError,
-                       tensors=tensors)
+                       tensors=tensors, require_metadata_digest=True)  # an edited epoch counter is refused
 
 
 def _json_fields(path: Path, metadata: dict[str, str]) -> dict[str, Any]:

@@ -2,14 +2,16 @@
 
 A tagged file is a safetensors file whose header metadata names its kind in ``mrdl.format`` and,
 for files written here, records ``mrdl.tensors_sha256`` (:func:`tensors_digest`, over every
-tensor's name, dtype, shape and bytes), so a truncated or bit-flipped file is refused with a
-message naming the problem. The other ``mrdl.*`` metadata entries are the caller's (JSON strings).
+tensor's name, dtype, shape and bytes) and ``mrdl.metadata_sha256`` (:func:`metadata_digest`, over
+every other metadata entry, the tensor digest included), so a truncated or bit-flipped file, and
+metadata edited in place (an epoch counter of 1e12), are refused with a message naming the problem. The other ``mrdl.*`` metadata entries are the caller's (JSON strings).
 Files are written through :func:`mrdl_runtime.atomic.atomic_path`; nothing here can unpickle.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +21,7 @@ from mrdl_runtime.atomic import atomic_path
 
 FORMAT_KEY = "mrdl.format"
 DIGEST_KEY = "mrdl.tensors_sha256"
+METADATA_DIGEST_KEY = "mrdl.metadata_sha256"
 
 
 def tensors_digest(state_dict: dict[str, torch.Tensor]) -> str:
@@ -29,6 +32,12 @@ def tensors_digest(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def metadata_digest(metadata: dict[str, str]) -> str:
+    """sha256 over every metadata entry but :data:`METADATA_DIGEST_KEY` (sorted JSON of the strings)."""
+    entries = {key: value for key, value in metadata.items() if key != METADATA_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def shape_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:
@@ -44,6 +53,7 @@ def write_tagged(path: str | Path, tensors: dict[str, torch.Tensor], *, file_for
 
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     header = {**metadata, FORMAT_KEY: file_format, DIGEST_KEY: tensors_digest(tensors)}
+    header[METADATA_DIGEST_KEY] = metadata_digest(header)
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
@@ -51,12 +61,16 @@ def write_tagged(path: str | Path, tensors: dict[str, torch.Tensor], *, file_for
 
 
 def read_tagged(path: str | Path, *, file_format: str, kind: str, error: Callable[[str], Exception],
-                tensors: bool = True, require_digest: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+                tensors: bool = True, require_digest: bool = True,
+                require_metadata_digest: bool = False) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The metadata and (``tensors=True``) the verified tensors of a tagged file of format ``file_format``.
 
     Raises ``error(message)`` for a file safetensors cannot read (missing, truncated, not safetensors), another format (the
     message names ``kind``, e.g. "an mrdl checkpoint") or tensors that do not match the recorded
     digest. ``require_digest=False`` accepts a file without a digest (written before it was recorded).
+    The metadata digest is checked whenever the file has one (also with ``tensors=False``);
+    ``require_metadata_digest=True`` refuses a file without it (written before it was recorded, or
+    with the entry deleted).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -70,6 +84,10 @@ def read_tagged(path: str | Path, *, file_format: str, kind: str, error: Callabl
         raise error(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
     if found != file_format:
         raise error(f"{path} is not {kind} (format {found!r}, expected {file_format!r})")
+    recorded_metadata = metadata.get(METADATA_DIGEST_KEY)
+    if (recorded_metadata is not None or require_metadata_digest) and metadata_digest(metadata) != recorded_metadata:
+        raise error(f"{path} was edited or is corrupt: its metadata does not match the digest recorded when it was "
+                    "written (" + ("no digest recorded" if recorded_metadata is None else "an entry was changed") + ")")
     recorded = metadata.get(DIGEST_KEY)
     if tensors and (recorded is not None or require_digest) and tensors_digest(state) != recorded:
         raise error(f"{path} is corrupt: its tensors do not match the digest recorded when it was written")
