@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -227,6 +228,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& source) {
     const json root = parse_limited<ManifestError>(text, source);
     check_format(root, source, false);
     Manifest m;
+    m.document = text;
     m.format = kManifestFormat;
     m.export_id = r.text(root, "export_id", "the manifest");
     if (!is_hex(m.export_id, 32)) r.fail("export_id must be 32 lower-case hex digits, got \"" + m.export_id + "\"");
@@ -341,6 +343,74 @@ EmbeddedIdentity parse_embedded_manifest(const std::string& text, const std::str
         *target = root[key].get<std::string>();
     }
     return identity;
+}
+
+namespace {
+
+/// `value` as Python's json.dumps writes it (", " and ": " between items, non-ASCII escaped).
+std::string python_dumps(const json& value) {
+    std::string out;
+    if (value.is_array()) {
+        for (const json& item : value) out += (out.empty() ? "" : ", ") + python_dumps(item);
+        return "[" + out + "]";
+    }
+    if (value.is_object()) {
+        for (const auto& item : value.items())
+            out += (out.empty() ? "" : ", ") + json(item.key()).dump(-1, ' ', true) + ": " + python_dumps(item.value());
+        return "{" + out + "}";
+    }
+    return value.dump(-1, ' ', true);
+}
+
+/// Equal values of the same Python type (1 and 1.0 differ, as do true and 1).
+bool same_value(const json& a, const json& b) {
+    const auto kind = [](const json& v) { return v.is_number_integer() ? json::value_t::number_integer : v.type(); };
+    return kind(a) == kind(b) && a == b;
+}
+
+void differences(const json& expected, const json& embedded, const std::string& where, size_t limit,
+                 std::vector<std::string>& found) {
+    if (expected.is_array() && embedded.is_array() && expected.size() == embedded.size()) {
+        for (size_t i = 0; i < expected.size() && found.size() < limit; ++i)
+            differences(expected[i], embedded[i], where + "[" + std::to_string(i) + "]", limit, found);
+        return;
+    }
+    if (expected.is_object() && embedded.is_object()) {
+        std::set<std::string> keys;
+        for (const auto& item : expected.items()) keys.insert(item.key());
+        for (const auto& item : embedded.items()) keys.insert(item.key());
+        for (const std::string& key : keys) {
+            if (found.size() >= limit) return;
+            const std::string name = where.empty() ? key : where + "." + key;
+            if (!embedded.contains(key)) found.push_back(name + " was added");
+            else if (!expected.contains(key)) found.push_back(name + " was removed");
+            else differences(expected[key], embedded[key], name, limit, found);
+        }
+        return;
+    }
+    if (same_value(expected, embedded)) return;
+    std::string shown[2] = {python_dumps(expected), python_dumps(embedded)};
+    for (std::string& text : shown)
+        if (text.size() > 60) text = text.substr(0, 57) + "...";
+    found.push_back((where.empty() ? "the manifest" : where) + " is " + shown[0] + ", not " + shown[1]);
+}
+
+}  // namespace
+
+std::vector<std::string> manifest_edits(const Manifest& manifest, const std::string& embedded_text,
+                                        const std::string& precision, const std::string& source, size_t limit) {
+    json expected = parse_limited<ManifestError>(manifest.document, "model.json");
+    const json embedded = parse_limited<IntegrityError>(embedded_text, source);
+    expected["precision"] = precision;  // the copy mrdl-export embeds in this artifact
+    if (expected.contains("artifacts") && expected["artifacts"].is_object())
+        for (auto& item : expected["artifacts"].items()) {
+            const json& record = item.value();
+            const auto field = [&](const char* key) { return record.is_object() && record.contains(key) ? record[key] : json(); };
+            item.value() = json{{"file", field("file")}, {"precision", field("precision")}};
+        }
+    std::vector<std::string> found;
+    differences(expected, embedded, "", limit, found);
+    return found;
 }
 
 }  // namespace mrdl

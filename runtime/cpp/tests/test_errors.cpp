@@ -80,6 +80,45 @@ int main() {
                                     "in [32, 65536] and [64, 65536] for a 128x256 model",
                                     [&] { Manifest::parse(big, "model.json"); });
     });
+    run("manifest_edits: model.json against the copy embedded in an ONNX file", [] {
+        // The embedded copy of kValid's fp32 file: the same document, the artifact record reduced to
+        // its file and precision.
+        nlohmann::json embedded = nlohmann::json::parse(kValid);
+        embedded["artifacts"]["fp32"] = {{"file", "model.onnx"}, {"precision", "fp32"}};
+        const auto edits = [&](const std::string& model_json, const nlohmann::json& copy, size_t limit = 3) {
+            return manifest_edits(Manifest::parse(model_json, "model.json"), copy.dump(), "fp32", "embedded", limit);
+        };
+        check(edits(kValid, embedded).empty(), "unedited (sizes and hashes are not compared)");
+        nlohmann::json other = embedded;
+        other["max_batch"] = 16.0;  // 16 and 16.0 are different JSON (Python: int and float)
+        other["versions"]["opset"] = "20";
+        using Edits = std::vector<std::string>;
+        check(edits(kValid, other) == Edits{"max_batch is 16, not 16.0", "versions.opset is 20, not \"20\""},
+              "types count");
+        check(edits(replaced("\"max_batch\": 16,", "\"max_batch\": 16, \"source_size\": [128, 64],"), embedded) ==
+                  Edits{"source_size was added"},
+              "added");
+        other = embedded;
+        other["source_size"] = {128, 128};
+        check(edits(replaced("\"max_batch\": 16,", "\"max_batch\": 16, \"source_size\": [128, 64],"), other) ==
+                  Edits{"source_size[1] is 64, not 128"},
+              "a list item");
+        check(edits(kValid, other) == Edits{"source_size was removed"}, "removed");
+        other = embedded;
+        other["name"] = std::string(100, 'x');
+        other["precision"] = "int8";
+        other["classes"] = {"background"};
+        other["n_classes"] = true;
+        const Edits many = edits(kValid, other);
+        check(many == Edits{"classes is [\"background\", \"foreground\"], not [\"background\"]",
+                            "n_classes is 1, not true",
+                            "name is \"tiny\", not \"" + std::string(56, 'x') + "..."},
+              "at most 3, in key order, long values cut to 60 characters");
+        check(edits(kValid, other, 10).size() == 4, "the 4th (precision) with a larger limit");
+        expect_error<IntegrityError>("bad embedded JSON", "embedded", [&] {
+            manifest_edits(Manifest::parse(kValid, "model.json"), "{", "fp32", "embedded");
+        });
+    });
     run("tile decisions and options (docs/tiling.md)", [] {
         const std::optional<std::array<int, 2>> source = std::array<int, 2>{1000, 1000};
         check(!should_tile(1500, 1500, source, TileMode::Auto) && should_tile(1501, 1000, source, TileMode::Auto) &&

@@ -1,6 +1,6 @@
 // Artifact verification: SHA-256 against FIPS 180-4 and Python's hashlib, and every hostile model
 // directory (bit flip, wrong size, renamed INT8, another export's file, paths leaving the
-// directory, bad numbers, deep nesting, the older format) refused with IntegrityError or
+// directory, an edited model.json, bad numbers, deep nesting, the older format) refused with IntegrityError or
 // ManifestError naming the file and what was expected.
 //   test_integrity               FIPS 180-4 vectors only
 //   test_integrity TEST_DATA_DIR also the model directories (make_test_data.py)
@@ -222,6 +222,36 @@ void model_directories(const std::string& data) {
         copy.write_manifest(doc);
         expect_error<IntegrityError>("input size", "graph inputs [\"image\" float32 [batch, 3, 64, 64]] differ from "
                                                    "model.json's [\"image\" float32 [batch, 3, 32, 32]]",
+                                     [&] { load(copy); });
+    });
+    run("an edited model.json is refused, naming the fields (the embedded copy is the reference)", [&] {
+        const ModelCopy copy(model, "edited");
+        const nlohmann::json original = copy.manifest();
+        copy.write_manifest(nlohmann::json::parse(original.dump()));  // re-serialised, not edited: loads
+        load(copy);
+        const std::string edited = (copy.dir() / "model.json").string() + " was edited after export: ";
+        nlohmann::json doc = original;
+        doc["source_size"] = {1000, 1000};
+        copy.write_manifest(doc);
+        for (const std::string precision : {"fp32", "int8"})
+            expect_error<IntegrityError>("source_size " + precision,
+                                         edited + "source_size[0] is 1000, not 128; source_size[1] is 1000, not 128 "
+                                                  "(what mrdl-export embedded in " +
+                                             (copy.dir() / original["artifacts"][precision]["file"].get<std::string>())
+                                                 .string() +
+                                             "); restore it, or re-export to change a field",
+                                         [&] { load(copy, true, precision); });
+        expect_error<IntegrityError>("without the hash check", edited + "source_size[0] is 1000",
+                                     [&] { load(copy, false); });
+        doc = original;
+        doc["postprocessing"]["threshold"] = 0.25;
+        doc["note"] = "added by hand";
+        doc.erase("source_size");
+        copy.write_manifest(doc);
+        expect_error<IntegrityError>("three fields",
+                                     edited + "note was added; postprocessing.threshold is 0.25, not ",
+                                     [&] { load(copy); });
+        expect_error<IntegrityError>("removed", "; source_size was removed (what mrdl-export embedded",
                                      [&] { load(copy); });
     });
     run("hostile model.json files give ManifestError, not a crash", [&] {

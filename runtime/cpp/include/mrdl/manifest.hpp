@@ -85,6 +85,9 @@ struct MRDL_API Manifest {
     /// resized to preprocessing.size, two integers in the range above (kMinSourceSide); empty when model.json has
     /// no "source_size" (then TileMode::Auto never tiles and TileMode::On is refused).
     std::optional<std::array<int, 2>> source_size;
+    /// The JSON text parsed (model.json as read): compared whole with the copy each ONNX file embeds
+    /// (manifest_edits).
+    std::string document;
 
     /// Read and validate `path` (a model.json, at most kMaxManifestBytes, nesting at most
     /// kMaxManifestDepth; every numeric field in its documented range); throws ManifestError naming
@@ -108,5 +111,16 @@ struct MRDL_API EmbeddedIdentity {
 /// Parse an embedded manifest (same size and depth limits as model.json); `source` names it in
 /// errors, which are IntegrityError.
 MRDL_API EmbeddedIdentity parse_embedded_manifest(const std::string& text, const std::string& source);
+
+/// Where model.json (`manifest.document`) differs from the manifest embedded in the ONNX file of an
+/// artifact holding `precision` (`embedded_text`, parsed as parse_embedded_manifest does). mrdl-export
+/// embeds model.json itself, with that precision and each artifact record reduced to its file and
+/// precision (a file cannot hold its own size and hash), so any other difference is an edit made
+/// after the export: no field vouches for itself. Up to `limit` entries in document order, in the
+/// Python runtime's words (mrdl_runtime.integrity.manifest_differences), e.g. "source_size is
+/// [1, 1], not [128, 128]", "max_batch was added"; empty when model.json is unedited.
+MRDL_API std::vector<std::string> manifest_edits(const Manifest& manifest, const std::string& embedded_text,
+                                                 const std::string& precision, const std::string& source,
+                                                 size_t limit = 3);
 
 }  // namespace mrdl

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <memory>
 
 #include <onnxruntime_cxx_api.h>
@@ -86,13 +87,14 @@ public:
         } catch (const Ort::Exception& error) {
             throw BackendError("ONNX Runtime cannot load " + path + ": " + error.what());
         }
-        check_identity(artifact);
+        const std::string embedded = check_identity(artifact);
         check_signature(path, "input", manifest_.inputs, session_->GetInputCount(),
                         [this](size_t i, OrtAllocator* a) { return session_->GetInputNameAllocated(i, a); },
                         [this](size_t i) { return session_->GetInputTypeInfo(i); });
         check_signature(path, "output", manifest_.outputs, session_->GetOutputCount(),
                         [this](size_t i, OrtAllocator* a) { return session_->GetOutputNameAllocated(i, a); },
                         [this](size_t i) { return session_->GetOutputTypeInfo(i); });
+        check_unedited(artifact, embedded);  // last: the checks above name a cause more precisely
     }
 
     std::vector<float> run(const std::vector<float>& images, const std::vector<float>* text_features,
@@ -129,9 +131,24 @@ public:
     std::string describe() const override { return "onnxruntime " + Ort::GetVersionString() + " (" + provider_ + ")"; }
 
 private:
+    /// model.json must be the manifest embedded in this (verified) file, but for the records of the
+    /// artifacts' sizes and hashes: an edited field (source_size, threshold, ...) is refused, named.
+    void check_unedited(const VerifiedArtifact& artifact, const std::string& embedded) const {
+        const std::vector<std::string> edits = manifest_edits(manifest_, embedded, artifact.record.precision,
+                                                              artifact.path + " (embedded manifest)");
+        if (edits.empty()) return;
+        const std::string model_json = (std::filesystem::path(artifact.path).parent_path() / "model.json").string();
+        std::string listed;
+        for (const std::string& edit : edits) listed += (listed.empty() ? "" : "; ") + edit;
+        throw IntegrityError(model_json + " was edited after export: " + listed + " (what mrdl-export embedded in " +
+                             artifact.path + "); restore it, or re-export to change a field (e.g. mrdl-export "
+                             "--source-size)");
+    }
+
     /// The embedded manifest must come from the same export as model.json and hold the precision
     /// model.json records for this file: catches another export's file or a renamed variant.
-    void check_identity(const VerifiedArtifact& artifact) const {
+    /// Returns the embedded manifest's text.
+    std::string check_identity(const VerifiedArtifact& artifact) const {
         const std::string& path = artifact.path;
         Ort::AllocatorWithDefaultOptions allocator;
         const Ort::ModelMetadata metadata = session_->GetModelMetadata();
@@ -149,6 +166,7 @@ private:
             throw IntegrityError(path + ": its embedded manifest says " + found.precision +
                                  ", but model.json records the \"" + artifact.key + "\" artifact as " +
                                  artifact.record.precision + " (a renamed file?); re-export");
+        return text.get();
     }
 
     /// The graph's inputs or outputs must be model.json's, in order: names, float32, non-batch dims.
