@@ -210,14 +210,14 @@ def test_pillow_decompression_bomb_check_never_escapes(tmp_path):
 
 @pytest.mark.parametrize("n_classes", [1, 3])
 def test_masks_in_strips_equal_whole_image_resize(monkeypatch, n_classes):
-    from mrdl_runtime import imaging
+    from mrdl_runtime import imaging, resample
 
     rng = np.random.default_rng(n_classes)
     probabilities = rng.random((n_classes, 16, 16), dtype=np.float32)
     probabilities[-1, 4, 4] = np.nan  # numpy's argmax counts a NaN as the maximum; so must the strips
     whole = np.stack([np.asarray(Image.fromarray(p).resize((53, 101), Image.BILINEAR)) for p in probabilities])
     expected = (whole[0] > 0.5) if n_classes == 1 else whole.argmax(axis=0)
-    monkeypatch.setattr(imaging, "STRIP_BYTES", 4 * 53 * 7)  # 7-row strips
+    monkeypatch.setattr(resample, "STRIP_BYTES", 4 * 53 * 7)  # 7-row strips (mrdl_runtime.resample streams them)
     np.testing.assert_array_equal(imaging.mask_at_size(probabilities, (101, 53), threshold=0.5), expected)
     np.testing.assert_array_equal(imaging.resize_probabilities(probabilities, (101, 53)), whole)
 
