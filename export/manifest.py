@@ -19,7 +19,7 @@ from typing import Any
 
 from mrdl_runtime.atomic import atomic_path
 from mrdl_runtime.manifest import (FORMAT, MANIFEST_NAME, MAX_SOURCE_MPP, MAX_SOURCE_SIDE, METADATA_KEY, ManifestError, artifact_record,
-                                   parse_manifest)
+                                   check_source_size, parse_manifest)
 
 from .errors import ExportError
 
@@ -131,8 +131,12 @@ def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: st
         "source_checkpoint": {"path": str(checkpoint_path), "sha256": checkpoint_sha256},
         "parity": parity,
     }
-    if source_size is not None:
-        manifest["source_size"] = [int(source_size[0]), int(source_size[1])]
+    if source_size is not None:  # the model-relative range (runtime/VECTORS.md), named before anything is written
+        try:
+            manifest["source_size"] = list(check_source_size([int(side) for side in source_size], (size, size),
+                                                             "the training images' size (--source-size or provenance)"))
+        except ManifestError as exc:
+            raise ExportError(str(exc)) from None
     if source_mpp is not None:
         manifest["source_mpp"] = float(source_mpp)
     manifest.update(extra or {})

@@ -82,3 +82,19 @@ def test_reexported_manifest_loads_and_is_used(model_dir, tmp_path):
     with Segmenter.load(copy, backend="onnxruntime-cpu") as segmenter:
         assert segmenter.manifest.source_size == (128, 128)
         assert segmenter.predict(np.zeros((300, 300, 3), np.uint8)).tiled
+
+
+def test_export_refuses_a_source_size_below_a_quarter_of_the_model(tiny_config):
+    """The model-relative bound at export: named when the manifest is built (from --source-size or the
+    checkpoint's provenance), not reported as a bug of mrdl-export by the final manifest check."""
+    from mrdl_export.errors import ExportError
+    from mrdl_export.manifest import build_manifest
+
+    def build(source_size):
+        return build_manifest(tiny_config, checkpoint_path="ckpt.safetensors", checkpoint_sha256="0" * 64,
+                              artifacts={"fp32": {"file": "model.onnx", "precision": "fp32"}}, opset=20, max_batch=4,
+                              parity={}, source_size=source_size)
+
+    assert build((16, 1000))["source_size"] == [16, 1000]
+    with pytest.raises(ExportError, match=r"is \[15, 1000\]; expected .* each side in \[16, 65536\] for a 64x64 model"):
+        build((15, 1000))
