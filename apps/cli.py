@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "evaluate": "mrdl_apps.train:evaluate",
     "export": "mrdl_apps.export:export_command",
     "predict": "mrdl_apps.predict:predict",
+    "predict-slide": "mrdl_apps.predict_slide:predict_slide",
     "demo": "mrdl_apps.demo:demo",
     "serve": "mrdl_apps.serve:serve",
     "triton-repo": "mrdl_apps.triton_repo:triton_repo",

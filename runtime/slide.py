@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import uuid as uuid_module
@@ -41,49 +40,54 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import atomic_path
+from .errors import OptionsError
 from .imaging import probabilities_to_mask, to_model_input
 from .manifest import Manifest
+from .options import OptionsBase, check_fields, option
 from .slide_ometiff import write_ome_tiff
 from .slide_reader import SlideError, SlideLevel, SlideReader, choose_level
 from .slide_tissue import THUMBNAIL_SIDE, TissueMask, tissue_mask
 from .resample import axis_taps, horizontal_pass, vertical_pass_uint8
-from .tiling import DEFAULT_OVERLAP, TileOptions, blend_weights, resampled_size, window_starts
+from .tiling import BLEND_MODES, DEFAULT_OVERLAP, TileOptions, blend_weights, resampled_size, window_starts
 
 logger = logging.getLogger("mrdl_runtime")
 
 STATE_VERSION = 1
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".btf", ".tf8")
+OUTPUT_SUFFIXES = (".mask.ome.tif", ".probabilities.ome.tif")  # this module's own outputs, never inputs
 WindowRun = Callable[[np.ndarray], np.ndarray]  # (B, mh, mw, 3) uint8 windows -> (B, C, mh, mw) float32
 
 
 @dataclass(frozen=True)
-class SlideOptions:
-    """How to segment a slide. ``mpp``: level 0's microns per pixel, overriding (or supplying) the
-    file's; ``tissue_mask``: skip windows without tissue; ``tissue_threshold``: saturation in [0, 1]
-    (None: Otsu); ``overlap``/``blend``: as docs/tiling.md; ``probabilities``: also write the class
-    probabilities (uint8, p * 255); ``geojson``/``gzip``: QuPath objects, gzip-compressed;
-    ``min_area_px``: smallest object kept (mask pixels); ``resume``: continue an interrupted run."""
+class SlideOptions(OptionsBase):
+    """How :meth:`SlideSegmenter.predict_slide` segments a slide (``mrdl predict-slide``'s options)."""
 
-    mpp: float | None = None
-    tissue_mask: bool = True
-    tissue_threshold: float | None = None
-    overlap: float = DEFAULT_OVERLAP
-    blend: str = "gaussian"
-    probabilities: bool = False
-    geojson: bool = True
-    gzip: bool = False
-    min_area_px: int = 0
-    resume: bool = False
-    progress: bool = False
+    mpp: float | None = option(
+        None, "The slide's microns per pixel at full resolution, overriding (or supplying, where the file has none) "
+        "its Aperio MPP / OME PhysicalSize / TIFF resolution", low=0, high=1000, flag="--mpp")
+    tissue_mask: bool = option(True, "Skip windows without tissue (Otsu on the saturation of the slide's coarsest "
+                               "level); their pixels are background")
+    tissue_threshold: float | None = option(
+        None, "Tissue: saturation in [0, 1] above which a pixel is tissue (default: Otsu's threshold, clipped to "
+        "[0.05, 0.15])", low=0, high=1)
+    overlap: float = option(DEFAULT_OVERLAP, "Fraction of a window shared with its neighbour (docs/tiling.md)",
+                            low=0, high=1, high_open=True)
+    blend: str = option("gaussian", "Window weights, gaussian (sigma = window / 8, as MONAI) or constant",
+                        choices=BLEND_MODES)
+    probabilities: bool = option(False, "Also write the class probabilities (uint8, p * 255) as an OME-TIFF")
+    geojson: bool = option(True, "Write the segmented objects as QuPath GeoJSON (polygons in level-0 pixels)")
+    gzip: bool = option(False, "Compress the GeoJSON (.geojson.gz)")
+    min_area_px: int = option(0, "GeoJSON: leave out objects smaller than this many mask pixels", low=0)
+    resume: bool = option(False, "Continue an interrupted slide from its last finished band (state kept in "
+                          "OUT/.<slide>.partial); the outputs are the same bytes as one uninterrupted run")
+    progress: bool = option(False, "Show a bar of each slide's windows on stderr", cli=False)
 
     def __post_init__(self) -> None:
         TileOptions(True, self.overlap, self.blend)  # the same checks and messages as tiling
-        if self.mpp is not None and not (isinstance(self.mpp, (int, float)) and 0 < self.mpp <= 1000):
-            raise ValueError(f"mpp must be the slide's microns per pixel, a number in (0, 1000], got {self.mpp!r}")
-        if self.tissue_threshold is not None and not 0.0 <= self.tissue_threshold <= 1.0:
-            raise ValueError(f"tissue_threshold must be a saturation in [0, 1], got {self.tissue_threshold!r}")
-        if isinstance(self.min_area_px, bool) or not isinstance(self.min_area_px, int) or self.min_area_px < 0:
-            raise ValueError(f"min_area_px must be an integer >= 0, got {self.min_area_px!r}")
+        check_fields(self)
+        if self.mpp is not None and self.mpp <= 0:
+            raise OptionsError(f"mpp must be the slide's microns per pixel, a number in (0, 1000], got {self.mpp!r}")
 
     def output_settings(self) -> dict:
         """The settings that change the outputs (a resumed run must have the same)."""
@@ -169,6 +173,7 @@ class SlideResult:
     windows_run: int
     seconds: float
     resumed_bands: int = 0
+    batches_run: int = 0  # model calls of this run (a resumed run counts its own only)
     objects: int | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -183,6 +188,34 @@ class SlideResult:
                 f"{level.index} ({level.size[1]}x{level.size[0]}, {level.mpp[1]:.4g} um/px) -> mask {gw}x{gh} at "
                 f"{self.mask_mpp[1]:.4g} um/px; {tissue}; windows {self.windows_run}/{self.windows} run; "
                 f"{self.seconds:.1f} s ({rate:.1f} windows/s){objects}{resumed}")
+
+
+def slide_paths(inputs: list[str | Path]) -> list[Path]:
+    """Slides from ``inputs``: files, folders (their files with a slide suffix, sorted) and CSV lists (the
+    ``path`` column, or the first one; relative paths from the CSV's folder). A missing one is an error."""
+    import csv
+
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(SLIDE_SUFFIXES)
+                            and not p.name.lower().endswith(OUTPUT_SUFFIXES))
+        elif item.suffix.lower() == ".csv" and item.is_file():
+            with open(item, newline="") as handle:
+                rows = [row for row in csv.reader(handle) if row and row[0].strip()]
+            column = rows[0].index("path") if rows and "path" in rows[0] else 0
+            found += [(item.parent / row[column].strip()) for row in rows[1 if rows and "path" in rows[0] else 0:]]
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise SlideError(f"{item}: no such slide, folder or CSV list")
+    stems: dict[str, Path] = {}
+    for path in found:
+        clash = stems.setdefault(slide_stem(path), path)
+        if clash != path:
+            raise SlideError(f"{clash} and {path} would write the same outputs ({slide_stem(path)}.*); "
+                             "segment them into different --out folders")
+    return found
 
 
 def slide_stem(path: Path) -> str:
@@ -239,14 +272,11 @@ class _Intermediate:
         carry_name = None
         if carry is not None:
             carry_name = f"carry-{bands_done}.npz"
-            temporary = self.folder / f".{carry_name}.tmp"
-            with open(temporary, "wb") as handle:
+            with atomic_path(self.folder / carry_name) as temporary, open(temporary, "wb") as handle:
                 np.savez(handle, num=carry[0], den=carry[1])
-            os.replace(temporary, self.folder / carry_name)
-        temporary = self.folder / ".state.json.tmp"
-        temporary.write_text(json.dumps({"version": STATE_VERSION, "key": key, "bands_done": bands_done,
-                                         "carry": carry_name}))
-        os.replace(temporary, self.folder / "state.json")
+        with atomic_path(self.folder / "state.json") as temporary:
+            temporary.write_text(json.dumps({"version": STATE_VERSION, "key": key, "bands_done": bands_done,
+                                             "carry": carry_name}))
         for old in self.folder.glob("carry-*.npz"):
             if old.name != carry_name:
                 old.unlink()
@@ -326,10 +356,10 @@ class SlideSegmenter:
                 work.create()
                 state = {"bands_done": 0, "carry": None}
             done = int(state["bands_done"])
-            self._run_bands(reader, plan, keep, work, key, done, work.carry(state), options, stem)
+            batches = self._run_bands(reader, plan, keep, work, key, done, work.carry(state), options, stem)
         result = SlideResult(path, plan.slide_size, reader.levels[0].mpp, reader.mpp_source, plan.level, plan.grid,
                              plan.mask_mpp, None if tissue is None else tissue.fraction, plan.windows,
-                             int(sum(map(sum, keep))), 0.0, resumed_bands=done)
+                             int(sum(map(sum, keep))), 0.0, resumed_bands=done, batches_run=batches)
         self._write_outputs(work, plan, out_dir, stem, key, options, result)
         shutil.rmtree(work.folder, ignore_errors=True)
         result.seconds = time.perf_counter() - start
@@ -388,7 +418,7 @@ class SlideSegmenter:
         bar = tqdm(total=total, initial=already, desc=stem, unit="window", disable=not options.progress,
                    dynamic_ncols=True)
         held, held_first = np.zeros((0, gw, 3), dtype=np.uint8), 0  # grid rows [held_first, +len(held))
-        run = 0
+        batches = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrdl-slide-read") as pool:
             pending = {band: pool.submit(resample, *fetch[band]) for band in order[:1]}
             for band in range(first_band, len(plan.rows)):
@@ -419,14 +449,14 @@ class SlideSegmenter:
                             num[:, :, x:x + mw] += weights * window  # float32 product, then float32 sum
                             den[:, x:x + mw] += weights
                         bar.update(len(chunk))
-                        run += len(chunk)
+                        batches += 1
                 last = band + 1 == len(plan.rows)
                 finished = min(gh, y + mh) - y if last else plan.rows[band + 1] - y
                 self._finish_rows(work, y, num[:, :finished], den[:finished], gw, options)
                 carry = None if last else (num[:, finished:].copy(), den[finished:].copy())
                 work.save(key, band + 1, carry)
         bar.close()
-        return run
+        return batches
 
     def _finish_rows(self, work: _Intermediate, y: int, num: np.ndarray, den: np.ndarray, width: int,
                      options: SlideOptions) -> None:
@@ -481,8 +511,8 @@ class SlideSegmenter:
                   "mask_mpp": list(result.mask_mpp), "model_mpp": list(model_mpp(self.manifest)),
                   "model": self.manifest.name, "export_id": self.manifest.raw.get("export_id"),
                   "tissue_fraction": result.tissue_fraction, "windows": result.windows,
-                  "windows_run": result.windows_run, "objects": result.objects, "outputs": result.outputs,
+                  "windows_run": result.windows_run, "batches_run": result.batches_run, "seconds": result.seconds,
+                  "resumed_bands": result.resumed_bands, "objects": result.objects, "outputs": result.outputs,
                   "settings": options.output_settings()}
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(record, indent=2) + "\n")

@@ -9,19 +9,20 @@ QuPath, napari (tifffile) and tiffslide place the image at the slide's scale.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .atomic import atomic_path
+
 TILE = 256
 PYRAMID_FACTOR = 4
-MIN_LEVEL_SIDE = 256  # no pyramid level whose shorter side would be below this
+MIN_LEVEL_SIDE = 128  # no pyramid level whose shorter side would be below this
 
 
 def pyramid_levels(size: tuple[int, int]) -> int:
-    """How many reduced levels a (height, width) image gets: each 4x smaller, the shorter side >= 256."""
+    """How many reduced levels a (height, width) image gets: each 4x smaller, the shorter side >= 128."""
     count, side = 0, min(size)
     while side // PYRAMID_FACTOR >= MIN_LEVEL_SIDE:
         side //= PYRAMID_FACTOR
@@ -32,7 +33,8 @@ def pyramid_levels(size: tuple[int, int]) -> int:
 def write_ome_tiff(path: str | Path, read_rows: Callable[[int, int, int], np.ndarray], *, size: tuple[int, int],
                    planes: int, mpp: tuple[float, float], uuid: str, channel_names: list[str] | None = None,
                    on_rows: Callable[[int, np.ndarray], None] | None = None) -> None:
-    """Write ``planes`` uint8 planes of ``size`` (height, width) to ``path`` (through a temporary name).
+    """Write ``planes`` uint8 planes of ``size`` (height, width) to ``path`` (through a temporary name,
+    renamed once complete).
 
     ``read_rows(plane, first, stop)`` returns rows [first, stop) of one plane as (stop-first, width)
     uint8; ``on_rows(first, rows)`` (optional) sees plane 0's rows once, top to bottom, as they are
@@ -69,17 +71,12 @@ def write_ome_tiff(path: str | Path, read_rows: Callable[[int, int, int], np.nda
     if channel_names and planes > 1:
         metadata["Channel"] = {"Name": list(channel_names)}
     common = {"tile": (TILE, TILE), "compression": "zlib", "photometric": "minisblack", "resolutionunit": "CENTIMETER"}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tifffile.TiffWriter(temporary, bigtiff=True, ome=True) as writer:
-            writer.write(tiles(), shape=shape, dtype=np.uint8, subifds=levels, metadata=metadata,
-                         resolution=(1e4 / mpp[1], 1e4 / mpp[0]), **common)
-            level = reduced
-            for index in range(1, levels + 1):
-                factor = PYRAMID_FACTOR ** index
-                writer.write(level[0] if planes == 1 else level, subfiletype=1, metadata=None,
-                             resolution=(1e4 / (mpp[1] * factor), 1e4 / (mpp[0] * factor)), **common)
-                level = level[:, ::PYRAMID_FACTOR, ::PYRAMID_FACTOR]
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=True, ome=True) as writer:
+        writer.write(tiles(), shape=shape, dtype=np.uint8, subifds=levels, metadata=metadata,
+                     resolution=(1e4 / mpp[1], 1e4 / mpp[0]), **common)
+        level = reduced
+        for index in range(1, levels + 1):
+            factor = PYRAMID_FACTOR ** index
+            writer.write(level[0] if planes == 1 else level, subfiletype=1, metadata=None,
+                         resolution=(1e4 / (mpp[1] * factor), 1e4 / (mpp[0] * factor)), **common)
+            level = level[:, ::PYRAMID_FACTOR, ::PYRAMID_FACTOR]
