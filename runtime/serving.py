@@ -1,39 +1,31 @@
 """The exported model behind a real Triton Inference Server: the library under ``mrdl serve``.
 
-NVIDIA's PyTriton (``pip install 'mrdl[serve]'``, imported only when a server starts) runs
-``tritonserver`` with its Python backend; every request is forwarded to this process, where
-:class:`mrdl_runtime.Segmenter` (the same verified loading, preprocessing and postprocessing as
-``mrdl predict``) segments it. Triton brings the HTTP and gRPC endpoints (KServe v2 protocol),
-dynamic batching, several model instances, the health and readiness endpoints and Prometheus
-metrics. Torch-free, like the rest of the runtime.
+``tritonserver`` (the binary NVIDIA's PyTriton wheel ships, ``pip install 'mrdl[serve]'``) serves a
+repository written into a temporary folder: one front model (:mod:`mrdl_runtime.triton_model`) run
+by Triton's Python backend, each instance with its own :class:`mrdl_runtime.Segmenter` (the same
+verified loading, preprocessing, tiling and postprocessing as ``mrdl predict``), the same model
+``mrdl triton-repo`` writes for a stock server. Triton brings the HTTP and gRPC endpoints (KServe
+v2 protocol), dynamic batching, several model instances, the health and readiness endpoints and
+Prometheus metrics. Torch-free, like the rest of the runtime.
 
     from mrdl_runtime.serving import ServeOptions, Server
     server = Server("deploy/", ServeOptions(http_port=8000)).start()   # ... server.stop()
 
-:class:`ServeOptions` holds the server's own settings and, whole, the :class:`LoadOptions` each
-instance loads with and the :class:`PredictOptions` requests run with (a request's parameters
-override the ``request=True`` fields: ``tile``, ``overlap``, ``blend``). :func:`run_server` is
-``mrdl serve``: start, print the addresses and ``READY``, serve until SIGTERM / SIGINT, stop.
-:class:`mrdl_runtime.server_process.ServerProcess` runs it in a child process.
+:class:`ServeOptions` holds the server's own settings and limits and, whole, the
+:class:`LoadOptions` each instance loads with and the :class:`PredictOptions` requests run with (a
+request's parameters override the ``request=True`` fields: ``tile``, ``overlap``, ``blend``).
+:func:`run_server` is ``mrdl serve``: start, print the addresses and ``READY``, serve until
+SIGTERM / SIGINT, stop. :class:`mrdl_runtime.server_process.ServerProcess` runs it in a child process.
 
-The served model (default name ``mrdl``):
+The request contract, and how each request of a dynamic batch is checked and answered by itself,
+is :mod:`mrdl_runtime.triton_model`'s. Work and memory are bounded by the limits of
+:class:`ServeOptions`: pixels and side per request (``max_pixels``, ``max_side``), tiled windows
+per request (``max_windows``), request pixels worked on at once (``max_pixels_in_flight``) and
+requests waiting (``max_queue``; one more is refused with UNAVAILABLE, HTTP 503). SIGTERM or
+SIGINT stops the server cleanly: Triton stops accepting requests, the ones it accepted are
+finished (up to ``exit_timeout`` seconds), then the process exits 0.
 
-* input ``image``: UINT8 ``[-1, -1, 3]`` per request (raw RGB, any height and width), batched
-  (a request may carry ``[b, H, W, 3]``); Triton's dynamic batcher joins requests of the same
-  image size;
-* output ``mask``: UINT8 ``[-1, -1]``, the mask at the image's own size (0/1, or the class index);
-* output ``probabilities``: FP32 ``[n_classes, -1, -1]`` at the image's size, computed only for
-  requests that ask for it (or ask for no output in particular, Triton's "all outputs");
-* output ``tiled``: BOOL ``[1]``, whether the image was segmented in windows (docs/tiling.md);
-* request parameters: the ``request=True`` fields of :class:`PredictOptions` spelled as on the
-  command line (``tile`` auto / true / false, ``overlap``, ``blend``); absent: the server's.
-
-Wrong dtypes and ranks are refused by Triton itself; an empty image, one with more than
-``max_pixels`` pixels or a larger side than ``max_side`` gets an error response naming the
-limit. SIGTERM or SIGINT stops the server cleanly: Triton stops accepting requests, the ones it
-accepted are finished (up to ``exit_timeout`` seconds), then the process exits 0.
-
-PyTriton's backend stub embeds a shared ``libpython`` of the serving Python's exact release:
+The Python backend's stub embeds a shared ``libpython`` of the serving Python's exact release:
 :func:`pin_libpython` points it at this interpreter's own library (the dynamic loader would
 otherwise hand it the system's, of another patch release under pyenv); a Python built without
 one cannot host it, and :func:`hosting_problem` says so, with the fix, before anything starts.
@@ -44,26 +36,29 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
-from .errors import MrdlError
+from .errors import MrdlError, OptionsError
 from .options import LoadOptions, OptionsBase, PredictOptions, check_fields, option
-from .threads import default_threads
+from .remote import DEFAULT_MODEL
 
-DEFAULT_MODEL_NAME = "mrdl"
+DEFAULT_MODEL_NAME = DEFAULT_MODEL  # the name RemoteSegmenter asks for by default
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 SERVE_MAX_PIXELS = 16_777_216  # 4096 x 4096: a server holds several requests at once
 DEFAULT_MAX_SIDE = 8192
 SERVE_PREDICT_DEFAULTS = PredictOptions(max_pixels=SERVE_MAX_PIXELS)
+START_TIMEOUT_S = 180
+PYTHON_SHM_BYTES = 16 * 1024 * 1024  # the Python backend's shared memory with each instance: start and growth step
 # Endpoints that change the server (or expose its files) need PyTriton's access token; statistics
 # stay readable so that mrdl-bench (and people) can see the batch sizes the dynamic batcher formed.
 RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
@@ -120,18 +115,6 @@ def pin_libpython(folder: Path) -> Path:
     return link
 
 
-def require_pytriton() -> None:
-    """Raise :class:`ServeError` (naming the extra and the fix) unless this Python can serve with PyTriton."""
-    problem = hosting_problem()
-    if problem:
-        raise ServeError(problem)
-    try:
-        import pytriton  # noqa: F401
-    except ImportError as exc:
-        raise ServeError(f"mrdl serve needs NVIDIA's PyTriton ({exc}); install the serve extra: "
-                         "pip install 'mrdl[serve]'") from exc
-
-
 def check_ports(options: ServeOptions) -> None:
     """Raise :class:`ServeError` when a port is taken (or repeated): PyTriton would otherwise talk to
     whichever server already listens there."""
@@ -169,6 +152,12 @@ class ServeOptions(OptionsBase):
     instances: int = option(1, "Model instances (each its own runtime session, run in parallel; --threads 0 "
                             "shares the default among them).", low=1, high=64)
     max_side: int = option(DEFAULT_MAX_SIDE, "Refuse request images taller or wider than this.", low=1)
+    max_windows: int = option(4096, "Refuse a tiled request that plans more windows than this (all its images "
+                              "together; an overlap near 1 multiplies them).", low=1)
+    max_pixels_in_flight: int = option(4 * SERVE_MAX_PIXELS, "Request pixels the server works on at once, shared "
+                                       "among the instances: a larger dynamic batch runs in parts.", low=1)
+    max_queue: int = option(16, "Requests that may wait for an instance; one more is refused with UNAVAILABLE "
+                            "(HTTP 503), which clients retry.", low=1)
     exit_timeout: int = option(30, "On SIGTERM, seconds to finish the requests already accepted.", low=0)
     load: LoadOptions = option(LoadOptions(), "How each instance loads the model.", cli=False)
     predict: PredictOptions = option(SERVE_PREDICT_DEFAULTS, "What requests run with (their parameters "
@@ -176,6 +165,9 @@ class ServeOptions(OptionsBase):
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.max_pixels_in_flight // self.instances < self.predict.max_pixels:
+            raise OptionsError(f"--max-pixels-in-flight {self.max_pixels_in_flight} must hold one largest request "
+                               f"({self.predict.max_pixels} pixels, --max-pixels) per instance ({self.instances})")
 
     def to_json(self) -> str:
         """The options as JSON (:meth:`from_json` reads them back), e.g. for a server in a child process."""
@@ -190,79 +182,100 @@ class ServeOptions(OptionsBase):
         return cls(**values, load=LoadOptions(**load), predict=PredictOptions(**predict))
 
 
-class BatchStats:
-    """How many images each call of the model held: the batch sizes the dynamic batcher formed."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.sizes: dict[int, int] = {}
-
-    def add(self, size: int) -> None:
-        with self._lock:
-            self.sizes[size] = self.sizes.get(size, 0) + 1
-
-
-class _Instance:
-    """One model instance: its own :class:`mrdl_runtime.Segmenter`, called by PyTriton with a list of requests."""
-
-    def __init__(self, segmenter, options: ServeOptions, stats: BatchStats) -> None:
-        self.segmenter, self.options, self.stats = segmenter, options, stats
-
-    def _check(self, images: np.ndarray) -> None:
-        max_pixels, max_side = self.options.predict.max_pixels, self.options.max_side
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"input 'image' must be UINT8 [batch, height, width, 3] (RGB); got "
-                             f"{images.dtype} {list(images.shape)}")
-        height, width = images.shape[1:3]
-        if height == 0 or width == 0:
-            raise ValueError(f"input 'image' is empty ({height}x{width}); expected at least 1x1 pixels")
-        if max(height, width) > max_side or height * width > max_pixels:
-            raise ValueError(f"input 'image' is {height}x{width}: over this server's limit of {max_pixels} "
-                             f"pixels and {max_side} per side (mrdl serve --max-pixels / --max-side)")
-
-    def __call__(self, requests):
-        for request in requests:
-            self._check(request["image"])
-        self.stats.add(sum(len(request["image"]) for request in requests))
-        groups: dict[PredictOptions, list[int]] = {}  # requests with the same options run together
-        for index, request in enumerate(requests):
-            groups.setdefault(self.options.predict.from_request(request.parameters), []).append(index)
-        responses: list = [None] * len(requests)
-        for options, members in groups.items():
-            wants = [_wants_probabilities(requests[i].requested_output_names) for i in members]
-            images = [image for i in members for image in requests[i]["image"]]
-            predictions = self.segmenter.predict_batch(images, options.with_fields(with_probabilities=any(wants)))
-            start = 0
-            for i, want in zip(members, wants):
-                chunk = predictions[start:start + len(requests[i]["image"])]
-                start += len(chunk)
-                response = {"mask": np.stack([p.mask for p in chunk]).astype(np.uint8, copy=False),
-                            "tiled": np.array([[p.tiled] for p in chunk], dtype=bool)}
-                if want:
-                    response["probabilities"] = np.stack([p.probabilities for p in chunk]).astype(np.float32,
-                                                                                                   copy=False)
-                responses[i] = response
-        return responses
+def tritonserver_files() -> dict[str, Path]:
+    """The ``tritonserver`` binary, its libraries and the Python backend (with the stub built for this Python)
+    that NVIDIA's PyTriton wheel ships; :class:`ServeError` names the extra when it is missing."""
+    problem = hosting_problem()
+    if problem:
+        raise ServeError(problem)
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServeError(f"mrdl serve needs the tritonserver that NVIDIA's PyTriton ships ({exc}); install the serve "
+                         "extra: pip install 'mrdl[serve]'") from exc
+    root = Path(pytriton.__file__).parent
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    files = {"binary": root / "tritonserver" / "bin" / "tritonserver",
+             "backend": root / "tritonserver" / "backends" / "python",
+             "stub": root / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub",
+             "libs": root.parent / "nvidia_pytriton.libs"}
+    if not (root / "tritonserver" / "external_libs").is_dir() and not files["libs"].is_dir():
+        raise ServeError(f"{root.parent / 'nvidia_pytriton.libs'} is missing: reinstall the serve extra")
+    if (root / "tritonserver" / "external_libs").is_dir():
+        files["libs"] = root / "tritonserver" / "external_libs"
+    for key in ("binary", "stub"):
+        if not files[key].is_file():
+            raise ServeError(f"{files[key]} is missing (PyTriton {getattr(pytriton, '__version__', '?')} has no "
+                             f"tritonserver {key} for Python {version}): reinstall the serve extra")
+    return files
 
 
-def _wants_probabilities(requested: list[str] | None) -> bool:
-    """Triton's rule: a request that names no output asks for all of them."""
-    return not requested or "probabilities" in requested
+def server_environment(folder: Path, files: dict[str, Path]) -> tuple[Path, dict[str, str]]:
+    """A backend folder for ``tritonserver --backend-directory`` (the Python backend with this Python's stub) and
+    the environment to run it in: this interpreter's libpython first on LD_LIBRARY_PATH (:func:`pin_libpython`),
+    PyTriton's libraries next, this interpreter's folder first on PATH so the stub's embedded Python finds this
+    environment's site-packages (and mrdl_runtime)."""
+    backends = folder / "backends"
+    python = backends / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for item in files["backend"].iterdir():
+        if item.is_file():
+            (python / item.name).symlink_to(item)
+    (python / "triton_python_backend_stub").symlink_to(files["stub"])
+    (folder / "lib").mkdir(exist_ok=True)
+    environment = dict(os.environ)
+    saved = os.environ.get("LD_LIBRARY_PATH")
+    try:
+        pin_libpython(folder / "lib")
+        libraries = os.environ["LD_LIBRARY_PATH"].split(os.pathsep)
+    finally:
+        if saved is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = saved
+    environment["LD_LIBRARY_PATH"] = os.pathsep.join([libraries[0], str(files["libs"]), *libraries[1:]])
+    environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    return backends, environment
+
+
+def tritonserver_command(files: dict[str, Path], repository: Path, backends: Path, options: ServeOptions) -> list[str]:
+    """The ``tritonserver`` command line serving ``repository`` as ``options`` say (addresses, ports, exit
+    timeout); the endpoints that change the server need an access token no client is given."""
+    token = os.urandom(16).hex()
+    restricted = ",".join(RESTRICTED_ENDPOINTS)
+    return [str(files["binary"]), f"--model-repository={repository}", f"--backend-directory={backends}",
+            f"--http-address={options.host}", f"--http-port={options.http_port}",
+            f"--grpc-address={options.host}", f"--grpc-port={options.grpc_port}",
+            f"--metrics-address={options.host}", f"--metrics-port={options.metrics_port}",
+            "--allow-gpu-metrics=false", "--allow-cpu-metrics=true", f"--exit-timeout-secs={options.exit_timeout}",
+            "--log-verbose=0", "--strict-readiness=true",
+            f"--http-restricted-api={restricted}:mrdl-admin={token}",
+            f"--grpc-restricted-protocol={restricted}:mrdl-admin={token}",
+            f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}"]
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Server:
-    """A PyTriton server of one model directory; ``start()`` / ``stop()``, or ``serve_forever()``."""
+    """``tritonserver`` serving one model directory through the front model (:mod:`mrdl_runtime.triton_model`);
+    ``start()`` / ``stop()``, or ``serve_forever()``."""
 
     def __init__(self, model_dir: str | Path, options: ServeOptions | None = None) -> None:
-        self.model_dir = Path(model_dir)
+        self.model_dir = Path(model_dir).resolve()
         self.options = options or ServeOptions()
-        self.stats = BatchStats()
-        self.segmenters: list = []
-        self.triton = None
-        self._libpython: tempfile.TemporaryDirectory | None = None
+        self.process: subprocess.Popen | None = None
+        self.checked = None  # (precision, backend) of the model as this process loaded it to check it
+        self.batch_sizes: dict[int, int] = {}
+        self._folder: tempfile.TemporaryDirectory | None = None
         self._stop = threading.Event()
 
-    def _load(self):
+    def _check_model(self):
+        """Load the model once here, so that a bad directory is one clear error before any server starts."""
         from .manifest import load_manifest
         from .segmenter import Segmenter
 
@@ -275,52 +288,67 @@ class Server:
         if not 1 <= max_batch <= manifest.max_batch:
             raise ServeError(f"--max-batch must be in [1, {manifest.max_batch}] (the model directory's max_batch); "
                              f"got {max_batch}")
-        load = options.load  # --threads 0: the runtime's default, shared among the instances
-        load = load.with_fields(threads=load.threads or max(1, default_threads() // options.instances))
-        for _ in range(options.instances):
-            self.segmenters.append(Segmenter.load(self.model_dir, load))
-        return manifest, max_batch
+        with Segmenter.load(self.model_dir, options.load.with_fields(threads=1)) as segmenter:
+            self.checked = (segmenter.precision, segmenter.backend)
+        return manifest
 
-    def start(self) -> Server:
-        """Load the model (one Segmenter per instance), start tritonserver and wait until the model is ready."""
-        require_pytriton()
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+    def start(self, timeout: float = START_TIMEOUT_S) -> Server:
+        """Check the model, write its front model into a temporary repository, start tritonserver on it and
+        wait (bounded) until the model is ready."""
+        from .triton_model import write_front_model
 
+        files = tritonserver_files()
         options = self.options
-        if options.instances < 1:
-            raise ServeError(f"--instances must be >= 1, got {options.instances}")
         check_ports(options)
-        manifest, max_batch = self._load()
-        self._libpython = tempfile.TemporaryDirectory(prefix="mrdl-serve-libpython-")
-        pin_libpython(Path(self._libpython.name))
-        # Dispatch as soon as a full batch is queued; otherwise after max_queue_delay_us with what is there.
-        preferred = [max_batch]
-        config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
-                              grpc_port=options.grpc_port, metrics_address=options.host,
-                              metrics_port=options.metrics_port, allow_metrics=True, allow_cpu_metrics=True,
-                              allow_gpu_metrics=False, exit_timeout_secs=options.exit_timeout, log_verbose=0)
-        self.triton = Triton(config=config,
-                             security_config=TritonSecurityConfig(restricted_endpoints=list(RESTRICTED_ENDPOINTS)))
-        self.triton.bind(
-            model_name=options.model_name,
-            infer_func=[_Instance(segmenter, options, self.stats) for segmenter in self.segmenters],
-            inputs=[Tensor(name="image", dtype=np.uint8, shape=(-1, -1, 3))],
-            outputs=[Tensor(name="mask", dtype=np.uint8, shape=(-1, -1)),
-                     Tensor(name="tiled", dtype=np.bool_, shape=(1,)),
-                     Tensor(name="probabilities", dtype=np.float32, shape=(manifest.n_classes, -1, -1))],
-            config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
-                max_queue_delay_microseconds=options.max_queue_delay_us, preferred_batch_size=preferred)),
-            strict=False)
-        self.triton.run()
+        manifest = self._check_model()
+        self._folder = tempfile.TemporaryDirectory(prefix="mrdl-serve-")
+        folder = Path(self._folder.name)
+        write_front_model(folder / "repository" / options.model_name, options.model_name, manifest, options,
+                          str(self.model_dir))
+        backends, environment = server_environment(folder, files)
+        command = tritonserver_command(files, folder / "repository", backends, options)
+        # Its own session (a terminal's Ctrl-C reaches this process, which stops it in order) that ends with this
+        # process even when this one is killed (PR_SET_PDEATHSIG).
+        self.process = subprocess.Popen(command, env=environment, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.stop()
+                raise ServeError(f"tritonserver exited with {code} before the model was ready (its log above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServeError(f"the model was not ready within {timeout:.0f} s (tritonserver's log above)")
+            time.sleep(0.25)
         return self
+
+    def _get(self, path: str, timeout: float = 2) -> bytes:
+        with urllib.request.urlopen(f"http://{self.urls['http']}{path}", timeout=timeout) as reply:
+            return reply.read()
+
+    def ready(self) -> bool:
+        try:
+            self._get(f"/v2/models/{self.options.model_name}/ready")
+            return True
+        except OSError:
+            return False
+
+    def _read_batch_sizes(self) -> None:
+        try:
+            stats = json.loads(self._get(f"/v2/models/{self.options.model_name}/stats"))["model_stats"][0]
+            self.batch_sizes = {int(entry["batch_size"]): int(entry["compute_infer"]["count"])
+                                for entry in stats.get("batch_stats", [])}
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
 
     @property
     def urls(self) -> dict[str, str]:
         """The HTTP, gRPC and metrics addresses (``host:port``; metrics as a URL)."""
         o = self.options
-        return {"http": f"{o.host}:{o.http_port}", "grpc": f"{o.host}:{o.grpc_port}",
-                "metrics": f"http://{o.host}:{o.metrics_port}/metrics"}
+        host = f"[{o.host}]" if ":" in o.host else o.host
+        return {"http": f"{host}:{o.http_port}", "grpc": f"{host}:{o.grpc_port}",
+                "metrics": f"http://{host}:{o.metrics_port}/metrics"}
 
     def request_stop(self, *_: object) -> None:
         """Ask :meth:`serve_forever` to stop (a signal handler: it only sets a flag)."""
@@ -330,22 +358,25 @@ class Server:
         """Serve until :meth:`request_stop` (SIGTERM / SIGINT) or until tritonserver dies; then stop."""
         try:
             while not self._stop.wait(poll_s):
-                if not self.triton.is_alive():
+                if self.process is None or self.process.poll() is not None:
                     raise ServeError("tritonserver stopped unexpectedly (see its log above)")
         finally:
             self.stop()
 
     def stop(self) -> None:
-        """Stop accepting requests, finish the accepted ones, stop tritonserver and release the model."""
-        if self.triton is not None:
-            self.triton.stop()  # SIGINT to tritonserver: refuses new requests, waits for in-flight ones
-            self.triton = None
-        for segmenter in self.segmenters:
-            segmenter.close()
-        self.segmenters = []
-        if self._libpython is not None:
-            self._libpython.cleanup()
-            self._libpython = None
+        """Stop accepting requests, finish the accepted ones (up to ``exit_timeout``), stop tritonserver."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            self._read_batch_sizes()
+            process.send_signal(signal.SIGINT)  # tritonserver refuses new requests, finishes the accepted ones
+            try:
+                process.wait(timeout=self.options.exit_timeout + 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
 
 
 def run_server(model_dir: str | Path, options: ServeOptions | None = None, *,
@@ -358,8 +389,8 @@ def run_server(model_dir: str | Path, options: ServeOptions | None = None, *,
     try:
         started = time.perf_counter()
         server.start()
-        urls, first = server.urls, server.segmenters[0]
-        echo(f"serving {model_dir} as model {server.options.model_name!r} ({first.precision}, {first.backend}, "
+        urls, (precision, backend) = server.urls, server.checked
+        echo(f"serving {model_dir} as model {server.options.model_name!r} ({precision}, {backend}, "
              f"{server.options.instances} instance(s)) in {time.perf_counter() - started:.1f} s")
         echo(f"  HTTP {urls['http']}  gRPC {urls['grpc']}  metrics {urls['metrics']}")
         echo(f"  ready: curl http://{urls['http']}/v2/health/ready ; stop with SIGTERM or Ctrl-C")
@@ -371,9 +402,9 @@ def run_server(model_dir: str | Path, options: ServeOptions | None = None, *,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    sizes = ", ".join(f"{size}: {count}" for size, count in sorted(server.stats.sizes.items())) or "none"
+    sizes = ", ".join(f"{size}: {count}" for size, count in sorted(server.batch_sizes.items())) or "none"
     echo(f"stopped; batches formed (images per model call: calls): {sizes}")
-    return dict(server.stats.sizes)
+    return dict(server.batch_sizes)
 
 
 def _child_main(arguments: list[str]) -> int:

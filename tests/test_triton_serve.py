@@ -89,10 +89,10 @@ def test_hosting_problem_names_the_fix(monkeypatch):
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: 0 if name == "Py_ENABLE_SHARED" else None)
     problem = hosting_problem()
     assert "shared libpython" in problem and "/usr/bin/python3.11" in problem and "make install" in problem
-    from mrdl_runtime.serving import ServeError, require_pytriton
+    from mrdl_runtime.serving import ServeError, tritonserver_files
 
     with pytest.raises(ServeError, match="shared libpython"):
-        require_pytriton()
+        tritonserver_files()
 
 
 def test_remote_url_parsing():

@@ -1,0 +1,306 @@
+"""The served model's requests, each standing alone: the Python-backend model behind ``mrdl serve`` and
+the front model of ``mrdl triton-repo``.
+
+``tritonserver`` (any stock server with the Python backend and ``mrdl_runtime`` installed in its
+Python) loads :class:`TritonPythonModel` from the repository's ``model.py``; each instance opens its
+own :class:`mrdl_runtime.Segmenter`, so preprocessing, tiling, resize-back and threshold are the
+runtime's own. The request contract:
+
+* input ``image``: UINT8 ``[b, H, W, 3]`` (raw RGB); parameters: the ``request=True`` fields of
+  :class:`PredictOptions` spelled as on the command line (``tile``, ``overlap``, ``blend``);
+* outputs ``mask`` UINT8 ``[b, H, W]`` at the image's own size, ``tiled`` BOOL ``[b, 1]``,
+  ``probabilities`` FP32 ``[b, C, H, W]`` (computed only when asked for).
+
+Every request of a dynamic batch is checked by itself first (:func:`check_request`: dtype and
+shape, empty images, pixels per request, the options' own field rules, an unknown parameter, the
+tiled windows it would plan) and a bad one gets its own ``INVALID_ARG`` error (HTTP 400 / gRPC
+INVALID_ARGUMENT) of one line; the others run. The good ones run in parts of at most
+``max_pixels_in_flight / instances`` request pixels, so a large batch never holds more at once; a
+part that fails in the model is run again request by request, so one failing request does not fail
+the others (its error is one line, ``INTERNAL``, never a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import MrdlError, OptionsError
+from .options import PredictOptions
+from .tiling import resampled_size, should_tile, window_starts
+
+REQUEST_PARAMETERS = tuple(PredictOptions().request_parameters())
+INVALID, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+
+class RequestRefused(MrdlError, ValueError):
+    """One request that cannot be answered; ``code`` is the Triton error code its response carries."""
+
+    def __init__(self, message: str, code: str = INVALID) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (``ServeOptions``' limits, read by each instance)."""
+
+    max_pixels: int  # pixels per request, all its images together
+    max_side: int
+    max_windows: int  # tiled windows per request, all its images together
+    pixels_in_flight: int  # request pixels one instance works on at once
+
+
+@dataclass
+class Job:
+    """One checked request: its images ``(b, H, W, 3)`` uint8, its options and whether it wants probabilities."""
+
+    images: np.ndarray
+    options: PredictOptions
+    wants_probabilities: bool
+
+    @property
+    def pixels(self) -> int:
+        return int(np.prod(self.images.shape[:3]))
+
+
+def planned_windows(size: tuple[int, int], source_size: tuple[int, int], model_size: tuple[int, int],
+                    overlap: float) -> tuple[int, int]:
+    """(windows, resampled pixels) of one tiled image, counted from the axes (no window list is built)."""
+    resampled = resampled_size(size, source_size, model_size)
+    padded = [max(r, m) for r, m in zip(resampled, model_size)]
+    counts = [len(window_starts(p, m, overlap)) for p, m in zip(padded, model_size)]
+    return counts[0] * counts[1], resampled[0] * resampled[1]
+
+
+def check_request(images: np.ndarray | None, parameters: Mapping[str, Any] | None, defaults: PredictOptions,
+                  manifest, limits: Limits, wants_probabilities: bool) -> Job:
+    """One request made a :class:`Job`, or :class:`RequestRefused` naming its first problem."""
+    if images is None:
+        raise RequestRefused("the request has no input 'image' (UINT8 [batch, height, width, 3], RGB)")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise RequestRefused(f"input 'image' must be UINT8 [batch, height, width, 3] (RGB); got "
+                             f"{images.dtype} {list(images.shape)}")
+    count, height, width = images.shape[:3]
+    if count == 0 or height == 0 or width == 0:
+        raise RequestRefused(f"input 'image' is empty ({count} images of {height}x{width}); expected at least one "
+                             "image of 1x1 pixels")
+    if max(height, width) > limits.max_side:
+        raise RequestRefused(f"input 'image' is {height}x{width}: over this server's limit of {limits.max_side} "
+                             "pixels per side (mrdl serve --max-side)")
+    if count * height * width > limits.max_pixels:
+        raise RequestRefused(f"the request holds {count} images of {height}x{width} = {count * height * width} "
+                             f"pixels: over this server's limit of {limits.max_pixels} pixels per request "
+                             "(mrdl serve --max-pixels); send fewer or smaller images")
+    unknown = sorted(set(parameters or {}) - set(REQUEST_PARAMETERS))
+    if unknown:
+        raise RequestRefused(f"unknown request parameter {', '.join(map(repr, unknown))}; expected "
+                             f"{', '.join(REQUEST_PARAMETERS)}")
+    try:
+        options = defaults.from_request(parameters)
+        tiled = should_tile((height, width), manifest.source_size, options.tile)
+    except (OptionsError, ValueError) as exc:
+        raise RequestRefused(str(exc)) from None
+    if tiled:
+        windows, resampled = planned_windows((height, width), manifest.source_size, manifest.size, options.overlap)
+        if count * windows > limits.max_windows or resampled > limits.max_pixels:
+            raise RequestRefused(f"tiling the request's {count} images of {height}x{width} with overlap "
+                                 f"{options.overlap:g} plans {count * windows} windows ({resampled} pixels each at "
+                                 f"the training scale): over this server's limit of {limits.max_windows} windows "
+                                 "(mrdl serve --max-windows); use a smaller overlap or tile=false")
+    return Job(images, options, wants_probabilities)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _parts(jobs: Sequence[tuple[int, Job]], budget: int) -> list[list[tuple[int, Job]]]:
+    """Consecutive runs of ``jobs`` with the same options whose pixels add up to at most ``budget``."""
+    parts: list[list[tuple[int, Job]]] = []
+    pixels = 0
+    for index, job in jobs:
+        last = parts[-1] if parts else None
+        if last and last[0][1].options == job.options and pixels + job.pixels <= budget:
+            last.append((index, job))
+            pixels += job.pixels
+        else:
+            parts.append([(index, job)])
+            pixels = job.pixels
+    return parts
+
+
+def run_jobs(segmenter, jobs: Sequence[Job | RequestRefused], pixels_in_flight: int) -> list[dict | RequestRefused]:
+    """The outputs of each job (``mask``, ``tiled``, ``probabilities`` when asked for), or its error; refused
+    requests stay refused and never stop the others."""
+    results: list[dict | RequestRefused] = [job if isinstance(job, RequestRefused) else {} for job in jobs]
+    good = sorted(((i, job) for i, job in enumerate(jobs) if isinstance(job, Job)),
+                  key=lambda item: hash(item[1].options))  # requests with the same options run together
+    for part in _parts(good, pixels_in_flight):
+        try:
+            outputs = _run(segmenter, [job for _, job in part])
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not fail the others
+            if len(part) == 1:
+                results[part[0][0]] = RequestRefused(f"the model failed on this request: {_one_line(exc)}", INTERNAL)
+                continue
+            outputs = []
+            for index, job in part:  # run apart: only the failing request fails
+                try:
+                    outputs.extend(_run(segmenter, [job]))
+                except Exception as single:  # noqa: BLE001
+                    outputs.append(RequestRefused(f"the model failed on this request: {_one_line(single)}", INTERNAL))
+        for (index, _), output in zip(part, outputs):
+            results[index] = output
+    return results
+
+
+def _run(segmenter, jobs: Sequence[Job]) -> list[dict]:
+    want = any(job.wants_probabilities for job in jobs)
+    images = [image for job in jobs for image in job.images]
+    predictions = segmenter.predict_batch(images, jobs[0].options.with_fields(with_probabilities=want))
+    outputs, start = [], 0
+    for job in jobs:
+        chunk = predictions[start:start + len(job.images)]
+        start += len(chunk)
+        output = {"mask": np.stack([p.mask for p in chunk]).astype(np.uint8, copy=False),  # (b, H, W)
+                  "tiled": np.array([[p.tiled] for p in chunk], dtype=bool)}  # (b, 1)
+        if job.wants_probabilities:
+            output["probabilities"] = np.stack([p.probabilities for p in chunk]).astype(np.float32, copy=False)
+        outputs.append(output)
+    return outputs
+
+
+def config_parameters(config: Mapping[str, Any]) -> dict[str, str]:
+    """A Triton model config's ``parameters`` as plain strings."""
+    return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
+
+
+class TritonPythonModel:
+    """The Python-backend model: ``initialize`` opens one Segmenter for this instance, ``execute`` answers
+    each request of a dynamic batch by itself (its outputs, or its own error)."""
+
+    def initialize(self, args: Mapping[str, str]) -> None:
+        from .manifest import load_manifest
+        from .segmenter import Segmenter
+        from .serving import ServeOptions
+        from .threads import default_threads
+
+        config = json.loads(args["model_config"])
+        parameters = config_parameters(config)
+        options = ServeOptions.from_json(parameters["serve_options"])
+        model_dir = Path(parameters["model_dir"])
+        if not model_dir.is_absolute():  # a repository written by mrdl triton-repo: beside model.py
+            model_dir = Path(args["model_repository"]) / args["model_version"] / model_dir
+        manifest = load_manifest(model_dir)
+        if parameters.get("export_id") and parameters["export_id"] != manifest.export_id:
+            raise MrdlError(f"{model_dir} holds export {manifest.export_id}, but config.pbtxt names "
+                            f"{parameters['export_id']}: rewrite the repository with mrdl triton-repo")
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group") or [{}]) or 1
+        load = options.load.with_fields(threads=options.load.threads or max(1, default_threads() // instances))
+        self.segmenter = Segmenter.load(model_dir, load)
+        self.defaults, self.manifest = options.predict, manifest
+        self.limits = Limits(max_pixels=options.predict.max_pixels, max_side=options.max_side,
+                             max_windows=options.max_windows,
+                             pixels_in_flight=max(options.predict.max_pixels, options.max_pixels_in_flight // instances))
+
+    def _job(self, request) -> Job | RequestRefused:
+        import triton_python_backend_utils as pb_utils
+
+        try:
+            tensor = pb_utils.get_input_tensor_by_name(request, "image")
+            parameters = json.loads(request.parameters() or "{}")
+            requested = list(request.requested_output_names() or [])
+            wants = not requested or "probabilities" in requested  # Triton's rule: none named means all
+            return check_request(None if tensor is None else tensor.as_numpy(), parameters, self.defaults,
+                                 self.manifest, self.limits, wants)
+        except RequestRefused as refused:
+            return refused
+        except Exception as exc:  # noqa: BLE001 - a malformed request is that request's error only
+            return RequestRefused(f"malformed request: {_one_line(exc)}")
+
+    def execute(self, requests: list) -> list:
+        import triton_python_backend_utils as pb_utils
+
+        results = run_jobs(self.segmenter, [self._job(request) for request in requests], self.limits.pixels_in_flight)
+        responses = []
+        for result in results:
+            if isinstance(result, RequestRefused):
+                code = getattr(pb_utils.TritonError, result.code, pb_utils.TritonError.INTERNAL)
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code)))
+            else:
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, value) for name, value in result.items()]))
+        return responses
+
+    def finalize(self) -> None:
+        segmenter = getattr(self, "segmenter", None)
+        if segmenter is not None:
+            segmenter.close()
+
+
+# ---- the model's folder in a Triton repository ----
+
+MODEL_PY = '''"""mrdl's front model for Triton's Python backend (written by mrdl): raw UINT8 [b, H, W, 3] in, the mask at
+each image's size out; needs mrdl_runtime in the Python backend's Python (pip install mrdl)."""
+
+from mrdl_runtime.triton_model import TritonPythonModel  # noqa: F401
+'''
+
+
+def _text(value: str) -> str:
+    """A protobuf text-format string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def front_model_config(name: str, *, n_classes: int, max_batch: int, max_queue_delay_us: int, max_queue: int,
+                       instances: int, parameters: Mapping[str, str]) -> str:
+    """config.pbtxt of the front model: Python backend, the request contract above, a dynamic batcher whose
+    queue holds at most ``max_queue`` requests (more are refused with UNAVAILABLE), the latest version served."""
+    entries = "\n".join(f"parameters {{ key: {_text(key)} value: {{ string_value: {_text(value)} }} }}"
+                        for key, value in parameters.items())
+    return f"""name: {_text(name)}
+backend: "python"
+max_batch_size: {max_batch}
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+input [ {{ name: "image" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] }} ]
+output [
+  {{ name: "mask" data_type: TYPE_UINT8 dims: [ -1, -1 ] }},
+  {{ name: "tiled" data_type: TYPE_BOOL dims: [ 1 ] }},
+  {{ name: "probabilities" data_type: TYPE_FP32 dims: [ {n_classes}, -1, -1 ] }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ {max_batch} ]
+  max_queue_delay_microseconds: {max_queue_delay_us}
+  default_queue_policy {{ max_queue_size: {max_queue} }}
+}}
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+{entries}
+"""
+
+
+def write_front_model(folder: Path, name: str, manifest, options, model_dir: str, *, version: int = 1) -> Path:
+    """Write ``folder/config.pbtxt`` and ``folder/<version>/model.py`` for ``options`` (a ``ServeOptions``);
+    ``model_dir``: the exported model directory, absolute or relative to the version folder. Returns the
+    version folder."""
+    max_batch = options.max_batch or manifest.max_batch
+    artifact = manifest.artifacts.get(options.load.precision)
+    parameters = {"model_dir": model_dir, "serve_options": options.to_json(), "export_id": manifest.export_id,
+                  "model_name": manifest.name or "", "sha256": getattr(artifact, "sha256", "") or "",
+                  "max_request_pixels": str(options.predict.max_pixels), "max_side": str(options.max_side),
+                  "max_windows": str(options.max_windows)}
+    version_dir = folder / str(version)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    config = front_model_config(name, n_classes=manifest.n_classes, max_batch=max_batch,
+                                max_queue_delay_us=options.max_queue_delay_us, max_queue=options.max_queue,
+                                instances=options.instances, parameters=parameters)
+    for path, text in ((folder / "config.pbtxt", config), (version_dir / "model.py", MODEL_PY)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    return version_dir
