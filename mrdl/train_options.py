@@ -83,7 +83,7 @@ class TrainOptions:
         None, "Pick the best checkpoint and stop early on the mean of the last N epochs' Val Dice "
         "[default: from the config; 1 = each epoch's own].", config="train", low=1)
     patience: int | None = option(
-        None, "Stop after this many epochs without a Val Dice gain of at least --min-delta [default: from the "
+        None, "Stop after this many epochs without a Val Dice gain larger than --min-delta [default: from the "
         "config].", config="train", low=1)
     min_delta: float | None = option(
         None, "Smallest Val Dice gain that restarts the patience count (absolute Dice, or a fraction of the best "

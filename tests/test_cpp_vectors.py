@@ -8,29 +8,19 @@ The C++ tests check C++ == ``mrdl_runtime``; this closes the loop to what the mo
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "cpp" / "make_test_data.py"
+from helpers import cpp_vectors
 
-
-@pytest.fixture(scope="module")
-def make_test_data():
-    spec = importlib.util.spec_from_file_location("make_test_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_preprocess_vectors_match_training_preprocessing(make_test_data, tmp_path):
+def test_preprocess_vectors_match_training_preprocessing(tmp_path):
     from mrdl.data.preprocess import preprocess as training_preprocess
 
-    cases = make_test_data._preprocess_vectors(tmp_path, np.random.default_rng(0))
-    assert len(cases) == len(make_test_data.PREPROCESS_CASES)
+    cases = cpp_vectors.preprocess_vectors(tmp_path, np.random.default_rng(0))
+    assert len(cases) == len(cpp_vectors.PREPROCESS_CASES)
     channels = {case["shape"][2] for case in cases}
     assert channels == {1, 3, 4}, "gray, RGB and RGBA inputs are all covered"
     for case in cases:
@@ -42,8 +32,8 @@ def test_preprocess_vectors_match_training_preprocessing(make_test_data, tmp_pat
         assert tensor.min() >= 0.0 and tensor.max() <= 1.0
 
 
-def test_postprocess_vectors_threshold_and_argmax(make_test_data, tmp_path):
-    cases = make_test_data._postprocess_vectors(tmp_path, np.random.default_rng(0))
+def test_postprocess_vectors_threshold_and_argmax(tmp_path):
+    cases = cpp_vectors.postprocess_vectors(tmp_path, np.random.default_rng(0))
     for case in cases:
         k, (height, width) = case["n_classes"], case["size"]
         probs = np.fromfile(tmp_path / case["expected_probabilities"], dtype="<f4").reshape(k, height, width)
@@ -69,7 +59,7 @@ def _tiny_onnx(path: Path, embedded: dict) -> None:
     onnx.save_model(model, str(path))
 
 
-def test_integrity_files_for_the_cpp_checks(make_test_data, tmp_path):
+def test_integrity_files_for_the_cpp_checks(tmp_path):
     """other_export.onnx differs from model.onnx only in its embedded export_id (same size, so the
     C++ test can show the identity check catches it without the hash); no_manifest.onnx has none."""
     import onnx
@@ -80,7 +70,7 @@ def test_integrity_files_for_the_cpp_checks(make_test_data, tmp_path):
     model_dir.mkdir()
     export_id = "0123456789abcdef0123456789abcdef"
     _tiny_onnx(model_dir / "model.onnx", {"format": "mrdl-deploy/2", "export_id": export_id, "precision": "fp32"})
-    files = make_test_data._integrity_vectors(tmp_path, model_dir, np.random.default_rng(0))
+    files = cpp_vectors.integrity_vectors(tmp_path, model_dir, np.random.default_rng(0))
 
     probe = (tmp_path / files["hash_probe"]["file"]).read_bytes()
     assert len(probe) % 64 and hashlib.sha256(probe).hexdigest() == files["hash_probe"]["sha256"]
@@ -94,13 +84,13 @@ def test_integrity_files_for_the_cpp_checks(make_test_data, tmp_path):
     assert METADATA_KEY not in {p.key for p in stripped.metadata_props}
 
 
-def test_tiff_vectors_decode_by_the_rule(make_test_data, tmp_path):
+def test_tiff_vectors_decode_by_the_rule(tmp_path):
     """The TIFF cases cover strips and tiles, separate planes, 8 and 16 bits, both byte orders and
     compression, and every expected RGB is what read_image returns (the hand-written files are also
-    checked against to_rgb8 of the array written, inside _tiff_vectors)."""
+    checked against to_rgb8 of the array written, inside tiff_vectors)."""
     from mrdl_runtime.imaging import read_image
 
-    cases = make_test_data._tiff_vectors(tmp_path, np.random.default_rng(0))
+    cases = cpp_vectors.tiff_vectors(tmp_path, np.random.default_rng(0))
     names = {case["name"] for case in cases}
     for fragment in ("tiles", "planar", "rgb16", "gray16", "big_endian", "deflate", "lzw", "palette", "error_"):
         assert any(fragment in name for name in names), fragment

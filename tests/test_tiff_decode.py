@@ -6,14 +6,13 @@ uninverted, associated alpha un-premultiplied, YCbCr / CMYK converted by its own
 8-bit read as unsigned and (through libtiff) big-endian signed and float samples byte-swapped.
 ``read_image`` now checks the tags first, refuses what the C++ reader refuses (with its wording)
 and decodes the rest with whichever Pillow reader is right for the layout. The grid below writes
-each combination with the hand-written TIFF writer of tests/cpp/make_test_data.py and compares
+each combination with the hand-written TIFF writer of tests/helpers/cpp_vectors.py and compares
 with the rule applied by numpy to the samples written. Other 16-bit paths (PNG gray, gray+alpha,
 RGB, RGBA; big-endian TIFF from Pillow) are checked the same way.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import struct
 import zlib
@@ -23,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parent / "cpp" / "make_test_data.py"
+from helpers import cpp_vectors
+
 
 # sample type -> (numpy dtype, TIFF SampleFormat)
 DTYPES = {"u8": (np.uint8, 1), "u16": (np.uint16, 1), "i8": (np.int8, 2), "i16": (np.int16, 2),
@@ -45,17 +45,13 @@ def _packbits(data: bytes, row_bytes: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def write_tiff():
-    """make_test_data's hand-written TIFF writer, plus ``packbits=True``: PackBits strips or tiles,
+    """The hand-written TIFF writer (helpers.cpp_vectors), plus ``packbits=True``: PackBits strips or tiles,
     which Pillow decodes through libtiff (the writer's deflate step swapped for PackBits, the
     Compression tag patched)."""
-    spec = importlib.util.spec_from_file_location("make_test_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
     def write(path: Path, pixels: np.ndarray, *, packbits: bool = False, float_predictor: bool = False,
               **options) -> None:
         if not (packbits or float_predictor):
-            return module._write_tiff(path, pixels, **options)
+            return cpp_vectors.write_tiff(path, pixels, **options)
         options.pop("deflate", None)
         order = options.get("byte_order", "<")
         samples = 1 if options.get("planar", 1) == 2 else pixels.shape[2]
@@ -76,11 +72,7 @@ def write_tiff():
                 differenced[:, samples:] = planes[:, samples:] - planes[:, :-samples]
                 return zlib.compress(differenced.tobytes())
 
-        module.zlib, saved = Codec, module.zlib
-        try:
-            module._write_tiff(path, pixels, deflate=True, **options)
-        finally:
-            module.zlib = saved
+        cpp_vectors.write_tiff(path, pixels, deflate=True, compress=Codec.compress, **options)
         data = bytearray(path.read_bytes())
         (ifd,) = struct.unpack_from(order + "I", data, 4)
         (count,) = struct.unpack_from(order + "H", data, ifd)
@@ -252,10 +244,7 @@ def test_tiff_vectors_refusals_are_python_refusals(tmp_path):
     read_image too, naming the same layout where the refusal is the layout's."""
     from mrdl_runtime.imaging import ImageReadError, read_image
 
-    spec = importlib.util.spec_from_file_location("make_test_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cases = module._tiff_vectors(tmp_path, np.random.default_rng(5))  # asserts the accepted ones follow the rule
+    cases = cpp_vectors.tiff_vectors(tmp_path, np.random.default_rng(5))  # asserts the accepted ones follow the rule
     refusals = [case for case in cases if "error" in case]
     assert len(refusals) >= 4
     for case in refusals:
