@@ -168,9 +168,10 @@ class _Run:
         else:
             if self.dist.is_main:
                 check_run_folder(self.out_dir, overwrite=options.overwrite)
-            if options.data_root is None or options.embeddings is None:
-                raise ValueError("a new training run needs data_root and embeddings (an LViT dataset and its "
-                                 "`mrdl embed-text` file)")
+            if config is None or options.data_root is None or options.embeddings is None:
+                raise ValueError("a new training run needs a config (e.g. mrdl.config.load_config('small')), and "
+                                 "data_root and embeddings in its options (an LViT dataset and its `mrdl embed-text` "
+                                 "file)")
             recipe = get_recipe(options.recipe) if options.recipe is not None else None
             config = run_config(config, options, recipe)
             source_mpp = options.source_mpp if options.source_mpp is not None else recipe and recipe.source_mpp

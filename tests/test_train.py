@@ -116,6 +116,20 @@ def test_source_mpp_from_the_recipe_or_the_option_is_in_the_provenance(tmp_path:
             _train(tiny_config, small_data, tmp_path / "bad", epochs=1, source_mpp=bad)
 
 
+def test_a_new_run_without_config_or_data_is_refused(tmp_path: Path, tiny_config, small_data):
+    from mrdl.train import train_model
+    from mrdl.train_options import TrainOptions
+
+    root, embeddings = small_data
+    for config, options in ((None, TrainOptions(data_root=root, embeddings=embeddings, out_dir=tmp_path / "a")),
+                            (tiny_config, TrainOptions(embeddings=embeddings, out_dir=tmp_path / "b"))):
+        with pytest.raises(ValueError, match="a new training run needs a config"):
+            train_model(options, config=config, progress=False)
+    with pytest.raises(ValueError, match=r"batch_size is 0; expected a number in \[1, inf\]"):
+        TrainOptions(batch_size=0).validate()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_stale_embeddings_are_refused(tmp_path: Path, tiny_config, small_data):
     root, _ = small_data
     other = write_synthetic_dataset(tmp_path / "other", n_train=2, n_val=1, size=64, seed=9)
