@@ -1,0 +1,188 @@
+"""Each request stands alone (issue 22): checked by itself before any batch runs, a bad one refused with its
+own one-line client error while the others of its dynamic batch get their masks, bounded work per request.
+
+The unit tests call :mod:`mrdl_runtime.triton_model` directly; the server tests start one ``mrdl serve``
+child process (loopback ports, bounded waits, stopped in a ``finally``) on a copy of the tiny model with
+a training ``source_size``, so that tiled requests run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from mrdl_runtime import PredictOptions, server_process
+from mrdl_runtime.errors import BackendUnavailableError
+from mrdl_runtime.serving import ServeOptions, hosting_problem
+from mrdl_runtime.triton_model import INTERNAL, INVALID, Job, Limits, RequestRefused, check_request, run_jobs
+from reexport import rewrite_manifest
+
+pytest.importorskip("onnxruntime")
+_PROBLEM = hosting_problem()
+LIMITS = Limits(max_pixels=250_000, max_side=1000, max_windows=64, pixels_in_flight=500_000)
+BAD_PARAMETERS = [({"overlap": "nan"}, "overlap must be a number"), ({"overlap": "1.5"}, "overlap must be a number"),
+                  ({"tile": "maybe"}, "tile must be one of"), ({"blend": "bogus"}, "blend must be one of"),
+                  ({"tiel": "true"}, "unknown request parameter 'tiel'")]
+
+
+class _Manifest:
+    source_size, size = (100, 100), (64, 64)
+
+
+def _refusal(images, parameters=None, limits=LIMITS) -> str:
+    with pytest.raises(RequestRefused) as refused:
+        check_request(images, parameters, PredictOptions(), _Manifest(), limits, False)
+    assert refused.value.code == INVALID and "\n" not in str(refused.value) and "Traceback" not in str(refused.value)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("parameters, message", BAD_PARAMETERS)
+def test_bad_parameters_are_refused_by_the_field_rules(parameters, message):
+    assert message in _refusal(np.zeros((1, 8, 8, 3), np.uint8), parameters)
+
+
+def test_bad_images_and_limits_are_refused_naming_the_limit():
+    assert "UINT8 [batch, height, width, 3]" in _refusal(np.zeros((1, 8, 8, 3), np.float32))
+    assert "UINT8 [batch, height, width, 3]" in _refusal(np.zeros((8, 8, 3), np.uint8))
+    assert "empty" in _refusal(np.zeros((1, 0, 8, 3), np.uint8))
+    assert "empty" in _refusal(np.zeros((0, 8, 8, 3), np.uint8))
+    assert "no input 'image'" in _refusal(None)
+    assert "1000 pixels per side" in _refusal(np.zeros((1, 1001, 10, 3), np.uint8))
+    assert "250000 pixels per request" in _refusal(np.zeros((3, 300, 300, 3), np.uint8))  # 270000 in one request
+    # overlap 0.99 on 300x300 (192x192 at the training scale): 129 x 129 windows, over the budget of 64
+    assert "--max-windows" in _refusal(np.zeros((1, 300, 300, 3), np.uint8), {"tile": "true", "overlap": "0.99"})
+    job = check_request(np.zeros((1, 300, 300, 3), np.uint8), {"tile": "true", "overlap": "0.25"}, PredictOptions(),
+                        _Manifest(), LIMITS, True)
+    assert job.options.tile is True and job.options.overlap == 0.25 and job.wants_probabilities
+
+
+class _FailsOnMarked:
+    """A segmenter stand-in: a mask of ones, or an error for an image whose first pixel is 255."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict_batch(self, images, options):
+        self.calls.append(len(images))
+        if any(image[0, 0, 0] == 255 for image in images):
+            raise RuntimeError("boom\nTraceback (most recent call last): /secret/path.py")
+        from mrdl_runtime.segmenter import Prediction
+
+        return [Prediction(np.ones(image.shape[:2], np.uint8), None) for image in images]
+
+
+def test_a_request_failing_in_the_model_fails_alone():
+    images = [np.zeros((1, 4, 4, 3), np.uint8) for _ in range(4)]
+    images[2] = images[2].copy()
+    images[2][0, 0, 0, 0] = 255
+    jobs = [Job(image, PredictOptions(), False) for image in images] + [RequestRefused("bad")]
+    segmenter = _FailsOnMarked()
+    results = run_jobs(segmenter, jobs, pixels_in_flight=1_000)
+    assert [isinstance(r, RequestRefused) for r in results] == [False, False, True, False, True]
+    assert results[2].code == INTERNAL and "boom" in str(results[2]) and "\n" not in str(results[2])
+    assert all(np.array_equal(results[i]["mask"], np.ones((1, 4, 4), np.uint8)) for i in (0, 1, 3))
+    assert segmenter.calls[0] == 4  # all four ran together first, then apart
+    parts = _FailsOnMarked()
+    run_jobs(parts, jobs[:2], pixels_in_flight=16)  # one 4x4 request's pixels at a time
+    assert parts.calls == [1, 1]
+
+
+@pytest.fixture(scope="module")
+def tiled_model_dir(model_dir, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("served") / "deploy"
+    shutil.copytree(model_dir, copy)
+    return rewrite_manifest(copy, {"source_size": [100, 100]})
+
+
+@pytest.fixture(scope="module")
+def server(tiled_model_dir, tmp_path_factory):
+    if _PROBLEM is not None:
+        pytest.skip(f"this Python cannot host the Python backend: {_PROBLEM}")
+    pytest.importorskip("tritonclient.http", reason="the serve extra is missing: pip install 'mrdl[serve]'")
+    options = ServeOptions(max_queue_delay_us=300_000, max_windows=400, predict=PredictOptions(max_pixels=250_000),
+                           max_pixels_in_flight=1_000_000)
+    running = server_process.ServerProcess(tiled_model_dir, options,
+                                           log=tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        running.start(120)
+    except BackendUnavailableError as error:
+        pytest.fail(f"{error}\n{running.output(4000)}")
+    try:
+        yield running
+    finally:
+        code = running.stop()
+    assert code == 0, running.output()
+
+
+def _infer(module, client, image: np.ndarray, parameters: dict):
+    tensor = module.InferInput("image", list(image.shape), "UINT8")
+    tensor.set_data_from_numpy(image)
+    return client.infer("mrdl", [tensor], outputs=[module.InferRequestedOutput("mask")], parameters=parameters)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_mixed_batch_good_requests_answered_bad_ones_refused(server, tiled_model_dir, protocol):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from mrdl_runtime import Segmenter
+
+    module = httpclient if protocol == "http" else grpcclient
+    rng = np.random.default_rng(5)
+    good = [rng.integers(0, 256, (1, 96, 80, 3), dtype=np.uint8) for _ in range(6)]
+    bad = BAD_PARAMETERS[:2]  # 8 requests, 25% bad, all the same image size so the batcher joins them
+    with Segmenter.load(tiled_model_dir, backend="onnxruntime-cpu") as segmenter:
+        expected = [segmenter.predict(image[0], with_probabilities=False).mask for image in good]
+    local = threading.local()
+
+    def one(index: int):
+        if not hasattr(local, "client"):
+            local.client = module.InferenceServerClient(getattr(server, protocol).split("://")[1])
+        if index < len(good):
+            return _infer(module, local.client, good[index], {}).as_numpy("mask")[0]
+        try:
+            _infer(module, local.client, good[0], bad[index - len(good)][0])
+        except InferenceServerException as exc:
+            return exc
+        return None
+
+    before = json.loads(server.get("/v2/models/mrdl/stats"))["model_stats"][0]["execution_count"]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(one, [6, 0, 1, 7, 2, 3, 4, 5], timeout=120))
+    by_index = dict(zip([6, 0, 1, 7, 2, 3, 4, 5], answers))
+    for index, mask in enumerate(expected):
+        assert np.array_equal(by_index[index], mask), f"good request {index} got {by_index[index]!r}"
+    for index, (_, message) in enumerate(bad):
+        error = by_index[len(good) + index]
+        assert isinstance(error, InferenceServerException) and message in error.message()
+        assert "Traceback" not in error.message() and "/" not in error.message().split("got")[0]
+        assert str(error.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+    executions = json.loads(server.get("/v2/models/mrdl/stats"))["model_stats"][0]["execution_count"] - before
+    assert executions < 8, "the dynamic batcher never joined requests: the test shows nothing about batches"
+
+
+def test_tiled_request_identical_and_window_budget_refused(server, tiled_model_dir):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from mrdl_runtime import RemoteSegmenter, Segmenter
+
+    image = np.random.default_rng(6).integers(0, 256, (240, 260, 3), dtype=np.uint8)
+    with Segmenter.load(tiled_model_dir, backend="onnxruntime-cpu") as segmenter:
+        expected = segmenter.predict(image, tile=True, overlap=0.5)
+    with RemoteSegmenter(server.http) as remote:
+        got = remote.predict(image, tile=True, overlap=0.5)
+    assert got.tiled and np.array_equal(got.mask, expected.mask)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
+    client = httpclient.InferenceServerClient(server.http.split("://")[1])
+    with pytest.raises(InferenceServerException, match="--max-windows") as refused:
+        _infer(httpclient, client, image[None], {"tile": "true", "overlap": "0.999"})
+    assert str(refused.value.status()) == "400"
+    assert _infer(httpclient, client, image[None], {}).as_numpy("mask").shape == (1, 240, 260)
+    client.close()
