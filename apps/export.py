@@ -12,72 +12,27 @@ and exits 2.
 
 from __future__ import annotations
 
-import types
-import typing
-from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from mrdl_apps.extras import require_extra
-from mrdl_apps.options import CONTEXT_SETTINGS, version_option
-from mrdl_export.options import ExportOptions, command_line_flag
+from mrdl_apps.options import CONTEXT_SETTINGS, field_options, version_option
+from mrdl_export.options import ExportOptions
 
 EXIT_FAILURE = 1
 EXIT_TENSORRT_MISSING = 3
 EXIT_INTERRUPTED = 130
-EMPTY = "none"  # a repeatable option's value that stands for "none of them" (its default is not empty)
-
 _PATH = click.Path(path_type=Path)
-
-
-def _without_empty(context: click.Context, parameter: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    if EMPTY in values and len(values) > 1:
-        raise click.BadParameter(f"{EMPTY!r} cannot be combined with other values", context, parameter)
-    return tuple(value for value in values if value != EMPTY)
-
-
-def _field_option(option_field, kind: type):
-    """The click option of one :class:`ExportOptions` field whose (non-None) type is ``kind``."""
-    rules, default = option_field.metadata, option_field.default
-    settings = {"help": rules["help"], "default": default}
-    if kind is bool:
-        return click.option(command_line_flag(option_field), option_field.name, is_flag=True, **settings)
-    if rules["choices"] is not None:
-        choices = list(rules["choices"])
-        if kind is tuple:
-            settings.update(multiple=True, callback=_without_empty)
-            choices.append(EMPTY)
-        settings["type"] = click.Choice(choices)
-    elif rules["low"] is not None or rules["high"] is not None:
-        number_range = click.IntRange if kind is int else click.FloatRange
-        settings["type"] = number_range(min=rules["low"], max=rules["high"])
-    else:
-        settings["type"] = _PATH if kind is Path else kind
-    return click.option(command_line_flag(option_field), option_field.name, show_default=True,
-                        **settings)
-
-
-def _kind(hint) -> type:
-    """``int`` for ``int | None``, ``tuple`` for ``tuple[str, ...]``: the type a field holds when set."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return typing.get_origin(hint) or hint
 
 
 def export_options(function):
     """Add ``--ckpt``, ``--out``, one option per command-line field of :class:`ExportOptions`, and ``--print``."""
-    hints = typing.get_type_hints(ExportOptions)
-    options = [
-        click.option("--ckpt", required=True, type=_PATH, help="mrdl checkpoint (.safetensors) to export."),
-        click.option("--out", required=True, type=_PATH,
-                     help="Deploy directory to create (model.json, model*.onnx, ...)."),
-        *(_field_option(f, _kind(hints[f.name])) for f in fields(ExportOptions) if command_line_flag(f) is not None),
-        click.option("--print", "print_summary", is_flag=True, help="Print a summary table at the end."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    function = click.option("--print", "print_summary", is_flag=True, help="Print a summary table at the end.")(function)
+    function = field_options(ExportOptions)(function)
+    function = click.option("--out", required=True, type=_PATH,
+                            help="Deploy directory to create (model.json, model*.onnx, ...).")(function)
+    return click.option("--ckpt", required=True, type=_PATH, help="mrdl checkpoint (.safetensors) to export.")(function)
 
 
 def _size(n: int) -> str:

@@ -21,6 +21,7 @@ from mrdl_runtime.options import command_line_flag, field_kind, from_text, to_te
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "show_default": True}
 PACKAGE = "mrdl"
+EMPTY = "none"  # a repeatable option's value that stands for "none of them" (its default is not empty)
 
 
 def version_option(function: Callable) -> Callable:
@@ -34,6 +35,12 @@ def _is_text_or_flag(options_class: type, option_field: Field) -> bool:
     return set(typing.get_args(hint)) >= {str, bool}
 
 
+def _without_empty(context: click.Context, parameter: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    if EMPTY in values and len(values) > 1:
+        raise click.BadParameter(f"{EMPTY!r} cannot be combined with other values", context, parameter)
+    return tuple(value for value in values if value != EMPTY)
+
+
 def _field_option(options_class: type, option_field: Field, default: Any) -> Callable:
     rules, name, flag = option_field.metadata, option_field.name, command_line_flag(option_field)
     settings: dict[str, Any] = {"help": rules.get("help"), "default": default, "show_default": True}
@@ -42,14 +49,17 @@ def _field_option(options_class: type, option_field: Field, default: Any) -> Cal
         return click.option(flag, name, type=click.Choice([to_text(c) for c in rules["choices"]]), is_flag=False,
                             flag_value="true", **{**settings, "default": to_text(default)})
     if kind is bool:
-        flags = f"{flag}/--no-{flag[2:]}" if default else flag
+        flags = f"{flag}/--no-{flag[2:]}" if default and "/" not in flag else flag
         return click.option(flags, name, is_flag=True, **settings)
+    if kind is tuple and rules.get("choices") is not None:  # repeatable; EMPTY stands for none of them
+        return click.option(flag, name, multiple=True, callback=_without_empty,
+                            type=click.Choice([*map(to_text, rules["choices"]), EMPTY]), **settings)
     if rules.get("choices") is not None:
         settings["type"] = click.Choice([to_text(c) for c in rules["choices"]])
     elif rules.get("low") is not None or rules.get("high") is not None:
         number_range = click.IntRange if kind is int else click.FloatRange
         settings["type"] = number_range(min=rules.get("low"), max=rules.get("high"),
-                                        max_open=bool(rules.get("high_open")))
+                                        min_open=bool(rules.get("low_open")), max_open=bool(rules.get("high_open")))
     else:
         settings["type"] = click.Path(path_type=Path) if kind is Path else kind
     return click.option(flag, name, **settings)

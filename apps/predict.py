@@ -12,7 +12,9 @@ from pathlib import Path
 import click
 
 from mrdl_apps.options import build, field_options
+from mrdl_runtime.files import ON_ERROR
 from mrdl_runtime.options import LoadOptions, PredictOptions
+from mrdl_runtime.remote import DEFAULT_MODEL
 
 
 @click.command("predict")
@@ -22,7 +24,7 @@ from mrdl_runtime.options import LoadOptions, PredictOptions
               help="Folder for masks/<stem>.png (0/255) and overlays/<stem>.png.")
 @field_options(LoadOptions)
 @field_options(PredictOptions)
-@click.option("--on-error", default="skip", show_default=True, type=click.Choice(["skip", "stop"]),
+@click.option("--on-error", default=ON_ERROR[0], show_default=True, type=click.Choice(ON_ERROR),
               help="A bad image: skip it and go on, or stop the run; either way the failures are listed and "
                    "the exit status is 1.")
 @click.option("--overwrite", is_flag=True, show_default=True,
@@ -32,7 +34,7 @@ from mrdl_runtime.options import LoadOptions, PredictOptions
                    "in-process, with the same predict options; MODEL_DIR is then the directory the server serves "
                    "(its model.json names the classes), no model file is loaded here and the load options "
                    "are the server's.")
-@click.option("--model-name", default="mrdl", show_default=True, help="With --server: the served model's name.")
+@click.option("--model-name", default=DEFAULT_MODEL, show_default=True, help="With --server: the served model's name.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars on stderr.")
 def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, on_error: str, overwrite: bool,
             server: str | None, model_name: str, progress: bool, **fields) -> None:

@@ -20,8 +20,8 @@ def test_cli_options_are_the_fields_of_export_options():
 
     params = {param.name: param for param in main.params}
     cli_fields = [f for f in dataclasses.fields(ExportOptions) if command_line_flag(f) is not None]
-    assert set(params) == {f.name for f in cli_fields} | {"ckpt", "out", "print_summary"}
-    assert [p.name for p in main.params][2:-1] == [f.name for f in cli_fields]  # the dataclass's order
+    assert set(params) == {f.name for f in cli_fields} | {"ckpt", "out", "print_summary", "version"}
+    assert [p.name for p in main.params][2:-2] == [f.name for f in cli_fields]  # the dataclass's order
     for f in cli_fields:
         param = params[f.name]
         assert param.opts == [command_line_flag(f)]
