@@ -9,6 +9,22 @@ Each artifact in ``model.json`` becomes one model, named ``<prefix>_<key>`` (``m
       mrdl_tensorrt/config.pbtxt    platform "tensorrt_plan"
       mrdl_tensorrt/1/model.plan
 
+Beside them, the front model ``<prefix>`` (``mrdl``) is what clients call: Triton's Python backend
+running :mod:`mrdl_runtime.triton_model` (``pip install mrdl`` in the backend's Python), with a
+verified copy of the model directory in its version folder::
+
+      mrdl/config.pbtxt             backend "python", version_policy latest 1, export id and SHA-256
+      mrdl/1/model.py               from mrdl_runtime.triton_model import TritonPythonModel
+      mrdl/1/model/model.json, model.onnx, ...
+
+It takes the raw ``image`` UINT8 ``[b, H, W, 3]`` and the tiling parameters (``tile``,
+``overlap``, ``blend``) and returns ``mask`` UINT8 ``[b, H, W]`` at the original size (and
+``probabilities``, ``tiled``): preprocessing, tiling, resize-back and threshold run on the server,
+exactly as ``mrdl predict`` / ``mrdl serve`` (the same model). It runs the ONNX model in-process with
+ONNX Runtime, so a server with only the Python backend (the one NVIDIA's PyTriton wheel ships)
+serves it: ``tritonserver --model-repository REPO --model-control-mode explicit --load-model mrdl``.
+Image-only models (fusion "distribution") get one; others do not (they need text features).
+
 ``config.pbtxt`` takes its inputs, outputs, dims and ``max_batch_size`` from the manifest, enables
 the dynamic batcher with preferred batch sizes, and places instances on CPU (ONNX models by
 default) or GPU (engines, and ONNX with ``kind="gpu"``). Its ``parameters`` record the export id,
@@ -55,6 +71,9 @@ class TritonRepoOptions:
     instances: int = 1
     kind: str = "auto"  # instance placement: auto (engines on GPU, ONNX on CPU), cpu, gpu
     force: bool = False
+    front: bool = True  # also write the front model <prefix> (raw images in, masks out)
+    front_precision: str = "fp32"  # the artifact the front model runs
+    max_queue: int = 16  # the front model's queue; one more request is refused with UNAVAILABLE
 
 
 def _preferred(max_batch: int) -> list[int]:
@@ -113,6 +132,30 @@ def _check_options(manifest: Manifest, options: TritonRepoOptions) -> list[str]:
     return keys
 
 
+def _write_front_model(manifest: Manifest, keys: list[str], folder: Path, options: TritonRepoOptions) -> None:
+    """The front model (:mod:`mrdl_runtime.triton_model`) with a verified copy of the model directory in ``1/model``."""
+    from mrdl_runtime.integrity import read_artifact
+    from mrdl_runtime.options import LoadOptions
+    from mrdl_runtime.serving import ServeOptions
+    from mrdl_runtime.triton_model import write_front_model
+
+    if options.front_precision not in keys:
+        raise TritonRepoError(f"the front model runs artifact {options.front_precision!r}, which is not among "
+                              f"those written ({', '.join(keys)}); add --precision {options.front_precision}")
+    defaults = ServeOptions()
+    serve = ServeOptions(model_name=options.prefix, max_batch=options.max_batch,
+                         max_queue_delay_us=options.max_queue_delay_us, instances=options.instances,
+                         max_queue=options.max_queue, load=LoadOptions(precision=options.front_precision),
+                         max_pixels_in_flight=max(defaults.max_pixels_in_flight,
+                                                  options.instances * defaults.predict.max_pixels))
+    version = write_front_model(folder, options.prefix, manifest, serve, "model")
+    copy = version / "model"
+    copy.mkdir()
+    for key in keys:
+        (copy / manifest.artifact(key).file).write_bytes(read_artifact(manifest, key))
+    shutil.copyfile(Path(manifest.model_dir) / "model.json", copy / "model.json")
+
+
 def _is_repository(folder: Path) -> bool:
     """True when ``folder`` holds nothing but model folders, each with a config.pbtxt (what this writer makes)."""
     entries = list(folder.iterdir())
@@ -162,6 +205,9 @@ def write_repository(model_dir: str | Path, out: str | Path,
             (folder / "1" / FILES["tensorrt" if key == "tensorrt" else "onnx"]).write_bytes(data)
             (folder / "config.pbtxt").write_text(config_text(manifest, key, name, options))
             written[name] = out / name
+        if options.front and manifest.text_input is None:
+            _write_front_model(manifest, keys, partial / options.prefix, options)
+            written[options.prefix] = out / options.prefix
         if out.exists():
             out.rename(old)
         partial.rename(out)

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import BackendUnavailableError
-from .serving import ServeOptions
+from .serving import ServeOptions, server_environment, tritonserver_files
 
 START_TIMEOUT_S = 180
 
@@ -51,6 +51,7 @@ class ServerProcess:
         self.command = [sys.executable, "-m", "mrdl_runtime.serving", str(model_dir), self.options.to_json()]
         self.log = log or Path(tempfile.mkstemp(prefix="mrdl-serve-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
+        self.environment: dict[str, str] | None = None  # None: this process's
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.grpc = f"grpc://127.0.0.1:{self.grpc_port}"
 
@@ -74,7 +75,7 @@ class ServerProcess:
 
     def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
         with open(self.log, "wb") as handle:
-            self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, env=self.environment)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -112,3 +113,27 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class StockServer(ServerProcess):
+    """``tritonserver --model-repository REPOSITORY`` itself, as a stock server runs a repository that
+    ``mrdl triton-repo`` wrote: the binary NVIDIA's PyTriton ships, its Python backend with this Python's stub
+    (:func:`mrdl_runtime.serving.server_environment`), free loopback ports, only ``models`` loaded
+    (``--model-control-mode explicit``: that server has no onnxruntime backend for the bare ONNX models)."""
+
+    def __init__(self, repository: str | Path, models: tuple[str, ...] = ("mrdl",), *, log: Path | None = None) -> None:
+        super().__init__(repository, ServeOptions(model_name=models[0]), log=log)
+        files = tritonserver_files()
+        self._folder = tempfile.TemporaryDirectory(prefix="mrdl-stock-")
+        backends, self.environment = server_environment(Path(self._folder.name), files)
+        self.command = [str(files["binary"]), f"--model-repository={repository}", f"--backend-directory={backends}",
+                        "--http-address=127.0.0.1", f"--http-port={self.http_port}", "--grpc-address=127.0.0.1",
+                        f"--grpc-port={self.grpc_port}", "--metrics-address=127.0.0.1",
+                        f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false",
+                        "--model-control-mode=explicit", *[f"--load-model={name}" for name in models]]
+
+    def stop(self, timeout: float = 60) -> int | None:
+        try:
+            return super().stop(timeout)
+        finally:
+            self._folder.cleanup()

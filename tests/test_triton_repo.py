@@ -1,8 +1,10 @@
-"""The Triton model repository writer (``mrdl triton-repo``, ``mrdl-export --triton``), checked by schema.
+"""The Triton model repository writer (``mrdl triton-repo``, ``mrdl-export --triton``).
 
-Triton's onnxruntime and TensorRT backends are not installed on these machines, so every
-``config.pbtxt`` is parsed with Triton's own ModelConfig protobuf (shipped by ``tritonclient``) and
-compared with ``model.json``; nothing here serves these models (test_triton_serve.py serves one).
+Triton's onnxruntime and TensorRT backends are not installed on these machines, so every bare
+model's ``config.pbtxt`` is parsed with Triton's own ModelConfig protobuf (shipped by
+``tritonclient``) and compared with ``model.json``. The front model (Python backend) is served end
+to end: the ``tritonserver`` binary PyTriton ships runs the written repository directly
+(:class:`mrdl_runtime.server_process.StockServer`), and its masks equal the in-process ones.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ def _check_against_manifest(repo: Path, model_dir: Path, *, max_batch: int | Non
         assert parameters["mrdl.export_id"] == manifest.export_id
         assert parameters["mrdl.sha256"] == record.sha256 and parameters["mrdl.precision"] == record.precision
         assert sorted(p.name for p in folder.rglob("*")) == sorted(["1", artifact.name, "config.pbtxt"])
-    assert sorted(p.name for p in repo.iterdir()) == sorted(f"mrdl_{key}" for key in manifest.artifacts)
+    assert sorted(p.name for p in repo.iterdir()) == sorted(["mrdl", *(f"mrdl_{key}" for key in manifest.artifacts)])
+    front = _parse(repo / "mrdl" / "config.pbtxt")
+    assert front.backend == "python" and front.version_policy.latest.num_versions == 1
+    assert {k: v.string_value for k, v in front.parameters.items()}["export_id"] == manifest.export_id
+    assert (repo / "mrdl" / "1" / "model.py").is_file() and (repo / "mrdl" / "1" / "model" / "model.json").is_file()
     return configs
 
 
@@ -75,7 +81,7 @@ def test_one_model_per_precision_matches_the_manifest(variants_dir, tmp_path):
     from mrdl_export.triton import write_repository
 
     written = write_repository(variants_dir, tmp_path / "repo")
-    assert sorted(written) == ["mrdl_fp16", "mrdl_fp32", "mrdl_int8"]
+    assert sorted(written) == ["mrdl", "mrdl_fp16", "mrdl_fp32", "mrdl_int8"]
     _check_against_manifest(tmp_path / "repo", variants_dir)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
@@ -118,7 +124,7 @@ def test_out_is_refused_when_occupied_or_overlapping(model_dir, tmp_path):
     with pytest.raises(TritonRepoError, match="--force"):
         write_repository(model_dir, repo)
     write_repository(model_dir, repo, TritonRepoOptions(force=True, prefix="seg"))  # a repository: replaced
-    assert sorted(p.name for p in repo.iterdir()) == ["seg_fp32"]
+    assert sorted(p.name for p in repo.iterdir()) == ["seg", "seg_fp32"]
     (repo / "notes.txt").write_text("mine")
     with pytest.raises(TritonRepoError, match="other than Triton model folders"):
         write_repository(model_dir, repo, TritonRepoOptions(force=True))
@@ -163,3 +169,47 @@ def test_export_triton_step(model_dir, tmp_path):
     Exporter(ExportOptions(triton=tmp_path / "repo")).triton(job)
     _check_against_manifest(tmp_path / "repo", model_dir)
     assert job.timings["triton"] > 0
+
+
+def test_stock_tritonserver_serves_the_front_model(model_dir, tmp_path):
+    """tritonserver --model-repository on what mrdl triton-repo wrote: raw images in, masks at the original size
+    out, identical to in-process for a whole and a tiled image over HTTP and gRPC; the export id in the config."""
+    import numpy as np
+
+    from mrdl_runtime import RemoteSegmenter, Segmenter
+    from mrdl_runtime.errors import BackendUnavailableError
+    from mrdl_runtime.server_process import StockServer
+    from mrdl_runtime.serving import hosting_problem
+    from reexport import rewrite_manifest
+
+    if hosting_problem() is not None:
+        pytest.skip(f"this Python cannot host Triton's Python backend: {hosting_problem()}")
+    pytest.importorskip("pytriton", reason="the serve extra (which ships tritonserver) is missing")
+    copy = tmp_path / "deploy"
+    shutil.copytree(model_dir, copy)
+    rewrite_manifest(copy, {"source_size": [100, 100]})
+    from mrdl_export.triton import write_repository
+
+    write_repository(copy, tmp_path / "repo")
+    rng = np.random.default_rng(8)
+    whole, large = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8), rng.integers(0, 256, (230, 250, 3), dtype=np.uint8)
+    with Segmenter.load(copy, backend="onnxruntime-cpu") as segmenter:
+        expected = [segmenter.predict(whole), segmenter.predict(large, tile=True, overlap=0.5)]
+    server = StockServer(tmp_path / "repo", log=tmp_path / "triton.log")
+    try:
+        try:
+            server.start(120)
+        except BackendUnavailableError as error:
+            pytest.fail(f"{error}\n{server.output(4000)}")
+        config = json.loads(server.get("/v2/models/mrdl/config"))
+        assert config["parameters"]["export_id"]["string_value"] == load_manifest(copy).export_id
+        for url in (server.http, server.grpc):
+            with RemoteSegmenter(url) as remote:
+                got = [remote.predict(whole), remote.predict(large, tile=True, overlap=0.5)]
+            for ours, theirs in zip(got, expected):
+                assert ours.mask.shape == theirs.mask.shape and np.array_equal(ours.mask, theirs.mask)
+                np.testing.assert_allclose(ours.probabilities, theirs.probabilities, atol=1e-5)
+            assert [p.tiled for p in got] == [False, True]
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
