@@ -185,7 +185,7 @@ class Segmenter:
         at_model_size, with_probabilities = options.at_model_size, options.with_probabilities
         rgb = check_image(image, channel_order=options.channel_order)
         size = rgb.shape[:2]
-        plan = plan_tiles(size, manifest.source_size, manifest.size, options.overlap)
+        plan = plan_tiles(size, manifest.source_size, manifest.size, options.overlap, max_pixels=options.max_pixels)
         resampled = resample_rgb(rgb, plan.resampled_size)  # (h, w, 3) uint8
         del rgb  # a converted copy (uint16, float, gray input) is not kept while the windows run
         stitched = stitch(resampled, plan, lambda batch: self.infer(batch, text), model_size=manifest.size,

@@ -21,13 +21,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import OptionsError
-from .imaging import to_model_input
+from .imaging import ImageInputError, to_model_input
 from .resample import resized_strips
 
 TILE_CHOICES = ("auto", True, False)
 BLEND_MODES = ("gaussian", "constant")
 DEFAULT_OVERLAP = 0.25
 GAUSSIAN_SIGMA_SCALE = 0.125  # sigma = 0.125 * window side, as MONAI's sliding_window_inference
+MAX_WINDOW_COVERAGE = 16  # windows x model pixels <= 16 x max_pixels (an overlap of 0.75 sees each pixel 16 times)
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,34 @@ class TilePlan:
 
 
 def plan_tiles(image_size: tuple[int, int], source_size: tuple[int, int], model_size: tuple[int, int],
-               overlap: float) -> TilePlan:
-    """Resampled size, padded size (bottom/right, at least the model size) and window starts of one image."""
+               overlap: float, *, max_pixels: int | None = None) -> TilePlan:
+    """Resampled size, padded size (bottom/right, at least the model size) and window starts of one image;
+    with ``max_pixels``, :func:`check_tile_cost` first (docs/tiling.md section 3, "Cost bound")."""
     resampled = resampled_size(image_size, source_size, model_size)
     padded = (max(resampled[0], model_size[0]), max(resampled[1], model_size[1]))
+    if max_pixels is not None:
+        check_tile_cost(image_size, resampled, padded, model_size, overlap, max_pixels)
     return TilePlan(tuple(image_size), resampled, padded, tuple(window_grid(padded, model_size, overlap)))
+
+
+def check_tile_cost(image_size: tuple[int, int], resampled: tuple[int, int], padded: tuple[int, int],
+                    model_size: tuple[int, int], overlap: float, max_pixels: int) -> None:
+    """Refuse (:class:`~mrdl_runtime.imaging.ImageInputError`) a tiled image whose resampled image holds more
+    than ``max_pixels`` pixels or whose windows more than ``MAX_WINDOW_COVERAGE * max_pixels`` model pixels,
+    counted before anything is allocated (the window count per axis as :func:`window_starts` makes it)."""
+    def windows(length: int, window: int) -> int:
+        stride = max(1, math.floor(window * (1.0 - overlap)))
+        return 1 if length <= window else (length - window + stride - 1) // stride + 1
+
+    count = windows(padded[0], model_size[0]) * windows(padded[1], model_size[1])
+    seen = count * model_size[0] * model_size[1]
+    (h, w), (height, width) = resampled, image_size
+    if h * w > max_pixels or seen > MAX_WINDOW_COVERAGE * max_pixels:
+        what = (f"{h}x{w} = {h * w:,} pixels" if h * w > max_pixels else
+                f"{count:,} windows of {model_size[0]}x{model_size[1]} = {seen:,} model pixels (more than "
+                f"{MAX_WINDOW_COVERAGE} x the limit: lower the overlap)")
+        raise ImageInputError(f"a {height}x{width} image at the training scale is {what}, over the limit of "
+                              f"{max_pixels:,} pixels; raise it with --max-pixels (max_pixels=) if memory allows")
 
 
 def stitch(resampled: np.ndarray, plan: TilePlan, run: Callable[[np.ndarray], np.ndarray], *,
