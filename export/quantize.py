@@ -224,6 +224,88 @@ def remove_dead_qdq(model) -> None:
         model.graph.initializer.remove(init)
 
 
+ARITHMETIC_OPS = ("Add", "Sub", "Mul", "Div")
+
+
+def constant_tensors(model) -> set[str]:
+    """Tensors whose values depend on no graph input, only on initializers, Constant nodes and input shapes
+    (``Shape``): what a runtime that fixes the batch size folds into constants."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    known = {init.name for init in model.graph.initializer}
+    inputs = {tensor.name for tensor in model.graph.input} - known
+    constant: dict[str, bool] = {}
+
+    def is_constant(tensor: str) -> bool:
+        stack = [tensor]
+        while stack:  # iterative depth-first: graphs are deeper than Python's recursion limit
+            name = stack[-1]
+            if name in constant:
+                stack.pop()
+                continue
+            if name in known or name == "":
+                constant[name] = True
+            elif name in inputs or name not in producers:
+                constant[name] = False
+            else:
+                node = producers[name]
+                if node.op_type in ("Constant", "Shape", "Size"):
+                    constant[name] = True
+                else:
+                    pending = [i for i in node.input if i not in constant]
+                    if pending:
+                        stack.extend(pending)
+                        continue
+                    constant[name] = all(constant[i] for i in node.input)
+            stack.pop()
+        return constant[tensor]
+
+    return {out for node in model.graph.node for out in node.output if is_constant(out)}
+
+
+def portable_qdq(model) -> list[str]:
+    """Rewrite the QDQ pattern that OpenVINO's CPU plugin cannot compile into one every QDQ consumer runs.
+
+    The pattern: an Add / Sub / Mul / Div of two DequantizeLinear outputs, one of which dequantizes a
+    QuantizeLinear of a *constant* tensor that the graph computes at run time (here ``Expand`` of a
+    folded constant to the batch size). Once the batch is fixed, OpenVINO folds that branch into a
+    dequantized constant, and its low-precision AddTransformation throws on an Add of a dequantized
+    constant and a dequantized activation (OpenVINO 2026.4: ``Check 'index < m_inputs.size()'
+    failed``; with a dynamic batch it compiles and gives wrong masks). The operand is given its float
+    value instead (the QuantizeLinear's input), so the op reads one dequantized activation and one
+    float constant: OpenVINO folds it as a bias, ONNX Runtime runs it in float between the integer
+    ops, TensorRT fuses the float constant. Weights and biases stored as quantized initializers
+    (DequantizeLinear of an initializer, no QuantizeLinear) are a different pattern and stay.
+
+    Returns the names of the nodes rewired; ``model`` is changed in place.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constant = constant_tensors(model)
+
+    def quantized_constant(tensor: str) -> str | None:
+        """The float constant behind ``tensor`` = DQ(Q(constant)), else None."""
+        dequantize = producers.get(tensor)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            return None
+        quantize = producers.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.input[0] not in constant:
+            return None
+        return quantize.input[0]
+
+    rewired = []
+    for node in model.graph.node:
+        if node.op_type not in ARITHMETIC_OPS or len(node.input) != 2:
+            continue
+        if not all(producers.get(t) is not None and producers[t].op_type == "DequantizeLinear" for t in node.input):
+            continue
+        floats = [quantized_constant(t) for t in node.input]
+        if any(floats) and not all(floats):
+            index = 0 if floats[0] else 1
+            node.input[index] = floats[index]
+            rewired.append(node.name)
+    remove_dead_qdq(model)
+    return rewired
+
+
 class ImageCalibrationReader:
     """onnxruntime CalibrationDataReader over preprocessed images, ``batch`` images per feed."""
 
@@ -293,6 +375,7 @@ def quantize_full(fp32_path: Path, calibration_inputs: list[np.ndarray], *, cali
     finally:
         root.setLevel(level)
     keep_float(quantized, fp32, float_nodes)
+    portable_qdq(quantized)
     return quantized, fp32
 
 

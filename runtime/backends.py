@@ -53,10 +53,11 @@ class Backend:
     artifact: str = "onnx"
     auto_rank: int | None = None
     bench: tuple[tuple[str, str | None], ...] = ()
+    computed_from: tuple[tuple[str, str], ...] = ()  # (precision, artifact): a precision computed from another file
 
     def artifact_key(self, precision: str) -> str:
         """The ``model.json`` artifact this backend loads at ``precision``."""
-        return "tensorrt" if self.artifact == "engine" else precision
+        return "tensorrt" if self.artifact == "engine" else dict(self.computed_from).get(precision, precision)
 
 
 REGISTRY: dict[str, Backend] = {entry.name: entry for entry in (
@@ -72,8 +73,14 @@ REGISTRY: dict[str, Backend] = {entry.name: entry for entry in (
     Backend("tensorrt", "native TensorRT engine (model.engine, from mrdl-export --trt)", "cuda", PRECISIONS,
             "mrdl_runtime.backends:open_tensorrt", "mrdl_runtime.backends:tensorrt_unavailable", artifact="engine",
             auto_rank=0, bench=(("tensorrt", None),)),
+    Backend("openvino-cpu", "OpenVINO on the CPU (pip install 'mrdl[openvino]'); bf16: model.onnx computed in bfloat16 "
+            "where the CPU has AVX512_BF16 or AMX", "cpu", ("fp32", "bf16", "int8"),
+            "mrdl_runtime.openvino_runner:open_runner", "mrdl_runtime.openvino_runner:unavailable_reason",
+            bench=(("ov-fp32", "fp32"), ("ov-bf16", "bf16"), ("ov-int8", "int8")), computed_from=(("bf16", "fp32"),)),
 )}
 BACKENDS = tuple(REGISTRY)  # every backend's name, in the table's order
+# what a runtime may be asked to run: the exported precisions and those a backend computes from one (bf16)
+RUN_PRECISIONS = tuple(dict.fromkeys(precision for entry in REGISTRY.values() for precision in entry.precisions))
 AUTO_ORDER = tuple(sorted((b.name for b in REGISTRY.values() if b.auto_rank is not None),
                           key=lambda name: REGISTRY[name].auto_rank))
 
@@ -117,8 +124,8 @@ def unavailable_reason(manifest: Manifest, backend: str, precision: str) -> str 
 
 def select_backend(manifest: Manifest, backend: str = AUTO, precision: str = "fp32") -> tuple[str, str]:
     """Return (backend name, a sentence saying why it was chosen) or raise BackendUnavailableError."""
-    if precision not in PRECISIONS:
-        raise OptionsError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in RUN_PRECISIONS:
+        raise OptionsError(f"precision must be one of {RUN_PRECISIONS}, got {precision!r}")
     if backend != AUTO:
         get_backend(backend)
         reason = unavailable_reason(manifest, backend, precision)

@@ -24,10 +24,9 @@ from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-from .backends import AUTO, backend_choices, get_backend
+from .backends import AUTO, RUN_PRECISIONS, backend_choices, get_backend
 from .errors import OptionsError
 from .imaging import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS
-from .manifest import PRECISIONS
 from .tiling import BLEND_MODES, DEFAULT_OVERLAP, TileOptions
 
 TILE_TEXT = {"auto": "auto", "true": True, "false": False}  # tile's spelling on the command line and in requests
@@ -140,7 +139,9 @@ class LoadOptions(OptionsBase):
 
     backend: str = option(AUTO, "Inference backend (mrdl_runtime.backends.REGISTRY); one named here that cannot "
                           "run is an error, never a fallback; auto: the fastest that can run.", choices=backend_choices())
-    precision: str = option("fp32", "Which exported model to run (model.json's artifacts).", choices=PRECISIONS)
+    precision: str = option("fp32", "Which exported model to run (model.json's artifacts); bf16: model.onnx computed "
+                            "in bfloat16 (backend openvino-cpu, on CPUs with AVX512_BF16 or AMX).",
+                            choices=RUN_PRECISIONS)
     verify: bool = option(True, "Check the model file's SHA-256 against model.json before loading it; --no-verify "
                           "skips only the hash (its size, export and graph are still checked) and warns that it did.")
     threads: int = option(0, THREADS_HELP, low=0)

@@ -133,7 +133,7 @@ def test_precision_that_was_not_exported(model_dir):
         with pytest.raises(BackendUnavailableError, match="has no int8 ONNX model"):
             Segmenter.load(model_dir, backend=backend, precision="int8")
     with pytest.raises(ValueError, match="precision must be one of"):
-        Segmenter.load(model_dir, precision="bf16")
+        Segmenter.load(model_dir, precision="int4")
 
 
 def test_unknown_backend_name(model_dir):
