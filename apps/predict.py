@@ -14,7 +14,7 @@ import click
 from mrdl_apps.options import build, field_options
 from mrdl_runtime.files import ON_ERROR
 from mrdl_runtime.options import LoadOptions, PredictOptions
-from mrdl_runtime.remote import DEFAULT_MODEL
+from mrdl_runtime.remote import ClientOptions
 
 
 @click.command("predict")
@@ -34,18 +34,19 @@ from mrdl_runtime.remote import DEFAULT_MODEL
                    "in-process, with the same predict options; MODEL_DIR is then the directory the server serves "
                    "(its model.json names the classes), no model file is loaded here and the load options "
                    "are the server's.")
-@click.option("--model-name", default=DEFAULT_MODEL, show_default=True, help="With --server: the served model's name.")
+@field_options(ClientOptions)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars on stderr.")
 def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, on_error: str, overwrite: bool,
-            server: str | None, model_name: str, progress: bool, **fields) -> None:
+            server: str | None, progress: bool, **fields) -> None:
     """Segment IMAGES (files, folders or glob patterns) with the model exported to MODEL_DIR."""
     from mrdl_runtime import MrdlError, Segmenter
     from mrdl_runtime.files import PredictInterrupted, predict_files
 
     try:
         load_options, predict_options = build(LoadOptions, fields), build(PredictOptions, fields)
+        client_options = build(ClientOptions, fields)
         with (Segmenter.load(model_dir, load_options) if server is None
-              else _ServedModel.connect(server, model_dir, model_name)) as segmenter:
+              else _ServedModel.connect(server, model_dir, client_options)) as segmenter:
             click.echo(f"backend: {segmenter.reason}")
             summary = predict_files(segmenter, images, out_dir, predict_options, progress=progress,
                                     on_error=on_error, overwrite=overwrite)
@@ -76,11 +77,11 @@ class _ServedModel:
         self.reason = f"Triton server {remote.url}, model {remote.model!r}"
 
     @classmethod
-    def connect(cls, url: str, model_dir: Path, model_name: str) -> "_ServedModel":
+    def connect(cls, url: str, model_dir: Path, options: ClientOptions) -> "_ServedModel":
         from mrdl_runtime import RemoteError, RemoteSegmenter, load_manifest
 
         manifest = load_manifest(model_dir)
-        remote = RemoteSegmenter(url, model=model_name)
+        remote = RemoteSegmenter(url, options)
         if remote.n_classes is not None and remote.n_classes != manifest.n_classes:
             remote.close()
             raise RemoteError(f"the server at {url} serves a model with {remote.n_classes} classes, but {model_dir} "

@@ -269,6 +269,22 @@ def _read_batches(paths: list[Path], max_batch: int, max_pixels: int, stop: bool
         yield batch
 
 
+def _segment(segmenter: Segmenter, batch: list, options: PredictOptions, failed: list[FailedImage], *,
+             stop: bool) -> list:
+    """(path, image) and prediction of each image of ``batch``. A batch that fails with an MrdlError (a served
+    model refusing one image, a server that timed out) is run image by image when not ``stop``, and the images
+    that still fail are listed in ``failed`` while the others are segmented."""
+    try:
+        return list(zip(batch, segmenter.predict_batch([image for _, image in batch], options)))
+    except MrdlError as exc:
+        if stop:
+            raise
+        if len(batch) == 1:
+            failed.append(FailedImage(batch[0][0], str(exc)))
+            return []
+    return [pair for item in batch for pair in _segment(segmenter, [item], options, failed, stop=False)]
+
+
 def _recorded_tiling(out_dir: Path) -> dict[str, bool]:
     """The per-image ``"tiled"`` entries of a readable predict.json (after :func:`_claim` accepted it), else {}."""
     try:
@@ -315,8 +331,8 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
             with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
                 for batch in _read_batches(paths, manifest.max_batch, options.max_pixels, on_error == "stop",
                                            failed):
-                    predictions = segmenter.predict_batch([image for _, image in batch], options)
-                    for (path, image), prediction in zip(batch, predictions):
+                    for (path, image), prediction in _segment(segmenter, batch, options, failed,
+                                                              stop=on_error == "stop"):
                         overlay = tint(image if image.flags.writeable else image.copy(), prediction.mask)
                         mask = mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask)
                         with _uninterruptible():

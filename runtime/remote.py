@@ -11,12 +11,25 @@ exactly as ``Segmenter.predict`` computes them in-process. ``predict_batch`` sen
 size together (at most the server's ``max_batch_size`` per request) and all requests at once, so
 the server's dynamic batcher can join them.
 
+Slow work: ``timeout`` (:class:`ClientOptions`, ``mrdl predict --server URL --timeout S``) is how
+long one request may take, from sending it to its answer (a tiled 4096x4096 image on a busy CPU
+takes minutes; the default is generous). A request the server refuses because it is busy (its
+queue is full: UNAVAILABLE / HTTP 503, or RESOURCE_EXHAUSTED / 429) or cannot take yet is sent
+again after 0.5, 1, 2, 4 ... s (at most ``retries`` times, with jitter); any other refusal is the
+request's own error (:class:`RemoteError`, one line). :meth:`RemoteSegmenter.predict_each` returns
+each image's prediction or error, so one bad image never loses the others; ``predict_batch``
+raises the first error. Requests hold at most ``max_batch`` images and the server's
+``max_request_pixels`` pixels (both read from the model's config).
+
 Needs ``tritonclient`` (``pip install 'mrdl[serve]'``), imported when a RemoteSegmenter is made.
 """
 
 from __future__ import annotations
 
+import queue
+import random
 import time
+from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -24,15 +37,41 @@ import numpy as np
 
 from .errors import BackendUnavailableError, MrdlError, OptionsError
 from .imaging import check_image
-from .options import PredictOptions
+from .options import OptionsBase, PredictOptions, check_fields, option
 from .segmenter import Prediction
 
 DEFAULT_MODEL = "mrdl"
 PROTOCOLS = ("http", "grpc")
+RETRY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "503", "429")
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0
+
+
+@dataclass(frozen=True)
+class ClientOptions(OptionsBase):
+    """How a :class:`RemoteSegmenter` talks to the server (``mrdl predict --server``'s options)."""
+
+    model_name: str = option(DEFAULT_MODEL, "With --server: the served model's name.")
+    timeout: float = option(600.0, "With --server: seconds one request may take from sending to its answer (a "
+                            "tiled large image on a busy server takes minutes).", low=1)
+    retries: int = option(4, "With --server: times a request the server refused as busy (UNAVAILABLE, "
+                          "RESOURCE_EXHAUSTED) is sent again, after 0.5, 1, 2, 4 ... s.", low=0, high=20)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 class RemoteError(MrdlError, RuntimeError):
-    """The server could not be reached, does not serve the model, or answered a request with an error."""
+    """The server could not be reached, does not serve the model, or answered a request with an error
+    (``status``: the server's status, e.g. "400" or "StatusCode.INVALID_ARGUMENT", when it answered)."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def busy(self) -> bool:
+        """The server refused the request as busy: sending it again later may succeed."""
+        return self.status in RETRY_STATUSES
 
 
 def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
@@ -62,16 +101,23 @@ def _server_message(exc: Exception) -> str:
 class RemoteSegmenter:
     """A model served by Triton Inference Server, used like an in-process ``Segmenter``.
 
-    ``url``: ``http://HOST:PORT`` or ``grpc://HOST:PORT`` (no scheme: HTTP). ``model``: the served
-    model's name (``mrdl serve --model-name``). ``timeout``: seconds for connecting and for each
-    call. ``concurrency``: requests in flight at once (HTTP connection pool size). Raises
-    :class:`RemoteError` when the server is not reachable or the model is not ready.
+    ``url``: ``http://HOST:PORT`` or ``grpc://HOST:PORT`` (no scheme: HTTP). ``options``
+    (:class:`ClientOptions`; the keywords ``model``, ``timeout`` and ``retries`` override its fields):
+    the served model's name (``mrdl serve --model-name``), seconds each request may take (also the
+    connection timeout), retries of requests refused as busy. ``concurrency``: requests in flight at
+    once (HTTP connection pool size). Raises :class:`RemoteError` when the server is not reachable
+    or the model is not ready.
     """
 
-    def __init__(self, url: str, *, model: str = DEFAULT_MODEL, protocol: str | None = None,
-                 timeout: float = 60.0, concurrency: int = 8) -> None:
+    def __init__(self, url: str, options: ClientOptions | None = None, *, model: str | None = None,
+                 protocol: str | None = None, timeout: float | None = None, retries: int | None = None,
+                 concurrency: int = 8) -> None:
+        changes = {name: value for name, value in (("model_name", model), ("timeout", float(timeout) if timeout
+                   is not None else None), ("retries", retries)) if value is not None}
+        self.options = ClientOptions.of(options, **changes)
         self.protocol, self.address = parse_url(url, protocol)
-        self.url, self.model, self.timeout = f"{self.protocol}://{self.address}", model, float(timeout)
+        self.url, self.model = f"{self.protocol}://{self.address}", self.options.model_name
+        self.timeout, self.retries = self.options.timeout, self.options.retries
         try:
             if self.protocol == "http":
                 import tritonclient.http as client_module
@@ -79,7 +125,7 @@ class RemoteSegmenter:
                 import tritonclient.grpc as client_module
         except ImportError as exc:
             raise BackendUnavailableError(f"RemoteSegmenter needs tritonclient ({exc}); install the serve extra: "
-                              "pip install 'mrdl[serve]'") from exc
+                                          "pip install 'mrdl[serve]'") from exc
         self._module = client_module
         from tritonclient.utils import InferenceServerException
 
@@ -98,19 +144,22 @@ class RemoteSegmenter:
                               f"mrdl serve MODEL_DIR") from exc
         try:
             ready = self._client.is_model_ready(self.model)
-            config = self._client.get_model_config(self.model) if ready else None
+            json_form = {} if self.protocol == "http" else {"as_json": True}  # the HTTP client answers JSON
+            config = self._client.get_model_config(self.model, **json_form) if ready else None
         except (self._server_error, OSError, ConnectionError):
             ready, config = False, None
         if not ready:
             self.close()
             raise RemoteError(f"the server at {self.url} has no ready model {self.model!r} "
                               f"(mrdl serve --model-name names it)")
-        config = config.get("config", config) if isinstance(config, dict) else config.config
-        self.max_batch = int(config["max_batch_size"] if isinstance(config, dict) else config.max_batch_size) or 1
-        outputs = config["output"] if isinstance(config, dict) else config.output
-        dims = [list(o["dims"] if isinstance(o, dict) else o.dims) for o in outputs
-                if (o["name"] if isinstance(o, dict) else o.name) == "probabilities"]
+        config = config.get("config", config)
+        self.max_batch = int(config.get("max_batch_size", 0)) or 1
+        dims = [list(o.get("dims", [])) for o in config.get("output", []) if o.get("name") == "probabilities"]
         self.n_classes = int(dims[0][0]) if dims and dims[0] else None  # None: not an mrdl serve model
+        parameters = {key: value.get("string_value", value.get("stringValue", ""))
+                      for key, value in (config.get("parameters") or {}).items()}
+        self.max_request_pixels = int(parameters.get("max_request_pixels") or 0) or None  # None: no limit known
+        self.export_id = parameters.get("export_id")
         self.count = 0  # requests answered
         self._seconds = 0.0
 
@@ -126,50 +175,80 @@ class RemoteSegmenter:
         names = ["mask", "tiled"] + (["probabilities"] if with_probabilities else [])
         return [tensor], [module.InferRequestedOutput(name) for name in names]
 
-    def _send_all(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict) -> list:
-        """Send every group at once; the results in order (each with ``as_numpy``)."""
-        results: list = [None] * len(groups)
-        parameters = parameters or None
-        try:
-            if self.protocol == "http":
-                pending = []
-                for group in groups:
-                    inputs, outputs = self._request(group, with_probabilities)
+    def _error(self, exc: BaseException) -> RemoteError:
+        if isinstance(exc, self._server_error):
+            status = str(exc.status()) if exc.status() is not None else None
+            if status in ("StatusCode.DEADLINE_EXCEEDED", "408", "504") or "Deadline Exceeded" in str(exc):
+                return RemoteError(f"{self.url} model {self.model!r}: no answer within {self.timeout:g} s "
+                                   "(--timeout)", status)
+            return RemoteError(f"{self.url} model {self.model!r}: {_server_message(exc)}", status)
+        if isinstance(exc, (TimeoutError, queue.Empty)) or "timed out" in str(exc):
+            return RemoteError(f"{self.url} model {self.model!r}: no answer within {self.timeout:g} s (--timeout)")
+        return RemoteError(f"{self.url}: connection failed: {exc}")
+
+    def _send_once(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict | None) -> list:
+        """Send every group at once; per group its result (with ``as_numpy``) or its :class:`RemoteError`."""
+        outcomes: list = [None] * len(groups)
+        if self.protocol == "http":
+            pending = []
+            for group in groups:
+                inputs, outputs = self._request(group, with_probabilities)
+                try:
                     pending.append(self._client.async_infer(self.model, inputs, outputs=outputs,
                                                             parameters=parameters))
-                return [request.get_result() for request in pending]
-            import queue
+                except (self._server_error, OSError, ConnectionError) as exc:
+                    pending.append(self._error(exc))
+            for index, request in enumerate(pending):
+                try:
+                    outcomes[index] = request if isinstance(request, RemoteError) else request.get_result()
+                except Exception as exc:  # noqa: BLE001 - each request's failure is its own
+                    outcomes[index] = self._error(exc)
+            return outcomes
+        done: queue.Queue = queue.Queue()
+        for index, group in enumerate(groups):
+            inputs, outputs = self._request(group, with_probabilities)
+            self._client.async_infer(self.model, inputs, lambda result, error, i=index: done.put((i, result, error)),
+                                     outputs=outputs, client_timeout=self.timeout, parameters=parameters)
+        deadline = time.monotonic() + self.timeout + 5
+        for _ in groups:
+            try:
+                index, result, error = done.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty as exc:
+                return [outcome if outcome is not None else self._error(exc) for outcome in outcomes]
+            outcomes[index] = result if error is None else self._error(error)
+        return outcomes
 
-            done: queue.Queue = queue.Queue()
-            for index, group in enumerate(groups):
-                inputs, outputs = self._request(group, with_probabilities)
-                self._client.async_infer(self.model, inputs,
-                                         lambda result, error, i=index: done.put((i, result, error)),
-                                         outputs=outputs, client_timeout=self.timeout, parameters=parameters)
-            for _ in groups:
-                index, result, error = done.get(timeout=self.timeout + 5)
-                if error is not None:
-                    raise error
-                results[index] = result
-            return results
-        except self._server_error as exc:
-            raise RemoteError(f"{self.url} model {self.model!r}: {_server_message(exc)}") from exc
-        except (OSError, ConnectionError) as exc:
-            raise RemoteError(f"{self.url}: connection failed: {exc}") from exc
+    def _send_all(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict) -> list:
+        """:meth:`_send_once`, then the requests refused as busy again after a growing pause (``retries`` times)."""
+        outcomes = self._send_once(groups, with_probabilities, parameters or None)
+        for attempt in range(self.retries):
+            again = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, RemoteError) and outcome.busy]
+            if not again:
+                break
+            time.sleep(min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** attempt) * random.uniform(1.0, 1.25))
+            for index, outcome in zip(again, self._send_once([groups[i] for i in again], with_probabilities,
+                                                             parameters or None)):
+                outcomes[index] = outcome
+        return outcomes
 
-    def predict_batch(self, images: Sequence[np.ndarray], options: PredictOptions | None = None, *,
-                      text_features: np.ndarray | None = None, **fields) -> list[Prediction]:
-        """Segment several images (any sizes) on the server; results in the order given.
+    def _plan(self, rgb: list[np.ndarray]) -> list[list[int]]:
+        """Requests: images of one size, at most ``max_batch`` of them and ``max_request_pixels`` pixels."""
+        order: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(rgb):
+            order.setdefault(image.shape, []).append(index)
+        plan = []
+        for shape, indices in order.items():
+            pixels = shape[0] * shape[1]
+            per_request = self.max_batch if not self.max_request_pixels else \
+                max(1, min(self.max_batch, self.max_request_pixels // max(1, pixels)))
+            plan.extend(indices[start:start + per_request] for start in range(0, len(indices), per_request))
+        return plan
 
-        Same contract as ``Segmenter.predict_batch`` (``options`` or keywords naming
-        :class:`PredictOptions` fields), except that the server serves image-only models
-        (``text_features`` must be None) and returns results at the original size
-        (``at_model_size=False``). The fields marked ``request=True`` (``tile``, ``overlap``,
-        ``blend``) travel with every request as its parameters, which the server applies.
-        """
+    def predict_each(self, images: Sequence[np.ndarray], options: PredictOptions | None = None,
+                     **fields) -> list[Prediction | RemoteError]:
+        """Like :meth:`predict_batch`, but each image's :class:`RemoteError` in its place instead of raising:
+        a refused or failed image never loses the others."""
         options = PredictOptions.of(options, **fields)
-        if text_features is not None:
-            raise OptionsError("the served model takes images only (mrdl serve serves fusion 'distribution' models)")
         if options.at_model_size:
             raise OptionsError("the server returns masks at each image's original size; at_model_size is "
                                "in-process only")
@@ -177,18 +256,19 @@ class RemoteSegmenter:
         if len(images) == 0:
             return []
         rgb = [check_image(image, channel_order=options.channel_order) for image in images]
-        order: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(rgb):
-            order.setdefault(image.shape, []).append(index)
-        plan = [indices[start:start + self.max_batch] for indices in order.values()
-                for start in range(0, len(indices), self.max_batch)]
+        plan = self._plan(rgb)
         start = time.perf_counter()
         results = self._send_all([np.stack([rgb[i] for i in chunk]) for chunk in plan], with_probabilities,
                                  options.request_parameters())
-        self.count += len(plan)
-        self._seconds += (time.perf_counter() - start) * len(plan)  # the requests ran concurrently
-        predictions: list[Prediction | None] = [None] * len(rgb)
+        answered = sum(not isinstance(result, RemoteError) for result in results)
+        self.count += answered
+        self._seconds += (time.perf_counter() - start) * answered  # the requests ran concurrently
+        predictions: list[Prediction | RemoteError] = [None] * len(rgb)  # type: ignore[list-item]
         for chunk, result in zip(plan, results):
+            if isinstance(result, RemoteError):
+                for index in chunk:
+                    predictions[index] = result
+                continue
             masks = result.as_numpy("mask")  # read-only views of the response: copied, as Segmenter's are writable
             probabilities = result.as_numpy("probabilities") if with_probabilities else None
             masks = None if masks is None else np.array(masks)
@@ -201,6 +281,25 @@ class RemoteSegmenter:
                 extra = {} if tiled is None else {"tiled": bool(tiled[row].any())}
                 predictions[index] = Prediction(masks[row], None if probabilities is None else probabilities[row],
                                                 **extra)
+        return predictions
+
+    def predict_batch(self, images: Sequence[np.ndarray], options: PredictOptions | None = None, *,
+                      text_features: np.ndarray | None = None, **fields) -> list[Prediction]:
+        """Segment several images (any sizes) on the server; results in the order given.
+
+        Same contract as ``Segmenter.predict_batch`` (``options`` or keywords naming
+        :class:`PredictOptions` fields), except that the server serves image-only models
+        (``text_features`` must be None) and returns results at the original size
+        (``at_model_size=False``). The fields marked ``request=True`` (``tile``, ``overlap``,
+        ``blend``) travel with every request as its parameters, which the server applies. Raises
+        the first image's :class:`RemoteError` (:meth:`predict_each` returns them instead).
+        """
+        if text_features is not None:
+            raise OptionsError("the served model takes images only (mrdl serve serves fusion 'distribution' models)")
+        predictions = self.predict_each(images, options, **fields)
+        for prediction in predictions:
+            if isinstance(prediction, RemoteError):
+                raise prediction
         return predictions  # type: ignore[return-value]
 
     def predict(self, image: np.ndarray, options: PredictOptions | None = None, *,

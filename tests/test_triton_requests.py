@@ -186,3 +186,53 @@ def test_tiled_request_identical_and_window_budget_refused(server, tiled_model_d
     assert str(refused.value.status()) == "400"
     assert _infer(httpclient, client, image[None], {}).as_numpy("mask").shape == (1, 240, 260)
     client.close()
+
+
+def test_client_retries_busy_refusals_with_backoff(monkeypatch):
+    """A request refused as busy (UNAVAILABLE / 503) is sent again after a growing pause; any other refusal is not."""
+    from mrdl_runtime import remote as remote_module
+
+    client = object.__new__(remote_module.RemoteSegmenter)
+    client.retries, client.url, client.model = 3, "grpc://127.0.0.1:1", "mrdl"
+    busy = remote_module.RemoteError("queue full", "StatusCode.UNAVAILABLE")
+    answers = [[busy, "ok-1", remote_module.RemoteError("bad", "400")], [busy], ["ok-0"]]
+    sent, pauses = [], []
+    monkeypatch.setattr(client, "_send_once", lambda groups, *_: (sent.append(list(groups)), answers.pop(0))[1],
+                        raising=False)
+    monkeypatch.setattr(remote_module.time, "sleep", pauses.append)
+    outcomes = client._send_all(["g0", "g1", "g2"], False, {})
+    assert outcomes[:2] == ["ok-0", "ok-1"] and outcomes[2].status == "400" and not outcomes[2].busy
+    assert sent == [["g0", "g1", "g2"], ["g0"], ["g0"]]  # only the busy one again, twice
+    assert len(pauses) == 2 and 0.5 <= pauses[0] <= 0.625 and 1.0 <= pauses[1] <= 1.25
+
+
+def test_predict_server_tiles_skips_refused_images_and_records_what_ran(server, tiled_model_dir, tmp_path):
+    """mrdl predict --server --tile true --timeout: tiling runs on the server, an image the server refuses is
+    listed while the others are written, and predict.json says what ran."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from mrdl_apps.cli import main
+    from mrdl_runtime import Segmenter
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(9)
+    images = {"a": rng.integers(0, 256, (120, 140, 3), dtype=np.uint8),
+              "b": rng.integers(0, 256, (90, 100, 3), dtype=np.uint8),
+              "huge": rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)}  # over the server's 250000 pixels
+    for stem, image in images.items():
+        Image.fromarray(image).save(folder / f"{stem}.png")
+    result = CliRunner().invoke(main, ["predict", str(tiled_model_dir), str(folder), "--out", str(tmp_path / "out"),
+                                       "--server", server.grpc, "--tile", "true", "--overlap", "0.5",
+                                       "--timeout", "120", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "huge" in result.output and "250000 pixels per request" in result.output
+    record = json.loads((tmp_path / "out" / "predict.json").read_text())
+    assert record["outputs"] == ["a", "b"] and record["tiled"] == {"a": True, "b": True}
+    assert record["tiling"]["tile"] is True and record["tiling"]["overlap"] == 0.5
+    with Segmenter.load(tiled_model_dir, backend="onnxruntime-cpu") as segmenter:
+        for stem in ("a", "b"):
+            expected = segmenter.predict(images[stem], tile=True, overlap=0.5, with_probabilities=False).mask
+            written = np.array(Image.open(tmp_path / "out" / "masks" / f"{stem}.png"))
+            assert np.array_equal(written > 0, expected > 0)
