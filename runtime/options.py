@@ -59,11 +59,11 @@ def command_line_flag(option_field: Field) -> str | None:
     return option_field.metadata.get("flag") or "--" + option_field.name.replace("_", "-")
 
 
-def check_fields(options: object) -> None:
-    """Raise :class:`OptionsError` for the first field outside its choices or range."""
+def check_fields(options: object, *, skip: Sequence[str] = ()) -> None:
+    """Raise :class:`OptionsError` for the first field (not in ``skip``) outside its choices or range."""
     for option_field in fields(options):
         value, rules = getattr(options, option_field.name), option_field.metadata
-        if value is None:
+        if value is None or option_field.name in skip:
             continue
         if rules.get("choices") is not None and not any(value is c or (type(value) is type(c) and value == c)
                                                     for c in rules["choices"]):
@@ -151,8 +151,8 @@ class LoadOptions(OptionsBase):
 
     def __post_init__(self) -> None:
         if self.backend != AUTO:
-            get_backend(self.backend)  # the registry's message, naming every backend
-        check_fields(self)
+            get_backend(self.backend)  # the registry as it is now (an entry added at run time counts too)
+        check_fields(self, skip=("backend",))
 
 
 @dataclass(frozen=True)

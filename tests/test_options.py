@@ -1,0 +1,103 @@
+"""LoadOptions / PredictOptions and the backend registry: a setting is one field, a backend one entry.
+
+The options check their fields once (choices, ranges, the tiling contract) with messages naming the
+field; the request fields travel to a server as text and come back equal. A backend registered as
+one :class:`mrdl_runtime.backends.Backend` entry (pointing at functions of this module) is chosen by
+name and runs ``Segmenter.load`` / ``predict`` without any other change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mrdl_runtime import LoadOptions, OptionsError, PredictOptions
+from mrdl_runtime.backends import REGISTRY, Backend, backend_choices
+from mrdl_runtime.runner import Runner
+
+
+def test_predict_options_check_each_field_once():
+    for changes, message in [({"tile": "yes"}, "tile must be 'auto', True or False"),
+                             ({"overlap": 1.0}, "0 <= overlap < 1"), ({"blend": "max"}, "blend must be one of"),
+                             ({"max_pixels": 0}, "max_pixels must be a number >= 1"),
+                             ({"channel_order": "GBR"}, "channel_order must be one of RGB, BGR")]:
+        with pytest.raises(OptionsError, match=message):
+            PredictOptions(**changes)
+    with pytest.raises(OptionsError, match="PredictOptions has no field tile_progress"):
+        PredictOptions().with_fields(tile_progress=True)
+    assert PredictOptions.of(None, tile=True) == PredictOptions(tile=True)
+    assert PredictOptions.of(PredictOptions(overlap=0.5), blend="constant") == PredictOptions(overlap=0.5,
+                                                                                             blend="constant")
+
+
+def test_request_parameters_round_trip_as_command_line_text():
+    for options in (PredictOptions(), PredictOptions(tile=True, overlap=0.1 + 0.2, blend="constant"),
+                    PredictOptions(tile=False)):
+        sent = options.request_parameters()
+        assert set(sent) == {"tile", "overlap", "blend"} and all(isinstance(v, str) for v in sent.values())
+        assert PredictOptions(max_pixels=7).from_request(sent) == options.with_fields(max_pixels=7)  # the server's
+    assert PredictOptions().request_parameters()["tile"] == "auto"
+    assert PredictOptions(tile=True).request_parameters()["tile"] == "true"
+    assert PredictOptions().from_request({"priority": 3}) == PredictOptions()  # Triton's own parameters: ignored
+    for bad, message in [({"tile": "maybe"}, "tile must be one of auto, true, false"),
+                         ({"overlap": "nan"}, "overlap"), ({"overlap": "x"}, "overlap must be a number"),
+                         ({"blend": "bogus"}, "blend must be one of")]:
+        with pytest.raises(OptionsError, match=f"request parameter {message}"):
+            PredictOptions().from_request(bad)
+
+
+def test_load_options_name_the_registry():
+    assert backend_choices() == ("auto", *REGISTRY)
+    with pytest.raises(OptionsError, match="backend must be 'auto' or one of .*onnxruntime-cpu.*got 'openvino-x'"):
+        LoadOptions(backend="openvino-x")
+    with pytest.raises(OptionsError, match="precision must be one of"):
+        LoadOptions(precision="fp8")
+    with pytest.raises(OptionsError, match="threads must be a number >= 0"):
+        LoadOptions(threads=-1)
+
+
+class ConstantRunner(Runner):
+    """A stand-in backend: every pixel gets probability 0.75 of the first class."""
+
+    backend = "constant-test"
+
+    def __init__(self, manifest) -> None:
+        super().__init__()
+        self.manifest = manifest
+
+    def _open(self) -> None:
+        self.input_specs, self.output_specs = list(self.manifest.inputs), list(self.manifest.outputs)
+
+    def _infer(self, feeds):
+        batch = next(iter(feeds.values()))
+        out = self.manifest.outputs[0]
+        return {out.name: np.full((len(batch), *out.fixed_shape), 0.75, np.float32)}
+
+    def _close(self) -> None:
+        pass
+
+
+def open_constant(manifest, backend, precision, options):
+    assert isinstance(options, LoadOptions) and options.backend == backend  # the options arrive whole
+    return ConstantRunner(manifest)
+
+
+def constant_unavailable(manifest, backend, precision):
+    return None
+
+
+def test_a_backend_is_one_registry_entry(model_dir, monkeypatch):
+    from mrdl_runtime import Segmenter, select_backend
+    from mrdl_runtime.manifest import load_manifest
+
+    entry = Backend("constant-test", "a stand-in", "cpu", ("fp32",), open="test_options:open_constant",
+                    unavailable="test_options:constant_unavailable")
+    monkeypatch.setitem(REGISTRY, entry.name, entry)
+    assert select_backend(load_manifest(model_dir), "constant-test") == ("constant-test",
+                                                                        "constant-test was asked for by name")
+    assert "runs fp32, not int8" in str(pytest.raises(Exception, select_backend, load_manifest(model_dir),
+                                                      "constant-test", "int8").value)
+    with Segmenter.load(model_dir, backend="constant-test") as segmenter:
+        assert segmenter.backend == "constant-test" and isinstance(segmenter.runner, ConstantRunner)
+        prediction = segmenter.predict(np.zeros((30, 40, 3), np.uint8))
+    assert prediction.mask.shape == (30, 40) and prediction.mask.all()  # 0.75 > the calibrated threshold
