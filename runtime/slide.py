@@ -16,8 +16,9 @@ memory, as the tiled runtime (docs/tiling.md) would segment the whole slide as o
    uncompressed intermediate file, and the overlap rows carry to the next band.
 4. **Outputs.** The intermediate is turned into a pyramidal OME-TIFF mask (and probabilities as
    uint8, when asked) and QuPath GeoJSON, strip by strip, through temporary names.
-5. **Resume.** After every band the carried rows and the band count are saved atomically beside
-   the intermediate; ``resume=True`` continues from there and gives the same bytes as one run.
+5. **Resume.** After a band, every ``checkpoint_seconds`` (2 s), the carried rows and the band count
+   are saved atomically beside the intermediate; ``resume=True`` continues from the last save and
+   gives the same bytes as one run.
 
 Memory: a band of grid rows, its level rows and the accumulators, twice (one band read ahead),
 plus a 1/16-area copy of the mask for the OME-TIFF pyramid; nothing holds a whole level.
@@ -79,7 +80,7 @@ class SlideOptions(OptionsBase):
     geojson: bool = option(True, "Write the segmented objects as QuPath GeoJSON (polygons in level-0 pixels)")
     gzip: bool = option(False, "Compress the GeoJSON (.geojson.gz)")
     min_area_px: int = option(0, "GeoJSON: leave out objects smaller than this many mask pixels", low=0)
-    resume: bool = option(False, "Continue an interrupted slide from its last finished band (state kept in "
+    resume: bool = option(False, "Continue an interrupted slide from its last saved band (state kept in "
                           "OUT/.<slide>.partial); the outputs are the same bytes as one uninterrupted run")
     progress: bool = option(False, "Show a bar of each slide's windows on stderr", cli=False)
 
@@ -174,6 +175,7 @@ class SlideResult:
     seconds: float
     resumed_bands: int = 0
     batches_run: int = 0  # model calls of this run (a resumed run counts its own only)
+    model_seconds: float = 0.0  # time inside the window runner (model input, inference, transfer) in this run
     objects: int | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -296,6 +298,8 @@ class SlideSegmenter:
     (a :class:`~mrdl_runtime.RemoteSegmenter` and the served model's manifest).
     """
 
+    checkpoint_seconds = 2.0  # the resume state is saved after a band when this long has passed since the last save
+
     def __init__(self, manifest: Manifest, run_windows: WindowRun, *, batch: int | None = None) -> None:
         self.manifest, self.run_windows = manifest, run_windows
         self.batch = batch or manifest.max_batch
@@ -356,10 +360,12 @@ class SlideSegmenter:
                 work.create()
                 state = {"bands_done": 0, "carry": None}
             done = int(state["bands_done"])
-            batches = self._run_bands(reader, plan, keep, work, key, done, work.carry(state), options, stem)
+            batches, model_seconds = self._run_bands(reader, plan, keep, work, key, done, work.carry(state),
+                                                     options, stem)
         result = SlideResult(path, plan.slide_size, reader.levels[0].mpp, reader.mpp_source, plan.level, plan.grid,
                              plan.mask_mpp, None if tissue is None else tissue.fraction, plan.windows,
-                             int(sum(map(sum, keep))), 0.0, resumed_bands=done, batches_run=batches)
+                             int(sum(map(sum, keep))), 0.0, resumed_bands=done, batches_run=batches,
+                              model_seconds=model_seconds)
         self._write_outputs(work, plan, out_dir, stem, key, options, result)
         shutil.rmtree(work.folder, ignore_errors=True)
         result.seconds = time.perf_counter() - start
@@ -405,7 +411,8 @@ class SlideSegmenter:
 
     def _run_bands(self, reader: SlideReader, plan: SlidePlan, keep: list[list[bool]], work: _Intermediate,
                    key: str, first_band: int, carry: tuple[np.ndarray, np.ndarray] | None,
-                   options: SlideOptions, stem: str) -> int:
+                   options: SlideOptions, stem: str) -> tuple[int, float]:
+        """Run every band from ``first_band``: (model calls, seconds inside them)."""
         manifest = self.manifest
         (mh, mw), (gh, gw), (_, wp) = manifest.size, plan.grid, plan.padded
         classes = manifest.n_classes
@@ -418,7 +425,7 @@ class SlideSegmenter:
         bar = tqdm(total=total, initial=already, desc=stem, unit="window", disable=not options.progress,
                    dynamic_ncols=True)
         held, held_first = np.zeros((0, gw, 3), dtype=np.uint8), 0  # grid rows [held_first, +len(held))
-        batches = 0
+        batches, model_seconds, saved = 0, 0.0, time.perf_counter()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mrdl-slide-read") as pool:
             pending = {band: pool.submit(resample, *fetch[band]) for band in order[:1]}
             for band in range(first_band, len(plan.rows)):
@@ -444,7 +451,10 @@ class SlideSegmenter:
                     columns = [x for x, kept in zip(plan.columns, keep[band]) if kept]
                     for begin in range(0, len(columns), self.batch):
                         chunk = columns[begin:begin + self.batch]
-                        probabilities = self.run_windows(np.stack([image[:, x:x + mw] for x in chunk]))
+                        windows = np.stack([image[:, x:x + mw] for x in chunk])  # (B, mh, mw, 3)
+                        started = time.perf_counter()
+                        probabilities = self.run_windows(windows)  # (B, C, mh, mw)
+                        model_seconds += time.perf_counter() - started
                         for x, window in zip(chunk, probabilities):  # window (C, mh, mw)
                             num[:, :, x:x + mw] += weights * window  # float32 product, then float32 sum
                             den[:, x:x + mw] += weights
@@ -454,9 +464,11 @@ class SlideSegmenter:
                 finished = min(gh, y + mh) - y if last else plan.rows[band + 1] - y
                 self._finish_rows(work, y, num[:, :finished], den[:finished], gw, options)
                 carry = None if last else (num[:, finished:].copy(), den[finished:].copy())
-                work.save(key, band + 1, carry)
+                if time.perf_counter() - saved >= self.checkpoint_seconds:  # a few fsyncs a minute, not per band
+                    work.save(key, band + 1, carry)
+                    saved = time.perf_counter()
         bar.close()
-        return batches
+        return batches, model_seconds
 
     def _finish_rows(self, work: _Intermediate, y: int, num: np.ndarray, den: np.ndarray, width: int,
                      options: SlideOptions) -> None:
@@ -512,6 +524,7 @@ class SlideSegmenter:
                   "model": self.manifest.name, "export_id": self.manifest.raw.get("export_id"),
                   "tissue_fraction": result.tissue_fraction, "windows": result.windows,
                   "windows_run": result.windows_run, "batches_run": result.batches_run, "seconds": result.seconds,
+                  "model_seconds": result.model_seconds,
                   "resumed_bands": result.resumed_bands, "objects": result.objects, "outputs": result.outputs,
                   "settings": options.output_settings()}
         with atomic_path(path) as temporary:
