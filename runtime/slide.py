@@ -46,15 +46,15 @@ from .errors import OptionsError
 from .imaging import probabilities_to_mask, to_model_input
 from .manifest import Manifest
 from .options import OptionsBase, check_fields, option
+from .resample import axis_taps, horizontal_pass, vertical_pass_uint8
 from .slide_ometiff import write_ome_tiff
 from .slide_reader import SlideError, SlideLevel, SlideReader, choose_level
+from .slide_state import STATE_VERSION, Intermediate
 from .slide_tissue import THUMBNAIL_SIDE, TissueMask, tissue_mask
-from .resample import axis_taps, horizontal_pass, vertical_pass_uint8
 from .tiling import BLEND_MODES, DEFAULT_OVERLAP, TileOptions, blend_weights, resampled_size, window_starts
 
 logger = logging.getLogger("mrdl_runtime")
 
-STATE_VERSION = 1
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".btf", ".tf8")
 OUTPUT_SUFFIXES = (".mask.ome.tif", ".probabilities.ome.tif")  # this module's own outputs, never inputs
 WindowRun = Callable[[np.ndarray], np.ndarray]  # (B, mh, mw, 3) uint8 windows -> (B, C, mh, mw) float32
@@ -229,67 +229,6 @@ def slide_stem(path: Path) -> str:
     return path.stem
 
 
-class _Intermediate:
-    """The band-by-band results on disk: ``mask.u8`` (grid rows, uint8), ``prob-<c>.u8`` and the
-    resume state (``state.json`` naming the carry file of the overlap rows)."""
-
-    def __init__(self, folder: Path, grid: tuple[int, int], planes: int) -> None:
-        self.folder, self.grid, self.planes = folder, grid, planes
-        self.names = ["mask.u8"] + [f"prob-{c}.u8" for c in range(planes)]
-
-    def state(self, key: str) -> dict | None:
-        path = self.folder / "state.json"
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if state.get("key") != key or any(not (self.folder / name).is_file() for name in self.names):
-            return None
-        return state
-
-    def create(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True)
-        for name in self.names:
-            with open(self.folder / name, "wb") as handle:
-                handle.truncate(self.grid[0] * self.grid[1])
-
-    def write_rows(self, first: int, mask: np.ndarray, probabilities: np.ndarray | None) -> None:
-        """Grid rows from ``first``: mask (r, w) uint8, probabilities (C, r, w) uint8 or None."""
-        arrays = [mask] + ([] if probabilities is None else list(probabilities))
-        for name, rows in zip(self.names, arrays):
-            with open(self.folder / name, "r+b") as handle:
-                handle.seek(first * self.grid[1])
-                handle.write(np.ascontiguousarray(rows).tobytes())
-
-    def read_rows(self, index: int, first: int, stop: int) -> np.ndarray:
-        width = self.grid[1]
-        with open(self.folder / self.names[index], "rb") as handle:
-            handle.seek(first * width)
-            data = np.frombuffer(handle.read((stop - first) * width), dtype=np.uint8)
-        return data.reshape(stop - first, width)
-
-    def save(self, key: str, bands_done: int, carry: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """Record ``bands_done`` finished bands and the carried accumulator rows, atomically."""
-        carry_name = None
-        if carry is not None:
-            carry_name = f"carry-{bands_done}.npz"
-            with atomic_path(self.folder / carry_name) as temporary, open(temporary, "wb") as handle:
-                np.savez(handle, num=carry[0], den=carry[1])
-        with atomic_path(self.folder / "state.json") as temporary:
-            temporary.write_text(json.dumps({"version": STATE_VERSION, "key": key, "bands_done": bands_done,
-                                             "carry": carry_name}))
-        for old in self.folder.glob("carry-*.npz"):
-            if old.name != carry_name:
-                old.unlink()
-
-    def carry(self, state: dict) -> tuple[np.ndarray, np.ndarray] | None:
-        if not state.get("carry"):
-            return None
-        with np.load(self.folder / state["carry"]) as data:
-            return data["num"], data["den"]
-
-
 class SlideSegmenter:
     """Segments whole slides with a model: ``manifest`` (model.json) and ``run_windows``, a function
     from (B, mh, mw, 3) uint8 windows (B <= ``batch``) to (B, C, mh, mw) float32 probabilities.
@@ -350,7 +289,7 @@ class SlideSegmenter:
             keep = self._windows_kept(plan, tissue)
             stem = slide_stem(path)
             planes = self.manifest.n_classes if options.probabilities else 0
-            work = _Intermediate(out_dir / f".{stem}.partial", plan.grid, planes)
+            work = Intermediate(out_dir / f".{stem}.partial", plan.grid, planes)
             key = self._job_key(path, reader, plan, options)
             state = work.state(key) if options.resume else None
             if options.resume and state is None and work.folder.exists():
@@ -409,7 +348,7 @@ class SlideSegmenter:
 
         return rows
 
-    def _run_bands(self, reader: SlideReader, plan: SlidePlan, keep: list[list[bool]], work: _Intermediate,
+    def _run_bands(self, reader: SlideReader, plan: SlidePlan, keep: list[list[bool]], work: Intermediate,
                    key: str, first_band: int, carry: tuple[np.ndarray, np.ndarray] | None,
                    options: SlideOptions, stem: str) -> tuple[int, float]:
         """Run every band from ``first_band``: (model calls, seconds inside them)."""
@@ -470,7 +409,7 @@ class SlideSegmenter:
         bar.close()
         return batches, model_seconds
 
-    def _finish_rows(self, work: _Intermediate, y: int, num: np.ndarray, den: np.ndarray, width: int,
+    def _finish_rows(self, work: Intermediate, y: int, num: np.ndarray, den: np.ndarray, width: int,
                      options: SlideOptions) -> None:
         """Blend the finished rows (C, r, wp) / (r, wp) and append the mask (and probabilities) to the intermediate."""
         probabilities = np.zeros_like(num)
@@ -482,7 +421,7 @@ class SlideSegmenter:
             scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
         work.write_rows(y, mask, scaled)
 
-    def _write_outputs(self, work: _Intermediate, plan: SlidePlan, out_dir: Path, stem: str, key: str,
+    def _write_outputs(self, work: Intermediate, plan: SlidePlan, out_dir: Path, stem: str, key: str,
                        options: SlideOptions, result: SlideResult) -> None:
         """The OME-TIFF mask (with the GeoJSON fed the same rows), then the probabilities' OME-TIFF."""
         identity = str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, f"mrdl-slide:{key}"))
