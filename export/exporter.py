@@ -222,7 +222,8 @@ class Exporter:
         """The INT8 (``options.int8``) and FP16 (``options.fp16``) models, compared with the gate's reference."""
         from mrdl.data.sources import CALIBRATION_SPLITS
 
-        from .parity import compare, onnx_probabilities
+        from .openvino_export import probabilities_for
+        from .parity import compare
         from .quantize import convert_fp16
 
         options, folder = self.options, job.folder
@@ -234,7 +235,7 @@ class Exporter:
                     job.config, data=calib_data, count=options.calib_images, splits=CALIBRATION_SPLITS,
                     synthetic_offset=1000)
                 path = _timed(job, "int8", self._quantize, job, fp32_path, calibration, names, calib_data)
-                probabilities = onnx_probabilities(path, job.reference.inputs)
+                probabilities = probabilities_for(options.int8_target)(path, job.reference.inputs)  # where it runs
                 job.parity["int8"] = compare(job.reference.probabilities, probabilities, source=job.reference.source)
                 self._int8_gate(job, probabilities)
                 job.artifacts["int8"] = ARTIFACT_FILES["int8"]
@@ -250,6 +251,7 @@ class Exporter:
         from mrdl.data.sources import CALIBRATION_SPLITS
 
         from .mixed_precision import search_fp32_blocks
+        from .openvino_export import probabilities_for
         from .parity import ground_truth
         from .quantize import AUTO, Int8Model, excluded_nodes, quantize_full, quantize_int8_model, save_model
 
@@ -267,7 +269,8 @@ class Exporter:
                                         target=options.int8_target)
         labels = ground_truth(calib_data, names, size=job.config.model.image_size, splits=CALIBRATION_SPLITS)
         model, search = search_fp32_blocks(quantized, fp32, calibration, labels, source=job.calibration_source,
-                                           max_drop_points=options.int8_max_dice_drop, progress=options.progress)
+                                           max_drop_points=options.int8_max_dice_drop, progress=options.progress,
+                                           probabilities=probabilities_for(options.int8_target))
         save_model(model, out)
         int8 = Int8Model(path=out, target=options.int8_target, kept=search.kept,
                          fp32_nodes=excluded_nodes(fp32, keep_fp32=tuple(search.kept)))

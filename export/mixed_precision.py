@@ -65,12 +65,14 @@ class SearchResult:
 
 def search_fp32_blocks(quantized, fp32, inputs: list[np.ndarray], labels: np.ndarray | None, *, source: str,
                        max_drop_points: float, threshold: float = 0.5, progress: bool = False,
-                       max_images: int = SEARCH_IMAGES):
+                       max_images: int = SEARCH_IMAGES, probabilities=onnx_probabilities):
     """(the INT8 ModelProto with the chosen blocks in FP32, :class:`SearchResult`).
 
     ``quantized``: the fully quantized model (:func:`mrdl_export.quantize.quantize_full`), not changed;
     ``fp32``: the model it came from; ``inputs``: the graph's inputs for the search images;
-    ``labels``: their ground truth (N, S, S), or None; the first ``max_images`` are used.
+    ``labels``: their ground truth (N, S, S), or None; the first ``max_images`` are used;
+    ``probabilities``: how a candidate runs, ``f(model bytes, inputs)`` (ONNX Runtime; OpenVINO for the
+    openvino target: :func:`mrdl_export.openvino_export.probabilities_for`).
     """
     import onnx
     from tqdm import tqdm
@@ -83,10 +85,10 @@ def search_fp32_blocks(quantized, fp32, inputs: list[np.ndarray], labels: np.nda
     reference_dice = None if labels is None else task_dice(reference, labels, threshold=threshold).mean()
 
     def score(model) -> Score:
-        probabilities = onnx_probabilities(model.SerializeToString(), inputs)
-        parity = compare(reference, probabilities, source=source, threshold=threshold)
+        candidate = probabilities(model.SerializeToString(), inputs)
+        parity = compare(reference, candidate, source=source, threshold=threshold)
         drop = None if labels is None else float(
-            100 * (reference_dice - task_dice(probabilities, labels, threshold=threshold).mean()))
+            100 * (reference_dice - task_dice(candidate, labels, threshold=threshold).mean()))
         return Score(mean_abs_diff=parity.mean_abs_diff, agreement=parity.dice_agreement, drop_points=drop)
 
     limit = SEARCH_MARGIN * max_drop_points

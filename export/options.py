@@ -61,7 +61,8 @@ class ExportOptions:
     # INT8 (issue 12): recipe, FP32 islands and the task-accuracy gate
     int8_target: str = option(
         DEFAULT_INT8_TARGET, "INT8 recipe: onnxruntime (u8 activations, integer CPU kernels between layers) or "
-        "tensorrt (symmetric s8, zero points 0, compute ops only).", choices=tuple(INT8_TARGETS))
+        "tensorrt (symmetric s8, zero points 0, compute ops only) or openvino (NNCF for OpenVINO's CPU, gated on "
+        "OpenVINO; pip install 'mrdl[openvino]').", choices=tuple(INT8_TARGETS))
     int8_keep_fp32: tuple[str, ...] = option(
         KEEP_FP32, "Model parts left in FP32 in the INT8 model (repeatable; 'auto': the fewest blocks that pass the "
         "accuracy gate, by sensitivity on the calibration images; 'none' quantizes all but the phase).",

@@ -74,6 +74,9 @@ INT8_TARGETS = {
                               "onnxruntime CPU integer kernels (u8 x s8), element-wise and shape ops quantized"),
     "tensorrt": Int8Recipe("int8", True, tuple(COMPUTE_OPS),
                            "TensorRT explicit quantization: zero points 0, compute ops only"),
+    "openvino": Int8Recipe("uint8", True, tuple(COMPUTE_OPS),
+                           "NNCF post-training quantization for OpenVINO's CPU (its hardware rules choose the ops; "
+                           "fast bias correction; mrdl_export.openvino_export)"),
 }
 DEFAULT_INT8_TARGET = "onnxruntime"
 
@@ -331,6 +334,9 @@ def check_int8_options(*, calib_method: str, keep_fp32: tuple[str, ...], target:
         raise ValueError(f"calib_method must be one of {', '.join(CALIBRATION_METHODS)}, got {calib_method!r}")
     if target not in INT8_TARGETS:
         raise ValueError(f"int8 target must be one of {', '.join(INT8_TARGETS)}, got {target!r}")
+    if target == "openvino" and calib_method != DEFAULT_CALIBRATION:
+        raise ValueError(f"calib_method {calib_method!r} applies to the onnxruntime and tensorrt recipes; the openvino "
+                         "target calibrates with NNCF's own range estimators: leave it at its default")
     unknown = [scope for scope in keep_fp32 if scope.split(".", 1)[0] not in MODEL_SCOPES and scope != AUTO]
     if unknown:
         raise ValueError(f"keep_fp32 scopes must be among {', '.join(KEEP_CHOICES)} (or a block of one, such as "
@@ -350,6 +356,10 @@ def quantize_full(fp32_path: Path, calibration_inputs: list[np.ndarray], *, cali
     class Reader(ImageCalibrationReader, CalibrationDataReader):
         pass
 
+    if target == "openvino":
+        from .openvino_export import quantize_nncf
+
+        return quantize_nncf(fp32_path, calibration_inputs, exclude=set(exclude))
     recipe = INT8_TARGETS[target]
     fp32 = onnx.load(str(fp32_path))
     always = excluded_nodes(fp32)

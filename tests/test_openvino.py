@@ -255,3 +255,47 @@ def test_int8_file_runs_on_openvino_as_on_onnxruntime(openvino, int8_dir):
     # within an output quantization step or two, and moves the masks less than INT8 itself does.
     assert between.max_abs_diff <= 0.01, between
     assert between.dice_agreement >= compare(fp32, onnxruntime_int8, source="synthetic").dice_agreement, between
+
+
+# ----------------------------------------------------------------------------- NNCF INT8 through the gate
+
+@pytest.fixture(scope="module")
+def nncf_export(openvino, tiny_export, tmp_path_factory):
+    """The calibrated tiny checkpoint exported with ``--int8-target openvino`` on a labelled (LViT-layout)
+    synthetic dataset, so the search and the gate measure task Dice against ground truth."""
+    pytest.importorskip("nncf")
+    from mrdl.data.synthetic import write_synthetic_dataset
+    from mrdl_export import export_model
+
+    base = tmp_path_factory.mktemp("ov-nncf")
+    data = write_synthetic_dataset(base / "data", n_train=8, n_val=4, size=64, seed=0)
+    return export_model(tiny_export[0], base / "deploy", max_batch=4, data=data, parity_images=4, int8=True,
+                        calib_images=8, int8_target="openvino", int8_max_dice_drop=100.0)
+
+
+def test_nncf_int8_is_reported_and_gated_like_the_onnxruntime_artifact(nncf_export):
+    from mrdl_export.openvino_export import openvino_probabilities, probabilities_for
+    from mrdl_export.parity import compare
+    from mrdl_runtime import LoadOptions, Segmenter
+
+    record = nncf_export.manifest["int8_quantization"]
+    assert record["target"] == "openvino" and "NNCF" in record["note"]
+    assert record["fp32_nodes"]["phase"] > 0 and record["fp32_kept"] == record["search"]["kept"]
+    assert "task Dice drop" in record["search"]["criterion"]  # ground truth: the full criterion
+    accuracy = record["accuracy"]
+    assert accuracy["measured"] and accuracy["passes"] == (accuracy["drop_points"] <= 100.0)
+    assert probabilities_for("openvino") is openvino_probabilities  # the search and the gate ran on OpenVINO
+    # what was gated is what the runtime runs: the published file on the openvino-cpu backend
+    images = _inputs(64)
+    gated = openvino_probabilities(nncf_export.int8_path, [images])
+    with Segmenter.load(nncf_export.out_dir, LoadOptions(backend="openvino-cpu", precision="int8")) as segmenter:
+        served = _probabilities(segmenter.runner, images)
+    assert compare(gated, served, source="synthetic").max_abs_diff < 1e-5
+
+
+def test_nncf_target_refuses_the_onnxruntime_calibration_methods():
+    from mrdl_export.quantize import check_int8_options
+
+    with pytest.raises(ValueError, match="openvino target calibrates with NNCF's own range estimators"):
+        check_int8_options(calib_method="entropy", keep_fp32=("auto",), target="openvino")
+    check_int8_options(calib_method="minmax", keep_fp32=("auto",), target="openvino")
