@@ -19,6 +19,7 @@ The settings are one :class:`~mrdl_runtime.options.PredictOptions`, handed whole
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import signal
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .errors import MrdlError, OptionsError
-from .imaging import IMAGE_SUFFIXES, ImageInputError, read_image
+from .imaging import IMAGE_SUFFIXES, read_image
 from .options import PredictOptions
 from .resample import STRIP_BYTES
 from .segmenter import Segmenter
@@ -43,6 +44,8 @@ from .segmenter import Segmenter
 OVERLAY_COLOURS = np.array([[0, 255, 0], [255, 0, 0], [0, 128, 255], [255, 200, 0], [255, 0, 255]], dtype=np.float32)
 OVERLAY_ALPHA = 0.45
 ON_ERROR = ("skip", "stop")
+# errors writing an image's outputs that every later image would meet too: the command's, not the image's
+EVERY_IMAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 LOCK_NAME = ".mrdl-predict.lock"
 RECORD_NAME = "predict.json"
 RECORD_FORMAT = "mrdl-predict/1"
@@ -255,8 +258,8 @@ def _read_batches(paths: list[Path], max_batch: int, max_pixels: int, stop: bool
     for path in paths:
         try:
             image = read_image(path, max_pixels=max_pixels)
-        except ImageInputError as exc:
-            failed.append(FailedImage(path, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - the per-image boundary: whatever one file causes is its failure
+            failed.append(_failure(path, exc))
             if stop:
                 break
             continue
@@ -276,13 +279,22 @@ def _segment(segmenter: Segmenter, batch: list, options: PredictOptions, failed:
     that still fail are listed in ``failed`` while the others are segmented."""
     try:
         return list(zip(batch, segmenter.predict_batch([image for _, image in batch], options)))
-    except MrdlError as exc:
-        if stop:
+    except Exception as exc:  # noqa: BLE001 - the per-image boundary: whatever one image causes is its failure
+        if stop and isinstance(exc, MrdlError):
             raise
         if len(batch) == 1:
-            failed.append(FailedImage(batch[0][0], str(exc)))
+            failed.append(_failure(batch[0][0], exc))
             return []
-    return [pair for item in batch for pair in _segment(segmenter, [item], options, failed, stop=False)]
+    return [pair for item in batch for pair in _segment(segmenter, [item], options, failed, stop=stop)]
+
+
+def _failure(path: Path, exc: Exception) -> FailedImage:
+    """One image's failure for the summary, any exception but an interruption; an operating-system error
+    that every later image would meet too (no space, read-only, permission) is raised instead, for the
+    command's one-line report (mrdl_apps.errors)."""
+    if isinstance(exc, OSError) and exc.errno in EVERY_IMAGE_ERRNOS:
+        raise exc
+    return FailedImage(path, str(exc) if isinstance(exc, MrdlError) else f"{type(exc).__name__}: {exc}")
 
 
 def _recorded_tiling(out_dir: Path) -> dict[str, bool]:
@@ -333,14 +345,19 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
                                            failed):
                     for (path, image), prediction in _segment(segmenter, batch, options, failed,
                                                               stop=on_error == "stop"):
-                        overlay = tint(image if image.flags.writeable else image.copy(), prediction.mask)
-                        mask = mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask)
-                        with _uninterruptible():
-                            write_png(overlay, out_dir / "overlays" / f"{path.stem}.png")
-                            write_png(mask, out_dir / "masks" / f"{path.stem}.png")
-                            written.append(path.stem)
-                            tiled[path.stem] = getattr(prediction, "tiled", False)
+                        try:  # the per-image boundary (reading: _read_batches; the model: _segment)
+                            overlay = tint(image if image.flags.writeable else image.copy(), prediction.mask)
+                            mask = mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask)
+                            with _uninterruptible():
+                                write_png(overlay, out_dir / "overlays" / f"{path.stem}.png")
+                                write_png(mask, out_dir / "masks" / f"{path.stem}.png")
+                                written.append(path.stem)
+                                tiled[path.stem] = getattr(prediction, "tiled", False)
+                        except Exception as exc:  # noqa: BLE001 - one image's failure (a full disk raises)
+                            failed.append(_failure(path, exc))
                     bar.update(len(batch))
+                    if on_error == "stop" and failed:
+                        break
         except KeyboardInterrupt as exc:
             raise PredictInterrupted(len(written) - n_before, out_dir) from exc
         finally:
