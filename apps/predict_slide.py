@@ -14,6 +14,7 @@ import click
 
 from mrdl_apps.options import build, field_options
 from mrdl_runtime.options import LoadOptions
+from mrdl_runtime.remote import ClientOptions
 from mrdl_runtime.slide import SlideOptions
 
 
@@ -27,16 +28,16 @@ from mrdl_runtime.slide import SlideOptions
 @click.option("--server", default=None, metavar="URL",
               help="Send the windows to a Triton server (mrdl serve) at http://HOST:PORT or grpc://HOST:PORT "
                    "instead of running the model here; MODEL_DIR is the directory the server serves")
-@click.option("--model-name", default="mrdl", show_default=True, help="With --server: the served model's name")
+@field_options(ClientOptions)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a bar per slide on stderr")
-def predict_slide(model_dir: Path, slides: tuple[str, ...], out_dir: Path, server: str | None, model_name: str,
-                  progress: bool, **fields) -> None:
+def predict_slide(model_dir: Path, slides: tuple[str, ...], out_dir: Path, server: str | None, progress: bool,
+                  **fields) -> None:
     """Segment SLIDES (files, folders or CSV lists of paths) with the model exported to MODEL_DIR."""
     from mrdl_runtime import MrdlError, Segmenter, load_manifest
     from mrdl_runtime.slide import SlideSegmenter, slide_paths
 
     try:
-        load_options = build(LoadOptions, fields)
+        load_options, client_options = build(LoadOptions, fields), build(ClientOptions, fields)
         options = build(SlideOptions, fields).with_fields(progress=progress)
         paths = slide_paths(list(slides))
         if server is None:
@@ -46,9 +47,9 @@ def predict_slide(model_dir: Path, slides: tuple[str, ...], out_dir: Path, serve
         else:
             from mrdl_runtime import RemoteSegmenter
 
-            model = RemoteSegmenter(server, model=model_name)
+            model = RemoteSegmenter(server, client_options)
             segmenter = SlideSegmenter.remote(model, load_manifest(model_dir))
-            click.echo(f"backend: Triton server {model.url}, model {model_name!r}")
+            click.echo(f"backend: Triton server {model.url}, model {client_options.model_name!r}")
     except MrdlError as exc:
         raise click.ClickException(str(exc)) from exc
     failed = []

@@ -238,6 +238,7 @@ class SlideSegmenter:
     """
 
     checkpoint_seconds = 2.0  # the resume state is saved after a band when this long has passed since the last save
+    requests_in_flight = 8  # remote: windows go out as this many requests at once, for the server's batcher
 
     def __init__(self, manifest: Manifest, run_windows: WindowRun, *, batch: int | None = None) -> None:
         self.manifest, self.run_windows = manifest, run_windows
@@ -256,13 +257,15 @@ class SlideSegmenter:
     @classmethod
     def remote(cls, remote, manifest: Manifest) -> SlideSegmenter:
         """Windows sent to a Triton server (``mrdl serve``): each window is a model-size image, which
-        the server segments whole (no resize either way) and answers with its probabilities."""
+        the server segments whole (no resize either way) and answers with its probabilities; a call
+        holds ``requests_in_flight`` requests of the server's ``max_batch`` windows, sent at once."""
 
         def run(windows: np.ndarray) -> np.ndarray:
             predictions = remote.predict_batch(list(windows), tile=False, with_probabilities=True)
             return np.stack([prediction.probabilities for prediction in predictions]).astype(np.float32, copy=False)
 
-        return cls(manifest, run, batch=getattr(remote, "max_batch", None) or manifest.max_batch)
+        per_request = getattr(remote, "max_batch", None) or manifest.max_batch
+        return cls(manifest, run, batch=per_request * cls.requests_in_flight)
 
     # ---- one slide ----
 

@@ -358,7 +358,7 @@ def test_server_window_path_equals_in_process(slides, segmenter, tmp_path):
     path = tmp_path / "island.svs"
     island_slide(path)
     served = SlideSegmenter.remote(FakeRemote(), segmenter.manifest)
-    assert served.batch == 3
+    assert served.batch == 3 * SlideSegmenter.requests_in_flight
     served.predict_slide(path, tmp_path / "served", SlideOptions(geojson=False))
     slides.predict_slide(path, tmp_path / "local", SlideOptions(geojson=False))
     assert np.array_equal(_mask(tmp_path / "served", "island"), _mask(tmp_path / "local", "island"))
@@ -450,3 +450,32 @@ def test_monuseg_crop_gives_the_dice_of_predict(monuseg_root, segmenter, slides,
     small_truth = np.asarray(Image.fromarray(truth).resize(original.size[::-1], Image.NEAREST)) > 127
     assert np.mean(mask == whole) >= 0.99
     assert abs(_dice(mask > 0, small_truth) - _dice(whole > 0, small_truth)) <= 0.01
+
+
+def test_predict_slide_on_a_triton_server_equals_in_process(slide_deploy, tmp_path):
+    """--server: a real mrdl serve (PyTriton) answers the windows; the mask is the in-process one."""
+    pytest.importorskip("pytriton", reason="the serve extra is missing: pip install 'mrdl[serve]'")
+    from click.testing import CliRunner
+
+    from mrdl_apps.cli import main
+    from mrdl_runtime.server_process import ServerProcess
+    from mrdl_runtime.serving import ServeOptions, hosting_problem
+
+    problem = hosting_problem()
+    if problem is not None:
+        pytest.skip(f"this Python cannot host PyTriton: {problem}")
+    path = tmp_path / "island.svs"
+    island_slide(path)
+    server = ServerProcess(slide_deploy, ServeOptions(), log=tmp_path / "serve.log")
+    server.start(120)
+    try:
+        served = CliRunner().invoke(main, ["predict-slide", str(slide_deploy), str(path), "--out", str(tmp_path / "s"),
+                                           "--server", f"http://127.0.0.1:{server.http_port}", "--no-progress"])
+    finally:
+        assert server.stop() == 0, server.output()
+    assert served.exit_code == 0, served.output
+    local = CliRunner().invoke(main, ["predict-slide", str(slide_deploy), str(path), "--out", str(tmp_path / "l"),
+                                      "--no-progress"])
+    assert local.exit_code == 0, local.output
+    assert np.array_equal(_mask(tmp_path / "s", "island"), _mask(tmp_path / "l", "island"))
+    assert (tmp_path / "s" / "island.geojson").read_bytes() == (tmp_path / "l" / "island.geojson").read_bytes()
