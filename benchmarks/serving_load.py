@@ -1,6 +1,7 @@
 """Hostile load on ``mrdl serve`` (issue 22): bounded memory under many clients, good requests among bad ones.
 
     python -m mrdl_bench.serving_load MODEL_DIR [--clients 16 --requests 2 --side 4096] [--mixed-clients 8]
+        [--shared-memory on] [--transfer 1024,4096] [--skip memory] [--skip mixed]
 
 ``memory``: a server at the default limits (:class:`mrdl_runtime.serving.ServeOptions`) in a child
 process on loopback; ``clients`` threads, each with its own :class:`mrdl_runtime.RemoteSegmenter`
@@ -34,8 +35,10 @@ BAD_PARAMETERS = ({"overlap": "nan"}, {"overlap": "1.5"}, {"tile": "maybe"}, {"b
 MB = 1024 * 1024
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of process ``pid`` and all its descendants (0 for those that ended meanwhile)."""
+def tree_rss(pid: int, field: str = "rss") -> int:
+    """Resident bytes of process ``pid`` and all its descendants (0 for those that ended meanwhile); ``field``
+    "pss": each shared page (the Python backend's /dev/shm pool, mapped by tritonserver and each stub)
+    counted once, divided among the processes that map it."""
     import psutil
 
     try:
@@ -46,23 +49,25 @@ def tree_rss(pid: int) -> int:
     total = 0
     for process in processes:
         try:
-            total += process.memory_info().rss
+            total += getattr(process.memory_full_info() if field == "pss" else process.memory_info(), field)
         except psutil.Error:
             pass
     return total
 
 
 class RssSampler:
-    """Samples :func:`tree_rss` of a process every ``period_s`` in a thread; ``peak`` in bytes."""
+    """Samples :func:`tree_rss` of a process every ``period_s`` in a thread; ``peak`` (RSS) and ``peak_pss``
+    in bytes."""
 
-    def __init__(self, pid: int, period_s: float = 0.05) -> None:
-        self.pid, self.period_s, self.peak = pid, period_s, 0
+    def __init__(self, pid: int, period_s: float = 0.1) -> None:
+        self.pid, self.period_s, self.peak, self.peak_pss = pid, period_s, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self.peak = max(self.peak, tree_rss(self.pid))
+            self.peak_pss = max(self.peak_pss, tree_rss(self.pid, "pss"))
 
     def __enter__(self) -> RssSampler:
         self.peak = tree_rss(self.pid)
@@ -75,9 +80,10 @@ class RssSampler:
 
 
 def memory_under_load(model_dir: str | Path, *, clients: int = 16, requests: int = 2, side: int = 4096,
-                      options: ServeOptions | None = None, timeout: float = 600) -> dict:
+                      options: ServeOptions | None = None, timeout: float = 600, shared_memory: str = "off") -> dict:
     """The ``memory`` measurement (module docstring) as a dict."""
     from mrdl_runtime import RemoteError, RemoteSegmenter
+    from mrdl_runtime.remote import ClientOptions
     from mrdl_runtime.server_process import ServerProcess
 
     image = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
@@ -89,7 +95,8 @@ def memory_under_load(model_dir: str | Path, *, clients: int = 16, requests: int
         ready_rss = tree_rss(server.process.pid)
 
         def client(index: int) -> None:
-            with RemoteSegmenter(server.grpc, timeout=timeout, retries=10) as remote:
+            with RemoteSegmenter(server.grpc, ClientOptions(timeout=timeout, retries=10,
+                                                            shared_memory=shared_memory)) as remote:
                 for _ in range(requests):
                     try:
                         remote.predict(image, with_probabilities=bool(index % 2))
@@ -112,6 +119,7 @@ def memory_under_load(model_dir: str | Path, *, clients: int = 16, requests: int
         server.stop()
     return {"clients": clients, "requests_per_client": requests, "side": side,
             "ready_rss_mb": round(ready_rss / MB), "peak_rss_mb": round(sampler.peak / MB),
+            "peak_pss_mb": round(sampler.peak_pss / MB), "shared_memory": shared_memory,
             "answered": outcomes.count("answered"), "failed": [o for o in outcomes if o != "answered"],
             "server_refusals_retried": busy, "seconds": round(seconds, 1)}
 
@@ -171,6 +179,40 @@ def mixed_batches(model_dir: str | Path, *, clients: int = 8, rounds: int = 4, s
             "bad_refused_percent": round(100 * counts["bad_refused_as_client_error"] / max(1, counts["bad"]), 1)}
 
 
+def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, requests: int = 4,
+             clients: int = 2) -> list[dict]:
+    """Images per second through one server for each side, plain gRPC against system shared memory: ``clients``
+    threads send ``requests`` masks-only requests each, in a closed loop; masks compared between the two."""
+    from mrdl_runtime import RemoteSegmenter
+    from mrdl_runtime.remote import ClientOptions
+    from mrdl_runtime.server_process import ServerProcess
+
+    rows = []
+    server = ServerProcess(model_dir, ServeOptions())
+    try:
+        server.start()
+        for side in sides:
+            image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            masks = {}
+            for mode in ("off", "on"):
+                remotes = [RemoteSegmenter(server.grpc, ClientOptions(shared_memory=mode)) for _ in range(clients)]
+                remotes[0].predict(image, with_probabilities=False)  # warm-up
+                started = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=clients) as pool:
+                    results = list(pool.map(lambda r: [r.predict(image, with_probabilities=False).mask
+                                                       for _ in range(requests)], remotes, timeout=600))
+                seconds = time.perf_counter() - started
+                masks[mode] = results[0][0]
+                for remote in remotes:
+                    remote.close()
+                rows.append({"side": side, "shared_memory": mode, "images": clients * requests,
+                             "images_per_s": round(clients * requests / seconds, 2)})
+            rows[-1]["masks_identical"] = bool(np.array_equal(masks["off"], masks["on"]))
+    finally:
+        server.stop()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path)
@@ -179,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--side", type=int, default=4096)
     parser.add_argument("--mixed-clients", type=int, default=8)
     parser.add_argument("--mixed-rounds", type=int, default=4)
+    parser.add_argument("--shared-memory", choices=["off", "on"], default="off",
+                        help="memory: the clients pass images through system shared memory")
+    parser.add_argument("--transfer", default="", help="sides like 1024,4096: plain gRPC against shared memory")
     parser.add_argument("--skip", choices=["memory", "mixed"], action="append", default=[])
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 64 or not 1 <= args.requests <= 16 or not 16 <= args.side <= 8192:
@@ -189,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report["mixed"]), flush=True)
     if "memory" not in args.skip:
         report["memory"] = memory_under_load(args.model_dir, clients=args.clients, requests=args.requests,
-                                             side=args.side)
+                                             side=args.side, shared_memory=args.shared_memory)
         print(json.dumps(report["memory"]), flush=True)
+    if args.transfer:
+        for row in transfer(args.model_dir, tuple(int(side) for side in args.transfer.split(","))):
+            print(json.dumps(row), flush=True)
     return 0
 
 

@@ -53,6 +53,9 @@ class ClientOptions(OptionsBase):
     model_name: str = option(DEFAULT_MODEL, "With --server: the served model's name.")
     timeout: float = option(600.0, "With --server: seconds one request may take from sending to its answer (a "
                             "tiled large image on a busy server takes minutes).", low=1)
+    shared_memory: str = option("auto", "With --server: pass images and masks through system shared memory "
+                                "instead of the network stack; auto: when the server is on this host's loopback and "
+                                "accepts it.", choices=("auto", "on", "off"))
     retries: int = option(4, "With --server: times a request the server refused as busy (UNAVAILABLE, "
                           "RESOURCE_EXHAUSTED) is sent again, after 0.5, 1, 2, 4 ... s.", low=0, high=20)
 
@@ -102,18 +105,19 @@ class RemoteSegmenter:
     """A model served by Triton Inference Server, used like an in-process ``Segmenter``.
 
     ``url``: ``http://HOST:PORT`` or ``grpc://HOST:PORT`` (no scheme: HTTP). ``options``
-    (:class:`ClientOptions`; the keywords ``model``, ``timeout`` and ``retries`` override its fields):
-    the served model's name (``mrdl serve --model-name``), seconds each request may take (also the
-    connection timeout), retries of requests refused as busy. ``concurrency``: requests in flight at
+    (:class:`ClientOptions`; the keywords ``model``, ``timeout``, ``retries`` and ``shared_memory``
+    override its fields): the served model's name (``mrdl serve --model-name``), seconds each request
+    may take (also the connection timeout), retries of requests refused as busy, system shared memory
+    (:mod:`mrdl_runtime.remote_shm`; "auto": on a loopback server that accepts it). ``concurrency``: requests in flight at
     once (HTTP connection pool size). Raises :class:`RemoteError` when the server is not reachable
     or the model is not ready.
     """
 
     def __init__(self, url: str, options: ClientOptions | None = None, *, model: str | None = None,
                  protocol: str | None = None, timeout: float | None = None, retries: int | None = None,
-                 concurrency: int = 8) -> None:
+                 shared_memory: str | None = None, concurrency: int = 8) -> None:
         changes = {name: value for name, value in (("model_name", model), ("timeout", float(timeout) if timeout
-                   is not None else None), ("retries", retries)) if value is not None}
+                   is not None else None), ("retries", retries), ("shared_memory", shared_memory)) if value is not None}
         self.options = ClientOptions.of(options, **changes)
         self.protocol, self.address = parse_url(url, protocol)
         self.url, self.model = f"{self.protocol}://{self.address}", self.options.model_name
@@ -160,8 +164,22 @@ class RemoteSegmenter:
                       for key, value in (config.get("parameters") or {}).items()}
         self.max_request_pixels = int(parameters.get("max_request_pixels") or 0) or None  # None: no limit known
         self.export_id = parameters.get("export_id")
+        self.shared_memory = self._choose_shared_memory()
         self.count = 0  # requests answered
         self._seconds = 0.0
+
+    def _choose_shared_memory(self) -> bool:
+        from .remote_shm import is_loopback, probe
+
+        wanted = self.options.shared_memory
+        if wanted == "off" or (wanted == "auto" and not is_loopback(self.address)):
+            return False
+        problem = probe(self._client)
+        if problem is not None and wanted == "on":
+            self.close()
+            raise RemoteError(f"the server at {self.url} does not accept shared memory from this client ({problem}); "
+                              "use --shared-memory off, or a server on this host's loopback")
+        return problem is None
 
     @property
     def mean_latency_ms(self) -> float:
@@ -188,35 +206,61 @@ class RemoteSegmenter:
 
     def _send_once(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict | None) -> list:
         """Send every group at once; per group its result (with ``as_numpy``) or its :class:`RemoteError`."""
+        from .remote_shm import SharedMemoryCall
+
+        names = ["mask", "tiled"] + (["probabilities"] if with_probabilities else [])
+        calls: list = [None] * len(groups)
         outcomes: list = [None] * len(groups)
-        if self.protocol == "http":
-            pending = []
-            for group in groups:
-                inputs, outputs = self._request(group, with_probabilities)
-                try:
-                    pending.append(self._client.async_infer(self.model, inputs, outputs=outputs,
-                                                            parameters=parameters))
-                except (self._server_error, OSError, ConnectionError) as exc:
-                    pending.append(self._error(exc))
-            for index, request in enumerate(pending):
-                try:
-                    outcomes[index] = request if isinstance(request, RemoteError) else request.get_result()
-                except Exception as exc:  # noqa: BLE001 - each request's failure is its own
-                    outcomes[index] = self._error(exc)
-            return outcomes
+        try:
+            requests = []
+            for index, group in enumerate(groups):
+                if self.shared_memory:
+                    calls[index] = SharedMemoryCall(self._client, self._module, group, names, self.n_classes or 1)
+                    requests.append((calls[index].inputs, calls[index].outputs))
+                else:
+                    requests.append(self._request(group, with_probabilities))
+            if self.protocol == "http":
+                self._send_http(requests, parameters, outcomes)
+            else:
+                self._send_grpc(requests, parameters, outcomes)
+            for index, call in enumerate(calls):
+                if call is not None and not isinstance(outcomes[index], RemoteError):
+                    outcomes[index] = call.read(outcomes[index])
+        except (self._server_error, OSError, ConnectionError) as exc:
+            return [self._error(exc)] * len(groups)
+        finally:
+            for call in calls:
+                if call is not None:
+                    call.close()
+        return outcomes
+
+    def _send_http(self, requests: list, parameters: dict | None, outcomes: list) -> None:
+        pending = []
+        for inputs, outputs in requests:
+            try:
+                pending.append(self._client.async_infer(self.model, inputs, outputs=outputs, parameters=parameters))
+            except (self._server_error, OSError, ConnectionError) as exc:
+                pending.append(self._error(exc))
+        for index, request in enumerate(pending):
+            try:
+                outcomes[index] = request if isinstance(request, RemoteError) else request.get_result()
+            except Exception as exc:  # noqa: BLE001 - each request's failure is its own
+                outcomes[index] = self._error(exc)
+
+    def _send_grpc(self, requests: list, parameters: dict | None, outcomes: list) -> None:
         done: queue.Queue = queue.Queue()
-        for index, group in enumerate(groups):
-            inputs, outputs = self._request(group, with_probabilities)
+        for index, (inputs, outputs) in enumerate(requests):
             self._client.async_infer(self.model, inputs, lambda result, error, i=index: done.put((i, result, error)),
                                      outputs=outputs, client_timeout=self.timeout, parameters=parameters)
         deadline = time.monotonic() + self.timeout + 5
-        for _ in groups:
+        for _ in requests:
             try:
                 index, result, error = done.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty as exc:
-                return [outcome if outcome is not None else self._error(exc) for outcome in outcomes]
+                for index, outcome in enumerate(outcomes):
+                    outcomes[index] = outcome if outcome is not None else self._error(exc)
+                return
             outcomes[index] = result if error is None else self._error(error)
-        return outcomes
 
     def _send_all(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict) -> list:
         """:meth:`_send_once`, then the requests refused as busy again after a growing pause (``retries`` times)."""

@@ -59,7 +59,7 @@ DEFAULT_MAX_SIDE = 8192
 SERVE_PREDICT_DEFAULTS = PredictOptions(max_pixels=SERVE_MAX_PIXELS)
 START_TIMEOUT_S = 180
 PYTHON_SHM_BYTES = 16 * 1024 * 1024  # the Python backend's shared memory with each instance: start and growth step
-# Endpoints that change the server (or expose its files) need PyTriton's access token; statistics
+# Endpoints that change the server (or expose its files) need a token no client is given; statistics
 # stay readable so that mrdl-bench (and people) can see the batch sizes the dynamic batcher formed.
 RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
 
@@ -156,7 +156,7 @@ class ServeOptions(OptionsBase):
                               "together; an overlap near 1 multiplies them).", low=1)
     max_pixels_in_flight: int = option(4 * SERVE_MAX_PIXELS, "Request pixels the server works on at once, shared "
                                        "among the instances: a larger dynamic batch runs in parts.", low=1)
-    max_queue: int = option(16, "Requests that may wait for an instance; one more is refused with UNAVAILABLE "
+    max_queue: int = option(4, "Requests that may wait for an instance; one more is refused with UNAVAILABLE "
                             "(HTTP 503), which clients retry.", low=1)
     exit_timeout: int = option(30, "On SIGTERM, seconds to finish the requests already accepted.", low=0)
     load: LoadOptions = option(LoadOptions(), "How each instance loads the model.", cli=False)
@@ -242,7 +242,9 @@ def tritonserver_command(files: dict[str, Path], repository: Path, backends: Pat
     """The ``tritonserver`` command line serving ``repository`` as ``options`` say (addresses, ports, exit
     timeout); the endpoints that change the server need an access token no client is given."""
     token = os.urandom(16).hex()
-    restricted = ",".join(RESTRICTED_ENDPOINTS)
+    # Shared memory lets a client on this host pass images through /dev/shm; only a loopback server allows it.
+    loopback = options.host in ("127.0.0.1", "::1", "localhost") or options.host.startswith("127.")
+    restricted = ",".join(e for e in RESTRICTED_ENDPOINTS if not (loopback and e == "shared-memory"))
     return [str(files["binary"]), f"--model-repository={repository}", f"--backend-directory={backends}",
             f"--http-address={options.host}", f"--http-port={options.http_port}",
             f"--grpc-address={options.host}", f"--grpc-port={options.grpc_port}",

@@ -236,3 +236,24 @@ def test_predict_server_tiles_skips_refused_images_and_records_what_ran(server, 
             expected = segmenter.predict(images[stem], tile=True, overlap=0.5, with_probabilities=False).mask
             written = np.array(Image.open(tmp_path / "out" / "masks" / f"{stem}.png"))
             assert np.array_equal(written > 0, expected > 0)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_shared_memory_gives_the_same_results_and_leaves_no_region(server, protocol):
+    from pathlib import Path
+
+    from mrdl_runtime import RemoteSegmenter
+
+    rng = np.random.default_rng(10)
+    images = [rng.integers(0, 256, (130, 150, 3), dtype=np.uint8) for _ in range(3)]
+    with RemoteSegmenter(getattr(server, protocol), shared_memory="off") as plain:
+        expected = plain.predict_batch(images)
+        assert not plain.shared_memory
+    with RemoteSegmenter(getattr(server, protocol), shared_memory="on") as shared:
+        assert shared.shared_memory
+        got = shared.predict_batch(images)
+        refused = shared.predict_each([np.zeros((600, 600, 3), np.uint8)])[0]  # over the server's pixels
+    for ours, theirs in zip(got, expected):
+        assert np.array_equal(ours.mask, theirs.mask) and np.array_equal(ours.probabilities, theirs.probabilities)
+    assert "250000 pixels per request" in str(refused)
+    assert not [p for p in Path("/dev/shm").glob(f"mrdl-{__import__('os').getpid()}-*")]
