@@ -362,15 +362,19 @@ def test_table_file_size_and_row_limits(tmp_path: Path):
 # --- clear errors for damaged checkpoints and foreign CLIP weights -----------------------------------
 
 def _rewrite(path: Path, change) -> None:
-    """Edit a checkpoint's tensors and re-sign its digest: a consistent file of the wrong shape."""
+    """Edit a checkpoint's tensors and re-sign its digests (tensors, then metadata): a consistent file of the
+    wrong shape."""
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from mrdl.tagged_file import METADATA_DIGEST_KEY, metadata_digest
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     change(tensors)
-    save_file(tensors, str(path), metadata={**metadata, "mrdl.tensors_sha256": tensors_digest(tensors)})
+    metadata = {**metadata, "mrdl.tensors_sha256": tensors_digest(tensors)}
+    save_file(tensors, str(path), metadata={**metadata, METADATA_DIGEST_KEY: metadata_digest(metadata)})
 
 
 def test_checkpoint_with_wrong_shape_or_missing_tensor(tmp_path: Path, tiny_model):
