@@ -293,6 +293,7 @@ def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_checkpoint, case, 
     from safetensors.torch import save_file
 
     from mrdl.checkpoint import tensors_digest
+    from mrdl.tagged_file import METADATA_DIGEST_KEY, metadata_digest
 
     with safe_open(str(tiny_checkpoint), framework="pt") as handle:
         metadata = handle.metadata()
@@ -302,6 +303,7 @@ def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_checkpoint, case, 
     else:
         del state["decoder.head.weight"]
     metadata["mrdl.tensors_sha256"] = tensors_digest(state)  # a well-formed file whose tensors do not fit
+    metadata[METADATA_DIGEST_KEY] = metadata_digest(metadata)  # its metadata re-signed as well
     ckpt = tmp_path / "bad.safetensors"
     save_file(state, str(ckpt), metadata=metadata)
     result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy")
