@@ -292,8 +292,7 @@ def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_checkpoint, case, 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from mrdl.checkpoint import tensors_digest
-    from mrdl.tagged_file import METADATA_DIGEST_KEY, metadata_digest
+    from mrdl.tagged_file import METADATA_DIGEST_KEY, metadata_digest, tensors_digest
 
     with safe_open(str(tiny_checkpoint), framework="pt") as handle:
         metadata = handle.metadata()
