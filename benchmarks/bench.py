@@ -3,9 +3,14 @@
 Order of work: fix the thread count; load the inputs; measure the machine's matmul peak; count
 FLOPs per image; compute the PyTorch FP32 reference (torch-fft eager) once; then, per backend,
 activate it (a failure skips it with the reason; a model directory that fails the runtime's
-integrity checks stops the run), and per batch size run a separate warm-up and the timed
-iterations while sampling memory; finally the parity pass on every input image, the export-safe
-phase's share of latency, and the derived columns (speed-up, GFLOP/s).
+integrity checks stops the run) and warm it up alone at each batch size while sampling memory;
+then, per batch size, time all of them **interleaved**: ``iters`` rounds, each backend one step
+per round in an order rotated every round, so load from other processes falls on all of them
+alike; per-round ratios over ``ort-fp32`` (median and quartiles) are the paired speed-ups, and
+the load average around the rounds is recorded and flagged above the logical CPU count;
+finally the parity pass on every input image, the export-safe phase's share of latency, and
+the derived columns (speed-up, GFLOP/s). p90 / p99 are printed only with the iterations that
+resolve them (10 / 100).
 
 A backend whose masks agree with the reference's less than the parity threshold (mask Dice
 agreement below ``min_dice``, ``int8_min_dice`` for INT8) is marked ``PARITY FAILED``: its speed
@@ -29,16 +34,16 @@ from mrdl_runtime.threads import default_threads
 
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
 from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
-                      onnxruntime_gemm_peak, parity, phase_share, release_freed_memory)
+                      onnxruntime_gemm_peak, paired_ratios, parity, phase_share, release_freed_memory)
 from .report import (DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE, PARITY_FAILED, PARITY_OK, BackendResult, BenchReport,
                      SkippedBackend, machine_info, write_report)
 from .runners import BENCH_BACKENDS, RUNTIME_BACKEND, BenchRunner, TorchRunner, make_bench_runner
 from .serving import DEFAULT_CONCURRENCY, SERVING_BACKENDS, parse_concurrency
 
 REFERENCE = "torch-fft"
-# runtime backends that run a reduced-precision model (or an engine): compared with ort-fp32 too
-QUANTISED = tuple(name for name, (_, precision) in RUNTIME_BACKEND.items() if precision != "fp32")
 CPU_ONNXRUNTIME = tuple(name for name, (backend, _) in RUNTIME_BACKEND.items() if backend == "onnxruntime-cpu")
+PAIRED_BASELINE = "ort-fp32"  # per-round speed-ups are over this backend (the first one measured without it)
+LOAD_PER_CPU = 1.0  # 1-minute load average per logical CPU above which a run is flagged as measured under load
 
 
 class BenchError(MrdlError, ValueError):
@@ -94,34 +99,54 @@ def _check_sources(ckpt: Path, model_dir: Path):
                               f"{digest[:12]}…); re-export it: mrdl-export --ckpt {ckpt} --out {model_dir} --force")
 
 
-def _measure(runner: BenchRunner, inputs: InputSet, *, batch: int, warmup: int, iters: int, include_prepost: bool,
-             threshold: float, baseline_rss: int) -> tuple[LatencySummary, dict[str, float], float]:
-    """Warm-up then timed iterations of one runner at one batch size: (latency, warm-up, peak MB)."""
+def _step(runner: BenchRunner, inputs: InputSet, *, index: int, batch: int, include_prepost: bool,
+          threshold: float) -> float:
+    """One step, in seconds: the runner's own clock around inference, or the whole step with pre/post-processing."""
+    if include_prepost:
+        start = time.perf_counter()
+        images = [inputs.raw[i] for i in inputs.indices(index, batch)]
+        postprocess_batch(runner.infer(preprocess_batch(images, inputs.size)), images, threshold=threshold)
+        return time.perf_counter() - start
+    runner.infer(inputs.batch(index, batch))
+    return runner.inference_times[-1]
 
-    def step(index: int) -> None:
-        if include_prepost:
-            images = [inputs.raw[i] for i in inputs.indices(index, batch)]
-            postprocess_batch(runner.infer(preprocess_batch(images, inputs.size)), images, threshold=threshold)
-        else:
-            runner.infer(inputs.batch(index, batch))
 
+def _warm_up(runner: BenchRunner, inputs: InputSet, *, batch: int, warmup: int, include_prepost: bool,
+             threshold: float, baseline_rss: int) -> tuple[dict[str, float], float]:
+    """One runner's warm-up at one batch size, alone, while its memory is sampled: (warm-up, peak MB)."""
     with PeakRSSSampler(baseline=baseline_rss) as memory:
-        warm_times = []
-        for index in range(warmup):
-            start = time.perf_counter()
-            step(index)
-            warm_times.append(time.perf_counter() - start)
-        runner.inference_times.clear()
-        step_times = []
-        for index in range(warmup, warmup + iters):
-            start = time.perf_counter()
-            step(index)
-            step_times.append(time.perf_counter() - start)
-    # Without pre/post-processing the runner's own clock is the latency; with it, the whole step's.
-    latency = LatencySummary.from_seconds(step_times if include_prepost else list(runner.inference_times))
-    warm = {"iterations": warmup, "total_ms": 1e3 * sum(warm_times),
-            "first_ms": 1e3 * warm_times[0] if warm_times else 0.0}
-    return latency, warm, memory.peak_delta_mb
+        times = [_step(runner, inputs, index=index, batch=batch, include_prepost=include_prepost, threshold=threshold)
+                 for index in range(warmup)]
+    warm = {"iterations": warmup, "total_ms": 1e3 * sum(times), "first_ms": 1e3 * times[0] if times else 0.0}
+    return warm, memory.peak_delta_mb
+
+
+def _rounds(runners: dict[str, BenchRunner], inputs: InputSet, *, batch: int, first_index: int, iters: int,
+            include_prepost: bool, threshold: float) -> dict[str, list[float]]:
+    """``iters`` rounds in which every runner takes one timed step on the same images, the order rotated
+    each round (no backend always runs first, or after the same neighbour): name -> seconds per round.
+
+    Interleaved, a burst of load from another process hits every backend in the round it happens
+    in, instead of whichever backend happened to be measuring then; per-round ratios cancel it."""
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(iters):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_step(runners[name], inputs, index=first_index + round_index, batch=batch,
+                                     include_prepost=include_prepost, threshold=threshold))
+    return times
+
+
+def load_check(start: float, end: float, *, cpus: int | None = None) -> dict:
+    """The 1-minute load average before and after the timed rounds, flagged when it exceeds the logical CPUs:
+    other processes then compete for the cores, and absolute latencies are slower than this machine's."""
+    cpus = cpus or os.cpu_count() or 1
+    flagged = max(start, end) > LOAD_PER_CPU * cpus
+    return {"start": start, "end": end, "cpus": cpus, "flagged": flagged,
+            "note": (f"LOADED: 1-minute load average {max(start, end):.2f} > {LOAD_PER_CPU * cpus:g} ({cpus} logical "
+                     "CPUs) during the timed rounds: latencies are slower than this machine's, the paired ratios "
+                     "are the figures to read") if flagged else "load average below the logical CPU count"}
 
 
 def _notes(runner: BenchRunner) -> dict[str, float]:
@@ -141,41 +166,64 @@ def _all_outputs(runner: BenchRunner, inputs: InputSet, *, batch: int) -> np.nda
 
 def _measure_backends(backends: list[str], batches: list[int], *, ckpt: Path, model_dir: Path, inputs: InputSet,
                       threads: int, device: str, warmup: int, iters: int, include_prepost: bool, threshold: float,
-                      progress: bool) -> tuple[list[BackendResult], list[SkippedBackend], dict[str, np.ndarray]]:
-    """Activate each backend and time it at every batch size: (results, skipped, outputs on every input image)."""
+                      progress: bool) -> tuple[list[BackendResult], list[SkippedBackend], dict[str, np.ndarray], dict]:
+    """Activate every backend and warm each up alone (memory sampled), then time them all interleaved, round by
+    round, at every batch size: (results, skipped, outputs on every input image, load check per batch)."""
     from tqdm import tqdm
 
-    outputs: dict[str, np.ndarray] = {}
-    results: list[BackendResult] = []
+    runners: dict[str, BenchRunner] = {}
     skipped: list[SkippedBackend] = []
-    with tqdm(total=len(backends) * len(batches), desc="mrdl-bench", disable=not progress) as bar:
-        for name in backends:
-            runner = make_bench_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device)
-            release_freed_memory()
-            baseline_rss = current_rss()
-            try:
-                runner.activate()
-            except BackendUnavailableError as exc:
-                skipped.append(SkippedBackend(name, str(exc)))
-                bar.update(len(batches))
-                continue
-            try:
-                for batch in batches:
-                    bar.set_postfix_str(f"{name} batch {batch}")
-                    latency, warm, peak_mb = _measure(runner, inputs, batch=batch, warmup=warmup, iters=iters,
-                                                      include_prepost=include_prepost, threshold=threshold,
-                                                      baseline_rss=baseline_rss)
-                    results.append(BackendResult(
-                        backend=name, precision=runner.precision, batch=batch, latency_ms=latency, warmup=warm,
-                        throughput_ips=batch / (latency.mean / 1e3), peak_memory_mb=peak_mb,
-                        memory_method=MEMORY_METHOD, model_size_mb=runner.model_size_bytes / 2**20,
-                        model_file=str(runner.model_path), parity=None, parity_vs_onnx_fp32=None,
-                        prepost_included=include_prepost, notes=_notes(runner)))
+    warm: dict[tuple[str, int], tuple[dict[str, float], float]] = {}
+    results: list[BackendResult] = []
+    outputs: dict[str, np.ndarray] = {}
+    loads: dict[int, dict] = {}
+    try:
+        with tqdm(total=len(backends) + len(batches), desc="mrdl-bench", disable=not progress) as bar:
+            for name in backends:
+                bar.set_postfix_str(f"{name}: load and warm up")
+                runner = make_bench_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device)
+                release_freed_memory()
+                baseline_rss = current_rss()
+                try:
+                    runner.activate()
+                except BackendUnavailableError as exc:
+                    skipped.append(SkippedBackend(name, str(exc)))
                     bar.update(1)
-                outputs[name] = _all_outputs(runner, inputs, batch=min(batches))
-            finally:
-                runner.deactivate()
-    return results, skipped, outputs
+                    continue
+                runners[name] = runner
+                for batch in batches:
+                    warm[name, batch] = _warm_up(runner, inputs, batch=batch, warmup=warmup,
+                                                 include_prepost=include_prepost, threshold=threshold,
+                                                 baseline_rss=baseline_rss)
+                bar.update(1)
+            timed: dict[int, dict[str, list[float]]] = {}
+            for batch in batches:
+                bar.set_postfix_str(f"batch {batch}: {iters} interleaved rounds")
+                before = os.getloadavg()[0]
+                timed[batch] = _rounds(runners, inputs, batch=batch, first_index=warmup, iters=iters,
+                                       include_prepost=include_prepost, threshold=threshold)
+                loads[batch] = load_check(before, os.getloadavg()[0])
+                bar.update(1)
+        baseline = PAIRED_BASELINE if PAIRED_BASELINE in runners else next(iter(runners), None)
+        for name, runner in runners.items():
+            for batch in batches:
+                latency = LatencySummary.from_seconds(timed[batch][name])
+                notes = {**_notes(runner), "load_average_1min": [loads[batch]["start"], loads[batch]["end"]]}
+                if name != baseline:
+                    notes["paired_speedup"] = {"baseline": baseline,
+                                               **paired_ratios(timed[batch][baseline], timed[batch][name])}
+                warm_up, peak_mb = warm[name, batch]
+                results.append(BackendResult(
+                    backend=name, precision=runner.precision, batch=batch, latency_ms=latency, warmup=warm_up,
+                    throughput_ips=batch / (latency.mean / 1e3), peak_memory_mb=peak_mb,
+                    memory_method=MEMORY_METHOD, model_size_mb=runner.model_size_bytes / 2**20,
+                    model_file=str(runner.model_path), parity=None, parity_vs_onnx_fp32=None,
+                    prepost_included=include_prepost, notes=notes))
+            outputs[name] = _all_outputs(runner, inputs, batch=min(batches))
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+    return results, skipped, outputs, loads
 
 
 def _profiles(results: list[BackendResult], *, ckpt: Path, batch: int, size: int, threads: int, iters: int,
@@ -251,14 +299,13 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
         reference = _all_outputs(reference_runner, inputs, batch=min(batches))
     served = [name for name in backends if name in SERVING_BACKENDS]
     in_process = [name for name in backends if name not in SERVING_BACKENDS]
-    results, skipped, outputs = _measure_backends(in_process, batches, ckpt=ckpt, model_dir=model_dir, inputs=inputs,
-                                                  threads=threads, device=device, warmup=warmup, iters=iters,
-                                                  include_prepost=include_prepost, threshold=threshold,
-                                                  progress=progress)
+    results, skipped, outputs, loads = _measure_backends(
+        in_process, batches, ckpt=ckpt, model_dir=model_dir, inputs=inputs, threads=threads, device=device,
+        warmup=warmup, iters=iters, include_prepost=include_prepost, threshold=threshold, progress=progress)
 
     for result in results:
         result.parity = parity(outputs[result.backend], reference, reference_name=REFERENCE, threshold=threshold)
-        if result.backend in QUANTISED and "ort-fp32" in outputs:
+        if result.backend in RUNTIME_BACKEND and result.backend != "ort-fp32" and "ort-fp32" in outputs:
             result.parity_vs_onnx_fp32 = parity(outputs[result.backend], outputs["ort-fp32"],
                                                 reference_name="ort-fp32", threshold=threshold)
         result.parity_min_dice = int8_min_dice if result.precision == "int8" else min_dice
@@ -311,7 +358,8 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
                 "inputs": inputs.source, "images": len(inputs), "image_size": config.model.image_size,
                 "reference": REFERENCE, "min_dice": min_dice, "int8_min_dice": int8_min_dice,
                 "source_checkpoint_matches": source_mismatch is None,
-                "concurrency": levels if served else None}
+                "concurrency": levels if served else None, "interleaved": True,
+                "load_check": {str(batch): check for batch, check in loads.items()}}
     report = BenchReport(settings=settings, machine=machine, flops_per_image=flops, matmul_peak=peak, results=results,
                          skipped=skipped, phase_share=shares, profiles=profiles, failures=failures, serving=serving,
                          int8_peak=int8_peak)

@@ -41,8 +41,27 @@ class LatencySummary:
                    stdev=float(statistics.stdev(ms)) if len(ms) > 1 else 0.0,
                    min=float(ms.min()), max=float(ms.max()), iterations=len(ms))
 
+    def meaningful(self, percentile: int) -> bool:
+        """Whether this many iterations resolve ``percentile`` (p90 needs 10, p99 needs 100: at least one
+        sample beyond it); below that the value is the slowest iteration or an interpolation towards it."""
+        return self.iterations >= MIN_ITERATIONS[percentile]
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+MIN_ITERATIONS = {50: 2, 90: 10, 99: 100}  # percentile -> timed iterations it needs
+
+
+def paired_ratios(baseline: list[float], candidate: list[float]) -> dict[str, float]:
+    """Per-round speed-ups ``baseline[i] / candidate[i]`` of two backends timed in the same rounds: median,
+    quartiles (the spread) and extremes. Pairing cancels what the machine did to both in a round."""
+    if len(baseline) != len(candidate) or not baseline:
+        raise ValueError(f"paired ratios need two equal, non-empty series; got {len(baseline)} and {len(candidate)}")
+    ratios = np.asarray(baseline, dtype=np.float64) / np.asarray(candidate, dtype=np.float64)
+    p25, median, p75 = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(median), "p25": float(p25), "p75": float(p75), "min": float(ratios.min()),
+            "max": float(ratios.max()), "rounds": len(ratios)}
 
 
 def release_freed_memory() -> None:

@@ -147,7 +147,8 @@ def table_rows(report: BenchReport) -> list[list[str]]:
     rows = []
     for r in report.results:
         lat = r.latency_ms
-        rows.append([r.backend, str(r.batch), f"{lat.p50:.1f}", f"{lat.p90:.1f}", f"{lat.p99:.1f}",
+        rows.append([r.backend, str(r.batch), f"{lat.p50:.1f}", _fmt(lat.p90 if lat.meaningful(90) else None, ".1f"),
+                     _fmt(lat.p99 if lat.meaningful(99) else None, ".1f"),
                      f"{lat.mean:.1f}±{lat.stdev:.1f}", f"{r.throughput_ips:.2f}", _speedup(r),
                      _fmt(r.gflops_achieved, ".1f"),
                      _fmt(None if r.peak_fraction is None else 100 * r.peak_fraction, ".1f"),
@@ -187,6 +188,7 @@ def _footer(report: BenchReport) -> list[str]:
                      f"{p['fp32_gops_same_way']:.1f} GFLOP/s: INT8 GEMM / FP32 GEMM = {p['int8_over_fp32']:.2f}x, the "
                      f"hardware's ceiling for INT8 over FP32 speed-up; % int8 peak = the model's FLOPs at ort-int8's "
                      f"throughput / INT8 peak")
+    lines += _paired_lines(report)
     for skip in report.skipped:
         lines.append(f"skipped {skip.backend}: {skip.reason}")
     for share in report.phase_share:
@@ -201,6 +203,26 @@ def _footer(report: BenchReport) -> list[str]:
         from .serving import format_serving
 
         lines += format_serving(report.serving)
+    return lines
+
+
+def _paired_lines(report: BenchReport) -> list[str]:
+    """Per-round speed-ups of the interleaved rounds, the load check, and which percentiles were resolved."""
+    lines = []
+    for batch, check in report.settings.get("load_check", {}).items():
+        lines.append(f"batch {batch}: load average {check['start']:.2f} before, {check['end']:.2f} after the timed "
+                     f"rounds; {check['note']}")
+    paired = [r for r in report.results if "paired_speedup" in r.notes]
+    if paired:
+        base = paired[0].notes["paired_speedup"]["baseline"]
+        cells = [f"{r.backend} b{r.batch} {p['median']:.2f}x [{p['p25']:.2f}, {p['p75']:.2f}]"
+                 for r in paired for p in [r.notes["paired_speedup"]]]
+        lines.append(f"paired speed-up over {base}, per interleaved round (median [quartiles], "
+                     f"{paired[0].notes['paired_speedup']['rounds']} rounds): " + "; ".join(cells))
+    if report.results and not report.results[0].latency_ms.meaningful(90):
+        lines.append("p90 needs >= 10 timed iterations and p99 >= 100: '-' where --iters gives fewer")
+    elif report.results and not report.results[0].latency_ms.meaningful(99):
+        lines.append("p99 needs >= 100 timed iterations: '-' where --iters gives fewer")
     return lines
 
 
@@ -239,7 +261,7 @@ def plot_chart(report: BenchReport, path: Path) -> None:
                 continue
             xs.append(i + (offset - (len(batches) - 1) / 2) * width)
             p50s.append(result.latency_ms.p50)
-            spreads.append(result.latency_ms.p90 - result.latency_ms.p50)
+            spreads.append(result.latency_ms.p90 - result.latency_ms.p50 if result.latency_ms.meaningful(90) else 0.0)
             speedups.append(result.speedup_vs_torch_eager or 0.0)  # no bar for a backend that failed parity
             if result.parity_status == PARITY_FAILED:
                 speedup_axis.text(xs[-1], 0.05, PARITY_FAILED, rotation=90, ha="center", va="bottom", color="red",
