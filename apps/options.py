@@ -1,8 +1,11 @@
 """Command-line options built from options dataclasses: a setting is written once, in its field.
 
 Every command whose settings are an options object (:class:`mrdl_runtime.LoadOptions`,
-:class:`mrdl_runtime.PredictOptions`, :class:`mrdl_runtime.serving.ServeOptions`) gets one click
-option per field whose metadata has a command-line flag (:func:`field_options`): the flag, help,
+:class:`mrdl_runtime.PredictOptions`, :class:`mrdl_runtime.serving.ServeOptions`,
+:class:`mrdl_runtime.slide.SlideOptions`, :class:`mrdl_runtime.remote.ClientOptions`,
+:class:`mrdl_export.options.ExportOptions`, :class:`mrdl.train_options.TrainOptions` and
+:class:`~mrdl.train_options.Hardware`; all written with :func:`mrdl_runtime.options.option`) gets one
+click option per field that has a command-line flag (:func:`field_options`): the flag, help,
 choices and range from the metadata, the default from the field, shown in ``--help``. The
 command's function receives the values and rebuilds the object with :func:`build`. Also here:
 the project's one ``--version`` option and help settings, which every command uses.
@@ -11,7 +14,7 @@ the project's one ``--version`` option and help settings, which every command us
 from __future__ import annotations
 
 import typing
-from dataclasses import Field, fields
+from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -90,4 +93,5 @@ def build(options_class: type, values: dict[str, Any], *, defaults: Any = None) 
     for option_field in fields(options_class):
         if option_field.name in taken and _is_text_or_flag(options_class, option_field):
             taken[option_field.name] = from_text(options_class, option_field.name, taken[option_field.name])
-    return (defaults if defaults is not None else options_class()).with_fields(**taken)
+    defaults = defaults if defaults is not None else options_class()
+    return replace(defaults, **taken) if taken else defaults

@@ -1,7 +1,8 @@
 """``mrdl train`` and ``mrdl evaluate``: thin click commands over :mod:`mrdl.train` and :mod:`mrdl.evaluate`.
 
 ``mrdl train``'s options are built from the fields of :class:`mrdl.train_options.TrainOptions` and
-:class:`mrdl.train_engine.Hardware` (flag, help, choices, range and default written there once),
+:class:`mrdl.train_options.Hardware` (flag, help, choices, range and default written there once; the
+click options by :func:`mrdl_apps.options.field_options`, as for every command),
 plus ``--config``, ``--clip-weights``, ``--threads`` and the description-table limits.
 """
 
@@ -11,69 +12,37 @@ import dataclasses
 import functools
 import json
 import shlex
-import typing
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable, NoReturn
 
 import click
 
 from mrdl.data.dataset import TableLimits
-from mrdl.train_options import Hardware, TrainOptions, command_line_flag
+from mrdl.train_options import Hardware, TrainOptions
+from mrdl_apps.options import build, field_options
 
 from .embed import loud_random_tower_warnings, table_limit_options
-
-
-def _field_option(option_field, hint) -> Callable:
-    """The click option of one :class:`TrainOptions` or :class:`Hardware` field (flag, help, type, default)."""
-    rules, default = option_field.metadata, option_field.default
-    kind = next((arg for arg in typing.get_args(hint) if arg is not type(None)), hint)  # int for int | None
-    flag = command_line_flag(option_field)
-    settings: dict = {"help": rules["help"], "default": default, "show_default": default is not None}
-    if kind is bool and "/" not in flag:
-        return click.option(flag, option_field.name, is_flag=True, help=rules["help"])
-    if kind is bool:
-        settings["type"] = bool
-    elif rules["choices"] is not None:
-        settings["type"] = click.Choice(list(rules["choices"]))
-    elif rules["low"] is not None or rules["high"] is not None:
-        number_range = click.IntRange if kind is int else click.FloatRange
-        settings["type"] = number_range(min=rules["low"], max=rules["high"], min_open=rules["low_open"],
-                                        max_open=rules["high_open"])
-    else:
-        settings["type"] = click.Path(path_type=Path) if kind is Path else kind
-    return click.option(flag, option_field.name, **settings)
-
-
-def _options_of(*classes: type) -> list[Callable]:
-    """One click option per command-line field of ``classes``, in field order."""
-    found = []
-    for cls in classes:
-        hints = typing.get_type_hints(cls)
-        found += [_field_option(f, hints[f.name]) for f in fields(cls) if command_line_flag(f) is not None]
-    return found
 
 
 def train_options(command: Callable) -> Callable:
     """``--config``, the fields of :class:`TrainOptions`, ``--clip-weights``, :class:`Hardware`'s, ``--threads``
     and the table limits; the command receives ``config_name``, ``options``, ``hardware``, ``clip_weights``
     and ``threads``."""
-    names = {cls: [f.name for f in fields(cls) if command_line_flag(f) is not None] for cls in (TrainOptions, Hardware)}
 
     @functools.wraps(command)
-    def with_objects(*args, table_limits: TableLimits, **kwargs):
-        options = TrainOptions(**{name: kwargs.pop(name) for name in names[TrainOptions]}, table_limits=table_limits)
-        hardware = Hardware(**{name: kwargs.pop(name) for name in names[Hardware]})
-        return command(*args, options=options, hardware=hardware, **kwargs)
+    def with_objects(*args, table_limits: TableLimits, **values):
+        options = build(TrainOptions, values, defaults=TrainOptions(table_limits=table_limits))
+        hardware = build(Hardware, values)
+        return command(*args, options=options, hardware=hardware, **values)
 
     decorators = [
         click.option("--config", "config_name", default="small", show_default=True,
                      help="Config name (tiny, small, base) or JSON file."),
-        *_options_of(TrainOptions),
+        field_options(TrainOptions),
         click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Local open_clip checkpoint (safetensors) used when the synthetic data's embeddings are "
                           "built here."),
-        *_options_of(Hardware),
+        field_options(Hardware),
         click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice]."),
     ]
     wrapped = table_limit_options(with_objects)

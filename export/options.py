@@ -2,42 +2,25 @@
 
 :class:`mrdl_export.exporter.Exporter` reads them once and :meth:`ExportOptions.validate` checks
 them once. ``mrdl-export`` builds its command-line options from these fields: the flag, help,
-choices and range live in each field's metadata (:func:`option`), the default in the field, so
-neither is written twice. Fields whose metadata has no flag are library-only.
+choices and range live in each field's metadata (:func:`mrdl_runtime.options.option`, the one field
+helper of every options dataclass), the default in the field, so neither is written twice. Fields
+marked ``cli=False`` are library-only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mrdl_runtime.manifest import PRECISIONS
+from mrdl_runtime.options import option
 
 from .errors import ExportError
 from .manifest import parse_source_mpp, parse_source_size
 from .parity import DEFAULT_ATOL, DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_DICE
 from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_INT8_TARGET, INT8_TARGETS, KEEP_CHOICES, KEEP_FP32
 from .tensorrt_build import EngineOptions
-
-
-def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True,
-           choices: Sequence[str] | None = None, low: float | None = None, high: float | None = None) -> Any:
-    """A field of :class:`ExportOptions` with its ``default`` and ``help``.
-
-    ``flag``: its command-line spelling (default: ``--`` and the field name with dashes);
-    ``cli=False``: library-only. ``choices`` and the range [``low``, ``high``] are enforced by
-    :meth:`ExportOptions.validate` and by the command line's types alike.
-    """
-    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "choices": choices,
-                                            "low": low, "high": high})
-
-
-def command_line_flag(option_field) -> str | None:
-    """The ``--flag`` of an :class:`ExportOptions` field, or None for a library-only one."""
-    if not option_field.metadata["cli"]:
-        return None
-    return option_field.metadata["flag"] or "--" + option_field.name.replace("_", "-")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 :func:`mrdl.train.train_model` takes one :class:`TrainOptions` whole; ``mrdl train`` builds its
 command-line options from these fields (the flag, help, choices and range in each field's metadata,
-the default in the field), as ``mrdl-export`` does from :class:`mrdl_export.options.ExportOptions`;
+written with the one field helper :func:`mrdl_runtime.options.option`, the default in the field), as
+``mrdl-export`` does from :class:`mrdl_export.options.ExportOptions`;
 :class:`Hardware` (how the run executes) likewise. This module imports no torch, so the command
 line builds its options without loading it.
 Fields whose metadata names a ``config`` section override that section of the run's config (after
@@ -13,35 +14,15 @@ keeps the config's (or the recipe's) value.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+from mrdl_runtime.options import option
 
 from .config import MIN_DELTA_MODES, MRDLConfig
 from .data.dataset import TableLimits
 from .recipes import Recipe, apply_recipe
-
-
-def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True, config: str | None = None,
-           choices: Sequence[str] | None = None, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False) -> Any:
-    """A field of :class:`TrainOptions` with its ``default`` and ``help``.
-
-    ``flag``: its command-line spelling (default: ``--`` and the field name with dashes; ``--a/--b``
-    for an on/off pair); ``cli=False``: library-only. ``config``: the config section the field
-    overrides (``train`` or ``loss``). ``choices`` and the range [``low``, ``high``] (open ends where
-    ``low_open``/``high_open``) are enforced by the command line's types.
-    """
-    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "config": config,
-                                            "choices": choices, "low": low, "high": high, "low_open": low_open,
-                                            "high_open": high_open})
-
-
-def command_line_flag(option_field) -> str | None:
-    """The ``--flag`` of a field, or None for a library-only one."""
-    if not option_field.metadata["cli"]:
-        return None
-    return option_field.metadata["flag"] or "--" + option_field.name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -131,7 +112,7 @@ class TrainOptions:
     def config_overrides(self, section: str) -> dict[str, Any]:
         """The fields overriding config section ``section`` that are set (not None)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.metadata["config"] == section and getattr(self, f.name) is not None}
+                if f.metadata.get("config") == section and getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)

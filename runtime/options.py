@@ -38,22 +38,27 @@ Options = TypeVar("Options", bound="OptionsBase")
 
 
 def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True, request: bool = False,
-           choices: Sequence[Any] | None = None, low: float | None = None, high: float | None = None,
-           high_open: bool = False) -> Any:
-    """An options field with its ``default`` and ``help``.
+           config: str | None = None, choices: Sequence[Any] | None = None, low: float | None = None,
+           high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
+    """An options field with its ``default`` and ``help``: the one field helper of every options dataclass.
 
-    ``flag``: its command-line spelling (default: ``--`` and the field name with dashes);
-    ``cli=False``: library-only. ``request``: sent to a server with each request. ``choices`` and
-    the range [``low``, ``high``] (``high_open``: ``high`` excluded) are checked by
-    :func:`check_fields` and by the command line's types alike.
+    Used by :class:`LoadOptions`, :class:`PredictOptions`, the server's, client's and slide's options,
+    :class:`mrdl.train_options.TrainOptions` and :class:`mrdl_export.options.ExportOptions`; the
+    command lines build their options from these fields (``mrdl_apps.options.field_options``).
+    ``flag``: its command-line spelling (default: :func:`command_line_flag`; ``--a/--b`` for an on/off
+    pair); ``cli=False``: library-only. ``request``: sent to a server with each request. ``config``:
+    the section of a training config the field overrides (``train`` or ``loss``). ``choices`` and the
+    range [``low``, ``high``] (open ends where ``low_open``/``high_open``) are checked by the
+    options' own checks and by the command line's types alike.
     """
     return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "request": request,
-                                            "choices": None if choices is None else tuple(choices), "low": low,
-                                            "high": high, "high_open": high_open})
+                                            "config": config, "choices": None if choices is None else tuple(choices),
+                                            "low": low, "high": high, "low_open": low_open, "high_open": high_open})
 
 
 def command_line_flag(option_field: Field) -> str | None:
-    """The ``--flag`` of an options field, or None for a library-only one (or a field without help)."""
+    """The ``--flag`` of an options field: its ``flag``, else ``--`` and the field name with dashes; None for a
+    library-only one (or a field without help)."""
     if not option_field.metadata.get("cli", "help" in option_field.metadata):
         return None
     return option_field.metadata.get("flag") or "--" + option_field.name.replace("_", "-")
@@ -74,8 +79,11 @@ def check_fields(options: object, *, skip: Sequence[str] = ()) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
                 or (low is not None and value < low) or (high is not None and value > high) \
-                or (rules.get("high_open") and value == high):
-            limits = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if rules.get('high_open') else ']'}"
+                or (rules.get("low_open") and value == low) or (rules.get("high_open") and value == high):
+            low_open, high_open = rules.get("low_open"), rules.get("high_open")
+            limits = (f"{'>' if low_open else '>='} {low:g}" if high is None
+                      else f"{'<' if high_open else '<='} {high:g}" if low is None
+                      else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
             raise OptionsError(f"{option_field.name} must be a number {limits}, got {value!r}")
 
 

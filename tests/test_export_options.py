@@ -16,7 +16,8 @@ pytest.importorskip("onnx")
 
 def test_cli_options_are_the_fields_of_export_options():
     from mrdl_apps.export import main
-    from mrdl_export.options import ExportOptions, command_line_flag
+    from mrdl_export.options import ExportOptions
+    from mrdl_runtime.options import command_line_flag
 
     params = {param.name: param for param in main.params}
     cli_fields = [f for f in dataclasses.fields(ExportOptions) if command_line_flag(f) is not None]
