@@ -32,7 +32,7 @@ from mrdl_runtime.manifest import PRECISIONS
                    "tiling parameters in, masks at the original size out.")
 @click.option("--front-precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
               help="The artifact the front model runs in-process.")
-@click.option("--max-queue", default=16, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-queue", default=4, show_default=True, type=click.IntRange(min=1),
               help="Front model: requests that may wait; one more is refused with UNAVAILABLE (HTTP 503).")
 @click.option("--force", is_flag=True, help="Replace a repository written before (never a folder with other files).")
 def triton_repo(model_dir: Path, out: Path, precisions: tuple[str, ...], prefix: str, max_batch: int | None,

@@ -44,6 +44,7 @@ DEFAULT_MODEL = "mrdl"
 PROTOCOLS = ("http", "grpc")
 RETRY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "503", "429")
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0
+SHM_MIN_BYTES = 1 << 20  # shared_memory "auto": smaller requests go inline (registering regions costs round trips)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
 
 
 def _server_message(exc: Exception) -> str:
-    """The server's error text; of a Python traceback (PyTriton's), its first and last lines."""
+    """The server's error text; of a Python traceback (another server's), its first and last lines."""
     text = str(exc.message() if hasattr(exc, "message") and callable(exc.message) else exc) or repr(exc)
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) > 2 and any("Traceback" in line for line in lines):
@@ -108,8 +109,9 @@ class RemoteSegmenter:
     (:class:`ClientOptions`; the keywords ``model``, ``timeout``, ``retries`` and ``shared_memory``
     override its fields): the served model's name (``mrdl serve --model-name``), seconds each request
     may take (also the connection timeout), retries of requests refused as busy, system shared memory
-    (:mod:`mrdl_runtime.remote_shm`; "auto": on a loopback server that accepts it). ``concurrency``: requests in flight at
-    once (HTTP connection pool size). Raises :class:`RemoteError` when the server is not reachable
+    (:mod:`mrdl_runtime.remote_shm`; "auto": on a loopback server that accepts it, for requests of at
+    least 1 MiB). ``concurrency``: requests in flight at once (HTTP connection pool size). Raises
+    :class:`RemoteError` when the server is not reachable
     or the model is not ready.
     """
 
@@ -214,7 +216,7 @@ class RemoteSegmenter:
         try:
             requests = []
             for index, group in enumerate(groups):
-                if self.shared_memory:
+                if self.shared_memory and (self.options.shared_memory == "on" or group.nbytes >= SHM_MIN_BYTES):
                     calls[index] = SharedMemoryCall(self._client, self._module, group, names, self.n_classes or 1)
                     requests.append((calls[index].inputs, calls[index].outputs))
                 else:

@@ -206,9 +206,9 @@ class TritonPythonModel:
         load = options.load.with_fields(threads=options.load.threads or max(1, default_threads() // instances))
         self.segmenter = Segmenter.load(model_dir, load)
         self.defaults, self.manifest = options.predict, manifest
+        in_flight = max(options.predict.max_pixels, options.max_pixels_in_flight // instances)
         self.limits = Limits(max_pixels=options.predict.max_pixels, max_side=options.max_side,
-                             max_windows=options.max_windows,
-                             pixels_in_flight=max(options.predict.max_pixels, options.max_pixels_in_flight // instances))
+                             max_windows=options.max_windows, pixels_in_flight=in_flight)
 
     def _job(self, request) -> Job | RequestRefused:
         import triton_python_backend_utils as pb_utils
@@ -247,8 +247,8 @@ class TritonPythonModel:
 
 # ---- the model's folder in a Triton repository ----
 
-MODEL_PY = '''"""mrdl's front model for Triton's Python backend (written by mrdl): raw UINT8 [b, H, W, 3] in, the mask at
-each image's size out; needs mrdl_runtime in the Python backend's Python (pip install mrdl)."""
+MODEL_PY = '''"""mrdl's front model for Triton's Python backend (written by mrdl): raw UINT8 [b, H, W, 3] in,
+the mask at each image's size out; needs mrdl_runtime in the Python backend's Python (pip install mrdl)."""
 
 from mrdl_runtime.triton_model import TritonPythonModel  # noqa: F401
 '''

@@ -192,7 +192,8 @@ def test_stock_tritonserver_serves_the_front_model(model_dir, tmp_path):
 
     write_repository(copy, tmp_path / "repo")
     rng = np.random.default_rng(8)
-    whole, large = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8), rng.integers(0, 256, (230, 250, 3), dtype=np.uint8)
+    whole = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, (230, 250, 3), dtype=np.uint8)
     with Segmenter.load(copy, backend="onnxruntime-cpu") as segmenter:
         expected = [segmenter.predict(whole), segmenter.predict(large, tile=True, overlap=0.5)]
     server = StockServer(tmp_path / "repo", log=tmp_path / "triton.log")
