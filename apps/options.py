@@ -64,7 +64,8 @@ def _field_option(options_class: type, option_field: Field, default: Any) -> Cal
         settings["type"] = number_range(min=rules.get("low"), max=rules.get("high"),
                                         min_open=bool(rules.get("low_open")), max_open=bool(rules.get("high_open")))
     else:
-        settings["type"] = click.Path(path_type=Path) if kind is Path else kind
+        settings["type"] = (click.Path(path_type=Path, file_okay=rules.get("path") != "dir",
+                                       dir_okay=rules.get("path") != "file") if kind is Path else kind)
     return click.option(flag, name, **settings)
 
 

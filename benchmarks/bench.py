@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,10 +35,10 @@ from mrdl_runtime.threads import default_threads
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
 from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
                       onnxruntime_gemm_peak, paired_ratios, parity, phase_share, release_freed_memory)
-from .report import (DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE, PARITY_FAILED, PARITY_OK, BackendResult, BenchReport,
-                     SkippedBackend, machine_info, write_report)
+from .options import BenchOptions
+from .report import PARITY_FAILED, PARITY_OK, BackendResult, BenchReport, SkippedBackend, machine_info, write_report
 from .runners import BENCH_BACKENDS, RUNTIME_BACKEND, BenchRunner, TorchRunner, make_bench_runner
-from .serving import DEFAULT_CONCURRENCY, SERVING_BACKENDS, parse_concurrency
+from .serving import SERVING_BACKENDS, parse_concurrency
 
 REFERENCE = "torch-fft"
 CPU_ONNXRUNTIME = tuple(name for name, (backend, _) in RUNTIME_BACKEND.items() if backend == "onnxruntime-cpu")
@@ -240,20 +240,17 @@ def _profiles(results: list[BackendResult], *, ckpt: Path, batch: int, size: int
     return profiles
 
 
-def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Sequence[str] = BENCH_BACKENDS,
-                  batches: str | Sequence[int] = (1,), data: str | Path | None = None, images: int = 8,
-                  warmup: int = 3, iters: int = 20, threads: int = 0, include_prepost: bool = False,
-                  device: str = "cpu", out: str | Path | None = None, profile_dir: str | Path | None = None,
-                  phase_iters: int | None = None, min_dice: float = DEFAULT_MIN_DICE,
-                  int8_min_dice: float = DEFAULT_INT8_MIN_DICE, progress: bool = True,
-                  concurrency: str | Sequence[int] = DEFAULT_CONCURRENCY, serving_protocol: str = "grpc",
-                  serving_instances: int = 1) -> BenchReport:
-    """Benchmark ``backends`` at each batch size on the same inputs; write the report into ``out`` if given.
+def run_benchmark(options: BenchOptions | None = None, *, ckpt: str | Path, model_dir: str | Path,
+                  **changes: Any) -> BenchReport:
+    """Benchmark ``options.backends`` at each batch size on the same inputs; write the report into ``options.out``
+    if given.
 
+    ``options``: every setting (:class:`mrdl_bench.options.BenchOptions`, default: its defaults);
+    keywords naming a field change it (``run_benchmark(ckpt=..., model_dir=..., iters=5)``).
     ``images``: how many input images (synthetic, or the first of ``data``) form the pool that
     batches cycle over and parity is computed on. ``threads``: every backend's intra-op threads (0:
-    the runtime's default, :func:`mrdl_runtime.threads.default_threads`). ``profile_dir``: profile torch eager and the CPU
-    onnxruntime backends at the smallest batch (traces written there, op summaries in the report).
+    the runtime's default, :func:`mrdl_runtime.threads.default_threads`). ``profile_dir``: profile torch eager and
+    the CPU onnxruntime backends at the smallest batch (traces written there, op summaries in the report).
     ``phase_iters``: timed passes for the phase-share measurement (default: ``iters``).
     ``min_dice`` / ``int8_min_dice``: the parity thresholds (mask Dice agreement with torch-fft)
     for FP32/FP16 and for INT8 backends; below them a backend is marked ``PARITY FAILED``.
@@ -261,30 +258,29 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     ``concurrency`` clients against the in-process runtime (:mod:`mrdl_bench.serving`; the
     report's ``serving`` section), over ``serving_protocol`` ("grpc" or "http"), with
     ``serving_instances`` model instances sharing the ``threads``.
-    Raises ``mrdl_runtime.IntegrityError`` when the model directory's files do not match its
-    ``model.json``.
+    Raises :class:`mrdl_runtime.OptionsError` for a setting outside its choices or range and
+    ``mrdl_runtime.IntegrityError`` when the model directory's files do not match its ``model.json``.
     """
     import torch
 
     from mrdl.checkpoint import load_checkpoint
 
+    options = BenchOptions.of(options, **changes)  # each field in its range (iters >= 1, Dice in [0, 1] ...)
     ckpt, model_dir = Path(ckpt), Path(model_dir)
-    backends, batches = parse_backends(backends), parse_batches(batches)
+    backends, batches = parse_backends(options.backends), parse_batches(options.batches)
     try:
-        levels = parse_concurrency(concurrency)
+        levels = parse_concurrency(options.concurrency)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
-    threads = threads or default_threads()
-    if threads < 1 or warmup < 0 or iters < 1:
-        raise BenchError(f"need threads >= 1, warmup >= 0 and iters >= 1; got {threads}, {warmup}, {iters}")
-    if not (0 <= min_dice <= 1 and 0 <= int8_min_dice <= 1):
-        raise BenchError(f"parity thresholds are mask Dice agreements in [0, 1]; got {min_dice}, {int8_min_dice}")
+    threads = options.threads or default_threads()
+    warmup, iters, device, progress = options.warmup, options.iters, options.device, options.progress
+    min_dice, int8_min_dice, include_prepost = options.min_dice, options.int8_min_dice, options.include_prepost
     config, manifest, source_mismatch = _check_sources(ckpt, model_dir)
     if max(batches) > manifest.max_batch:
         raise BenchError(f"batch {max(batches)} exceeds the model directory's max_batch {manifest.max_batch}")
     torch.set_num_threads(threads)
     machine = machine_info()
-    inputs = load_inputs(size=config.model.image_size, data=data, count=images)
+    inputs = load_inputs(size=config.model.image_size, data=options.data, count=options.images)
     peak = matmul_peak_gflops(threads=threads)
     int8_peak = None
     if "ort-int8" in backends:  # the integer GEMM the INT8 kernels run, and FP32 measured the same way beside it
@@ -339,18 +335,18 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
 
         try:
             serving = measure_serving(model_dir, inputs.raw, concurrency=levels, threads=threads, iters=iters,
-                                      warmup=warmup, protocol=serving_protocol, instances=serving_instances,
-                                      progress=progress)
+                                      warmup=warmup, protocol=options.serving_protocol,
+                                      instances=options.serving_instances, progress=progress)
             failures += serving_failures(serving)
         except BackendUnavailableError as exc:
             skipped.append(SkippedBackend("triton", str(exc)))
 
-    shares = [phase_share(matmul_model, batch=batch, warmup=max(1, warmup), iters=phase_iters or iters)
+    shares = [phase_share(matmul_model, batch=batch, warmup=max(1, warmup), iters=options.phase_iters or iters)
               for batch in batches]
     for share in shares:
         share["phase_flops_share"] = share["phase_flops_per_image"] / flops
     profiles = _profiles(results, ckpt=ckpt, batch=min(batches), size=config.model.image_size, threads=threads,
-                         iters=max(1, min(iters, 5)), out_dir=Path(profile_dir)) if profile_dir else []
+                         iters=max(1, min(iters, 5)), out_dir=Path(options.profile_dir)) if options.profile_dir else []
     machine["load_average_end"] = list(os.getloadavg())
     settings = {"model": config.name, "ckpt": str(ckpt), "model_dir": str(model_dir), "backends": backends,
                 "batches": batches, "warmup": warmup, "iters": iters, "threads": threads,
@@ -363,6 +359,6 @@ def run_benchmark(*, ckpt: str | Path, model_dir: str | Path, backends: str | Se
     report = BenchReport(settings=settings, machine=machine, flops_per_image=flops, matmul_peak=peak, results=results,
                          skipped=skipped, phase_share=shares, profiles=profiles, failures=failures, serving=serving,
                          int8_peak=int8_peak)
-    if out is not None:
-        write_report(report, Path(out))
+    if options.out is not None:
+        write_report(report, Path(options.out))
     return report

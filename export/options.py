@@ -9,12 +9,11 @@ marked ``cli=False`` are library-only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mrdl_runtime.manifest import PRECISIONS
-from mrdl_runtime.options import option
+from mrdl_runtime.options import check_fields, option
 
 from .errors import ExportError
 from .manifest import parse_source_mpp, parse_source_size
@@ -62,7 +61,7 @@ class ExportOptions:
         None, "Engine precision (default: int8 with --int8, else fp16 with --fp16, else fp32).", choices=PRECISIONS)
     min_batch: int = option(1, "TensorRT profile: smallest batch.")
     opt_batch: int | None = option(None, "TensorRT profile: batch to tune for (default: midpoint).")
-    max_batch: int = option(16, "Largest batch (TensorRT profile and manifest max_batch).")
+    max_batch: int = option(16, "Largest batch (TensorRT profile and manifest max_batch).", low=1)
     workspace_mb: int = option(2048, "TensorRT workspace limit in MiB.", flag="--workspace")
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read, then updated).")
     opset: int = option(20, "ONNX opset (<= 20).", low=13, high=20)
@@ -102,10 +101,7 @@ class ExportOptions:
 
         from . import tensorrt_build
 
-        for option_field in fields(self):
-            self._check_field(option_field.name, getattr(self, option_field.name), option_field.metadata)
-        if self.max_batch < 1:
-            raise ExportError(f"max_batch must be >= 1, got {self.max_batch}")
+        check_fields(self, error=ExportError)
         try:
             self.engine_options().validate()
         except ValueError as exc:
@@ -136,16 +132,3 @@ class ExportOptions:
                 except FileNotFoundError as exc:
                     raise ExportError(str(exc)) from exc
         return self
-
-    @staticmethod
-    def _check_field(name: str, value: Any, rules) -> None:
-        choices, low, high = rules["choices"], rules["low"], rules["high"]
-        if value is None:
-            return
-        if choices is not None:
-            unknown = [item for item in (value if isinstance(value, tuple) else (value,)) if item not in choices]
-            if unknown:
-                raise ExportError(f"{name} must be among {', '.join(choices)}, got {', '.join(map(str, unknown))}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            limits = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
-            raise ExportError(f"{name} must be {limits}, got {value}")

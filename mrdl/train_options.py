@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mrdl_runtime.options import option
+from mrdl_runtime.options import check_fields, option
 
 from .config import MIN_DELTA_MODES, MRDLConfig
 from .data.dataset import TableLimits
@@ -90,23 +90,9 @@ class TrainOptions:
     table_limits: TableLimits = option(TableLimits(), "Bounds on the description table.", cli=False)
 
     def validate(self) -> "TrainOptions":
-        """Refuse a value outside its field's choices or range (ValueError naming the field); return self."""
-        for option_field in fields(self):
-            value, rules = getattr(self, option_field.name), option_field.metadata
-            if value is None:
-                continue
-            if rules["choices"] is not None and value not in rules["choices"]:
-                raise ValueError(f"{option_field.name} must be one of {', '.join(rules['choices'])}, got {value!r}")
-            low, high = rules["low"], rules["high"]
-            if low is None and high is None:
-                continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or value != value or (low is not None and (value < low or (rules["low_open"] and value == low))) \
-                    or (high is not None and (value > high or (rules["high_open"] and value == high))):
-                left = "(" if rules["low_open"] else "["
-                right = ")" if rules["high_open"] else "]"
-                span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
-                raise ValueError(f"{option_field.name} is {value!r}; expected a number in {span}")
+        """Refuse a value outside its field's choices or range (:class:`~mrdl_runtime.OptionsError`, a ValueError
+        naming the field); return self."""
+        check_fields(self)
         return self
 
     def config_overrides(self, section: str) -> dict[str, Any]:

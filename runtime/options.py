@@ -39,21 +39,26 @@ Options = TypeVar("Options", bound="OptionsBase")
 
 def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True, request: bool = False,
            config: str | None = None, choices: Sequence[Any] | None = None, low: float | None = None,
-           high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
+           high: float | None = None, low_open: bool = False, high_open: bool = False, path: str | None = None) -> Any:
     """An options field with its ``default`` and ``help``: the one field helper of every options dataclass.
 
     Used by :class:`LoadOptions`, :class:`PredictOptions`, the server's, client's and slide's options,
-    :class:`mrdl.train_options.TrainOptions` and :class:`mrdl_export.options.ExportOptions`; the
-    command lines build their options from these fields (``mrdl_apps.options.field_options``).
+    :class:`mrdl.train_options.TrainOptions`, :class:`mrdl_export.options.ExportOptions` and
+    :class:`mrdl_bench.options.BenchOptions`; the command lines build their options from these fields
+    (``mrdl_apps.options.field_options``).
     ``flag``: its command-line spelling (default: :func:`command_line_flag`; ``--a/--b`` for an on/off
     pair); ``cli=False``: library-only. ``request``: sent to a server with each request. ``config``:
     the section of a training config the field overrides (``train`` or ``loss``). ``choices`` and the
     range [``low``, ``high``] (open ends where ``low_open``/``high_open``) are checked by the
-    options' own checks and by the command line's types alike.
+    options' own checks and by the command line's types alike. ``path``: what a path field names,
+    ``"dir"`` or ``"file"`` (the command line then refuses the other kind).
     """
+    if path not in (None, "dir", "file"):
+        raise ValueError(f"path must be 'dir', 'file' or None, got {path!r}")
     return field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "request": request,
                                             "config": config, "choices": None if choices is None else tuple(choices),
-                                            "low": low, "high": high, "low_open": low_open, "high_open": high_open})
+                                            "low": low, "high": high, "low_open": low_open, "high_open": high_open,
+                                            "path": path})
 
 
 def command_line_flag(option_field: Field) -> str | None:
@@ -64,27 +69,31 @@ def command_line_flag(option_field: Field) -> str | None:
     return option_field.metadata.get("flag") or "--" + option_field.name.replace("_", "-")
 
 
-def check_fields(options: object, *, skip: Sequence[str] = ()) -> None:
-    """Raise :class:`OptionsError` for the first field (not in ``skip``) outside its choices or range."""
+def check_fields(options: object, *, skip: Sequence[str] = (), error: type[Exception] = OptionsError) -> None:
+    """Raise ``error`` (default :class:`OptionsError`) for the first field (not in ``skip``) outside its choices or
+    range, naming the field, what it must be and the value; a tuple (a repeatable option) is checked item by item."""
     for option_field in fields(options):
-        value, rules = getattr(options, option_field.name), option_field.metadata
-        if value is None or option_field.name in skip:
+        value, rules, name = getattr(options, option_field.name), option_field.metadata, option_field.name
+        if value is None or name in skip:
             continue
-        if rules.get("choices") is not None and not any(value is c or (type(value) is type(c) and value == c)
-                                                    for c in rules["choices"]):
-            raise OptionsError(f"{option_field.name} must be one of {', '.join(map(to_text, rules['choices']))}, "
-                               f"got {value!r}")
+        choices = rules.get("choices")
+        if choices is not None:
+            unknown = [item for item in (value if isinstance(value, tuple) else (value,))
+                       if not any(item is c or (type(item) is type(c) and item == c) for c in choices)]
+            if unknown:
+                raise error(f"{name} must be one of {', '.join(map(to_text, choices))}, "
+                            f"got {', '.join(map(repr, unknown))}")
         low, high = rules.get("low"), rules.get("high")
         if low is None and high is None:
             continue
+        low_open, high_open = rules.get("low_open"), rules.get("high_open")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
-                or (low is not None and value < low) or (high is not None and value > high) \
-                or (rules.get("low_open") and value == low) or (rules.get("high_open") and value == high):
-            low_open, high_open = rules.get("low_open"), rules.get("high_open")
+                or (low is not None and (value < low or (low_open and value == low))) \
+                or (high is not None and (value > high or (high_open and value == high))):
             limits = (f"{'>' if low_open else '>='} {low:g}" if high is None
                       else f"{'<' if high_open else '<='} {high:g}" if low is None
                       else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
-            raise OptionsError(f"{option_field.name} must be a number {limits}, got {value!r}")
+            raise error(f"{name} must be a number {limits}, got {value!r}")
 
 
 def to_text(value: Any) -> str:

@@ -88,6 +88,39 @@ def test_predict_and_serve_options_are_the_fields(name):
                                                                           else 250_000_000)
 
 
+def test_bench_and_train_options_are_the_fields():
+    """mrdl-bench's options are BenchOptions' fields and mrdl train's TrainOptions' and Hardware's, each built by
+    the one builder (mrdl_apps.options.field_options): flag, help and default from the field, in field order."""
+    from mrdl.train_options import Hardware, TrainOptions
+    from mrdl_bench.options import DEFAULT_OUT, BenchOptions
+    from mrdl_runtime import OptionsError
+    from mrdl_runtime.options import command_line_flag
+
+    train = mrdl_main.get_command(click.Context(mrdl_main), "train")
+    for command, classes, defaults in ((bench_main, [BenchOptions], {"out": DEFAULT_OUT}),
+                                       (train, [TrainOptions, Hardware], {})):
+        by_name = {option.name: option for option in _options(command)}
+        for options_class in classes:
+            cli_fields = [f for f in fields(options_class) if command_line_flag(f) is not None]
+            assert [name for name in by_name if name in {f.name for f in cli_fields}] == [f.name for f in cli_fields]
+            for option_field in cli_fields:
+                option = by_name[option_field.name]
+                assert command_line_flag(option_field).split("/")[0] in option.opts
+                assert option.help == option_field.metadata["help"]
+                assert option.default == defaults.get(option_field.name, option_field.default)
+        if command is bench_main:
+            assert set(by_name) - {f.name for f in fields(BenchOptions)} == {"ckpt", "model_dir"}
+            assert isinstance(by_name["out"].type, click.Path) and not by_name["out"].type.file_okay
+        else:
+            assert set(by_name) - {f.name for f in fields(TrainOptions)} - {f.name for f in fields(Hardware)} == {
+                "config_name", "clip_weights", "threads", "max_description_chars", "max_table_mib", "max_rows"}
+    for changes in ({"iters": 0}, {"threads": -1}, {"min_dice": 1.5}, {"serving_protocol": "udp"}):
+        with pytest.raises(OptionsError, match=f"^{next(iter(changes))} must be"):
+            BenchOptions(**changes)
+    refused = CliRunner().invoke(bench_main, ["--ckpt", "c", "--model-dir", "m", "--iters", "0"])
+    assert refused.exit_code == 2 and "--iters" in refused.output
+
+
 def test_threads_means_one_thing():
     """0 is the runtime's default (one per physical core available) in predict, serve and mrdl-bench."""
     context = click.Context(mrdl_main)

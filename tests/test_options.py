@@ -56,6 +56,43 @@ def test_load_options_name_the_registry():
         LoadOptions(threads=-1)
 
 
+def test_one_field_helper_and_one_check_for_every_options_class():
+    """``option`` / ``check_fields`` / ``command_line_flag`` are the one helper of the runtime's, the export's and
+    the training's options: open and closed ends, a range with only a top, repeatable choices, each layer's error."""
+    from dataclasses import dataclass, fields
+
+    from mrdl.train_options import Hardware, TrainOptions
+    from mrdl_export.options import ExportOptions
+    from mrdl_runtime.options import check_fields, command_line_flag, option
+
+    @dataclass(frozen=True)
+    class Probe:
+        rate: float = option(0.5, "Open at both ends.", low=0, high=1, low_open=True, high_open=True)
+        cap: int = option(3, "Only a top.", high=10)
+        parts: tuple = option(("a",), "Repeatable.", choices=("a", "b"))
+        quiet: bool = option(False, "Library-only.", cli=False, flag="--hush")
+        spelled: int = option(1, "Own spelling.", flag="--spell")
+
+    check_fields(Probe())
+    for changes, message in [({"rate": 0.0}, r"rate must be a number in \(0, 1\), got 0.0$"),
+                             ({"rate": 1.0}, r"rate must be a number in \(0, 1\), got 1.0$"),
+                             ({"rate": float("nan")}, r"rate must be a number in \(0, 1\), got nan$"),
+                             ({"cap": 11}, "cap must be a number <= 10, got 11$"),
+                             ({"cap": True}, "cap must be a number <= 10, got True$"),
+                             ({"parts": ("a", "c", "d")}, "parts must be one of a, b, got 'c', 'd'$")]:
+        with pytest.raises(OptionsError, match=message):
+            check_fields(Probe(**changes))
+        with pytest.raises(KeyError, match=message.split(" ")[0]):
+            check_fields(Probe(**changes), error=KeyError)
+    check_fields(Probe(rate=2.0), skip=("rate",))
+    assert [command_line_flag(f) for f in fields(Probe)] == ["--rate", "--cap", "--parts", None, "--spell"]
+    for options_class in (LoadOptions, PredictOptions, ExportOptions, TrainOptions, Hardware):
+        for option_field in fields(options_class):  # every field written with the one helper
+            assert set(option_field.metadata) >= {"help", "flag", "cli", "choices", "low", "high"}, option_field.name
+    assert TrainOptions.__dataclass_fields__["ema_decay"].metadata["config"] == "train"
+    assert PredictOptions.__dataclass_fields__["tile"].metadata["request"] is True
+
+
 class ConstantRunner(Runner):
     """A stand-in backend: every pixel gets probability 0.75 of the first class."""
 
