@@ -194,8 +194,9 @@ def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *
     # the in-process runtime's cores, shared among the server's instances (0: the runtime's default, shared)
     load = LoadOptions(precision=precision, threads=max(1, threads // instances) if threads else 0)
     levels = []
+    # a queue for every client: the comparison measures serving, not busy refusals and retries
     server = ServerProcess(model_dir, ServeOptions(max_queue_delay_us=max_queue_delay_us, instances=instances,
-                                                   load=load))
+                                                   load=load, max_queue=max(16, 2 * max(concurrency))))
     try:
         bar.set_postfix_str("starting mrdl serve")
         started = time.perf_counter()

@@ -142,7 +142,7 @@ def mixed_batches(model_dir: str | Path, *, clients: int = 8, rounds: int = 4, s
     images = [rng.integers(0, 256, (1, side, side, 3), dtype=np.uint8) for _ in range(clients)]
     with Segmenter.load(model_dir, backend="onnxruntime-cpu") as segmenter:
         expected = [p.mask for p in segmenter.predict_batch([image[0] for image in images], with_probabilities=False)]
-    server = ServerProcess(model_dir, options or ServeOptions(max_queue_delay_us=100_000))
+    server = ServerProcess(model_dir, options or ServeOptions(max_queue_delay_us=100_000, max_queue=4 * clients))
     counts = {"good": 0, "good_correct": 0, "bad": 0, "bad_refused_as_client_error": 0}
     lock = threading.Lock()
     try:
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                                              side=args.side, shared_memory=args.shared_memory)
         print(json.dumps(report["memory"]), flush=True)
     if args.transfer:
-        for row in transfer(args.model_dir, tuple(int(side) for side in args.transfer.split(","))):
+        for row in transfer(args.model_dir, tuple(int(side) for side in args.transfer.split(",")), requests=2):
             print(json.dumps(row), flush=True)
     return 0
 

@@ -137,7 +137,7 @@ def _write_front_model(manifest: Manifest, keys: list[str], folder: Path, option
     from mrdl_runtime.integrity import read_artifact
     from mrdl_runtime.options import LoadOptions
     from mrdl_runtime.serving import ServeOptions
-    from mrdl_runtime.triton_model import write_front_model
+    from mrdl_runtime.front_model import write_front_model
 
     if options.front_precision not in keys:
         raise TritonRepoError(f"the front model runs artifact {options.front_precision!r}, which is not among "

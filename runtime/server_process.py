@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import BackendUnavailableError
-from .serving import ServeOptions, _die_with_parent, server_environment, tritonserver_files
+from .serving import ServeOptions, die_with_parent, server_environment, tritonserver_files
 
 START_TIMEOUT_S = 180
 
@@ -76,7 +76,7 @@ class ServerProcess:
     def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
         with open(self.log, "wb") as handle:
             self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, env=self.environment,
-                                            preexec_fn=_die_with_parent)  # never outlives a killed client
+                                            preexec_fn=die_with_parent)  # never outlives a killed client
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -257,7 +257,8 @@ def tritonserver_command(files: dict[str, Path], repository: Path, backends: Pat
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}"]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child before exec: end it with SIGTERM when the process that started it ends."""
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -297,7 +298,7 @@ class Server:
     def start(self, timeout: float = START_TIMEOUT_S) -> Server:
         """Check the model, write its front model into a temporary repository, start tritonserver on it and
         wait (bounded) until the model is ready."""
-        from .triton_model import write_front_model
+        from .front_model import write_front_model
 
         files = tritonserver_files()
         options = self.options
@@ -312,7 +313,7 @@ class Server:
         # Its own session (a terminal's Ctrl-C reaches this process, which stops it in order) that ends with this
         # process even when this one is killed (PR_SET_PDEATHSIG).
         self.process = subprocess.Popen(command, env=environment, stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while not self.ready():
             if self.process.poll() is not None:

@@ -104,7 +104,8 @@ def server(tiled_model_dir, tmp_path_factory):
     if _PROBLEM is not None:
         pytest.skip(f"this Python cannot host the Python backend: {_PROBLEM}")
     pytest.importorskip("tritonclient.http", reason="the serve extra is missing: pip install 'mrdl[serve]'")
-    options = ServeOptions(max_queue_delay_us=300_000, max_windows=400, predict=PredictOptions(max_pixels=250_000),
+    options = ServeOptions(max_queue_delay_us=300_000, max_windows=400, max_queue=32,
+                           predict=PredictOptions(max_pixels=250_000),
                            max_pixels_in_flight=1_000_000)
     running = server_process.ServerProcess(tiled_model_dir, options,
                                            log=tmp_path_factory.mktemp("serve") / "serve.log")

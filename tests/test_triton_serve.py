@@ -63,7 +63,8 @@ class ServerProcess(server_process.ServerProcess):
 def server(model_dir, tmp_path_factory):
     if _PROBLEM is not None:
         pytest.skip(f"this Python cannot host PyTriton: {_PROBLEM}")
-    running = ServerProcess(model_dir, tmp_path_factory.mktemp("serve") / "serve.log", max_queue_delay_us=20000)
+    running = ServerProcess(model_dir, tmp_path_factory.mktemp("serve") / "serve.log", max_queue_delay_us=20000,
+                            max_queue=64)
     running.wait_ready()
     yield running
     code = running.stop()
