@@ -253,7 +253,8 @@ class Exporter:
         from .mixed_precision import search_fp32_blocks
         from .openvino_export import probabilities_for
         from .parity import ground_truth
-        from .quantize import AUTO, Int8Model, excluded_nodes, quantize_full, quantize_int8_model, save_model
+        from .qdq_graph import excluded_nodes
+        from .quantize import AUTO, Int8Model, quantize_full, quantize_int8_model, save_model
 
         options, out = self.options, job.folder / ARTIFACT_FILES["int8"]
         keep = tuple(options.int8_keep_fp32)

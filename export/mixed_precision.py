@@ -5,9 +5,9 @@ on the calibration images:
 
 1. Quantize everything but the phase spectrum and the attention's activation x activation
    MatMuls (:func:`mrdl_export.quantize.quantize_full`) and measure it against the FP32 model.
-2. Sensitivity: for each block (:func:`mrdl_export.quantize.model_blocks`: ``vision_encoder.down2``,
+2. Sensitivity: for each block (:func:`mrdl_export.qdq_graph.model_blocks`: ``vision_encoder.down2``,
    ``cross_modality.up_blocks.1``, ``decoder.up1``, ...), the same INT8 model with only that block
-   back in FP32 (:func:`mrdl_export.quantize.keep_float`, no re-calibration), scored by the mean
+   back in FP32 (:func:`mrdl_export.qdq_graph.keep_float`, no re-calibration), scored by the mean
    |delta probability| against FP32. A block's gain is how much it lowers that error.
 3. Greedy: while the criterion fails, put back in FP32 the block with the next largest gain
    (blocks that gain nothing are never kept) and measure again.
@@ -77,7 +77,7 @@ def search_fp32_blocks(quantized, fp32, inputs: list[np.ndarray], labels: np.nda
     import onnx
     from tqdm import tqdm
 
-    from .quantize import keep_float, model_blocks
+    from .qdq_graph import keep_float, model_blocks
 
     inputs = [x[:max_images] for x in inputs]
     labels = None if labels is None else labels[:max_images]

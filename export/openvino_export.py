@@ -7,8 +7,8 @@ file so it is hashed, embedded and verified like every artifact and runs on ONNX
 Everything else is the ``onnxruntime`` recipe's path:
 
 * the phase spectrum and the attention's activation x activation MatMuls stay FP32 (NNCF's
-  ignored scope, then :func:`mrdl_export.quantize.keep_float`, as for the other recipes);
-* :func:`mrdl_export.quantize.portable_qdq` runs on the result;
+  ignored scope, then :func:`mrdl_export.qdq_graph.keep_float`, as for the other recipes);
+* :func:`mrdl_export.qdq_graph.portable_qdq` runs on the result;
 * the automatic mixed-precision search (:func:`mrdl_export.mixed_precision.search_fp32_blocks`)
   puts blocks back in FP32 until the criterion holds, and the export's INT8 gate
   (``--int8-max-dice-drop`` against ground truth) fails the export above it; both score the
@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .options import ExportError
+from .errors import ExportError
 
 INSTALL = "pip install 'mrdl[openvino]'"
 
@@ -85,7 +85,7 @@ def quantize_nncf(fp32_path: Path, calibration_inputs: list[np.ndarray], *, excl
     phase spectrum, the activation x activation MatMuls and ``exclude`` left in FP32."""
     import onnx
 
-    from .quantize import excluded_nodes, keep_float, portable_qdq
+    from .qdq_graph import excluded_nodes, keep_float, portable_qdq
 
     nncf = _import("nncf")
     fp32 = onnx.load(str(fp32_path))

@@ -49,7 +49,7 @@ def _reads_dequantized(model, node) -> bool:
 
 
 def test_exclusion_rules_pick_phase_attention_and_decoder(tiny_onnx):
-    from mrdl_export.quantize import excluded_nodes, node_scope
+    from mrdl_export.qdq_graph import excluded_nodes, node_scope
 
     model = onnx.load(str(tiny_onnx))
     nodes, weights = _nodes(model), _weights(model)
@@ -69,7 +69,7 @@ def test_exclusion_rules_pick_phase_attention_and_decoder(tiny_onnx):
 
 
 def test_int8_quantizes_weight_ops_and_leaves_excluded_nodes_float(tiny_onnx, int8_default):
-    from mrdl_export.quantize import excluded_nodes
+    from mrdl_export.qdq_graph import excluded_nodes
 
     excluded = excluded_nodes(onnx.load(str(tiny_onnx)), keep_fp32=("decoder",))
     nodes = _nodes(int8_default)
@@ -117,7 +117,8 @@ def test_onnxruntime_recipe_u8_activations_symmetric_weights_integer_kernels(tin
 
 
 def test_tensorrt_recipe_has_all_zero_points_and_leaves_concat_float(tiny_onnx, calibration, tmp_path):
-    from mrdl_export.quantize import COMPUTE_OPS, quantize_int8
+    from mrdl_export.qdq_graph import COMPUTE_OPS
+    from mrdl_export.quantize import quantize_int8
 
     model = onnx.load(str(quantize_int8(tiny_onnx, tmp_path / "trt.onnx", calibration, target="tensorrt")))
     zero_points = _zero_points(model)
@@ -128,7 +129,8 @@ def test_tensorrt_recipe_has_all_zero_points_and_leaves_concat_float(tiny_onnx, 
 
 
 def test_a_kept_block_gets_float_inputs_and_float_weights_back(tiny_onnx, calibration, tmp_path):
-    from mrdl_export.quantize import model_blocks, quantize_int8
+    from mrdl_export.qdq_graph import model_blocks
+    from mrdl_export.quantize import quantize_int8
 
     fp32 = onnx.load(str(tiny_onnx))
     blocks = model_blocks(fp32)
@@ -154,7 +156,8 @@ def test_a_kept_block_gets_float_inputs_and_float_weights_back(tiny_onnx, calibr
 
 def test_search_ranks_every_block_and_keeps_those_that_help_in_order(tiny_onnx, calibration):
     from mrdl_export.mixed_precision import search_fp32_blocks
-    from mrdl_export.quantize import keep_float, model_blocks, quantize_full
+    from mrdl_export.qdq_graph import keep_float, model_blocks
+    from mrdl_export.quantize import quantize_full
 
     quantized, fp32 = quantize_full(tiny_onnx, calibration)
     before = quantized.SerializeToString()
@@ -177,7 +180,8 @@ def test_search_ranks_every_block_and_keeps_those_that_help_in_order(tiny_onnx, 
 
 
 def test_keep_nothing_quantizes_the_decoder_and_percentile_calibrates(tiny_onnx, calibration, tmp_path):
-    from mrdl_export.quantize import excluded_nodes, node_scope, quantize_int8
+    from mrdl_export.qdq_graph import excluded_nodes, node_scope
+    from mrdl_export.quantize import quantize_int8
 
     model = onnx.load(str(quantize_int8(tiny_onnx, tmp_path / "all.onnx", calibration, keep_fp32=(),
                                         calib_method="percentile")))

@@ -192,7 +192,7 @@ def test_portable_qdq_gives_the_constant_operand_its_float_value():
     pytest.importorskip("onnx")
     import onnxruntime as ort
 
-    from mrdl_export.quantize import constant_tensors, portable_qdq
+    from mrdl_export.qdq_graph import constant_tensors, portable_qdq
 
     model = _expand_add_graph()
     x = np.random.default_rng(0).uniform(0, 1, (3, 4)).astype(np.float32)
@@ -209,7 +209,7 @@ def test_portable_qdq_gives_the_constant_operand_its_float_value():
 
 
 def test_portable_graph_compiles_on_openvino_at_a_fixed_batch(openvino):
-    from mrdl_export.quantize import portable_qdq
+    from mrdl_export.qdq_graph import portable_qdq
 
     core = openvino.Core()
     model = _expand_add_graph()
