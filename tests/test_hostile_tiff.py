@@ -51,9 +51,12 @@ def test_repeated_strips_are_read_for_what_their_rows_need(hostile):
     asked; 8.7 GiB peak RSS at a 9 GB address-space limit, then MemoryError). Now each strip is read for
     its 512 bytes: a child process decodes the 8.4 MB file with a peak RSS under 200 MiB."""
     folder, _ = hostile
-    script = ("import resource, sys\nfrom mrdl_runtime.imaging import read_image\n"
+    # VmHWM is the child's own high-water mark: ru_maxrss keeps the parent's peak across fork + exec, so
+    # inside a long pytest run it reports the test process's size, not the decoder's.
+    script = ("import re, sys\nfrom mrdl_runtime.imaging import read_image\n"
               "image = read_image(sys.argv[1])\n"
-              "print(image.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+              "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+              "print(image.shape, hwm // 1024)")
     run = subprocess.run([sys.executable, "-c", script, str(folder / "hostile_repeated_strips_8mib.tif")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
