@@ -151,7 +151,11 @@ def test_hub_check_is_bounded(monkeypatch):
 
     from mrdl.text import hub_reachable
 
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+    def hanging_connect(*args, **kwargs):
+        time.sleep(30)
+        raise OSError("connect timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_connect)
     tic = time.perf_counter()
     assert hub_reachable(timeout=0.5) is False
     assert time.perf_counter() - tic < 1.5
