@@ -46,16 +46,22 @@ def parse_source_size(value: Any, *, where: str = "--source-size") -> tuple[int,
     return pair
 
 
+def recorded_provenance(checkpoint_path: str | Path, key: str) -> Any:
+    """``key`` of the provenance ``mrdl train`` recorded in the checkpoint's header (None when absent);
+    reads the safetensors header only, no tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint_path), framework="pt") as handle:
+        provenance = json.loads((handle.metadata() or {}).get("mrdl.provenance", "{}"))
+    return provenance.get(key) if isinstance(provenance, dict) else None
+
+
 def source_size_for(option: str | None, checkpoint_path: str | Path) -> tuple[int, int] | None:
     """The manifest's ``source_size``: ``--source-size`` when given, else the checkpoint provenance's
     ``source_size`` (recorded by ``mrdl train``), else None (tiling is then never automatic)."""
     if option is not None:
         return parse_source_size(option)
-    from safetensors import safe_open
-
-    with safe_open(str(checkpoint_path), framework="pt") as handle:  # the header only, no tensors
-        provenance = json.loads((handle.metadata() or {}).get("mrdl.provenance", "{}"))
-    recorded = provenance.get("source_size") if isinstance(provenance, dict) else None
+    recorded = recorded_provenance(checkpoint_path, "source_size")
     if recorded is None:
         return None
     return parse_source_size(recorded, where=f"{checkpoint_path} provenance source_size (override with --source-size)")
@@ -79,11 +85,7 @@ def source_mpp_for(option: str | None, checkpoint_path: str | Path) -> float | N
     ``source_mpp`` (recorded by ``mrdl train``), else None (whole slides are then refused)."""
     if option is not None:
         return parse_source_mpp(option)
-    from safetensors import safe_open
-
-    with safe_open(str(checkpoint_path), framework="pt") as handle:  # the header only, no tensors
-        provenance = json.loads((handle.metadata() or {}).get("mrdl.provenance", "{}"))
-    recorded = provenance.get("source_mpp") if isinstance(provenance, dict) else None
+    recorded = recorded_provenance(checkpoint_path, "source_mpp")
     if recorded is None:
         return None
     return parse_source_mpp(recorded, where=f"{checkpoint_path} provenance source_mpp (override with --source-mpp)")
