@@ -311,6 +311,8 @@ class _Run:
         """Epochs until early stopping or the cap (Ctrl-C returns with ``interrupted``); then the result."""
         from tqdm import tqdm
 
+        from . import plots  # noqa: F401  (matplotlib loaded before the loop, where a Ctrl-C cannot break its import)
+
         config, run_state = self.config, self.run_state
         interrupted = stopped_early = False
         self.trained_samples, self.trained_seconds = 0, 0.0
@@ -406,7 +408,7 @@ class _Run:
 
     def _commit(self, epoch: int, step: int, tic: float, throughput: dict) -> None:
         """Write the epoch's files, then the commit point (with the run's timings)."""
-        from .plots import plot_training_curves
+        from .plots import plot_training_curves  # imported by fit before the loop
 
         run_state, history = self.run_state, self.run_state["history"]
         write_metrics(self.out_dir / METRICS_CSV, history)
