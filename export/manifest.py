@@ -15,7 +15,7 @@ import json
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mrdl_runtime.atomic import atomic_path
 from mrdl_runtime.manifest import (FORMAT, MANIFEST_NAME, MAX_SOURCE_MPP, MAX_SOURCE_SIDE, METADATA_KEY, ManifestError, artifact_record,
@@ -56,15 +56,22 @@ def recorded_provenance(checkpoint_path: str | Path, key: str) -> Any:
     return provenance.get(key) if isinstance(provenance, dict) else None
 
 
+def option_or_recorded(option: str | None, checkpoint_path: str | Path, key: str, parse: Callable[..., Any]) -> Any:
+    """``parse(option)`` when the export option ``--<key>`` is given, else ``parse`` of the checkpoint
+    provenance's ``key`` (naming where it came from), else None."""
+    if option is not None:
+        return parse(option)
+    recorded = recorded_provenance(checkpoint_path, key)
+    if recorded is None:
+        return None
+    flag = "--" + key.replace("_", "-")
+    return parse(recorded, where=f"{checkpoint_path} provenance {key} (override with {flag})")
+
+
 def source_size_for(option: str | None, checkpoint_path: str | Path) -> tuple[int, int] | None:
     """The manifest's ``source_size``: ``--source-size`` when given, else the checkpoint provenance's
     ``source_size`` (recorded by ``mrdl train``), else None (tiling is then never automatic)."""
-    if option is not None:
-        return parse_source_size(option)
-    recorded = recorded_provenance(checkpoint_path, "source_size")
-    if recorded is None:
-        return None
-    return parse_source_size(recorded, where=f"{checkpoint_path} provenance source_size (override with --source-size)")
+    return option_or_recorded(option, checkpoint_path, "source_size", parse_source_size)
 
 
 def parse_source_mpp(value: Any, *, where: str = "--source-mpp") -> float:
@@ -83,12 +90,7 @@ def parse_source_mpp(value: Any, *, where: str = "--source-mpp") -> float:
 def source_mpp_for(option: str | None, checkpoint_path: str | Path) -> float | None:
     """The manifest's ``source_mpp``: ``--source-mpp`` when given, else the checkpoint provenance's
     ``source_mpp`` (recorded by ``mrdl train``), else None (whole slides are then refused)."""
-    if option is not None:
-        return parse_source_mpp(option)
-    recorded = recorded_provenance(checkpoint_path, "source_mpp")
-    if recorded is None:
-        return None
-    return parse_source_mpp(recorded, where=f"{checkpoint_path} provenance source_mpp (override with --source-mpp)")
+    return option_or_recorded(option, checkpoint_path, "source_mpp", parse_source_mpp)
 
 
 def build_manifest(config, *, checkpoint_path: str | Path, checkpoint_sha256: str,
