@@ -51,7 +51,8 @@ from .slide_ometiff import write_ome_tiff
 from .slide_reader import SlideError, SlideLevel, SlideReader, choose_level
 from .slide_state import STATE_VERSION, Intermediate
 from .slide_tissue import THUMBNAIL_SIDE, TissueMask, tissue_mask
-from .tiling import BLEND_MODES, DEFAULT_OVERLAP, TileOptions, blend_weights, resampled_size, window_starts
+from .tiling import (BLEND_MODES, DEFAULT_OVERLAP, TileOptions, blend_weights, padded_to_window, resampled_size,
+                     window_starts)
 
 logger = logging.getLogger("mrdl_runtime")
 
@@ -137,7 +138,7 @@ def plan_slide(levels: tuple[SlideLevel, ...], manifest: Manifest, overlap: floa
         grid = resampled_size(level.size, manifest.source_size, model_size)  # the tiled runtime's integer rule
     else:
         grid = tuple(max(1, math.floor(n * mpp / t + 0.5)) for n, mpp, t in zip(level.size, level.mpp, target))
-    padded = (max(grid[0], model_size[0]), max(grid[1], model_size[1]))
+    padded = padded_to_window(grid, model_size)
     return SlidePlan(levels[0].size, level, tuple(grid), padded,  # type: ignore[arg-type]
                      tuple(window_starts(padded[0], model_size[0], overlap)),
                      tuple(window_starts(padded[1], model_size[1], overlap)))

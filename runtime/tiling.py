@@ -77,11 +77,19 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
     the last window clamped to end at the edge."""
     if length < window:
         raise ValueError(f"an axis of {length} pixels is shorter than the window ({window}); pad it first")
-    if length == window:
-        return [0]
     stride = max(1, math.floor(window * (1.0 - overlap)))
-    count = (length - window + stride - 1) // stride + 1
-    return [min(i * stride, length - window) for i in range(count)]
+    return [min(i * stride, length - window) for i in range(window_count(length, window, overlap))]
+
+
+def window_count(length: int, window: int, overlap: float) -> int:
+    """How many windows :func:`window_starts` places along an axis, counted without building them."""
+    stride = max(1, math.floor(window * (1.0 - overlap)))
+    return 1 if length <= window else (length - window + stride - 1) // stride + 1
+
+
+def padded_to_window(resampled: tuple[int, int], model_size: tuple[int, int]) -> tuple[int, int]:
+    """The resampled image zero-padded to at least one window on each axis."""
+    return max(resampled[0], model_size[0]), max(resampled[1], model_size[1])
 
 
 def window_grid(padded_size: tuple[int, int], model_size: tuple[int, int], overlap: float) -> list[tuple[int, int]]:
@@ -124,7 +132,7 @@ def plan_tiles(image_size: tuple[int, int], source_size: tuple[int, int], model_
     """Resampled size, padded size (bottom/right, at least the model size) and window starts of one image;
     with ``max_pixels``, :func:`check_tile_cost` first (docs/tiling.md section 3, "Cost bound")."""
     resampled = resampled_size(image_size, source_size, model_size)
-    padded = (max(resampled[0], model_size[0]), max(resampled[1], model_size[1]))
+    padded = padded_to_window(resampled, model_size)
     if max_pixels is not None:
         check_tile_cost(image_size, resampled, padded, model_size, overlap, max_pixels)
     return TilePlan(tuple(image_size), resampled, padded, tuple(window_grid(padded, model_size, overlap)))
@@ -134,12 +142,8 @@ def check_tile_cost(image_size: tuple[int, int], resampled: tuple[int, int], pad
                     model_size: tuple[int, int], overlap: float, max_pixels: int) -> None:
     """Refuse (:class:`~mrdl_runtime.imaging.ImageInputError`) a tiled image whose resampled image holds more
     than ``max_pixels`` pixels or whose windows more than ``MAX_WINDOW_COVERAGE * max_pixels`` model pixels,
-    counted before anything is allocated (the window count per axis as :func:`window_starts` makes it)."""
-    def windows(length: int, window: int) -> int:
-        stride = max(1, math.floor(window * (1.0 - overlap)))
-        return 1 if length <= window else (length - window + stride - 1) // stride + 1
-
-    count = windows(padded[0], model_size[0]) * windows(padded[1], model_size[1])
+    counted before anything is allocated (:func:`window_count` per axis)."""
+    count = window_count(padded[0], model_size[0], overlap) * window_count(padded[1], model_size[1], overlap)
     seen = count * model_size[0] * model_size[1]
     (h, w), (height, width) = resampled, image_size
     if h * w > max_pixels or seen > MAX_WINDOW_COVERAGE * max_pixels:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import MrdlError, OptionsError
 from .options import PredictOptions
-from .tiling import resampled_size, should_tile, window_starts
+from .tiling import padded_to_window, resampled_size, should_tile, window_count
 
 REQUEST_PARAMETERS = tuple(PredictOptions().request_parameters())
 INVALID, INTERNAL = "INVALID_ARG", "INTERNAL"
@@ -73,8 +73,8 @@ def planned_windows(size: tuple[int, int], source_size: tuple[int, int], model_s
                     overlap: float) -> tuple[int, int]:
     """(windows, resampled pixels) of one tiled image, counted from the axes (no window list is built)."""
     resampled = resampled_size(size, source_size, model_size)
-    padded = [max(r, m) for r, m in zip(resampled, model_size)]
-    counts = [len(window_starts(p, m, overlap)) for p, m in zip(padded, model_size)]
+    padded = padded_to_window(resampled, model_size)
+    counts = [window_count(p, m, overlap) for p, m in zip(padded, model_size)]
     return counts[0] * counts[1], resampled[0] * resampled[1]
 
 
