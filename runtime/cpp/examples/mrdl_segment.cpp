@@ -1,11 +1,14 @@
-// mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt] [--device cpu|cuda|tensorrt]
-//              [--precision fp32|int8|fp16] [--threads N] [--tile|--no-tile] [--overlap F]
-//              [--blend gaussian|constant] [--max-pixels N] [--no-verify]
+// mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt|openvino|NAME]
+//              [--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16|bf16] [--threads N]
+//              [--hint latency|throughput] [--tile|--no-tile] [--overlap F] [--blend gaussian|constant]
+//              [--max-pixels N] [--no-verify]
 // Segments one PNG or TIFF image with an exported model and writes the mask as an 8-bit gray PNG at
 // the input's size: 0/255 for a one-class model, the class index otherwise. The image is read with
 // mrdl::imageio (mrdl/imageio.hpp), decoded by the rule of mrdl/decode.hpp (16-bit: high byte; alpha dropped), as the Python runtime decodes it;
-// --threads sets ONNX Runtime's intra-op threads (0, the default: ONNX Runtime's choice, one per
-// physical core). Tiling (docs/tiling.md): by default an image more than 1.5 times model.json's
+// --backend takes the C++ kind (with --device) or a Python registry name (onnxruntime-cpu,
+// onnxruntime-cuda, onnxruntime-tensorrt, tensorrt, openvino-cpu); --precision bf16 runs on openvino
+// only. --threads sets the CPU threads of one model run (0, the default: one per physical core
+// available, mrdl/threads.hpp); --hint is OpenVINO's performance hint. Tiling (docs/tiling.md): by default an image more than 1.5 times model.json's
 // source_size is segmented in overlapping windows at the training scale; --tile forces it,
 // --no-tile resizes every image whole; --overlap (default 0.25) and --blend (default gaussian) set
 // the windows. The summary line says which path ran. --no-verify skips the artifact's SHA-256 check.
@@ -22,8 +25,9 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt] "
-    "[--device cpu|cuda|tensorrt] [--precision fp32|int8|fp16] [--threads N] [--tile|--no-tile] [--overlap F] "
+    "usage: mrdl_segment MODEL_DIR IN.{png,tif} OUT.png [--backend onnxruntime|tensorrt|openvino|onnxruntime-cpu|"
+    "onnxruntime-cuda|onnxruntime-tensorrt|openvino-cpu] [--device cpu|cuda|tensorrt] "
+    "[--precision fp32|int8|fp16|bf16] [--threads N] [--hint latency|throughput] [--tile|--no-tile] [--overlap F] "
     "[--blend gaussian|constant] [--max-pixels N] [--no-verify]";
 
 size_t pixel_limit(const std::string& value) {
@@ -46,7 +50,7 @@ int thread_count(const std::string& value) {
     } catch (const std::exception&) {
     }
     if (used != value.size() || threads < 0)
-        throw std::invalid_argument("--threads needs an integer >= 0 (0: ONNX Runtime chooses), got " + value);
+        throw std::invalid_argument("--threads needs an integer >= 0 (0: one per physical core available), got " + value);
     return threads;
 }
 
@@ -83,8 +87,13 @@ Arguments parse_options(const std::vector<std::string>& args) {
         }
         if (i + 1 >= args.size()) throw std::invalid_argument(key + " needs a value");
         const std::string& value = args[++i];
-        if (key == "--backend" && value == "onnxruntime") options.backend = mrdl::BackendKind::OnnxRuntime;
-        else if (key == "--backend" && value == "tensorrt") options.backend = mrdl::BackendKind::TensorRT;
+        if (key == "--backend" && mrdl::parse_backend_name(value)) {
+            const mrdl::BackendChoice choice = *mrdl::parse_backend_name(value);
+            options.backend = choice.backend;
+            if (value.find('-') != std::string::npos) options.device = choice.device;  // a registry name says both
+        }
+        else if (key == "--hint" && value == "latency") options.hint = mrdl::PerformanceHint::Latency;
+        else if (key == "--hint" && value == "throughput") options.hint = mrdl::PerformanceHint::Throughput;
         else if (key == "--device" && value == "cpu") options.device = mrdl::Device::CPU;
         else if (key == "--device" && value == "cuda") options.device = mrdl::Device::CUDA;
         else if (key == "--device" && value == "tensorrt") options.device = mrdl::Device::TensorRT;

@@ -4,7 +4,8 @@
 # All with no LD_LIBRARY_PATH and no ONNXRUNTIME_ROOT in the environment: the installed programs find
 # libmrdl_runtime.so.0 and libmrdl_imageio.so.0 through their RUNPATH alone.
 # -D inputs: BUILD_DIR, PREFIX, CONSUMER_SRC, CONSUMER_BUILD, TEST_DATA, CXX_COMPILER, GENERATOR,
-# LIBDIR (CMAKE_INSTALL_LIBDIR), WITH_SEGMENT (ON when mrdl_segment was built).
+# LIBDIR (CMAKE_INSTALL_LIBDIR), WITH_SEGMENT (ON when mrdl_segment was built), OPENVINO_LIBDIR (the
+# folder of the libopenvino.so.* the build linked; empty without the OpenVINO backend).
 cmake_minimum_required(VERSION 3.19)  # string(JSON)
 
 function(run what)
@@ -41,8 +42,12 @@ foreach(name mrdl_runtime mrdl_imageio)
   endif()
   unset(runpath)  # READ_ELF leaves it unchanged where there is none
   file(READ_ELF "${lib}" RUNPATH runpath)
-  if(NOT runpath STREQUAL "$ORIGIN")
-    message(FATAL_ERROR "${lib}: RUNPATH '${runpath}', expected $ORIGIN")
+  set(expected "$ORIGIN")
+  if(name STREQUAL "mrdl_runtime" AND OPENVINO_LIBDIR)  # OpenVINO stays where the build found it
+    list(APPEND expected "${OPENVINO_LIBDIR}")
+  endif()
+  if(NOT runpath STREQUAL expected)
+    message(FATAL_ERROR "${lib}: RUNPATH '${runpath}', expected ${expected}")
   endif()
 endforeach()
 
@@ -100,5 +105,12 @@ if(WITH_SEGMENT)
   file(SHA256 "${CONSUMER_BUILD}/mask.png" from_segment)
   if(NOT from_segment STREQUAL from_png)
     message(FATAL_ERROR "the installed consumer's mask differs from the installed mrdl_segment's")
+  endif()
+  if(OPENVINO_LIBDIR)  # test_openvino checks its masks; here: the installed tree loads OpenVINO
+    run("run the installed mrdl_segment on OpenVINO" "${exe}" "${TEST_DATA}/${model_dir}" "${TEST_DATA}/${png}"
+        "${CONSUMER_BUILD}/mask_openvino.png" --backend openvino-cpu)
+    if(NOT run_output MATCHES "\\(openvino [0-9.]+ \\(CPU; precision f32")
+      message(FATAL_ERROR "the installed mrdl_segment did not run on OpenVINO: ${run_output}")
+    endif()
   endif()
 endif()

@@ -4,6 +4,8 @@
 // ManifestError naming the file and what was expected.
 //   test_integrity               FIPS 180-4 vectors only
 //   test_integrity TEST_DATA_DIR also the model directories (make_test_data.py)
+//   test_integrity TEST_DATA_DIR BACKEND  the same, loaded by BACKEND (a Python registry name,
+//                                         e.g. openvino-cpu; default onnxruntime-cpu)
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -73,8 +75,12 @@ private:
 
 std::string recorded_sha(const ModelCopy& copy) { return copy.manifest()["artifacts"]["fp32"]["sha256"]; }
 
+BackendChoice backend;  // the backend that loads every copy (argv[2])
+
 void load(const ModelCopy& copy, bool verify = true, const std::string& precision = "fp32") {
     SegmenterOptions options;
+    options.backend = backend.backend;
+    options.device = backend.device;
     options.verify_artifacts = verify;
     options.precision = precision;
     Segmenter segmenter(copy.dir().string(), options);
@@ -280,10 +286,12 @@ void model_directories(const std::string& data) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc > 2) {
-        std::cerr << "usage: test_integrity [TEST_DATA_DIR]\n";
+    const std::optional<BackendChoice> choice = parse_backend_name(argc == 3 ? argv[2] : "onnxruntime-cpu");
+    if (argc > 3 || !choice) {
+        std::cerr << "usage: test_integrity [TEST_DATA_DIR [BACKEND]]\n";
         return 2;
     }
+    backend = *choice;
     if (argc == 1) fips_vectors();
     else model_directories(argv[1]);
     return finish();

@@ -192,5 +192,16 @@ int main(int argc, char** argv) {
         expect_error<BackendError>("tensorrt", "tensorrt",
                                    [&] { Segmenter s(dir + "/" + segment.at("model_dir").get<std::string>(), options); });
     });
+    run("the OpenVINO backend is either built or says how to get it", [&] {
+        SegmenterOptions options;
+        options.backend = BackendKind::OpenVINO;
+        const std::vector<std::string> built = available_backends();
+        if (std::find(built.begin(), built.end(), "openvino") != built.end())
+            check(Segmenter(dir + "/" + segment.at("model_dir").get<std::string>(), options).segment(cases.front().view)
+                      .mask.size() == cases.front().mask.size(), "openvino segments");  // parity: test_openvino
+        else
+            expect_error<BackendError>("openvino", "pip install 'mrdl[openvino]' and reconfigure with -DMRDL_OPENVINO=ON",
+                                       [&] { Segmenter s(dir + "/" + segment.at("model_dir").get<std::string>(), options); });
+    });
     return finish();
 }

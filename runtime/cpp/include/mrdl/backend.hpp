@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,26 +19,41 @@ namespace mrdl {
 enum class BackendKind {
     OnnxRuntime,  // model{,.int8,.fp16}.onnx through ONNX Runtime's C++ API
     TensorRT,     // model.engine through the TensorRT runtime (built only where the SDK is found)
+    OpenVINO,     // model{,.int8}.onnx through OpenVINO's CPU plugin (built only where OpenVINO is found)
 };
 
-/// Where ONNX Runtime runs the model (ignored by the TensorRT backend, which always uses a GPU).
+/// Where ONNX Runtime runs the model (ignored by the TensorRT backend, which always uses a GPU; the
+/// OpenVINO backend runs on the CPU only).
 enum class Device {
     CPU,
     CUDA,      // ONNX Runtime's CUDA execution provider
     TensorRT,  // ONNX Runtime's TensorRT execution provider (CUDA as fallback)
 };
 
+/// OpenVINO's PERFORMANCE_HINT: Latency (one call at a time uses every thread) or Throughput
+/// (several streams for concurrent calls). Ignored by the other backends.
+enum class PerformanceHint {
+    Latency,
+    Throughput,
+};
+
 /// How a Segmenter loads its model.
 struct MRDL_API SegmenterOptions {
     BackendKind backend = BackendKind::OnnxRuntime;
     Device device = Device::CPU;
-    std::string precision = "fp32";  // a key of manifest.artifacts: "fp32", "int8", "fp16"
+    /// ONNX Runtime: a key of manifest.artifacts ("fp32", "int8", "fp16"). OpenVINO: "fp32",
+    /// "bf16" (the fp32 file computed in bfloat16; CPUs with AVX512_BF16 or AMX only) or "int8".
+    std::string precision = "fp32";
     int device_id = 0;               // GPU ordinal for CUDA / TensorRT
-    /// ONNX Runtime's intra-op threads: how many CPU threads one model run uses (its thread pool
-    /// belongs to the session, shared by concurrent calls). 0 lets ONNX Runtime choose (one per
-    /// physical core); 1 runs each call on the calling thread alone, the usual choice when many
-    /// threads share one Segmenter. Ignored by the TensorRT backend. mrdl_segment --threads N.
+    /// CPU threads one model run uses (ONNX Runtime's intra-op threads, OpenVINO's
+    /// INFERENCE_NUM_THREADS; the pool belongs to the loaded model, shared by concurrent calls).
+    /// 0, the default, is one per physical core available to the process (default_threads() in
+    /// mrdl/threads.hpp: affinity mask, SMT siblings once, cgroup quota; the Python runtime's rule);
+    /// 1 runs each call on the calling thread alone, the usual choice when many threads share one
+    /// Segmenter. Ignored by the TensorRT backend. mrdl_segment --threads N.
     int intra_op_threads = 0;
+    /// OpenVINO only: mrdl_segment --hint latency|throughput.
+    PerformanceHint hint = PerformanceHint::Latency;
     /// Check the artifact's SHA-256 against model.json before loading it (about 4 s of CPU per
     /// GB). false skips only the hash, not the location, size, embedded-manifest and graph checks,
     /// and prints a warning once per process: use it only for huge engines whose directory you trust.
@@ -58,12 +74,27 @@ public:
     virtual ~Backend() = default;
     virtual std::vector<float> run(const std::vector<float>& images, const std::vector<float>* text_features,
                                    int64_t batch) = 0;
-    /// A short description, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)".
+    /// A short description, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider; threads 2)" or
+    /// "openvino 2026.4.1 (CPU; precision bf16, threads 2, hint LATENCY)" (what the engine reports).
     virtual std::string describe() const = 0;
 };
 
-/// The backends compiled into this build, e.g. {"onnxruntime", "tensorrt"}.
+/// The backends compiled into this build, e.g. {"onnxruntime", "tensorrt", "openvino"}.
 MRDL_API std::vector<std::string> available_backends();
+
+/// A backend of the Python runtime's registry as the C++ pair.
+struct MRDL_API BackendChoice {
+    BackendKind backend = BackendKind::OnnxRuntime;
+    Device device = Device::CPU;
+};
+
+/// The Python registry name ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt",
+/// "tensorrt", "openvino-cpu") or the C++ kind alone ("onnxruntime", "tensorrt", "openvino", on
+/// the CPU unless it has no CPU device) as a BackendChoice; nullopt for any other name.
+MRDL_API std::optional<BackendChoice> parse_backend_name(const std::string& name);
+
+/// The Python registry name of a pair, e.g. "openvino-cpu" (one name for both runtimes in messages).
+MRDL_API std::string backend_name(BackendKind backend, Device device);
 
 /// Verify (read_verified_artifact) and load the artifact for `options` from `model_dir`; throws
 /// IntegrityError when the file is not the one model.json records, BackendError when the artifact

@@ -54,7 +54,7 @@ public:
                                       const TileOptions& tiling = {}) const;
 
     const Manifest& manifest() const { return manifest_; }
-    /// The backend in use, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)".
+    /// The backend in use, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider; threads 2)".
     std::string backend_description() const;
 
 private:

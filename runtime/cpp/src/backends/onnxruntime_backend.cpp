@@ -2,10 +2,10 @@
 // when the linked library has them. The session is built from the verified bytes (the file is
 // read once), then its embedded manifest and graph signature are checked against model.json.
 #include "backends.hpp"
+#include "identity.hpp"
 
 #include <algorithm>
 #include <array>
-#include <filesystem>
 #include <memory>
 
 #include <onnxruntime_cxx_api.h>
@@ -14,8 +14,6 @@
 
 namespace mrdl::detail {
 namespace {
-
-constexpr const char* kEmbeddedKey = "mrdl.manifest";  // ONNX metadata_props key written by mrdl-export
 
 Ort::Env& environment() {
     static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "mrdl");
@@ -67,12 +65,13 @@ void append_tensorrt(Ort::SessionOptions& session_options, int device_id) {
 
 class OnnxRuntimeBackend final : public Backend {
 public:
-    OnnxRuntimeBackend(const VerifiedArtifact& artifact, const Manifest& manifest, const SegmenterOptions& options)
-        : manifest_(manifest) {
+    OnnxRuntimeBackend(const VerifiedArtifact& artifact, const Manifest& manifest, const SegmenterOptions& options,
+                       int threads)
+        : manifest_(manifest), threads_(threads) {
         const std::string& path = artifact.path;
         Ort::SessionOptions session_options;
         session_options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-        if (options.intra_op_threads > 0) session_options.SetIntraOpNumThreads(options.intra_op_threads);
+        session_options.SetIntraOpNumThreads(threads);
         provider_ = "CPUExecutionProvider";
         if (options.device == Device::CUDA) {
             append_cuda(session_options, options.device_id);
@@ -87,14 +86,19 @@ public:
         } catch (const Ort::Exception& error) {
             throw BackendError("ONNX Runtime cannot load " + path + ": " + error.what());
         }
-        const std::string embedded = check_identity(artifact);
-        check_signature(path, "input", manifest_.inputs, session_->GetInputCount(),
-                        [this](size_t i, OrtAllocator* a) { return session_->GetInputNameAllocated(i, a); },
-                        [this](size_t i) { return session_->GetInputTypeInfo(i); });
-        check_signature(path, "output", manifest_.outputs, session_->GetOutputCount(),
-                        [this](size_t i, OrtAllocator* a) { return session_->GetOutputNameAllocated(i, a); },
-                        [this](size_t i) { return session_->GetOutputTypeInfo(i); });
-        check_unedited(artifact, embedded);  // last: the checks above name a cause more precisely
+        Ort::AllocatorWithDefaultOptions allocator;
+        const Ort::AllocatedStringPtr text =
+            session_->GetModelMetadata().LookupCustomMetadataMapAllocated(kEmbeddedKey, allocator);
+        const std::string embedded = check_identity(artifact, manifest_, text.get());
+        check_signature(path, "input", manifest_.inputs,
+                        ports(session_->GetInputCount(),
+                              [this](size_t i, OrtAllocator* a) { return session_->GetInputNameAllocated(i, a); },
+                              [this](size_t i) { return session_->GetInputTypeInfo(i); }));
+        check_signature(path, "output", manifest_.outputs,
+                        ports(session_->GetOutputCount(),
+                              [this](size_t i, OrtAllocator* a) { return session_->GetOutputNameAllocated(i, a); },
+                              [this](size_t i) { return session_->GetOutputTypeInfo(i); }));
+        check_unedited(artifact, manifest_, embedded);  // last: the checks above name a cause more precisely
     }
 
     std::vector<float> run(const std::vector<float>& images, const std::vector<float>* text_features,
@@ -128,81 +132,29 @@ public:
         return std::vector<float>(data, data + info.GetElementCount());
     }
 
-    std::string describe() const override { return "onnxruntime " + Ort::GetVersionString() + " (" + provider_ + ")"; }
+    std::string describe() const override {
+        return "onnxruntime " + Ort::GetVersionString() + " (" + provider_ + "; threads " + std::to_string(threads_) +
+               ")";
+    }
 
 private:
-    /// model.json must be the manifest embedded in this (verified) file, but for the records of the
-    /// artifacts' sizes and hashes: an edited field (source_size, threshold, ...) is refused, named.
-    void check_unedited(const VerifiedArtifact& artifact, const std::string& embedded) const {
-        const std::vector<std::string> edits = manifest_edits(manifest_, embedded, artifact.record.precision,
-                                                              artifact.path + " (embedded manifest)");
-        if (edits.empty()) return;
-        const std::string model_json = (std::filesystem::path(artifact.path).parent_path() / "model.json").string();
-        std::string listed;
-        for (const std::string& edit : edits) listed += (listed.empty() ? "" : "; ") + edit;
-        throw IntegrityError(model_json + " was edited after export: " + listed + " (what mrdl-export embedded in " +
-                             artifact.path + "); restore it, or re-export to change a field (e.g. mrdl-export "
-                             "--source-size)");
-    }
-
-    /// The embedded manifest must come from the same export as model.json and hold the precision
-    /// model.json records for this file: catches another export's file or a renamed variant.
-    /// Returns the embedded manifest's text.
-    std::string check_identity(const VerifiedArtifact& artifact) const {
-        const std::string& path = artifact.path;
-        Ort::AllocatorWithDefaultOptions allocator;
-        const Ort::ModelMetadata metadata = session_->GetModelMetadata();
-        const Ort::AllocatedStringPtr text = metadata.LookupCustomMetadataMapAllocated(kEmbeddedKey, allocator);
-        if (!text)
-            throw IntegrityError(path + ": has no embedded manifest (ONNX metadata \"" + kEmbeddedKey +
-                                 "\"), so it was not written by mrdl-export with model.json (" + kManifestFormat +
-                                 "); re-export");
-        const EmbeddedIdentity found = parse_embedded_manifest(text.get(), path + " (embedded manifest)");
-        if (found.export_id != manifest_.export_id)
-            throw IntegrityError(path + ": belongs to export " + found.export_id + ", but model.json is export " +
-                                 manifest_.export_id +
-                                 " (a file from another export?); use the model directory of one export as written");
-        if (found.precision != artifact.record.precision)
-            throw IntegrityError(path + ": its embedded manifest says " + found.precision +
-                                 ", but model.json records the \"" + artifact.key + "\" artifact as " +
-                                 artifact.record.precision + " (a renamed file?); re-export");
-        return text.get();
-    }
-
-    /// The graph's inputs or outputs must be model.json's, in order: names, float32, non-batch dims.
+    /// The graph's inputs or outputs as the session reports them.
     template <typename NameOf, typename TypeOf>
-    static void check_signature(const std::string& path, const std::string& kind, const std::vector<TensorSpec>& specs,
-                                size_t count, NameOf name_of, TypeOf type_of) {
+    static std::vector<GraphPort> ports(size_t count, NameOf name_of, TypeOf type_of) {
         Ort::AllocatorWithDefaultOptions allocator;
-        std::vector<std::string> graph, declared;
-        bool same = count == specs.size();
+        std::vector<GraphPort> found;
         for (size_t i = 0; i < count; ++i) {
-            const std::string name = name_of(i, allocator).get();
+            GraphPort port{name_of(i, allocator).get(), "", {}, true};
             const Ort::TypeInfo type = type_of(i);
-            if (type.GetONNXType() != ONNX_TYPE_TENSOR) {
-                graph.push_back(name + " (not a tensor)");
-                same = false;
-                continue;
+            port.tensor = type.GetONNXType() == ONNX_TYPE_TENSOR;
+            if (port.tensor) {
+                const auto info = type.GetTensorTypeAndShapeInfo();
+                port.dtype = element_name(info.GetElementType());
+                port.shape = info.GetShape();
             }
-            const auto info = type.GetTensorTypeAndShapeInfo();
-            const ONNXTensorElementDataType element = info.GetElementType();
-            std::vector<int64_t> shape = info.GetShape();
-            if (!shape.empty()) shape[0] = TensorSpec::kDynamic;  // any batch axis
-            graph.push_back(describe(name, element_name(element), shape));
-            same = same && name == specs[i].name && element == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT &&
-                   shape == specs[i].shape;
+            found.push_back(std::move(port));
         }
-        for (const TensorSpec& spec : specs) declared.push_back(describe(spec.name, spec.dtype, spec.shape));
-        if (!same)
-            throw IntegrityError(path + ": graph " + kind + "s [" + join(graph) + "] differ from model.json's [" +
-                                 join(declared) + "]; re-export, or use the model.json written with this file");
-    }
-
-    static std::string describe(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape) {
-        std::string dims;
-        for (size_t d = 0; d < shape.size(); ++d)
-            dims += (d ? ", " : "") + (d == 0 ? std::string("batch") : std::to_string(shape[d]));
-        return "\"" + name + "\" " + dtype + " [" + dims + "]";
+        return found;
     }
 
     static std::string element_name(ONNXTensorElementDataType type) {
@@ -218,6 +170,7 @@ private:
     }
 
     Manifest manifest_;
+    int threads_;
     std::string provider_;
     std::unique_ptr<Ort::Session> session_;
 };
@@ -225,8 +178,8 @@ private:
 }  // namespace
 
 std::unique_ptr<Backend> make_onnxruntime_backend(VerifiedArtifact artifact, const Manifest& manifest,
-                                                  const SegmenterOptions& options) {
-    return std::make_unique<OnnxRuntimeBackend>(artifact, manifest, options);
+                                                  const SegmenterOptions& options, int threads) {
+    return std::make_unique<OnnxRuntimeBackend>(artifact, manifest, options, threads);
 }
 
 }  // namespace mrdl::detail
