@@ -35,7 +35,8 @@ test-py: $(STAMP)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 # The C++ runtime: installs its Debian build dependencies when missing (as root), assembles ONNX
-# Runtime, builds runtime/cpp and runs its ctest suite against the Python runtime.
+# Runtime, builds runtime/cpp (with its OpenVINO backend from the openvino wheel the `test` extra
+# installs) and runs its ctest suite against the Python runtime.
 test-cpp: $(STAMP)
 	runtime/cpp/scripts/build_and_test.sh $(PY)
 
