@@ -283,7 +283,8 @@ def run_benchmark(options: BenchOptions | None = None, *, ckpt: str | Path, mode
     inputs = load_inputs(size=config.model.image_size, data=options.data, count=options.images)
     peak = matmul_peak_gflops(threads=threads)
     int8_peak = None
-    if "ort-int8" in backends:  # the integer GEMM the INT8 kernels run, and FP32 measured the same way beside it
+    if any(RUNTIME_BACKEND.get(name, (None, None))[1] == "int8" for name in backends):
+        # the integer GEMM the INT8 kernels run, and FP32 measured the same way beside it
         int8_peak = onnxruntime_gemm_peak(threads=threads, precision="int8")
         int8_peak["fp32_gops_same_way"] = onnxruntime_gemm_peak(threads=threads, precision="fp32")["gops"]
         int8_peak["int8_over_fp32"] = int8_peak["gops"] / int8_peak["fp32_gops_same_way"]
@@ -309,7 +310,7 @@ def run_benchmark(options: BenchOptions | None = None, *, ckpt: str | Path, mode
         result.parity_status = PARITY_OK if passed else PARITY_FAILED
         result.gflops_achieved = flops * result.throughput_ips / 1e9
         result.peak_fraction = result.gflops_achieved / peak["gflops"]
-        if int8_peak is not None and result.backend == "ort-int8":
+        if int8_peak is not None and result.precision == "int8":  # ort-int8, ov-int8: the INT8 path's share
             result.int8_peak_fraction = result.gflops_achieved / int8_peak["gops"]
     for result in results:
         eager = next((r for r in results if r.backend == REFERENCE and r.batch == result.batch), None)

@@ -44,7 +44,7 @@ class BackendResult:
     prepost_included: bool
     gflops_achieved: float | None = None
     peak_fraction: float | None = None  # gflops_achieved / measured matmul peak
-    int8_peak_fraction: float | None = None  # ort-int8 only: gflops_achieved / the measured integer GEMM peak
+    int8_peak_fraction: float | None = None  # INT8 backends: gflops_achieved / the measured integer GEMM peak
     speedup_vs_torch_eager: float | None = None  # torch-fft p50 / this p50, same batch; parity passed only
     parity_min_dice: float | None = None  # the threshold applied to parity.dice_agreement
     parity_status: str | None = None  # PARITY_OK or PARITY_FAILED
@@ -77,7 +77,7 @@ class BenchReport:
     profiles: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # PARITY FAILED / SOURCE MISMATCH sentences
     files: dict[str, str] = field(default_factory=dict)
-    int8_peak: dict[str, Any] | None = None  # onnxruntime's u8 x s8 GEMM rate (with ort-int8); see measure.py
+    int8_peak: dict[str, Any] | None = None  # onnxruntime's u8 x s8 GEMM rate (with an INT8 backend); see measure.py
     serving: dict[str, Any] | None = None  # mrdl_bench.serving.measure_serving (backend "triton")
 
     def to_dict(self) -> dict:
@@ -186,8 +186,8 @@ def _footer(report: BenchReport) -> list[str]:
         p = report.int8_peak
         lines.append(f"INT8 peak {p['gops']:.1f} GOP/s ({p['method']}); FP32 measured the same way "
                      f"{p['fp32_gops_same_way']:.1f} GFLOP/s: INT8 GEMM / FP32 GEMM = {p['int8_over_fp32']:.2f}x, the "
-                     f"hardware's ceiling for INT8 over FP32 speed-up; % int8 peak = the model's FLOPs at ort-int8's "
-                     f"throughput / INT8 peak")
+                     f"hardware's ceiling for INT8 over FP32 speed-up; % int8 peak = the model's FLOPs at each INT8 "
+                     f"backend's throughput / INT8 peak")
     lines += _paired_lines(report)
     for skip in report.skipped:
         lines.append(f"skipped {skip.backend}: {skip.reason}")

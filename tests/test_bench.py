@@ -68,6 +68,9 @@ def test_report_has_every_field_for_every_backend_and_batch(report):
         assert result.parity_min_dice == (0.95 if result.backend == "ort-int8" else 0.99)
     assert report.result("ort-int8", 1).precision == "int8" and report.result("ort-fp32", 1).precision == "fp32"
     assert report.result("torch-fft", 1).speedup_vs_torch_eager == pytest.approx(1.0)
+    for result in report.results:  # the INT8 path's share of the measured integer GEMM peak, INT8 rows only
+        expected = result.gflops_achieved / report.int8_peak["gops"] if result.precision == "int8" else None
+        assert result.int8_peak_fraction == (None if expected is None else pytest.approx(expected))
     assert report.failures == [] and report.settings["source_checkpoint_matches"] is True
     assert report.flops_per_image > 0 and report.matmul_peak["gflops"] > 0
     assert report.machine["cpu_model"] and report.machine["logical_cores"] >= 1
