@@ -1,15 +1,16 @@
 """Hostile load on ``mrdl serve`` (issue 22): bounded memory under many clients, good requests among bad ones.
 
     python -m mrdl_bench.serving_load MODEL_DIR [--clients 16 --requests 2 --side 4096] [--mixed-clients 8]
-        [--shared-memory on] [--transfer 1024,4096] [--skip memory] [--skip mixed]
+        [--shared-memory on] [--transfer 1024,4096 --transfer-tile false,auto] [--skip memory] [--skip mixed]
 
 ``memory``: a server at the default limits (:class:`mrdl_runtime.serving.ServeOptions`) in a child
 process on loopback; ``clients`` threads, each with its own :class:`mrdl_runtime.RemoteSegmenter`
-(gRPC, retries on busy refusals), send ``requests`` images of ``side`` x ``side`` (the largest a
+(gRPC, busy refusals retried until the client's timeout), send ``requests`` images of ``side`` x ``side`` (the largest a
 request may hold at the defaults) in a closed loop, half asking for the probabilities too. The
 resident memory of the server's process tree (the ``mrdl serve`` process, tritonserver and the
-Python backend's stubs, shared pages counted in each) is sampled every 50 ms with psutil; reported:
-its peak, its value when ready, answers, busy refusals the clients retried, failures, wall time.
+Python backend's stubs) is sampled every 0.1 s with psutil; reported: its peak RSS (shared pages counted in
+each process) and PSS (once), each process's peak, the Python backend's shared-memory pool's peak, the
+RSS when ready, answers, failures, wall time.
 
 ``mixed``: ``mixed_clients`` threads send ``rounds`` requests each at the same time, every fourth
 bad (an overlap of NaN or 1.5, tile "maybe", blend "bogus" in turn); reported: the share of good
@@ -35,42 +36,65 @@ BAD_PARAMETERS = ({"overlap": "nan"}, {"overlap": "1.5"}, {"tile": "maybe"}, {"b
 MB = 1024 * 1024
 
 
-def tree_rss(pid: int, field: str = "rss") -> int:
-    """Resident bytes of process ``pid`` and all its descendants (0 for those that ended meanwhile); ``field``
-    "pss": each shared page (the Python backend's /dev/shm pool, mapped by tritonserver and each stub)
-    counted once, divided among the processes that map it."""
+def tree_memory(pid: int) -> dict[str, tuple[int, int]]:
+    """``{process name: (RSS, PSS)}`` in bytes of process ``pid`` and all its descendants (same names summed;
+    those that ended meanwhile left out). PSS counts each shared page (the Python backend's /dev/shm pool,
+    mapped by tritonserver and each stub) once, divided among the processes that map it."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    total = 0
+        return {}
+    usage: dict[str, tuple[int, int]] = {}
     for process in processes:
         try:
-            total += getattr(process.memory_full_info() if field == "pss" else process.memory_info(), field)
+            name = process.name()
+            info = process.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        rss, pss = usage.get(name, (0, 0))
+        usage[name] = (rss + info.rss, pss + info.pss)
+    return usage
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and all its descendants (shared pages counted in each)."""
+    return sum(rss for rss, _ in tree_memory(pid).values())
+
+
+def shm_pool_bytes() -> int:
+    """Bytes of the Python backend's shared-memory pools in /dev/shm (their files' allocated blocks)."""
+    return sum(path.stat().st_blocks * 512 for path in Path("/dev/shm").glob("*triton_python_backend_shm*"))
 
 
 class RssSampler:
-    """Samples :func:`tree_rss` of a process every ``period_s`` in a thread; ``peak`` (RSS) and ``peak_pss``
-    in bytes."""
+    """Samples :func:`tree_memory` of a process every ``period_s`` in a thread: ``peak`` (RSS) and ``peak_pss`` of
+    the whole tree, ``peaks`` per process name (RSS, PSS) and ``peak_shm_pool`` (:func:`shm_pool_bytes`), in
+    bytes."""
 
     def __init__(self, pid: int, period_s: float = 0.1) -> None:
-        self.pid, self.period_s, self.peak, self.peak_pss = pid, period_s, 0, 0
+        self.pid, self.period_s, self.peak, self.peak_pss, self.peak_shm_pool = pid, period_s, 0, 0, 0
+        self.peaks: dict[str, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        usage = tree_memory(self.pid)
+        self.peak = max(self.peak, sum(rss for rss, _ in usage.values()))
+        self.peak_pss = max(self.peak_pss, sum(pss for _, pss in usage.values()))
+        for name, (rss, pss) in usage.items():
+            old = self.peaks.get(name, (0, 0))
+            self.peaks[name] = (max(old[0], rss), max(old[1], pss))
+        self.peak_shm_pool = max(self.peak_shm_pool, shm_pool_bytes())
+
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
-            self.peak = max(self.peak, tree_rss(self.pid))
-            self.peak_pss = max(self.peak_pss, tree_rss(self.pid, "pss"))
+            self._sample()
 
     def __enter__(self) -> RssSampler:
-        self.peak = tree_rss(self.pid)
+        self._sample()
         self._thread.start()
         return self
 
@@ -89,14 +113,14 @@ def memory_under_load(model_dir: str | Path, *, clients: int = 16, requests: int
     image = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
     server = ServerProcess(model_dir, options or ServeOptions())
     outcomes: list[str] = []
+    retried = [0]
     lock = threading.Lock()
     try:
         server.start()
         ready_rss = tree_rss(server.process.pid)
 
         def client(index: int) -> None:
-            with RemoteSegmenter(server.grpc, ClientOptions(timeout=timeout, retries=10,
-                                                            shared_memory=shared_memory)) as remote:
+            with RemoteSegmenter(server.grpc, ClientOptions(timeout=timeout, shared_memory=shared_memory)) as remote:
                 for _ in range(requests):
                     try:
                         remote.predict(image, with_probabilities=bool(index % 2))
@@ -105,6 +129,8 @@ def memory_under_load(model_dir: str | Path, *, clients: int = 16, requests: int
                         outcome = f"failed: {exc}"
                     with lock:
                         outcomes.append(outcome)
+            with lock:
+                retried[0] += remote.busy_retries
 
         started = time.perf_counter()
         with RssSampler(server.process.pid) as sampler:
@@ -114,14 +140,15 @@ def memory_under_load(model_dir: str | Path, *, clients: int = 16, requests: int
             for thread in threads:
                 thread.join(timeout=max(1.0, started + timeout - time.perf_counter()))
         seconds = time.perf_counter() - started
-        busy = _metric(server.get("/metrics", port=server.metrics_port), "nv_inference_request_failure")
     finally:
         server.stop()
     return {"clients": clients, "requests_per_client": requests, "side": side,
             "ready_rss_mb": round(ready_rss / MB), "peak_rss_mb": round(sampler.peak / MB),
             "peak_pss_mb": round(sampler.peak_pss / MB), "shared_memory": shared_memory,
+            "peak_by_process_mb": {name: [round(rss / MB), round(pss / MB)] for name, (rss, pss) in sampler.peaks.items()},
+            "peak_python_backend_shm_pool_mb": round(sampler.peak_shm_pool / MB),
             "answered": outcomes.count("answered"), "failed": [o for o in outcomes if o != "answered"],
-            "server_refusals_retried": busy, "seconds": round(seconds, 1)}
+            "busy_refusals_retried": retried[0], "seconds": round(seconds, 1)}
 
 
 def _metric(text: str, name: str) -> float:
@@ -179,11 +206,15 @@ def mixed_batches(model_dir: str | Path, *, clients: int = 8, rounds: int = 4, s
             "bad_refused_percent": round(100 * counts["bad_refused_as_client_error"] / max(1, counts["bad"]), 1)}
 
 
-def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, requests: int = 4,
-             clients: int = 2) -> list[dict]:
-    """Images per second through one server for each side, plain gRPC against system shared memory: ``clients``
-    threads send ``requests`` masks-only requests each, in a closed loop; masks compared between the two."""
-    from mrdl_runtime import RemoteSegmenter
+def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, tiles: tuple[str, ...] = ("false",),
+             requests: int = 4, clients: int = 2) -> list[dict]:
+    """Images per second through one server for each side and ``tile`` setting, plain gRPC against system shared
+    memory: ``clients`` threads send ``requests`` masks-only requests each, in a closed loop; masks compared
+    between the two. Beside them, the same image in-process (one Segmenter, ``requests`` times in a row): the
+    compute a served image cannot avoid. ``tile="false"`` resizes the whole image to the model's size, so the
+    transfer is most of a served image's cost; ``"auto"`` tiles a large image at the training scale, so compute
+    is."""
+    from mrdl_runtime import RemoteSegmenter, Segmenter
     from mrdl_runtime.remote import ClientOptions
     from mrdl_runtime.server_process import ServerProcess
 
@@ -191,23 +222,32 @@ def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, re
     server = ServerProcess(model_dir, ServeOptions())
     try:
         server.start()
-        for side in sides:
-            image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
-            masks = {}
-            for mode in ("off", "on"):
-                remotes = [RemoteSegmenter(server.grpc, ClientOptions(shared_memory=mode)) for _ in range(clients)]
-                remotes[0].predict(image, with_probabilities=False)  # warm-up
-                started = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=clients) as pool:
-                    results = list(pool.map(lambda r: [r.predict(image, with_probabilities=False).mask
-                                                       for _ in range(requests)], remotes, timeout=600))
-                seconds = time.perf_counter() - started
-                masks[mode] = results[0][0]
-                for remote in remotes:
-                    remote.close()
-                rows.append({"side": side, "shared_memory": mode, "images": clients * requests,
-                             "images_per_s": round(clients * requests / seconds, 2)})
-            rows[-1]["masks_identical"] = bool(np.array_equal(masks["off"], masks["on"]))
+        with Segmenter.load(model_dir, backend="onnxruntime-cpu") as local:
+            for side in sides:
+                image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+                for tile in tiles:
+                    options = {"with_probabilities": False, "tile": {"false": False, "true": True}.get(tile, tile)}
+                    local.predict(image, **options)  # warm-up
+                    started = time.perf_counter()
+                    expected = [local.predict(image, **options).mask for _ in range(requests)][0]
+                    row = {"side": side, "tile": tile, "in_process_s_per_image": round(
+                        (time.perf_counter() - started) / requests, 3)}
+                    for mode in ("off", "on"):
+                        remotes = [RemoteSegmenter(server.grpc, ClientOptions(shared_memory=mode))
+                                   for _ in range(clients)]
+                        remotes[0].predict(image, **options)  # warm-up
+                        started = time.perf_counter()
+                        with ThreadPoolExecutor(max_workers=clients) as pool:
+                            results = list(pool.map(lambda r: [r.predict(image, **options).mask
+                                                               for _ in range(requests)], remotes, timeout=600))
+                        seconds = time.perf_counter() - started
+                        for remote in remotes:
+                            remote.close()
+                        row[f"{'shm' if mode == 'on' else 'grpc'}_images_per_s"] = round(clients * requests / seconds, 3)
+                        row[f"{'shm' if mode == 'on' else 'grpc'}_masks_identical"] = all(
+                            np.array_equal(mask, expected) for masks in results for mask in masks)
+                    row["shm_over_grpc"] = round(row["shm_images_per_s"] / row["grpc_images_per_s"], 2)
+                    rows.append(row)
     finally:
         server.stop()
     return rows
@@ -224,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-memory", choices=["off", "on"], default="off",
                         help="memory: the clients pass images through system shared memory")
     parser.add_argument("--transfer", default="", help="sides like 1024,4096: plain gRPC against shared memory")
+    parser.add_argument("--transfer-tile", default="false,auto",
+                        help="the tile settings --transfer measures: false (transfer-bound), auto, true")
+    parser.add_argument("--transfer-requests", type=int, default=2, help="requests per client in --transfer")
     parser.add_argument("--skip", choices=["memory", "mixed"], action="append", default=[])
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 64 or not 1 <= args.requests <= 16 or not 16 <= args.side <= 8192:
@@ -237,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                                              side=args.side, shared_memory=args.shared_memory)
         print(json.dumps(report["memory"]), flush=True)
     if args.transfer:
-        for row in transfer(args.model_dir, tuple(int(side) for side in args.transfer.split(",")), requests=2):
+        for row in transfer(args.model_dir, tuple(int(side) for side in args.transfer.split(",")),
+                            tiles=tuple(args.transfer_tile.split(",")), requests=args.transfer_requests):
             print(json.dumps(row), flush=True)
     return 0
 

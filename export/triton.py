@@ -142,12 +142,9 @@ def _write_front_model(manifest: Manifest, keys: list[str], folder: Path, option
     if options.front_precision not in keys:
         raise TritonRepoError(f"the front model runs artifact {options.front_precision!r}, which is not among "
                               f"those written ({', '.join(keys)}); add --precision {options.front_precision}")
-    defaults = ServeOptions()
     serve = ServeOptions(model_name=options.prefix, max_batch=options.max_batch,
                          max_queue_delay_us=options.max_queue_delay_us, instances=options.instances,
-                         max_queue=options.max_queue, load=LoadOptions(precision=options.front_precision),
-                         max_pixels_in_flight=max(defaults.max_pixels_in_flight,
-                                                  options.instances * defaults.predict.max_pixels))
+                         max_queue=options.max_queue, load=LoadOptions(precision=options.front_precision))
     version = write_front_model(folder, options.prefix, manifest, serve, "model")
     copy = version / "model"
     copy.mkdir()

@@ -15,7 +15,9 @@ Slow work: ``timeout`` (:class:`ClientOptions`, ``mrdl predict --server URL --ti
 long one request may take, from sending it to its answer (a tiled 4096x4096 image on a busy CPU
 takes minutes; the default is generous). A request the server refuses because it is busy (its
 queue is full: UNAVAILABLE / HTTP 503, or RESOURCE_EXHAUSTED / 429) or cannot take yet is sent
-again after 0.5, 1, 2, 4 ... s (at most ``retries`` times, with jitter); any other refusal is the
+again after 0.5, 1, 2, 4, 8, 8 ... s (with jitter) until its ``timeout`` runs out (or at most
+``retries`` times when set), so a client waiting behind others keeps its place in line as long as it
+is willing to wait; any other refusal is the
 request's own error (:class:`RemoteError`, one line). :meth:`RemoteSegmenter.predict_each` returns
 each image's prediction or error, so one bad image never loses the others; ``predict_batch``
 raises the first error. Requests hold at most ``max_batch`` images and the server's
@@ -57,8 +59,9 @@ class ClientOptions(OptionsBase):
     shared_memory: str = option("auto", "With --server: pass images and masks through system shared memory "
                                 "instead of the network stack; auto: when the server is on this host's loopback and "
                                 "accepts it.", choices=("auto", "on", "off"))
-    retries: int = option(4, "With --server: times a request the server refused as busy (UNAVAILABLE, "
-                          "RESOURCE_EXHAUSTED) is sent again, after 0.5, 1, 2, 4 ... s.", low=0, high=20)
+    retries: int | None = option(None, "With --server: a request the server refused as busy (UNAVAILABLE, "
+                                 "RESOURCE_EXHAUSTED) is sent again after 0.5, 1, 2, 4, 8, 8 ... s until --timeout "
+                                 "runs out (default), or at most this many times.", low=0, high=10_000)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -100,6 +103,12 @@ def _server_message(exc: Exception) -> str:
     if len(lines) > 2 and any("Traceback" in line for line in lines):
         return f"{lines[0]} ... {lines[-1].strip()}"
     return text
+
+
+def _writable(array: np.ndarray | None) -> np.ndarray | None:
+    """A response's read-only view copied, as Segmenter's results are writable; an array already copied out of
+    shared memory is kept as it is."""
+    return array if array is None or array.flags.writeable else np.array(array)
 
 
 class RemoteSegmenter:
@@ -167,7 +176,13 @@ class RemoteSegmenter:
         self.max_request_pixels = int(parameters.get("max_request_pixels") or 0) or None  # None: no limit known
         self.export_id = parameters.get("export_id")
         self.shared_memory = self._choose_shared_memory()
+        self._regions = None  # the shared-memory regions kept between requests (remote_shm.RegionPool)
+        if self.shared_memory:
+            from .remote_shm import RegionPool
+
+            self._regions = RegionPool(self._client)
         self.count = 0  # requests answered
+        self.busy_retries = 0  # requests sent again after a busy refusal
         self._seconds = 0.0
 
     def _choose_shared_memory(self) -> bool:
@@ -206,7 +221,8 @@ class RemoteSegmenter:
             return RemoteError(f"{self.url} model {self.model!r}: no answer within {self.timeout:g} s (--timeout)")
         return RemoteError(f"{self.url}: connection failed: {exc}")
 
-    def _send_once(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict | None) -> list:
+    def _send_once(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict | None,
+                   timeout: float) -> list:
         """Send every group at once; per group its result (with ``as_numpy``) or its :class:`RemoteError`."""
         from .remote_shm import SharedMemoryCall
 
@@ -217,14 +233,14 @@ class RemoteSegmenter:
             requests = []
             for index, group in enumerate(groups):
                 if self.shared_memory and (self.options.shared_memory == "on" or group.nbytes >= SHM_MIN_BYTES):
-                    calls[index] = SharedMemoryCall(self._client, self._module, group, names, self.n_classes or 1)
+                    calls[index] = SharedMemoryCall(self._regions, self._module, group, names, self.n_classes or 1)
                     requests.append((calls[index].inputs, calls[index].outputs))
                 else:
                     requests.append(self._request(group, with_probabilities))
             if self.protocol == "http":
                 self._send_http(requests, parameters, outcomes)
             else:
-                self._send_grpc(requests, parameters, outcomes)
+                self._send_grpc(requests, parameters, outcomes, timeout)
             for index, call in enumerate(calls):
                 if call is not None and not isinstance(outcomes[index], RemoteError):
                     outcomes[index] = call.read(outcomes[index])
@@ -249,12 +265,12 @@ class RemoteSegmenter:
             except Exception as exc:  # noqa: BLE001 - each request's failure is its own
                 outcomes[index] = self._error(exc)
 
-    def _send_grpc(self, requests: list, parameters: dict | None, outcomes: list) -> None:
+    def _send_grpc(self, requests: list, parameters: dict | None, outcomes: list, timeout: float) -> None:
         done: queue.Queue = queue.Queue()
         for index, (inputs, outputs) in enumerate(requests):
             self._client.async_infer(self.model, inputs, lambda result, error, i=index: done.put((i, result, error)),
-                                     outputs=outputs, client_timeout=self.timeout, parameters=parameters)
-        deadline = time.monotonic() + self.timeout + 5
+                                     outputs=outputs, client_timeout=timeout, parameters=parameters)
+        deadline = time.monotonic() + timeout + 5
         for _ in requests:
             try:
                 index, result, error = done.get(timeout=max(0.1, deadline - time.monotonic()))
@@ -265,15 +281,22 @@ class RemoteSegmenter:
             outcomes[index] = result if error is None else self._error(error)
 
     def _send_all(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict) -> list:
-        """:meth:`_send_once`, then the requests refused as busy again after a growing pause (``retries`` times)."""
-        outcomes = self._send_once(groups, with_probabilities, parameters or None)
-        for attempt in range(self.retries):
+        """:meth:`_send_once`, then the requests refused as busy again after a growing pause, until ``timeout``
+        seconds from now have run out (or ``retries`` times when set); each try waits at most the time left."""
+        deadline = time.monotonic() + self.timeout
+        outcomes = self._send_once(groups, with_probabilities, parameters or None, self.timeout)
+        attempt = 0
+        while self.retries is None or attempt < self.retries:
             again = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, RemoteError) and outcome.busy]
-            if not again:
+            pause = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** attempt) * random.uniform(1.0, 1.25)
+            if not again or time.monotonic() + pause + 1 > deadline:
                 break
-            time.sleep(min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** attempt) * random.uniform(1.0, 1.25))
+            time.sleep(pause)
+            attempt += 1
+            self.busy_retries += len(again)
+            left = max(1.0, deadline - time.monotonic())
             for index, outcome in zip(again, self._send_once([groups[i] for i in again], with_probabilities,
-                                                             parameters or None)):
+                                                             parameters or None, left)):
                 outcomes[index] = outcome
         return outcomes
 
@@ -315,10 +338,8 @@ class RemoteSegmenter:
                 for index in chunk:
                     predictions[index] = result
                 continue
-            masks = result.as_numpy("mask")  # read-only views of the response: copied, as Segmenter's are writable
-            probabilities = result.as_numpy("probabilities") if with_probabilities else None
-            masks = None if masks is None else np.array(masks)
-            probabilities = None if probabilities is None else np.array(probabilities)
+            masks = _writable(result.as_numpy("mask"))
+            probabilities = _writable(result.as_numpy("probabilities")) if with_probabilities else None
             if masks is None or masks.shape[0] != len(chunk) or (with_probabilities and probabilities is None):
                 raise RemoteError(f"{self.url} model {self.model!r} answered without the expected outputs "
                                   "(mask [b, H, W] uint8, probabilities [b, C, H, W]); is it served by mrdl serve?")
@@ -355,6 +376,9 @@ class RemoteSegmenter:
 
     def close(self) -> None:
         """Close the connection."""
+        regions, self._regions = getattr(self, "_regions", None), None
+        if regions is not None:
+            regions.close()
         client, self._client = getattr(self, "_client", None), None
         if client is not None:
             client.close()

@@ -59,6 +59,10 @@ DEFAULT_MAX_SIDE = 8192
 SERVE_PREDICT_DEFAULTS = PredictOptions(max_pixels=SERVE_MAX_PIXELS)
 START_TIMEOUT_S = 180
 PYTHON_SHM_BYTES = 16 * 1024 * 1024  # the Python backend's shared memory with each instance: start and growth step
+# glibc malloc in tritonserver and the stubs: buffers of 1 MiB and more are mapped apart and returned to the
+# system when freed (the default threshold rises up to 32 MiB with use, after which a freed request's pixels stay
+# in the heap), and the heap is trimmed above 16 MiB free.
+MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
 # Endpoints that change the server (or expose its files) need a token no client is given; statistics
 # stay readable so that mrdl-bench (and people) can see the batch sizes the dynamic batcher formed.
 RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
@@ -154,8 +158,10 @@ class ServeOptions(OptionsBase):
     max_side: int = option(DEFAULT_MAX_SIDE, "Refuse request images taller or wider than this.", low=1)
     max_windows: int = option(4096, "Refuse a tiled request that plans more windows than this (all its images "
                               "together; an overlap near 1 multiplies them).", low=1)
-    max_pixels_in_flight: int = option(4 * SERVE_MAX_PIXELS, "Request pixels the server works on at once, shared "
-                                       "among the instances: a larger dynamic batch runs in parts.", low=1)
+    max_pixels_in_flight: int | None = option(None, "Request pixels the server works on at once, shared among the "
+                                              "instances: a larger dynamic batch runs in parts, each answered "
+                                              "before the next runs (default: one largest request, --max-pixels, "
+                                              "per instance).", low=1)
     max_queue: int = option(4, "Requests that may wait for an instance; one more is refused with UNAVAILABLE "
                             "(HTTP 503), which clients retry.", low=1)
     exit_timeout: int = option(30, "On SIGTERM, seconds to finish the requests already accepted.", low=0)
@@ -165,7 +171,8 @@ class ServeOptions(OptionsBase):
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.max_pixels_in_flight // self.instances < self.predict.max_pixels:
+        in_flight = self.max_pixels_in_flight
+        if in_flight is not None and in_flight // self.instances < self.predict.max_pixels:
             raise OptionsError(f"--max-pixels-in-flight {self.max_pixels_in_flight} must hold one largest request "
                                f"({self.predict.max_pixels} pixels, --max-pixels) per instance ({self.instances})")
 
@@ -235,6 +242,7 @@ def server_environment(folder: Path, files: dict[str, Path]) -> tuple[Path, dict
             os.environ["LD_LIBRARY_PATH"] = saved
     environment["LD_LIBRARY_PATH"] = os.pathsep.join([libraries[0], str(files["libs"]), *libraries[1:]])
     environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
+    environment.update(MALLOC_ENVIRONMENT)
     return backends, environment
 
 
@@ -254,7 +262,10 @@ def tritonserver_command(files: dict[str, Path], repository: Path, backends: Pat
             f"--http-restricted-api={restricted}:mrdl-admin={token}",
             f"--grpc-restricted-protocol={restricted}:mrdl-admin={token}",
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
-            f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}"]
+            f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}",
+            # gRPC request/response objects kept for reuse keep their buffers (a 4096 x 4096 request is 48 MiB,
+            # its probabilities 128 MiB): keep none, so each request's buffers are freed with it.
+            "--grpc-infer-allocation-pool-size=0", "--pinned-memory-pool-byte-size=0"]
 
 
 def die_with_parent() -> None:

@@ -15,9 +15,12 @@ Every request of a dynamic batch is checked by itself first (:func:`check_reques
 shape, empty images, pixels per request, the options' own field rules, an unknown parameter, the
 tiled windows it would plan) and a bad one gets its own ``INVALID_ARG`` error (HTTP 400 / gRPC
 INVALID_ARGUMENT) of one line; the others run. The good ones run in parts of at most
-``max_pixels_in_flight / instances`` request pixels, so a large batch never holds more at once; a
+``max_pixels_in_flight / instances`` request pixels (default: one largest request), so a large batch
+never holds more at once; a
 part that fails in the model is run again request by request, so one failing request does not fail
-the others (its error is one line, ``INTERNAL``, never a traceback).
+the others (its error is one line, ``INTERNAL``, never a traceback). Each request is answered through
+its own response sender as soon as its answer is known, so a part's outputs (a 4096 x 4096 request's
+probabilities are 128 MB) leave the backend's shared memory before the next part runs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -136,18 +139,25 @@ def _parts(jobs: Sequence[tuple[int, Job]], budget: int) -> list[list[tuple[int,
     return parts
 
 
-def run_jobs(segmenter, jobs: Sequence[Job | RequestRefused], pixels_in_flight: int) -> list[dict | RequestRefused]:
-    """The outputs of each job (``mask``, ``tiled``, ``probabilities`` when asked for), or its error; refused
-    requests stay refused and never stop the others."""
-    results: list[dict | RequestRefused] = [job if isinstance(job, RequestRefused) else {} for job in jobs]
-    good = sorted(((i, job) for i, job in enumerate(jobs) if isinstance(job, Job)),
-                  key=lambda item: hash(item[1].options))  # requests with the same options run together
+def answer_jobs(segmenter, jobs: Sequence[Job | RequestRefused],
+                pixels_in_flight: int) -> Iterator[tuple[int, dict | RequestRefused]]:
+    """``(index, outputs or error)`` of each job as soon as it is known: refused requests first, then each part
+    of at most ``pixels_in_flight`` request pixels as it finishes (so a caller can send those answers and drop
+    them before the next part runs). Outputs: ``mask``, ``tiled``, ``probabilities`` when asked for; a part
+    failing in the model is run again request by request, so only the failing request fails."""
+    good = []
+    for index, job in enumerate(jobs):
+        if isinstance(job, RequestRefused):
+            yield index, job
+        else:
+            good.append((index, job))
+    good.sort(key=lambda item: hash(item[1].options))  # requests with the same options run together
     for part in _parts(good, pixels_in_flight):
         try:
             outputs = _run(segmenter, [job for _, job in part])
         except Exception as exc:  # noqa: BLE001 - one request's failure must not fail the others
             if len(part) == 1:
-                results[part[0][0]] = RequestRefused(f"the model failed on this request: {_one_line(exc)}", INTERNAL)
+                yield part[0][0], RequestRefused(f"the model failed on this request: {_one_line(exc)}", INTERNAL)
                 continue
             outputs = []
             for index, job in part:  # run apart: only the failing request fails
@@ -156,22 +166,41 @@ def run_jobs(segmenter, jobs: Sequence[Job | RequestRefused], pixels_in_flight: 
                 except Exception as single:  # noqa: BLE001
                     outputs.append(RequestRefused(f"the model failed on this request: {_one_line(single)}", INTERNAL))
         for (index, _), output in zip(part, outputs):
-            results[index] = output
+            yield index, output
+        del outputs  # this part's outputs are answered; not held while the next part runs
+
+
+def run_jobs(segmenter, jobs: Sequence[Job | RequestRefused], pixels_in_flight: int) -> list[dict | RequestRefused]:
+    """The outputs of each job (:func:`answer_jobs`) in the jobs' order; refused requests stay refused and never
+    stop the others."""
+    results: list[dict | RequestRefused] = [None] * len(jobs)  # type: ignore[list-item]
+    for index, result in answer_jobs(segmenter, jobs, pixels_in_flight):
+        results[index] = result
     return results
+
+
+def _stacked(arrays: list[np.ndarray], dtype) -> np.ndarray:
+    """``(b, ...)`` of ``b`` arrays; one array is viewed, not copied (a 4096 x 4096 request's probabilities are
+    128 MB)."""
+    if len(arrays) == 1:
+        return arrays[0].astype(dtype, copy=False)[None]
+    return np.stack(arrays).astype(dtype, copy=False)
 
 
 def _run(segmenter, jobs: Sequence[Job]) -> list[dict]:
     want = any(job.wants_probabilities for job in jobs)
     images = [image for job in jobs for image in job.images]
     predictions = segmenter.predict_batch(images, jobs[0].options.with_fields(with_probabilities=want))
+    del images
     outputs, start = [], 0
     for job in jobs:
         chunk = predictions[start:start + len(job.images)]
+        predictions[start:start + len(chunk)] = [None] * len(chunk)  # each map held once, by this job's output
         start += len(chunk)
-        output = {"mask": np.stack([p.mask for p in chunk]).astype(np.uint8, copy=False),  # (b, H, W)
+        output = {"mask": _stacked([p.mask for p in chunk], np.uint8),  # (b, H, W)
                   "tiled": np.array([[p.tiled] for p in chunk], dtype=bool)}  # (b, 1)
         if job.wants_probabilities:
-            output["probabilities"] = np.stack([p.probabilities for p in chunk]).astype(np.float32, copy=False)
+            output["probabilities"] = _stacked([p.probabilities for p in chunk], np.float32)  # (b, C, H, W)
         outputs.append(output)
     return outputs
 
@@ -205,9 +234,10 @@ class TritonPythonModel:
         load = options.load.with_fields(threads=options.load.threads or max(1, default_threads() // instances))
         self.segmenter = Segmenter.load(model_dir, load)
         self.defaults, self.manifest = options.predict, manifest
-        in_flight = max(options.predict.max_pixels, options.max_pixels_in_flight // instances)
+        in_flight = options.max_pixels_in_flight or instances * options.predict.max_pixels  # default: one request each
         self.limits = Limits(max_pixels=options.predict.max_pixels, max_side=options.max_side,
-                             max_windows=options.max_windows, pixels_in_flight=in_flight)
+                             max_windows=options.max_windows,
+                             pixels_in_flight=max(options.predict.max_pixels, in_flight // instances))
 
     def _job(self, request) -> Job | RequestRefused:
         import triton_python_backend_utils as pb_utils
@@ -224,19 +254,25 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - a malformed request is that request's error only
             return RequestRefused(f"malformed request: {_one_line(exc)}")
 
-    def execute(self, requests: list) -> list:
+    def execute(self, requests: list) -> None:
+        """Answer each request through its own response sender as soon as its answer is known (a refusal at
+        once, outputs when its part of the batch finishes), so one request's outputs leave the backend before
+        the next part runs instead of all of them at the end of the batch."""
         import triton_python_backend_utils as pb_utils
 
-        results = run_jobs(self.segmenter, [self._job(request) for request in requests], self.limits.pixels_in_flight)
-        responses = []
-        for result in results:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        jobs = [self._job(request) for request in requests]
+        for index, result in answer_jobs(self.segmenter, jobs, self.limits.pixels_in_flight):
             if isinstance(result, RequestRefused):
                 code = getattr(pb_utils.TritonError, result.code, pb_utils.TritonError.INTERNAL)
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code)))
+                response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
             else:
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, value) for name, value in result.items()]))
-        return responses
+                response = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(name, value) for name, value in result.items()])
+            del result
+            requests[index].get_response_sender().send(response, flags=final)
+            del response
+        return None
 
     def finalize(self) -> None:
         segmenter = getattr(self, "segmenter", None)

@@ -194,7 +194,8 @@ def test_client_retries_busy_refusals_with_backoff(monkeypatch):
     from mrdl_runtime import remote as remote_module
 
     client = object.__new__(remote_module.RemoteSegmenter)
-    client.retries, client.url, client.model = 3, "grpc://127.0.0.1:1", "mrdl"
+    client.retries, client.timeout, client.url, client.model = 3, 600.0, "grpc://127.0.0.1:1", "mrdl"
+    client.busy_retries = 0
     busy = remote_module.RemoteError("queue full", "StatusCode.UNAVAILABLE")
     answers = [[busy, "ok-1", remote_module.RemoteError("bad", "400")], [busy], ["ok-0"]]
     sent, pauses = [], []
@@ -205,6 +206,35 @@ def test_client_retries_busy_refusals_with_backoff(monkeypatch):
     assert outcomes[:2] == ["ok-0", "ok-1"] and outcomes[2].status == "400" and not outcomes[2].busy
     assert sent == [["g0", "g1", "g2"], ["g0"], ["g0"]]  # only the busy one again, twice
     assert len(pauses) == 2 and 0.5 <= pauses[0] <= 0.625 and 1.0 <= pauses[1] <= 1.25
+
+
+def test_client_retries_busy_refusals_until_its_timeout(monkeypatch):
+    """By default (retries None) a busy refusal is sent again until the client's own timeout runs out, each try
+    given the time left; the last busy refusal is the answer once no pause fits before the deadline."""
+    from mrdl_runtime import remote as remote_module
+
+    client = object.__new__(remote_module.RemoteSegmenter)
+    client.retries, client.timeout, client.url, client.model = None, 30.0, "grpc://127.0.0.1:1", "mrdl"
+    client.busy_retries = 0
+    now = [1000.0]
+    busy = remote_module.RemoteError("queue full", "StatusCode.UNAVAILABLE")
+    timeouts = []
+    monkeypatch.setattr(client, "_send_once", lambda groups, _p, _q, timeout: (timeouts.append(timeout), [busy])[1],
+                        raising=False)
+    monkeypatch.setattr(remote_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(remote_module.time, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    monkeypatch.setattr(remote_module.random, "uniform", lambda low, high: 1.0)
+    outcomes = client._send_all(["g0"], False, {})
+    assert outcomes[0] is busy
+    # 0.5 + 1 + 2 + 4 + 8 + 8 = 23.5 s of pauses fit in 30 s (each leaving 1 s for the try); the next 8 s does not
+    assert len(timeouts) == 7 and client.busy_retries == 6 and timeouts[0] == 30.0 and timeouts[-1] == pytest.approx(6.5)
+    assert all(later < earlier for earlier, later in zip(timeouts, timeouts[1:]))
+    more = object.__new__(remote_module.RemoteSegmenter)
+    more.retries, more.timeout, more.busy_retries = None, 600.0, 0
+    calls = []
+    monkeypatch.setattr(more, "_send_once", lambda *args: (calls.append(1), [busy])[1], raising=False)
+    more._send_all(["g0"], False, {})
+    assert len(calls) > 10  # not a fixed count of tries: 600 s of 8 s pauses
 
 
 def test_predict_server_tiles_skips_refused_images_and_records_what_ran(server, tiled_model_dir, tmp_path):
