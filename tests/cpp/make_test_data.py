@@ -13,6 +13,8 @@ OUT_DIR/index.json describes raw little-endian arrays (``.u8`` uint8, ``.f32`` f
   background) and synthetic images (raw, PNG and 16-bit TIFF) with the masks and probabilities
   ``mrdl_runtime.Segmenter`` returns, and tiled cases (the test model's model.json gets a
   ``source_size``; docs/tiling.md) with ``Segmenter.predict(..., tile=, overlap=, blend=)``'s results;
+  where openvino is installed, also the whole images' masks and probabilities from the ``openvino-cpu``
+  backend (the C++ OpenVINO backend's reference: the same engine with the same settings);
 * ``tiff``: TIFF files (Pillow-written and hand-written: strips, tiles, planes, 8/16-bit, compressed)
   with the RGB ``mrdl_runtime.imaging.read_image`` decodes them to, and files the C++ reader refuses;
 * ``hostile_tiff``: crafted TIFFs whose strip / tile numbers lie (tests/cpp/hostile_tiffs.py): each
@@ -71,9 +73,30 @@ def sources_digest() -> str:
         files += sorted((REPO / package).rglob("*.py"))
     for path in files:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    for version in (np.__version__, PIL.__version__, onnxruntime.__version__, torch.__version__):
+    for version in (np.__version__, PIL.__version__, onnxruntime.__version__, torch.__version__, _openvino_version()):
         digest.update(version.encode() + b"\0")
     return digest.hexdigest()
+
+
+def _openvino_version() -> str:
+    """openvino's version, "" where it is not installed (then no OpenVINO reference is written)."""
+    try:
+        import openvino
+    except ImportError:
+        return ""
+    return openvino.__version__
+
+
+def _openvino_vectors(folder: Path, cases: list[dict], images: list[np.ndarray]) -> None:
+    """Add the ``openvino-cpu`` backend's mask and probabilities to each whole-image case."""
+    from mrdl_runtime import Segmenter
+
+    with Segmenter.load(folder / "model", backend="openvino-cpu") as segmenter:
+        for case, image in zip(cases, images):
+            prediction = segmenter.predict(image)
+            case["openvino_mask"] = write_array(folder, f"{case['name']}_openvino_mask", prediction.mask)
+            case["openvino_probabilities"] = write_array(folder, f"{case['name']}_openvino_probs",
+                                                         prediction.probabilities)
 
 
 def _segment_vectors(folder: Path) -> dict:
@@ -107,7 +130,7 @@ def _segment_vectors(folder: Path) -> dict:
     manifest["artifacts"] = {key: {"file": entry["file"], "precision": entry["precision"]}
                              for key, entry in manifest["artifacts"].items()}
     write_deploy_manifest(folder / "model", manifest)
-    cases = []
+    cases, images = [], []
     with Segmenter.load(folder / "model", backend="onnxruntime-cpu") as segmenter:
         for i in range(SEGMENT_IMAGES):
             size = (96, 80, 64, 150)[i % 4]  # original sizes around and at the model's 64x64
@@ -115,6 +138,7 @@ def _segment_vectors(folder: Path) -> dict:
             if i == SEGMENT_IMAGES - 1:
                 image = image[:, :, 1]  # one grayscale image: replicated to RGB by both runtimes
             prediction = segmenter.predict(image)
+            images.append(image)
             name = f"seg_{i:02d}"
             Image.fromarray(image).save(folder / f"{name}.png")
             Image.fromarray(prediction.mask * np.uint8(255)).save(folder / f"{name}_mask.png")
@@ -142,6 +166,8 @@ def _segment_vectors(folder: Path) -> dict:
                                 "png": f"{name}.png", "mask_png": f"{name}_mask.png",
                                 "expected_mask": write_array(folder, f"{name}_mask", prediction.mask),
                                 "expected_probabilities": write_array(folder, f"{name}_probs", prediction.probabilities)})
+    if _openvino_version():
+        _openvino_vectors(folder, cases, images)
     return {"model_dir": "model", "threshold": median, "source_size": list(TILED_SOURCE_SIZE), "cases": cases,
             "tiled_cases": tiled_cases}
 

@@ -1,11 +1,13 @@
 // The OpenVINO backend (built with MRDL_OPENVINO): its masks agree with the Python runtime's (ONNX
 // Runtime FP32) at the export's parity gate (mrdl_export.parity: max |probability diff| <= 1e-3,
-// mean mask Dice agreement >= 0.99), whole and tiled; BF16 runs where the CPU has it (/proc/cpuinfo
+// mean mask Dice agreement >= 0.99), whole and tiled, and equal the Python runtime's openvino-cpu
+// backend (max |probability diff| <= 1e-5) where make_test_data.py had openvino; BF16 runs where the CPU has it (/proc/cpuinfo
 // avx512_bf16 or amx_bf16) and is refused where not; its INT8 agrees with ONNX Runtime's INT8;
 // one Segmenter serves several threads; wrong choices are refused, named.
 //   test_openvino TEST_DATA_DIR
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <fstream>
 #include <thread>
 
@@ -149,6 +151,32 @@ int main(int argc, char** argv) {
                   << " min " << found.min_dice << "\n";
         check(found.max_diff <= kParityAtol, "max |probability diff| " + std::to_string(found.max_diff));
         check(found.mean_dice >= kParityMinDice, "mean Dice agreement " + std::to_string(found.mean_dice));
+    });
+    run("FP32 equals the Python runtime's openvino-cpu backend (same engine, same settings)", [&] {
+        const Segmenter segmenter(model, options_for("fp32"));
+        const float threshold = segment.at("threshold").get<float>();
+        size_t compared = 0;
+        float worst = 0.0f;
+        for (size_t i = 0; i < segment.at("cases").size(); ++i) {
+            const nlohmann::json& c = segment.at("cases")[i];
+            if (!c.contains("openvino_probabilities")) continue;
+            const std::vector<float> expected = read_array<float>(dir + "/" + c.at("openvino_probabilities").get<std::string>());
+            const std::vector<uint8_t> mask = read_array<uint8_t>(dir + "/" + c.at("openvino_mask").get<std::string>());
+            const Segmentation result = segmenter.segment(cases[i].view, {}, cases[i].tiling);
+            worst = std::max(worst, max_abs_diff(result.probabilities, expected));
+            size_t differing = 0;  // away from the threshold, as the tiled ONNX Runtime comparison
+            for (size_t p = 0; p < mask.size() && p < result.mask.size(); ++p)
+                differing += result.mask[p] != mask[p] && std::fabs(expected[p] - threshold) > 1e-4f;
+            check(result.mask.size() == mask.size() && differing == 0,
+                  cases[i].name + ": " + std::to_string(differing) + " mask pixels differ from Python's OpenVINO");
+            ++compared;
+        }
+        if (compared == 0) {  // index.json written by a Python without openvino
+            std::cout << "     skipped: make_test_data.py ran without openvino (no Python OpenVINO reference)\n";
+            return;
+        }
+        std::cout << "     " << compared << " images, max |p diff| vs Python's OpenVINO " << worst << "\n";
+        check(worst <= 1e-5f, "max |probability diff| " + std::to_string(worst));
     });
     run("a batch (static batch sizes compiled on demand) equals one image at a time", [&] {
         const Segmenter segmenter(model, options_for("fp32"));
