@@ -207,13 +207,14 @@ def mixed_batches(model_dir: str | Path, *, clients: int = 8, rounds: int = 4, s
 
 
 def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, tiles: tuple[str, ...] = ("false",),
-             requests: int = 4, clients: int = 2) -> list[dict]:
-    """Images per second through one server for each side and ``tile`` setting, plain gRPC against system shared
-    memory: ``clients`` threads send ``requests`` masks-only requests each, in a closed loop; masks compared
-    between the two. Beside them, the same image in-process (one Segmenter, ``requests`` times in a row): the
-    compute a served image cannot avoid. ``tile="false"`` resizes the whole image to the model's size, so the
-    transfer is most of a served image's cost; ``"auto"`` tiles a large image at the training scale, so compute
-    is."""
+             rounds: int = 4) -> list[dict]:
+    """Seconds per image through one server for each side and ``tile`` setting, plain gRPC against system shared
+    memory and the same image in-process (one Segmenter: the compute a served image cannot avoid), one
+    masks-only request at a time, the three interleaved round by round so a change in the machine's load
+    reaches all three alike; reported: each one's median and the median of the per-round ratios
+    gRPC / shared memory (the shared memory speed-up), masks compared with in-process. ``tile="false"`` resizes
+    the whole image to the model's size, so the transfer is most of a served image's cost; ``"auto"`` tiles a
+    large image at the training scale, so compute is."""
     from mrdl_runtime import RemoteSegmenter, Segmenter
     from mrdl_runtime.remote import ClientOptions
     from mrdl_runtime.server_process import ServerProcess
@@ -222,32 +223,30 @@ def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, ti
     server = ServerProcess(model_dir, ServeOptions())
     try:
         server.start()
-        with Segmenter.load(model_dir, backend="onnxruntime-cpu") as local:
+        with Segmenter.load(model_dir, backend="onnxruntime-cpu") as local, \
+                RemoteSegmenter(server.grpc, ClientOptions(shared_memory="off")) as plain, \
+                RemoteSegmenter(server.grpc, ClientOptions(shared_memory="on")) as shared:
+            paths = {"in_process": local, "grpc": plain, "shm": shared}
             for side in sides:
                 image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
                 for tile in tiles:
                     options = {"with_probabilities": False, "tile": {"false": False, "true": True}.get(tile, tile)}
-                    local.predict(image, **options)  # warm-up
-                    started = time.perf_counter()
-                    expected = [local.predict(image, **options).mask for _ in range(requests)][0]
-                    row = {"side": side, "tile": tile, "in_process_s_per_image": round(
-                        (time.perf_counter() - started) / requests, 3)}
-                    for mode in ("off", "on"):
-                        remotes = [RemoteSegmenter(server.grpc, ClientOptions(shared_memory=mode))
-                                   for _ in range(clients)]
-                        remotes[0].predict(image, **options)  # warm-up
-                        started = time.perf_counter()
-                        with ThreadPoolExecutor(max_workers=clients) as pool:
-                            results = list(pool.map(lambda r: [r.predict(image, **options).mask
-                                                               for _ in range(requests)], remotes, timeout=600))
-                        seconds = time.perf_counter() - started
-                        for remote in remotes:
-                            remote.close()
-                        row[f"{'shm' if mode == 'on' else 'grpc'}_images_per_s"] = round(clients * requests / seconds, 3)
-                        row[f"{'shm' if mode == 'on' else 'grpc'}_masks_identical"] = all(
-                            np.array_equal(mask, expected) for masks in results for mask in masks)
-                    row["shm_over_grpc"] = round(row["shm_images_per_s"] / row["grpc_images_per_s"], 2)
-                    rows.append(row)
+                    expected = local.predict(image, **options).mask  # and warm-up
+                    seconds: dict[str, list[float]] = {name: [] for name in paths}
+                    identical = True
+                    for round_ in range(rounds + 1):  # round 0 warms the served paths up
+                        for name, segmenter in paths.items():
+                            started = time.perf_counter()
+                            mask = segmenter.predict(image, **options).mask
+                            if round_:
+                                seconds[name].append(time.perf_counter() - started)
+                            identical &= bool(np.array_equal(mask, expected))
+                    ratios = [g / s for g, s in zip(seconds["grpc"], seconds["shm"])]
+                    rows.append({"side": side, "tile": tile, "rounds": rounds, "masks_identical": identical,
+                                 **{f"{name}_s_per_image": round(float(np.median(values)), 3)
+                                    for name, values in seconds.items()},
+                                 "shm_over_grpc_median": round(float(np.median(ratios)), 2),
+                                 "shm_over_grpc_range": [round(min(ratios), 2), round(max(ratios), 2)]})
     finally:
         server.stop()
     return rows
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer", default="", help="sides like 1024,4096: plain gRPC against shared memory")
     parser.add_argument("--transfer-tile", default="false,auto",
                         help="the tile settings --transfer measures: false (transfer-bound), auto, true")
-    parser.add_argument("--transfer-requests", type=int, default=2, help="requests per client in --transfer")
+    parser.add_argument("--transfer-rounds", type=int, default=4, help="interleaved rounds in --transfer")
     parser.add_argument("--skip", choices=["memory", "mixed"], action="append", default=[])
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= 64 or not 1 <= args.requests <= 16 or not 16 <= args.side <= 8192:
@@ -281,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report["memory"]), flush=True)
     if args.transfer:
         for row in transfer(args.model_dir, tuple(int(side) for side in args.transfer.split(",")),
-                            tiles=tuple(args.transfer_tile.split(",")), requests=args.transfer_requests):
+                            tiles=tuple(args.transfer_tile.split(",")), rounds=args.transfer_rounds):
             print(json.dumps(row), flush=True)
     return 0
 

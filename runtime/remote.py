@@ -221,9 +221,11 @@ class RemoteSegmenter:
             return RemoteError(f"{self.url} model {self.model!r}: no answer within {self.timeout:g} s (--timeout)")
         return RemoteError(f"{self.url}: connection failed: {exc}")
 
-    def _send_once(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict | None,
+    def _send_once(self, groups: list[list[np.ndarray]], with_probabilities: bool, parameters: dict | None,
                    timeout: float) -> list:
-        """Send every group at once; per group its result (with ``as_numpy``) or its :class:`RemoteError`."""
+        """Send every group (images of one size) at once; per group its result (with ``as_numpy``) or its
+        :class:`RemoteError`. Through shared memory a group's images are written straight into its region; else
+        they are stacked into the request."""
         from .remote_shm import SharedMemoryCall
 
         names = ["mask", "tiled"] + (["probabilities"] if with_probabilities else [])
@@ -232,11 +234,13 @@ class RemoteSegmenter:
         try:
             requests = []
             for index, group in enumerate(groups):
-                if self.shared_memory and (self.options.shared_memory == "on" or group.nbytes >= SHM_MIN_BYTES):
+                nbytes = sum(image.nbytes for image in group)
+                if self.shared_memory and (self.options.shared_memory == "on" or nbytes >= SHM_MIN_BYTES):
                     calls[index] = SharedMemoryCall(self._regions, self._module, group, names, self.n_classes or 1)
                     requests.append((calls[index].inputs, calls[index].outputs))
                 else:
-                    requests.append(self._request(group, with_probabilities))
+                    stacked = np.stack(group) if len(group) > 1 else group[0][None]  # one image: a view
+                    requests.append(self._request(stacked, with_probabilities))
             if self.protocol == "http":
                 self._send_http(requests, parameters, outcomes)
             else:
@@ -280,7 +284,7 @@ class RemoteSegmenter:
                 return
             outcomes[index] = result if error is None else self._error(error)
 
-    def _send_all(self, groups: list[np.ndarray], with_probabilities: bool, parameters: dict) -> list:
+    def _send_all(self, groups: list[list[np.ndarray]], with_probabilities: bool, parameters: dict) -> list:
         """:meth:`_send_once`, then the requests refused as busy again after a growing pause, until ``timeout``
         seconds from now have run out (or ``retries`` times when set); each try waits at most the time left."""
         deadline = time.monotonic() + self.timeout
@@ -327,7 +331,7 @@ class RemoteSegmenter:
         rgb = [check_image(image, channel_order=options.channel_order) for image in images]
         plan = self._plan(rgb)
         start = time.perf_counter()
-        results = self._send_all([np.stack([rgb[i] for i in chunk]) for chunk in plan], with_probabilities,
+        results = self._send_all([[rgb[i] for i in chunk] for chunk in plan], with_probabilities,
                                  options.request_parameters())
         answered = sum(not isinstance(result, RemoteError) for result in results)
         self.count += answered

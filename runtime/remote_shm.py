@@ -108,17 +108,17 @@ class SharedMemoryCall:
     """One request through a :class:`RegionPool` slot: the input written in, the outputs named; ``read`` copies
     the outputs out, ``close`` gives the slot back (always call it)."""
 
-    def __init__(self, pool: RegionPool, module, images: np.ndarray, names: list[str], n_classes: int) -> None:
-        count, height, width = images.shape[:3]
+    def __init__(self, pool: RegionPool, module, images: list[np.ndarray], names: list[str], n_classes: int) -> None:
+        count, (height, width) = len(images), images[0].shape[:2]  # images of one size, (H, W, 3) uint8 each
         self.pool, self.done = pool, False
-        self.shapes = {"image": (images.shape, np.uint8), "mask": ((count, height, width), np.uint8),
+        self.shapes = {"image": ((count, height, width, 3), np.uint8), "mask": ((count, height, width), np.uint8),
                        "tiled": ((count, 1), np.bool_), "probabilities": ((count, n_classes, height, width), np.float32)}
         self.names = names
         sizes = {key: self._bytes(key) for key in ["image", *names]}
         self.slot = pool.take(sizes)
         name, handle, _ = self.slot.regions["image"]
-        pool.shm.set_shared_memory_region(handle, [images])  # the one copy in
-        tensor = module.InferInput("image", list(images.shape), "UINT8")
+        pool.shm.set_shared_memory_region(handle, list(images))  # the one copy in, image after image
+        tensor = module.InferInput("image", [count, height, width, 3], "UINT8")
         tensor.set_shared_memory(name, sizes["image"])
         self.inputs, self.outputs = [tensor], []
         for key in names:

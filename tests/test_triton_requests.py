@@ -92,6 +92,76 @@ def test_a_request_failing_in_the_model_fails_alone():
     assert parts.calls == [1, 1]
 
 
+class _FakeBackend:
+    """Just enough of ``triton_python_backend_utils`` for :meth:`TritonPythonModel.execute`, recording what each
+    request's response sender sent and when (after how many model calls)."""
+
+    TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code):
+            self.message, self.code = message, code
+
+    class Tensor:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.outputs = {t.name: t.value for t in output_tensors or []}
+            self.error = error
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return request.tensor
+
+
+class _FakeRequest:
+    def __init__(self, images, sent, calls):
+        self.tensor = type("T", (), {"as_numpy": lambda _self: images})()
+        self.sent, self.calls = sent, calls
+
+    def parameters(self):
+        return "{}"
+
+    def requested_output_names(self):
+        return ["mask"]
+
+    def get_response_sender(self):
+        request = self
+        return type("S", (), {"send": lambda _self, response, flags: request.sent.append(
+            (request, response, flags, len(request.calls)))})()
+
+
+def test_execute_answers_a_batch_of_several_parts_through_response_senders_part_by_part(monkeypatch):
+    """A batch over the in-flight budget runs in parts and each request is answered by its own sender as its
+    part finishes (before the next part runs), errors included; a batch of one part returns its responses."""
+    import sys
+
+    from mrdl_runtime.triton_model import TritonPythonModel
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeBackend)
+    model = object.__new__(TritonPythonModel)
+    model.segmenter, model.defaults, model.manifest = _FailsOnMarked(), PredictOptions(), _Manifest()
+    model.limits = Limits(max_pixels=250_000, max_side=1000, max_windows=64, pixels_in_flight=16)  # one 4x4 each
+    sent: list = []
+    images = [np.zeros((1, 4, 4, 3), np.uint8) for _ in range(3)] + [np.zeros((1, 0, 4, 3), np.uint8)]
+    requests = [_FakeRequest(image, sent, model.segmenter.calls) for image in images]
+    assert model.execute(requests) is None
+    assert [requests.index(request) for request, *_ in sent] == [3, 0, 1, 2]  # the refused one first
+    assert [calls for *_, calls in sent] == [0, 1, 2, 3]  # each sent as soon as its part ran
+    assert all(flags == 1 for _, _, flags, _ in sent)
+    assert sent[0][1].error.code == "INVALID_ARG" and "empty" in sent[0][1].error.message
+    assert all(np.array_equal(response.outputs["mask"], np.ones((1, 4, 4), np.uint8)) for _, response, *_ in sent[1:])
+    model.limits = Limits(max_pixels=250_000, max_side=1000, max_windows=64, pixels_in_flight=1_000)
+    sent.clear()
+    responses = model.execute(requests)
+    assert not sent and len(responses) == 4 and responses[3].error.code == "INVALID_ARG"
+    assert all(np.array_equal(r.outputs["mask"], np.ones((1, 4, 4), np.uint8)) for r in responses[:3])
+
+
 @pytest.fixture(scope="module")
 def tiled_model_dir(model_dir, tmp_path_factory):
     copy = tmp_path_factory.mktemp("served") / "deploy"
