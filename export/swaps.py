@@ -10,13 +10,15 @@ that the deployment runtimes run better (the training model and its checkpoints 
   rearranged. ONNX Runtime has no integer ConvTranspose (it stays float in an INT8 model); the 1x1
   Conv quantizes to a QLinearConv.
 
-  The rearrangement is written channels-last (Transpose to NHWC, Reshape to (B, H, W, k, k, C),
+  The rearrangement is written channels-last (Transpose to NHWC, Reshape to (B*H, W, k, k*C),
   Transpose of the two middle axes, Reshape, Transpose back) rather than as ``PixelShuffle``
-  (ONNX ``DepthToSpace``): ONNX Runtime runs its QLinearConv channels-last and cancels the
-  Transposes against its own layout changes and against the channel LayerNorm's, leaving one
-  uint8 Transpose that moves whole channel vectors, where ``DepthToSpace`` is a float
-  element-by-element shuffle (with it the INT8 model was slower than with the ConvTranspose;
-  docs/measurements.md, "Float islands in ONNX Runtime INT8").
+  (ONNX ``DepthToSpace``), which is a float element-by-element shuffle (with it the INT8 model was
+  slower than with the ConvTranspose). ONNX Runtime runs its QLinearConv channels-last and cancels
+  the Transposes against its own layout changes and against the channel LayerNorm's, leaving one
+  uint8 Transpose that moves whole channel vectors. That Transpose is 4-D (batch and rows merged):
+  OpenVINO has no fast kernel for the 6-D form of it, which ran our INT8 file 8% slower there than
+  the ConvTranspose graph, against 5% with the 4-D form, at the same ONNX Runtime speed
+  (docs/measurements.md, "Float islands in ONNX Runtime INT8").
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ class ConvTransposeAsConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         k, c_out = self.k, self.c_out
-        taps = self.conv(x).permute(0, 2, 3, 1)  # (B, H, W, k*k*C_out)
-        taps = taps.reshape(batch, height, width, k, k, c_out).permute(0, 1, 3, 2, 4, 5)  # (B, H, k, W, k, C_out)
+        taps = self.conv(x).permute(0, 2, 3, 1)  # (B, H, W, k*k*C_out): channel (a*k + b)*C_out + o
+        taps = taps.reshape(batch * height, width, k, k * c_out).permute(0, 2, 1, 3)  # (B*H, a, W, (b, o))
         return taps.reshape(batch, height * k, width * k, c_out).permute(0, 3, 1, 2)  # (B, C_out, kH, kW)
 
 
