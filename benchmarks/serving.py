@@ -106,6 +106,7 @@ def _drive(server: ServerProcess, images: list[np.ndarray], *, clients: int, req
 
     latencies: list[float] = []
     errors: list[str] = []
+    warmed = [0]  # warm-up requests answered
     lock = threading.Lock()
     barrier = threading.Barrier(clients + 1, timeout=timeout)
     url = server.grpc if protocol == "grpc" else server.http
@@ -115,6 +116,8 @@ def _drive(server: ServerProcess, images: list[np.ndarray], *, clients: int, req
         try:
             remote = RemoteSegmenter(url, timeout=timeout)
             remote.predict(images[index % len(images)], with_probabilities=False)  # warm-up, untimed
+            with lock:
+                warmed[0] += 1
         except Exception as exc:  # counted, never raised: the level goes on with the others
             with lock:
                 errors.append(f"{type(exc).__name__}: {exc}")
@@ -144,7 +147,14 @@ def _drive(server: ServerProcess, images: list[np.ndarray], *, clients: int, req
     for thread in threads:
         thread.join(timeout=timeout * requests + 30)
     wall = time.perf_counter() - start
-    after = server.batch_counts()
+    answered = len(latencies) + warmed[0]
+    deadline = time.monotonic() + 2  # Triton records a batch's statistics just after its responses leave
+    while True:
+        after = server.batch_counts()
+        served = sum(size * (after.get(size, 0) - before.get(size, 0)) for size in after)
+        if served >= answered or time.monotonic() > deadline:  # every answered image counted, or 2 s
+            break
+        time.sleep(0.05)
     formed = {size: after.get(size, 0) - before.get(size, 0) for size in sorted(after)}
     formed = {size: count for size, count in formed.items() if count > 0}
     calls = sum(formed.values())

@@ -210,8 +210,8 @@ def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, ti
              rounds: int = 4) -> list[dict]:
     """Seconds per image through one server for each side and ``tile`` setting, plain gRPC against system shared
     memory and the same image in-process (one Segmenter: the compute a served image cannot avoid), one
-    masks-only request at a time, the three interleaved round by round so a change in the machine's load
-    reaches all three alike; reported: each one's median and the median of the per-round ratios
+    masks-only request at a time, the three interleaved round by round in a rotating order, so a change in the
+    machine's load (and the server's work left from the request before) reaches all three alike; reported: each one's median and the median of the per-round ratios
     gRPC / shared memory (the shared memory speed-up), masks compared with in-process. ``tile="false"`` resizes
     the whole image to the model's size, so the transfer is most of a served image's cost; ``"auto"`` tiles a
     large image at the training scale, so compute is."""
@@ -234,8 +234,10 @@ def transfer(model_dir: str | Path, sides: tuple[int, ...] = (1024, 4096), *, ti
                     expected = local.predict(image, **options).mask  # and warm-up
                     seconds: dict[str, list[float]] = {name: [] for name in paths}
                     identical = True
+                    names = list(paths)
                     for round_ in range(rounds + 1):  # round 0 warms the served paths up
-                        for name, segmenter in paths.items():
+                        for name in names[round_ % 3:] + names[:round_ % 3]:  # order rotated round by round
+                            segmenter = paths[name]
                             started = time.perf_counter()
                             mask = segmenter.predict(image, **options).mask
                             if round_:

@@ -73,7 +73,7 @@ class TritonRepoOptions:
     force: bool = False
     front: bool = True  # also write the front model <prefix> (raw images in, masks out)
     front_precision: str = "fp32"  # the artifact the front model runs
-    max_queue: int = 4  # the front model's queue; one more request is refused with UNAVAILABLE
+    max_queue: int = 2  # the front model's queue (mrdl serve's default); one more request is refused with UNAVAILABLE
 
 
 def _preferred(max_batch: int) -> list[int]:

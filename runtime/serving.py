@@ -162,8 +162,9 @@ class ServeOptions(OptionsBase):
                                               "instances: a larger dynamic batch runs in parts, each answered "
                                               "before the next runs (default: one largest request, --max-pixels, "
                                               "per instance).", low=1)
-    max_queue: int = option(4, "Requests that may wait for an instance; one more is refused with UNAVAILABLE "
-                            "(HTTP 503), which clients retry.", low=1)
+    max_queue: int = option(2, "Requests that may wait for an instance; one more is refused with UNAVAILABLE "
+                            "(HTTP 503), which clients retry until their timeout (each waiting 4096 x 4096 "
+                            "request holds 48 MiB).", low=1)
     exit_timeout: int = option(30, "On SIGTERM, seconds to finish the requests already accepted.", low=0)
     load: LoadOptions = option(LoadOptions(), "How each instance loads the model.", cli=False)
     predict: PredictOptions = option(SERVE_PREDICT_DEFAULTS, "What requests run with (their parameters "
