@@ -43,8 +43,9 @@ class TrainOptions:
         None, "Text embedding file from `mrdl embed-text` [default: the one beside --data; with the synthetic "
         "data, OUT/text_embeddings.safetensors, built with a random tower].")
     epochs: int | None = option(
-        None, "Epoch cap, a safety limit (early stopping is the real stop) [default: from the config]; with "
-        "--resume it raises or lowers the saved cap.", config="train", low=0)
+        None, "Epochs of the run: small and base run them all (patience = this cap) with the cosine over them "
+        "(lr_period 0); with --patience below it, a cap [default: from the config]; with --resume it raises or "
+        "lowers the saved cap.", config="train", low=0)
     batch_size: int | None = option(
         None, "Global batch of one optimizer step, split over processes and --accumulate [default: recipe/config].",
         config="train", low=1)
