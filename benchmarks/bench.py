@@ -122,17 +122,23 @@ def _warm_up(runner: BenchRunner, inputs: InputSet, *, batch: int, warmup: int, 
 
 
 def _rounds(runners: dict[str, BenchRunner], inputs: InputSet, *, batch: int, first_index: int, iters: int,
-            include_prepost: bool, threshold: float) -> dict[str, list[float]]:
+            include_prepost: bool, threshold: float, settle_s: float = 0.0) -> dict[str, list[float]]:
     """``iters`` rounds in which every runner takes one timed step on the same images, the order rotated
     each round (no backend always runs first, or after the same neighbour): name -> seconds per round.
 
     Interleaved, a burst of load from another process hits every backend in the round it happens
-    in, instead of whichever backend happened to be measuring then; per-round ratios cancel it."""
+    in, instead of whichever backend happened to be measuring then; per-round ratios cancel it.
+    ``settle_s`` of idle time precede each step: ONNX Runtime's and OpenVINO's worker threads
+    spin-wait for work for a while after a run returns, and without the pause the previous
+    backend's spinning threads take cores from the next one (on 2 cores, ONNX Runtime INT8 after
+    FP32 measured 25-50% slower than alone)."""
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(iters):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            if settle_s:
+                time.sleep(settle_s)
             times[name].append(_step(runners[name], inputs, index=first_index + round_index, batch=batch,
                                      include_prepost=include_prepost, threshold=threshold))
     return times
@@ -166,7 +172,7 @@ def _all_outputs(runner: BenchRunner, inputs: InputSet, *, batch: int) -> np.nda
 
 def _measure_backends(backends: list[str], batches: list[int], *, ckpt: Path, model_dir: Path, inputs: InputSet,
                       threads: int, device: str, warmup: int, iters: int, include_prepost: bool, threshold: float,
-                      progress: bool) -> tuple[list[BackendResult], list[SkippedBackend], dict[str, np.ndarray], dict]:
+                      progress: bool, settle_s: float = 0.0) -> tuple[list[BackendResult], list[SkippedBackend], dict[str, np.ndarray], dict]:
     """Activate every backend and warm each up alone (memory sampled), then time them all interleaved, round by
     round, at every batch size: (results, skipped, outputs on every input image, load check per batch)."""
     from tqdm import tqdm
@@ -201,7 +207,7 @@ def _measure_backends(backends: list[str], batches: list[int], *, ckpt: Path, mo
                 bar.set_postfix_str(f"batch {batch}: {iters} interleaved rounds")
                 before = os.getloadavg()[0]
                 timed[batch] = _rounds(runners, inputs, batch=batch, first_index=warmup, iters=iters,
-                                       include_prepost=include_prepost, threshold=threshold)
+                                       include_prepost=include_prepost, threshold=threshold, settle_s=settle_s)
                 loads[batch] = load_check(before, os.getloadavg()[0])
                 bar.update(1)
         baseline = PAIRED_BASELINE if PAIRED_BASELINE in runners else next(iter(runners), None)
@@ -298,7 +304,8 @@ def run_benchmark(options: BenchOptions | None = None, *, ckpt: str | Path, mode
     in_process = [name for name in backends if name not in SERVING_BACKENDS]
     results, skipped, outputs, loads = _measure_backends(
         in_process, batches, ckpt=ckpt, model_dir=model_dir, inputs=inputs, threads=threads, device=device,
-        warmup=warmup, iters=iters, include_prepost=include_prepost, threshold=threshold, progress=progress)
+        warmup=warmup, iters=iters, include_prepost=include_prepost, threshold=threshold, progress=progress,
+        settle_s=options.settle_ms / 1e3)
 
     for result in results:
         result.parity = parity(outputs[result.backend], reference, reference_name=REFERENCE, threshold=threshold)

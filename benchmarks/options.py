@@ -40,6 +40,9 @@ class BenchOptions(OptionsBase):
     images: int = option(8, "Input pool size (batches cycle over it; parity is computed on all of it).", low=1)
     warmup: int = option(3, "Untimed warm-up iterations.", low=0)
     iters: int = option(20, "Timed iterations.", low=1)
+    settle_ms: int = option(
+        50, "Idle milliseconds before each timed step of an interleaved round, so that the previous backend's "
+        "spin-waiting worker threads have stopped and do not take cores from the next one (0: none).", low=0)
     phase_iters: int | None = option(
         None, "Timed passes for the export-safe phase's share of latency. Default: --iters.", low=1)
     threads: int = option(

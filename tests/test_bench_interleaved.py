@@ -58,3 +58,17 @@ def test_percentiles_need_the_iterations_that_resolve_them():
     assert few.meaningful(50) and not few.meaningful(90) and not few.meaningful(99)
     enough = LatencySummary.from_seconds([0.01] * 100)
     assert enough.meaningful(90) and enough.meaningful(99)
+
+
+def test_rounds_pause_before_every_step_when_asked(monkeypatch):
+    import mrdl_bench.bench as bench
+
+    events: list[str] = []
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: events.append(f"sleep {seconds}"))
+    runners = {name: _FakeRunner(name, [0.01] * 3, events) for name in "ab"}
+    inputs = InputSet(source="test", names=["x"], raw=[np.zeros((4, 4, 3), np.uint8)], tensors=np.zeros((1, 3, 4, 4), np.float32), size=4)
+    _rounds(runners, inputs, batch=1, first_index=0, iters=2, include_prepost=False, threshold=0.5, settle_s=0.05)
+    assert events == ["sleep 0.05", "a", "sleep 0.05", "b", "sleep 0.05", "b", "sleep 0.05", "a"]
+    events.clear()
+    _rounds(runners, inputs, batch=1, first_index=0, iters=1, include_prepost=False, threshold=0.5)
+    assert events == ["a", "b"]  # no pause by default in the loop itself
