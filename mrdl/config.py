@@ -96,8 +96,9 @@ MIN_DELTA_MODES = ("absolute", "relative")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation. Early stopping (``patience`` epochs without a Val gain) ends a run; ``epochs`` is
-    only a safety cap. The learning rate follows ``lr_schedule`` with a period of its own:
+    """Optimisation. A run ends after ``epochs``, or earlier when ``patience`` epochs pass without a Val
+    gain (the ``small``/``base`` defaults set patience to the cap: a fixed cosine run, chosen by
+    docs/training-schedule.md). The learning rate follows ``lr_schedule`` with a period:
     ``cosine`` anneals from ``lr`` to ``min_lr`` over ``lr_period`` epochs and then stays there,
     ``cosine-restarts`` repeats that anneal every ``lr_period`` epochs (SGDR, as LViT's code),
     ``constant`` keeps ``lr``. ``lr_period`` 0 means the epoch cap (what runs before it existed did).

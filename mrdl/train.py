@@ -18,10 +18,12 @@ produces the same weights as an uninterrupted run.
 A new run refuses a folder that already holds a run's files unless ``overwrite=True``, which deletes
 only those files (:data:`mrdl.run_folder.RUN_FILES`); other files there are left alone.
 
-Stopping: early stopping (``patience`` epochs without a Val gain larger than ``min_delta``) is the
-real stop; the epoch cap (``config.train.epochs``) is a safety limit that can be raised when
-resuming, and the learning-rate schedule has its own period (``lr_period``), so a capped run
-continued with a higher cap equals a run that had the higher cap from the start. ``best.safetensors``
+Stopping: a run ends at the epoch cap (``config.train.epochs``) or earlier by early stopping
+(``patience`` epochs without a Val gain larger than ``min_delta``). The ``small`` and ``base``
+defaults run a cosine schedule over the whole cap (``lr_period`` 0) with patience equal to the cap,
+so they end at the cap (docs/training-schedule.md says why). With a period of its own
+(``lr_period`` > 0) the schedule does not depend on the cap, so a capped run continued with a
+higher cap equals a run that had the higher cap from the start. ``best.safetensors``
 follows every Val gain, however small; the patience count restarts only on a gain above
 ``min_delta`` over the score that last restarted it. ``run.json``, :class:`TrainResult` and
 ``mrdl train``'s last line give the time to the best epoch and the time spent after it.
