@@ -45,6 +45,10 @@ from .segmenter import Prediction
 DEFAULT_MODEL = "mrdl"
 PROTOCOLS = ("http", "grpc")
 RETRY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "503", "429")
+# UNAVAILABLE also means "not there" (no connection, the server shutting down, the model unloaded): sending
+# again until the timeout would hold the client for minutes against a server that is gone
+GONE_MARKERS = ("failed to connect", "connection refused", "connect failed", "socket closed", "stopping",
+                "shutting down", "unknown model", "no available versions", "not ready")
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0
 SHM_MIN_BYTES = 1 << 20  # shared_memory "auto": smaller requests go inline (registering regions costs round trips)
 
@@ -77,8 +81,10 @@ class RemoteError(MrdlError, RuntimeError):
 
     @property
     def busy(self) -> bool:
-        """The server refused the request as busy: sending it again later may succeed."""
-        return self.status in RETRY_STATUSES
+        """The server refused the request as busy (a full queue, too many pixels in flight): sending it again
+        later may succeed. Unreachable or stopping servers are not busy."""
+        text = str(self).lower()
+        return self.status in RETRY_STATUSES and not any(marker in text for marker in GONE_MARKERS)
 
 
 def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:

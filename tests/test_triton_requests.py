@@ -307,6 +307,23 @@ def test_client_retries_busy_refusals_until_its_timeout(monkeypatch):
     assert len(calls) > 10  # not a fixed count of tries: 600 s of 8 s pauses
 
 
+def test_unreachable_or_stopping_servers_are_not_busy():
+    """UNAVAILABLE / 503 from a full queue is busy (sent again); the same codes from a server that cannot be
+    reached, is shutting down or no longer serves the model are not, so a client does not wait out its timeout
+    against a server that is gone."""
+    from mrdl_runtime.remote import RemoteError
+
+    assert RemoteError("grpc://h:1 model 'mrdl': Exceeds maximum queue size", "StatusCode.UNAVAILABLE").busy
+    assert RemoteError("http://h:1 model 'mrdl': too many pixels in flight", "429").busy
+    for message, status in [("failed to connect to all addresses; last error: Connection refused",
+                             "StatusCode.UNAVAILABLE"),
+                            ("Socket closed", "StatusCode.UNAVAILABLE"),
+                            ("Server is stopping", "503"),
+                            ("Request for unknown model: 'mrdl' has no available versions", "StatusCode.UNAVAILABLE")]:
+        assert not RemoteError(message, status).busy, message
+    assert not RemoteError("Exceeds maximum queue size", "400").busy
+
+
 def test_predict_server_tiles_skips_refused_images_and_records_what_ran(server, tiled_model_dir, tmp_path):
     """mrdl predict --server --tile true --timeout: tiling runs on the server, an image the server refuses is
     listed while the others are written, and predict.json says what ran."""
