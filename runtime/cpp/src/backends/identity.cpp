@@ -75,4 +75,12 @@ void check_signature(const std::string& path, const std::string& kind, const std
                              join(declared) + "]; re-export, or use the model.json written with this file");
 }
 
+void check_output_shape(const Manifest& manifest, int64_t batch, const std::vector<int64_t>& shape) {
+    std::vector<int64_t> expected = manifest.outputs.front().shape;
+    expected[0] = batch;
+    if (shape != expected)
+        throw BackendError("the model returned output of an unexpected shape (expected [" + std::to_string(batch) +
+                           ", " + std::to_string(manifest.n_classes) + ", H, W] as model.json says)");
+}
+
 }  // namespace mrdl::detail

@@ -1,6 +1,7 @@
 // Internal: the checks every ONNX-reading backend makes once its engine has parsed the verified
 // bytes: the embedded manifest (export_id, precision, model.json unedited) and the graph's inputs
-// and outputs against model.json. The engine-specific part is only how to get the metadata and ports.
+// and outputs against model.json, and the shape each run returns. The engine-specific part is only how
+// to get the metadata, ports and shapes.
 #pragma once
 
 #include <cstdint>
@@ -35,5 +36,8 @@ void check_unedited(const VerifiedArtifact& artifact, const Manifest& manifest, 
 /// non-batch dims. Throws IntegrityError listing both.
 void check_signature(const std::string& path, const std::string& kind, const std::vector<TensorSpec>& specs,
                      const std::vector<GraphPort>& ports);
+
+/// The shape a run returned must be model.json's output shape at `batch`. Throws BackendError.
+void check_output_shape(const Manifest& manifest, int64_t batch, const std::vector<int64_t>& shape);
 
 }  // namespace mrdl::detail

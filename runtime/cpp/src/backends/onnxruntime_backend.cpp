@@ -123,11 +123,7 @@ public:
             throw BackendError(std::string("ONNX Runtime inference failed: ") + error.what());
         }
         const Ort::TensorTypeAndShapeInfo info = outputs.front().GetTensorTypeAndShapeInfo();
-        std::vector<int64_t> expected = manifest_.outputs.front().shape;
-        expected[0] = batch;
-        if (info.GetShape() != expected)
-            throw BackendError("the model returned output of an unexpected shape (expected [" + std::to_string(batch) +
-                               ", " + std::to_string(manifest_.n_classes) + ", H, W] as model.json says)");
+        check_output_shape(manifest_, batch, info.GetShape());
         const float* data = outputs.front().GetTensorData<float>();
         return std::vector<float>(data, data + info.GetElementCount());
     }

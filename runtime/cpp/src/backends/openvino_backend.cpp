@@ -104,12 +104,8 @@ public:
             throw BackendError("OpenVINO inference failed: " + reason(error));
         }
         const ov::Tensor output = request.get_tensor(manifest_.outputs.front().name);
-        std::vector<int64_t> expected = manifest_.outputs.front().shape;
-        expected[0] = batch;
         const ov::Shape shape = output.get_shape();
-        if (std::vector<int64_t>(shape.begin(), shape.end()) != expected)
-            throw BackendError("the model returned output of an unexpected shape (expected [" + std::to_string(batch) +
-                               ", " + std::to_string(manifest_.n_classes) + ", H, W] as model.json says)");
+        check_output_shape(manifest_, batch, std::vector<int64_t>(shape.begin(), shape.end()));
         const float* data = output.data<const float>();
         return std::vector<float>(data, data + output.get_size());  // the request reuses its buffers
     }
