@@ -148,15 +148,15 @@ def plan_parts(jobs: Sequence[Job | RequestRefused], pixels_in_flight: int) -> l
 
 
 def answer_jobs(segmenter, jobs: Sequence[Job | RequestRefused],
-                pixels_in_flight: int) -> Iterator[tuple[int, dict | RequestRefused]]:
-    """``(index, outputs or error)`` of each job as soon as it is known: refused requests first, then each part
-    (:func:`plan_parts`) as it finishes, so a caller can send those answers and drop them before the next part
-    runs. Outputs: ``mask``, ``tiled``, ``probabilities`` when asked for; a part failing in the model is run
-    again request by request, so only the failing request fails."""
+                parts: list[list[tuple[int, Job]]]) -> Iterator[tuple[int, dict | RequestRefused]]:
+    """``(index, outputs or error)`` of each job as soon as it is known: refused requests first, then each of
+    ``parts`` (:func:`plan_parts` of ``jobs``) as it finishes, so a caller can send those answers and drop them
+    before the next part runs. Outputs: ``mask``, ``tiled``, ``probabilities`` when asked for; a part failing in
+    the model is run again request by request, so only the failing request fails."""
     for index, job in enumerate(jobs):
         if isinstance(job, RequestRefused):
             yield index, job
-    for part in plan_parts(jobs, pixels_in_flight):
+    for part in parts:
         try:
             outputs = _run(segmenter, [job for _, job in part])
         except Exception as exc:  # noqa: BLE001 - one request's failure must not fail the others
@@ -178,7 +178,7 @@ def run_jobs(segmenter, jobs: Sequence[Job | RequestRefused], pixels_in_flight: 
     """The outputs of each job (:func:`answer_jobs`) in the jobs' order; refused requests stay refused and never
     stop the others."""
     results: list[dict | RequestRefused] = [None] * len(jobs)  # type: ignore[list-item]
-    for index, result in answer_jobs(segmenter, jobs, pixels_in_flight):
+    for index, result in answer_jobs(segmenter, jobs, plan_parts(jobs, pixels_in_flight)):
         results[index] = result
     return results
 
@@ -246,10 +246,12 @@ class TritonPythonModel:
         load = options.load.with_fields(threads=options.load.threads or max(1, default_threads() // instances))
         self.segmenter = Segmenter.load(model_dir, load)
         self.defaults, self.manifest = options.predict, manifest
-        in_flight = options.max_pixels_in_flight or instances * options.predict.max_pixels  # default: one request each
+        # unset: one largest request per instance; set: its share, never below one request (config.pbtxt may count
+        # more instances than the ServeOptions that were checked)
+        in_flight = (options.predict.max_pixels if options.max_pixels_in_flight is None
+                     else max(options.predict.max_pixels, options.max_pixels_in_flight // instances))
         self.limits = Limits(max_pixels=options.predict.max_pixels, max_side=options.max_side,
-                             max_windows=options.max_windows,
-                             pixels_in_flight=max(options.predict.max_pixels, in_flight // instances))
+                             max_windows=options.max_windows, pixels_in_flight=in_flight)
 
     def _job(self, request) -> Job | RequestRefused:
         import triton_python_backend_utils as pb_utils
@@ -274,8 +276,9 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         jobs = [self._job(request) for request in requests]
-        answers = answer_jobs(self.segmenter, jobs, self.limits.pixels_in_flight)
-        if len(plan_parts(jobs, self.limits.pixels_in_flight)) <= 1:
+        parts = plan_parts(jobs, self.limits.pixels_in_flight)
+        answers = answer_jobs(self.segmenter, jobs, parts)
+        if len(parts) <= 1:
             responses: list = [None] * len(requests)
             for index, result in answers:
                 responses[index] = _response(pb_utils, result)
