@@ -409,19 +409,25 @@ class _Run:
         return row
 
     def _commit(self, epoch: int, step: int, tic: float, throughput: dict) -> None:
-        """Write the epoch's files, then the commit point (with the run's timings)."""
+        """Write the epoch's files, then the commit point (with the run's timings). A Ctrl-C meanwhile is held
+        until the commit point is written: an interrupt inside matplotlib or a writer surfaced as another error
+        (ImportError, ValueError 'Invalid bounding box') and ended the run without the resume command."""
+        from mrdl_runtime.atomic import uninterruptible
+
         from .plots import plot_training_curves  # imported by fit before the loop
 
         run_state, history = self.run_state, self.run_state["history"]
-        write_metrics(self.out_dir / METRICS_CSV, history)
-        plot_training_curves(history, self.out_dir / CURVES)
-        save_checkpoint(self.out_dir / LAST, self.model, provenance={**self.provenance, "epoch": epoch, "step": step})
-        elapsed = run_state.get("elapsed_seconds", 0.0) + time.perf_counter() - tic
-        run_state["elapsed_seconds"] = elapsed
-        if run_state.pop("best_pending", False):
-            run_state["best_elapsed_seconds"] = elapsed
-        save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.settings, run_state,
-                   self.provenance, self.ema, self.engine.scaler, throughput=throughput)
+        with uninterruptible():
+            write_metrics(self.out_dir / METRICS_CSV, history)
+            plot_training_curves(history, self.out_dir / CURVES)
+            save_checkpoint(self.out_dir / LAST, self.model,
+                            provenance={**self.provenance, "epoch": epoch, "step": step})
+            elapsed = run_state.get("elapsed_seconds", 0.0) + time.perf_counter() - tic
+            run_state["elapsed_seconds"] = elapsed
+            if run_state.pop("best_pending", False):
+                run_state["best_elapsed_seconds"] = elapsed
+            save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.settings, run_state,
+                       self.provenance, self.ema, self.engine.scaler, throughput=throughput)
 
     # --- finish -------------------------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -77,3 +79,21 @@ def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
         file.commit()
     finally:
         file.discard()
+
+
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Hold back Ctrl-C until the block ends (main thread only), so that files that belong together (an image's
+    overlay, mask and record entry; an epoch's metrics, curves and checkpoints) are written together; the held
+    signal is then raised to the usual handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import errno
 import glob
 import json
-import signal
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic import atomic_path
+from .atomic import atomic_path, uninterruptible
 from .errors import MrdlError, OptionsError
 from .imaging import IMAGE_SUFFIXES, read_image
 from .options import PredictOptions
@@ -197,23 +195,6 @@ def _locked(out_dir: Path) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def _uninterruptible() -> Iterator[None]:
-    """Hold back Ctrl-C until the block ends (main thread only), so that an image's overlay, mask and
-    entry in the record are written together; the held signal is then raised to the usual handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            signal.raise_signal(signal.SIGINT)
-
-
 def _claim(out_dir: Path, model: dict, overwrite: bool) -> list[str]:
     """Check OUT against the model about to write there; returns the stems already written by it.
 
@@ -348,7 +329,7 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
                         try:  # the per-image boundary (reading: _read_batches; the model: _segment)
                             overlay = tint(image if image.flags.writeable else image.copy(), prediction.mask)
                             mask = mask_to_png(prediction.mask, manifest.n_classes, out=prediction.mask)
-                            with _uninterruptible():
+                            with uninterruptible():
                                 write_png(overlay, out_dir / "overlays" / f"{path.stem}.png")
                                 write_png(mask, out_dir / "masks" / f"{path.stem}.png")
                                 written.append(path.stem)

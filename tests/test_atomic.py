@@ -91,3 +91,20 @@ def test_export_manifest_imports_no_torch():
     code = "import sys, mrdl_export.manifest; print(sorted(m for m in ('torch', 'mrdl.checkpoint') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"
+
+
+def test_uninterruptible_holds_ctrl_c_until_the_block_has_written_everything(tmp_path):
+    import signal
+
+    from mrdl_runtime.atomic import uninterruptible
+
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with uninterruptible():
+            signal.raise_signal(signal.SIGINT)  # a Ctrl-C in the middle of the block
+            for name in ("metrics.csv", "curves.png"):
+                with atomic_path(tmp_path / name) as tmp:
+                    tmp.write_text(name)
+                written.append(name)
+    assert written == ["metrics.csv", "curves.png"] and all((tmp_path / n).exists() for n in written)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back
