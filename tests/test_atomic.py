@@ -99,12 +99,16 @@ def test_uninterruptible_holds_ctrl_c_until_the_block_has_written_everything(tmp
     from mrdl_runtime.atomic import uninterruptible
 
     written = []
-    with pytest.raises(KeyboardInterrupt):
-        with uninterruptible():
-            signal.raise_signal(signal.SIGINT)  # a Ctrl-C in the middle of the block
-            for name in ("metrics.csv", "curves.png"):
-                with atomic_path(tmp_path / name) as tmp:
-                    tmp.write_text(name)
-                written.append(name)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with uninterruptible():
+                signal.raise_signal(signal.SIGINT)  # a Ctrl-C in the middle of the block
+                for name in ("metrics.csv", "curves.png"):
+                    with atomic_path(tmp_path / name) as tmp:
+                        tmp.write_text(name)
+                    written.append(name)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert written == ["metrics.csv", "curves.png"] and all((tmp_path / n).exists() for n in written)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual handler is back
