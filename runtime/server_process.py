@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 
 from .errors import BackendUnavailableError
-from .serving import ServeOptions, die_with_parent, server_environment, tritonserver_files
+from . import children
+from .serving import ServeOptions, server_environment, tritonserver_files
 
 START_TIMEOUT_S = 180
 
@@ -75,8 +76,8 @@ class ServerProcess:
 
     def start(self, timeout: float = START_TIMEOUT_S) -> ServerProcess:
         with open(self.log, "wb") as handle:
-            self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, env=self.environment,
-                                            preexec_fn=die_with_parent)  # never outlives a killed client
+            # never outlives a killed client (mrdl_runtime.children: no preexec_fn, so gRPC's fork handlers stay out)
+            self.process = children.spawn(self.command, stdout=handle, stderr=subprocess.STDOUT, env=self.environment)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -33,6 +33,8 @@ one cannot host it, and :func:`hosting_problem` says so, with the fix, before an
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Callable
 
 
+from . import children
 from .errors import MrdlError, OptionsError
 from .options import LoadOptions, OptionsBase, PredictOptions, check_fields, option
 from .remote import DEFAULT_MODEL
@@ -196,12 +199,12 @@ def tritonserver_files() -> dict[str, Path]:
     problem = hosting_problem()
     if problem:
         raise ServeError(problem)
-    try:
-        import pytriton
-    except ImportError as exc:
-        raise ServeError(f"mrdl serve needs the tritonserver that NVIDIA's PyTriton ships ({exc}); install the serve "
-                         "extra: pip install 'mrdl[serve]'") from exc
-    root = Path(pytriton.__file__).parent
+    # Found, not imported: importing pytriton loads gRPC, whose fork handlers this process need not carry.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServeError("mrdl serve needs the tritonserver that NVIDIA's PyTriton ships (no module named "
+                         "'pytriton'); install the serve extra: pip install 'mrdl[serve]'")
+    root = Path(next(iter(spec.submodule_search_locations)))
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     files = {"binary": root / "tritonserver" / "bin" / "tritonserver",
              "backend": root / "tritonserver" / "backends" / "python",
@@ -213,9 +216,16 @@ def tritonserver_files() -> dict[str, Path]:
         files["libs"] = root / "tritonserver" / "external_libs"
     for key in ("binary", "stub"):
         if not files[key].is_file():
-            raise ServeError(f"{files[key]} is missing (PyTriton {getattr(pytriton, '__version__', '?')} has no "
+            raise ServeError(f"{files[key]} is missing (PyTriton {_pytriton_version()} has no "
                              f"tritonserver {key} for Python {version}): reinstall the serve extra")
     return files
+
+
+def _pytriton_version() -> str:
+    try:
+        return importlib.metadata.version("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def server_environment(folder: Path, files: dict[str, Path]) -> tuple[Path, dict[str, str]]:
@@ -269,13 +279,6 @@ def tritonserver_command(files: dict[str, Path], repository: Path, backends: Pat
             "--grpc-infer-allocation-pool-size=0", "--pinned-memory-pool-byte-size=0"]
 
 
-def die_with_parent() -> None:
-    """In a child before exec: end it with SIGTERM when the process that started it ends."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class Server:
     """``tritonserver`` serving one model directory through the front model (:mod:`mrdl_runtime.triton_model`);
     ``start()`` / ``stop()``, or ``serve_forever()``."""
@@ -323,9 +326,8 @@ class Server:
         backends, environment = server_environment(folder, files)
         command = tritonserver_command(files, folder / "repository", backends, options)
         # Its own session (a terminal's Ctrl-C reaches this process, which stops it in order) that ends with this
-        # process even when this one is killed (PR_SET_PDEATHSIG).
-        self.process = subprocess.Popen(command, env=environment, stdin=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=die_with_parent)
+        # process even when this one is killed (:mod:`mrdl_runtime.children`).
+        self.process = children.spawn(command, env=environment, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not self.ready():
             if self.process.poll() is not None:

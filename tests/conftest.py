@@ -50,16 +50,18 @@ def _torch():
 
 
 @pytest.fixture(scope="session")
-def interruptible() -> dict:
-    """Popen keyword arguments that give the child the default SIGINT disposition, for Ctrl-C tests.
+def interruptible():
+    """``interruptible(command)``: the command line run with SIGINT's default disposition, for Ctrl-C tests.
 
     A shell that starts a job in the background without job control (as CI runners may) makes it
     ignore SIGINT; the child inherits that and Python keeps ignoring SIGINT, so a test sending a
-    real SIGINT must restore the default in the child before it starts.
+    real SIGINT must restore the default in the child before it starts. The child restores it itself
+    (:mod:`mrdl_runtime.children`): a ``preexec_fn`` would fork this gRPC-loaded process, and gRPC's
+    fork handlers abort such children now and then.
     """
-    import signal
+    from mrdl_runtime import children
 
-    return {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+    return lambda command: children.command(command, default_sigint=True)
 
 
 @pytest.fixture(scope="session")

@@ -234,10 +234,10 @@ def test_leftovers_are_removed_only_when_dead_and_all_ours(tmp_path):
         folders[k].name for k in ("live_partial", "dead_foreign", "other_out"))
 
 
-def _start_export(ckpt: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([*EXPORT, "--ckpt", str(ckpt), "--out", str(out), "--int8", "--calib-images", "8",
-                             "--parity-images", "8", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+def _start_export(ckpt: Path, out: Path, *extra: str, wrap=list) -> subprocess.Popen:
+    return subprocess.Popen(wrap([*EXPORT, "--ckpt", str(ckpt), "--out", str(out), "--int8", "--calib-images", "8",
+                                  "--parity-images", "8", *extra]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300.0) -> None:
@@ -269,7 +269,7 @@ def test_sigint_exits_130_and_leaves_the_old_deploy_directory_whole(tmp_path, ti
                                                                    interruptible):
     out = _copy(model_dir, tmp_path / "deploy")
     before = _snapshot(tmp_path)
-    process = _start_export(tiny_checkpoint, out, "--force", **interruptible)
+    process = _start_export(tiny_checkpoint, out, "--force", wrap=interruptible)
     try:
         _wait_for(tmp_path / f".deploy.partial-{process.pid}" / "model.onnx", process)
         process.send_signal(signal.SIGINT)

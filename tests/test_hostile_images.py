@@ -346,9 +346,9 @@ def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_p
     for index in range(400):
         Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(folder / f"i{index:03d}.png")
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "mrdl_apps", "predict",
-                                str(model_dir), str(folder), "--out", str(out), "--no-progress"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **interruptible)
+    process = subprocess.Popen(interruptible([sys.executable, "-m", "mrdl_apps", "predict",
+                                              str(model_dir), str(folder), "--out", str(out), "--no-progress"]),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not (out / "masks").is_dir() or not any((out / "masks").iterdir()):
         assert process.poll() is None and time.monotonic() < deadline, "mrdl predict ended before writing a mask"

@@ -249,7 +249,7 @@ def test_sigint_exits_130_with_the_resume_command(tmp_path: Path, data, interrup
     command = [sys.executable, "-m", "mrdl_apps", "train",
                "--config", "tiny", "--data", str(root), "--embeddings", str(embeddings), "--epochs", "500",
                "--out", str(out), "--threads", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **interruptible)
+    process = subprocess.Popen(interruptible(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (out / "metrics.csv").exists():  # wait for the first completed epoch
