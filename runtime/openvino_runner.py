@@ -17,7 +17,9 @@ Precisions (:data:`PRECISIONS`):
   ``BF16``); elsewhere OpenVINO would emulate it slower than FP32, so the runner refuses with
   :class:`BackendUnavailableError`.
 * ``int8``: ``model.int8.onnx`` (a QDQ graph: either recipe of ``mrdl-export --int8-target``,
-  ``openvino`` being NNCF's) with the hint f32 for what stays float.
+  ``openvino`` being NNCF's) with the hint f32 for what stays float. Its channels-last upsampling
+  rearrangements are rewritten to ``DepthToSpace`` before compiling (exact, 5 % faster here;
+  :mod:`mrdl_runtime.openvino_rewrites`).
 
 ``hint``: OpenVINO's ``PERFORMANCE_HINT``, ``latency`` (one request at a time uses every thread:
 ``mrdl predict``) or ``throughput`` (several streams for concurrent requests: ``mrdl serve``).
@@ -40,6 +42,7 @@ import numpy as np
 
 from .integrity import check_embedded_manifest, check_graph, graph_spec, read_artifact
 from .manifest import METADATA_KEY, IntegrityError, Manifest
+from .openvino_rewrites import depth_to_space
 from .runner import BackendUnavailableError, Runner
 from .threads import resolve_threads
 
@@ -121,6 +124,7 @@ class OpenVinoRunner(Runner):
         self.verify = verify
         self.threads = resolve_threads(threads)
         self.hint = hint
+        self.rewrites: dict[str, int] = {}  # rewrite -> how many places (mrdl_runtime.openvino_rewrites)
         self.compiled: dict = {}  # batch size -> compiled model
         self._compile_lock = threading.Lock()
         self._local = threading.local()  # per calling thread: batch size -> infer request
@@ -146,6 +150,8 @@ class OpenVinoRunner(Runner):
         if self.manifest is not None:
             check_embedded_manifest(self.manifest, self.artifact, metadata)
             check_graph(self.manifest, self.artifact, inputs, outputs)
+        # INT8 only: in float the rewrite is slower (openvino_rewrites' docstring)
+        self.rewrites = {"depth_to_space": depth_to_space(model)} if self.precision == "int8" else {}
         self._core, self._model, self._version = core, model, ov.__version__
         self.input_specs, self.output_specs, self.metadata = inputs, outputs, metadata
         self.compiled, self._local = {}, threading.local()
@@ -198,8 +204,11 @@ class OpenVinoRunner(Runner):
         compiled = next(iter(self.compiled.values()))
         names = ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS")
         values = {name: compiled.get_property(name) for name in names}
-        return {name: value.get_type_name() if hasattr(value, "get_type_name") else str(value)
-                for name, value in values.items()}
+        settings = {name: value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+                    for name, value in values.items()}
+        if any(self.rewrites.values()):
+            settings["rewrites"] = ", ".join(f"{name} x{count}" for name, count in self.rewrites.items() if count)
+        return settings
 
 
 def _onnx_metadata(model) -> dict[str, str]:

@@ -257,6 +257,70 @@ def test_int8_file_runs_on_openvino_as_on_onnxruntime(openvino, int8_dir):
     assert between.dice_agreement >= compare(fp32, onnxruntime_int8, source="synthetic").dice_agreement, between
 
 
+
+def test_int8_upsampling_is_rewritten_to_depth_to_space_bit_for_bit(openvino, int8_dir, monkeypatch):
+    """The channels-last rearrangement of the swapped ConvTranspose runs as DepthToSpace on OpenVINO INT8,
+    giving exactly what the graph as written gives; float precisions keep the graph as written."""
+    from mrdl_runtime import openvino_runner
+    from mrdl_runtime.manifest import load_manifest
+
+    manifest = load_manifest(int8_dir)
+    images = _inputs(manifest.size[0])
+
+    def run(precision: str):
+        runner = openvino_runner.OpenVinoRunner(manifest.artifact_path(precision), precision=precision,
+                                                manifest=manifest)
+        with runner:
+            return _probabilities(runner, images), runner.rewrites, runner.settings, runner._model
+
+    rewritten, rewrites, settings, model = run("int8")
+    count = rewrites["depth_to_space"]
+    assert count >= 1 and settings["rewrites"] == f"depth_to_space x{count}"
+    assert "DepthToSpace" in {op.get_type_name() for op in model.get_ops()}
+    assert run("fp32")[1] == {}
+    monkeypatch.setattr(openvino_runner, "depth_to_space", lambda model: 0)
+    as_written, rewrites, _, model = run("int8")
+    assert rewrites == {"depth_to_space": 0} and "DepthToSpace" not in {op.get_type_name() for op in model.get_ops()}
+    np.testing.assert_array_equal(rewritten, as_written)
+
+
+def test_depth_to_space_leaves_other_rearrangements_alone(openvino):
+    """Only the exact rearrangement is replaced: the same chain with another middle permutation, or with a
+    quantization step of its own inside, is left as written."""
+    from openvino import opset13 as ops
+
+    from mrdl_runtime.openvino_rewrites import depth_to_space
+
+    def chain(middle_perm, inner_scale=None, k=2, c=3, h=4, w=5):
+        x = ops.parameter([1, k * k * c, h, w], np.float32)
+        t = ops.transpose(x, ops.constant(np.array([0, 2, 3, 1], np.int64)))
+        r = ops.reshape(t, ops.constant(np.array([h, w, k, k * c], np.int64)), False)
+        if inner_scale is not None:
+            low, high = ops.constant(np.float32(-inner_scale)), ops.constant(np.float32(inner_scale))
+            r = ops.fake_quantize(r, low, high, low, high, 256)
+        m = ops.transpose(r, ops.constant(np.array(middle_perm, np.int64)))
+        out = ops.reshape(m, ops.constant(np.array([1, k * h, k * w, c], np.int64)), False)
+        after = ops.fake_quantize(out, ops.constant(np.float32(-1)), ops.constant(np.float32(1)),
+                                  ops.constant(np.float32(-1)), ops.constant(np.float32(1)), 256)
+        return openvino.Model([after], [x])
+
+    data = np.random.default_rng(0).uniform(-1, 1, (1, 12, 4, 5)).astype(np.float32)
+    core = openvino.Core()
+
+    def result(model):
+        return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(data)[0]
+
+    exact = chain([0, 2, 1, 3])
+    before = result(exact)
+    assert depth_to_space(exact) == 1
+    np.testing.assert_allclose(result(exact), before, atol=1e-6)  # float: the quantize step may round 1 ulp apart
+    # the reference: y[0, k*h + a, k*w + b, o] = x[0, (a*k + b)*C + o, h, w]
+    expected = data.reshape(2, 2, 3, 4, 5).transpose(3, 0, 4, 1, 2).reshape(8, 10, 3)
+    np.testing.assert_allclose(before[0], np.clip(np.round((expected + 1) * 127.5) / 127.5 - 1, -1, 1), atol=1e-6)
+    assert depth_to_space(chain([0, 1, 2, 3])) == 0
+    assert depth_to_space(chain([0, 2, 1, 3], inner_scale=0.5)) == 0
+    assert depth_to_space(chain([0, 2, 1, 3], inner_scale=1.0)) == 1  # the same grid as after the chain
+
 # ----------------------------------------------------------------------------- NNCF INT8 through the gate
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,8 @@ def _openvino_version() -> str:
 
 
 def _openvino_vectors(folder: Path, cases: list[dict], images: list[np.ndarray]) -> None:
-    """Add the ``openvino-cpu`` backend's mask and probabilities to each whole-image case."""
+    """Add the ``openvino-cpu`` backend's mask and probabilities (FP32) and its INT8 probabilities to each
+    whole-image case."""
     from mrdl_runtime import Segmenter
 
     with Segmenter.load(folder / "model", backend="openvino-cpu") as segmenter:
@@ -97,6 +98,11 @@ def _openvino_vectors(folder: Path, cases: list[dict], images: list[np.ndarray])
             case["openvino_mask"] = write_array(folder, f"{case['name']}_openvino_mask", prediction.mask)
             case["openvino_probabilities"] = write_array(folder, f"{case['name']}_openvino_probs",
                                                          prediction.probabilities)
+    # INT8: the rewritten graph (mrdl_runtime.openvino_rewrites), which the C++ backend must rewrite alike
+    with Segmenter.load(folder / "model", backend="openvino-cpu", precision="int8") as segmenter:
+        for case, image in zip(cases, images):
+            case["openvino_int8_probabilities"] = write_array(folder, f"{case['name']}_openvino_int8_probs",
+                                                              segmenter.predict(image).probabilities)
 
 
 def _segment_vectors(folder: Path) -> dict:

@@ -223,6 +223,29 @@ int main(int argc, char** argv) {
                   << found.min_dice << "\n";
         check(found.mean_dice >= kInt8MinAgreement, "mean Dice agreement " + std::to_string(found.mean_dice));
     });
+    run("INT8 equals the Python runtime's openvino-cpu INT8 (the same DepthToSpace rewrite)", [&] {
+        const Segmenter segmenter(model, options_for("int8"));
+        const std::string described = segmenter.backend_description();
+        check(described.find("rewrites depth_to_space x") != std::string::npos, "described as: " + described);
+        size_t compared = 0;
+        float worst = 0.0f;
+        for (size_t i = 0; i < segment.at("cases").size(); ++i) {
+            const nlohmann::json& c = segment.at("cases")[i];
+            if (!c.contains("openvino_int8_probabilities")) continue;
+            const std::vector<float> expected =
+                read_array<float>(dir + "/" + c.at("openvino_int8_probabilities").get<std::string>());
+            worst = std::max(worst, max_abs_diff(segmenter.segment(cases[i].view, {}, cases[i].tiling).probabilities,
+                                                 expected));
+            ++compared;
+        }
+        if (compared == 0) {
+            std::cout << "     skipped: make_test_data.py ran without openvino (no Python OpenVINO reference)\n";
+            return;
+        }
+        std::cout << "     " << described << "; " << compared << " images, max |p diff| vs Python's OpenVINO INT8 "
+                  << worst << "\n";
+        check(worst <= 1e-5f, "max |probability diff| " + std::to_string(worst));
+    });
     run("threads and hint reach OpenVINO", [&] {
         SegmenterOptions options = options_for("fp32");
         options.intra_op_threads = 1;
