@@ -1,23 +1,29 @@
-"""Graph rewrites the OpenVINO runner applies to a read model before compiling it: the same function in
-ops that OpenVINO's CPU plugin runs faster. Each is exact (a rearrangement written another way; the
-masks and probabilities are bit-identical, tested) and reported by the runner.
+"""Graph rewrites the OpenVINO runner applies to an INT8 model before compiling it: the same function in
+ops that OpenVINO's CPU plugin runs faster. Both undo layout changes that the export writes for ONNX
+Runtime, which cancels them against its channels-last integer convolutions, while OpenVINO runs them as
+generic Transposes of whole feature maps. Measured on the trained ``small`` INT8 model (2 cores, AVX-512
+VNNI; docs/measurements.md): about 5 % each. In float graphs they are not applied (measured slower or
+unchanged there). The runner reports what it rewrote (``OpenVinoRunner.rewrites``).
 
-:func:`depth_to_space` undoes, for OpenVINO, the channels-last form in which the export writes a
-kernel == stride ``ConvTranspose`` (``mrdl_export.swaps.ConvTransposeAsConv``): a 1x1 Conv to
-``k*k*C`` channels, then Transpose to NHWC, Reshape to ``(B*H, W, k, k*C)``, Transpose of the middle
-axes, Reshape to ``(B, k*H, k*W, C)``. ONNX Runtime cancels those Transposes against its channels-last
-integer convolutions; OpenVINO runs the first one as a slow generic uint8 Transpose with a layout
-Reorder in front of it. The same result is ``DepthToSpace`` (blocks first: input channel
-``(a*k + b)*C + o`` goes to pixel ``(k*h + a, k*w + b)`` of channel ``o``) followed by one Transpose to
-NHWC, which OpenVINO runs with its own uint8 kernels: 5 % faster end to end on the INT8 model (2
-cores, AVX-512 VNNI; docs/measurements.md). In float it is slower (5-8 % at f32 and bf16), so the
-runner applies it to INT8 graphs only.
+:func:`depth_to_space` is exact (bit-identical probabilities, tested). The export writes a kernel ==
+stride ``ConvTranspose`` (``mrdl_export.swaps.ConvTransposeAsConv``) as a 1x1 Conv to ``k*k*C``
+channels, then Transpose to NHWC, Reshape to ``(B*H, W, k, k*C)``, Transpose of the middle axes,
+Reshape to ``(B, k*H, k*W, C)``. That is ``DepthToSpace`` (blocks first: input channel ``(a*k + b)*C + o``
+goes to pixel ``(k*h + a, k*w + b)`` of channel ``o``) followed by one Transpose to NHWC.
+
+:func:`channel_layer_norm` is exact in arithmetic, not in rounding. The channel LayerNorm
+(``mrdl.layers.ChannelLayerNorm``) is written as Transpose to NHWC, LayerNorm over the last axis,
+Transpose back; the rewrite normalizes over axis 1 of the NCHW map with the weight and bias as
+``(1, C, 1, 1)``, and both Transposes go. OpenVINO sums the mean and variance in another order then,
+so a probability can move by float rounding, and by one output quantization step where a value sat on
+a step's edge: tested against the graph as written at the parity gate, and the C++ runtime rewrites alike
+(bit-identical to this one).
 
 In an INT8 graph each step is followed by its quantize/dequantize pair (``FakeQuantize``, ``Convert``,
-``Subtract``, ``Multiply`` once OpenVINO has read the QDQ ONNX). Transpose and Reshape move values
-without changing them and the quantizer gives their outputs their inputs' scale and zero point, so
-dropping the pairs inside the chain leaves every value as it was (re-quantizing a value on its own
-grid is the identity); the pair after the last step stays.
+``Subtract``, ``Multiply`` once OpenVINO has read the QDQ ONNX). A pair with per-tensor (scalar) ranges
+acts element by element, so it commutes with any rearrangement. Transpose and Reshape move values
+without changing them, and when every pair along a chain quantizes to one grid, dropping the pairs
+inside it leaves every value as it was (re-quantizing a value on its own grid is the identity).
 """
 
 from __future__ import annotations
@@ -41,20 +47,31 @@ def _next_step(node):
     return current
 
 
+def _constant(node, index: int) -> np.ndarray | None:
+    """Input ``index`` of ``node`` when it is a constant (also through a Convert, or a Range of constants, as
+    OpenVINO's ONNX reader writes zero points and reduction axes), else None."""
+    source = node.input_value(index).get_node()
+    if source.get_type_name() == "Convert":
+        source = source.input_value(0).get_node()
+    if source.get_type_name() == "Constant":
+        return np.asarray(source.get_data())
+    if source.get_type_name() == "Range":
+        bounds = [source.input_value(i).get_node() for i in range(3)]
+        if all(bound.get_type_name() == "Constant" for bound in bounds):
+            start, stop, step = (np.asarray(bound.get_data()).item() for bound in bounds)
+            return np.arange(start, stop, step) if step else None
+    return None
+
+
 def _permutation(node) -> list[int] | None:
-    source = node.input_value(1).get_node()
-    return [int(v) for v in source.get_vector()] if source.get_type_name() == "Constant" else None
+    values = _constant(node, 1)
+    return None if values is None else [int(v) for v in values.reshape(-1)]
 
 
 def _grid(node) -> list[np.ndarray] | None:
     """A FakeQuantize's input and output ranges (its four constant inputs), or None when one is not constant."""
-    ranges = []
-    for index in range(1, 5):
-        source = node.input_value(index).get_node()
-        if source.get_type_name() != "Constant":
-            return None
-        ranges.append(np.asarray(source.get_data()))
-    return ranges
+    ranges = [_constant(node, index) for index in range(1, 5)]
+    return None if any(r is None for r in ranges) else ranges
 
 
 def _same_grid(first, last) -> bool:
@@ -114,3 +131,69 @@ def depth_to_space(model) -> int:
         last.output(0).replace(channels_last.output(0))
         replaced += 1
     return replaced
+
+
+def _per_tensor(node) -> bool:
+    """Whether a quantize/dequantize node's parameters are all constant scalars (it then acts element by
+    element, whatever the layout)."""
+    for index in range(1, node.get_input_size()):
+        values = _constant(node, index)
+        if values is None or values.size != 1:
+            return False
+    return True
+
+
+def channel_layer_norm(model) -> int:
+    """Replace each Transpose to NHWC -> (per-tensor quantize/dequantize) -> MVN over the last axis ->
+    Multiply (weight) -> Add (bias) -> Transpose to NCHW in ``model`` (changed in place) by the same
+    normalization over axis 1 of the NCHW map; returns how many were replaced."""
+    from openvino import opset13 as ops
+
+    replaced = 0
+    for first in list(model.get_ordered_ops()):
+        if first.get_type_name() != "Transpose" or _permutation(first) != [0, 2, 3, 1]:
+            continue
+        pairs, node = [], _only_consumer(first)
+        while node is not None and node.get_type_name() in QDQ_TYPES:
+            pairs.append(node)
+            node = _only_consumer(node)
+        norm = node
+        scale = norm and _only_consumer(norm)
+        shift = scale and _only_consumer(scale)
+        last = shift and _only_consumer(shift)
+        if not last or [n.get_type_name() for n in (norm, scale, shift, last)] != ["MVN", "Multiply", "Add", "Transpose"]:
+            continue
+        axes = _constant(norm, 1)
+        source = first.get_input_partial_shape(0)
+        if (_permutation(last) != [0, 3, 1, 2] or axes is None or [int(a) for a in axes.reshape(-1)] not in ([3], [-1])
+                or source.rank.is_dynamic or source.rank.get_length() != 4 or not all(map(_per_tensor, pairs))):
+            continue
+        channels = _static(source[1])
+        weight, bias = _constant(scale, 1), _constant(shift, 1)
+        if channels is None or weight is None or bias is None or weight.size != channels or bias.size != channels:
+            continue
+        if pairs:  # the pairs now act on the NCHW map
+            pairs[0].input(0).replace_source_output(first.input_value(0))
+            for pair in pairs:
+                pair.validate_and_infer_types()
+            normalized_input = pairs[-1].output(0)
+        else:
+            normalized_input = first.input_value(0)
+        attributes = norm.get_attributes()
+        out = ops.mvn(normalized_input, ops.constant(np.array([1], dtype=np.int64)), attributes["normalize_variance"],
+                      attributes["eps"], attributes["eps_mode"])
+        out = ops.multiply(out, ops.constant(weight.reshape(1, channels, 1, 1)))
+        out = ops.add(out, ops.constant(bias.reshape(1, channels, 1, 1)))
+        last.output(0).replace(out.output(0))
+        replaced += 1
+    if replaced:
+        model.validate_nodes_and_infer_types()
+    return replaced
+
+
+REWRITES = {"depth_to_space": depth_to_space, "channel_layer_norm": channel_layer_norm}  # in the order applied
+
+
+def rewrite_int8(model) -> dict[str, int]:
+    """Every rewrite of :data:`REWRITES` on ``model`` (in place): rewrite name -> places rewritten."""
+    return {name: rewrite(model) for name, rewrite in REWRITES.items()}

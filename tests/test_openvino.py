@@ -258,30 +258,41 @@ def test_int8_file_runs_on_openvino_as_on_onnxruntime(openvino, int8_dir):
 
 
 
-def test_int8_upsampling_is_rewritten_to_depth_to_space_bit_for_bit(openvino, int8_dir, monkeypatch):
-    """The channels-last rearrangement of the swapped ConvTranspose runs as DepthToSpace on OpenVINO INT8,
-    giving exactly what the graph as written gives; float precisions keep the graph as written."""
-    from mrdl_runtime import openvino_runner
+def test_int8_rewrites_keep_the_int8_models_results(openvino, int8_dir, monkeypatch):
+    """OpenVINO INT8 runs the swapped ConvTranspose's rearrangement as DepthToSpace (bit for bit what the graph as
+    written gives) and the channel LayerNorms without their Transposes (within float rounding: at most an
+    output quantization step, masks at the parity gate); float precisions keep the graph as written."""
+    from mrdl_export.parity import DEFAULT_MIN_DICE, compare
+    from mrdl_runtime import openvino_rewrites
     from mrdl_runtime.manifest import load_manifest
 
     manifest = load_manifest(int8_dir)
     images = _inputs(manifest.size[0])
 
-    def run(precision: str):
+    def run(precision: str, rewrites: dict):
+        monkeypatch.setattr(openvino_rewrites, "REWRITES", rewrites)
         runner = openvino_runner.OpenVinoRunner(manifest.artifact_path(precision), precision=precision,
                                                 manifest=manifest)
         with runner:
-            return _probabilities(runner, images), runner.rewrites, runner.settings, runner._model
+            types = {op.get_type_name() for op in runner._model.get_ops()}
+            return _probabilities(runner, images), runner.rewrites, runner.settings, types
 
-    rewritten, rewrites, settings, model = run("int8")
-    count = rewrites["depth_to_space"]
-    assert count >= 1 and settings["rewrites"] == f"depth_to_space x{count}"
-    assert "DepthToSpace" in {op.get_type_name() for op in model.get_ops()}
-    assert run("fp32")[1] == {}
-    monkeypatch.setattr(openvino_runner, "depth_to_space", lambda model: 0)
-    as_written, rewrites, _, model = run("int8")
-    assert rewrites == {"depth_to_space": 0} and "DepthToSpace" not in {op.get_type_name() for op in model.get_ops()}
-    np.testing.assert_array_equal(rewritten, as_written)
+    from mrdl_runtime import openvino_runner
+
+    every = dict(openvino_rewrites.REWRITES)
+    as_written, done, _, types = run("int8", {})
+    assert done == {} and "DepthToSpace" not in types
+    spread, done, settings, types = run("int8", {"depth_to_space": every["depth_to_space"]})
+    count = done["depth_to_space"]
+    assert count >= 1 and settings["rewrites"] == f"depth_to_space x{count}" and "DepthToSpace" in types
+    np.testing.assert_array_equal(spread, as_written)
+    rewritten, done, settings, _ = run("int8", every)
+    assert done["channel_layer_norm"] >= 1, done
+    assert settings["rewrites"] == ", ".join(f"{name} x{n}" for name, n in done.items() if n)
+    step = float(np.abs(np.diff(np.unique(as_written))).min())  # the output's quantization step
+    assert np.abs(rewritten - as_written).max() <= 2 * step + 1e-6
+    assert compare(as_written, rewritten, source="synthetic").dice_agreement >= DEFAULT_MIN_DICE
+    assert run("fp32", every)[1] == {}
 
 
 def test_depth_to_space_leaves_other_rearrangements_alone(openvino):

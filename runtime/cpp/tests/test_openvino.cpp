@@ -223,7 +223,7 @@ int main(int argc, char** argv) {
                   << found.min_dice << "\n";
         check(found.mean_dice >= kInt8MinAgreement, "mean Dice agreement " + std::to_string(found.mean_dice));
     });
-    run("INT8 equals the Python runtime's openvino-cpu INT8 (the same DepthToSpace rewrite)", [&] {
+    run("INT8 equals the Python runtime's openvino-cpu INT8 (the same graph rewrites)", [&] {
         const Segmenter segmenter(model, options_for("int8"));
         const std::string described = segmenter.backend_description();
         check(described.find("rewrites depth_to_space x") != std::string::npos, "described as: " + described);

@@ -6,8 +6,8 @@
 // this model's INT8 QDQ graphs compiled with a dynamic batch. Precisions: fp32 (hint f32, set
 // explicitly: OpenVINO's default on a BF16 CPU is bf16), bf16 (the fp32 file computed in bfloat16,
 // only where OpenVINO reports native BF16) and int8 (model.int8.onnx, hint f32 for the float parts;
-// its channels-last upsampling rearrangements rewritten to DepthToSpace first, exactly as
-// mrdl_runtime.openvino_rewrites does: the same values, 5 % faster).
+// its channels-last upsampling rearrangements and channel LayerNorms' transposes rewritten first,
+// exactly as mrdl_runtime.openvino_rewrites does, whose docstring says why each is sound).
 #include "backends.hpp"
 #include "identity.hpp"
 
@@ -16,10 +16,14 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include <openvino/op/constant.hpp>
+#include <openvino/op/add.hpp>
 #include <openvino/op/depth_to_space.hpp>
+#include <openvino/op/multiply.hpp>
+#include <openvino/op/mvn.hpp>
 #include <openvino/op/transpose.hpp>
 #include <openvino/openvino.hpp>
 
@@ -92,26 +96,47 @@ std::shared_ptr<ov::Node> next_step(const std::shared_ptr<ov::Node>& node) {
     return current;
 }
 
+/// Input `index` of `node` when it is a constant (also through a Convert, or a Range of constants, as
+/// OpenVINO's ONNX reader writes zero points and reduction axes), as doubles; nullopt otherwise.
+std::optional<std::vector<double>> constant_values(const std::shared_ptr<ov::Node>& node, size_t index) {
+    std::shared_ptr<ov::Node> source = node->get_input_node_shared_ptr(index);
+    if (std::string(source->get_type_name()) == "Convert") source = source->get_input_node_shared_ptr(0);
+    if (const auto constant = ov::as_type_ptr<ov::op::v0::Constant>(source)) return constant->cast_vector<double>();
+    if (std::string(source->get_type_name()) == "Range") {
+        std::vector<double> bounds;
+        for (size_t i = 0; i < 3; ++i) {
+            const auto bound = ov::as_type_ptr<ov::op::v0::Constant>(source->get_input_node_shared_ptr(i));
+            if (!bound || bound->cast_vector<double>().size() != 1) return std::nullopt;
+            bounds.push_back(bound->cast_vector<double>().front());
+        }
+        if (bounds[2] == 0) return std::nullopt;
+        std::vector<double> values;
+        for (double v = bounds[0]; bounds[2] > 0 ? v < bounds[1] : v > bounds[1]; v += bounds[2]) values.push_back(v);
+        return values;
+    }
+    return std::nullopt;
+}
+
 std::optional<std::vector<int64_t>> permutation(const std::shared_ptr<ov::Node>& node) {
-    const auto order = ov::as_type_ptr<ov::op::v0::Constant>(node->get_input_node_shared_ptr(1));
-    if (!order) return std::nullopt;
-    return order->cast_vector<int64_t>();
+    const auto values = constant_values(node, 1);
+    if (!values) return std::nullopt;
+    return std::vector<int64_t>(values->begin(), values->end());
 }
 
 /// A FakeQuantize's four ranges, or nullopt when one is not a constant.
-std::optional<std::vector<std::vector<float>>> grid(const std::shared_ptr<ov::Node>& node) {
-    std::vector<std::vector<float>> ranges;
+std::optional<std::vector<std::vector<double>>> grid(const std::shared_ptr<ov::Node>& node) {
+    std::vector<std::vector<double>> ranges;
     for (size_t index = 1; index < 5; ++index) {
-        const auto range = ov::as_type_ptr<ov::op::v0::Constant>(node->get_input_node_shared_ptr(index));
+        const auto range = constant_values(node, index);
         if (!range) return std::nullopt;
-        ranges.push_back(range->cast_vector<float>());
+        ranges.push_back(*range);
     }
     return ranges;
 }
 
 /// Whether every FakeQuantize from `first` up to the one right after `last` quantizes to one grid.
 bool same_grid(const std::shared_ptr<ov::Node>& first, const std::shared_ptr<ov::Node>& last) {
-    std::vector<std::optional<std::vector<std::vector<float>>>> grids;
+    std::vector<std::optional<std::vector<std::vector<double>>>> grids;
     std::shared_ptr<ov::Node> node = first;
     while (node != last) {  // the single-consumer path that next_step walked
         node = only_consumer(node);
@@ -175,6 +200,76 @@ int rewrite_depth_to_space(const std::shared_ptr<ov::Model>& model) {
     return replaced;
 }
 
+/// Whether a quantize/dequantize node's parameters are all constant scalars (element by element, any layout).
+bool per_tensor(const std::shared_ptr<ov::Node>& node) {
+    for (size_t index = 1; index < node->get_input_size(); ++index) {
+        const auto values = constant_values(node, index);
+        if (!values || values->size() != 1) return false;
+    }
+    return true;
+}
+
+/// Replaces each Transpose to NHWC -> (per-tensor quantize/dequantize) -> MVN over the last axis ->
+/// Multiply (weight) -> Add (bias) -> Transpose to NCHW by the same normalization over axis 1 of the NCHW
+/// map; returns how many were replaced.
+int rewrite_channel_layer_norm(const std::shared_ptr<ov::Model>& model) {
+    int replaced = 0;
+    for (const std::shared_ptr<ov::Node>& first : model->get_ordered_ops()) {
+        if (std::string(first->get_type_name()) != "Transpose" ||
+            permutation(first) != std::vector<int64_t>{0, 2, 3, 1})
+            continue;
+        std::vector<std::shared_ptr<ov::Node>> pairs;
+        std::shared_ptr<ov::Node> node = only_consumer(first);
+        while (node && is_qdq(node)) {
+            pairs.push_back(node);
+            node = only_consumer(node);
+        }
+        const auto norm = ov::as_type_ptr<ov::op::v6::MVN>(node);
+        const std::shared_ptr<ov::Node> scale = norm ? only_consumer(norm) : nullptr;
+        const std::shared_ptr<ov::Node> shift = scale ? only_consumer(scale) : nullptr;
+        const std::shared_ptr<ov::Node> last = shift ? only_consumer(shift) : nullptr;
+        if (!last || std::string(scale->get_type_name()) != "Multiply" || std::string(shift->get_type_name()) != "Add" ||
+            std::string(last->get_type_name()) != "Transpose" || permutation(last) != std::vector<int64_t>{0, 3, 1, 2})
+            continue;
+        const auto axes = constant_values(norm, 1);
+        const ov::PartialShape source = first->get_input_partial_shape(0);
+        if (!axes || axes->size() != 1 || (axes->front() != 3 && axes->front() != -1) || source.rank() != 4 ||
+            !std::all_of(pairs.begin(), pairs.end(), per_tensor))
+            continue;
+        const auto channels = static_dim(source, 1);
+        const auto weight = ov::as_type_ptr<ov::op::v0::Constant>(scale->get_input_node_shared_ptr(1));
+        const auto bias = ov::as_type_ptr<ov::op::v0::Constant>(shift->get_input_node_shared_ptr(1));
+        if (!channels || !weight || !bias || static_cast<int64_t>(ov::shape_size(weight->get_shape())) != *channels ||
+            static_cast<int64_t>(ov::shape_size(bias->get_shape())) != *channels)
+            continue;
+        ov::Output<ov::Node> input = first->input_value(0);
+        if (!pairs.empty()) {  // the pairs now act on the NCHW map
+            pairs.front()->input(0).replace_source_output(input);
+            for (const auto& pair : pairs) pair->validate_and_infer_types();
+            input = pairs.back()->output(0);
+        }
+        const ov::Shape per_channel{1, static_cast<size_t>(*channels), 1, 1};
+        const auto normalized = std::make_shared<ov::op::v6::MVN>(
+            input, ov::op::v0::Constant::create(ov::element::i64, ov::Shape{1}, {1}), norm->get_normalize_variance(),
+            norm->get_eps(), norm->get_eps_mode());
+        const auto scaled = std::make_shared<ov::op::v1::Multiply>(
+            normalized, std::make_shared<ov::op::v0::Constant>(weight->get_element_type(), per_channel,
+                                                               weight->get_data_ptr()));
+        const auto shifted = std::make_shared<ov::op::v1::Add>(
+            scaled, std::make_shared<ov::op::v0::Constant>(bias->get_element_type(), per_channel, bias->get_data_ptr()));
+        last->output(0).replace(shifted->output(0));
+        ++replaced;
+    }
+    if (replaced > 0) model->validate_nodes_and_infer_types();
+    return replaced;
+}
+
+/// Every INT8 rewrite, in mrdl_runtime.openvino_rewrites.REWRITES' order: name -> places rewritten.
+std::vector<std::pair<std::string, int>> rewrite_int8(const std::shared_ptr<ov::Model>& model) {
+    const int spread = rewrite_depth_to_space(model);
+    return {{"depth_to_space", spread}, {"channel_layer_norm", rewrite_channel_layer_norm(model)}};
+}
+
 class OpenVinoBackend final : public Backend {
 public:
     OpenVinoBackend(const VerifiedArtifact& artifact, const Manifest& manifest, const SegmenterOptions& options,
@@ -193,7 +288,7 @@ public:
         check_signature(path_, "input", manifest_.inputs, ports(model_->inputs()));
         check_signature(path_, "output", manifest_.outputs, ports(model_->outputs()));
         check_unedited(artifact, manifest_, embedded);  // last: the checks above name a cause more precisely
-        if (precision_ == "int8") rewrites_ = rewrite_depth_to_space(model_);  // float: slower, so int8 only
+        if (precision_ == "int8") rewrites_ = rewrite_int8(model_);  // float: slower or no faster, so int8 only
         compiled_for(1);  // a graph OpenVINO cannot compile fails here, not at the first call
     }
 
@@ -228,7 +323,10 @@ public:
         text << "openvino " << version() << " (CPU; precision " << compiled.get_property(ov::hint::inference_precision)
              << ", threads " << compiled.get_property(ov::inference_num_threads) << ", hint "
              << compiled.get_property(ov::hint::performance_mode);
-        if (rewrites_ > 0) text << ", rewrites depth_to_space x" << rewrites_;
+        std::string rewrites;
+        for (const auto& [name, count] : rewrites_)
+            if (count > 0) rewrites += (rewrites.empty() ? "" : ", ") + name + " x" + std::to_string(count);
+        if (!rewrites.empty()) text << ", rewrites " << rewrites;
         text << ")";
         return text.str();
     }
@@ -316,7 +414,7 @@ private:
     Manifest manifest_;
     std::string path_;
     std::string precision_;  // "fp32", "bf16" or "int8"
-    int rewrites_ = 0;       // DepthToSpace rewrites made (int8)
+    std::vector<std::pair<std::string, int>> rewrites_;  // rewrite -> places rewritten (int8)
     int threads_;
     PerformanceHint hint_;
     mutable ov::Core core_;
