@@ -170,7 +170,7 @@ def _drive(server: ServerProcess, images: list[np.ndarray], *, clients: int, req
 def measure_serving(model_dir: str | Path, images: list[np.ndarray], *,
                     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
                     threads: int = 0, precision: str = "fp32", iters: int = 20, warmup: int = 3,
-                    batches: Sequence[int] | None = None, protocol: str = "grpc", max_queue_delay_us: int = 2000,
+                    batches: Sequence[int] | None = None, protocol: str = "grpc", max_queue_delay_us: int | None = None,
                     instances: int = 1, timeout: float = 120, progress: bool = False) -> dict:
     """The serving comparison (module docstring) as a JSON-ready dict.
 
@@ -197,7 +197,7 @@ def measure_serving(model_dir: str | Path, images: list[np.ndarray], *,
 
 def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *, concurrency: Sequence[int],
                      threads: int, precision: str, iters: int, warmup: int, batches: Sequence[int], protocol: str,
-                     max_queue_delay_us: int, instances: int, timeout: float) -> dict:
+                     max_queue_delay_us: int | None, instances: int, timeout: float) -> dict:
     in_process, reference = measure_in_process(model_dir, images, batches=batches, threads=threads,
                                                precision=precision, iters=iters, warmup=warmup, bar=bar)
     best = max(in_process, key=lambda row: row["throughput_ips"])
@@ -212,6 +212,9 @@ def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *
         started = time.perf_counter()
         server.start()
         start_s = time.perf_counter() - started
+        # the batcher's wait as the server resolved it (auto when not given: mrdl_runtime.serving.auto_queue_delay_us)
+        config = json.loads(server.get(f"/v2/models/{server.options.model_name}/config"))
+        queue_delay_us = int(config.get("dynamic_batching", {}).get("max_queue_delay_microseconds", -1))
         bar.update()
         for clients in concurrency:
             bar.set_postfix_str(f"triton {clients} clients")
@@ -244,7 +247,8 @@ def _measure_serving(model_dir: Path, manifest, images: list[np.ndarray], bar, *
     load = os.getloadavg()
     return {"load_average_end": list(load), "protocol": protocol, "precision": precision, "threads": threads,
             "instances": instances,
-            "max_queue_delay_us": max_queue_delay_us, "max_batch": manifest.max_batch, "server_start_s": start_s,
+            "max_queue_delay_us": queue_delay_us, "queue_delay_auto": max_queue_delay_us is None,
+            "max_batch": manifest.max_batch, "server_start_s": start_s,
             "server_exit_code": exit_code, "in_process": in_process, "in_process_best": best, "levels": levels,
             "agreement": agreement, "target": {
                 "four_clients_fraction": four["fraction_of_in_process_best"] if four else None,
@@ -279,7 +283,8 @@ def format_serving(serving: dict) -> list[str]:
     """Plain-text lines: the in-process rows, one row per concurrency level, agreement and the target."""
     best = serving["in_process_best"]
     lines = [f"serving ({serving['protocol']}, {serving['precision']}, {serving['instances']} instance(s), "
-             f"queue delay {serving['max_queue_delay_us']} us; raw image in, mask at original size out, "
+             f"queue delay {serving['max_queue_delay_us']} us{' (auto)' if serving.get('queue_delay_auto') else ''}; "
+             f"raw image in, mask at original size out, "
              f"pre/post-processing included on both sides):"]
     for row in serving["in_process"]:
         latency = row["latency_ms"]

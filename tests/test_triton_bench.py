@@ -8,6 +8,7 @@ served, masks identical to the in-process runtime), not how fast this shared mac
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -57,5 +58,29 @@ def test_serving_report(model_dir):
     assert serving["agreement"] == {"images": 6, "identical_masks": 6, "mean_dice": 1.0}
     assert [row["batch"] for row in serving["in_process"]] == [1, 4]
     assert serving["server_exit_code"] == 0 and serving_failures(serving) == []
+    # no --max-queue-delay-us: the server timed the (tiny, fast) model and waits within the auto bounds
+    assert serving["queue_delay_auto"] and 500 <= serving["max_queue_delay_us"] <= 50_000
     text = "\n".join(format_serving(serving))
     assert "16 clients" in text and "p99" in text and "masks identical to in-process: 6/6" in text
+    assert f"queue delay {serving['max_queue_delay_us']} us (auto)" in text
+
+
+class _TimedRunner:
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, []
+
+    def infer(self, feeds):
+        self.calls.append(feeds["image"].shape)
+        time.sleep(self.seconds)
+
+
+@pytest.mark.parametrize(("seconds", "low", "high"), [(0.1, 9_000, 13_000), (0.0001, 500, 500), (0.8, 50_000, 50_000)])
+def test_auto_queue_delay_is_a_tenth_of_one_inference_within_bounds(seconds, low, high):
+    from types import SimpleNamespace
+
+    from mrdl_runtime.serving import auto_queue_delay_us
+
+    runner = _TimedRunner(seconds)
+    delay = auto_queue_delay_us(SimpleNamespace(runner=runner), SimpleNamespace(size=(32, 48)))
+    assert low <= delay <= high, delay
+    assert runner.calls == [(1, 3, 32, 48)] * 4  # one image at the model's size: a warm-up and three timed
