@@ -286,6 +286,18 @@ def tritonserver_command(files: dict[str, Path], repository: Path, backends: Pat
             "--grpc-infer-allocation-pool-size=0", "--pinned-memory-pool-byte-size=0"]
 
 
+def release_freed_memory() -> None:
+    """Return the C heap's free memory to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    try:
+        getattr(ctypes.CDLL(name), "malloc_trim")(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc
+
+
 def instance_threads(options: ServeOptions) -> int:
     """Threads of each model instance: ``--threads``, or the physical cores shared among the instances (what
     :meth:`mrdl_runtime.triton_model.TritonPythonModel.initialize` loads with)."""
@@ -348,6 +360,7 @@ class Server:
             self.checked = (segmenter.precision, segmenter.backend)
             if options.max_queue_delay_us is None:
                 self.options = options.with_fields(max_queue_delay_us=auto_queue_delay_us(segmenter, manifest))
+        release_freed_memory()  # this process only waits from here on: hand the check's buffers back
         return manifest
 
     def start(self, timeout: float = START_TIMEOUT_S) -> Server:
