@@ -313,8 +313,9 @@ def auto_queue_delay_us(segmenter, manifest, *, fraction: float = AUTO_QUEUE_DEL
     Clients that wait for their answer before sending again (a closed loop) come back a few milliseconds
     apart; with a wait far shorter than that, the first one back runs alone and the rest queue behind it,
     and the instance alternates between a lone image and the others. Four such clients on a ``small`` model
-    (about 100 ms per image on 2 cores) reached 0.76x the in-process throughput with 2 ms and 0.87-0.94x with
-    10-20 ms (docs/measurements.md); a tenth of the inference costs a lone client that much latency at most.
+    (about 100 ms per image on 2 cores) reached 0.68-0.90x the in-process throughput with 2 ms and 0.93-0.99x
+    with this wait (docs/measurements.md); a tenth of the inference costs a lone client that much latency at
+    most.
     """
     height, width = manifest.size
     image = np.zeros((1, 3, height, width), np.float32)
