@@ -20,7 +20,8 @@ a step's edge: tested against the graph as written at the parity gate, and the C
 (bit-identical to this one).
 
 In an INT8 graph each step is followed by its quantize/dequantize pair (``FakeQuantize``, ``Convert``,
-``Subtract``, ``Multiply`` once OpenVINO has read the QDQ ONNX). A pair with per-tensor (scalar) ranges
+``Convert``, ``Subtract``, ``Multiply`` once OpenVINO has read the QDQ ONNX; matched as that whole shape,
+scalars only, so that no other op is ever stepped over). A pair with per-tensor (scalar) ranges
 acts element by element, so it commutes with any rearrangement. Transpose and Reshape move values
 without changing them, and when every pair along a chain quantizes to one grid, dropping the pairs
 inside it leaves every value as it was (re-quantizing a value on its own grid is the identity).
@@ -30,21 +31,38 @@ from __future__ import annotations
 
 import numpy as np
 
-# What OpenVINO's ONNX reader makes of a QuantizeLinear/DequantizeLinear pair: skipped when walking a chain.
-QDQ_TYPES = frozenset({"FakeQuantize", "Convert", "Subtract", "Multiply"})
-
-
 def _only_consumer(node):
     targets = list(node.output(0).get_target_inputs())
     return targets[0].get_node() if len(targets) == 1 and node.get_output_size() == 1 else None
 
 
-def _next_step(node):
-    """The node after ``node`` and its quantize/dequantize pair, when each has exactly one consumer."""
-    current = _only_consumer(node)
-    while current is not None and current.get_type_name() in QDQ_TYPES:
+def _pair(node) -> list | None:
+    """When ``node`` starts a quantize/dequantize pair as OpenVINO reads QuantizeLinear + DequantizeLinear
+    (FakeQuantize, Convert to the integer type, Convert back, Subtract of a scalar zero point (where not 0),
+    Multiply by a scalar scale; each the only consumer of the one before), the pair's nodes; else None.
+    Nothing else is ever skipped over: a Multiply that is not a dequantization is a step of its own."""
+    if node is None or node.get_type_name() != "FakeQuantize":
+        return None
+    nodes = [node]
+    for expected in ("Convert", "Convert"):
+        nodes.append(_only_consumer(nodes[-1]))
+        if nodes[-1] is None or nodes[-1].get_type_name() != expected:
+            return None
+    current = _only_consumer(nodes[-1])
+    if current is not None and current.get_type_name() == "Subtract" and _scalar_operand(current):
+        nodes.append(current)
         current = _only_consumer(current)
-    return current
+    if current is None or current.get_type_name() != "Multiply" or not _scalar_operand(current):
+        return None
+    return [*nodes, current]
+
+
+def _next_step(node):
+    """The node after ``node`` and the quantize/dequantize pair that may follow it (each the only consumer of
+    the one before); None where something else follows, or more than one consumer."""
+    current = _only_consumer(node)
+    pair = _pair(current)
+    return _only_consumer(pair[-1]) if pair else current
 
 
 def _constant(node, index: int) -> np.ndarray | None:
@@ -61,6 +79,11 @@ def _constant(node, index: int) -> np.ndarray | None:
             start, stop, step = (np.asarray(bound.get_data()).item() for bound in bounds)
             return np.arange(start, stop, step) if step else None
     return None
+
+
+def _scalar_operand(node) -> bool:
+    values = _constant(node, 1)
+    return values is not None and values.size == 1
 
 
 def _permutation(node) -> list[int] | None:
@@ -83,7 +106,7 @@ def _same_grid(first, last) -> bool:
         if node.get_type_name() == "FakeQuantize":
             grids.append(_grid(node))
     after = _only_consumer(last)
-    if after is not None and after.get_type_name() == "FakeQuantize":
+    if _pair(after):
         grids.append(_grid(after))
     if any(grid is None for grid in grids):
         return False
@@ -153,11 +176,9 @@ def channel_layer_norm(model) -> int:
     for first in list(model.get_ordered_ops()):
         if first.get_type_name() != "Transpose" or _permutation(first) != [0, 2, 3, 1]:
             continue
-        pairs, node = [], _only_consumer(first)
-        while node is not None and node.get_type_name() in QDQ_TYPES:
-            pairs.append(node)
-            node = _only_consumer(node)
-        norm = node
+        node = _only_consumer(first)
+        pairs = _pair(node) or []
+        norm = _only_consumer(pairs[-1]) if pairs else node
         scale = norm and _only_consumer(norm)
         shift = scale and _only_consumer(scale)
         last = shift and _only_consumer(shift)

@@ -296,24 +296,31 @@ def test_int8_rewrites_keep_the_int8_models_results(openvino, int8_dir, monkeypa
 
 
 def test_depth_to_space_leaves_other_rearrangements_alone(openvino):
-    """Only the exact rearrangement is replaced: the same chain with another middle permutation, or with a
-    quantization step of its own inside, is left as written."""
+    """Only the exact rearrangement is replaced: the same chain with another middle permutation, with a
+    quantization step of its own inside, or with any other op inside (even a scalar Multiply, which a
+    dequantization also ends with), is left as written."""
     from openvino import opset13 as ops
 
     from mrdl_runtime.openvino_rewrites import depth_to_space
 
-    def chain(middle_perm, inner_scale=None, k=2, c=3, h=4, w=5):
+    def qdq(node, scale: float):
+        """A QuantizeLinear + DequantizeLinear pair (uint8, zero point 128) as OpenVINO reads it."""
+        low, high = ops.constant(np.float32(-128 * scale)), ops.constant(np.float32(127 * scale))
+        quantized = ops.fake_quantize(node, low, high, ops.constant(np.float32(0)), ops.constant(np.float32(255)), 256)
+        back = ops.convert(ops.convert(quantized, "u8"), "f32")
+        return ops.multiply(ops.subtract(back, ops.constant(np.float32(128))), ops.constant(np.float32(scale)))
+
+    def chain(middle_perm, inner_scale=None, inner_multiply=None, k=2, c=3, h=4, w=5):
         x = ops.parameter([1, k * k * c, h, w], np.float32)
-        t = ops.transpose(x, ops.constant(np.array([0, 2, 3, 1], np.int64)))
+        t = qdq(ops.transpose(qdq(x, 1 / 128), ops.constant(np.array([0, 2, 3, 1], np.int64))), 1 / 128)
         r = ops.reshape(t, ops.constant(np.array([h, w, k, k * c], np.int64)), False)
         if inner_scale is not None:
-            low, high = ops.constant(np.float32(-inner_scale)), ops.constant(np.float32(inner_scale))
-            r = ops.fake_quantize(r, low, high, low, high, 256)
+            r = qdq(r, inner_scale)
+        if inner_multiply is not None:
+            r = ops.multiply(r, ops.constant(np.float32(inner_multiply)))
         m = ops.transpose(r, ops.constant(np.array(middle_perm, np.int64)))
         out = ops.reshape(m, ops.constant(np.array([1, k * h, k * w, c], np.int64)), False)
-        after = ops.fake_quantize(out, ops.constant(np.float32(-1)), ops.constant(np.float32(1)),
-                                  ops.constant(np.float32(-1)), ops.constant(np.float32(1)), 256)
-        return openvino.Model([after], [x])
+        return openvino.Model([qdq(out, 1 / 128)], [x])
 
     data = np.random.default_rng(0).uniform(-1, 1, (1, 12, 4, 5)).astype(np.float32)
     core = openvino.Core()
@@ -324,13 +331,15 @@ def test_depth_to_space_leaves_other_rearrangements_alone(openvino):
     exact = chain([0, 2, 1, 3])
     before = result(exact)
     assert depth_to_space(exact) == 1
-    np.testing.assert_allclose(result(exact), before, atol=1e-6)  # float: the quantize step may round 1 ulp apart
-    # the reference: y[0, k*h + a, k*w + b, o] = x[0, (a*k + b)*C + o, h, w]
+    np.testing.assert_array_equal(result(exact), before)
+    # the reference: y[0, k*h + a, k*w + b, o] = x[0, (a*k + b)*C + o, h, w], on the 1/128 grid
     expected = data.reshape(2, 2, 3, 4, 5).transpose(3, 0, 4, 1, 2).reshape(8, 10, 3)
-    np.testing.assert_allclose(before[0], np.clip(np.round((expected + 1) * 127.5) / 127.5 - 1, -1, 1), atol=1e-6)
+    np.testing.assert_allclose(before[0], np.clip(np.round(expected * 128), -128, 127) / 128, atol=1e-6)
     assert depth_to_space(chain([0, 1, 2, 3])) == 0
-    assert depth_to_space(chain([0, 2, 1, 3], inner_scale=0.5)) == 0
-    assert depth_to_space(chain([0, 2, 1, 3], inner_scale=1.0)) == 1  # the same grid as after the chain
+    assert depth_to_space(chain([0, 2, 1, 3], inner_scale=1 / 64)) == 0
+    assert depth_to_space(chain([0, 2, 1, 3], inner_scale=1 / 128)) == 1  # the same grid as after the chain
+    assert depth_to_space(chain([0, 2, 1, 3], inner_multiply=2.0)) == 0
+
 
 # ----------------------------------------------------------------------------- NNCF INT8 through the gate
 

@@ -77,23 +77,10 @@ std::optional<std::string> embedded_manifest(const std::shared_ptr<ov::Model>& m
 
 // ---- the DepthToSpace rewrite (mrdl_runtime.openvino_rewrites, whose docstring says why it is exact)
 
-/// What OpenVINO's ONNX reader makes of a QuantizeLinear/DequantizeLinear pair: skipped along a chain.
-bool is_qdq(const std::shared_ptr<ov::Node>& node) {
-    const std::string type = node->get_type_name();
-    return type == "FakeQuantize" || type == "Convert" || type == "Subtract" || type == "Multiply";
-}
-
 std::shared_ptr<ov::Node> only_consumer(const std::shared_ptr<ov::Node>& node) {
     if (node->get_output_size() != 1) return nullptr;
     const auto targets = node->output(0).get_target_inputs();
     return targets.size() == 1 ? targets.begin()->get_node()->shared_from_this() : nullptr;
-}
-
-/// The node after `node` and its quantize/dequantize pair, when each has exactly one consumer.
-std::shared_ptr<ov::Node> next_step(const std::shared_ptr<ov::Node>& node) {
-    std::shared_ptr<ov::Node> current = only_consumer(node);
-    while (current && is_qdq(current)) current = only_consumer(current);
-    return current;
 }
 
 /// Input `index` of `node` when it is a constant (also through a Convert, or a Range of constants, as
@@ -123,6 +110,43 @@ std::optional<std::vector<int64_t>> permutation(const std::shared_ptr<ov::Node>&
     return std::vector<int64_t>(values->begin(), values->end());
 }
 
+bool scalar_operand(const std::shared_ptr<ov::Node>& node) {
+    const auto values = constant_values(node, 1);
+    return values && values->size() == 1;
+}
+
+std::string type_of(const std::shared_ptr<ov::Node>& node) { return node ? node->get_type_name() : ""; }
+
+/// When `node` starts a quantize/dequantize pair as OpenVINO reads QuantizeLinear + DequantizeLinear
+/// (FakeQuantize, Convert, Convert, Subtract of a scalar zero point where not 0, Multiply by a scalar
+/// scale; each the only consumer of the one before), the pair's nodes; else empty. Nothing else is ever
+/// stepped over (mrdl_runtime.openvino_rewrites._pair).
+std::vector<std::shared_ptr<ov::Node>> pair(const std::shared_ptr<ov::Node>& node) {
+    if (type_of(node) != "FakeQuantize") return {};
+    std::vector<std::shared_ptr<ov::Node>> nodes{node};
+    for (int i = 0; i < 2; ++i) {
+        nodes.push_back(only_consumer(nodes.back()));
+        if (type_of(nodes.back()) != "Convert") return {};
+    }
+    std::shared_ptr<ov::Node> current = only_consumer(nodes.back());
+    if (type_of(current) == "Subtract" && scalar_operand(current)) {
+        nodes.push_back(current);
+        current = only_consumer(current);
+    }
+    if (type_of(current) != "Multiply" || !scalar_operand(current)) return {};
+    nodes.push_back(current);
+    return nodes;
+}
+
+/// The node after `node` and the quantize/dequantize pair that may follow it; nullptr where something
+/// else follows, or more than one consumer.
+std::shared_ptr<ov::Node> next_step(const std::shared_ptr<ov::Node>& node) {
+    const std::shared_ptr<ov::Node> current = only_consumer(node);
+    if (!current) return nullptr;
+    const auto found = pair(current);
+    return found.empty() ? current : only_consumer(found.back());
+}
+
 /// A FakeQuantize's four ranges, or nullopt when one is not a constant.
 std::optional<std::vector<std::vector<double>>> grid(const std::shared_ptr<ov::Node>& node) {
     std::vector<std::vector<double>> ranges;
@@ -143,7 +167,7 @@ bool same_grid(const std::shared_ptr<ov::Node>& first, const std::shared_ptr<ov:
         if (std::string(node->get_type_name()) == "FakeQuantize") grids.push_back(grid(node));
     }
     const std::shared_ptr<ov::Node> after = only_consumer(last);
-    if (after && std::string(after->get_type_name()) == "FakeQuantize") grids.push_back(grid(after));
+    if (!pair(after).empty()) grids.push_back(grid(after));
     for (const auto& found : grids)
         if (!found || *found != *grids.front()) return false;
     return true;
@@ -218,13 +242,10 @@ int rewrite_channel_layer_norm(const std::shared_ptr<ov::Model>& model) {
         if (std::string(first->get_type_name()) != "Transpose" ||
             permutation(first) != std::vector<int64_t>{0, 2, 3, 1})
             continue;
-        std::vector<std::shared_ptr<ov::Node>> pairs;
-        std::shared_ptr<ov::Node> node = only_consumer(first);
-        while (node && is_qdq(node)) {
-            pairs.push_back(node);
-            node = only_consumer(node);
-        }
-        const auto norm = ov::as_type_ptr<ov::op::v6::MVN>(node);
+        const std::shared_ptr<ov::Node> node = only_consumer(first);
+        if (!node) continue;
+        const std::vector<std::shared_ptr<ov::Node>> pairs = pair(node);
+        const auto norm = ov::as_type_ptr<ov::op::v6::MVN>(pairs.empty() ? node : only_consumer(pairs.back()));
         const std::shared_ptr<ov::Node> scale = norm ? only_consumer(norm) : nullptr;
         const std::shared_ptr<ov::Node> shift = scale ? only_consumer(scale) : nullptr;
         const std::shared_ptr<ov::Node> last = shift ? only_consumer(shift) : nullptr;
