@@ -37,11 +37,12 @@ def _only_consumer(node):
 
 
 def _pair(node) -> list | None:
-    """When ``node`` starts a quantize/dequantize pair as OpenVINO reads QuantizeLinear + DequantizeLinear
-    (FakeQuantize, Convert to the integer type, Convert back, Subtract of a scalar zero point (where not 0),
-    Multiply by a scalar scale; each the only consumer of the one before), the pair's nodes; else None.
-    Nothing else is ever skipped over: a Multiply that is not a dequantization is a step of its own."""
-    if node is None or node.get_type_name() != "FakeQuantize":
+    """When ``node`` starts a per-tensor quantize/dequantize pair as OpenVINO reads QuantizeLinear +
+    DequantizeLinear (FakeQuantize, Convert to the integer type, Convert back, Subtract of the zero point
+    (where not 0), Multiply by the scale; every parameter a constant scalar, each node the only consumer of
+    the one before), the pair's nodes; else None. Nothing else is ever stepped over: a Multiply that is not
+    a dequantization is a step of its own."""
+    if node is None or node.get_type_name() != "FakeQuantize" or not _per_tensor(node):
         return None
     nodes = [node]
     for expected in ("Convert", "Convert"):
@@ -49,10 +50,10 @@ def _pair(node) -> list | None:
         if nodes[-1] is None or nodes[-1].get_type_name() != expected:
             return None
     current = _only_consumer(nodes[-1])
-    if current is not None and current.get_type_name() == "Subtract" and _scalar_operand(current):
+    if current is not None and current.get_type_name() == "Subtract" and _per_tensor(current):
         nodes.append(current)
         current = _only_consumer(current)
-    if current is None or current.get_type_name() != "Multiply" or not _scalar_operand(current):
+    if current is None or current.get_type_name() != "Multiply" or not _per_tensor(current):
         return None
     return [*nodes, current]
 
@@ -81,14 +82,23 @@ def _constant(node, index: int) -> np.ndarray | None:
     return None
 
 
-def _scalar_operand(node) -> bool:
-    values = _constant(node, 1)
-    return values is not None and values.size == 1
+def _per_tensor(node) -> bool:
+    """Whether every input of ``node`` after its data is a constant scalar (a quantize/dequantize node then
+    acts element by element, whatever the layout)."""
+    for index in range(1, node.get_input_size()):
+        values = _constant(node, index)
+        if values is None or values.size != 1:
+            return False
+    return True
 
 
 def _permutation(node) -> list[int] | None:
     values = _constant(node, 1)
     return None if values is None else [int(v) for v in values.reshape(-1)]
+
+
+def _is_transpose(node, permutation: list[int]) -> bool:
+    return node is not None and node.get_type_name() == "Transpose" and _permutation(node) == permutation
 
 
 def _grid(node) -> list[np.ndarray] | None:
@@ -125,15 +135,15 @@ def depth_to_space(model) -> int:
 
     replaced = 0
     for first in list(model.get_ordered_ops()):
-        if first.get_type_name() != "Transpose" or _permutation(first) != [0, 2, 3, 1]:
+        if not _is_transpose(first, [0, 2, 3, 1]):
             continue
         chain = [first]
         while len(chain) < 4 and (step := _next_step(chain[-1])) is not None:
             chain.append(step)
-        if [n.get_type_name() for n in chain[1:]] != ["Reshape", "Transpose", "Reshape"]:
+        if len(chain) != 4 or chain[1].get_type_name() != "Reshape" or chain[3].get_type_name() != "Reshape":
             continue
         middle, last = chain[2], chain[3]
-        if _permutation(middle) != [0, 2, 1, 3] or not _same_grid(first, last):
+        if not _is_transpose(middle, [0, 2, 1, 3]) or not _same_grid(first, last):
             continue
         source, result = first.get_input_partial_shape(0), last.get_output_partial_shape(0)
         if any(shape.rank.is_dynamic or shape.rank.get_length() != 4 for shape in (source, result)):
@@ -147,23 +157,14 @@ def depth_to_space(model) -> int:
             continue
         # The first Reshape's output pins the rows merged with the batch: (B*H, W, k, k*C).
         merged = middle.get_input_partial_shape(0)
-        if merged.rank.is_dynamic or merged.rank.get_length() != 4 or [_static(merged[i]) for i in (1, 2, 3)] != [width, k, k * channels_out]:
+        if (merged.rank.is_dynamic or merged.rank.get_length() != 4
+                or [_static(merged[i]) for i in (1, 2, 3)] != [width, k, k * channels_out]):
             continue
         spread = ops.depth_to_space(first.input_value(0), "blocks_first", k)
         channels_last = ops.transpose(spread, ops.constant(np.array([0, 2, 3, 1], dtype=np.int64)))
         last.output(0).replace(channels_last.output(0))
         replaced += 1
     return replaced
-
-
-def _per_tensor(node) -> bool:
-    """Whether a quantize/dequantize node's parameters are all constant scalars (it then acts element by
-    element, whatever the layout)."""
-    for index in range(1, node.get_input_size()):
-        values = _constant(node, index)
-        if values is None or values.size != 1:
-            return False
-    return True
 
 
 def channel_layer_norm(model) -> int:
@@ -174,7 +175,7 @@ def channel_layer_norm(model) -> int:
 
     replaced = 0
     for first in list(model.get_ordered_ops()):
-        if first.get_type_name() != "Transpose" or _permutation(first) != [0, 2, 3, 1]:
+        if not _is_transpose(first, [0, 2, 3, 1]):
             continue
         node = _only_consumer(first)
         pairs = _pair(node) or []
@@ -182,12 +183,13 @@ def channel_layer_norm(model) -> int:
         scale = norm and _only_consumer(norm)
         shift = scale and _only_consumer(scale)
         last = shift and _only_consumer(shift)
-        if not last or [n.get_type_name() for n in (norm, scale, shift, last)] != ["MVN", "Multiply", "Add", "Transpose"]:
+        if (not _is_transpose(last, [0, 3, 1, 2])
+                or [n.get_type_name() for n in (norm, scale, shift)] != ["MVN", "Multiply", "Add"]):
             continue
         axes = _constant(norm, 1)
         source = first.get_input_partial_shape(0)
-        if (_permutation(last) != [0, 3, 1, 2] or axes is None or [int(a) for a in axes.reshape(-1)] not in ([3], [-1])
-                or source.rank.is_dynamic or source.rank.get_length() != 4 or not all(map(_per_tensor, pairs))):
+        if (axes is None or [int(a) for a in axes.reshape(-1)] not in ([3], [-1]) or source.rank.is_dynamic
+                or source.rank.get_length() != 4):
             continue
         channels = _static(source[1])
         weight, bias = _constant(scale, 1), _constant(shift, 1)

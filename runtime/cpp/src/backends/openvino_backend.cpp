@@ -83,13 +83,15 @@ std::shared_ptr<ov::Node> only_consumer(const std::shared_ptr<ov::Node>& node) {
     return targets.size() == 1 ? targets.begin()->get_node()->shared_from_this() : nullptr;
 }
 
+std::string type_of(const std::shared_ptr<ov::Node>& node) { return node ? node->get_type_name() : ""; }
+
 /// Input `index` of `node` when it is a constant (also through a Convert, or a Range of constants, as
 /// OpenVINO's ONNX reader writes zero points and reduction axes), as doubles; nullopt otherwise.
 std::optional<std::vector<double>> constant_values(const std::shared_ptr<ov::Node>& node, size_t index) {
     std::shared_ptr<ov::Node> source = node->get_input_node_shared_ptr(index);
-    if (std::string(source->get_type_name()) == "Convert") source = source->get_input_node_shared_ptr(0);
+    if (type_of(source) == "Convert") source = source->get_input_node_shared_ptr(0);
     if (const auto constant = ov::as_type_ptr<ov::op::v0::Constant>(source)) return constant->cast_vector<double>();
-    if (std::string(source->get_type_name()) == "Range") {
+    if (type_of(source) == "Range") {
         std::vector<double> bounds;
         for (size_t i = 0; i < 3; ++i) {
             const auto bound = ov::as_type_ptr<ov::op::v0::Constant>(source->get_input_node_shared_ptr(i));
@@ -110,30 +112,37 @@ std::optional<std::vector<int64_t>> permutation(const std::shared_ptr<ov::Node>&
     return std::vector<int64_t>(values->begin(), values->end());
 }
 
-bool scalar_operand(const std::shared_ptr<ov::Node>& node) {
-    const auto values = constant_values(node, 1);
-    return values && values->size() == 1;
+/// Whether every input of `node` after its data is a constant scalar (a quantize/dequantize node then acts
+/// element by element, whatever the layout).
+bool per_tensor(const std::shared_ptr<ov::Node>& node) {
+    for (size_t index = 1; index < node->get_input_size(); ++index) {
+        const auto values = constant_values(node, index);
+        if (!values || values->size() != 1) return false;
+    }
+    return true;
 }
 
-std::string type_of(const std::shared_ptr<ov::Node>& node) { return node ? node->get_type_name() : ""; }
+bool is_transpose(const std::shared_ptr<ov::Node>& node, const std::vector<int64_t>& order) {
+    return type_of(node) == "Transpose" && permutation(node) == order;
+}
 
-/// When `node` starts a quantize/dequantize pair as OpenVINO reads QuantizeLinear + DequantizeLinear
-/// (FakeQuantize, Convert, Convert, Subtract of a scalar zero point where not 0, Multiply by a scalar
-/// scale; each the only consumer of the one before), the pair's nodes; else empty. Nothing else is ever
-/// stepped over (mrdl_runtime.openvino_rewrites._pair).
+/// When `node` starts a per-tensor quantize/dequantize pair as OpenVINO reads QuantizeLinear +
+/// DequantizeLinear (FakeQuantize, Convert, Convert, Subtract of the zero point where not 0, Multiply by the
+/// scale; every parameter a constant scalar, each node the only consumer of the one before), the pair's
+/// nodes; else empty. Nothing else is ever stepped over (mrdl_runtime.openvino_rewrites._pair).
 std::vector<std::shared_ptr<ov::Node>> pair(const std::shared_ptr<ov::Node>& node) {
-    if (type_of(node) != "FakeQuantize") return {};
+    if (type_of(node) != "FakeQuantize" || !per_tensor(node)) return {};
     std::vector<std::shared_ptr<ov::Node>> nodes{node};
     for (int i = 0; i < 2; ++i) {
         nodes.push_back(only_consumer(nodes.back()));
         if (type_of(nodes.back()) != "Convert") return {};
     }
     std::shared_ptr<ov::Node> current = only_consumer(nodes.back());
-    if (type_of(current) == "Subtract" && scalar_operand(current)) {
+    if (type_of(current) == "Subtract" && per_tensor(current)) {
         nodes.push_back(current);
         current = only_consumer(current);
     }
-    if (type_of(current) != "Multiply" || !scalar_operand(current)) return {};
+    if (type_of(current) != "Multiply" || !per_tensor(current)) return {};
     nodes.push_back(current);
     return nodes;
 }
@@ -164,7 +173,7 @@ bool same_grid(const std::shared_ptr<ov::Node>& first, const std::shared_ptr<ov:
     std::shared_ptr<ov::Node> node = first;
     while (node != last) {  // the single-consumer path that next_step walked
         node = only_consumer(node);
-        if (std::string(node->get_type_name()) == "FakeQuantize") grids.push_back(grid(node));
+        if (type_of(node) == "FakeQuantize") grids.push_back(grid(node));
     }
     const std::shared_ptr<ov::Node> after = only_consumer(last);
     if (!pair(after).empty()) grids.push_back(grid(after));
@@ -183,21 +192,17 @@ std::optional<int64_t> static_dim(const ov::PartialShape& shape, size_t index) {
 int rewrite_depth_to_space(const std::shared_ptr<ov::Model>& model) {
     int replaced = 0;
     for (const std::shared_ptr<ov::Node>& first : model->get_ordered_ops()) {
-        if (std::string(first->get_type_name()) != "Transpose" ||
-            permutation(first) != std::vector<int64_t>{0, 2, 3, 1})
-            continue;
+        if (!is_transpose(first, {0, 2, 3, 1})) continue;
         std::vector<std::shared_ptr<ov::Node>> chain{first};
         while (chain.size() < 4) {
             std::shared_ptr<ov::Node> step = next_step(chain.back());
             if (!step) break;
             chain.push_back(step);
         }
-        if (chain.size() != 4 || std::string(chain[1]->get_type_name()) != "Reshape" ||
-            std::string(chain[2]->get_type_name()) != "Transpose" || std::string(chain[3]->get_type_name()) != "Reshape")
-            continue;
+        if (chain.size() != 4 || type_of(chain[1]) != "Reshape" || type_of(chain[3]) != "Reshape") continue;
         const std::shared_ptr<ov::Node>& middle = chain[2];
         const std::shared_ptr<ov::Node>& last = chain[3];
-        if (permutation(middle) != std::vector<int64_t>{0, 2, 1, 3} || !same_grid(first, last)) continue;
+        if (!is_transpose(middle, {0, 2, 1, 3}) || !same_grid(first, last)) continue;
         const ov::PartialShape source = first->get_input_partial_shape(0);
         const ov::PartialShape result = last->get_output_partial_shape(0);
         const ov::PartialShape merged = middle->get_input_partial_shape(0);
@@ -224,24 +229,13 @@ int rewrite_depth_to_space(const std::shared_ptr<ov::Model>& model) {
     return replaced;
 }
 
-/// Whether a quantize/dequantize node's parameters are all constant scalars (element by element, any layout).
-bool per_tensor(const std::shared_ptr<ov::Node>& node) {
-    for (size_t index = 1; index < node->get_input_size(); ++index) {
-        const auto values = constant_values(node, index);
-        if (!values || values->size() != 1) return false;
-    }
-    return true;
-}
-
 /// Replaces each Transpose to NHWC -> (per-tensor quantize/dequantize) -> MVN over the last axis ->
 /// Multiply (weight) -> Add (bias) -> Transpose to NCHW by the same normalization over axis 1 of the NCHW
 /// map; returns how many were replaced.
 int rewrite_channel_layer_norm(const std::shared_ptr<ov::Model>& model) {
     int replaced = 0;
     for (const std::shared_ptr<ov::Node>& first : model->get_ordered_ops()) {
-        if (std::string(first->get_type_name()) != "Transpose" ||
-            permutation(first) != std::vector<int64_t>{0, 2, 3, 1})
-            continue;
+        if (!is_transpose(first, {0, 2, 3, 1})) continue;
         const std::shared_ptr<ov::Node> node = only_consumer(first);
         if (!node) continue;
         const std::vector<std::shared_ptr<ov::Node>> pairs = pair(node);
@@ -249,14 +243,10 @@ int rewrite_channel_layer_norm(const std::shared_ptr<ov::Model>& model) {
         const std::shared_ptr<ov::Node> scale = norm ? only_consumer(norm) : nullptr;
         const std::shared_ptr<ov::Node> shift = scale ? only_consumer(scale) : nullptr;
         const std::shared_ptr<ov::Node> last = shift ? only_consumer(shift) : nullptr;
-        if (!last || std::string(scale->get_type_name()) != "Multiply" || std::string(shift->get_type_name()) != "Add" ||
-            std::string(last->get_type_name()) != "Transpose" || permutation(last) != std::vector<int64_t>{0, 3, 1, 2})
-            continue;
+        if (!is_transpose(last, {0, 3, 1, 2}) || type_of(scale) != "Multiply" || type_of(shift) != "Add") continue;
         const auto axes = constant_values(norm, 1);
         const ov::PartialShape source = first->get_input_partial_shape(0);
-        if (!axes || axes->size() != 1 || (axes->front() != 3 && axes->front() != -1) || source.rank() != 4 ||
-            !std::all_of(pairs.begin(), pairs.end(), per_tensor))
-            continue;
+        if (!axes || axes->size() != 1 || (axes->front() != 3 && axes->front() != -1) || source.rank() != 4) continue;
         const auto channels = static_dim(source, 1);
         const auto weight = ov::as_type_ptr<ov::op::v0::Constant>(scale->get_input_node_shared_ptr(1));
         const auto bias = ov::as_type_ptr<ov::op::v0::Constant>(shift->get_input_node_shared_ptr(1));
