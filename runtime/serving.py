@@ -49,7 +49,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-
 import numpy as np
 
 from . import children
@@ -298,12 +297,13 @@ def release_freed_memory() -> None:
         pass  # not glibc
 
 
-def instance_threads(options: ServeOptions) -> int:
-    """Threads of each model instance: ``--threads``, or the physical cores shared among the instances (what
-    :meth:`mrdl_runtime.triton_model.TritonPythonModel.initialize` loads with)."""
+def instance_threads(threads: int, instances: int) -> int:
+    """Threads of each of ``instances`` model instances: ``threads`` (``--threads``) when given, else the
+    physical cores shared among them. What each instance loads with
+    (:meth:`mrdl_runtime.triton_model.TritonPythonModel.initialize`) and what the model check times."""
     from .threads import default_threads
 
-    return options.load.threads or max(1, default_threads() // options.instances)
+    return threads or max(1, default_threads() // instances)
 
 
 def auto_queue_delay_us(segmenter, manifest, *, fraction: float = AUTO_QUEUE_DELAY_FRACTION) -> int:
@@ -357,7 +357,8 @@ class Server:
             raise ServeError(f"--max-batch must be in [1, {manifest.max_batch}] (the model directory's max_batch); "
                              f"got {max_batch}")
         self.max_batch = max_batch
-        with Segmenter.load(self.model_dir, options.load.with_fields(threads=instance_threads(options))) as segmenter:
+        load = options.load.with_fields(threads=instance_threads(options.load.threads, options.instances))
+        with Segmenter.load(self.model_dir, load) as segmenter:
             self.checked = (segmenter.precision, segmenter.backend)
             if options.max_queue_delay_us is None:
                 self.options = options.with_fields(max_queue_delay_us=auto_queue_delay_us(segmenter, manifest))

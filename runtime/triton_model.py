@@ -229,8 +229,7 @@ class TritonPythonModel:
     def initialize(self, args: Mapping[str, str]) -> None:
         from .manifest import load_manifest
         from .segmenter import Segmenter
-        from .serving import ServeOptions
-        from .threads import default_threads
+        from .serving import ServeOptions, instance_threads
 
         config = json.loads(args["model_config"])
         parameters = config_parameters(config)
@@ -243,7 +242,7 @@ class TritonPythonModel:
             raise MrdlError(f"{model_dir} holds export {manifest.export_id}, but config.pbtxt names "
                             f"{parameters['export_id']}: rewrite the repository with mrdl triton-repo")
         instances = sum(int(group.get("count", 1)) for group in config.get("instance_group") or [{}]) or 1
-        load = options.load.with_fields(threads=options.load.threads or max(1, default_threads() // instances))
+        load = options.load.with_fields(threads=instance_threads(options.load.threads, instances))
         self.segmenter = Segmenter.load(model_dir, load)
         self.defaults, self.manifest = options.predict, manifest
         # unset: one largest request per instance; set: its share, never below one request (config.pbtxt may count
