@@ -306,7 +306,7 @@ def instance_threads(threads: int, instances: int) -> int:
     return threads or max(1, default_threads() // instances)
 
 
-def auto_queue_delay_us(segmenter, manifest, *, fraction: float = AUTO_QUEUE_DELAY_FRACTION) -> int:
+def auto_queue_delay_us(segmenter, *, fraction: float = AUTO_QUEUE_DELAY_FRACTION) -> int:
     """The dynamic batcher's wait when ``--max-queue-delay-us`` is not given: ``fraction`` of one image's
     inference (median of three, after a warm-up), within [0.5 ms, 50 ms].
 
@@ -317,7 +317,7 @@ def auto_queue_delay_us(segmenter, manifest, *, fraction: float = AUTO_QUEUE_DEL
     with this wait (docs/measurements.md); a tenth of the inference costs a lone client that much latency at
     most.
     """
-    height, width = manifest.size
+    height, width = segmenter.manifest.size
     image = np.zeros((1, 3, height, width), np.float32)
     timings = []
     for _ in range(4):
@@ -361,7 +361,7 @@ class Server:
         with Segmenter.load(self.model_dir, load) as segmenter:
             self.checked = (segmenter.precision, segmenter.backend)
             if options.max_queue_delay_us is None:
-                self.options = options.with_fields(max_queue_delay_us=auto_queue_delay_us(segmenter, manifest))
+                self.options = options.with_fields(max_queue_delay_us=auto_queue_delay_us(segmenter))
         release_freed_memory()  # this process only waits from here on: hand the check's buffers back
         return manifest
 

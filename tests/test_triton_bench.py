@@ -81,6 +81,6 @@ def test_auto_queue_delay_is_a_tenth_of_one_inference_within_bounds(seconds, low
     from mrdl_runtime.serving import auto_queue_delay_us
 
     runner = _TimedRunner(seconds)
-    delay = auto_queue_delay_us(SimpleNamespace(runner=runner), SimpleNamespace(size=(32, 48)))
+    delay = auto_queue_delay_us(SimpleNamespace(runner=runner, manifest=SimpleNamespace(size=(32, 48))))
     assert low <= delay <= high, delay
     assert runner.calls == [(1, 3, 32, 48)] * 4  # one image at the model's size: a warm-up and three timed
