@@ -12,6 +12,7 @@ and exits 2.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -70,6 +71,10 @@ def format_summary(result) -> str:
         lines.append(f"dropped: {', '.join(folding['dropped'])}")
     else:
         saved = 0.0
+    for key, label in (("replaced", "replaced"), ("int8_replaced", "replaced in the INT8 model")):
+        if folding.get(key):  # "name: what" -> what: how many
+            kinds = Counter(line.split(": ", 1)[-1] for line in folding[key])
+            lines.append(f"{label}: " + "; ".join(f"{what} (x{count})" for what, count in kinds.items()))
     lines.append(f"FLOPs per image: full {folding['flops_full'] / 1e9:.3f} G, "
                  f"deploy {folding['flops_deploy'] / 1e9:.3f} G "
                  f"(saved {folding['flops_saved'] / 1e6:.1f} M, {100 * saved:.2f}%)")

@@ -36,6 +36,7 @@ class FoldReport:
 
     folded: list[str] = field(default_factory=list)  # human-readable names of folded sub-graphs
     replaced: list[str] = field(default_factory=list)  # modules swapped for an equivalent (mrdl_export.swaps)
+    int8_replaced: list[str] = field(default_factory=list)  # swapped in the graph the INT8 model is quantized from
     dropped: list[str] = field(default_factory=list)  # modules that no longer run at inference
     flops_full: int = 0  # one image through MRDL.forward in eval mode (image only)
     flops_full_with_text: int = 0  # the same with text features (ConvB + L_KL computed too)
@@ -46,7 +47,7 @@ class FoldReport:
         return self.flops_full - self.flops_deploy
 
     def to_dict(self) -> dict:
-        return {"folded": self.folded, "dropped": self.dropped, "replaced": self.replaced,
+        return {"folded": self.folded, "dropped": self.dropped, "replaced": self.replaced, "int8_replaced": self.int8_replaced,
                 "flops_full": self.flops_full, "flops_full_with_text": self.flops_full_with_text,
                 "flops_deploy": self.flops_deploy, "flops_saved": self.flops_saved}
 
@@ -118,17 +119,16 @@ def count_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
 def build_deploy_module(model: MRDL) -> tuple[DeployModule, FoldReport]:
     """The deploy module of ``model`` (matmul phase) and a report of what was folded and replaced.
 
-    Transposed convolutions with kernel == stride become a 1x1 conv and a rearrangement
-    (:mod:`mrdl_export.swaps`: the same function, and an integer kernel in ONNX Runtime INT8).
+    Some modules are computed in ops the runtimes run better (:mod:`mrdl_export.swaps`: the same function
+    in eval mode, e.g. an integer kernel in ONNX Runtime INT8 for a transposed convolution).
     """
-    from .swaps import swap_conv_transposes
+    from .swaps import swap_for_deploy
 
     model = model.eval()
     deploy = DeployModule(copy.deepcopy(model)).eval()  # own weights: the parity reference stays untouched
     cfg = model.config.model
     report = FoldReport()
-    report.replaced = [f"{name}: ConvTranspose2d -> 1x1 Conv + channels-last rearrangement"
-                       for name in swap_conv_transposes(deploy)]
+    report.replaced = swap_for_deploy(deploy)
     if cfg.fusion == "distribution":
         report.folded = ["F = mu_r (mean of F_L over K)", "y1 = P_CM.down_blocks[0](F)",
                          "y1' = P_CM.up_blocks[0](y1)"]

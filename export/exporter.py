@@ -20,8 +20,10 @@ when every step passed, so a failed gate leaves no model under the normal name
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -92,6 +94,7 @@ class _Job:
     phase_check: dict[str, float] = field(default_factory=dict)
     phase_drift: ParityResult | None = None
     folding: Any = None  # mrdl_export.deploy.FoldReport
+    deploy: Any = None  # the deploy module model.onnx was exported from
     report: Any = None  # FP32 graph's mrdl_export.trt_report.CompatibilityReport
     variant_reports: dict[str, dict] = field(default_factory=dict)
     ops: dict[str, int] = field(default_factory=dict)
@@ -169,6 +172,7 @@ class Exporter:
 
         with _step(job, "deploy module"):
             deploy, job.folding = _timed(job, "deploy_module", build_deploy_module, job.model)
+        job.deploy = deploy
         return deploy
 
     def onnx(self, job: _Job, deploy) -> None:
@@ -234,7 +238,10 @@ class Exporter:
                 calibration, job.calibration_source, names = _model_inputs(
                     job.config, data=calib_data, count=options.calib_images, splits=CALIBRATION_SPLITS,
                     synthetic_offset=1000)
-                path = _timed(job, "int8", self._quantize, job, fp32_path, calibration, names, calib_data)
+                with tempfile.TemporaryDirectory(prefix="mrdl-int8-source-") as scratch:
+                    source = _timed(job, "int8", self._int8_source, job, Path(scratch))
+                    path = _timed(job, "int8", self._quantize, job, source or fp32_path, calibration, names,
+                                  calib_data)
                 probabilities = probabilities_for(options.int8_target)(path, job.reference.inputs)  # where it runs
                 job.parity["int8"] = compare(job.reference.probabilities, probabilities, source=job.reference.source)
                 self._int8_gate(job, probabilities)
@@ -244,6 +251,24 @@ class Exporter:
                 path = _timed(job, "fp16", convert_fp16, fp32_path, folder / ARTIFACT_FILES["fp16"])
                 job.parity["fp16"] = job.reference.compare(path)
                 job.artifacts["fp16"] = ARTIFACT_FILES["fp16"]
+
+    def _int8_source(self, job: _Job, scratch: Path) -> Path | None:
+        """When the INT8 target's recipe asks for it (:attr:`~mrdl_export.quantize.Int8Recipe.int8_swaps`), the FP32
+        graph to quantize instead of ``model.onnx``: the deploy module with :func:`mrdl_export.swaps.swap_for_int8`
+        (the same function in ops that run faster in integer), exported to ``scratch``; None otherwise."""
+        from .deploy import example_inputs
+        from .onnx_export import export_onnx
+        from .quantize import INT8_TARGETS
+        from .swaps import swap_for_int8
+
+        if not INT8_TARGETS[self.options.int8_target].int8_swaps:
+            return None
+        deploy = copy.deepcopy(job.deploy)
+        job.folding.int8_replaced = swap_for_int8(deploy)
+        if not job.folding.int8_replaced:
+            return None
+        return export_onnx(deploy, example_inputs(job.model), scratch / "int8-source.onnx", opset=self.options.opset,
+                           exporter=self.options.exporter)
 
     def _quantize(self, job: _Job, fp32_path: Path, calibration: list[np.ndarray], names: list[str],
                   calib_data: Path | None) -> Path:

@@ -64,6 +64,8 @@ class Int8Recipe:
     symmetric_activations: bool
     ops: tuple[str, ...]
     note: str
+    int8_swaps: bool = False  # quantize a graph with mrdl_export.swaps.swap_for_int8 applied, not model.onnx
+
 
     def describe(self) -> str:
         kind = "symmetric" if self.symmetric_activations else "asymmetric"
@@ -72,7 +74,8 @@ class Int8Recipe:
 
 INT8_TARGETS = {
     "onnxruntime": Int8Recipe("uint8", False, tuple(ONNXRUNTIME_OPS),
-                              "onnxruntime CPU integer kernels (u8 x s8), element-wise and shape ops quantized"),
+                              "onnxruntime CPU integer kernels (u8 x s8), element-wise and shape ops quantized",
+                              int8_swaps=True),
     "tensorrt": Int8Recipe("int8", True, tuple(COMPUTE_OPS),
                            "TensorRT explicit quantization: zero points 0, compute ops only"),
     "openvino": Int8Recipe("uint8", True, tuple(COMPUTE_OPS),

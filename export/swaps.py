@@ -19,12 +19,33 @@ that the deployment runtimes run better (the training model and its checkpoints 
   OpenVINO has no fast kernel for the 6-D form of it, which ran our INT8 file 8% slower there than
   the ConvTranspose graph, against 5% with the 4-D form, at the same ONNX Runtime speed
   (docs/measurements.md, "Float islands in ONNX Runtime INT8").
+* :class:`ReconstructConvFirst`: P_CM's ``Reconstruct`` (tokens -> grid -> nearest upsample -> 1x1 conv ->
+  BatchNorm -> ReLU) with the upsample last. A 1x1 conv, an eval-mode BatchNorm and a ReLU act on each
+  pixel alone, and a nearest upsample only copies pixels, so they commute: each output pixel gets the
+  values it had before, computed once per token instead of ``scale**2`` times (the same arithmetic on the
+  same inputs, so the same float values). Not done in training: BatchNorm's batch statistics would count
+  each token once instead of ``scale**2`` times.
+* :class:`PixelAttentionAsConv`: PLAM's per-pixel MLP (``Linear(3, 6)``, ReLU, ``Linear(6, 1)`` applied to the
+  channels-last map) as two 1x1 convs on the channels-first map. ONNX Runtime ran the Linear layers as
+  ``MatMul`` + broadcast ``Add`` of the bias, and its integer broadcast add of a 6-vector over every pixel
+  of a 224x224 map is a slow single-threaded loop; a 1x1 conv carries its bias, and the two permutes go.
+
+For the ONNX Runtime INT8 model only (:func:`swap_for_int8`; the export quantizes a second FP32 graph with it):
+
+* :class:`NearestAsGather`: a nearest upsample by an integer factor as two row and column ``Gather``s of the
+  channels-last map. ONNX Runtime's uint8 ``Resize`` is a single-threaded per-element loop (its four
+  224x224 ones took 11 % of the INT8 model's time on 2 threads); a ``Gather`` copies whole channel vectors
+  and rows, and the permutes cancel against ONNX Runtime's channels-last integer convolutions. In float
+  the ``Resize`` is faster (ONNX Runtime 3 %, OpenVINO 7 %), so ``model.onnx`` keeps it.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from mrdl.layers import PixelLevelAttention, Reconstruct
 
 
 def is_one_tap_transpose(module: nn.Module) -> bool:
@@ -65,12 +86,121 @@ class ConvTransposeAsConv(nn.Module):
         return taps.reshape(batch, height * k, width * k, c_out).permute(0, 3, 1, 2)  # (B, C_out, kH, kW)
 
 
-def swap_conv_transposes(module: nn.Module) -> list[str]:
-    """Replace, in place, every ``ConvTranspose2d`` in ``module`` that :class:`ConvTransposeAsConv` computes
-    exactly; return the replaced modules' names. Others stay as they are."""
-    targets = [name for name, child in module.named_modules() if is_one_tap_transpose(child)]
+def _replace(module: nn.Module, matches, replacement) -> list[str]:
+    """Replace, in place, every submodule of ``module`` for which ``matches`` is true by ``replacement(it)``;
+    return the replaced modules' names."""
+    targets = [name for name, child in module.named_modules() if matches(child)]
     for name in targets:
         parent_name, _, attribute = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attribute, ConvTransposeAsConv(getattr(parent, attribute)))
+        setattr(parent, attribute, replacement(getattr(parent, attribute)))
     return targets
+
+
+def _apply(module: nn.Module, swaps) -> list[str]:
+    """Every ``(matches, replacement, what)`` of ``swaps`` on ``module`` in place: ``"name: what"`` per module."""
+    return [f"{name}: {what}" for matches, replacement, what in swaps for name in _replace(module, matches, replacement)]
+
+
+def swap_conv_transposes(module: nn.Module) -> list[str]:
+    """Replace, in place, every ``ConvTranspose2d`` in ``module`` that :class:`ConvTransposeAsConv` computes
+    exactly; return the replaced modules' names. Others stay as they are."""
+    return _replace(module, is_one_tap_transpose, ConvTransposeAsConv)
+
+
+class ReconstructConvFirst(nn.Module):
+    """:class:`mrdl.layers.Reconstruct` with its 1x1 conv, BatchNorm and ReLU before the nearest upsample (the
+    same function in eval mode; see the module docstring). Keeps the original's ``conv`` and ``norm``."""
+
+    def __init__(self, reconstruct: Reconstruct) -> None:
+        super().__init__()
+        self.upsample, self.conv, self.norm = reconstruct.upsample, reconstruct.conv, reconstruct.norm
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, num_tokens, channels = tokens.shape
+        side = int(round(num_tokens**0.5))
+        # (B, C, h, w); contiguous: the view is channels-last, and torch.export tells a channels-last batch of
+        # one from a batch of many only by a guard on the batch size (the dynamic batch then fails to export)
+        x = tokens.transpose(1, 2).reshape(batch, channels, side, side).contiguous()
+        return self.upsample(F.relu(self.norm(self.conv(x))))
+
+
+def _linear_as_conv(linear: nn.Linear) -> nn.Conv2d:
+    conv = nn.Conv2d(linear.in_features, linear.out_features, kernel_size=1, bias=linear.bias is not None,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.detach()[:, :, None, None])
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias.detach())
+    return conv
+
+
+class PixelAttentionAsConv(nn.Module):
+    """:class:`mrdl.layers.PixelLevelAttention` with its per-pixel MLP as 1x1 convs on the channels-first map
+    (the same function; see the module docstring)."""
+
+    def __init__(self, attention: PixelLevelAttention) -> None:
+        super().__init__()
+        first, activation, second = attention.mlp
+        if not (isinstance(first, nn.Linear) and isinstance(activation, nn.ReLU) and isinstance(second, nn.Linear)):
+            raise ValueError(f"PixelAttentionAsConv needs PLAM's Linear, ReLU, Linear MLP; got {attention.mlp}")
+        self.mean_branch, self.max_branch = attention.mean_branch, attention.max_branch
+        self.mlp = nn.Sequential(_linear_as_conv(first), nn.ReLU(), _linear_as_conv(second))
+
+    def forward(self, skip: torch.Tensor) -> torch.Tensor:
+        mean_map = F.relu(self.mean_branch(skip)).mean(dim=1, keepdim=True)  # (B, 1, H, W)
+        max_map = F.relu(self.max_branch(skip)).amax(dim=1, keepdim=True)  # (B, 1, H, W)
+        maps = torch.cat([mean_map, max_map, mean_map + max_map], dim=1)  # (B, 3, H, W)
+        return skip * self.mlp(maps)  # the weight map (B, 1, H, W)
+
+
+SWAPS = (  # (what is replaced, the replacement, how the report names it)
+    (is_one_tap_transpose, ConvTransposeAsConv, "ConvTranspose2d -> 1x1 Conv + channels-last rearrangement"),
+    (lambda module: type(module) is Reconstruct, ReconstructConvFirst,
+     "Reconstruct: 1x1 Conv, BatchNorm, ReLU before the nearest upsample"),
+    (lambda module: type(module) is PixelLevelAttention, PixelAttentionAsConv,
+     "PixelLevelAttention: per-pixel MLP as 1x1 Conv layers"),
+)
+
+
+def swap_for_deploy(module: nn.Module) -> list[str]:
+    """Apply every swap of :data:`SWAPS` to ``module`` in place (an eval-mode copy: the swaps keep the function
+    in eval mode only); return ``"name: what"`` for each module replaced."""
+    return _apply(module, SWAPS)
+
+
+def is_nearest_upsample(module: nn.Module) -> bool:
+    """True for an ``nn.Upsample`` in nearest mode by one integer factor on both axes (no size given)."""
+    if not isinstance(module, nn.Upsample) or module.mode != "nearest" or module.size is not None:
+        return False
+    factors = module.scale_factor if isinstance(module.scale_factor, tuple) else (module.scale_factor,) * 2
+    return len(factors) == 2 and factors[0] == factors[1] and float(factors[0]).is_integer() and factors[0] >= 1
+
+
+class NearestAsGather(nn.Module):
+    """A nearest upsample by an integer factor as row and column ``Gather``s of the channels-last map."""
+
+    def __init__(self, upsample: nn.Upsample) -> None:
+        super().__init__()
+        if not is_nearest_upsample(upsample):
+            raise ValueError(f"NearestAsGather needs a nearest nn.Upsample by one integer factor; got {upsample}")
+        factor = upsample.scale_factor
+        self.scale = int(factor[0] if isinstance(factor, tuple) else factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, height, width = x.shape
+        rows = torch.arange(height * self.scale, device=x.device) // self.scale  # output row -> input row
+        columns = torch.arange(width * self.scale, device=x.device) // self.scale
+        channels_last = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        return channels_last.index_select(1, rows).index_select(2, columns).permute(0, 3, 1, 2)
+
+
+INT8_SWAPS = (
+    (is_nearest_upsample, NearestAsGather, "nearest Upsample -> channels-last row and column Gather"),
+)
+
+
+def swap_for_int8(module: nn.Module) -> list[str]:
+    """Apply :data:`INT8_SWAPS` to ``module`` (a deploy module, already through :func:`swap_for_deploy`) in
+    place; return ``"name: what"`` for each module replaced."""
+    return _apply(module, INT8_SWAPS)

@@ -107,6 +107,7 @@ class Reconstruct(nn.Module):
     def __init__(self, channels: int, *, scale: int) -> None:
         super().__init__()
         self.scale = scale
+        self.upsample = nn.Upsample(scale_factor=scale, mode="nearest")  # a module: the export may swap it
         self.conv = nn.Conv2d(channels, channels, kernel_size=1)
         self.norm = nn.BatchNorm2d(channels)
 
@@ -114,8 +115,7 @@ class Reconstruct(nn.Module):
         batch, num_tokens, channels = tokens.shape
         side = int(round(num_tokens**0.5))
         x = tokens.transpose(1, 2).reshape(batch, channels, side, side)  # (B, C, h, w)
-        x = F.interpolate(x, scale_factor=self.scale, mode="nearest")
-        return F.relu(self.norm(self.conv(x)))
+        return F.relu(self.norm(self.conv(self.upsample(x))))
 
 
 class ChannelLayerNorm(nn.Module):
@@ -155,9 +155,9 @@ class UpBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")  # a module: the export may swap it
         self.attention = PixelLevelAttention(in_channels // 2)
         self.conv = DoubleConv(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(torch.cat([self.attention(skip), up], dim=1))
+        return self.conv(torch.cat([self.attention(skip), self.upsample(x)], dim=1))
