@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mrdl.layers import PixelLevelAttention, Reconstruct
+from mrdl.layers import PixelLevelAttention, Reconstruct, token_grid
 
 
 def is_one_tap_transpose(module: nn.Module) -> bool:
@@ -117,11 +117,9 @@ class ReconstructConvFirst(nn.Module):
         self.upsample, self.conv, self.norm = reconstruct.upsample, reconstruct.conv, reconstruct.norm
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, num_tokens, channels = tokens.shape
-        side = int(round(num_tokens**0.5))
-        # (B, C, h, w); contiguous: the view is channels-last, and torch.export tells a channels-last batch of
-        # one from a batch of many only by a guard on the batch size (the dynamic batch then fails to export)
-        x = tokens.transpose(1, 2).reshape(batch, channels, side, side).contiguous()
+        # contiguous: the grid is a channels-last view, and torch.export tells a channels-last batch of one from
+        # a batch of many only by a guard on the batch size (the dynamic batch would then fail to export)
+        x = token_grid(tokens).contiguous()
         return self.upsample(F.relu(self.norm(self.conv(x))))
 
 
@@ -147,11 +145,10 @@ class PixelAttentionAsConv(nn.Module):
         self.mean_branch, self.max_branch = attention.mean_branch, attention.max_branch
         self.mlp = nn.Sequential(_linear_as_conv(first), nn.ReLU(), _linear_as_conv(second))
 
+    maps = PixelLevelAttention.maps  # the same [mean, max, mean + max] from the same branches
+
     def forward(self, skip: torch.Tensor) -> torch.Tensor:
-        mean_map = F.relu(self.mean_branch(skip)).mean(dim=1, keepdim=True)  # (B, 1, H, W)
-        max_map = F.relu(self.max_branch(skip)).amax(dim=1, keepdim=True)  # (B, 1, H, W)
-        maps = torch.cat([mean_map, max_map, mean_map + max_map], dim=1)  # (B, 3, H, W)
-        return skip * self.mlp(maps)  # the weight map (B, 1, H, W)
+        return skip * self.mlp(self.maps(skip))  # the weight map (B, 1, H, W)
 
 
 SWAPS = (  # (what is replaced, the replacement, how the report names it)

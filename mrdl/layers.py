@@ -101,21 +101,24 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def token_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) tokens of a square grid -> the (B, C, h, w) map, h = w = sqrt(N)."""
+    batch, num_tokens, channels = tokens.shape
+    side = int(round(num_tokens**0.5))
+    return tokens.transpose(1, 2).reshape(batch, channels, side, side)
+
+
 class Reconstruct(nn.Module):
     """Tokens back to a feature map: (B,N,C) -> grid -> nearest upsample -> conv1x1-BN-ReLU."""
 
     def __init__(self, channels: int, *, scale: int) -> None:
         super().__init__()
-        self.scale = scale
         self.upsample = nn.Upsample(scale_factor=scale, mode="nearest")  # a module: the export may swap it
         self.conv = nn.Conv2d(channels, channels, kernel_size=1)
         self.norm = nn.BatchNorm2d(channels)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, num_tokens, channels = tokens.shape
-        side = int(round(num_tokens**0.5))
-        x = tokens.transpose(1, 2).reshape(batch, channels, side, side)  # (B, C, h, w)
-        return F.relu(self.norm(self.conv(self.upsample(x))))
+        return F.relu(self.norm(self.conv(self.upsample(token_grid(tokens)))))
 
 
 class ChannelLayerNorm(nn.Module):
@@ -142,11 +145,14 @@ class PixelLevelAttention(nn.Module):
         self.max_branch = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
         self.mlp = nn.Sequential(nn.Linear(3, 6), nn.ReLU(inplace=True), nn.Linear(6, 1))
 
-    def forward(self, skip: torch.Tensor) -> torch.Tensor:
+    def maps(self, skip: torch.Tensor) -> torch.Tensor:
+        """The MLP's per-pixel input [mean, max, mean + max], (B, 3, H, W)."""
         mean_map = F.relu(self.mean_branch(skip)).mean(dim=1, keepdim=True)  # (B, 1, H, W)
         max_map = F.relu(self.max_branch(skip)).amax(dim=1, keepdim=True)  # (B, 1, H, W)
-        maps = torch.cat([mean_map, max_map, mean_map + max_map], dim=1)  # (B, 3, H, W)
-        weight = self.mlp(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 1, H, W)
+        return torch.cat([mean_map, max_map, mean_map + max_map], dim=1)
+
+    def forward(self, skip: torch.Tensor) -> torch.Tensor:
+        weight = self.mlp(self.maps(skip).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 1, H, W)
         return skip * weight
 
 
