@@ -55,6 +55,12 @@ def test_atan2_conventions_match_torch_angle():
     assert ours[1] == ours[2] == torch.tensor(pi, dtype=torch.float32)
 
 
+def test_atan2_matches_torch_atan2_in_every_quadrant():
+    generator = torch.Generator().manual_seed(5)
+    imag, real = torch.randn(2, 20000, generator=generator)
+    torch.testing.assert_close(atan2_export_safe(imag, real), torch.atan2(imag, real), atol=1e-6, rtol=0)
+
+
 def test_self_conjugate_bins_are_exactly_real_with_torch_angle_sign():
     """Bins (0|N/2, 0|N/2) of a real image have Im = 0 exactly; their phase is 0 or +pi in both paths."""
     image = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(3)) - 0.5  # Re < 0 occurs
