@@ -317,12 +317,11 @@ def auto_queue_delay_us(segmenter, *, fraction: float = AUTO_QUEUE_DELAY_FRACTIO
     with this wait (docs/measurements.md); a tenth of the inference costs a lone client that much latency at
     most.
     """
-    height, width = segmenter.manifest.size
-    image = np.zeros((1, 3, height, width), np.float32)
+    image = np.zeros((1, *segmenter.manifest.image_input.fixed_shape), np.float32)
     timings = []
     for _ in range(4):
         started = time.perf_counter()
-        segmenter.runner.infer({"image": image})
+        segmenter.infer(image)  # the manifest's input and output names, as every request runs
         timings.append(time.perf_counter() - started)
     delay = fraction * float(np.median(timings[1:]))
     return int(round(min(max(delay, AUTO_QUEUE_DELAY_S[0]), AUTO_QUEUE_DELAY_S[1]) * 1e6))

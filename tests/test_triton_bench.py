@@ -65,22 +65,25 @@ def test_serving_report(model_dir):
     assert f"queue delay {serving['max_queue_delay_us']} us (auto)" in text
 
 
-class _TimedRunner:
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.calls = seconds, []
+class _TimedSegmenter:
+    """Stands in for a Segmenter whose model takes ``seconds`` per call."""
 
-    def infer(self, feeds):
-        self.calls.append(feeds["image"].shape)
+    def __init__(self, seconds: float) -> None:
+        from types import SimpleNamespace
+
+        self.seconds, self.calls = seconds, []
+        self.manifest = SimpleNamespace(image_input=SimpleNamespace(fixed_shape=(3, 32, 48)))
+
+    def infer(self, batch):
+        self.calls.append(batch.shape)
         time.sleep(self.seconds)
 
 
 @pytest.mark.parametrize(("seconds", "low", "high"), [(0.1, 9_000, 13_000), (0.0001, 500, 500), (0.8, 50_000, 50_000)])
 def test_auto_queue_delay_is_a_tenth_of_one_inference_within_bounds(seconds, low, high):
-    from types import SimpleNamespace
-
     from mrdl_runtime.serving import auto_queue_delay_us
 
-    runner = _TimedRunner(seconds)
-    delay = auto_queue_delay_us(SimpleNamespace(runner=runner, manifest=SimpleNamespace(size=(32, 48))))
+    segmenter = _TimedSegmenter(seconds)
+    delay = auto_queue_delay_us(segmenter)
     assert low <= delay <= high, delay
-    assert runner.calls == [(1, 3, 32, 48)] * 4  # one image at the model's size: a warm-up and three timed
+    assert segmenter.calls == [(1, 3, 32, 48)] * 4  # one image at the model's size: a warm-up and three timed
