@@ -30,11 +30,12 @@ import numpy as np
 
 from mrdl_runtime.errors import MrdlError
 from mrdl_runtime.runner import BackendUnavailableError
+from mrdl_runtime.serving import release_freed_memory
 from mrdl_runtime.threads import default_threads
 
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
 from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
-                      onnxruntime_gemm_peak, paired_ratios, parity, phase_share, release_freed_memory)
+                      onnxruntime_gemm_peak, paired_ratios, parity, phase_share)
 from .options import BenchOptions
 from .report import PARITY_FAILED, PARITY_OK, BackendResult, BenchReport, SkippedBackend, machine_info, write_report
 from .runners import BENCH_BACKENDS, RUNTIME_BACKEND, BenchRunner, TorchRunner, make_bench_runner

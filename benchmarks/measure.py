@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import statistics
 import threading
 import time
@@ -62,15 +60,6 @@ def paired_ratios(baseline: list[float], candidate: list[float]) -> dict[str, fl
     p25, median, p75 = np.percentile(ratios, [25, 50, 75])
     return {"median": float(median), "p25": float(p25), "p75": float(p75), "min": float(ratios.min()),
             "max": float(ratios.max()), "rounds": len(ratios)}
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and ask glibc to return freed heap pages, so the next RSS baseline is honest."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def current_rss() -> int:

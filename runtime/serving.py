@@ -286,9 +286,13 @@ def tritonserver_command(files: dict[str, Path], repository: Path, backends: Pat
 
 
 def release_freed_memory() -> None:
-    """Return the C heap's free memory to the system (glibc's ``malloc_trim``; nothing elsewhere)."""
+    """Collect garbage, then return the C heap's free memory to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Also what ``mrdl-bench`` calls before each RSS baseline."""
     import ctypes
     import ctypes.util
+    import gc
+
+    gc.collect()
 
     name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     try:
