@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from mrdl_runtime.threads import default_threads
 
 from .inputs import InputSet, load_inputs, postprocess_batch, preprocess_batch
 from .measure import (MEMORY_METHOD, LatencySummary, PeakRSSSampler, current_rss, flops_per_image, matmul_peak_gflops,
-                      onnxruntime_gemm_peak, paired_ratios, parity, phase_share)
+                      interleaved, onnxruntime_gemm_peak, paired_ratios, parity, phase_share)
 from .options import BenchOptions
 from .report import PARITY_FAILED, PARITY_OK, BackendResult, BenchReport, SkippedBackend, machine_info, write_report
 from .runners import BENCH_BACKENDS, RUNTIME_BACKEND, BenchRunner, TorchRunner, make_bench_runner
@@ -124,25 +124,13 @@ def _warm_up(runner: BenchRunner, inputs: InputSet, *, batch: int, warmup: int, 
 
 def _rounds(runners: dict[str, BenchRunner], inputs: InputSet, *, batch: int, first_index: int, iters: int,
             include_prepost: bool, threshold: float, settle_s: float = 0.0) -> dict[str, list[float]]:
-    """``iters`` rounds in which every runner takes one timed step on the same images, the order rotated
-    each round (no backend always runs first, or after the same neighbour): name -> seconds per round.
+    """``iters`` interleaved rounds (:func:`mrdl_bench.measure.interleaved`) in which every runner takes one timed
+    step on the same images: name -> seconds per round."""
+    def step(runner: BenchRunner) -> Callable[[int], float]:
+        return lambda round_index: _step(runner, inputs, index=first_index + round_index, batch=batch,
+                                         include_prepost=include_prepost, threshold=threshold)
 
-    Interleaved, a burst of load from another process hits every backend in the round it happens
-    in, instead of whichever backend happened to be measuring then; per-round ratios cancel it.
-    ``settle_s`` of idle time precede each step: ONNX Runtime's and OpenVINO's worker threads
-    spin-wait for work for a while after a run returns, and without the pause the previous
-    backend's spinning threads take cores from the next one (on 2 cores, ONNX Runtime INT8 after
-    FP32 measured 25-50% slower than alone)."""
-    names = list(runners)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(iters):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            if settle_s:
-                time.sleep(settle_s)
-            times[name].append(_step(runners[name], inputs, index=first_index + round_index, batch=batch,
-                                     include_prepost=include_prepost, threshold=threshold))
-    return times
+    return interleaved({name: step(runner) for name, runner in runners.items()}, rounds=iters, settle_s=settle_s)
 
 
 def load_check(start: float, end: float, *, cpus: int | None = None) -> dict:

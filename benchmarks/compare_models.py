@@ -20,7 +20,7 @@ import numpy as np
 
 from mrdl_runtime.errors import MrdlError
 
-from .measure import paired_ratios
+from .measure import interleaved, paired_ratios
 
 RUNNERS = ("ort", "ov-fp32", "ov-bf16", "ov-int8")
 
@@ -47,6 +47,15 @@ def open_runner(runner: str, path: str, threads: int):
     return OpenVinoRunner(path, precision=runner.split("-", 1)[1], threads=threads).open()
 
 
+def _timed_infer(runner, feeds: dict[str, np.ndarray]):
+    """One interleaved step: ``runner`` on ``feeds``, its seconds."""
+    def step(_round: int) -> float:
+        start = time.perf_counter()
+        runner.infer(feeds)
+        return time.perf_counter() - start
+    return step
+
+
 def compare(specs: list[str], *, batch: int = 1, rounds: int = 30, warmup: int = 3, settle_ms: float = 50.0,
             threads: int = 0, seed: int = 0) -> dict[str, dict]:
     """Time every ``LABEL=RUNNER:PATH`` of ``specs`` interleaved; label -> median seconds and paired ratios over
@@ -68,14 +77,8 @@ def compare(specs: list[str], *, batch: int = 1, rounds: int = 30, warmup: int =
             feeds[label] = {spec.name: np.random.default_rng(seed).random(shape, dtype=np.float32)}
             for _ in range(warmup):
                 runner.infer(feeds[label])
-        times: dict[str, list[float]] = {label: [] for label in labels}
-        for index in range(rounds):
-            order = labels[index % len(labels):] + labels[:index % len(labels)]
-            for label in order:
-                time.sleep(settle_ms / 1000.0)
-                start = time.perf_counter()
-                runners[label].infer(feeds[label])
-                times[label].append(time.perf_counter() - start)
+        steps = {label: _timed_infer(runners[label], feeds[label]) for label in labels}
+        times = interleaved(steps, rounds=rounds, settle_s=settle_ms / 1000.0)
     finally:
         for runner in runners.values():
             runner.close()

@@ -6,7 +6,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -60,6 +60,26 @@ def paired_ratios(baseline: list[float], candidate: list[float]) -> dict[str, fl
     p25, median, p75 = np.percentile(ratios, [25, 50, 75])
     return {"median": float(median), "p25": float(p25), "p75": float(p75), "min": float(ratios.min()),
             "max": float(ratios.max()), "rounds": len(ratios)}
+
+
+def interleaved(steps: dict[str, Callable[[int], float]], *, rounds: int, settle_s: float = 0.0) -> dict[str, list[float]]:
+    """``rounds`` rounds in which every step runs once (``step(round_index)`` returns its seconds), the order
+    rotated each round (no step always runs first, or after the same neighbour): name -> seconds per round.
+
+    Interleaved, a burst of load from another process hits every step in the round it happens in, instead
+    of whichever one happened to be measuring then; per-round ratios (:func:`paired_ratios`) cancel it.
+    ``settle_s`` of idle time precede each step: ONNX Runtime's and OpenVINO's worker threads spin-wait for
+    work for a while after a run returns, and without the pause the previous backend's spinning threads take
+    cores from the next one (on 2 cores, ONNX Runtime INT8 after FP32 measured 25-50% slower than alone)."""
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            if settle_s:
+                time.sleep(settle_s)
+            times[name].append(steps[name](round_index))
+    return times
 
 
 def current_rss() -> int:
