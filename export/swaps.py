@@ -102,12 +102,6 @@ def _apply(module: nn.Module, swaps) -> list[str]:
     return [f"{name}: {what}" for matches, replacement, what in swaps for name in _replace(module, matches, replacement)]
 
 
-def swap_conv_transposes(module: nn.Module) -> list[str]:
-    """Replace, in place, every ``ConvTranspose2d`` in ``module`` that :class:`ConvTransposeAsConv` computes
-    exactly; return the replaced modules' names. Others stay as they are."""
-    return _replace(module, is_one_tap_transpose, ConvTransposeAsConv)
-
-
 class ReconstructConvFirst(nn.Module):
     """:class:`mrdl.layers.Reconstruct` with its 1x1 conv, BatchNorm and ReLU before the nearest upsample (the
     same function in eval mode; see the module docstring). Keeps the original's ``conv`` and ``norm``."""
