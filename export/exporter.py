@@ -139,8 +139,8 @@ class Exporter:
         job = _Job(ckpt=ckpt, out_dir=out_dir, protected=protected, model=model, config=checkpoint.config,
                    folder=folder, timings=timings, progress=progress)
         try:
-            deploy = self.deploy_module(job)
-            self.onnx(job, deploy)
+            self.deploy_module(job)
+            self.onnx(job)
             self.gate(job)
             self.variants(job)
             self.tensorrt(job)
@@ -166,26 +166,29 @@ class Exporter:
                             phase_check=job.phase_check, training_phase_parity=job.phase_drift,
                             int8=job.int8 or None)
 
-    def deploy_module(self, job: _Job):
-        """The checkpoint reduced to what inference needs (:mod:`mrdl_export.deploy`)."""
+    def deploy_module(self, job: _Job) -> None:
+        """``job.deploy``: the checkpoint reduced to what inference needs (:mod:`mrdl_export.deploy`)."""
         from .deploy import build_deploy_module
 
         with _step(job, "deploy module"):
-            deploy, job.folding = _timed(job, "deploy_module", build_deploy_module, job.model)
-        job.deploy = deploy
-        return deploy
+            job.deploy, job.folding = _timed(job, "deploy_module", build_deploy_module, job.model)
 
-    def onnx(self, job: _Job, deploy) -> None:
+    def onnx(self, job: _Job) -> None:
         """``model.onnx`` from the deploy module, checked export-safe, and the phase's sign probe."""
-        from .deploy import example_inputs
-        from .onnx_export import export_onnx, phase_sign_check
+        from .onnx_export import phase_sign_check
 
         with _step(job, "onnx export"):
-            path = _timed(job, "onnx_export", export_onnx, deploy, example_inputs(job.model),
-                          job.folder / ARTIFACT_FILES["fp32"], opset=self.options.opset,
-                          exporter=self.options.exporter)
+            path = _timed(job, "onnx_export", self._export, job, job.deploy, job.folder / ARTIFACT_FILES["fp32"])
             job.phase_check = _timed(job, "onnx_export", phase_sign_check, path)
             job.artifacts["fp32"] = ARTIFACT_FILES["fp32"]
+
+    def _export(self, job: _Job, module, path: Path) -> Path:
+        """``module`` (a deploy module) to the ONNX file ``path``, by the options' exporter and opset."""
+        from .deploy import example_inputs
+        from .onnx_export import export_onnx
+
+        return export_onnx(module, example_inputs(job.model), path, opset=self.options.opset,
+                           exporter=self.options.exporter)
 
     def gate(self, job: _Job) -> None:
         """FP32 parity against the checkpoint in PyTorch; :class:`ParityError` when it fails.
@@ -256,8 +259,6 @@ class Exporter:
         """When the INT8 target's recipe asks for it (:attr:`~mrdl_export.quantize.Int8Recipe.int8_swaps`), the FP32
         graph to quantize instead of ``model.onnx``: the deploy module with :func:`mrdl_export.swaps.swap_for_int8`
         (the same function in ops that run faster in integer), exported to ``scratch``; None otherwise."""
-        from .deploy import example_inputs
-        from .onnx_export import export_onnx
         from .quantize import INT8_TARGETS
         from .swaps import swap_for_int8
 
@@ -267,8 +268,7 @@ class Exporter:
         job.folding.int8_replaced = swap_for_int8(deploy)
         if not job.folding.int8_replaced:
             return None
-        return export_onnx(deploy, example_inputs(job.model), scratch / "int8-source.onnx", opset=self.options.opset,
-                           exporter=self.options.exporter)
+        return self._export(job, deploy, scratch / "int8-source.onnx")
 
     def _quantize(self, job: _Job, fp32_path: Path, calibration: list[np.ndarray], names: list[str],
                   calib_data: Path | None) -> Path:
