@@ -279,7 +279,7 @@ class Exporter:
         from .openvino_export import probabilities_for
         from .parity import ground_truth
         from .qdq_graph import excluded_nodes
-        from .quantize import AUTO, Int8Model, quantize_full, quantize_int8_model, save_model
+        from .quantize import AUTO, Int8Model, finish_int8, quantize_full, quantize_int8_model, save_model
 
         options, out = self.options, job.folder / ARTIFACT_FILES["int8"]
         keep = tuple(options.int8_keep_fp32)
@@ -297,8 +297,9 @@ class Exporter:
         model, search = search_fp32_blocks(quantized, fp32, calibration, labels, source=job.calibration_source,
                                            max_drop_points=options.int8_max_dice_drop, progress=options.progress,
                                            probabilities=probabilities_for(options.int8_target))
+        rewrites = finish_int8(model, options.int8_target)
         save_model(model, out)
-        int8 = Int8Model(path=out, target=options.int8_target, kept=search.kept,
+        int8 = Int8Model(path=out, target=options.int8_target, kept=search.kept, rewrites=rewrites,
                          fp32_nodes=excluded_nodes(fp32, keep_fp32=tuple(search.kept)))
         job.int8 = {**int8.to_dict(), "search": search.to_dict()}
         return out

@@ -218,3 +218,141 @@ def portable_qdq(model) -> list[str]:
             rewired.append(node.name)
     remove_dead_qdq(model)
     return rewired
+
+
+# Ops that move or select uint8 values without arithmetic: ONNX Runtime runs them on the integers when the
+# DequantizeLinear before and the QuantizeLinear after carry the same parameters.
+DATA_MOVEMENT_OPS = ("Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice", "MaxPool",
+                     "Resize")
+
+
+class _Graph:
+    """Producer and consumer lookups over a ModelProto's nodes, and its scalar initializers."""
+
+    def __init__(self, model) -> None:
+        from onnx import numpy_helper
+
+        self.producer = {out: node for node in model.graph.node for out in node.output}
+        self.consumers: dict[str, list] = {}
+        for node in model.graph.node:
+            for tensor in node.input:
+                self.consumers.setdefault(tensor, []).append(node)
+        outputs = {o.name for o in model.graph.output}
+        for name in outputs:
+            self.consumers.setdefault(name, []).append(None)  # a graph output counts as a reader
+        self.values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+
+    def only_reader(self, tensor: str):
+        """The one node that reads ``tensor``, else None (no reader, several, or a graph output)."""
+        readers = self.consumers.get(tensor, [])
+        return readers[0] if len(readers) == 1 else None
+
+    def made_by(self, tensor: str, op_type: str):
+        node = self.producer.get(tensor)
+        return node if node is not None and node.op_type == op_type else None
+
+    def params(self, node) -> tuple[float, int] | None:
+        """(scale, zero point) of a per-tensor Q / DQ node with constant parameters, else None."""
+        if len(node.input) < 3 or node.input[1] not in self.values or node.input[2] not in self.values:
+            return None
+        scale, zero = self.values[node.input[1]], self.values[node.input[2]]
+        if scale.size != 1 or zero.size != 1:
+            return None
+        return float(scale.reshape(())), int(zero.reshape(()))
+
+
+def share_concat_params(model) -> list[str]:
+    """Quantize each Concat input directly with the Concat output's parameters where nothing else reads it.
+
+    A QDQ Concat whose input was quantized with other parameters than its output becomes an ONNX Runtime
+    ``QLinearConcat`` that requantizes that input through a lookup table, one call per channel run (at
+    224x224x64, 1.3 ms on one thread); with equal parameters it copies. The input's QuantizeLinear (and
+    the Q/DQ pairs of data-movement ops between it and the Concat, such as the Gathers of a nearest
+    upsample) take the output's scale and zero point. The values reaching the Concat's consumers are
+    then rounded once instead of twice: the Concat's output was quantized with those parameters anyway.
+    (A value beyond the input's calibrated range but within the output's is no longer clipped to the
+    input's range on the way.)
+
+    Left as it is: an input whose quantized tensor anything else reads, and one whose chain starts at a
+    Relu that ONNX Runtime folds only into a zero point of 0 (unsigned) while the output's is not 0.
+    Returns the names of the Concats changed; ``model`` is changed in place.
+    """
+    graph = _Graph(model)
+    changed = []
+    for concat in model.graph.node:
+        output_q = graph.only_reader(concat.output[0]) if concat.op_type == "Concat" else None
+        if output_q is None or output_q.op_type != "QuantizeLinear" or graph.params(output_q) is None:
+            continue
+        target = graph.params(output_q)
+        retargeted = False
+        for tensor in concat.input:
+            chain = _concat_input_chain(graph, tensor, concat, target)
+            if chain and any(graph.params(node) != target for node in chain):
+                for node in chain:
+                    node.input[1], node.input[2] = output_q.input[1], output_q.input[2]
+                retargeted = True
+        if retargeted:
+            changed.append(concat.name)
+    remove_dead_qdq(model)  # the inputs' own scale and zero point initializers
+    return changed
+
+
+def _concat_input_chain(graph: _Graph, tensor: str, concat, target: tuple[float, int]) -> list:
+    """The Q/DQ nodes that quantize ``concat``'s input ``tensor``, back through single-reader data-movement
+    ops; [] when the input cannot take ``target`` without changing another reader or losing a Relu fold."""
+    dequantize = graph.made_by(tensor, "DequantizeLinear")
+    if dequantize is None or graph.only_reader(tensor) is not concat:
+        return []
+    chain = []
+    while True:
+        quantize = graph.made_by(dequantize.input[0], "QuantizeLinear")
+        if (quantize is None or graph.only_reader(dequantize.input[0]) is not dequantize
+                or graph.params(quantize) is None or graph.params(quantize) != graph.params(dequantize)):
+            return []
+        chain += [dequantize, quantize]
+        source = graph.producer.get(quantize.input[0])
+        upstream = None
+        if (source is not None and source.op_type in DATA_MOVEMENT_OPS
+                and graph.only_reader(quantize.input[0]) is quantize):
+            upstream = graph.made_by(source.input[0], "DequantizeLinear")
+        if (upstream is not None and graph.only_reader(source.input[0]) is source
+                and graph.params(upstream) == graph.params(quantize)):
+            dequantize = upstream
+            continue
+        if source is not None and source.op_type in ("Relu", "Clip") and target[1] != 0:
+            return []
+        return chain
+
+
+def fold_relu_requantize(model) -> int:
+    """Quantize straight into a Relu's unsigned zero-point-0 parameters: Q_a, DQ_a, Relu, Q_b -> Q_b.
+
+    The quantizer keeps a Relu with its own Q/DQ pair (``QDQKeepRemovableActivations``, so that the mixed
+    precision search can put any node back in FP32). ONNX Runtime drops the Relu, but where the tensor
+    before it had its own parameters a float DequantizeLinear / QuantizeLinear requantization stays
+    (a 224x224x32 map: 1 ms). A uint8 QuantizeLinear with zero point 0 clips below zero itself, so Q_b
+    reading the Relu's input gives the Relu's result, rounded once instead of twice. Only where each
+    tensor of the chain has one reader. Returns how many chains were folded; ``model`` is changed in place.
+    """
+    graph = _Graph(model)
+    folded = 0
+    for relu in list(model.graph.node):
+        if relu.op_type != "Relu":
+            continue
+        after = graph.only_reader(relu.output[0])
+        before = graph.made_by(relu.input[0], "DequantizeLinear")
+        if after is None or after.op_type != "QuantizeLinear" or before is None:
+            continue
+        first = graph.made_by(before.input[0], "QuantizeLinear")
+        zero_point = graph.values.get(after.input[2]) if len(after.input) > 2 else None
+        if (first is None or zero_point is None or zero_point.dtype != "uint8" or graph.params(after) is None
+                or graph.params(after)[1] != 0 or graph.only_reader(relu.input[0]) is not relu
+                or graph.only_reader(before.input[0]) is not before):
+            continue
+        after.input[0] = first.input[0]
+        for node in (relu, before, first):
+            model.graph.node.remove(node)
+        folded += 1
+    if folded:
+        remove_dead_qdq(model)
+    return folded

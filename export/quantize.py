@@ -11,7 +11,10 @@ default; Percentile and Entropy through ``calib_method``), with one of two recip
   and activations stay 8-bit between layers. Unsigned activations because u8 x s8 is onnxruntime's
   fast integer GEMM on x86 and s8 x s8 has no fast kernel there. Relu stays in the graph
   (``QDQKeepRemovableActivations``) so that any node can be turned back to FP32 afterwards
-  (:func:`keep_float`); onnxruntime drops it when it fuses the following QuantizeLinear.
+  (:func:`keep_float`); onnxruntime drops it when it fuses the following QuantizeLinear. Once the
+  FP32 islands are chosen, :func:`finish_int8` quantizes straight into those Relus' parameters and
+  gives each Concat's inputs its output's parameters, so that onnxruntime neither requantizes in
+  float nor through QLinearConcat's lookup tables (:mod:`mrdl_export.qdq_graph`).
 * ``tensorrt``: signed INT8 with symmetric activations and weights (every zero point 0, as
   TensorRT requires for QDQ graphs) on the compute ops only (Conv, ConvTranspose, MatMul, Gemm);
   TensorRT fuses the element-wise ops itself.
@@ -41,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .qdq_graph import (COMPUTE_OPS, MODEL_SCOPES, excluded_nodes, keep_float, model_blocks, phase_nodes,
-                        portable_qdq)
+from .qdq_graph import (COMPUTE_OPS, MODEL_SCOPES, excluded_nodes, fold_relu_requantize, keep_float, model_blocks,
+                        phase_nodes, portable_qdq, share_concat_params)
 
 QUANTIZED_OPS = COMPUTE_OPS  # the tensorrt recipe's ops (kept under its old name)
 # Ops whose QDQ pairs onnxruntime's CPU provider fuses into integer kernels or drops (data movement).
@@ -65,6 +68,7 @@ class Int8Recipe:
     ops: tuple[str, ...]
     note: str
     int8_swaps: bool = False  # quantize a graph with mrdl_export.swaps.swap_for_int8 applied, not model.onnx
+    integer_rewrites: bool = False  # finish_int8: Concat parameters shared, Relu requantization folded
 
 
     def describe(self) -> str:
@@ -75,7 +79,7 @@ class Int8Recipe:
 INT8_TARGETS = {
     "onnxruntime": Int8Recipe("uint8", False, tuple(ONNXRUNTIME_OPS),
                               "onnxruntime CPU integer kernels (u8 x s8), element-wise and shape ops quantized",
-                              int8_swaps=True),
+                              int8_swaps=True, integer_rewrites=True),
     "tensorrt": Int8Recipe("int8", True, tuple(COMPUTE_OPS),
                            "TensorRT explicit quantization: zero points 0, compute ops only"),
     "openvino": Int8Recipe("uint8", True, tuple(COMPUTE_OPS),
@@ -93,12 +97,14 @@ class Int8Model:
     target: str
     fp32_nodes: dict[str, list[str]]  # reason (phase, activation_matmul, kept) -> node names
     kept: list[str] = field(default_factory=list)  # the scopes / blocks kept in FP32
+    rewrites: dict[str, int] = field(default_factory=dict)  # finish_int8's counts
 
     def to_dict(self) -> dict:
         recipe = INT8_TARGETS[self.target]
         return {"target": self.target, "recipe": recipe.describe(), "quantized_ops": list(recipe.ops),
                 "note": recipe.note, "fp32_kept": list(self.kept),
-                "fp32_nodes": {reason: len(names) for reason, names in self.fp32_nodes.items()}}
+                "fp32_nodes": {reason: len(names) for reason, names in self.fp32_nodes.items()},
+                "rewrites": dict(self.rewrites)}
 
 
 class ImageCalibrationReader:
@@ -181,6 +187,17 @@ def quantize_full(fp32_path: Path, calibration_inputs: list[np.ndarray], *, cali
     return quantized, fp32
 
 
+def finish_int8(model, target: str) -> dict[str, int]:
+    """The last rewrites of an INT8 model, once its FP32 islands are chosen (they remove the Q/DQ nodes and
+    Relus that :func:`keep_float` rewires): for recipes with ``integer_rewrites``, each Concat's inputs
+    quantized with its output's parameters, then each requantization into a Relu folded. Both round once
+    where the graph rounded twice. Returns how many of each; ``model`` is changed in place."""
+    if not INT8_TARGETS[target].integer_rewrites:
+        return {}
+    shared = share_concat_params(model)  # first: a folded Relu's zero point 0 must not be retargeted
+    return {"concat_params_shared": len(shared), "relu_requantize_folded": fold_relu_requantize(model)}
+
+
 def save_model(model, out_path: Path) -> Path:
     """Write ``model`` to ``out_path`` atomically, weights inside the file."""
     import onnx
@@ -219,8 +236,9 @@ def quantize_int8_model(fp32_path: Path, out_path: Path, calibration_inputs: lis
     quantized, fp32 = quantize_full(fp32_path, calibration_inputs, calib_method=calib_method, target=target)
     excluded = excluded_nodes(fp32, keep_fp32=tuple(keep_fp32))
     keep_float(quantized, fp32, set(excluded["kept"]))
+    rewrites = finish_int8(quantized, target)
     save_model(quantized, out_path)
-    return Int8Model(path=out_path, target=target, fp32_nodes=excluded, kept=list(keep_fp32))
+    return Int8Model(path=out_path, target=target, fp32_nodes=excluded, kept=list(keep_fp32), rewrites=rewrites)
 
 
 def check_blocks(fp32, keep_fp32: tuple[str, ...]) -> None:
