@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from mrdl_apps.extras import require_extra
+from mrdl_runtime.atomic import stop_on_sigterm_as_on_ctrl_c
 from mrdl_apps.options import CONTEXT_SETTINGS, build, field_options, version_option
 from mrdl_bench.options import DEFAULT_OUT, BenchOptions
 
@@ -28,6 +29,7 @@ EXIT_FAILURE = 1
 @field_options(BenchOptions, defaults=BenchOptions(out=DEFAULT_OUT))
 def main(ckpt: str, model_dir: str, **values) -> None:
     """Compare PyTorch eager, torch.compile, ONNX Runtime FP32/INT8/FP16 and TensorRT on the same inputs."""
+    stop_on_sigterm_as_on_ctrl_c()
     require_extra("mrdl-bench", "bench")
     from mrdl_runtime import MrdlError
 

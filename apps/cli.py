@@ -17,6 +17,7 @@ import click
 from mrdl_apps.errors import os_errors_reported
 from mrdl_apps.extras import SUBCOMMAND_EXTRAS, missing_extra_command, missing_modules
 from mrdl_apps.options import CONTEXT_SETTINGS, version_option
+from mrdl_runtime.atomic import stop_on_sigterm_as_on_ctrl_c
 from mrdl_runtime.errors import MrdlError
 
 # name -> "module:attribute" of a click command
@@ -71,3 +72,4 @@ def _with_version(command: click.Command) -> click.Command:
 @version_option
 def main() -> None:
     """mrdl: text-guided medical image segmentation (MRDL, IJCAI 2024) from training to deployment."""
+    stop_on_sigterm_as_on_ctrl_c()

@@ -20,6 +20,7 @@ import click
 from mrdl_apps.extras import require_extra
 from mrdl_apps.options import CONTEXT_SETTINGS, field_options, version_option
 from mrdl_export.options import ExportOptions
+from mrdl_runtime.atomic import stop_on_sigterm_as_on_ctrl_c
 
 EXIT_FAILURE = 1
 EXIT_TENSORRT_MISSING = 3
@@ -129,4 +130,5 @@ def export_command(**options) -> None:
 @version_option
 def main(**options) -> None:
     """Export a checkpoint to a verified deploy directory (ONNX FP32 [+INT8, FP16], TensorRT engine)."""
+    stop_on_sigterm_as_on_ctrl_c()
     run_export(**options)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 TEMPORARY_NAME = re.compile(r"\.[0-9a-f]{8}\.tmp")  # what atomic_path names its temporary files
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what uninterruptible holds back
 
 
 def is_temporary_name(name: str) -> bool:
@@ -83,17 +84,36 @@ def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
 
 @contextmanager
 def uninterruptible() -> Iterator[None]:
-    """Hold back Ctrl-C until the block ends (main thread only), so that files that belong together (an image's
-    overlay, mask and record entry; an epoch's metrics, curves and checkpoints) are written together; the held
-    signal is then raised to the usual handler."""
+    """Hold back Ctrl-C and SIGTERM until the block ends (main thread only), so that files that belong together
+    (an image's overlay, mask and record entry; an epoch's metrics, curves and checkpoints) are written together;
+    the held signals are then raised to the usual handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in HELD_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            signal.raise_signal(signal.SIGINT)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a container or batch-system stop) end this process as Ctrl-C does.
+
+    The commands' Ctrl-C paths record what was written (``predict.json``, a slide's resume state), and
+    :func:`uninterruptible` holds the signal back while files that belong together are written; without
+    this, SIGTERM ends the process at once and leaves outputs that no record names. The handler raises
+    KeyboardInterrupt (also where SIGINT is ignored, as in a job started in the background without job
+    control). Main thread only; commands call it at start, a server replaces it with its own stop handler
+    while serving.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")

@@ -48,6 +48,7 @@ LOCK_NAME = ".mrdl-predict.lock"
 RECORD_NAME = "predict.json"
 RECORD_FORMAT = "mrdl-predict/1"
 BATCH_PIXELS = 16_000_000  # a batch is cut early once its images hold this many pixels (bounded memory)
+CLAIM_AHEAD = 64  # predict.json names at least this many upcoming outputs each time it is written ahead
 
 
 class InputFilesError(MrdlError, ValueError):
@@ -207,15 +208,17 @@ def _claim(out_dir: Path, model: dict, overwrite: bool) -> list[str]:
     if record_path.is_file():
         try:
             record = json.loads(record_path.read_text())
-            previous, stems = record["model"], [str(s) for s in record["outputs"]]
+            previous, stems = record["model"], record["outputs"]
+            if not isinstance(previous, dict) or not isinstance(stems, list) or not all(isinstance(s, str) for s in stems):
+                raise ValueError("its 'model' must be an object and its 'outputs' a list of file stems")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if not overwrite:
                 raise OutputFolderError(f"{record_path} is unreadable ({exc}), so the outputs in {out_dir} "
                                         f"cannot be told apart from this model's; {advice}") from exc
             return []
         same = (previous.get("export_id"), previous.get("precision")) == (model["export_id"], model["precision"])
-        if same:
-            return stems
+        if same:  # a run killed outright may have named masks it never wrote (predict_files writes ahead)
+            return [stem for stem in stems if (out_dir / "masks" / f"{Path(stem).name}.png").is_file()]
         if not overwrite:
             raise OutputFolderError(f"{out_dir} holds masks of another model ({previous.get('model_dir')}, export "
                                     f"{previous.get('export_id')}, {previous.get('precision')}); {advice}")
@@ -320,10 +323,27 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
         written = _claim(out_dir, model, overwrite)
         tiled = {stem: value for stem, value in _recorded_tiling(out_dir).items() if stem in written}
         n_before = len(written)
+
+        def record(stems) -> dict:
+            outputs = sorted(set(stems))
+            return {"format": RECORD_FORMAT, "model": model, "outputs": outputs,
+                    "tiling": {**options.tiling(), "source_size": manifest.source_size and list(manifest.source_size)},
+                    "tiled": {stem: tiled[stem] for stem in outputs if stem in tiled}}
+
+        claimed, order = set(written), {path: index for index, path in enumerate(paths)}
         try:
             with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
                 for batch in _read_batches(paths, manifest.max_batch, options.max_pixels, on_error == "stop",
                                            failed):
+                    stems = [path.stem for path, _ in batch]
+                    if not claimed.issuperset(stems):
+                        # the record names a batch's files before they exist (and the next ones, by doubling, so
+                        # that it is rewritten log n times): a run killed outright (SIGKILL, out of memory) leaves
+                        # no file that no record names; the final record lists only what was written
+                        start = order[batch[0][0]]
+                        ahead = paths[start:start + max(CLAIM_AHEAD, len(claimed))]
+                        claimed.update(stems, (path.stem for path in ahead))
+                        _write_record(out_dir, record(claimed))
                     for (path, image), prediction in _segment(segmenter, batch, options, failed,
                                                               stop=on_error == "stop"):
                         try:  # the per-image boundary (reading: _read_batches; the model: _segment)
@@ -342,11 +362,7 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
         except KeyboardInterrupt as exc:
             raise PredictInterrupted(len(written) - n_before, out_dir) from exc
         finally:
-            outputs = sorted(set(written))
-            _write_record(out_dir, {"format": RECORD_FORMAT, "model": model, "outputs": outputs,
-                                    "tiling": {**options.tiling(),
-                                               "source_size": manifest.source_size and list(manifest.source_size)},
-                                    "tiled": {stem: tiled[stem] for stem in outputs if stem in tiled}})
+            _write_record(out_dir, record(written))
     return PredictSummary(n_images=len(written) - n_before, n_inputs=len(paths), out_dir=out_dir,
                           backend=segmenter.backend, precision=segmenter.precision,
                           batches=segmenter.runner.count - calls_before,

@@ -339,7 +339,8 @@ def test_out_with_unrecorded_masks_is_refused(model_dir, gray8, tmp_path):
     assert not (out / "masks").exists()
 
 
-def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_path, interruptible):
+def _predict_until_a_mask_is_written(model_dir, tmp_path, interruptible):
+    """``mrdl predict`` on 400 images, started and waited for until its first mask exists: (process, out)."""
     folder = tmp_path / "many"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -353,7 +354,13 @@ def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_p
     while not (out / "masks").is_dir() or not any((out / "masks").iterdir()):
         assert process.poll() is None and time.monotonic() < deadline, "mrdl predict ended before writing a mask"
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    return process, out
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])  # SIGTERM: kill, timeout, a container stop
+def test_an_interrupt_exits_130_and_says_how_many_images_were_written(model_dir, tmp_path, interruptible, sent):
+    process, out = _predict_until_a_mask_is_written(model_dir, tmp_path, interruptible)
+    process.send_signal(sent)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output
     assert "Traceback" not in output
@@ -365,3 +372,15 @@ def test_sigint_exits_130_and_says_how_many_images_were_written(model_dir, tmp_p
         assert (out / "masks" / f"{stem}.png").is_file() and (out / "overlays" / f"{stem}.png").is_file()
     assert not [p for p in (out / "masks").iterdir() if p.suffix == ".tmp"]
     assert not [p for p in (out / "overlays").iterdir() if p.suffix == ".tmp"]
+
+
+def test_a_run_killed_outright_leaves_no_mask_that_the_record_does_not_name(model_dir, tmp_path, interruptible):
+    process, out = _predict_until_a_mask_is_written(model_dir, tmp_path, interruptible)
+    process.kill()  # SIGKILL, as the out-of-memory killer sends: no handler runs
+    process.communicate(timeout=60)
+    recorded = set(json.loads((out / "predict.json").read_text())["outputs"])  # written ahead of the masks
+    assert {p.stem for p in (out / "masks").iterdir() if p.suffix == ".png"} <= recorded
+    rerun = _run(str(model_dir), str(out.parent / "many" / "i000.png"), "--out", str(out))
+    assert rerun.exit_code == 0, rerun.output  # the same model carries on where it was killed
+    kept = json.loads((out / "predict.json").read_text())["outputs"]
+    assert kept == sorted(p.stem for p in (out / "masks").iterdir() if p.suffix == ".png")  # no names without files
