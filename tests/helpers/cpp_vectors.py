@@ -173,6 +173,8 @@ def tiff_vectors(folder: Path, rng: np.random.Generator) -> list[dict]:
         ("pillow_gray16_big_endian",  # not convert("I;16B"), which clamps the values to 255
          Image.frombytes("I;16B", gray16.shape[1::-1], gray16[:, :, 0].astype(">u2").tobytes()), {}),
         ("pillow_rgb8_lzw_strips", Image.fromarray(noise(300, 200, 3, np.uint8)), {"compression": "tiff_lzw"}),
+        # one uncompressed strip over 8 KiB: libtiff reads it as many virtual strips unless told not to
+        ("pillow_rgb8_raw_large", Image.fromarray(noise(300, 200, 3, np.uint8)), {}),
         ("pillow_rgb8_packbits", Image.fromarray(rgb8), {"compression": "packbits"}),
         ("pillow_rgb8_jpeg", Image.fromarray(noise(64, 48, 3, np.uint8)), {"compression": "jpeg", "quality": 90}),
         ("pillow_rgba8_deflate", Image.fromarray(rgba8), {"compression": "tiff_deflate"}),

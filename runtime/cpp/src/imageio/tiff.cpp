@@ -46,7 +46,7 @@ File open(const std::string& path, Messages& messages) {
     if (options == nullptr) throw InputError("cannot read " + path + ": out of memory");
     TIFFOpenOptionsSetErrorHandlerExtR(options, on_error, &messages);
     TIFFOpenOptionsSetWarningHandlerExtR(options, on_warning, &messages);
-    TIFF* tif = TIFFOpenExt(path.c_str(), "r", options);
+    TIFF* tif = TIFFOpenExt(path.c_str(), "rc", options);
     TIFFOpenOptionsFree(options);
     return File(tif, TIFFClose);
 }
