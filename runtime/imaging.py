@@ -7,7 +7,8 @@ floor(v + 0.5), computed in float64; gray replicated, gray+alpha and RGBA lose a
 :func:`read_image` decodes a file with Pillow under a pixel limit checked from the header
 before any pixel data is decoded, then applies the same rule. TIFFs are checked from their tags
 first and refused or decoded exactly as the C++ reader does (:mod:`mrdl_runtime.tiff`: Pillow
-mis-decodes some TIFF layouts).
+mis-decodes some TIFF layouts); a PNG's image data is checked against its header first
+(:mod:`mrdl_runtime.png`: Pillow zero-fills the rows a cleanly ended stream lacks).
 
 **Preprocessing**: Pillow bilinear (antialiased) resize on the uint8 RGB image, times ``scale``
 (1/255) in float32, HWC -> CHW. **Postprocessing** resizes each probability map back to the
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
-from . import tiff
+from . import png, tiff
 from .errors import MrdlError
 from .resample import pillow_map_strips, resize_rgb, rows_per_strip
 
@@ -188,6 +189,8 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
             _check_pixel_count(path, layout.width, layout.height, max_pixels)
             return to_rgb8(tiff.oriented(tiff.read_samples(path, tags, layout), tags.get(274, 1)))
         with _open(path, max_pixels, libtiff=layout is not None and tiff.pillow_libtiff(layout)) as image:
+            if image.format == "PNG":  # Pillow zero-fills rows a cleanly ended stream lacks; libpng refuses them
+                png.check_image_data(path)
             return _decode(image, from_tiff=tags is not None)
     except ImageReadError:
         raise

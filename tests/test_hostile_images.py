@@ -179,6 +179,54 @@ def _good_png_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def _png(header: tuple[int, int, int, int, int], scanlines: bytes) -> bytes:
+    """A PNG of IHDR (width, height, bit depth, colour type, interlace) and one IDAT holding ``scanlines``."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    width, height, depth, colour, interlace = header
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(scanlines)) + chunk(b"IEND", b"")
+
+
+def _adam7_scanlines(image: np.ndarray) -> bytes:
+    """``image`` (H, W, C) uint8 as interlaced (Adam7) scanlines, filter type 0 (Pillow writes no interlaced PNG)."""
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    out = b""
+    for x, y, dx, dy in passes:
+        sub = image[y::dy, x::dx]
+        if sub.size:
+            out += b"".join(b"\0" + row.tobytes() for row in sub)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(13, 11, 3), (1, 1, 4), (9, 2, 1), (2, 9, 3)])
+def test_interlaced_pngs_pass_the_image_data_check(tmp_path, shape):
+    from mrdl_runtime.imaging import read_image, to_rgb8
+
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    colour = {1: 0, 3: 2, 4: 6}[shape[2]]
+    path = tmp_path / "interlaced.png"
+    path.write_bytes(_png((shape[1], shape[0], 8, colour, 1), _adam7_scanlines(image)))
+    np.testing.assert_array_equal(read_image(path), to_rgb8(image))
+
+
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_a_png_whose_data_ends_before_its_rows_do_is_refused(tmp_path, interlace):
+    """Pillow zero-fills the missing rows of a cleanly ended stream; the runtimes refuse it (libpng does in C++)."""
+    from mrdl_runtime.imaging import ImageReadError, read_image
+
+    image = np.random.default_rng(2).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    scanlines = _adam7_scanlines(image) if interlace else b"".join(b"\0" + row.tobytes() for row in image)
+    path = tmp_path / "short.png"
+    path.write_bytes(_png((30, 80, 8, 2, interlace), scanlines))  # the header claims twice the rows
+    with pytest.raises(ImageReadError, match=r"it is truncated: its image data inflates to [\d,]+ bytes, and its "
+                                             r"30x80 header needs [\d,]+"):
+        read_image(path)
+    path.write_bytes(_png((30, 40, 8, 2, interlace), scanlines))  # the same data, honestly described
+    np.testing.assert_array_equal(read_image(path), image)
+
+
 # --- pixel limits, checked from the header before decoding ----------------------------------------------------
 
 def test_20000_square_image_is_refused_from_its_header(tmp_path):
@@ -325,6 +373,19 @@ def test_out_holding_another_models_masks_is_refused_without_overwrite(model_dir
     assert record["model"]["model_dir"] == str(model_dir.resolve()) and record["outputs"] == ["a"]
     rerun = _run(str(model_dir), str(tmp_path / "a.png"), "--out", str(out))  # same model: allowed
     assert rerun.exit_code == 0, rerun.output
+
+
+@pytest.mark.parametrize("record", [{"model": None, "outputs": []}, {"model": "x", "outputs": []},
+                                    {"model": {}, "outputs": "abc"}, {"model": {}, "outputs": [1]}])
+def test_a_predict_json_of_the_wrong_shape_is_unreadable(model_dir, gray8, tmp_path, record):
+    Image.fromarray(gray8).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "a.png").write_bytes(b"kept")
+    (out / "predict.json").write_text(json.dumps({"format": "mrdl-predict/1", **record}))
+    result = _run(str(model_dir), str(tmp_path / "a.png"), "--out", str(out))
+    assert result.exit_code == 1 and "predict.json is unreadable (its 'model' must be an object" in result.output
+    assert (out / "masks" / "a.png").read_bytes() == b"kept"  # nothing deleted on a record it cannot trust
 
 
 def test_out_with_unrecorded_masks_is_refused(model_dir, gray8, tmp_path):
