@@ -160,6 +160,7 @@ def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
     if from_tiff and image.mode not in tiff.PILLOW_MODES:  # a checked layout never needs Pillow's conversions
         raise ImageInputError(f"TIFF decoded by Pillow to mode {image.mode!r}; the Python reader takes modes "
                               f"{', '.join(tiff.PILLOW_MODES)} from TIFFs, which decode by the rule")
+    orientation = _exif_orientation(image) if not from_tiff else 1
     if image.mode in ("P", "PA"):  # palette -> its RGB(A) colours (via RGBA when a transparency is set)
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
     elif image.mode not in _ARRAY_MODES:  # CMYK, YCbCr, LAB, HSV, premultiplied, ...
@@ -167,7 +168,24 @@ def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
             image = image.convert("RGB")
         except ValueError as exc:
             raise ImageInputError(f"Pillow image mode {image.mode!r} cannot be converted to RGB ({exc})") from exc
-    return to_rgb8(_pixels(image))
+    return to_rgb8(tiff.oriented(_pixels(image), orientation))
+
+
+EXIF_ORIENTED = ("JPEG", "MPO", "WEBP")  # formats whose EXIF Orientation is applied (the C++ runtime reads none)
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation (1 to 8) of a JPEG or WebP, applied as to a TIFF's (cameras and phones store the
+    pixels as the sensor read them and the turn in this tag, which every viewer applies: a mask in stored
+    order would not line up with the image as seen). 1 for other formats: a PNG's eXIf chunk is left
+    alone, as the C++ runtime (libpng) leaves it, so that both runtimes give the same masks."""
+    if image.format not in EXIF_ORIENTED:
+        return 1
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: the pixels are still readable, as stored
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -227,6 +227,35 @@ def test_a_png_whose_data_ends_before_its_rows_do_is_refused(tmp_path, interlace
     np.testing.assert_array_equal(read_image(path), image)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_exif_orientation_of_camera_formats_is_applied_as_viewers_do(tmp_path, fmt, orientation):
+    from PIL import ImageOps
+
+    from mrdl_runtime.imaging import read_image
+
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"camera.{fmt.lower()}"
+    image.save(path, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {"lossless": True}))
+    decoded = read_image(path)
+    with Image.open(path) as stored:
+        shown = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    np.testing.assert_array_equal(decoded, shown)
+    assert decoded.shape[:2] == ((40, 24) if orientation >= 5 else (24, 40))
+
+
+def test_a_png_exif_chunk_is_left_alone_as_the_cpp_reader_does(tmp_path):
+    from mrdl_runtime.imaging import read_image
+
+    image = np.random.default_rng(4).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(image).save(tmp_path / "a.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), image)
+
+
 # --- pixel limits, checked from the header before decoding ----------------------------------------------------
 
 def test_20000_square_image_is_refused_from_its_header(tmp_path):
