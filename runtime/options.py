@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 from .backends import AUTO, RUN_PRECISIONS, backend_choices, get_backend
 from .errors import OptionsError
 from .imaging import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS
-from .tiling import BLEND_MODES, DEFAULT_OVERLAP, TileOptions
+from .tiling import BLEND_MODES, DEFAULT_OVERLAP, MAX_OVERLAP, TileOptions
 
 TILE_TEXT = {"auto": "auto", "true": True, "false": False}  # tile's spelling on the command line and in requests
 THREADS_HELP = ("CPU threads one model call may use (ONNX Runtime intra-op threads); 0: the runtime's default, one "
@@ -184,8 +184,8 @@ class PredictOptions(OptionsBase):
         "auto", "Segment in overlapping windows at the training scale (docs/tiling.md): true always (needs "
         "model.json's source_size), false never, auto only images more than 1.5 times the training images' size "
         "along either axis; --tile alone means true.", choices=("auto", True, False), request=True)
-    overlap: float = option(DEFAULT_OVERLAP, "Tiling: fraction of a window shared with its neighbour.", low=0, high=1,
-                            high_open=True, request=True)
+    overlap: float = option(DEFAULT_OVERLAP, "Tiling: fraction of a window shared with its neighbour.", low=0,
+                            high=MAX_OVERLAP, request=True)
     blend: str = option("gaussian", "Tiling: window weights, gaussian (sigma = window / 8, as MONAI) or constant.",
                         choices=BLEND_MODES, request=True)
     max_pixels: int = option(

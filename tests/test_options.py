@@ -18,7 +18,7 @@ from mrdl_runtime.runner import Runner
 
 def test_predict_options_check_each_field_once():
     for changes, message in [({"tile": "yes"}, "tile must be 'auto', True or False"),
-                             ({"overlap": 1.0}, "0 <= overlap < 1"), ({"blend": "max"}, "blend must be one of"),
+                             ({"overlap": 1.0}, "0 <= overlap <= 0.9"), ({"blend": "max"}, "blend must be one of"),
                              ({"max_pixels": 0}, "max_pixels must be a number >= 1"),
                              ({"channel_order": "GBR"}, "channel_order must be one of RGB, BGR")]:
         with pytest.raises(OptionsError, match=message):

@@ -102,7 +102,7 @@ def test_blend_weights():
 def test_bad_options_are_refused_with_the_accepted_values():
     for bad, pattern in [(dict(tile="yes"), "tile must be 'auto', True or False"),
                          (dict(tile=1), "tile must be"), (dict(tile=None), "tile must be"),
-                         (dict(overlap=1.0), r"0 <= overlap < 1"), (dict(overlap=-0.1), "overlap"),
+                         (dict(overlap=1.0), r"0 <= overlap <= 0.9"), (dict(overlap=0.95), "100 times"), (dict(overlap=-0.1), "overlap"),
                          (dict(overlap=float("nan")), "overlap"), (dict(overlap="0.5"), "overlap"),
                          (dict(overlap=True), "overlap"), (dict(blend="linear"), "gaussian, constant")]:
         with pytest.raises(ValueError, match=pattern):

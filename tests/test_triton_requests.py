@@ -54,8 +54,8 @@ def test_bad_images_and_limits_are_refused_naming_the_limit():
     assert "no input 'image'" in _refusal(None)
     assert "1000 pixels per side" in _refusal(np.zeros((1, 1001, 10, 3), np.uint8))
     assert "250000 pixels per request" in _refusal(np.zeros((3, 300, 300, 3), np.uint8))  # 270000 in one request
-    # overlap 0.99 on 300x300 (192x192 at the training scale): 129 x 129 windows, over the budget of 64
-    assert "--max-windows" in _refusal(np.zeros((1, 300, 300, 3), np.uint8), {"tile": "true", "overlap": "0.99"})
+    # overlap 0.9 on 300x300 (192x192 at the training scale): 23 x 23 windows, over the budget of 64
+    assert "--max-windows" in _refusal(np.zeros((1, 300, 300, 3), np.uint8), {"tile": "true", "overlap": "0.9"})
     job = check_request(np.zeros((1, 300, 300, 3), np.uint8), {"tile": "true", "overlap": "0.25"}, PredictOptions(),
                         _Manifest(), LIMITS, True)
     assert job.options.tile is True and job.options.overlap == 0.25 and job.wants_probabilities
@@ -252,8 +252,9 @@ def test_tiled_request_identical_and_window_budget_refused(server, tiled_model_d
     assert got.tiled and np.array_equal(got.mask, expected.mask)
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-5)
     client = httpclient.InferenceServerClient(server.http.split("://")[1])
+    big = np.zeros((480, 500, 3), np.uint8)  # 307x320 at the training scale: 42 x 44 windows at overlap 0.9
     with pytest.raises(InferenceServerException, match="--max-windows") as refused:
-        _infer(httpclient, client, image[None], {"tile": "true", "overlap": "0.999"})
+        _infer(httpclient, client, big[None], {"tile": "true", "overlap": "0.9"})
     assert str(refused.value.status()) == "400"
     assert _infer(httpclient, client, image[None], {}).as_numpy("mask").shape == (1, 240, 260)
     client.close()

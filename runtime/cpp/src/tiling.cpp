@@ -26,9 +26,10 @@ std::vector<double> gaussian(int side) {
 }  // namespace
 
 void TileOptions::validate() const {
-    if (!(overlap >= 0.0 && overlap < 1.0))  // NaN fails both
-        throw InputError("overlap must be a number with 0 <= overlap < 1 (the fraction of a window shared with its "
-                         "neighbour; default 0.25), got " + std::to_string(overlap));
+    if (!(overlap >= 0.0 && overlap <= kMaxOverlap))  // NaN fails both
+        throw InputError("overlap must be a number with 0 <= overlap <= 0.9 (the fraction of a window shared with "
+                         "its neighbour; default 0.25; 0.9 already runs each pixel about 100 times), got " +
+                         std::to_string(overlap));
     if (blend != Blend::Gaussian && blend != Blend::Constant) throw InputError("blend must be Gaussian or Constant");
     if (mode != TileMode::Auto && mode != TileMode::On && mode != TileMode::Off)
         throw InputError("tile mode must be Auto, On or Off");

@@ -146,10 +146,10 @@ int main(int argc, char** argv) {
     run("bad tile options are refused", [&] {
         TileOptions options;
         options.overlap = 1.0;
-        expect_error<InputError>("overlap 1", "overlap must be a number with 0 <= overlap < 1",
+        expect_error<InputError>("overlap 1", "overlap must be a number with 0 <= overlap <= 0.9",
                                  [&] { segmenter.segment(cases.front().view, {}, options); });
         options.overlap = std::nan("");
-        expect_error<InputError>("overlap nan", "0 <= overlap < 1", [&] { segmenter.segment(cases.front().view, {}, options); });
+        expect_error<InputError>("overlap nan", "0 <= overlap <= 0.9", [&] { segmenter.segment(cases.front().view, {}, options); });
     });
     run("a tiled RGB image gets the whole-image path's checks", [&] {
         const uint8_t pixel[3] = {0, 0, 0};
@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
     });
     run("the tiled path's cost is checked against max_pixels before it allocates", [&] {
         // The test model: 64x64, source_size [128, 128], so a 1000x1000 image resamples to 500x500.
-        // With overlap 0.99 (stride 1) that is 437 x 437 windows of 64x64 = 782 M model pixels.
+        // With overlap 0.9 (stride 6) that is 74 x 74 windows of 64x64 = 22.4 M model pixels.
         SegmenterOptions options;
         options.max_pixels = 1000 * 1000;
         const Segmenter limited(dir + "/" + segment.at("model_dir").get<std::string>(), options);
@@ -175,9 +175,9 @@ int main(int argc, char** argv) {
         const ImageView image{pixels.data(), 1000, 1000, 3};
         TileOptions tiling;
         tiling.mode = TileMode::On;
-        tiling.overlap = 0.99;
-        expect_error<InputError>("overlap 0.99", "tiling this 1000x1000 image takes 190969 windows of 64x64 = "
-                                                 "782209024 model pixels, more than 16 x the limit of 1000000 pixels",
+        tiling.overlap = 0.9;
+        expect_error<InputError>("overlap 0.9", "tiling this 1000x1000 image takes 5476 windows of 64x64 = "
+                                                "22429696 model pixels, more than 16 x the limit of 1000000 pixels",
                                  [&] { limited.segment(image, {}, tiling); });
         tiling.overlap = 0.5;  // 15 x 15 windows = 921600 model pixels: accepted
         check(limited.segment(image, {}, tiling).tiled, "overlap 0.5 is within the bound");

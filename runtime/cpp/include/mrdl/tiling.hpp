@@ -29,13 +29,16 @@ enum class TileMode { Auto, On, Off };
 /// not clamped) or Constant (every window weighs 1).
 enum class Blend { Gaussian, Constant };
 
+/// The largest window overlap: each pixel is seen by about 1 / (1 - overlap)^2 windows (100 at 0.9).
+inline constexpr double kMaxOverlap = 0.9;
+
 /// The tile option of Segmenter::segment.
 struct MRDL_API TileOptions {
     TileMode mode = TileMode::Auto;
-    double overlap = 0.25;  // the fraction of a window shared with its neighbour, 0 <= overlap < 1
+    double overlap = 0.25;  // the fraction of a window shared with its neighbour, 0 <= overlap <= kMaxOverlap
     Blend blend = Blend::Gaussian;
 
-    /// Throw InputError naming the accepted range when overlap is not a number in [0, 1).
+    /// Throw InputError naming the accepted range when overlap is not a number in [0, kMaxOverlap].
     void validate() const;
 };
 
