@@ -20,7 +20,7 @@ from mrdl_runtime.remote import ClientOptions
 @click.command("predict")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for masks/<stem>.png (0/255) and overlays/<stem>.png.")
 @field_options(LoadOptions)
 @field_options(PredictOptions)
@@ -36,7 +36,7 @@ from mrdl_runtime.remote import ClientOptions
                    "are the server's.")
 @field_options(ClientOptions)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars on stderr.")
-def predict(model_dir: Path, images: tuple[str, ...], out_dir: Path, on_error: str, overwrite: bool,
+def predict(model_dir: Path, images: tuple[str, ...], out_dir: str, on_error: str, overwrite: bool,
             server: str | None, progress: bool, **fields) -> None:
     """Segment IMAGES (files, folders or glob patterns) with the model exported to MODEL_DIR."""
     from mrdl_runtime import MrdlError, Segmenter

@@ -310,6 +310,8 @@ def predict_files(segmenter: Segmenter, inputs: Iterable[str | Path], out_dir: s
     options = PredictOptions.of(options, **fields).with_fields(with_probabilities=False, at_model_size=False,
                                                                progress=progress)
     paths = expand_inputs(inputs)
+    if not str(out_dir).strip():  # Path("") is the working directory: never the intent
+        raise OutputFolderError("--out is empty; give a folder for the masks, overlays and predict.json")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputFolderError(f"--out {out_dir} is a file; give a folder")

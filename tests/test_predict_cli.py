@@ -73,6 +73,25 @@ def test_bad_inputs(model_dir, image_folder, tmp_path, args, message):
     assert message in result.output
 
 
+def test_an_empty_out_is_refused_not_the_working_directory(model_dir, image_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _run(str(model_dir), str(image_folder), "--out", "")
+    assert result.exit_code == 1 and "--out is empty; give a folder" in result.output
+    assert not (tmp_path / "masks").exists() and not (tmp_path / "predict.json").exists()
+
+
+def test_folders_take_every_format_the_reader_reads(model_dir, image_folder, tmp_path):
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    image = Image.open(next(image_folder.glob("*.png"))).convert("RGB")
+    for name in ("w.webp", "g.gif", "b.BMP"):
+        image.save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    result = _run(str(model_dir), str(folder), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "3 images ->" in result.output
+
+
 def test_same_stem_twice_is_refused(model_dir, image_folder, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
