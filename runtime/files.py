@@ -118,7 +118,12 @@ class PredictSummary:
         if self.stopped:
             rest = self.n_inputs - self.n_images - len(self.failed)
             head += f"; stopped at the first (--on-error stop), {rest} not attempted"
-        return [head + ":", *(f"  {f.path}: {f.reason}" for f in self.failed)]
+        return [head + ":", *(f"  {one_line(f.path)}: {one_line(f.reason)}" for f in self.failed)]
+
+
+def one_line(text: object) -> str:
+    """``text`` with its control characters escaped (a newline in a file name would forge a summary line)."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:

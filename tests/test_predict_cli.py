@@ -92,6 +92,16 @@ def test_folders_take_every_format_the_reader_reads(model_dir, image_folder, tmp
     assert "3 images ->" in result.output
 
 
+def test_a_newline_in_a_file_name_cannot_forge_a_summary_line(model_dir, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "bad\nforged: line.png").write_bytes(b"not an image")
+    result = _run(str(model_dir), str(folder), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert "bad\\nforged: line.png: cannot read" in result.output
+    assert not any(line.startswith("forged") for line in result.output.splitlines())
+
+
 def test_same_stem_twice_is_refused(model_dir, image_folder, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
