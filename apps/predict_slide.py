@@ -35,6 +35,7 @@ def predict_slide(model_dir: Path, slides: tuple[str, ...], out_dir: Path, serve
     """Segment SLIDES (files, folders or CSV lists of paths) with the model exported to MODEL_DIR."""
     from mrdl_runtime import MrdlError, Segmenter, load_manifest
     from mrdl_runtime.slide import SlideSegmenter, slide_paths
+    from mrdl_runtime.slide_reader import SlideError
 
     try:
         load_options, client_options = build(LoadOptions, fields), build(ClientOptions, fields)
@@ -63,7 +64,8 @@ def predict_slide(model_dir: Path, slides: tuple[str, ...], out_dir: Path, serve
                 sys.exit(130)
             except (MrdlError, OSError, ValueError) as exc:
                 failed.append(path)
-                click.echo(f"failed: {path}: {exc}", err=True)
+                reason = exc.reason if isinstance(exc, SlideError) else exc  # the path is printed once, here
+                click.echo(f"failed: {path}: {reason}", err=True)
                 continue
             click.echo(result.line())
     click.echo(f"{len(paths) - len(failed)} of {len(paths)} slides segmented into {out_dir}")

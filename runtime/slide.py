@@ -17,8 +17,9 @@ memory, as the tiled runtime (docs/tiling.md) would segment the whole slide as o
 4. **Outputs.** The intermediate is turned into a pyramidal OME-TIFF mask (and probabilities as
    uint8, when asked) and QuPath GeoJSON, strip by strip, through temporary names.
 5. **Resume.** After a band, every ``checkpoint_seconds`` (2 s), the carried rows and the band count
-   are saved atomically beside the intermediate; ``resume=True`` continues from the last save and
-   gives the same bytes as one run.
+   are saved atomically beside the intermediate (after the rows are fsynced); ``resume=True`` checks the
+   saved files and continues from the last save, giving the same bytes as one run, or starts over with a
+   warning when they are missing, short or unreadable. A slide that fails removes its partial folder.
 
 Memory: a band of grid rows, its level rows and the accumulators, twice (one band read ahead),
 plus a 1/16-area copy of the mask for the OME-TIFF pyramid; nothing holds a whole level.
@@ -26,6 +27,7 @@ plus a 1/16-area copy of the mask for the OME-TIFF pyramid; nothing holds a whol
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -49,10 +51,10 @@ from .options import OptionsBase, check_fields, option
 from .resample import axis_taps, horizontal_pass, vertical_pass_uint8
 from .slide_ometiff import write_ome_tiff
 from .slide_reader import SlideError, SlideLevel, SlideReader, choose_level
-from .slide_state import STATE_VERSION, Intermediate
+from .slide_state import STATE_VERSION, Intermediate, UnusableState
 from .slide_tissue import THUMBNAIL_SIDE, TissueMask, tissue_mask
-from .tiling import (BLEND_MODES, DEFAULT_OVERLAP, TileOptions, blend_weights, padded_to_window, resampled_size,
-                     window_starts)
+from .tiling import (BLEND_MODES, DEFAULT_OVERLAP, MAX_OVERLAP, TileOptions, blend_weights, padded_to_window,
+                     resampled_size, window_starts)
 
 logger = logging.getLogger("mrdl_runtime")
 
@@ -74,7 +76,7 @@ class SlideOptions(OptionsBase):
         None, "Tissue: saturation in [0, 1] above which a pixel is tissue (default: Otsu's threshold, clipped to "
         "[0.05, 0.15])", low=0, high=1)
     overlap: float = option(DEFAULT_OVERLAP, "Fraction of a window shared with its neighbour (docs/tiling.md)",
-                            low=0, high=1, high_open=True)
+                            low=0, high=MAX_OVERLAP)
     blend: str = option("gaussian", "Window weights, gaussian (sigma = window / 8, as MONAI) or constant",
                         choices=BLEND_MODES)
     probabilities: bool = option(False, "Also write the class probabilities (uint8, p * 255) as an OME-TIFF")
@@ -123,6 +125,12 @@ class SlidePlan:
     def mask_mpp(self) -> tuple[float, float]:
         """(y, x) microns per mask pixel."""
         return tuple(mpp * n / g for mpp, n, g in zip(self.level.mpp, self.level.size, self.grid))  # type: ignore
+
+    @property
+    def level0_per_mask_pixel(self) -> tuple[float, float]:
+        """(y, x) level-0 pixels per mask pixel, per axis: slide pixels need not be square (0.25 x 0.5 um),
+        and the grid's rounding differs between axes, so one ratio would move the other axis's objects."""
+        return self.slide_size[0] / self.grid[0], self.slide_size[1] / self.grid[1]
 
     @property
     def windows(self) -> int:
@@ -179,6 +187,7 @@ class SlideResult:
     model_seconds: float = 0.0  # time inside the window runner (model input, inference, transfer) in this run
     objects: int | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # also logged; recorded in <slide>.json
 
     def line(self) -> str:
         """One summary line."""
@@ -187,15 +196,23 @@ class SlideResult:
         rate = self.windows_run / self.seconds if self.seconds > 0 else 0.0
         resumed = f", resumed after {self.resumed_bands} bands" if self.resumed_bands else ""
         objects = "" if self.objects is None else f", {self.objects} objects"
-        return (f"{self.slide.name}: {w0}x{h0} px at {self.mpp[1]:.4g} um/px ({self.mpp_source}); level "
-                f"{level.index} ({level.size[1]}x{level.size[0]}, {level.mpp[1]:.4g} um/px) -> mask {gw}x{gh} at "
-                f"{self.mask_mpp[1]:.4g} um/px; {tissue}; windows {self.windows_run}/{self.windows} run; "
+        return (f"{self.slide.name}: {w0}x{h0} px at {_mpp_text(self.mpp)} ({self.mpp_source}); level "
+                f"{level.index} ({level.size[1]}x{level.size[0]}, {_mpp_text(level.mpp)}) -> mask {gw}x{gh} at "
+                f"{_mpp_text(self.mask_mpp)}; {tissue}; windows {self.windows_run}/{self.windows} run; "
                 f"{self.seconds:.1f} s ({rate:.1f} windows/s){objects}{resumed}")
+
+
+def _mpp_text(mpp: tuple[float, float]) -> str:
+    """``0.25 um/px``, or ``0.25x0.5 um/px`` (x then y, as the sizes) when the pixels are not square."""
+    y, x = (f"{value:.4g}" for value in mpp)
+    return f"{x} um/px" if x == y else f"{x}x{y} um/px"
 
 
 def slide_paths(inputs: list[str | Path]) -> list[Path]:
     """Slides from ``inputs``: files, folders (their files with a slide suffix, sorted) and CSV lists (the
-    ``path`` column, or the first one; relative paths from the CSV's folder). A missing one is an error."""
+    ``path`` column, or the first one; relative paths from the CSV's folder; a UTF-8 BOM, as spreadsheet
+    programs write, is not part of the header). A missing one is an error. A slide named twice (``a.svs
+    ./a.svs``, a folder and a list) is segmented once: its first mention counts."""
     import csv
 
     found: list[Path] = []
@@ -204,7 +221,7 @@ def slide_paths(inputs: list[str | Path]) -> list[Path]:
             found += sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(SLIDE_SUFFIXES)
                             and not p.name.lower().endswith(OUTPUT_SUFFIXES))
         elif item.suffix.lower() == ".csv" and item.is_file():
-            with open(item, newline="") as handle:
+            with open(item, newline="", encoding="utf-8-sig") as handle:
                 rows = [row for row in csv.reader(handle) if row and row[0].strip()]
             column = rows[0].index("path") if rows and "path" in rows[0] else 0
             found += [(item.parent / row[column].strip()) for row in rows[1 if rows and "path" in rows[0] else 0:]]
@@ -212,6 +229,10 @@ def slide_paths(inputs: list[str | Path]) -> list[Path]:
             found.append(item)
         else:
             raise SlideError(f"{item}: no such slide, folder or CSV list")
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    found = list(unique.values())
     stems: dict[str, Path] = {}
     for path in found:
         clash = stems.setdefault(slide_stem(path), path)
@@ -219,6 +240,12 @@ def slide_paths(inputs: list[str | Path]) -> list[Path]:
             raise SlideError(f"{clash} and {path} would write the same outputs ({slide_stem(path)}.*); "
                              "segment them into different --out folders")
     return found
+
+
+def _keeps_partial(error: Exception) -> bool:
+    """Whether a failed slide keeps its partial folder: a full disk or quota is an interruption the user
+    fixes and then resumes from; any other failure would only fail again. (Ctrl-C always keeps it.)"""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def slide_stem(path: Path) -> str:
@@ -285,35 +312,57 @@ class SlideSegmenter:
         start = time.perf_counter()
         path, out_dir = Path(path), Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        with SlideReader(path, mpp=options.mpp) as reader:
-            plan = plan_slide(reader.levels, self.manifest, options.overlap)
-            tissue = None
-            if options.tissue_mask:
-                tissue = tissue_mask(read_thumbnail(reader), options.tissue_threshold)
-            keep = self._windows_kept(plan, tissue)
-            stem = slide_stem(path)
-            planes = self.manifest.n_classes if options.probabilities else 0
-            work = Intermediate(out_dir / f".{stem}.partial", plan.grid, planes)
-            key = self._job_key(path, reader, plan, options)
-            state = work.state(key) if options.resume else None
-            if options.resume and state is None and work.folder.exists():
-                logger.warning("%s: the interrupted run's state does not match this slide, model or settings; "
-                               "starting over", path)
-            if state is None:
-                work.create()
-                state = {"bands_done": 0, "carry": None}
-            done = int(state["bands_done"])
-            batches, model_seconds = self._run_bands(reader, plan, keep, work, key, done, work.carry(state),
-                                                     options, stem)
-        result = SlideResult(path, plan.slide_size, reader.levels[0].mpp, reader.mpp_source, plan.level, plan.grid,
-                             plan.mask_mpp, None if tissue is None else tissue.fraction, plan.windows,
-                             int(sum(map(sum, keep))), 0.0, resumed_bands=done, batches_run=batches,
-                              model_seconds=model_seconds)
-        self._write_outputs(work, plan, out_dir, stem, key, options, result)
+        stem = slide_stem(path)
+        work: Intermediate | None = None
+        try:
+            with SlideReader(path, mpp=options.mpp) as reader:
+                plan = plan_slide(reader.levels, self.manifest, options.overlap)
+                tissue, warnings = self._tissue(reader, path, options)
+                keep = self._windows_kept(plan, tissue)
+                planes = self.manifest.n_classes if options.probabilities else 0
+                work = Intermediate(out_dir / f".{stem}.partial", plan.grid, planes)
+                key = self._job_key(path, reader, plan, options)
+                done, carry = self._resume_or_create(work, key, path, options)
+                batches, model_seconds = self._run_bands(reader, plan, keep, work, key, done, carry, options, stem)
+            result = SlideResult(path, plan.slide_size, reader.levels[0].mpp, reader.mpp_source, plan.level,
+                                 plan.grid, plan.mask_mpp, None if tissue is None else tissue.fraction, plan.windows,
+                                 int(sum(map(sum, keep))), 0.0, resumed_bands=done, batches_run=batches,
+                                 model_seconds=model_seconds, warnings=warnings)
+            self._write_outputs(work, plan, out_dir, stem, key, options, result)
+        except Exception as exc:
+            if work is not None and not _keeps_partial(exc):
+                shutil.rmtree(work.folder, ignore_errors=True)  # a failed slide leaves nothing half-done behind
+            raise
         shutil.rmtree(work.folder, ignore_errors=True)
         result.seconds = time.perf_counter() - start
         self._write_record(out_dir / f"{stem}.json", result, options)
         return result
+
+    @staticmethod
+    def _tissue(reader: SlideReader, path: Path, options: SlideOptions) -> tuple[TissueMask | None, list[str]]:
+        """The tissue mask (None with ``tissue_mask`` off) and the warnings it raises: a slide with no
+        tissue found at all (blank, or grey: saturation finds nothing) would give an empty mask silently."""
+        if not options.tissue_mask:
+            return None, []
+        tissue = tissue_mask(read_thumbnail(reader), options.tissue_threshold)
+        if tissue.fraction > 0:
+            return tissue, []
+        warning = ("tissue detection found no tissue (0%), so no window runs and the mask is empty; if the slide "
+                   "is greyscale or faintly stained, rerun it with --no-tissue-mask")
+        logger.warning("%s: %s", path, warning)
+        return tissue, [warning]
+
+    @staticmethod
+    def _resume_or_create(work: Intermediate, key: str, path: Path,
+                          options: SlideOptions) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+        """(bands done, carried rows): the interrupted run's with ``resume`` and a usable state, else a fresh start."""
+        if options.resume and work.folder.exists():
+            try:
+                return work.resume(key)
+            except UnusableState as problem:
+                logger.warning("%s: cannot resume: %s; starting over", path, problem)
+        work.create()
+        return 0, None
 
     def _windows_kept(self, plan: SlidePlan, tissue: TissueMask | None) -> list[list[bool]]:
         """keep[band][column]: whether the window holds any tissue (all True without a tissue mask)."""
@@ -434,7 +483,7 @@ class SlideSegmenter:
             from .slide_geojson import GeoJSONWriter
 
             name = f"{stem}.geojson" + (".gz" if options.gzip else "")
-            scale = plan.slide_size[1] / plan.grid[1]  # level-0 pixels per mask pixel
+            scale = plan.level0_per_mask_pixel
             geojson = GeoJSONWriter(out_dir / name, width=plan.grid[1], height=plan.grid[0], scale=scale,
                                     class_names=list(self.manifest.classes), gzip=options.gzip,
                                     min_area_px=options.min_area_px)
@@ -469,6 +518,7 @@ class SlideSegmenter:
                   "windows_run": result.windows_run, "batches_run": result.batches_run, "seconds": result.seconds,
                   "model_seconds": result.model_seconds,
                   "resumed_bands": result.resumed_bands, "objects": result.objects, "outputs": result.outputs,
+                  "warnings": result.warnings,
                   "settings": options.output_settings()}
         with atomic_path(path) as temporary:
             temporary.write_text(json.dumps(record, indent=2) + "\n")

@@ -7,8 +7,9 @@ touch only at a corner are separate objects). The last row's runs and their obje
 the next band, so an object crossing band borders is merged once, never cut. An object is finished
 when the band's last row holds none of its runs: its runs become unit-height boxes whose union
 (GEOS, through shapely) is its polygon, holes kept, in slide level-0 coordinates (mask pixel times
-``scale``). Finished objects are appended to the file at once, so memory holds only the objects
-still open plus one band.
+``scale``, per axis: a slide's pixels need not be square, nor its grid round alike on both axes).
+Finished objects are appended to the file at once, so memory holds only the objects still open plus
+one band.
 
 The file is one ``FeatureCollection``; each feature carries QuPath's ``objectType`` and
 ``classification`` (name and RGB colour) and ``measurements`` (area in level-0 pixels and in mask
@@ -188,19 +189,22 @@ def object_rings(rows, x0, x1, objects, width: int) -> tuple[np.ndarray, np.ndar
 class GeoJSONWriter:
     """Write the connected components of a class mask, given in row bands, as GeoJSON polygons.
 
-    ``width`` x ``height`` is the mask grid; ``scale`` the level-0 slide pixels per mask pixel.
+    ``width`` x ``height`` is the mask grid; ``scale`` the level-0 slide pixels per mask pixel, one
+    number or ``(y, x)`` (slide height / grid height, slide width / grid width).
     ``class_names[k]`` names mask value ``k`` (entry 0, the background, is never written).
     Objects under ``min_area_px`` mask pixels are dropped. ``object_type`` is QuPath's
     ``"detection"`` (nuclei, cells) or ``"annotation"``. Use as a context manager, or call
     :meth:`close` (which writes the file) or :meth:`abort` (which leaves nothing behind).
     """
 
-    def __init__(self, path: str | Path, *, width: int, height: int, scale: float, class_names: list[str],
-                 gzip: bool = False, min_area_px: int = 0, object_type: str = "detection"):
+    def __init__(self, path: str | Path, *, width: int, height: int, scale: float | tuple[float, float],
+                 class_names: list[str], gzip: bool = False, min_area_px: int = 0, object_type: str = "detection"):
         if width < 1 or height < 1:
             raise ValueError(f"GeoJSONWriter: width and height must be positive, got {width}x{height}")
-        if not scale > 0:
-            raise ValueError(f"GeoJSONWriter: scale must be positive (level-0 pixels per mask pixel), got {scale}")
+        scale_yx = (scale, scale) if np.isscalar(scale) else tuple(scale)  # type: ignore[arg-type]
+        if len(scale_yx) != 2 or not all(float(value) > 0 for value in scale_yx):
+            raise ValueError("GeoJSONWriter: scale must be positive level-0 pixels per mask pixel, one number or "
+                             f"(y, x), got {scale!r}")
         if len(class_names) < 2:
             raise ValueError(f"GeoJSONWriter: class_names must name the background (0) and at least one class, "
                              f"got {class_names!r}")
@@ -208,7 +212,8 @@ class GeoJSONWriter:
             raise ValueError(f"GeoJSONWriter: object_type must be one of {OBJECT_TYPES}, got {object_type!r}")
         self._shapely = _shapely()
         self.path = Path(path)
-        self.width, self.height, self.scale = int(width), int(height), float(scale)
+        self.width, self.height = int(width), int(height)
+        self.scale = (float(scale_yx[0]), float(scale_yx[1]))  # (y, x)
         self.class_names, self.min_area_px = list(class_names), int(min_area_px)
         self._properties = [self._class_properties(k, object_type) for k in range(len(self.class_names))]
         self._next_row = 0
@@ -313,9 +318,9 @@ class GeoJSONWriter:
         xy, ring_of_vertex, object_of_ring = object_rings(rows[keep_runs], x0[keep_runs], x1[keep_runs],
                                                           local[objects[keep_runs]], self.width)
         shapely = self._shapely
-        rings = shapely.linearrings(xy * self.scale, indices=ring_of_vertex)
+        rings = shapely.linearrings(xy * np.array(self.scale[::-1]), indices=ring_of_vertex)  # (x, y) vertices
         texts = shapely.to_geojson(shapely.polygons(rings, indices=object_of_ring)).tolist()
-        areas = (pixels[kept] * self.scale ** 2).tolist()
+        areas = (pixels[kept] * (self.scale[0] * self.scale[1])).tolist()
         parts = []
         for text, area, n, k in zip(texts, areas, pixels[kept].tolist(), classes[starts[kept]].tolist()):
             parts.append(f'{"," if self._count else ""}\n{{"type":"Feature","geometry":{text},"properties":'

@@ -3,12 +3,15 @@
 The finished grid rows go to uncompressed files (``mask.u8``, one ``prob-<c>.u8`` per class), written
 at their offsets; ``state.json`` (written atomically) names the run (a key over the slide, model and
 output settings), how many bands are finished and the file holding the accumulator rows carried
-into the next band. A resumed run reads them back and continues with the same arithmetic.
+into the next band. The row files are fsynced before the state that counts their rows is written,
+so a crash never leaves a state claiming rows that are not on disk; a resumed run checks every file
+the state names (size, readability) and reads them back to continue with the same arithmetic.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +22,10 @@ from .atomic import atomic_path
 STATE_VERSION = 1
 
 
+class UnusableState(Exception):
+    """An interrupted run's state that cannot be continued (the message says why): the slide starts over."""
+
+
 class Intermediate:
     """The band-by-band results on disk: ``mask.u8`` (grid rows, uint8), ``prob-<c>.u8`` and the
     resume state (``state.json`` naming the carry file of the overlap rows)."""
@@ -27,15 +34,46 @@ class Intermediate:
         self.folder, self.grid, self.planes = folder, grid, planes
         self.names = ["mask.u8"] + [f"prob-{c}.u8" for c in range(planes)]
 
-    def state(self, key: str) -> dict | None:
-        path = self.folder / "state.json"
+    def resume(self, key: str) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+        """(bands done, carried accumulator rows) of the interrupted run ``key``, after checking every file
+        the state names; raises :class:`UnusableState` saying what is missing, short or unreadable."""
         try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
+            state = json.loads((self.folder / "state.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UnusableState(f"its state.json is missing or unreadable ({exc})") from exc
+        if not isinstance(state, dict) or state.get("key") != key:
+            raise UnusableState("the interrupted run's state does not match this slide, model or settings")
+        done = state.get("bands_done")
+        if not isinstance(done, int) or done < 0:
+            raise UnusableState(f"its state.json holds bands_done={done!r}, expected a count of bands")
+        expected = self.grid[0] * self.grid[1]
+        for name in self.names:
+            try:
+                size = (self.folder / name).stat().st_size
+            except OSError as exc:
+                raise UnusableState(f"its {name} is missing ({exc.strerror})") from exc
+            if size != expected:
+                raise UnusableState(f"its {name} holds {size} bytes, expected {expected} ({self.grid[0]} rows of "
+                                    f"{self.grid[1]})")
+        return done, self._load_carry(state.get("carry"))
+
+    def _load_carry(self, name: object) -> tuple[np.ndarray, np.ndarray] | None:
+        """The carried rows (num (C, r, w), den (r, w) float32) saved as ``name``, checked."""
+        if name is None:
             return None
-        if state.get("key") != key or any(not (self.folder / name).is_file() for name in self.names):
-            return None
-        return state
+        if not isinstance(name, str) or Path(name).name != name:
+            raise UnusableState(f"its state.json names the carry file {name!r}, expected a file name")
+        try:
+            with np.load(self.folder / name) as data:
+                num, den = data["num"], data["den"]
+        except MemoryError:
+            raise
+        except Exception as exc:  # a missing, truncated or rewritten .npz: zipfile, numpy, OS errors
+            raise UnusableState(f"its {name} is missing or unreadable ({type(exc).__name__}: {exc})") from exc
+        if num.ndim != 3 or den.ndim != 2 or num.shape[1:] != den.shape:
+            raise UnusableState(f"its {name} holds arrays of shapes {num.shape} and {den.shape}, expected "
+                                "(classes, rows, width) and (rows, width)")
+        return num, den
 
     def create(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -60,7 +98,11 @@ class Intermediate:
         return data.reshape(stop - first, width)
 
     def save(self, key: str, bands_done: int, carry: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """Record ``bands_done`` finished bands and the carried accumulator rows, atomically."""
+        """Record ``bands_done`` finished bands and the carried accumulator rows, atomically, after the
+        finished rows are on disk (fsynced): the state never counts rows a crash could lose."""
+        for name in self.names:
+            with open(self.folder / name, "r+b") as handle:
+                os.fsync(handle.fileno())
         carry_name = None
         if carry is not None:
             carry_name = f"carry-{bands_done}.npz"
@@ -73,8 +115,3 @@ class Intermediate:
             if old.name != carry_name:
                 old.unlink()
 
-    def carry(self, state: dict) -> tuple[np.ndarray, np.ndarray] | None:
-        if not state.get("carry"):
-            return None
-        with np.load(self.folder / state["carry"]) as data:
-            return data["num"], data["den"]

@@ -170,6 +170,18 @@ def test_gzip_and_qupath_keys(tmp_path):
         assert len(classification["color"]) == 3 and all(0 <= c <= 255 for c in classification["color"])
 
 
+def test_scale_per_axis_maps_rows_and_columns_each_by_their_own_ratio(tmp_path):
+    """scale=(y, x): mask rows are 2 level-0 rows, columns 4 level-0 columns (non-square slide pixels)."""
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:5, 3:9] = 1
+    count, collection = write(tmp_path / "aniso.geojson", mask, [4, 6], scale=(2.0, 4.0))
+    polygon = shapely.geometry.shape(collection["features"][0]["geometry"])
+    assert count == 1 and polygon.bounds == (12.0, 4.0, 36.0, 10.0)  # minx, miny, maxx, maxy
+    assert collection["features"][0]["properties"]["measurements"]["Area px^2"] == 18 * 2.0 * 4.0 == polygon.area
+    with pytest.raises(ValueError, match=r"scale must be positive"):
+        GeoJSONWriter(tmp_path / "bad.geojson", width=4, height=4, scale=(1.0, 0.0), class_names=CLASS_NAMES)
+
+
 def test_min_area_drops_small_objects(tmp_path):
     mask = np.zeros((10, 10), np.uint8)
     mask[1, 1] = 1
