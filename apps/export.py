@@ -78,7 +78,8 @@ def format_summary(result) -> str:
             lines.append(f"{label}: " + "; ".join(f"{what} (x{count})" for what, count in kinds.items()))
     rewrites = (result.int8 or {}).get("rewrites")
     if rewrites:
-        lines.append("INT8 rewrites: " + ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in rewrites.items()))
+        lines.append("INT8 rewrites: " + ", ".join(f"{name.replace('_', ' ')} {count}"
+                                                   for name, count in rewrites.items()))
     lines.append(f"FLOPs per image: full {folding['flops_full'] / 1e9:.3f} G, "
                  f"deploy {folding['flops_deploy'] / 1e9:.3f} G "
                  f"(saved {folding['flops_saved'] / 1e6:.1f} M, {100 * saved:.2f}%)")

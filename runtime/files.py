@@ -214,7 +214,7 @@ def _claim(out_dir: Path, model: dict, overwrite: bool) -> list[str]:
         try:
             record = json.loads(record_path.read_text())
             previous, stems = record["model"], record["outputs"]
-            if not isinstance(previous, dict) or not isinstance(stems, list) or not all(isinstance(s, str) for s in stems):
+            if not (isinstance(previous, dict) and isinstance(stems, list) and all(isinstance(s, str) for s in stems)):
                 raise ValueError("its 'model' must be an object and its 'outputs' a list of file stems")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if not overwrite:
