@@ -14,13 +14,15 @@ import struct
 import zlib
 from pathlib import Path
 
+from .errors import MrdlError
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 READ_BYTES = 1 << 20  # inflated at most this many bytes at a time
 
 
-class PngDataError(ValueError):
+class PngDataError(MrdlError, ValueError):
     """A PNG whose image data is shorter than its header's size needs, or whose header is malformed."""
 
 

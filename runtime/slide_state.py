@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .errors import MrdlError
 
 STATE_VERSION = 1
 
 
-class UnusableState(Exception):
+class UnusableState(MrdlError):
     """An interrupted run's state that cannot be continued (the message says why): the slide starts over."""
 
 
