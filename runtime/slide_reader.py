@@ -2,13 +2,17 @@
 
 A slide (Aperio ``.svs``, a generic tiled pyramidal TIFF, an OME-TIFF) is opened with tiffslide,
 which parses the pyramid through tifffile and exposes each level as a zarr array of tiles: a
-region read decodes only the tiles it touches, never a whole level. The slide's resolution comes
-from its metadata, in this order: Aperio's ``MPP`` in the description and the TIFF resolution tags
-(tiffslide's ``tiffslide.mpp-x/y``), then OME ``PhysicalSizeX/Y`` (tifffile's OME-XML); a level's
-mpp is level 0's times the level's downsample along each axis (its size ratio, as OpenSlide).
-A slide without any is refused unless the caller gives ``mpp``: nothing runs at a guessed scale.
-Pixels other than 8-bit RGB or grey are refused when the slide is opened; a tile that fails to
-decode later is a :class:`SlideError` naming the level and the tile, whichever codec failed.
+region read decodes only the tiles it touches, never a whole level. A generic or OME TIFF holding
+several images (a label or overview image first, then the slide) is read from its largest image,
+not tiffslide's first. The slide's resolution comes from its metadata, in this order: Aperio's
+``MPP`` in the description, OME ``PhysicalSizeX/Y`` of the image read, a Philips or Leica record as
+tiffslide parses it, then the TIFF resolution tags of that image; a level's mpp is level 0's times
+the level's downsample along each axis (its size ratio, as OpenSlide). A slide without any, or
+whose only resolution is a desktop default (72/96/150/300 pixels per inch), whose recorded value is
+not a positive number, or finer than :data:`MIN_MPP` (a unit mix-up) is refused unless the caller
+gives ``mpp``: nothing runs at a guessed scale. Pixels other than 8-bit RGB or grey are refused
+when the slide is opened; a tile that fails to decode later is a :class:`SlideError` naming the
+level and the tile, whichever codec failed.
 
 Needs the ``slide`` extra (``pip install 'mrdl[slide]'``: tiffslide, tifffile, imagecodecs).
 """
@@ -27,9 +31,18 @@ from .errors import MrdlError
 
 MPP_RELATIVE_TOLERANCE = 0.05  # a level up to 5 % coarser than needed still counts as fine enough
 _OME_UNITS_IN_MICRONS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# Finer than anything a light microscope resolves (its limit is about 0.2 um; scanners store 0.1-1 um/px):
+# a value below it is a number in the wrong unit (metres or millimetres written as microns), not a scan.
+MIN_MPP = 0.01
+# Pixels per inch that image editors and converters write when they know no resolution: not a scanner's.
+DEFAULT_PPI = (72, 96, 150, 300)
+_MICRONS_PER_TAG_UNIT = {"INCH": 25400.0, "CENTIMETER": 10000.0, "MILLIMETER": 1000.0, "MICROMETER": 1.0}
 
 
 SUPPORTED_PHOTOMETRIC = ("RGB", "YCBCR", "MINISBLACK")  # brightfield colour, and grey (read as RGB)
+# Formats whose slide image tiffslide finds itself (Aperio's baseline is series 0 by definition, Leica's is
+# named in its XML); in the others (generic, OME, ...) it reads series 0, which may be a label image.
+_VENDORS_WITH_THEIR_OWN_IMAGE = ("aperio", "leica")
 
 
 class SlideError(MrdlError, ValueError):
@@ -70,36 +83,125 @@ def _positive(value: object) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def ome_mpp(ome_xml: str | None) -> tuple[float, float] | None:
-    """(y, x) microns per pixel from the first OME ``Pixels`` element's PhysicalSizeY/X (with their units)."""
-    if not ome_xml:
-        return None
+def _recorded(value: object, name: str) -> float:
+    """A resolution field that the file does record, as a number. A value that is not a positive finite
+    number (NaN, inf, 0, negative, a decimal comma) is refused as invalid: reporting it as missing would
+    send the user looking for metadata that is there, and skipping it would read a less trusted source."""
+    number = _positive(value)
+    if number is None:
+        raise SlideError(f"the slide records {name} = {value}, which is not a valid resolution (expected a positive "
+                         "number of microns per pixel); give it with --mpp MICRONS_PER_PIXEL")
+    return number
+
+
+def _ome_pixels(ome_xml: str, image: int, size: tuple[int, int] | None) -> ElementTree.Element | None:
+    """The ``Pixels`` element of OME ``Image`` number ``image`` (tifffile numbers its series in the XML's
+    Image order), or None. With ``size`` (height, width), an Image of another size is not the one read
+    (tifffile skips an Image it cannot map, shifting the numbers): the first Image of that size is taken."""
     try:
         root = ElementTree.fromstring(ome_xml)
     except ElementTree.ParseError:
         return None
-    pixels = next((element for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None:
+    found = [next((child for child in element if child.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+             for element in root if element.tag.rsplit("}", 1)[-1] == "Image"]
+    if size is None:
+        return found[image] if image < len(found) else None
+
+    def same_size(element: ElementTree.Element) -> bool:
+        return (element.get("SizeY"), element.get("SizeX")) == (str(size[0]), str(size[1]))
+
+    if image < len(found) and found[image] is not None and same_size(found[image]):
+        return found[image]
+    return next((element for element in found if element is not None and same_size(element)), None)
+
+
+def ome_mpp(ome_xml: str | None, image: int = 0, size: tuple[int, int] | None = None) -> tuple[float, float] | None:
+    """(y, x) microns per pixel from OME ``Image`` number ``image``'s PhysicalSizeY/X (with their units),
+    checked against the image's level-0 ``size`` (height, width) when given; None when not recorded.
+    A recorded size that is not a positive number is a :class:`SlideError`."""
+    pixels = _ome_pixels(ome_xml, image, size) if ome_xml else None
+    if pixels is None or pixels.get("PhysicalSizeX") is None or pixels.get("PhysicalSizeY") is None:
         return None
     sizes = []
     for axis in ("Y", "X"):
-        size = _positive(pixels.get(f"PhysicalSize{axis}"))
+        size_um = _recorded(pixels.get(f"PhysicalSize{axis}"), f"OME PhysicalSize{axis}")
         unit = _OME_UNITS_IN_MICRONS.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
-        if size is None or unit is None:
+        if unit is None:
             return None
-        sizes.append(size * unit)
+        sizes.append(size_um * unit)
     return sizes[0], sizes[1]
 
 
 def aperio_mpp(description: str | None) -> float | None:
-    """The ``MPP = 0.2520`` field of an Aperio ImageDescription, or None."""
-    found = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description or "")
-    return _positive(found.group(1)) if found else None
+    """The ``MPP = 0.2520`` field of an Aperio ImageDescription, or None when absent; a field that is not a
+    positive number (``MPP = nan``) is a :class:`SlideError`."""
+    found = re.search(r"\|\s*MPP\s*=\s*([^|\r\n]*)", description or "")
+    return _recorded(found.group(1).strip(), "Aperio MPP") if found else None
+
+
+def _default_ppi(pixels_per_unit: float, unit: str) -> int | None:
+    """The desktop default (72, 96, 150 or 300 pixels per inch) that a resolution tag holds, or None.
+    Per centimetre they are not whole numbers (72 dpi is 28.3465 px/cm), so compare to 4 digits."""
+    ppi = pixels_per_unit * (2.54 if unit == "CENTIMETER" else 1.0) if unit in ("INCH", "CENTIMETER") else None
+    return next((default for default in DEFAULT_PPI if ppi is not None and abs(ppi - default) <= 1e-4 * default),
+                None)
+
+
+def tag_mpp(page) -> tuple[float, float] | None:
+    """(y, x) microns per pixel from a TIFF page's YResolution/XResolution/ResolutionUnit; None without
+    them or in unit NONE. A desktop default (:data:`DEFAULT_PPI`) is refused: it says nothing about the scan."""
+    tags = page.tags
+    unit = getattr(tags.get("ResolutionUnit"), "value", None)
+    unit = getattr(unit, "name", str(unit))
+    if unit not in _MICRONS_PER_TAG_UNIT or "XResolution" not in tags or "YResolution" not in tags:
+        return None
+    per_unit = []
+    for axis in ("Y", "X"):
+        numerator, denominator = tags[f"{axis}Resolution"].value
+        value = numerator / denominator if denominator else f"{numerator}/{denominator}"
+        per_unit.append(_recorded(value, f"TIFF {axis}Resolution"))
+    defaults = {_default_ppi(value, unit) for value in per_unit}
+    if None not in defaults:
+        raise SlideError(f"the slide's only resolution is TIFF tags of {'/'.join(map(str, sorted(defaults)))} pixels "
+                         "per inch, which looks like an image editor's default, not the scanner's; give the "
+                         "resolution with --mpp MICRONS_PER_PIXEL (e.g. --mpp 0.25 for a 40x scan)")
+    return _MICRONS_PER_TAG_UNIT[unit] / per_unit[0], _MICRONS_PER_TAG_UNIT[unit] / per_unit[1]
+
+
+def _check_fine_enough_to_be_real(mpp: tuple[float, float], source: str) -> None:
+    """Refuse a resolution finer than :data:`MIN_MPP`: such a value is a unit mix-up, and running it would
+    shrink the slide to a mask of a pixel or two and succeed."""
+    finest = min(mpp)
+    if finest < MIN_MPP:
+        value = f"--mpp {finest:g}" if source == "--mpp" else f"{finest:g} um/px ({source})"
+        raise SlideError(f"the slide's resolution {value} is finer than any light microscope resolves "
+                         f"({MIN_MPP:g} um/px): a value in the wrong unit (metres or millimetres written "
+                         "as microns)? give the slide's microns per pixel with --mpp (e.g. --mpp 0.25 for a 40x scan)")
+
+
+def _rgb_able(series) -> bool:
+    """Whether tiffslide could read ``series`` as a slide: a 2-D grey or 3-D colour image."""
+    return series.ndim in (2, 3) and series.axes in ("YX", "YXS", "CYX")
+
+
+def _pixel_count(series) -> int:
+    shape = series.shape
+    return int(shape[1] * shape[2]) if series.axes.startswith("C") else int(shape[0] * shape[1])
+
+
+def largest_image(series_list, default: int) -> int:
+    """The index of the series with the most level-0 pixels among those readable as a slide (the first of
+    equals); ``default`` when none is. A label or overview image stored first is never the slide."""
+    candidates = [(index, _pixel_count(series)) for index, series in enumerate(series_list) if _rgb_able(series)]
+    if not candidates:
+        return default
+    return max(candidates, key=lambda candidate: (candidate[1], -candidate[0]))[0]
 
 
 class SlideReader:
-    """An open slide: ``levels`` (finest first), ``mpp_source`` (where level 0's mpp came from) and
-    :meth:`read`, which returns an RGB uint8 region of one level. Use as a context manager.
+    """An open slide: ``levels`` (finest first), ``mpp_source`` (where level 0's mpp came from, and which
+    image was read when the file holds several), ``image`` (that image's index) and :meth:`read`, which
+    returns an RGB uint8 region of one level. Use as a context manager.
 
     ``mpp``: (y, x) or one number, microns per pixel of level 0, overriding (and needed without)
     the file's metadata.
@@ -112,18 +214,21 @@ class SlideReader:
             raise SlideError("no such slide file", slide=self.path)
         try:
             self._slide = tiffslide.TiffSlide(str(self.path))
-            group = self._slide.zarr_group
-            self._arrays = [group[str(index)] for index in range(self._slide.level_count)]
+            self.image = self._choose_image()
+            self._series = self._slide.ts_tifffile.series[self.image]
+            self._arrays = self._level_arrays()
         except Exception as exc:  # tifffile/tiffslide raise many types for a file that is not a slide
             if isinstance(exc, MemoryError):
                 raise
             raise SlideError(f"not a readable slide (SVS, pyramidal TIFF or OME-TIFF): {exc}", slide=self.path) from exc
-        self.axes = str(self._slide.properties.get("tiffslide.series-axes") or "YXS")
+        self.axes = str(self._series.axes)
         try:
             self._check_pixels()
             base_mpp, self.mpp_source = self._level0_mpp(mpp)
-        except SlideError:
+        except SlideError as exc:
             self._slide.close()
+            if exc.slide is None:
+                raise SlideError(exc.reason, slide=self.path) from None
             raise
         (height0, width0) = self._shape(0)
         self.levels = tuple(SlideLevel(index, self._shape(index),
@@ -133,6 +238,34 @@ class SlideReader:
         self._held: tuple[int, int, int, np.ndarray] | None = None  # (level, first row, stop row, rows) of rows()
         self.largest_read = 0  # the most pixels one region read has decoded (tests bound it)
 
+    def _tiffslide_image(self) -> int:
+        return int(self._slide.properties.get("tiffslide.series-index") or 0)
+
+    def _picks_largest_image(self) -> bool:
+        return self._slide.properties.get("tiffslide.vendor") not in _VENDORS_WITH_THEIR_OWN_IMAGE
+
+    def _choose_image(self) -> int:
+        """The series to read. tiffslide reads series 0 of a generic or OME TIFF, which some converters fill
+        with a label or overview image, so there the largest image is the slide; the formats of
+        :data:`_VENDORS_WITH_THEIR_OWN_IMAGE` keep tiffslide's choice."""
+        if not self._picks_largest_image():
+            return self._tiffslide_image()
+        return largest_image(self._slide.ts_tifffile.series, self._tiffslide_image())
+
+    def _level_arrays(self) -> list:
+        """The zarr array of each level of the image read: tiffslide's when it reads that image; otherwise
+        (tiffslide cannot be told which series to read) tifffile's zarr store of the series, as tiffslide
+        opens it (a single-level series is one array, a pyramid a group of levels "0", "1", ...)."""
+        if self.image == self._tiffslide_image():
+            group = self._slide.zarr_group
+            return [group[str(index)] for index in range(self._slide.level_count)]
+        import zarr
+
+        opened = zarr.open(self._series.aszarr(), mode="r")
+        if isinstance(opened, zarr.Array):
+            return [opened]
+        return [opened[str(index)] for index in range(len(self._series.levels))]
+
     def _check_pixels(self) -> None:
         """Refuse, before any work, a slide whose pixels are not 8-bit RGB or grey: the model was trained
         on brightfield RGB, and palette, CMYK or 16-bit samples would be read as garbage colours."""
@@ -140,8 +273,7 @@ class SlideReader:
             if array.dtype != np.uint8:
                 raise SlideError(f"level {index} holds {array.dtype} pixels; expected 8-bit RGB (brightfield)",
                                  slide=self.path)
-        series = self._slide.ts_tifffile.series[int(self._slide.properties.get("tiffslide.series-index") or 0)]
-        for index, level in enumerate(series.levels[:len(self._arrays)]):
+        for index, level in enumerate(self._series.levels[:len(self._arrays)]):
             keyframe = getattr(level, "keyframe", None)
             photometric = getattr(getattr(keyframe, "photometric", None), "name", None)
             if photometric is not None and photometric not in SUPPORTED_PHOTOMETRIC:
@@ -163,19 +295,41 @@ class SlideReader:
         return (shape[1], shape[2]) if self.axes.startswith("S") else (shape[0], shape[1])
 
     def _level0_mpp(self, override: float | tuple[float, float] | None) -> tuple[tuple[float, float], str]:
+        """Level 0's (y, x) mpp and where it came from: ``override`` (--mpp), else the file's metadata; a value
+        finer than :data:`MIN_MPP` is refused either way. Names the image read when the file holds several."""
         if override is not None:
             pair = (override, override) if isinstance(override, (int, float)) else tuple(override)
             if len(pair) != 2 or any(_positive(value) is None for value in pair):
                 raise SlideError(f"mpp must be a positive number of microns per pixel (or (y, x)), got {override!r}")
-            return (float(pair[0]), float(pair[1])), "--mpp"
-        properties = self._slide.properties
-        x, y = _positive(properties.get("tiffslide.mpp-x")), _positive(properties.get("tiffslide.mpp-y"))
-        if x is not None and y is not None:
-            vendor = properties.get("tiffslide.vendor")
-            return (y, x), "Aperio MPP" if vendor == "aperio" else "TIFF resolution tags"
-        ome = ome_mpp(getattr(self._slide.ts_tifffile, "ome_metadata", None))
+            mpp, source = (float(pair[0]), float(pair[1])), "--mpp"
+        else:
+            mpp, source = self._file_mpp()
+        _check_fine_enough_to_be_real(mpp, source)
+        images = len(self._slide.ts_tifffile.series)
+        if images > 1 and self._picks_largest_image():
+            source += f", image {self.image} of {images}"
+        return mpp, source
+
+    def _file_mpp(self) -> tuple[tuple[float, float], str]:
+        """Level 0's mpp from the most trusted record the file has: Aperio's MPP (the scanner's own), OME
+        PhysicalSize of the image read (a converter or editor may leave 72 dpi tags beside it), a vendor
+        format's own record as tiffslide parses it (Philips, Leica), and last the image's TIFF tags."""
+        tiff, properties = self._slide.ts_tifffile, self._slide.properties
+        vendor = properties.get("tiffslide.vendor")
+        if vendor == "aperio":
+            aperio = aperio_mpp(self._series.keyframe.description)
+            if aperio is not None:
+                return (aperio, aperio), "Aperio MPP"
+        ome = ome_mpp(getattr(tiff, "ome_metadata", None), self.image, self._shape(0))
         if ome is not None:
             return ome, "OME PhysicalSize"
+        x, y = _positive(properties.get("tiffslide.mpp-x")), _positive(properties.get("tiffslide.mpp-y"))
+        vendor_record = (tiff.is_philips or tiff.is_scn) and self.image == self._tiffslide_image()
+        if vendor_record and x is not None and y is not None:
+            return (y, x), f"{vendor} metadata"
+        tags = tag_mpp(self._series.keyframe)
+        if tags is not None:
+            return tags, "TIFF resolution tags"
         raise SlideError("the slide records no resolution (no Aperio MPP, OME PhysicalSize or TIFF resolution "
                          "tags); give it with --mpp MICRONS_PER_PIXEL (e.g. --mpp 0.25 for a 40x scan)",
                          slide=self.path)

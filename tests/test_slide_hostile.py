@@ -258,3 +258,134 @@ def test_slide_list_reads_a_bom_header_and_drops_repeats(tmp_path, monkeypatch):
     (tmp_path / "list.csv").write_bytes("path\nb.svs\na.svs\n".encode("utf-8-sig"))
     found = slide_paths(["a.svs", "./a.svs", str(tmp_path / "a.svs"), "list.csv"])
     assert [p.resolve() for p in found] == [tmp_path / "a.svs", tmp_path / "b.svs"]
+
+
+# ----------------------------------------------------------------------------- resolution metadata
+
+
+def write_label_first(path, level0: np.ndarray, *, ome: bool, mpp: float = 0.5) -> None:
+    """A small label image (10 um/px) as image 0, then the slide pyramid (4x levels, ``mpp``) as image 1,
+    as some converters write an OME-TIFF or a generic multi-image TIFF."""
+    label = np.full((100, 200, 3), 30, np.uint8)
+    pyramid = [level0, np.ascontiguousarray(level0[::4, ::4]), np.ascontiguousarray(level0[::16, ::16])]
+
+    def where(um: float) -> dict:
+        if ome:
+            return {"metadata": {"axes": "YXS", "PhysicalSizeX": um, "PhysicalSizeY": um}}
+        return {"resolution": (1e4 / um, 1e4 / um), "resolutionunit": "CENTIMETER", "metadata": None}
+
+    with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as writer:
+        writer.write(label, photometric="rgb", **where(10.0))
+        writer.write(level0, subifds=2, tile=(128, 128), compression="zlib", photometric="rgb", **where(mpp))
+        for level in pyramid[1:]:
+            writer.write(level, subfiletype=1, tile=(128, 128), compression="zlib", photometric="rgb", metadata=None)
+
+
+@pytest.mark.parametrize("ome", [True, False], ids=["ome", "tif"])
+def test_label_image_first_reads_the_largest_image_with_its_own_levels_and_resolution(tmp_path, ome):
+    image = tissue_image(512, 384)
+    path = tmp_path / ("s.ome.tif" if ome else "s.tif")
+    write_label_first(path, image, ome=ome)
+    with SlideReader(path) as reader:
+        assert [level.size for level in reader.levels] == [(512, 384), (128, 96), (32, 24)]
+        assert [level.mpp for level in reader.levels] == [(0.5, 0.5), (2.0, 2.0), (8.0, 8.0)]
+        assert reader.image == 1 and "image 1 of 2" in reader.mpp_source
+        assert reader.mpp_source.startswith("OME PhysicalSize" if ome else "TIFF resolution tags")
+        assert np.array_equal(reader.read(0, (100, 140), (50, 300)), image[100:140, 50:300])
+        assert np.array_equal(reader.rows(2, 0, 32), image[::16, ::16])
+
+
+def test_label_image_first_is_segmented_and_the_line_names_the_image(slides, tmp_path):
+    from mrdl_runtime.slide import SlideOptions
+
+    path = tmp_path / "s.ome.tif"
+    write_label_first(path, tissue_image(512, 512), ome=True, mpp=MPP)
+    result = slides.predict_slide(path, tmp_path / "out", SlideOptions(tissue_mask=False, geojson=False))
+    assert result.slide_size == (512, 512) and result.mpp == (MPP, MPP) and result.level.index == 1
+    assert "image 1 of 2" in result.line()
+
+
+@pytest.mark.parametrize("resolution, unit", [((1e4 / 0.5, 1e4 / 0.5), "CENTIMETER"), ((72, 72), "INCH")],
+                         ids=["0.5um-tags", "72dpi-tags"])
+def test_ome_physical_size_wins_over_the_tiff_resolution_tags(tmp_path, resolution, unit):
+    path = tmp_path / "s.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as writer:
+        writer.write(tissue_image(256, 256), tile=(128, 128), photometric="rgb", resolution=resolution,
+                     resolutionunit=unit, metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    with SlideReader(path) as reader:
+        assert reader.levels[0].mpp == (0.25, 0.25) and reader.mpp_source == "OME PhysicalSize"
+
+
+@pytest.mark.parametrize("ppi", [72, 96, 150, 300])
+def test_desktop_default_resolution_tags_are_refused_naming_mpp(tmp_path, ppi):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, tissue_image(256, 256), tile=(128, 128), photometric="rgb", resolution=(ppi, ppi),
+                     resolutionunit="INCH")
+    with pytest.raises(SlideError, match=rf"{ppi} pixels per inch.*default.*--mpp") as caught:
+        SlideReader(path)
+    assert caught.value.slide == path and "\n" not in str(caught.value)
+    with SlideReader(path, mpp=0.5) as reader:
+        assert reader.levels[0].mpp == (0.5, 0.5) and reader.mpp_source == "--mpp"
+
+
+def test_desktop_default_in_pixels_per_centimetre_is_refused(tmp_path):
+    """72 dpi written as 28.3465 pixels per centimetre (how some editors store it) is the same default."""
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, tissue_image(256, 256), tile=(128, 128), photometric="rgb",
+                     resolution=(28.3465, 28.3465), resolutionunit="CENTIMETER")
+    with pytest.raises(SlideError, match=r"72 pixels per inch.*default.*--mpp"):
+        SlideReader(path)
+
+
+def test_resolution_finer_than_a_microscope_resolves_is_refused_naming_the_unit(tmp_path):
+    path = tmp_path / "s.svs"
+    write_slide(path, tissue_image(256, 256), mpp=1e-9, levels=1)
+    with pytest.raises(SlideError, match=r"1e-09 um/px \(Aperio MPP\).*finer than.*unit") as caught:
+        SlideReader(path)
+    assert caught.value.slide == path
+    ok = tmp_path / "ok.svs"
+    write_slide(ok, tissue_image(256, 256), levels=1)
+    with pytest.raises(SlideError, match=r"--mpp 1e-06 .*finer than.*unit"):
+        SlideReader(ok, mpp=0.000001)
+
+
+def test_resolution_finer_than_a_microscope_fails_the_slide_instead_of_a_1x1_mask(slides, tmp_path):
+    from mrdl_runtime.slide import SlideOptions
+
+    path = tmp_path / "s.svs"
+    write_slide(path, tissue_image(256, 256), mpp=1e-9, levels=1)
+    with pytest.raises(SlideError, match="finer than"):
+        slides.predict_slide(path, tmp_path / "out", SlideOptions(tissue_mask=False, geojson=False))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-0.25", "0,25"])
+def test_invalid_aperio_mpp_is_named_as_invalid_not_as_missing(tmp_path, value):
+    path = tmp_path / "s.svs"
+    write_slide(path, tissue_image(256, 256), mpp=value, levels=1)
+    with pytest.raises(SlideError, match=rf"Aperio MPP = {value}.* not a valid .*--mpp") as caught:
+        SlideReader(path)
+    assert "records no resolution" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1"])
+def test_invalid_ome_physical_size_is_named_as_invalid(tmp_path, value):
+    path = tmp_path / "s.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as writer:
+        writer.write(tissue_image(256, 256), tile=(128, 128), photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": value, "PhysicalSizeY": value})
+    with pytest.raises(SlideError, match=rf"OME PhysicalSizeY = {value}.* not a valid .*--mpp"):
+        SlideReader(path)
+
+
+def test_ome_resolution_is_that_of_the_image_of_the_size_read():
+    """tifffile skips an OME Image it cannot map, so series numbers can run ahead of Image numbers: the
+    Image whose size is the one read gives the resolution, not the one at the series' index."""
+    from mrdl_runtime.slide_reader import ome_mpp
+
+    xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels SizeX="200" SizeY="100" PhysicalSizeX="10" PhysicalSizeY="10"/></Image>'
+           '<Image ID="Image:1"><Pixels SizeX="384" SizeY="512" PhysicalSizeX="0.5" PhysicalSizeY="0.25"/></Image>'
+           '</OME>')
+    assert ome_mpp(xml, 1) == (0.25, 0.5) and ome_mpp(xml, 0) == (10.0, 10.0)
+    assert ome_mpp(xml, 0, (512, 384)) == (0.25, 0.5)
+    assert ome_mpp(xml, 1, (7, 7)) is None
