@@ -30,7 +30,9 @@ import numpy as np
 from .errors import MrdlError
 
 MPP_RELATIVE_TOLERANCE = 0.05  # a level up to 5 % coarser than needed still counts as fine enough
-_OME_UNITS_IN_MICRONS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+# OME's UnitsLength symbols (the micro sign U+00B5, and the Greek mu U+03BC that some writers use for it)
+_OME_UNITS_IN_MICRONS = {"\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4,
+                         "m": 1e6}
 # Finer than anything a light microscope resolves (its limit is about 0.2 um; scanners store 0.1-1 um/px):
 # a value below it is a number in the wrong unit (metres or millimetres written as microns), not a scan.
 MIN_MPP = 0.01
@@ -125,9 +127,12 @@ def ome_mpp(ome_xml: str | None, image: int = 0, size: tuple[int, int] | None = 
     sizes = []
     for axis in ("Y", "X"):
         size_um = _recorded(pixels.get(f"PhysicalSize{axis}"), f"OME PhysicalSize{axis}")
-        unit = _OME_UNITS_IN_MICRONS.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        symbol = pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m")
+        unit = _OME_UNITS_IN_MICRONS.get(symbol)
         if unit is None:
-            return None
+            raise SlideError(f"the slide records OME PhysicalSize{axis}Unit = {symbol!r}, not a length unit this reader "
+                             f"knows ({', '.join(_OME_UNITS_IN_MICRONS)}); give the resolution with --mpp "
+                             "MICRONS_PER_PIXEL")
         sizes.append(size_um * unit)
     return sizes[0], sizes[1]
 

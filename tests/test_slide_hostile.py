@@ -389,3 +389,17 @@ def test_ome_resolution_is_that_of_the_image_of_the_size_read():
     assert ome_mpp(xml, 1) == (0.25, 0.5) and ome_mpp(xml, 0) == (10.0, 10.0)
     assert ome_mpp(xml, 0, (512, 384)) == (0.25, 0.5)
     assert ome_mpp(xml, 1, (7, 7)) is None
+
+
+def test_ome_units_greek_mu_reads_as_microns_and_an_unknown_unit_is_named():
+    from mrdl_runtime.slide_reader import ome_mpp
+
+    def xml(unit: str) -> str:
+        return ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+                f'<Pixels SizeX="8" SizeY="8" PhysicalSizeX="0.25" PhysicalSizeXUnit="{unit}" PhysicalSizeY="0.5" '
+                f'PhysicalSizeYUnit="{unit}"/></Image></OME>')
+
+    assert ome_mpp(xml("\u03bcm")) == ome_mpp(xml("\u00b5m")) == (0.5, 0.25)  # Greek mu, micro sign
+    assert ome_mpp(xml("nm")) == (0.5e-3, 0.25e-3)
+    with pytest.raises(SlideError, match=r"PhysicalSizeYUnit = 'furlong', not a length unit .*--mpp"):
+        ome_mpp(xml("furlong"))
