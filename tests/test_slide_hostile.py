@@ -6,7 +6,6 @@ Small synthetic slides written with tifffile, the tiny model of tests/test_slide
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -19,25 +18,10 @@ tifffile = pytest.importorskip("tifffile")
 pytest.importorskip("tiffslide")
 pytest.importorskip("imagecodecs")
 
-from test_slide import MPP, island_slide, slide_deploy, tissue_image, write_slide  # noqa: E402,F401
+from test_slide import (MPP, island_slide, segmenter, slide_deploy, slides, tissue_image,  # noqa: E402,F401
+                        write_slide)
 
 from mrdl_runtime.slide_reader import SlideError, SlideReader  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def segmenter(model_dir):
-    from mrdl_runtime import Segmenter
-
-    with Segmenter.load(model_dir) as loaded:
-        loaded.manifest = dataclasses.replace(loaded.manifest, source_size=(256, 256), source_mpp=MPP)
-        yield loaded
-
-
-@pytest.fixture(scope="module")
-def slides(segmenter):
-    from mrdl_runtime.slide import SlideSegmenter
-
-    return SlideSegmenter.in_process(segmenter)
 
 
 def _digests(folder) -> dict:
