@@ -2,8 +2,9 @@
 
 **Decoding** (one rule for training, this runtime and the C++ runtime): :func:`to_rgb8` maps any
 array to HxWx3 uint8 (uint8 kept; bool -> 0/255; uint16 and other integers in [0, 65535] -> the
-high byte; finite non-negative floats in [0, 1] -> floor(v * 255 + 0.5), in [0, 255] ->
-floor(v + 0.5), computed in float64; gray replicated, gray+alpha and RGBA lose alpha).
+high byte; finite non-negative floats in [0, 1] -> floor(v * 255 + 0.5), in [0, 255] -> floor(v + 0.5),
+computed in float64, a maximum in (1, 2) refused (neither convention); gray replicated, gray+alpha and
+RGBA lose alpha).
 :func:`read_image` decodes a file with Pillow under a pixel limit checked from the header
 before any pixel data is decoded, then applies the same rule. TIFFs are checked from their tags
 first and refused or decoded exactly as the C++ reader does (:mod:`mrdl_runtime.tiff`: Pillow
@@ -32,6 +33,9 @@ from .resample import pillow_map_strips, resize_rgb, rows_per_strip
 CHANNEL_ORDERS = ("RGB", "BGR")
 # image files, any case: inputs, datasets, --data
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+# A float image whose largest value is in (1, 2) fits neither convention: a [0, 1] image that overshoots (one
+# pixel at 1.0001 after colour normalisation) would otherwise be read as [0, 255] and come out black.
+AMBIGUOUS_FLOAT_BELOW = 2.0
 DEFAULT_MAX_PIXELS = 250_000_000  # a 15811 x 15811 image; --max-pixels / max_pixels raises it
 _ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _PILLOW_LIMIT = tiff.PILLOW_GLOBALS  # Image.MAX_IMAGE_PIXELS and TiffImagePlugin.READ_LIBTIFF are process-global
@@ -64,6 +68,9 @@ def _float_to_uint8(array: np.ndarray) -> np.ndarray:
         raise ImageInputError(f"float image values down to {low:g}; expected [0, 1] or [0, 255]")
     if high > 255.0:
         raise ImageInputError(f"float image values up to {high:g}; expected [0, 1] or [0, 255]")
+    if 1.0 < high < AMBIGUOUS_FLOAT_BELOW:
+        raise ImageInputError(f"float image values up to {high:g}: just over [0, 1], and read as [0, 255] the image "
+                              "would be black; clip it to [0, 1] (or scale it to [0, 255])")
     factor = 255.0 if high <= 1.0 else 1.0
     out = np.empty(array.shape, dtype=np.uint8)
     step = rows_per_strip(8 * array[0].size)

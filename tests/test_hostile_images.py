@@ -102,6 +102,9 @@ def test_the_rule_per_value():
     (np.array([[0.5, np.inf]], np.float64), "float image holds NaN or infinite values"),
     (np.array([[0.5, -0.25]], np.float32), "float image values down to -0.25; expected [0, 1] or [0, 255]"),
     (np.array([[0.5, 256.0]], np.float32), "float image values up to 256; expected [0, 1] or [0, 255]"),
+    (np.array([[0.5, 1.0001]], np.float32), "float image values up to 1.0001: just over [0, 1], and read as [0, 255] "
+                                            "the image would be black; clip it to [0, 1]"),
+    (np.array([[0.0, 1.99]], np.float64), "float image values up to 1.99: just over [0, 1]"),
     (np.array([[0, 70000]], np.int32), "integer image values from 0 to 70000; expected 8-bit (uint8) or 16-bit"),
     (np.array([[-1, 3]], np.int16), "integer image values from -1 to 3"),
     (np.zeros((4, 4), np.complex64), "image dtype complex64 is not an image type"),

@@ -63,6 +63,10 @@ Image float_to_rgb8(const PixelView& image) {
     if (low < 0.0) throw InputError("float image values down to " + number(low) + "; expected [0, 1] or [0, 255]");
     if (high <= 1.0)
         return to_rgb<T>(image, [](T v) { return static_cast<uint8_t>(std::floor(double(v) * 255.0 + 0.5)); });
+    if (high < 2.0)  // neither convention: a [0, 1] image that overshoots would be read as [0, 255], black
+        throw InputError("float image values up to " + number(high) +
+                         ": just over [0, 1], and read as [0, 255] the image would be black; clip it to [0, 1] (or "
+                         "scale it to [0, 255])");
     if (high <= 255.0) return to_rgb<T>(image, [](T v) { return static_cast<uint8_t>(std::floor(double(v) + 0.5)); });
     throw InputError("float image values up to " + number(high) + "; expected [0, 1] or [0, 255]");
 }

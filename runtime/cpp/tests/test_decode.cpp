@@ -66,6 +66,7 @@ int main() {
         const float inf[] = {std::numeric_limits<float>::infinity(), 0.0f};
         const float negative[] = {-0.5f, 0.5f};
         const float large[] = {300.0f, 0.5f};
+        const float overshoot[] = {1.0001f, 0.5f};
         const std::string expected = "expected finite values in [0, 1] or [0, 255]";
         expect_error<InputError>("NaN", "float image holds NaN or infinite values; " + expected,
                                  [&] { to_rgb8(nan, 1, 2, 1); });
@@ -74,6 +75,8 @@ int main() {
                                  [&] { to_rgb8(negative, 1, 2, 1); });
         expect_error<InputError>("too large", "float image values up to 300; expected [0, 1] or [0, 255]",
                                  [&] { to_rgb8(large, 1, 2, 1); });
+        expect_error<InputError>("just over 1", "float image values up to 1.0001: just over [0, 1], and read as "
+                                 "[0, 255] the image would be black", [&] { to_rgb8(overshoot, 1, 2, 1); });
     });
     run("shapes and the pixel limit are checked first", [] {
         const uint8_t pixels[5 * 3 * 3] = {};
