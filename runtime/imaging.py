@@ -168,7 +168,7 @@ def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
     if from_tiff and image.mode not in tiff.PILLOW_MODES:  # a checked layout never needs Pillow's conversions
         raise ImageInputError(f"TIFF decoded by Pillow to mode {image.mode!r}; the Python reader takes modes "
                               f"{', '.join(tiff.PILLOW_MODES)} from TIFFs, which decode by the rule")
-    orientation = _exif_orientation(image) if not from_tiff else 1
+    orientation = exif_orientation(image) if not from_tiff else 1
     if image.mode in ("P", "PA"):  # palette -> its RGB(A) colours (via RGBA when a transparency is set)
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
     elif image.mode not in _ARRAY_MODES:  # CMYK, YCbCr, LAB, HSV, premultiplied, ...
@@ -182,7 +182,7 @@ def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
 EXIF_ORIENTED = ("JPEG", "MPO", "WEBP")  # formats whose EXIF Orientation is applied (the C++ runtime reads none)
 
 
-def _exif_orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
     """The EXIF Orientation (1 to 8) of a JPEG or WebP, applied as to a TIFF's (cameras and phones store the
     pixels as the sensor read them and the turn in this tag, which every viewer applies: a mask in stored
     order would not line up with the image as seen). 1 for other formats: a PNG's eXIf chunk is left
@@ -194,6 +194,15 @@ def _exif_orientation(image: Image.Image) -> int:
     except Exception:  # noqa: BLE001 - a damaged EXIF block: the pixels are still readable, as stored
         return 1
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def file_exif_orientation(path: str | Path) -> int:
+    """:func:`exif_orientation` of an image file, from its header (no pixel data decoded); 1 when unreadable."""
+    try:
+        with _open(Path(path), max_pixels=2**62) as image:
+            return exif_orientation(image)
+    except Exception:  # noqa: BLE001 - reading the file itself reports its problems
+        return 1
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

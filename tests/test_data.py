@@ -119,6 +119,34 @@ def test_mask_values(dataset_root: Path):
         SegmentationDataset(dataset_root, "Train", image_size=16)
 
 
+def test_palette_masks_are_read_by_colour_not_by_index(dataset_root: Path):
+    path = dataset_root / "Train_Folder" / "labelcol" / "synthetic_0000.png"
+    mask = np.asarray(Image.open(path)) // 255  # {0, 1}
+    palette = Image.fromarray((1 - mask).astype(np.uint8), mode="P")  # index 0 = white, index 1 = black
+    palette.putpalette([255, 255, 255, 0, 0, 0] + [0, 0, 0] * 254)
+    palette.save(path)
+    assert np.array_equal(read_mask(path), mask)  # what the mask shows, not its indices
+
+
+def test_an_exif_turned_image_needs_a_mask_turned_the_same_way(dataset_root: Path):
+    """Images are read turned by their EXIF Orientation; a square one whose mask carries no turn would be
+    misaligned without any size mismatch to show it, so the pair is refused."""
+    folder = dataset_root / "Train_Folder"
+    image = Image.open(folder / "img" / "synthetic_0000.png").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (folder / "img" / "synthetic_0000.png").unlink()
+    image.save(folder / "img" / "synthetic_0000.jpg", exif=exif, quality=95)
+    with pytest.raises(DatasetError, match=r"synthetic_0000.jpg carries EXIF Orientation 6 and its mask .* 1: "
+                                           r"the mask may be drawn on the stored or on the turned pixels"):
+        SegmentationDataset(dataset_root, "Train", image_size=16)
+    stored = np.asarray(Image.open(folder / "labelcol" / "synthetic_0000.png"))
+    (folder / "labelcol" / "synthetic_0000.png").unlink()  # the mask carries the same turn (lossless WebP): read alike
+    Image.fromarray(stored).save(folder / "labelcol" / "synthetic_0000.webp", exif=exif, lossless=True)
+    assert np.array_equal(read_mask(folder / "labelcol" / "synthetic_0000.webp"), np.rot90(stored // 255, -1))
+    SegmentationDataset(dataset_root, "Train", image_size=16, require_text=False)  # (the table names the .png)
+
+
 def test_unreadable_image(dataset_root: Path):
     (dataset_root / "Train_Folder" / "img" / "synthetic_0002.png").write_bytes(b"not a png at all")
     with pytest.raises(ImageReadError, match="synthetic_0002.png"):

@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 from mrdl_runtime.errors import MrdlError
-from mrdl_runtime.imaging import IMAGE_SUFFIXES
+from mrdl_runtime import tiff
+from mrdl_runtime.imaging import IMAGE_SUFFIXES, exif_orientation, file_exif_orientation
 
 from .preprocess import ImageReadError, read_rgb, resize_mask, resize_rgb, to_model_input
 
@@ -231,7 +232,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            mask = np.asarray(img)
+            if img.mode in ("P", "PA"):  # by colour, as images are read: a palette's index 0 may be white
+                img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+            mask = tiff.oriented(np.asarray(img), exif_orientation(img))  # a camera mask turns as its image
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read mask {path} as an image: {exc}") from exc
     if mask.ndim == 3:
@@ -246,6 +249,20 @@ def read_mask(path: str | Path) -> np.ndarray:
     if values <= {0, 1}:
         return mask.astype(np.uint8)
     raise DatasetError(f"mask {path} has values {sorted(values)[:8]}; expected {{0,255}} or {{0,1}}")
+
+
+def check_orientations(image_path: Path, mask_path: Path) -> None:
+    """Refuse an image that an EXIF Orientation turns while its mask carries no such turn (or another).
+
+    Images are read as viewers show them (the turn applied), and so are masks; but a mask drawn on the
+    stored pixels of a turned camera image would then be misaligned, silently when the image is square
+    (a non-square one fails the size check). Which way it was drawn cannot be told from the files.
+    """
+    image_turn, mask_turn = file_exif_orientation(image_path), file_exif_orientation(mask_path)
+    if image_turn != mask_turn:
+        raise DatasetError(f"image {image_path} carries EXIF Orientation {image_turn} and its mask {mask_path} "
+                           f"{mask_turn}: the mask may be drawn on the stored or on the turned pixels; save the image "
+                           "with its turn applied (PIL.ImageOps.exif_transpose) and check its mask against it")
 
 
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -283,6 +300,7 @@ class SegmentationDataset:
         for sample in self.samples:
             image = read_rgb(sample.image_path)
             mask = read_mask(sample.mask_path)
+            check_orientations(sample.image_path, sample.mask_path)
             if mask.shape != image.shape[:2]:
                 raise DatasetError(f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
                                    f"is {image.shape[1]}x{image.shape[0]}")
