@@ -109,6 +109,45 @@ def test_bad_table_header(dataset_root: Path):
         list_samples(dataset_root, "Val")
 
 
+def test_a_table_naming_an_image_twice_or_two_tables_are_refused(dataset_root: Path):
+    table = dataset_root / "Val_Folder" / "Val_text.xlsx"
+    rows = read_descriptions(table)
+    table.unlink()
+    csv = dataset_root / "Val_Folder" / "Val_text.csv"
+    name = sorted(rows)[0]
+    csv.write_text("Image,Description,,,\n" + "".join(f"{n},{t}\n" for n, t in rows.items()) + f"{name},other text\n")
+    with pytest.raises(DatasetError, match=rf"names {name} twice \(rows 2 and 4\); keep one row per image"):
+        list_samples(dataset_root, "Val")
+    csv.write_text("Image,Description\n" + "".join(f"{n},{t}\n" for n, t in rows.items()))
+    assert len(list_samples(dataset_root, "Val")) == 2
+    (dataset_root / "Val_text.xlsx").write_bytes(b"")  # a second table at the root
+    with pytest.raises(DatasetError, match=r"split Val has 2 description tables .*; keep one"):
+        list_samples(dataset_root, "Val")
+
+
+def test_names_match_whatever_unicode_form_the_files_and_table_use(dataset_root: Path):
+    import unicodedata
+
+    folder = dataset_root / "Val_Folder"
+    rows = read_descriptions(folder / "Val_text.xlsx")
+    (folder / "Val_text.xlsx").unlink()
+    prefix = "caf\u00e9_"
+    for old in sorted(rows):
+        decomposed = unicodedata.normalize("NFD", prefix + old)  # e + combining accent on disk
+        for kind in ("img", "labelcol"):
+            (folder / kind / old).rename(folder / kind / decomposed)
+    composed = {unicodedata.normalize("NFC", prefix + name): text for name, text in rows.items()}  # in the table
+    (folder / "Val_text.csv").write_text("Image,Description\n" + "".join(f"{n},{t}\n" for n, t in composed.items()))
+    assert sorted(s.description for s in list_samples(dataset_root, "Val")) == sorted(rows.values())
+
+
+def test_bad_header_lists_the_cells_it_found_not_the_padding(dataset_root: Path):
+    (dataset_root / "Val_Folder" / "Val_text.xlsx").unlink()
+    (dataset_root / "Val_Folder" / "Val_text.csv").write_text("Image,Text" + "," * 40 + "\nsynthetic_0003.png,x\n")
+    with pytest.raises(DatasetError, match=r"first row \(first sheet\), found \['Image', 'Text'\]$"):
+        list_samples(dataset_root, "Val")
+
+
 def test_mask_values(dataset_root: Path):
     path = dataset_root / "Train_Folder" / "labelcol" / "synthetic_0000.png"
     mask = np.asarray(Image.open(path))

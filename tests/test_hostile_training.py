@@ -347,7 +347,8 @@ def test_table_file_size_and_row_limits(tmp_path: Path):
     root = write_synthetic_dataset(tmp_path / "syn", n_train=2, n_val=1, size=32)
     (root / "Val_Folder" / "Val_text.xlsx").unlink()
     table = root / "Val_Folder" / "Val_text.csv"
-    table.write_text("Image,Description\n" + "synthetic_0002.png,small nuclei\n" * 20 + "x," + "y" * 9000 * 250)
+    table.write_text("Image,Description\n" + "".join(f"s{i}.png,small nuclei\n" for i in range(20)) + "x,"
+                     + "y" * 9000 * 250)
     out = tmp_path / "e.safetensors"
     base = ["embed-text", str(root), "--config", "tiny", "--out", str(out)]
     too_big = CliRunner().invoke(main, base + ["--max-table-mib", "2"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import statistics
+import unicodedata
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,14 +67,15 @@ def split_folder(root: str | Path, split: str) -> Path:
 
 
 def text_table_path(root: str | Path, split: str) -> Path | None:
-    """The description table of a split: xlsx or csv, inside the split folder or at the root."""
+    """The description table of a split: xlsx or csv, inside the split folder or at the root. Two of them
+    (an xlsx beside a csv, or one in each place) are refused: which one is meant cannot be told."""
     root = Path(root)
-    for folder in (root / f"{split}_Folder", root):
-        for suffix in (".xlsx", ".csv"):
-            path = folder / f"{split}_text{suffix}"
-            if path.is_file():
-                return path
-    return None
+    found = [folder / f"{split}_text{suffix}" for folder in (root / f"{split}_Folder", root)
+             for suffix in (".xlsx", ".csv") if (folder / f"{split}_text{suffix}").is_file()]
+    if len(found) > 1:
+        raise DatasetError(f"split {split} has {len(found)} description tables ({', '.join(map(str, found))}); "
+                           "keep one")
+    return found[0] if found else None
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,12 @@ def read_descriptions(path: str | Path, *, limits: TableLimits = TableLimits()) 
         raise DatasetError(f"{path} is empty; expected a header row 'Image, Description'")
     header = [str(cell).strip() if cell is not None else "" for cell in first]
     if "Image" not in header or "Description" not in header:
-        raise DatasetError(f"{path} must have columns 'Image' and 'Description', found {header}")
+        shown = [cell for cell in header if cell][:12]  # spreadsheets pad rows with empty cells
+        raise DatasetError(f"{path} must have columns 'Image' and 'Description' in its first row (first sheet), "
+                           f"found {shown}")
     image_col, text_col = header.index("Image"), header.index("Description")
     descriptions: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         name = row[image_col] if image_col < len(row) else None
         text = row[text_col] if text_col < len(row) else None
@@ -170,7 +175,11 @@ def read_descriptions(path: str | Path, *, limits: TableLimits = TableLimits()) 
             raise DatasetError(f"{path} row {line} has no Image name")
         if text is None or not str(text).strip():
             raise DatasetError(f"{path} row {line} ({name}) has an empty Description")
-        descriptions[str(name).strip()] = str(text).strip()
+        key = unicodedata.normalize("NFC", str(name).strip())  # file systems and spreadsheets differ in form
+        if key in first_line:
+            raise DatasetError(f"{path} names {key} twice (rows {first_line[key]} and {line}); keep one row per image")
+        first_line[key] = line
+        descriptions[key] = str(text).strip()
     return descriptions
 
 
@@ -206,7 +215,8 @@ def list_samples(root: str | Path, split: str, *, require_text: bool = True,
     samples = []
     for stem, image_path in images.items():
         mask_path = masks[stem]
-        text = descriptions.get(mask_path.name, descriptions.get(image_path.name))
+        text = descriptions.get(unicodedata.normalize("NFC", mask_path.name),
+                                descriptions.get(unicodedata.normalize("NFC", image_path.name)))
         if text is None and require_text:
             raise DatasetError(f"mask {mask_path.name} has no description in {table}")
         samples.append(Sample(mask_path.name, image_path, mask_path, text))
