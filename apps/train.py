@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -66,6 +67,8 @@ def train(config_name: str, options: TrainOptions, hardware: Hardware, clip_weig
 
     if options.resume and options.overwrite:
         raise click.UsageError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    if options.resume:
+        _warn_ignored_on_resume(options.out_dir)
     if clip_weights is not None and options.data_root is not None:
         raise click.UsageError("--clip-weights only applies to the built-in synthetic data; for --data run "
                                "`mrdl embed-text DATA --clip-weights PATH` and pass --embeddings")
@@ -136,6 +139,25 @@ def _train(config_name: str, options: TrainOptions, *, clip_weights: Path | None
             embeddings = default_embeddings_path(data_root, config)
         options = dataclasses.replace(options, data_root=data_root, embeddings=embeddings)
         return train_model(options, config=config, dist=dist, **run)
+
+
+# What --resume takes from the saved run rather than from the command line (--epochs alone changes a saved run;
+# --out, --resume and the hardware options apply as given).
+KEPT_ON_RESUME = ({f.name for f in dataclasses.fields(TrainOptions)} - {"out_dir", "resume", "overwrite", "epochs"}
+                  | {"config_name", "clip_weights"})
+
+
+def _warn_ignored_on_resume(out_dir: Path) -> None:
+    """Say which options given on this command line a resumed run ignores: it keeps its saved settings, and
+    a --lr or --data typed now would otherwise look as if it had taken effect."""
+    from click.core import ParameterSource
+
+    context = click.get_current_context()
+    given = [parameter.opts[0] for parameter in context.command.params if parameter.name in KEPT_ON_RESUME
+             and context.get_parameter_source(parameter.name) == ParameterSource.COMMANDLINE]
+    if given and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        click.echo(f"warning: --resume continues {out_dir} with its saved settings; ignored: {', '.join(given)} "
+                   "(only --epochs changes a saved run)", err=True)
 
 
 def _stop_interrupted(out_dir: Path, main_rank: bool = True) -> NoReturn:

@@ -151,6 +151,12 @@ def test_cli_trains_on_builtin_synthetic_data(tmp_path: Path):
     assert clobber.exit_code == 1 and "already holds a training run" in clobber.output
     again = runner.invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "1"])
     assert again.exit_code == 0 and "at epoch 1" in again.output
+    assert "ignored" not in again.output  # --epochs is the one setting a resumed run takes
+    flags = runner.invoke(main, ["train", "--out", str(out), "--resume", "--epochs", "1", "--lr", "0.5",
+                                 "--config", "small", "--batch-size", "2"])
+    assert flags.exit_code == 0, flags.output
+    assert (f"warning: --resume continues {out} with its saved settings; ignored: --config, --batch-size, --lr "
+            "(only --epochs changes a saved run)") in flags.output
     failed = runner.invoke(main, ["train", "--out", str(tmp_path / "empty"), "--resume"])
     assert failed.exit_code != 0 and "cannot resume" in failed.output
     helped = runner.invoke(main, ["train", "--help"])
