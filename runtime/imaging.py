@@ -169,8 +169,8 @@ def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
         raise ImageInputError(f"TIFF decoded by Pillow to mode {image.mode!r}; the Python reader takes modes "
                               f"{', '.join(tiff.PILLOW_MODES)} from TIFFs, which decode by the rule")
     orientation = exif_orientation(image) if not from_tiff else 1
-    if image.mode in ("P", "PA"):  # palette -> its RGB(A) colours (via RGBA when a transparency is set)
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    if image.mode in ("P", "PA"):
+        image = palette_colours(image)
     elif image.mode not in _ARRAY_MODES:  # CMYK, YCbCr, LAB, HSV, premultiplied, ...
         try:
             image = image.convert("RGB")
@@ -180,6 +180,14 @@ def _decode(image: Image.Image, *, from_tiff: bool = False) -> np.ndarray:
 
 
 EXIF_ORIENTED = ("JPEG", "MPO", "WEBP")  # formats whose EXIF Orientation is applied (the C++ runtime reads none)
+
+
+def palette_colours(image: Image.Image) -> Image.Image:
+    """A palette image (mode P or PA) as its RGB(A) colours, via RGBA when a transparency is set; others as they
+    are. Images and masks alike are read by colour: a palette's index 0 may be white."""
+    if image.mode not in ("P", "PA"):
+        return image
+    return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
 
 
 def exif_orientation(image: Image.Image) -> int:

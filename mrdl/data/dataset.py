@@ -31,7 +31,7 @@ from PIL import Image
 
 from mrdl_runtime.errors import MrdlError
 from mrdl_runtime import tiff
-from mrdl_runtime.imaging import IMAGE_SUFFIXES, exif_orientation, file_exif_orientation
+from mrdl_runtime.imaging import IMAGE_SUFFIXES, exif_orientation, file_exif_orientation, palette_colours
 
 from .preprocess import ImageReadError, read_rgb, resize_mask, resize_rgb, to_model_input
 
@@ -242,9 +242,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as img:
-            if img.mode in ("P", "PA"):  # by colour, as images are read: a palette's index 0 may be white
-                img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
-            mask = tiff.oriented(np.asarray(img), exif_orientation(img))  # a camera mask turns as its image
+            mask = tiff.oriented(np.asarray(palette_colours(img)), exif_orientation(img))  # turns as its image
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read mask {path} as an image: {exc}") from exc
     if mask.ndim == 3:
