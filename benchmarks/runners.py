@@ -29,7 +29,8 @@ from mrdl_runtime.options import LoadOptions
 TORCH_PHASE = {"torch-fft": "fft", "torch-matmul": "matmul", "torch-compile": "fft"}
 # bench name -> (runtime backend, precision; None: the engine's own), from the runtime's backend registry
 RUNTIME_BACKEND = {name: (backend.name, precision) for backend in REGISTRY.values() for name, precision in backend.bench}
-BENCH_BACKENDS = (*TORCH_PHASE, *RUNTIME_BACKEND)
+NNCF_DEFAULT = "ov-nncf-default"  # a reference, not a deploy path: NNCF's default INT8 of model.onnx, ungated
+BENCH_BACKENDS = (*TORCH_PHASE, *RUNTIME_BACKEND, NNCF_DEFAULT)
 
 
 class BenchRunner(ABC):
@@ -204,12 +205,85 @@ class RuntimeRunner(BenchRunner):
         self.segmenter = None
 
 
-def make_bench_runner(name: str, *, ckpt: Path, model_dir: Path, threads: int, device: str = "cpu") -> BenchRunner:
-    """The (inactive) runner for backend ``name`` (one of :data:`BENCH_BACKENDS`)."""
+class NncfDefaultRunner(BenchRunner):
+    """OpenVINO INT8 as a user gets it without this project: NNCF's default post-training quantization.
+
+    A reference row, not a deploy path. ``model.onnx`` (read through the manifest, so verified) goes
+    through ``nncf.quantize`` with its defaults (mixed preset, no ignored scope, no accuracy gate: the
+    phase spectrum and attention products are quantized too) on ``calibration`` images, and runs on
+    OpenVINO's CPU plugin with the settings of the runtime's own INT8 runner (hint f32 for float work,
+    latency hint, ``threads``, compiled per static batch size). Calibrating on the benchmark's own images
+    flatters its agreement, if anything.
+    """
+
+    name = NNCF_DEFAULT
+    precision = "int8"
+
+    def __init__(self, *, model_dir: Path, threads: int, calibration: np.ndarray) -> None:
+        super().__init__()
+        self.model_dir, self.threads, self.calibration = Path(model_dir), threads, calibration
+        self.quantized: Any = None
+        self.compiled: dict[int, Any] = {}
+
+    @functools.cached_property
+    def manifest(self) -> Any:
+        from mrdl_runtime.manifest import load_manifest
+
+        return load_manifest(self.model_dir)
+
+    @property
+    def model_path(self) -> Path:
+        return self.manifest.artifact_path("fp32")
+
+    def _activate(self) -> None:
+        import logging
+
+        from mrdl_runtime.integrity import read_artifact
+        from mrdl_runtime.openvino_runner import import_openvino
+        from mrdl_runtime.threads import resolve_threads
+
+        ov = import_openvino()
+        try:
+            import nncf
+        except ImportError as exc:
+            raise BackendUnavailableError("nncf is not installed; pip install 'mrdl[openvino]'") from exc
+        self._ov, self._core = ov, ov.Core()
+        model = self._core.read_model(read_artifact(self.manifest, "fp32"))
+        self.input_name = self.manifest.image_input.name
+        self.output_name = self.manifest.outputs[0].name
+        model.reshape({self.input_name: [1, *self.calibration.shape[1:]]})
+        logging.getLogger("nncf").setLevel(logging.ERROR)
+        samples = [{self.input_name: self.calibration[i:i + 1]} for i in range(len(self.calibration))]
+        self.quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_NUM_THREADS": resolve_threads(self.threads)}
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        size = len(batch)
+        if size not in self.compiled:
+            model = self.quantized.clone()
+            model.reshape({self.input_name: [size, *batch.shape[1:]]})
+            self.compiled[size] = self._core.compile_model(model, "CPU", self.config).create_infer_request()
+        results = self.compiled[size].infer({self.input_name: batch})
+        by_name = {port.get_any_name(): value for port, value in results.items()}
+        return np.array(by_name[self.output_name], copy=True)
+
+    def _deactivate(self) -> None:
+        self.quantized, self.compiled = None, {}
+
+
+def make_bench_runner(name: str, *, ckpt: Path, model_dir: Path, threads: int, device: str = "cpu",
+                      calibration: np.ndarray | None = None) -> BenchRunner:
+    """The (inactive) runner for backend ``name`` (one of :data:`BENCH_BACKENDS`); ``calibration``: images (B, 3, S, S)
+    for :data:`NNCF_DEFAULT`."""
     if name in TORCH_PHASE:
         return TorchRunner(name, ckpt=ckpt, phase=TORCH_PHASE[name], device=device,
                            compile_model=name == "torch-compile")
     if name in RUNTIME_BACKEND:
         backend, precision = RUNTIME_BACKEND[name]
         return RuntimeRunner(name, model_dir=model_dir, backend=backend, precision=precision, threads=threads)
+    if name == NNCF_DEFAULT:
+        if calibration is None:
+            raise ValueError(f"backend {name} needs calibration images")
+        return NncfDefaultRunner(model_dir=model_dir, threads=threads, calibration=calibration)
     raise ValueError(f"unknown backend {name!r}; expected some of {', '.join(BENCH_BACKENDS)}")

@@ -383,3 +383,24 @@ def test_nncf_target_refuses_the_onnxruntime_calibration_methods():
     with pytest.raises(ValueError, match="openvino target calibrates with NNCF's own range estimators"):
         check_int8_options(calib_method="entropy", keep_fp32=("auto",), target="openvino")
     check_int8_options(calib_method="minmax", keep_fp32=("auto",), target="openvino")
+
+
+def test_nncf_default_reference_row_is_measured_but_never_gates_the_bench(openvino, tiny_export):
+    """mrdl-bench's ``ov-nncf-default``: NNCF's ungated default INT8 of model.onnx, a reference to compare the
+    project's INT8 paths with; its agreement is reported (a failed gate would be a report failure elsewhere)."""
+    pytest.importorskip("nncf")
+    from mrdl_bench.bench import run_benchmark
+    from mrdl_bench.options import BenchOptions
+    from mrdl_bench.runners import NNCF_DEFAULT
+
+    assert NNCF_DEFAULT not in BenchOptions().backends.split(",")  # only when named
+    report = run_benchmark(ckpt=tiny_export[0], model_dir=tiny_export[1], backends=f"ort-fp32,{NNCF_DEFAULT}",
+                           batches="1,2", images=3, warmup=1, iters=2, threads=1, phase_iters=1,
+                           int8_min_dice=1.0, progress=False)  # a gate nothing quantized can pass
+    reference = report.result(NNCF_DEFAULT, 2)
+    assert reference.precision == "int8" and reference.parity.images == 3
+    assert reference.parity.max_abs_diff > 0  # quantized: it ran NNCF's model, not model.onnx
+    assert reference.parity_status == "PARITY FAILED"  # below the impossible gate, and still no failure:
+    assert reference.int8_peak_fraction is not None
+    assert reference.notes["paired_speedup"]["baseline"] == "ort-fp32"
+    assert report.failures == []
