@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from mrdl_runtime.atomic import atomic_path
+from mrdl_runtime.options import MAX_THREADS
 
 
 @dataclass
@@ -197,7 +198,7 @@ Per image: [evaluate/per_image.csv](evaluate/per_image.csv).
               show_default=True, help="Report folder (reused: existing data and embeddings are kept).")
 @click.option("--config", "config_name", default="small", show_default=True, help="Config to train.")
 @click.option("--epochs", type=int, default=6, show_default=True, help="Training epochs (a brief run).")
-@click.option("--threads", default=0, type=click.IntRange(min=0),
+@click.option("--threads", default=0, type=click.IntRange(min=0, max=MAX_THREADS),
               help="CPU threads of torch and every runtime backend; 0: the runtime's default, one per physical core "
                    "available to the process (mrdl_runtime.threads.default_threads).")
 @click.option("--clip-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

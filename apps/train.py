@@ -21,6 +21,7 @@ import click
 from mrdl.data.dataset import TableLimits
 from mrdl.train_options import Hardware, TrainOptions
 from mrdl_apps.options import build, field_options
+from mrdl_runtime.options import MAX_THREADS
 
 from .embed import loud_random_tower_warnings, table_limit_options
 
@@ -44,7 +45,8 @@ def train_options(command: Callable) -> Callable:
                      help="Local open_clip checkpoint (safetensors) used when the synthetic data's embeddings are "
                           "built here."),
         field_options(Hardware),
-        click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice]."),
+        click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+                     help="torch CPU threads [default: torch's choice]."),
     ]
     wrapped = table_limit_options(with_objects)
     for decorator in reversed(decorators):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrdl_runtime.options import OptionsBase, check_fields, option
+from mrdl_runtime.options import MAX_THREADS, OptionsBase, check_fields, option
 
 from .report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
 from .runners import BENCH_BACKENDS, NNCF_DEFAULT
@@ -51,7 +51,7 @@ class BenchOptions(OptionsBase):
     threads: int = option(
         0, "CPU threads of every backend (torch, ONNX Runtime, OpenVINO intra-op threads, the same for all); 0: the "
         "runtime's default, one per physical core available to the process (mrdl_runtime.threads.default_threads).",
-        low=0)
+        low=0, high=MAX_THREADS)
     include_prepost: bool = option(
         False, "Time preprocessing (resize, /255) and postprocessing (resize back, threshold) too.",
         flag="--include-prepost/--exclude-prepost")

@@ -41,19 +41,18 @@ complete; ``force`` replaces an existing repository only when it holds nothing b
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from mrdl_runtime.errors import MrdlError
+from mrdl_runtime.front_model import NAME_PATTERN, NAME_RULE
 from mrdl_runtime.manifest import Manifest, load_manifest
 
 DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
           "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}
 FILES = {"onnx": "model.onnx", "tensorrt": "model.plan"}
 KINDS = ("auto", "cpu", "gpu")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class TritonRepoError(MrdlError, RuntimeError):
@@ -116,8 +115,8 @@ def config_text(manifest: Manifest, key: str, name: str, options: TritonRepoOpti
 
 
 def _check_options(manifest: Manifest, options: TritonRepoOptions) -> list[str]:
-    if not NAME_PATTERN.fullmatch(options.prefix):
-        raise TritonRepoError(f"model name prefix {options.prefix!r}: use letters, digits, '_', '.', '-'")
+    if not isinstance(options.prefix, str) or not NAME_PATTERN.fullmatch(options.prefix):
+        raise TritonRepoError(f"model name prefix {options.prefix!r}: {NAME_RULE}")
     if options.kind not in KINDS:
         raise TritonRepoError(f"kind must be one of {', '.join(KINDS)}, got {options.kind!r}")
     if options.instances < 1 or options.max_queue_delay_us < 0:

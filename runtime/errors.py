@@ -3,8 +3,9 @@
 Every exception class the project defines derives from :class:`MrdlError` and keeps the builtin base
 it had (``class ManifestError(MrdlError, ValueError)``), so ``except ValueError`` callers still
 work and a command catches ``MrdlError`` once to print one line. The errors of several modules
-live here: :class:`BackendUnavailableError` (every layer's "cannot run here") and
-:class:`OptionsError` (a setting outside its choices or range). Nothing here imports anything.
+live here: :class:`BackendUnavailableError` (every layer's "cannot run here"), :class:`OptionsError` (a
+setting outside its choices or range) and :class:`NotOpenError` (a runner or Segmenter used while closed).
+Nothing here imports anything.
 """
 
 from __future__ import annotations
@@ -24,3 +25,8 @@ class BackendUnavailableError(MrdlError, RuntimeError):
 
 class OptionsError(MrdlError, ValueError):
     """A load, predict or serve setting outside its choices or range (the message names the setting)."""
+
+
+class NotOpenError(MrdlError, RuntimeError):
+    """A runner used before ``open()`` or after ``close()``, or a :class:`mrdl_runtime.Segmenter` after ``close()``
+    (the message says what to do: open the runner, load the model again)."""

@@ -5,11 +5,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Mapping
 
 from .atomic import atomic_path
+from .errors import OptionsError
 
+# A Triton model name is a folder of the repository: one path component, not hidden (Triton skips folders
+# whose name starts with '.'), so never '.' or '..' either.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = "use letters, digits, '_', '.', '-' (at most 128), not starting with '.' (Triton skips hidden folders)"
 
 MODEL_PY = '''"""mrdl's front model for Triton's Python backend (written by mrdl): raw UINT8 [b, H, W, 3] in,
 the mask at each image's size out; needs mrdl_runtime in the Python backend's Python (pip install mrdl)."""
@@ -21,6 +27,13 @@ from mrdl_runtime.triton_model import TritonPythonModel  # noqa: F401
 def _text(value: str) -> str:
     """A protobuf text-format string literal."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def model_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a model in a Triton repository (the rule of :data:`NAME_PATTERN`), or None."""
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        return None
+    return f"model name {name!r}: {NAME_RULE}"
 
 
 def front_model_config(name: str, *, n_classes: int, max_batch: int, max_queue_delay_us: int, max_queue: int,
@@ -52,7 +65,10 @@ instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 def write_front_model(folder: Path, name: str, manifest, options, model_dir: str, *, version: int = 1) -> Path:
     """Write ``folder/config.pbtxt`` and ``folder/<version>/model.py`` for ``options`` (a ``ServeOptions``);
     ``model_dir``: the exported model directory, absolute or relative to the version folder. Returns the
-    version folder."""
+    version folder. :class:`OptionsError` for a ``name`` that cannot name a model folder."""
+    problem = model_name_problem(name)
+    if problem is not None:
+        raise OptionsError(problem)
     max_batch = options.max_batch or manifest.max_batch
     artifact = manifest.artifacts.get(options.load.precision)
     parameters = {"model_dir": model_dir, "serve_options": options.to_json(), "export_id": manifest.export_id,

@@ -108,6 +108,7 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
     """
     if not isinstance(array, np.ndarray):
         raise ImageInputError(f"expected a numpy image array, got {type(array).__name__}")
+    array = np.asarray(array)  # a subclass (np.matrix, a masked array) as its plain values: np.matrix stays 2-d
     _check_layout(array)
     values = _values_to_uint8(array)
     if values.ndim == 2:

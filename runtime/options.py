@@ -17,6 +17,7 @@ predict option is one field here (and its use in the segmenter).
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -30,6 +31,9 @@ from .imaging import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS
 from .tiling import BLEND_MODES, DEFAULT_OVERLAP, MAX_OVERLAP, TileOptions
 
 TILE_TEXT = {"auto": "auto", "true": True, "false": False}  # tile's spelling on the command line and in requests
+# The most CPU threads a threads option takes: a fixed number (options validate without probing the hardware), far
+# above any CPU's cores, and far below the count at which a runtime's thread pool exhausts memory or hangs.
+MAX_THREADS = 1024
 THREADS_HELP = ("CPU threads one model call may use (ONNX Runtime intra-op threads); 0: the runtime's default, one "
                 "per physical core available to the process (mrdl_runtime.threads.default_threads; mrdl serve shares "
                 "it among its --instances). The native tensorrt backend ignores it.")
@@ -70,8 +74,11 @@ def command_line_flag(option_field: Field) -> str | None:
 
 
 def check_fields(options: object, *, skip: Sequence[str] = (), error: type[Exception] = OptionsError) -> None:
-    """Raise ``error`` (default :class:`OptionsError`) for the first field (not in ``skip``) outside its choices or
-    range, naming the field, what it must be and the value; a tuple (a repeatable option) is checked item by item."""
+    """Raise ``error`` (default :class:`OptionsError`) for the first field (not in ``skip``) outside its choices,
+    range or type, naming the field, what it must be and the value; a tuple (a repeatable option) is checked item
+    by item. A ``bool`` field takes True or False only, an ``int`` field an int (not a bool, not a float): "false"
+    is truthy, and a fraction of a pixel or thread means nothing."""
+    kinds = _checked_kinds(type(options))
     for option_field in fields(options):
         value, rules, name = getattr(options, option_field.name), option_field.metadata, option_field.name
         if value is None or name in skip:
@@ -84,16 +91,40 @@ def check_fields(options: object, *, skip: Sequence[str] = (), error: type[Excep
                 raise error(f"{name} must be one of {', '.join(map(to_text, choices))}, "
                             f"got {', '.join(map(repr, unknown))}")
         low, high = rules.get("low"), rules.get("high")
-        if low is None and high is None:
-            continue
         low_open, high_open = rules.get("low_open"), rules.get("high_open")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
-                or (low is not None and (value < low or (low_open and value == low))) \
-                or (high is not None and (value > high or (high_open and value == high))):
-            limits = (f"{'>' if low_open else '>='} {low:g}" if high is None
-                      else f"{'<' if high_open else '<='} {high:g}" if low is None
-                      else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        limits = ("" if low is None and high is None
+                  else f"{'>' if low_open else '>='} {low:g}" if high is None
+                  else f"{'<' if high_open else '<='} {high:g}" if low is None
+                  else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        if limits and (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+                       or (low is not None and (value < low or (low_open and value == low)))
+                       or (high is not None and (value > high or (high_open and value == high)))):
             raise error(f"{name} must be a number {limits}, got {value!r}")
+        kind = kinds.get(name)
+        if kind is bool and not isinstance(value, bool):
+            raise error(f"{name} must be True or False, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise error(f"{name} must be an integer{' ' + limits if limits else ''}, got {value!r}")
+
+
+@functools.cache
+def _checked_kinds(options_class: type) -> dict[str, type]:
+    """The fields of ``options_class`` whose type :func:`check_fields` checks: ``bool`` for ``bool`` (or
+    ``bool | None``), ``int`` for ``int`` (or ``int | None``); unions such as ``str | bool`` (tile) are left to
+    their choices. Resolved from the type hints once per class; where a hint names a type imported only for
+    type checkers, from the fields spelled ``bool`` or ``int`` (``| None``)."""
+    try:
+        hints = typing.get_type_hints(options_class)
+    except NameError:
+        spelled = {"bool": bool, "int": int}
+        hints = {f.name: spelled.get(str(f.type).removesuffix(" | None")) for f in fields(options_class)}
+    kinds = {}
+    for name, hint in hints.items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = set(typing.get_args(hint)) - {type(None)} if union else {hint}
+        if args in ({bool}, {int}):
+            kinds[name] = args.pop()
+    return kinds
 
 
 def to_text(value: Any) -> str:
@@ -161,7 +192,7 @@ class LoadOptions(OptionsBase):
                             choices=RUN_PRECISIONS)
     verify: bool = option(True, "Check the model file's SHA-256 against model.json before loading it; --no-verify "
                           "skips only the hash (its size, export and graph are still checked) and warns that it did.")
-    threads: int = option(0, THREADS_HELP, low=0)
+    threads: int = option(0, THREADS_HELP, low=0, high=MAX_THREADS)
     device_id: int = option(0, "GPU index for the CUDA and TensorRT backends.", low=0)
     cache_dir: Path | None = option(None, "ONNX Runtime TensorRT EP engine cache (default: ~/.cache/mrdl/ort-tensorrt).",
                                     cli=False)

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, NotOpenError
 from .manifest import TensorSpec
 
-__all__ = ["BackendUnavailableError", "LatencyStats", "Runner"]
+__all__ = ["BackendUnavailableError", "LatencyStats", "NotOpenError", "Runner"]
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Runner(ABC):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch and record its latency."""
         if not self.is_open:
-            raise RuntimeError(f"{self.backend} runner is not open; call open() or use it as a context manager")
+            raise NotOpenError(f"{self.backend} runner is not open; call open() or use it as a context manager")
         with self._serial if not self.concurrent_infer else nullcontext():  # the latency excludes the wait
             start = time.perf_counter()
             outputs = self._infer(feeds)

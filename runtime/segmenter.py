@@ -13,14 +13,14 @@ docs/tiling.md). The settings of both calls are :class:`~mrdl_runtime.options.Lo
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .backends import REGISTRY, make_runner, select_backend
-from .errors import OptionsError
+from .errors import NotOpenError, OptionsError
 from .imaging import ImageInputError, check_image, mask_at_size, preprocess, probabilities_to_mask, resize_probabilities
 from .manifest import Manifest, load_manifest
 from .options import LoadOptions, PredictOptions
@@ -117,12 +117,20 @@ class Segmenter:
             raise OptionsError(f"text_features must have shape {expected[1:]} (one for all) or {expected}, got {text.shape}")
         return np.ascontiguousarray(text)
 
+    def _check_open(self) -> None:
+        if not self.runner.is_open:
+            raise NotOpenError(f"this Segmenter of {self.manifest.model_dir} was closed; load it again "
+                               "(Segmenter.load) to segment more images")
+
     def infer(self, batch: np.ndarray, text_features: np.ndarray | None = None) -> np.ndarray:
-        """Preprocessed (B, 3, H, W) float32 -> probabilities (B, n_classes, H, W), in chunks of max_batch."""
-        expected = self.manifest.image_input.fixed_shape
-        if batch.ndim != 4 or batch.shape[1:] != expected or batch.dtype != np.float32:
-            raise ImageInputError(f"infer expects a float32 batch of shape (B, {', '.join(map(str, expected))}); "
-                                  f"got {batch.dtype} {batch.shape}")
+        """Preprocessed (B, 3, H, W) float32, B >= 1 -> probabilities (B, n_classes, H, W), in chunks of max_batch."""
+        self._check_open()
+        shape = self.manifest.image_input.fixed_shape
+        expected = f"a float32 numpy array, a batch of shape (B, {', '.join(map(str, shape))}) with B >= 1"
+        if not isinstance(batch, np.ndarray):
+            raise ImageInputError(f"infer expects {expected}; got {type(batch).__name__}")
+        if batch.ndim != 4 or batch.shape[1:] != shape or batch.dtype != np.float32 or len(batch) == 0:
+            raise ImageInputError(f"infer expects {expected}; got {batch.dtype} {batch.shape}")
         text = self._text_batch(text_features, len(batch))
         step = self.manifest.max_batch
         name_image, name_out = self.manifest.image_input.name, self.manifest.outputs[0].name
@@ -134,9 +142,10 @@ class Segmenter:
             chunks.append(self.runner.infer(feeds)[name_out])
         return np.concatenate(chunks).astype(np.float32, copy=False)  # (B, n_classes, H, W)
 
-    def predict_batch(self, images: Sequence[np.ndarray], options: PredictOptions | None = None, *,
+    def predict_batch(self, images: Iterable[np.ndarray], options: PredictOptions | None = None, *,
                       text_features: np.ndarray | None = None, **fields) -> list[Prediction]:
-        """Segment several images (any sizes); the model runs in batches of at most ``max_batch``.
+        """Segment several images (a list, or any iterable; any sizes); the model runs in batches of at most
+        ``max_batch``.
 
         Images go through :func:`~mrdl_runtime.imaging.to_rgb8` (uint8, uint16, bool, floats in
         [0, 1] or [0, 255]). ``options`` (:class:`PredictOptions`; keywords name its fields):
@@ -153,7 +162,12 @@ class Segmenter:
         ``progress`` shows a bar of each tiled image's windows on stderr.
         """
         options = PredictOptions.of(options, **fields)
-        if len(images) == 0:
+        self._check_open()
+        if not isinstance(images, Iterable) or isinstance(images, (str, bytes)):
+            raise ImageInputError(f"predict_batch expects a list (or any iterable) of image arrays; got "
+                                  f"{type(images).__name__} (one image: predict)")
+        images = list(images)
+        if not images:
             return []
         text = self._text_batch(text_features, len(images))
         source_size = self.manifest.source_size

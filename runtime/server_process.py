@@ -16,8 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, OptionsError
 from . import children
+from .front_model import model_name_problem
 from .serving import ServeOptions, server_environment, tritonserver_files
 
 START_TIMEOUT_S = 180
@@ -124,6 +125,9 @@ class StockServer(ServerProcess):
     (``--model-control-mode explicit``: that server has no onnxruntime backend for the bare ONNX models)."""
 
     def __init__(self, repository: str | Path, models: tuple[str, ...] = ("mrdl",), *, log: Path | None = None) -> None:
+        problems = [problem for problem in map(model_name_problem, models) if problem is not None]
+        if problems or not models:
+            raise OptionsError(problems[0] if problems else "name at least one model to load")
         super().__init__(repository, ServeOptions(model_name=models[0]), log=log)
         files = tritonserver_files()
         self._folder = tempfile.TemporaryDirectory(prefix="mrdl-stock-")

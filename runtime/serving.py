@@ -53,6 +53,7 @@ import numpy as np
 
 from . import children
 from .errors import MrdlError, OptionsError
+from .front_model import model_name_problem, write_front_model
 from .options import LoadOptions, OptionsBase, PredictOptions, check_fields, option
 from .remote import DEFAULT_MODEL
 
@@ -152,7 +153,8 @@ class ServeOptions(OptionsBase):
     grpc_port: int = option(DEFAULT_PORTS["grpc"], "gRPC port (KServe v2 protocol).", low=1, high=65535)
     metrics_port: int = option(DEFAULT_PORTS["metrics"], "Prometheus metrics at http://HOST:PORT/metrics.",
                                low=1, high=65535)
-    model_name: str = option(DEFAULT_MODEL_NAME, "The name clients ask for.")
+    model_name: str = option(DEFAULT_MODEL_NAME, "The name clients ask for (the model's folder in the server's "
+                             "repository: letters, digits, '_', '.', '-', not starting with '.').")
     max_batch: int | None = option(None, "Largest batch the dynamic batcher forms (default: the model "
                                    "directory's max_batch).", low=1)
     max_queue_delay_us: int | None = option(None, "How long a request may wait for others to batch with, in "
@@ -177,6 +179,9 @@ class ServeOptions(OptionsBase):
 
     def __post_init__(self) -> None:
         check_fields(self)
+        problem = model_name_problem(self.model_name)
+        if problem is not None:
+            raise OptionsError(f"--model-name: {problem}")
         in_flight = self.max_pixels_in_flight
         if in_flight is not None and in_flight // self.instances < self.predict.max_pixels:
             raise OptionsError(f"--max-pixels-in-flight {self.max_pixels_in_flight} must hold one largest request "
@@ -371,8 +376,6 @@ class Server:
     def start(self, timeout: float = START_TIMEOUT_S) -> Server:
         """Check the model, write its front model into a temporary repository, start tritonserver on it and
         wait (bounded) until the model is ready."""
-        from .front_model import write_front_model
-
         files = tritonserver_files()
         check_ports(self.options)
         manifest = self._check_model()

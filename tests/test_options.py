@@ -52,8 +52,58 @@ def test_load_options_name_the_registry():
         LoadOptions(backend="openvino-x")
     with pytest.raises(OptionsError, match="precision must be one of"):
         LoadOptions(precision="fp8")
-    with pytest.raises(OptionsError, match="threads must be a number >= 0"):
-        LoadOptions(threads=-1)
+    for threads in (-1, 1025, 10**9):  # a fixed bound, far above any CPU's cores: refused before the runtime
+        with pytest.raises(OptionsError, match=rf"threads must be a number in \[0, 1024\], got {threads}$"):
+            LoadOptions(threads=threads)
+    assert LoadOptions(threads=1024).threads == 1024
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"at_model_size": "false"}, "at_model_size must be True or False, got 'false'$"),
+    ({"with_probabilities": "no"}, "with_probabilities must be True or False, got 'no'$"),
+    ({"progress": 1}, "progress must be True or False, got 1$"),
+    ({"progress": np.bool_(True)}, "progress must be True or False"),
+    ({"max_pixels": 1.5}, r"max_pixels must be an integer >= 1, got 1.5$"),
+    ({"max_pixels": 2.0}, r"max_pixels must be an integer >= 1, got 2.0$"),
+    ({"max_pixels": True}, "max_pixels must be a number >= 1, got True$"),
+    ({"max_pixels": "100"}, "max_pixels must be a number >= 1, got '100'$"),
+])
+def test_bool_and_int_fields_take_only_their_type(changes, message):
+    """A bool field takes True or False (not "false", which is truthy), an int field an int (not 1.5, not True)."""
+    with pytest.raises(OptionsError, match=message):
+        PredictOptions(**changes)
+
+
+def test_type_checks_follow_the_field_hints_of_every_options_class():
+    from dataclasses import dataclass
+
+    from mrdl.train_options import TrainOptions
+    from mrdl_runtime.options import check_fields, option
+    from mrdl_runtime.serving import ServeOptions
+
+    @dataclass(frozen=True)
+    class Probe:
+        count: int | None = option(None, "Optional int.")
+        flag: bool = option(False, "A flag.")
+        rate: float = option(0.5, "A float takes an int too.")
+        tile: str | bool = option("auto", "Text or flag.", choices=("auto", True, False))
+
+    check_fields(Probe())
+    check_fields(Probe(count=3, flag=True, rate=1, tile=False))
+    for changes, message in [({"count": 3.0}, "count must be an integer, got 3.0$"),
+                             ({"count": False}, "count must be an integer, got False$"),
+                             ({"flag": "true"}, "flag must be True or False, got 'true'$"),
+                             ({"flag": 0}, "flag must be True or False, got 0$")]:
+        with pytest.raises(OptionsError, match=message):
+            check_fields(Probe(**changes))
+    assert PredictOptions(tile=True, at_model_size=True, max_pixels=10).tile is True
+    with pytest.raises(OptionsError, match="instances must be an integer in \\[1, 64\\], got 2.5$"):
+        ServeOptions(instances=2.5)
+    with pytest.raises(OptionsError, match="resume must be True or False"):
+        TrainOptions(resume="yes").validate()
+    with pytest.raises(OptionsError, match="epochs must be an integer"):
+        TrainOptions(epochs=2.5).validate()
+    assert TrainOptions(epochs=3).validate().epochs == 3
 
 
 def test_one_field_helper_and_one_check_for_every_options_class():

@@ -58,7 +58,7 @@ def test_segmenter_rejects_bad_image_and_text(model_dir):
             segmenter.predict(np.full((10, 10, 3), 300.0))
         with pytest.raises(ValueError, match="takes no text features"):
             segmenter.predict(np.zeros((10, 10, 3), np.uint8), text_features=np.zeros((77, 32), np.float32))
-        with pytest.raises(ImageInputError, match=r"float32 batch of shape \(B, 3, 64, 64\)"):
+        with pytest.raises(ImageInputError, match=r"float32 numpy array, a batch of shape \(B, 3, 64, 64\)"):
             segmenter.infer(np.zeros((1, 3, 32, 32), np.float32))
 
 
@@ -189,11 +189,12 @@ def test_auto_picks_native_tensorrt_only_with_an_engine(edited_model_dir):
 
 
 def test_runner_lifecycle_and_timing(model_dir):
+    from mrdl_runtime.errors import NotOpenError
     from mrdl_runtime.onnxruntime_runner import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(model_dir / "model.onnx")
     feeds = {"image": np.zeros((2, 3, 64, 64), np.float32)}
-    with pytest.raises(RuntimeError, match="not open; call open"):
+    with pytest.raises(NotOpenError, match="not open; call open"):
         runner.infer(feeds)
     with runner:
         assert runner.is_open and runner.count == 0 and runner.mean_latency_ms == 0.0
@@ -211,12 +212,43 @@ def test_runner_lifecycle_and_timing(model_dir):
 
 
 def test_closed_segmenter_refuses_to_predict(model_dir):
-    from mrdl_runtime import Segmenter
+    """A Segmenter has no open(): after close() it says to load the model again (a MrdlError, still a RuntimeError)."""
+    from mrdl_runtime import MrdlError, Segmenter
+    from mrdl_runtime.errors import NotOpenError
 
     segmenter = Segmenter.load(model_dir)
     segmenter.close()
-    with pytest.raises(RuntimeError, match="not open"):
-        segmenter.predict(np.zeros((8, 8, 3), np.uint8))
+    for call in (lambda: segmenter.predict(np.zeros((8, 8, 3), np.uint8)),
+                 lambda: segmenter.predict_batch([np.zeros((8, 8, 3), np.uint8)]),
+                 lambda: segmenter.infer(np.zeros((1, 3, 64, 64), np.float32))):
+        with pytest.raises(NotOpenError, match="Segmenter of .* was closed; load it again") as info:
+            call()
+        assert isinstance(info.value, MrdlError) and isinstance(info.value, RuntimeError)
+        assert "open()" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_segmenter_api_refuses_or_takes_unusual_containers(model_dir):
+    """np.matrix images are segmented as their values; an empty or non-array batch for infer and a non-iterable
+    for predict_batch are refused naming what was expected; any iterable of images is a batch."""
+    from mrdl_runtime import ImageInputError, Segmenter
+
+    gray = np.random.default_rng(0).integers(0, 256, (40, 30), dtype=np.uint8)
+    with Segmenter.load(model_dir) as segmenter:
+        expected = segmenter.predict(gray)
+        from_matrix = segmenter.predict(np.asmatrix(gray))
+        assert np.array_equal(from_matrix.mask, expected.mask) and type(from_matrix.mask) is np.ndarray
+        with pytest.raises(ImageInputError, match=r"infer expects a float32 numpy array, a batch of shape "
+                                                  r"\(B, 3, 64, 64\) with B >= 1; got float32 \(0, 3, 64, 64\)$"):
+            segmenter.infer(np.zeros((0, 3, 64, 64), np.float32))
+        with pytest.raises(ImageInputError, match="infer expects a float32 numpy array, .*; got list$"):
+            segmenter.infer(np.zeros((1, 3, 64, 64), np.float32).tolist())
+        batch = segmenter.predict_batch(image for image in (gray, gray))
+        assert len(batch) == 2 and all(np.array_equal(p.mask, expected.mask) for p in batch)
+        assert segmenter.predict_batch(iter(())) == []
+        for not_a_batch in (5, "image.png", None):
+            with pytest.raises(ImageInputError, match="predict_batch expects a list \\(or any iterable\\)"):
+                segmenter.predict_batch(not_a_batch)
 
 
 def test_native_tensorrt_without_tensorrt_is_a_clear_error(model_dir):

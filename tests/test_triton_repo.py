@@ -154,6 +154,41 @@ def test_triton_repo_command(model_dir, tmp_path):
     assert again.exit_code == 1 and "--force" in again.output
 
 
+@pytest.mark.parametrize("prefix", [".", "..", "...", ".hidden", "a/b", "../x", "", "x" * 129, "caf\u00e9", "a\n"])
+def test_model_names_that_are_not_one_visible_folder_are_refused(model_dir, tmp_path, prefix):
+    """A model name is a folder of the repository: '.', '..' and hidden names would write outside ``--out`` (or into
+    it, where Triton skips them); the CLI, the library, the front model writer and ``mrdl serve`` refuse them."""
+    from mrdl_apps.cli import main
+    from mrdl_export.triton import TritonRepoError, TritonRepoOptions, write_repository
+    from mrdl_runtime import OptionsError
+    from mrdl_runtime.front_model import write_front_model
+    from mrdl_runtime.serving import ServeOptions
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    result = CliRunner().invoke(main, ["triton-repo", str(model_dir), "--out", str(parent / "repo"),
+                                       "--prefix", prefix])
+    assert result.exit_code == 1 and "use letters, digits" in result.output, result.output
+    with pytest.raises(TritonRepoError, match="model name prefix .*: use letters, digits"):
+        write_repository(model_dir, parent / "repo", TritonRepoOptions(prefix=prefix))
+    assert list(parent.iterdir()) == []  # nothing written, beside --out or inside it
+    with pytest.raises(OptionsError, match="model name .*: use letters, digits"):
+        write_front_model(parent / "repo" / "x", prefix, load_manifest(model_dir), ServeOptions(), "model")
+    with pytest.raises(OptionsError, match="--model-name: model name .*: use letters, digits"):
+        ServeOptions(model_name=prefix)
+    assert list(parent.iterdir()) == []
+
+
+def test_visible_names_with_dots_are_kept(model_dir, tmp_path):
+    from mrdl_export.triton import TritonRepoOptions, write_repository
+    from mrdl_runtime.serving import ServeOptions
+
+    written = write_repository(model_dir, tmp_path / "repo", TritonRepoOptions(prefix="seg.v1-a_b"))
+    assert sorted(written) == ["seg.v1-a_b", "seg.v1-a_b_fp32"]
+    assert all(folder.parent == tmp_path / "repo" and folder.is_dir() for folder in written.values())
+    assert ServeOptions(model_name="v2.0").model_name == "v2.0"
+
+
 def test_export_triton_step(model_dir, tmp_path):
     """``mrdl-export --triton REPO``: the option exists, a REPO inside --out is refused before any work, and the
     exporter's step writes the repository of the published directory."""
