@@ -161,7 +161,7 @@ def _all_outputs(runner: BenchRunner, inputs: InputSet, *, batch: int) -> np.nda
 
 def _measure_backends(backends: list[str], batches: list[int], *, ckpt: Path, model_dir: Path, inputs: InputSet,
                       threads: int, device: str, warmup: int, iters: int, include_prepost: bool, threshold: float,
-                      progress: bool, settle_s: float = 0.0) -> tuple[list[BackendResult], list[SkippedBackend], dict[str, np.ndarray], dict]:
+                      progress: bool, settle_s: float = 0.0, streams: int = 1) -> tuple[list[BackendResult], list[SkippedBackend], dict[str, np.ndarray], dict]:
     """Activate every backend and warm each up alone (memory sampled), then time them all interleaved, round by
     round, at every batch size: (results, skipped, outputs on every input image, load check per batch)."""
     from tqdm import tqdm
@@ -177,7 +177,7 @@ def _measure_backends(backends: list[str], batches: list[int], *, ckpt: Path, mo
             for name in backends:
                 bar.set_postfix_str(f"{name}: load and warm up")
                 runner = make_bench_runner(name, ckpt=ckpt, model_dir=model_dir, threads=threads, device=device,
-                                           calibration=inputs.tensors)
+                                           calibration=inputs.tensors, streams=streams)
                 release_freed_memory()
                 baseline_rss = current_rss()
                 try:
@@ -295,7 +295,7 @@ def run_benchmark(options: BenchOptions | None = None, *, ckpt: str | Path, mode
     results, skipped, outputs, loads = _measure_backends(
         in_process, batches, ckpt=ckpt, model_dir=model_dir, inputs=inputs, threads=threads, device=device,
         warmup=warmup, iters=iters, include_prepost=include_prepost, threshold=threshold, progress=progress,
-        settle_s=options.settle_ms / 1e3)
+        settle_s=options.settle_ms / 1e3, streams=options.streams)
 
     for result in results:
         result.parity = parity(outputs[result.backend], reference, reference_name=REFERENCE, threshold=threshold)
@@ -348,7 +348,7 @@ def run_benchmark(options: BenchOptions | None = None, *, ckpt: str | Path, mode
                          iters=max(1, min(iters, 5)), out_dir=Path(options.profile_dir)) if options.profile_dir else []
     machine["load_average_end"] = list(os.getloadavg())
     settings = {"model": config.name, "ckpt": str(ckpt), "model_dir": str(model_dir), "backends": backends,
-                "batches": batches, "warmup": warmup, "iters": iters, "threads": threads,
+                "batches": batches, "warmup": warmup, "iters": iters, "threads": threads, "streams": options.streams,
                 "torch_threads": torch.get_num_threads(), "include_prepost": include_prepost, "device": device,
                 "inputs": inputs.source, "images": len(inputs), "image_size": config.model.image_size,
                 "reference": REFERENCE, "min_dice": min_dice, "int8_min_dice": int8_min_dice,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrdl_runtime.options import MAX_THREADS, OptionsBase, check_fields, option
+from mrdl_runtime.options import MAX_STREAMS, MAX_THREADS, OptionsBase, check_fields, option
 
 from .report import DEFAULT_INT8_MIN_DICE, DEFAULT_MIN_DICE
 from .runners import BENCH_BACKENDS, NNCF_DEFAULT
@@ -52,6 +52,10 @@ class BenchOptions(OptionsBase):
         0, "CPU threads of every backend (torch, ONNX Runtime, OpenVINO intra-op threads, the same for all); 0: the "
         "runtime's default, one per physical core available to the process (mrdl_runtime.threads.default_threads).",
         low=0, high=MAX_THREADS)
+    streams: int = option(
+        1, "Parts each batch of the CPU runtime backends (ort-*, ov-*) is split into and run at once, sharing --threads "
+        "(mrdl_runtime.LoadOptions.streams); PyTorch, TensorRT and the NNCF reference run whole batches.",
+        low=1, high=MAX_STREAMS)
     include_prepost: bool = option(
         False, "Time preprocessing (resize, /255) and postprocessing (resize back, threshold) too.",
         flag="--include-prepost/--exclude-prepost")

@@ -175,7 +175,8 @@ def _footer(report: BenchReport) -> list[str]:
     lines = list(report.failures)
     if any(r.parity_status == PARITY_FAILED for r in report.results):
         lines.append(f"speed-ups in parentheses belong to backends marked {PARITY_FAILED}: not results")
-    lines += [f"threads {s['threads']}; pre/post-processing {'included' if s['include_prepost'] else 'excluded'}; "
+    streams = f" in {s['streams']} streams (CPU runtime backends)" if s.get("streams", 1) > 1 else ""
+    lines += [f"threads {s['threads']}{streams}; pre/post-processing {'included' if s['include_prepost'] else 'excluded'}; "
              f"inputs {s['inputs']} ({s['images']} images); warm-up {s['warmup']}, timed {s['iters']} iterations; "
              f"speed-up vs torch-fft (PyTorch eager, FP32) p50; parity vs torch-fft",
              f"FLOPs/image {report.flops_per_image / 1e9:.2f} G; "

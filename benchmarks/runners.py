@@ -164,9 +164,10 @@ class RuntimeRunner(BenchRunner):
     the session; this adapter gives it the benchmark's array-in, array-out interface.
     """
 
-    def __init__(self, name: str, *, model_dir: Path, backend: str, precision: str | None, threads: int) -> None:
+    def __init__(self, name: str, *, model_dir: Path, backend: str, precision: str | None, threads: int,
+                 streams: int = 1) -> None:
         super().__init__()
-        self.name, self.model_dir, self.threads = name, Path(model_dir), threads
+        self.name, self.model_dir, self.threads, self.streams = name, Path(model_dir), threads, streams
         self.backend, self.precision = backend, precision or "fp32"
         self.engine_precision = precision is None  # the precision the engine was built with, read on activation
         self.uses_cuda = False  # the runtime's runners copy results back to the host, which waits for the GPU
@@ -191,7 +192,7 @@ class RuntimeRunner(BenchRunner):
         if self.engine_precision:
             self.precision = engine_precision(manifest) or "fp32"
         self.segmenter = Segmenter.load(self.model_dir, LoadOptions(backend=self.backend, precision=self.precision,
-                                                                    threads=self.threads))  # unavailable: skipped
+                                                                    threads=self.threads, streams=self.streams))  # unavailable: skipped
         self.precision = self.segmenter.precision  # what the verified artifact holds
         self.input_name = manifest.image_input.name
         self.output_name = manifest.outputs[0].name
@@ -273,15 +274,17 @@ class NncfDefaultRunner(BenchRunner):
 
 
 def make_bench_runner(name: str, *, ckpt: Path, model_dir: Path, threads: int, device: str = "cpu",
-                      calibration: np.ndarray | None = None) -> BenchRunner:
+                      calibration: np.ndarray | None = None, streams: int = 1) -> BenchRunner:
     """The (inactive) runner for backend ``name`` (one of :data:`BENCH_BACKENDS`); ``calibration``: images (B, 3, S, S)
-    for :data:`NNCF_DEFAULT`."""
+    for :data:`NNCF_DEFAULT`; ``streams``: the CPU runtime backends' (:class:`mrdl_runtime.LoadOptions`)."""
     if name in TORCH_PHASE:
         return TorchRunner(name, ckpt=ckpt, phase=TORCH_PHASE[name], device=device,
                            compile_model=name == "torch-compile")
     if name in RUNTIME_BACKEND:
         backend, precision = RUNTIME_BACKEND[name]
-        return RuntimeRunner(name, model_dir=model_dir, backend=backend, precision=precision, threads=threads)
+        cpu = REGISTRY[backend].device == "cpu"
+        return RuntimeRunner(name, model_dir=model_dir, backend=backend, precision=precision, threads=threads,
+                             streams=streams if cpu else 1)
     if name == NNCF_DEFAULT:
         if calibration is None:
             raise ValueError(f"backend {name} needs calibration images")

@@ -145,7 +145,13 @@ def select_backend(manifest: Manifest, backend: str = AUTO, precision: str = "fp
 def make_runner(manifest: Manifest, backend: str, precision: str, options: LoadOptions) -> Runner:
     """The (closed) runner of a chosen backend; opening it verifies the artifact against ``model.json``
     (size and identity always, the SHA-256 too unless ``options.verify`` is False)."""
-    return _resolve(get_backend(backend).open)(manifest, backend, precision, options)
+    entry = get_backend(backend)
+    if options.streams > 1 and entry.device != "cpu":
+        raise OptionsError(f"streams {options.streams} splits batches across CPU threads; backend {backend} runs on "
+                           f"{entry.device}: leave streams at 1 or choose a CPU backend")
+    runner = _resolve(entry.open)(manifest, backend, precision, options)
+    runner.streams = options.streams
+    return runner
 
 
 # ---- the built-in backends' entry points --------------------------------------------------------------

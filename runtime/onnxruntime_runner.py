@@ -126,7 +126,8 @@ class OnnxRuntimeRunner(Runner):
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = resolve_threads(self.intra_op_threads)  # 0: one per physical core
+        # 0: one per physical core; with streams, the threads are shared among the batch's parts that run at once
+        options.intra_op_num_threads = max(1, resolve_threads(self.intra_op_threads) // self.streams)
         options.log_severity_level = 3  # errors only; a provider fallback is caught below
         model = (read_artifact(self.manifest, self.precision, verify=self.verify) if self.manifest is not None
                  else str(self.onnx_path))

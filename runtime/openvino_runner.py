@@ -23,7 +23,9 @@ Precisions (:data:`PRECISIONS`):
 
 ``hint``: OpenVINO's ``PERFORMANCE_HINT``, ``latency`` (one request at a time uses every thread:
 ``mrdl predict``) or ``throughput`` (several streams for concurrent requests: ``mrdl serve``).
-``threads``: ``INFERENCE_NUM_THREADS``; 0 is :func:`mrdl_runtime.threads.default_threads`.
+``threads``: ``INFERENCE_NUM_THREADS``; 0 is :func:`mrdl_runtime.threads.default_threads`. With ``streams``
+above 1 (:class:`mrdl_runtime.runner.Runner`), the throughput hint and ``NUM_STREAMS`` = streams: the batch's
+parts run at once, each on its own stream and infer request.
 
 Static batch: the graph is compiled once per batch size it is called with (the first call of a
 size compiles, later ones reuse it; at most ``max_batch`` sizes). OpenVINO's CPU plugin runs static
@@ -169,6 +171,8 @@ class OpenVinoRunner(Runner):
                                for port in model.inputs})
                 config = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[self.precision],
                           "PERFORMANCE_HINT": HINTS[self.hint], "INFERENCE_NUM_THREADS": self.threads}
+                if self.streams > 1:  # the batch's parts run at once, one per stream, sharing the threads
+                    config.update({"PERFORMANCE_HINT": HINTS["throughput"], "NUM_STREAMS": self.streams})
                 try:
                     self.compiled[batch] = self._core.compile_model(model, "CPU", config)
                 except RuntimeError as exc:

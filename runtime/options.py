@@ -34,6 +34,7 @@ TILE_TEXT = {"auto": "auto", "true": True, "false": False}  # tile's spelling on
 # The most CPU threads a threads option takes: a fixed number (options validate without probing the hardware), far
 # above any CPU's cores, and far below the count at which a runtime's thread pool exhausts memory or hangs.
 MAX_THREADS = 1024
+MAX_STREAMS = 64  # concurrent parts of one batch (LoadOptions.streams): more than any batch a model directory takes
 THREADS_HELP = ("CPU threads one model call may use (ONNX Runtime intra-op threads); 0: the runtime's default, one "
                 "per physical core available to the process (mrdl_runtime.threads.default_threads; mrdl serve shares "
                 "it among its --instances). The native tensorrt backend ignores it.")
@@ -193,6 +194,12 @@ class LoadOptions(OptionsBase):
     verify: bool = option(True, "Check the model file's SHA-256 against model.json before loading it; --no-verify "
                           "skips only the hash (its size, export and graph are still checked) and warns that it did.")
     threads: int = option(0, THREADS_HELP, low=0, high=MAX_THREADS)
+    streams: int = option(
+        1, "CPU backends: split each batch of several images (tiled windows, a whole slide's windows, a folder) into "
+        "this many parts that run at once, each on threads/streams threads. Single-threaded operators then stop "
+        "leaving cores idle (2 streams on 2 cores: 1.08-1.22x at batch 4, docs/measurements.md). Probabilities may "
+        "differ from one call by float rounding, as between batch sizes. 1: one call uses every thread.",
+        low=1, high=MAX_STREAMS)
     device_id: int = option(0, "GPU index for the CUDA and TensorRT backends.", low=0)
     cache_dir: Path | None = option(None, "ONNX Runtime TensorRT EP engine cache (default: ~/.cache/mrdl/ort-tensorrt).",
                                     cli=False)

@@ -5,6 +5,11 @@ closed; it is also a context manager. Every ``infer`` is timed (wall clock aroun
 call, host<->device copies included), so callers read ``last_latency_ms``, ``mean_latency_ms`` and
 ``count`` without timing code of their own.
 
+Streams: a runner whose ``streams`` is above 1 splits a batch of several images into that many parts and
+runs them at once (its backend configured for it when it opens: each part on threads/streams threads),
+then joins the outputs in order; one ``infer`` is still one latency record. CPU backends only
+(:func:`mrdl_runtime.backends.make_runner` refuses the others).
+
 Threads: ``infer`` may be called from several threads at once. The latency counters are updated
 under a lock; a backend whose session cannot run two batches at once (``concurrent_infer = False``,
 e.g. one TensorRT execution context with its device buffers) has its calls serialized by the
@@ -17,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -61,6 +67,9 @@ class Runner(ABC):
 
     def __init__(self) -> None:
         self.is_open = False
+        self.streams = 1  # parts a batch is split into, run at once (set before open: the backend is configured for it)
+        self._pool: ThreadPoolExecutor | None = None  # the streams' threads, made on the first split batch
+        self._pool_lock = threading.Lock()
         self._serial = threading.Lock()  # held around _infer when concurrent_infer is False
         self.stats = LatencyStats()
         self.input_specs: list[TensorSpec] = []  # filled by open(): the loaded graph's inputs and outputs
@@ -101,6 +110,9 @@ class Runner(ABC):
     def close(self) -> None:
         """Release the backend; closing a closed runner does nothing."""
         if self.is_open:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             self._close()
             self.is_open = False
 
@@ -110,9 +122,24 @@ class Runner(ABC):
             raise NotOpenError(f"{self.backend} runner is not open; call open() or use it as a context manager")
         with self._serial if not self.concurrent_infer else nullcontext():  # the latency excludes the wait
             start = time.perf_counter()
-            outputs = self._infer(feeds)
+            outputs = self._infer_streams(feeds) if self.streams > 1 else self._infer(feeds)
             self.stats.record(time.perf_counter() - start)
         return outputs
+
+    def _infer_streams(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``_infer`` on up to ``streams`` consecutive parts of the batch at once, outputs joined in order."""
+        size = len(next(iter(feeds.values())))
+        parts = min(self.streams, size)
+        if parts < 2:
+            return self._infer(feeds)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix=f"{self.backend}-stream")
+        bounds = np.linspace(0, size, parts + 1).round().astype(int)
+        futures = [self._pool.submit(self._infer, {name: array[start:end] for name, array in feeds.items()})
+                   for start, end in zip(bounds[:-1], bounds[1:])]
+        results = [future.result() for future in futures]
+        return {name: np.concatenate([result[name] for result in results]) for name in results[0]}
 
     @property
     def last_latency_ms(self) -> float:
