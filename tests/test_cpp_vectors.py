@@ -126,7 +126,7 @@ def _cpp_constant(relative: str, name: str) -> int | str:
 
 def test_cpp_limits_are_the_python_runtimes():
     """The limits both runtimes enforce are one number each: the C++ constants equal Python's."""
-    from mrdl_runtime import imaging, manifest, tiff
+    from mrdl_runtime import imaging, manifest, options, tiff
 
     pairs = [
         ("include/mrdl/image.hpp", "kDefaultMaxPixels", imaging.DEFAULT_MAX_PIXELS),
@@ -139,6 +139,43 @@ def test_cpp_limits_are_the_python_runtimes():
         ("src/imageio/tiff.cpp", "kMaxChunkBytes", tiff.MAX_CHUNK_BYTES),
         ("src/imageio/tiff_bounds.cpp", "kCompressedFactor", tiff.COMPRESSED_FACTOR),
         ("src/imageio/tiff_bounds.cpp", "kCompressedSlack", tiff.COMPRESSED_SLACK),
+        ("include/mrdl/threads.hpp", "kMaxThreads", options.MAX_THREADS),
     ]
     for relative, name, python_value in pairs:
         assert _cpp_constant(relative, name) == python_value, f"runtime/cpp/{relative}: {name}"
+
+
+def _pillow_vertical_first(size: tuple[int, int], out: tuple[int, int]) -> bool:
+    """Pillow 13's pass order (libImaging/Resample.c, ImagingResampleInner; runtime/VECTORS.md "Pass order"),
+    which the C++ whole-image path follows (mrdl::pillow_pass_order): vertical first when the height shrinks,
+    and by more than twice as many pixels as the width does."""
+    height_shrink, width_shrink = size[0] - out[0], size[1] - out[1]
+    return height_shrink > 0 and height_shrink > 2 * width_shrink
+
+
+def test_cpp_pass_order_rule_reproduces_the_installed_pillow():
+    """The C++ whole-image path agrees with the Python one (Pillow itself) by construction only while the
+    installed Pillow picks its pass order by the rule C++ implements: check it where the two orders differ,
+    for uint8 RGB images and float32 maps, on both sides of the rule's boundary."""
+    import PIL
+    from PIL import Image
+
+    from test_runtime_vectors import documented_resize
+
+    if int(PIL.__version__.split(".")[0]) < 13:
+        pytest.skip(f"Pillow {PIL.__version__} always resizes horizontal first; the C++ whole-image path follows 13")
+    rng = np.random.default_rng(0)
+    shapes = [((70, 50), (64, 64)), ((50, 70), (64, 64)), ((120, 40), (64, 64)), ((64, 64), (37, 53)),
+              ((64, 64), (41, 29)), ((300, 20), (64, 64))]
+    for shrink in (5, 11):  # height shrinking by exactly twice the width's shrink, and by one pixel more
+        shapes += [((64 + 2 * shrink, 64 + shrink), (64, 64)), ((65 + 2 * shrink, 64 + shrink), (64, 64))]
+    shapes += [(tuple(rng.integers(8, 120, 2)), tuple(rng.integers(8, 120, 2))) for _ in range(40)]
+    decisive = 0
+    for size, out in shapes:
+        size, out = (int(size[0]), int(size[1])), (int(out[0]), int(out[1]))
+        vertical_first = _pillow_vertical_first(size, out)
+        for image in (rng.integers(0, 256, (*size, 3), dtype=np.uint8), rng.random(size, dtype=np.float32)):
+            pillow = np.asarray(Image.fromarray(image).resize((out[1], out[0]), Image.BILINEAR))
+            assert np.array_equal(documented_resize(image, out, vertical_first=vertical_first), pillow), (size, out)
+            decisive += not np.array_equal(documented_resize(image, out, vertical_first=not vertical_first), pillow)
+    assert decisive > len(shapes), "the shapes tell the two orders apart"

@@ -30,6 +30,8 @@ std::string artifact_key(const SegmenterOptions& options) {
 
 }  // namespace
 
+void SegmenterOptions::validate() const { check_threads(intra_op_threads); }
+
 std::vector<std::string> available_backends() {
     std::vector<std::string> built{"onnxruntime"};
 #ifdef MRDL_WITH_TENSORRT
@@ -59,6 +61,7 @@ std::string backend_name(BackendKind backend, Device device) {
 
 std::unique_ptr<Backend> make_backend(const std::string& model_dir, const Manifest& manifest,
                                       const SegmenterOptions& options) {
+    options.validate();
     const std::string key = artifact_key(options);
     const int threads = resolve_threads(options.intra_op_threads);
     if (manifest.artifacts.count(key) == 0) {

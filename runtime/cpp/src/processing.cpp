@@ -11,7 +11,8 @@
 namespace mrdl {
 
 std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec, size_t max_pixels) {
-    const Image resized = resize_bilinear(to_rgb8(image, max_pixels).view(), spec.height, spec.width);  // (H, W, 3)
+    const Image resized =
+        resize_bilinear(to_rgb8(image, max_pixels).view(), spec.height, spec.width, PassOrder::Pillow);  // (H, W, 3)
     const float scale = static_cast<float>(spec.scale);
     const size_t plane = static_cast<size_t>(spec.height) * spec.width;
     std::vector<float> tensor(3 * plane);  // (3, H, W)
@@ -21,7 +22,7 @@ std::vector<float> preprocess(const ImageView& image, const Preprocessing& spec,
 }
 
 Segmentation postprocess(const float* probabilities, int n_classes, int model_height, int model_width, int height,
-                         int width, const Postprocessing& spec) {
+                         int width, const Postprocessing& spec, PassOrder order) {
     if (n_classes < 1) throw InputError("postprocess needs n_classes >= 1, got " + std::to_string(n_classes));
     const size_t model_plane = static_cast<size_t>(model_height) * model_width;
     const size_t plane = static_cast<size_t>(height) * width;
@@ -29,7 +30,7 @@ Segmentation postprocess(const float* probabilities, int n_classes, int model_he
     result.probabilities.reserve(n_classes * plane);
     for (int c = 0; c < n_classes; ++c) {
         const std::vector<float> resized =
-            resize_bilinear(probabilities + c * model_plane, model_height, model_width, height, width);
+            resize_bilinear(probabilities + c * model_plane, model_height, model_width, height, width, order);
         result.probabilities.insert(result.probabilities.end(), resized.begin(), resized.end());
     }
     const float* probs = result.probabilities.data();  // (n_classes, H, W)
@@ -48,7 +49,7 @@ Segmentation postprocess(const float* probabilities, int n_classes, int model_he
 }
 
 std::vector<uint8_t> mask_at_size(const float* probabilities, int n_classes, int model_height, int model_width,
-                                  int height, int width, const Postprocessing& spec) {
+                                  int height, int width, const Postprocessing& spec, PassOrder order) {
     if (n_classes < 1) throw InputError("mask_at_size needs n_classes >= 1, got " + std::to_string(n_classes));
     constexpr size_t kStripBytes = size_t(1) << 24;
     const int strip = static_cast<int>(std::max<size_t>(1, kStripBytes / (sizeof(float) * std::max(width, 1))));
@@ -59,7 +60,7 @@ std::vector<uint8_t> mask_at_size(const float* probabilities, int n_classes, int
         const int end = std::min(height, begin + strip);
         uint8_t* out = &mask[static_cast<size_t>(begin) * width];
         std::vector<float> best =
-            resize_bilinear_rows(probabilities, model_height, model_width, height, width, begin, end);
+            resize_bilinear_rows(probabilities, model_height, model_width, height, width, begin, end, order);
         if (n_classes == 1) {
             for (size_t p = 0; p < best.size(); ++p) out[p] = best[p] > threshold ? 1 : 0;
             continue;
@@ -67,7 +68,7 @@ std::vector<uint8_t> mask_at_size(const float* probabilities, int n_classes, int
         std::fill(out, out + best.size(), uint8_t{0});
         for (int c = 1; c < n_classes; ++c) {  // first maximum wins on ties, as postprocess
             const std::vector<float> rows = resize_bilinear_rows(probabilities + c * model_plane, model_height,
-                                                                 model_width, height, width, begin, end);
+                                                                 model_width, height, width, begin, end, order);
             for (size_t p = 0; p < rows.size(); ++p)
                 if (rows[p] > best[p]) {
                     best[p] = rows[p];

@@ -101,6 +101,11 @@ std::vector<T> vertical_pass(const T* in, int height, int width, int channels, i
     return out;
 }
 
+/// `order` with PassOrder::Pillow replaced by the order Pillow 13 picks for these sizes.
+PassOrder resolved(PassOrder order, int height, int width, int out_height, int out_width) {
+    return order == PassOrder::Pillow ? pillow_pass_order(height, width, out_height, out_width) : order;
+}
+
 /// (H, W, C) -> (out_height, out_width, C), read from `pixels` without copying it first.
 template <typename T>
 std::vector<T> resize(const T* pixels, int height, int width, int channels, int out_height, int out_width,
@@ -111,7 +116,7 @@ std::vector<T> resize(const T* pixels, int height, int width, int channels, int 
     const bool horizontal = out_width != width;
     const bool vertical = out_height != height;
     if (!horizontal && !vertical) return std::vector<T>(pixels, pixels + static_cast<size_t>(height) * width * channels);
-    if (order == PassOrder::VerticalFirst && vertical) {
+    if (resolved(order, height, width, out_height, out_width) == PassOrder::VerticalFirst && vertical) {
         std::vector<T> middle = vertical_pass(pixels, height, width, channels, out_height);
         return horizontal ? horizontal_pass(middle.data(), out_height, width, channels, out_width) : middle;
     }
@@ -122,8 +127,14 @@ std::vector<T> resize(const T* pixels, int height, int width, int channels, int 
 
 }  // namespace
 
+PassOrder pillow_pass_order(int height, int width, int out_height, int out_width) {
+    const int64_t height_shrink = static_cast<int64_t>(height) - out_height;  // int64: no overflow in 2 * ...
+    const int64_t width_shrink = static_cast<int64_t>(width) - out_width;
+    return height_shrink > 0 && height_shrink > 2 * width_shrink ? PassOrder::VerticalFirst : PassOrder::HorizontalFirst;
+}
+
 std::vector<float> resize_bilinear_rows(const float* plane, int height, int width, int out_height, int out_width,
-                                        int row_begin, int row_end) {
+                                        int row_begin, int row_end, PassOrder order) {
     if (height < 1 || width < 1 || out_height < 1 || out_width < 1 || row_begin < 0 || row_end > out_height ||
         row_begin >= row_end)
         throw InputError("resize rows [" + std::to_string(row_begin) + ", " + std::to_string(row_end) + ") of " +
@@ -136,6 +147,14 @@ std::vector<float> resize_bilinear_rows(const float* plane, int height, int widt
         vertical = bilinear_taps(height, out_height);
         low = vertical.first[row_begin];
         high = vertical.first[row_end - 1] + vertical.count[row_end - 1];
+        if (resolved(order, height, width, out_height, out_width) == PassOrder::VerticalFirst) {
+            std::vector<float> rows(static_cast<size_t>(row_end - row_begin) * width);  // the vertical pass's rows
+            for (int y = row_begin; y < row_end; ++y)
+                for (int x = 0; x < width; ++x)
+                    rows[static_cast<size_t>(y - row_begin) * width + x] =
+                        filter_one(&plane[static_cast<size_t>(vertical.first[y]) * width + x], width, vertical, y);
+            return out_width != width ? horizontal_pass(rows.data(), row_end - row_begin, width, 1, out_width) : rows;
+        }
     }
     std::vector<float> rows(plane + static_cast<size_t>(low) * width, plane + static_cast<size_t>(high) * width);
     if (out_width != width) rows = horizontal_pass(rows.data(), high - low, width, 1, out_width);

@@ -10,6 +10,7 @@ namespace mrdl {
 
 Segmenter::Segmenter(const std::string& model_dir, const SegmenterOptions& options)
     : max_pixels_(options.max_pixels), with_probabilities_(options.with_probabilities) {
+    options.validate();
     if (!std::filesystem::is_directory(model_dir))
         throw ManifestError(model_dir + " is not a directory (expected a model directory written by mrdl-export)");
     manifest_ = Manifest::load((std::filesystem::path(model_dir) / "model.json").string());
@@ -76,20 +77,21 @@ std::vector<Segmentation> Segmenter::segment(const std::vector<ImageView>& image
         for (size_t k = 0; k < count; ++k) {
             const ImageView& image = images[whole[start + k]];
             results[whole[start + k]] =
-                finish(probabilities.data() + k * out_plane, pre.height, pre.width, image.height, image.width);
+                finish(probabilities.data() + k * out_plane, pre.height, pre.width, image.height, image.width,
+                       PassOrder::Pillow);
         }
     }
     return results;
 }
 
 Segmentation Segmenter::finish(const float* probabilities, int model_height, int model_width, int height,
-                               int width) const {
+                               int width, PassOrder order) const {
     if (with_probabilities_)
         return postprocess(probabilities, manifest_.n_classes, model_height, model_width, height, width,
-                           manifest_.postprocessing);
+                           manifest_.postprocessing, order);
     return Segmentation{height, width, manifest_.n_classes,
                         mask_at_size(probabilities, manifest_.n_classes, model_height, model_width, height, width,
-                                     manifest_.postprocessing),
+                                     manifest_.postprocessing, order),
                         {}};
 }
 
@@ -116,8 +118,8 @@ Segmentation Segmenter::segment_tiled(const ImageView& image, const std::vector<
     };
     const std::vector<float> stitched = stitch(resampled.view(), plan, run, model_size, manifest_.n_classes,
                                                manifest_.max_batch, pre.scale, tiling.blend);  // (C, h, w)
-    Segmentation result =
-        finish(stitched.data(), plan.resampled_size[0], plan.resampled_size[1], image.height, image.width);
+    Segmentation result = finish(stitched.data(), plan.resampled_size[0], plan.resampled_size[1], image.height,
+                                 image.width, PassOrder::HorizontalFirst);
     result.tiled = true;
     return result;
 }

@@ -117,10 +117,14 @@ int default_threads() {
     return std::max(1, limit ? std::min(cores, *limit) : cores);
 }
 
+void check_threads(int threads) {
+    if (threads < 0 || threads > kMaxThreads)
+        throw InputError("intra_op_threads must be an integer in [0, " + std::to_string(kMaxThreads) +
+                         "] (0: one per physical core available), got " + std::to_string(threads));
+}
+
 int resolve_threads(int threads) {
-    if (threads < 0)
-        throw InputError("intra_op_threads must be an integer >= 0 (0: one per physical core available), got " +
-                         std::to_string(threads));
+    check_threads(threads);
     return threads > 0 ? threads : default_threads();
 }
 

@@ -1,7 +1,11 @@
 // The example program: mrdl_segment MODEL_DIR IN.{png,tif} OUT.png writes mrdl_runtime's mask, from a PNG
 // and from a 16-bit tiled TIFF of the same pixels; with --tile/--no-tile/--overlap/--blend, mrdl_runtime's
-// tiled masks, and its summary line says which path ran.
+// tiled masks, and its summary line says which path ran. Bad arguments are refused before anything
+// runs: an OUT that is a folder, the input itself, not .png; unknown options; --threads above 1024.
 //   test_example MRDL_SEGMENT_EXE TEST_DATA_DIR
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +16,29 @@
 
 using namespace mrdl;
 using namespace mrdl::testing;
+
+namespace {
+
+struct Outcome {
+    int status = -1;     // the exit status; -1 when killed by a signal
+    std::string output;  // stdout and stderr together
+};
+
+Outcome run_command(const std::string& command) {
+    Outcome outcome;
+    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+    if (!pipe) return outcome;
+    char buffer[4096];
+    size_t read = 0;
+    while ((read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) outcome.output.append(buffer, read);
+    const int status = pclose(pipe);
+    outcome.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return outcome;
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
 
 int main(int argc, char** argv) {
     if (argc != 3) {
@@ -70,6 +97,50 @@ int main(int argc, char** argv) {
         check(std::system(threads.c_str()) != 0, "--threads -1 was accepted");
         check(std::system((threads.substr(0, threads.size() - 12) + " --overlap 1").c_str()) != 0,
               "--overlap 1 was accepted");
+    });
+    run("OUT is refused before running: a folder, the input image, not .png; unknown options named", [&] {
+        namespace fs = std::filesystem;
+        const std::string png = dir + "/" + segment.at("cases").at(0).at("png").get<std::string>();
+        const std::string prefix = "\"" + exe + "\" \"" + model + "\" ";
+        const fs::path folder = out_dir / "a_folder";
+        fs::create_directories(folder);
+        Outcome outcome = run_command(prefix + "\"" + png + "\" \"" + folder.string() + "\"");
+        check(outcome.status == 2 && contains(outcome.output, "is a directory"), "a folder OUT: " + outcome.output);
+        check(!fs::exists(folder.string() + ".tmp"), "a folder OUT left " + folder.string() + ".tmp");
+
+        const fs::path image = out_dir / "image.png";
+        fs::copy_file(png, image, fs::copy_options::overwrite_existing);
+        const auto before = fs::file_size(image);
+        const fs::path link = out_dir / "link.png";
+        fs::remove(link);
+        fs::create_symlink(image, link);
+        for (const std::string out : {image.string(), (out_dir / "." / "image.png").string(), link.string()}) {
+            outcome = run_command(prefix + "\"" + image.string() + "\" \"" + out + "\"");
+            check(outcome.status == 2 && contains(outcome.output, "is the input image"), "OUT == IN as " + out + ": " +
+                                                                                           outcome.output);
+        }
+        check(fs::file_size(image) == before && imageio::read_png(image.string()).pixels == imageio::read_png(png).pixels,
+              "the input image was overwritten");
+
+        outcome = run_command(prefix + "\"" + png + "\" \"" + (out_dir / "mask.jpg").string() + "\"");
+        check(outcome.status == 2 && contains(outcome.output, "OUT must be a .png file"), "a .jpg OUT: " + outcome.output);
+        check(!fs::exists(out_dir / "mask.jpg"), "a .jpg OUT was written");
+        outcome = run_command(prefix + "\"" + png + "\" \"" + (out_dir / "no_folder" / "mask.png").string() + "\"");
+        check(outcome.status == 2 && contains(outcome.output, "does not exist"), "OUT in a missing folder: " + outcome.output);
+
+        const std::string valid = prefix + "\"" + png + "\" \"" + (out_dir / "mask.png").string() + "\"";
+        outcome = run_command(valid + " --bogus");
+        check(outcome.status == 2 && contains(outcome.output, "unknown option --bogus") &&
+                  !contains(outcome.output, "needs a value"),
+              "--bogus: " + outcome.output);
+        outcome = run_command(valid + " --backend bogus");
+        check(outcome.status == 2 && contains(outcome.output, "--backend needs onnxruntime, tensorrt, openvino"),
+              "--backend bogus: " + outcome.output);
+        outcome = run_command("timeout 60 " + valid + " --threads 1000000");  // hung before the bound
+        check(outcome.status == 2 && contains(outcome.output, "--threads needs an integer in [0, 1024]"),
+              "--threads 1000000: " + outcome.output);
+        outcome = run_command("\"" + exe + "\" --help");
+        check(outcome.status == 0 && contains(outcome.output, "usage: mrdl_segment"), "--help: " + outcome.output);
     });
     std::filesystem::remove_all(out_dir);
     return finish();

@@ -1,6 +1,8 @@
 // mrdl::imageio's PNG reader decodes the shared vectors' PNG files (decode.json, written by Python)
-// to the same bytes as mrdl_runtime.imaging.read_image, and refuses bad files clearly.
+// to the same bytes as mrdl_runtime.imaging.read_image, and refuses bad files clearly; write_png's
+// atomic write leaves no temporary file when it fails.
 //   test_png VECTORS_DIR
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -55,6 +57,36 @@ int main(int argc, char** argv) {
                                  [&] { imageio::read_png(bad.string()); });
         fs::remove(bad);
         expect_error<InputError>("missing", "cannot open /nonexistent.png", [] { imageio::read_png("/nonexistent.png"); });
+    });
+    run("write_png writes through a temporary file that no failure leaves behind", [&] {
+        const fs::path folder = fs::temp_directory_path() / "mrdl_cpp_test_png_write";
+        fs::remove_all(folder);
+        fs::create_directories(folder / "a_folder.png");
+        const std::vector<uint8_t> mask{0, 255, 255, 0, 0, 255};  // (2, 3)
+        const ImageView view{mask.data(), 2, 3, 1};
+        const std::string written = (folder / "mask.png").string();
+        imageio::write_png(written, view);
+        check(imageio::read_png(written).pixels == std::vector<uint8_t>{0, 0, 0, 255, 255, 255, 255, 255, 255,
+                                                                        0, 0, 0, 0, 0, 0, 255, 255, 255},
+              "the written mask reads back");
+        const std::string target = (folder / "a_folder.png").string();
+        expect_error<InputError>("a directory", "cannot write " + target + ": it is a directory",
+                                 [&] { imageio::write_png(target, view); });
+        check(fs::is_directory(target) && fs::is_empty(target), "the folder is left as it was");
+        const std::string missing = (folder / "missing" / "mask.png").string();
+        expect_error<InputError>("a missing folder", "cannot write " + missing, [&] { imageio::write_png(missing, view); });
+        fs::create_directories(folder / "blocked.png.tmp");
+        const std::string blocked = (folder / "blocked.png").string();
+        expect_error<InputError>("a folder in the temporary file's place", "blocked.png.tmp exists and is not a file",
+                                 [&] { imageio::write_png(blocked, view); });
+        check(fs::is_directory(folder / "blocked.png.tmp"), "a folder named like the temporary file is not removed");
+        fs::remove(folder / "blocked.png.tmp");
+        std::vector<std::string> left;
+        for (const fs::directory_entry& entry : fs::directory_iterator(folder)) left.push_back(entry.path().filename());
+        std::sort(left.begin(), left.end());
+        check(left == std::vector<std::string>{"a_folder.png", "mask.png"},
+              "only the mask and the folder remain (no .tmp file)");
+        fs::remove_all(folder);
     });
     return finish();
 }

@@ -1,6 +1,7 @@
 // Pre- and postprocessing equal the Python runtime's on the vectors of make_test_data.py.
 //   test_processing TEST_DATA_DIR
 #include <algorithm>
+#include <array>
 
 #include "mrdl/processing.hpp"
 #include "mrdl/resample.hpp"
@@ -11,9 +12,10 @@ using namespace mrdl::testing;
 
 namespace {
 
-// Pillow >= 13 resizes some shapes vertically first (python-pillow/Pillow#9549); the rounding of the
-// intermediate uint8 image then differs by at most one level from the horizontal-first order that
-// the C++ runtime (and every earlier Pillow) uses. The deploy contract allows that.
+// Where the Python runtime runs on a Pillow older than 13, which always resizes horizontal first,
+// the shapes that Pillow 13 (and the C++ whole-image path, PassOrder::Pillow) resizes vertical first
+// (python-pillow/Pillow#9549) differ by at most one level of the intermediate uint8 image. The
+// deploy contract allows that; with Pillow 13 both are exact.
 constexpr float kOneLevel = 1.0f / 255.0f + 1e-7f;
 constexpr float kFloatTolerance = 1e-6f;
 
@@ -73,7 +75,8 @@ int main(int argc, char** argv) {
                   "mask_at_size (strips) differs from postprocess's mask");
             for (int begin = 0; begin < h; begin += 7) {  // any strip: the rows of the whole resize, bit for bit
                 const int end = std::min(h, begin + 7);
-                const std::vector<float> rows = resize_bilinear_rows(probs.data(), mh, mw, h, w, begin, end);
+                const std::vector<float> rows =
+                    resize_bilinear_rows(probs.data(), mh, mw, h, w, begin, end, PassOrder::Pillow);
                 const std::vector<float> whole(result.probabilities.begin() + static_cast<size_t>(begin) * w,
                                                result.probabilities.begin() + static_cast<size_t>(end) * w);
                 check(rows == whole, "resize_bilinear_rows [" + std::to_string(begin) + ", " + std::to_string(end) +
@@ -82,6 +85,26 @@ int main(int argc, char** argv) {
         });
     }
 
+    run("resize_bilinear_rows: any strip of either order is those rows of the whole resize", [] {
+        std::vector<float> plane(64 * 64);  // a ramp with a ripple: every pass rounds to float32
+        for (size_t i = 0; i < plane.size(); ++i) plane[i] = static_cast<float>(i % 64) / 63.0f + 0.01f * (i % 7);
+        for (const std::array<int, 2> size : {std::array<int, 2>{37, 53}, {70, 50}, {50, 70}, {64, 41}, {20, 64}})
+            for (const PassOrder order : {PassOrder::HorizontalFirst, PassOrder::VerticalFirst, PassOrder::Pillow}) {
+                const std::vector<float> whole = resize_bilinear(plane.data(), 64, 64, size[0], size[1], order);
+                for (int begin = 0; begin < size[0]; begin += 5) {
+                    const int end = std::min(size[0], begin + 5);
+                    const std::vector<float> rows =
+                        resize_bilinear_rows(plane.data(), 64, 64, size[0], size[1], begin, end, order);
+                    check(rows == std::vector<float>(whole.begin() + static_cast<size_t>(begin) * size[1],
+                                                     whole.begin() + static_cast<size_t>(end) * size[1]),
+                          "rows [" + std::to_string(begin) + ", " + std::to_string(end) + ") of 64x64 -> " +
+                              std::to_string(size[0]) + "x" + std::to_string(size[1]));
+                }
+            }
+        const std::vector<float> horizontal = resize_bilinear(plane.data(), 64, 64, 37, 53, PassOrder::HorizontalFirst);
+        const std::vector<float> vertical = resize_bilinear(plane.data(), 64, 64, 37, 53, PassOrder::VerticalFirst);
+        check(horizontal != vertical, "the two orders differ on 64x64 -> 37x53 (the test above tells them apart)");
+    });
     run("identity resize returns the input", [] {
         const std::vector<uint8_t> pixels{1, 2, 3, 4, 5, 6};
         const Image out = resize_bilinear(ImageView{pixels.data(), 1, 2, 3}, 1, 2);

@@ -1,5 +1,6 @@
 // The default thread count (mrdl/threads.hpp) on fake sysfs and cgroup trees, under a narrowed
-// affinity mask, and, given a Python with mrdl_runtime, equal to mrdl_runtime.threads.default_threads().
+// affinity mask, and, given a Python with mrdl_runtime, equal to mrdl_runtime.threads.default_threads();
+// counts above kMaxThreads refused by SegmenterOptions before a model is loaded.
 //   test_thread_count [PYTHON]
 #include <sched.h>
 
@@ -8,6 +9,7 @@
 #include <fstream>
 
 #include "mrdl/errors.hpp"
+#include "mrdl/segmenter.hpp"
 #include "mrdl/threads.hpp"
 #include "test_support.hpp"
 
@@ -95,11 +97,27 @@ int main(int argc, char** argv) {
         v1.write("cpu/cpu.cfs_quota_us", "150000\n");
         check(cgroup_cpu_limit(v1.path()) == 2, "v1 1.5 CPUs -> 2");
     });
-    run("0 means the default; a negative count is refused", [] {
+    run("0 means the default; a count outside [0, kMaxThreads] is refused", [] {
         check(resolve_threads(3) == 3, "3 stays 3");
         check(resolve_threads(0) == default_threads() && default_threads() >= 1, "0 is default_threads()");
-        expect_error<InputError>("negative", "intra_op_threads must be an integer >= 0 (0: one per physical core available), got -1",
+        check(kMaxThreads == 1024 && resolve_threads(kMaxThreads) == kMaxThreads, "kMaxThreads is accepted");
+        expect_error<InputError>("negative",
+                                 "intra_op_threads must be an integer in [0, 1024] (0: one per physical core available), got -1",
                                  [] { resolve_threads(-1); });
+        expect_error<InputError>("above the bound", "intra_op_threads must be an integer in [0, 1024]", [] {
+            resolve_threads(kMaxThreads + 1);
+        });
+    });
+    run("SegmenterOptions refuses the thread count before anything is loaded (no hang on --threads 1000000)", [] {
+        SegmenterOptions options;
+        options.intra_op_threads = 1000000;
+        const std::string message = "intra_op_threads must be an integer in [0, 1024] (0: one per physical core "
+                                    "available), got 1000000";
+        expect_error<InputError>("validate", message, [&] { options.validate(); });
+        expect_error<InputError>("Segmenter", message, [&] { Segmenter s("/nonexistent-model-dir", options); });
+        expect_error<InputError>("make_backend", message, [&] { make_backend("/nonexistent-model-dir", Manifest{}, options); });
+        options.intra_op_threads = kMaxThreads;
+        options.validate();
     });
     run("the affinity mask limits the count (taskset to one CPU: 1 thread)", [] {
         cpu_set_t saved;

@@ -50,7 +50,8 @@ struct MRDL_API SegmenterOptions {
     /// 0, the default, is one per physical core available to the process (default_threads() in
     /// mrdl/threads.hpp: affinity mask, SMT siblings once, cgroup quota; the Python runtime's rule);
     /// 1 runs each call on the calling thread alone, the usual choice when many threads share one
-    /// Segmenter. Ignored by the TensorRT backend. mrdl_segment --threads N.
+    /// Segmenter. At most kMaxThreads (1024, mrdl/threads.hpp). Ignored by the TensorRT backend.
+    /// mrdl_segment --threads N.
     int intra_op_threads = 0;
     /// OpenVINO only: mrdl_segment --hint latency|throughput.
     PerformanceHint hint = PerformanceHint::Latency;
@@ -63,6 +64,10 @@ struct MRDL_API SegmenterOptions {
     /// false: Segmentation::probabilities stays empty and the mask is computed in row strips, so the
     /// n_classes x H x W float probabilities of a large image never exist (mrdl_segment sets it).
     bool with_probabilities = true;
+
+    /// Throw InputError naming the accepted range when a field is out of it (intra_op_threads
+    /// outside [0, kMaxThreads]); Segmenter and make_backend call it before anything is loaded.
+    void validate() const;
 };
 
 /// A loaded model. `run` takes the image batch (B, 3, H, W) and, under fusion "addition", the

@@ -55,7 +55,9 @@ MRDL_IMAGEIO_API Image read_tiff(const std::string& path, size_t max_pixels = kD
 MRDL_IMAGEIO_API bool is_tiff(const std::string& path);
 
 /// Write an HxWxC uint8 image (C = 1 or 3) as an 8-bit gray or RGB PNG, through a temporary file
-/// (`path` + ".tmp") renamed into place, so `path` is never left half written.
+/// (`path` + ".tmp") renamed into place, so `path` is never left half written; on any failure (a
+/// `path` that is a directory, a missing folder, a full disk) the temporary file is removed and an
+/// InputError names `path`. PNG is the only format written, whatever `path`'s extension.
 MRDL_IMAGEIO_API void write_png(const std::string& path, const ImageView& image);
 
 }  // namespace mrdl::imageio

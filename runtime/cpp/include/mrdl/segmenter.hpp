@@ -63,8 +63,10 @@ private:
 
     Manifest manifest_;
     std::unique_ptr<Backend> backend_;
-    /// The mask (and, with_probabilities_, the probabilities) at height x width from (C, h, w) maps.
-    Segmentation finish(const float* probabilities, int model_height, int model_width, int height, int width) const;
+    /// The mask (and, with_probabilities_, the probabilities) at height x width from (C, h, w) maps,
+    /// resized in `order` (the whole-image path: PassOrder::Pillow; the tiled one: HorizontalFirst).
+    Segmentation finish(const float* probabilities, int model_height, int model_width, int height, int width,
+                        PassOrder order) const;
 
     size_t max_pixels_ = kDefaultMaxPixels;
     bool with_probabilities_ = true;

@@ -10,6 +10,11 @@
 
 namespace mrdl {
 
+/// The most CPU threads one model run may be given (SegmenterOptions::intra_op_threads): a fixed
+/// number, far above any CPU's cores and far below the count at which a runtime's thread pool
+/// exhausts memory or hangs; the Python runtime's mrdl_runtime.options.MAX_THREADS.
+constexpr int kMaxThreads = 1024;
+
 /// Where Linux describes the CPUs and this process's cgroup (parameters of the functions below, so
 /// that a test can hand them a fake tree).
 constexpr const char* kSysfsCpu = "/sys/devices/system/cpu";
@@ -36,7 +41,11 @@ MRDL_API std::optional<int> cgroup_cpu_limit(const std::string& cgroup_root = kC
 /// quota, at least 1. What a thread count of 0 means to every backend (SegmenterOptions::intra_op_threads).
 MRDL_API int default_threads();
 
-/// `threads` itself when positive, default_threads() for 0; a negative count is an InputError.
+/// Throw InputError naming the accepted range unless 0 <= threads <= kMaxThreads.
+MRDL_API void check_threads(int threads);
+
+/// `threads` itself when positive, default_threads() for 0; outside [0, kMaxThreads] an InputError
+/// (check_threads).
 MRDL_API int resolve_threads(int threads);
 
 }  // namespace mrdl

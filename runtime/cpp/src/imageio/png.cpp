@@ -8,6 +8,9 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <string>
+#include <system_error>
+#include <utility>
 #include <vector>
 
 #include <png.h>
@@ -88,6 +91,44 @@ std::string decode(std::FILE* file, size_t max_pixels, Decoded& out) {
     return "";
 }
 
+/// The temporary file of an atomic write: `target` + ".tmp", renamed onto `target` by commit() and
+/// removed when it goes out of scope uncommitted, whatever failed (the write, the rename, an exception).
+class TemporaryFile {
+public:
+    explicit TemporaryFile(std::string target) : target_(std::move(target)), path_(target_ + ".tmp") {
+        std::error_code error;
+        if (std::filesystem::exists(path_, error) && !std::filesystem::is_regular_file(path_, error))
+            throw InputError("cannot write " + target_ + ": its temporary file " + path_ +
+                             " exists and is not a file; remove it");
+    }
+    TemporaryFile(const TemporaryFile&) = delete;
+    TemporaryFile& operator=(const TemporaryFile&) = delete;
+    ~TemporaryFile() {
+        if (committed_) return;
+        std::error_code ignored;
+        std::filesystem::remove(path_, ignored);
+    }
+
+    const std::string& path() const { return path_; }
+
+    void commit() {
+        std::error_code error;
+        std::filesystem::rename(path_, target_, error);
+        if (error) {
+            std::error_code ignored;
+            const bool folder = std::filesystem::is_directory(target_, ignored);
+            throw InputError("cannot write " + target_ + ": " +
+                             (folder ? "it is a directory; give the path of a file" : error.message()));
+        }
+        committed_ = true;
+    }
+
+private:
+    std::string target_;
+    std::string path_;
+    bool committed_ = false;
+};
+
 }  // namespace
 
 Image read_png(const std::string& path, size_t max_pixels) {
@@ -115,12 +156,10 @@ void write_png(const std::string& path, const ImageView& image) {
     info.width = static_cast<png_uint_32>(image.width);
     info.height = static_cast<png_uint_32>(image.height);
     info.format = image.channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
-    const std::string temporary = path + ".tmp";
-    if (!png_image_write_to_file(&info, temporary.c_str(), 0, image.data, 0, nullptr)) {
-        std::remove(temporary.c_str());
+    TemporaryFile temporary(path);
+    if (!png_image_write_to_file(&info, temporary.path().c_str(), 0, image.data, 0, nullptr))
         throw InputError("cannot write " + path + ": " + info.message);
-    }
-    std::filesystem::rename(temporary, path);
+    temporary.commit();
 }
 
 }  // namespace mrdl::imageio
