@@ -15,8 +15,9 @@ sources document (VECTORS.md, "Pass order"):
   as floats at the input resolution, and the strips do not change a single value (each intermediate
   row depends on its own input row only).
 
-The two agree exactly when at most one axis shrinks; when both do, they may differ by one grey
-level on some pixels (Pillow 13 then runs the vertical pass first on many sizes).
+The two agree exactly unless Pillow 13 picks the other order: it runs the vertical pass first when the
+height shrinks by more than twice as many pixels as the width (VECTORS.md, "Pass order"; e.g. 70x50 -> 64x64,
+where the width grows); then they may differ by one grey level on some pixels.
 """
 
 from __future__ import annotations
