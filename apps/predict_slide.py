@@ -34,13 +34,14 @@ def predict_slide(model_dir: Path, slides: tuple[str, ...], out_dir: Path, serve
                   **fields) -> None:
     """Segment SLIDES (files, folders or CSV lists of paths) with the model exported to MODEL_DIR."""
     from mrdl_runtime import MrdlError, Segmenter, load_manifest
-    from mrdl_runtime.slide import SlideSegmenter, slide_paths
+    from mrdl_runtime.slide import SlideSegmenter, prepare_out_dir, slide_paths
     from mrdl_runtime.slide_reader import SlideError
 
     try:
         load_options, client_options = build(LoadOptions, fields), build(ClientOptions, fields)
         options = build(SlideOptions, fields).with_fields(progress=progress)
         paths = slide_paths(list(slides))
+        prepare_out_dir(out_dir)  # an unwritable --out fails once, before the model loads
         if server is None:
             model = Segmenter.load(model_dir, load_options)
             segmenter = SlideSegmenter.in_process(model)

@@ -48,13 +48,15 @@ class AtomicFile:
     """A temporary file beside ``path`` that a writer fills over time, then :meth:`commit` renames onto ``path``.
 
     For writers that stay open across calls (a streaming GeoJSON writer); :func:`atomic_path` is the
-    same for one block. The file is created with ``mode`` less the umask.
+    same for one block. The file is created with ``mode`` less the umask, in ``folder`` when given (a
+    folder of the caller's on the same file system, so that a killed write's leftover is found and
+    removed with it), else beside ``path``.
     """
 
-    def __init__(self, path: str | Path, *, mode: int = 0o666) -> None:
+    def __init__(self, path: str | Path, *, mode: int = 0o666, folder: str | Path | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary = _create_temporary(self.path.parent, mode)
+        self.temporary = _create_temporary(self.path.parent if folder is None else Path(folder), mode)
 
     def commit(self) -> None:
         """Flush the temporary file to disk and rename it onto ``path``."""
@@ -68,13 +70,14 @@ class AtomicFile:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; fsync it and rename it onto ``path`` only if the block succeeds.
+def atomic_path(path: str | Path, *, mode: int = 0o666, folder: str | Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (or in ``folder``, as :class:`AtomicFile`); fsync it and rename
+    it onto ``path`` only if the block succeeds.
 
     The file is created with ``mode`` less the umask, as ``open(path, "w")`` does for 0o666 (pass
-    0o600 for a private file). Missing parent folders are created.
+    0o600 for a private file). Missing parent folders of ``path`` are created.
     """
-    file = AtomicFile(path, mode=mode)
+    file = AtomicFile(path, mode=mode, folder=folder)
     try:
         yield file.temporary
         file.commit()

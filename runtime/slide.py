@@ -15,11 +15,14 @@ memory, as the tiled runtime (docs/tiling.md) would segment the whole slide as o
    accumulators one band high, the rows no later window touches are finished and appended to an
    uncompressed intermediate file, and the overlap rows carry to the next band.
 4. **Outputs.** The intermediate is turned into a pyramidal OME-TIFF mask (and probabilities as
-   uint8, when asked) and QuPath GeoJSON, strip by strip, through temporary names.
+   uint8, when asked) and QuPath GeoJSON, strip by strip, through temporary names in the slide's
+   partial folder (so a killed run's leftovers go with that folder).
 5. **Resume.** After a band, every ``checkpoint_seconds`` (2 s), the carried rows and the band count
    are saved atomically beside the intermediate (after the rows are fsynced); ``resume=True`` checks the
    saved files and continues from the last save, giving the same bytes as one run, or starts over with a
    warning when they are missing, short or unreadable. A slide that fails removes its partial folder.
+   One run at a time writes a slide into a folder: the stem's lock (:func:`~mrdl_runtime.slide_state.writing_lock`)
+   is held from before the partial folder is touched until the record is written.
 
 Memory: a band of grid rows, its level rows and the accumulators, twice (one band read ahead),
 plus a 1/16-area copy of the mask for the OME-TIFF pyramid; nothing holds a whole level.
@@ -51,7 +54,7 @@ from .options import OptionsBase, check_fields, option
 from .resample import axis_taps, horizontal_pass, vertical_pass_uint8
 from .slide_ometiff import write_ome_tiff
 from .slide_reader import SlideError, SlideLevel, SlideReader, choose_level
-from .slide_state import STATE_VERSION, Intermediate, UnusableState
+from .slide_state import STATE_VERSION, Intermediate, UnusableState, writing_lock
 from .slide_tissue import THUMBNAIL_SIDE, TissueMask, tissue_mask
 from .tiling import (BLEND_MODES, DEFAULT_OVERLAP, MAX_OVERLAP, TileOptions, blend_weights, padded_to_window,
                      resampled_size, window_starts)
@@ -208,23 +211,20 @@ def _mpp_text(mpp: tuple[float, float]) -> str:
     return f"{x} um/px" if x == y else f"{x}x{y} um/px"
 
 
-def slide_paths(inputs: list[str | Path]) -> list[Path]:
-    """Slides from ``inputs``: files, folders (their files with a slide suffix, sorted) and CSV lists (the
-    ``path`` column, or the first one; relative paths from the CSV's folder; a UTF-8 BOM, as spreadsheet
-    programs write, is not part of the header). A missing one is an error. A slide named twice (``a.svs
-    ./a.svs``, a folder and a list) is segmented once: its first mention counts."""
-    import csv
+# Header names of the column holding the slide paths in a CSV list (compared without case), most specific first.
+PATH_COLUMNS = ("path", "slide_path", "filepath", "file_path", "filename", "file_name", "file", "slide", "image")
 
+
+def slide_paths(inputs: list[str | Path]) -> list[Path]:
+    """Slides from ``inputs``: files, folders (their files with a slide suffix, sorted) and CSV lists
+    (:func:`csv_slide_paths`). A missing input, and a folder or list that names no slide, are errors. A
+    slide named twice (``a.svs ./a.svs``, a folder and a list) is segmented once: its first mention counts."""
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.iterdir() if p.is_file() and p.name.lower().endswith(SLIDE_SUFFIXES)
-                            and not p.name.lower().endswith(OUTPUT_SUFFIXES))
+            found += folder_slide_paths(item)
         elif item.suffix.lower() == ".csv" and item.is_file():
-            with open(item, newline="", encoding="utf-8-sig") as handle:
-                rows = [row for row in csv.reader(handle) if row and row[0].strip()]
-            column = rows[0].index("path") if rows and "path" in rows[0] else 0
-            found += [(item.parent / row[column].strip()) for row in rows[1 if rows and "path" in rows[0] else 0:]]
+            found += csv_slide_paths(item)
         elif item.is_file():
             found.append(item)
         else:
@@ -240,6 +240,92 @@ def slide_paths(inputs: list[str | Path]) -> list[Path]:
             raise SlideError(f"{clash} and {path} would write the same outputs ({slide_stem(path)}.*); "
                              "segment them into different --out folders")
     return found
+
+
+def folder_slide_paths(folder: Path) -> list[Path]:
+    """The files of ``folder`` with a slide suffix (not this tool's outputs), sorted; a folder without any is
+    an error naming the suffixes looked for and what the folder holds (subfolders are not searched)."""
+    entries = list(folder.iterdir())
+    files = [path for path in entries if path.is_file()]
+    slides = sorted(path for path in files if path.name.lower().endswith(SLIDE_SUFFIXES)
+                    and not path.name.lower().endswith(OUTPUT_SUFFIXES))
+    if slides:
+        return slides
+    kinds: dict[str, int] = {}
+    for path in files:
+        kind = next((suffix for suffix in OUTPUT_SUFFIXES if path.name.lower().endswith(suffix)),
+                    path.suffix.lower() or "suffix-less")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    held = [f"{count} {kind} file{'s' if count > 1 else ''}"
+            for kind, count in sorted(kinds.items(), key=lambda item: (-item[1], item[0]))]  # most first
+    folders = len(entries) - len(files)
+    if folders:
+        held.append(f"{folders} folder{'s' if folders > 1 else ''} (not searched)")
+    holds = f"it holds {', '.join(held)}" if held else "it is empty"
+    raise SlideError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in {folder}: {holds}; other formats are not "
+                     "read (docs/slides.md, Limits)")
+
+
+def csv_slide_paths(path: Path) -> list[Path]:
+    """The slides a CSV list names: UTF-8 text (a byte-order mark, as spreadsheet programs write, is
+    dropped); blank lines and lines starting with ``#`` are skipped; a first row naming one of
+    :data:`PATH_COLUMNS` (any case) is the header and picks the column, otherwise every row is a slide
+    in the first column. Relative paths are from the CSV's folder. A row without a value in that column,
+    text that is not UTF-8 and malformed CSV are errors naming the file and line."""
+    import csv
+    import io
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        encoding = "UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
+        raise SlideError(f"{path} line {line}: the list is {encoding} text (byte 0x{raw[exc.start]:02x}); expected "
+                         "UTF-8: save it as 'CSV UTF-8' (or convert it: iconv -t UTF-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for row in reader:
+            cells = [cell.strip() for cell in row]
+            if any(cells) and not cells[0].startswith("#"):
+                rows.append((reader.line_num, cells))
+    except csv.Error as exc:
+        raise SlideError(f"{path} line {reader.line_num}: not a readable CSV list ({exc})") from None
+    column, name = 0, None
+    if rows:
+        header = [cell.lower() for cell in rows[0][1]]
+        known = next((known for known in PATH_COLUMNS if known in header), None)
+        if known is not None:
+            column = header.index(known)
+            name, rows = rows[0][1][column], rows[1:]
+    found = []
+    for line, cells in rows:
+        value = cells[column] if column < len(cells) else ""
+        if not value:
+            what = "path" if name is None else f"'{name}' value"
+            raise SlideError(f"{path} line {line}: no {what} (the row has {len(cells)} column"
+                             f"{'s' if len(cells) != 1 else ''}, the path is in column {column + 1})")
+        found.append(path.parent / value)
+    if not found:
+        raise SlideError(f"{path} names no slides (a '{PATH_COLUMNS[0]}' column, or paths in the first column)")
+    return found
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir``, created if missing and checked writable (a file is made there and removed): an output folder
+    that cannot be written fails once, with one message, before a model is loaded or a slide is read."""
+    import tempfile
+
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise SlideError(f"cannot write to --out {out_dir} ({exc.strerror or exc}); choose a folder you can "
+                         "write to") from None
+    return out_dir
 
 
 def _keeps_partial(error: Exception) -> bool:
@@ -310,9 +396,14 @@ class SlideSegmenter:
         model's resolution), ``<stem>.probabilities.ome.tif`` (with ``probabilities``), ``<stem>.geojson``
         (``.geojson.gz`` with ``gzip``) and ``<stem>.json`` (this run's record)."""
         start = time.perf_counter()
-        path, out_dir = Path(path), Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        path, out_dir = Path(path), prepare_out_dir(out_dir)
         stem = slide_stem(path)
+        with writing_lock(out_dir, stem):
+            return self._predict_locked(path, out_dir, stem, options, start)
+
+    def _predict_locked(self, path: Path, out_dir: Path, stem: str, options: SlideOptions,
+                        start: float) -> SlideResult:
+        """:meth:`predict_slide` with the stem's lock held: only this run reads or removes its partial folder."""
         work: Intermediate | None = None
         try:
             with SlideReader(path, mpp=options.mpp) as reader:
@@ -333,9 +424,9 @@ class SlideSegmenter:
             if work is not None and not _keeps_partial(exc):
                 shutil.rmtree(work.folder, ignore_errors=True)  # a failed slide leaves nothing half-done behind
             raise
-        shutil.rmtree(work.folder, ignore_errors=True)
         result.seconds = time.perf_counter() - start
-        self._write_record(out_dir / f"{stem}.json", result, options)
+        self._write_record(out_dir / f"{stem}.json", result, options, work.folder)
+        shutil.rmtree(work.folder, ignore_errors=True)
         return result
 
     @staticmethod
@@ -486,12 +577,12 @@ class SlideSegmenter:
             scale = plan.level0_per_mask_pixel
             geojson = GeoJSONWriter(out_dir / name, width=plan.grid[1], height=plan.grid[0], scale=scale,
                                     class_names=list(self.manifest.classes), gzip=options.gzip,
-                                    min_area_px=options.min_area_px)
+                                    min_area_px=options.min_area_px, temporary_folder=work.folder)
             result.outputs["geojson"] = name
         mask_name = f"{stem}.mask.ome.tif"
         try:
             write_ome_tiff(out_dir / mask_name, lambda _plane, a, b: work.read_rows(0, a, b), size=plan.grid,
-                           planes=1, mpp=plan.mask_mpp, uuid=identity,
+                           planes=1, mpp=plan.mask_mpp, uuid=identity, temporary_folder=work.folder,
                            on_rows=None if geojson is None else lambda first, rows: geojson.add_band(first, rows))
         except BaseException:
             if geojson is not None:
@@ -503,12 +594,12 @@ class SlideSegmenter:
         if options.probabilities:
             name = f"{stem}.probabilities.ome.tif"
             write_ome_tiff(out_dir / name, lambda plane, a, b: work.read_rows(1 + plane, a, b), size=plan.grid,
-                           planes=self.manifest.n_classes, mpp=plan.mask_mpp,
+                           planes=self.manifest.n_classes, mpp=plan.mask_mpp, temporary_folder=work.folder,
                            uuid=str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, f"mrdl-slide-probabilities:{key}")),
                            channel_names=list(self.manifest.classes[-self.manifest.n_classes:]))
             result.outputs["probabilities"] = name
 
-    def _write_record(self, path: Path, result: SlideResult, options: SlideOptions) -> None:
+    def _write_record(self, path: Path, result: SlideResult, options: SlideOptions, temporary_folder: Path) -> None:
         record = {"slide": str(result.slide), "slide_size": list(result.slide_size), "mpp": list(result.mpp),
                   "mpp_source": result.mpp_source, "level": result.level.index, "level_size": list(result.level.size),
                   "level_mpp": list(result.level.mpp), "mask_size": list(result.grid),
@@ -520,5 +611,5 @@ class SlideSegmenter:
                   "resumed_bands": result.resumed_bands, "objects": result.objects, "outputs": result.outputs,
                   "warnings": result.warnings,
                   "settings": options.output_settings()}
-        with atomic_path(path) as temporary:
+        with atomic_path(path, folder=temporary_folder) as temporary:
             temporary.write_text(json.dumps(record, indent=2) + "\n")

@@ -194,11 +194,13 @@ class GeoJSONWriter:
     ``class_names[k]`` names mask value ``k`` (entry 0, the background, is never written).
     Objects under ``min_area_px`` mask pixels are dropped. ``object_type`` is QuPath's
     ``"detection"`` (nuclei, cells) or ``"annotation"``. Use as a context manager, or call
-    :meth:`close` (which writes the file) or :meth:`abort` (which leaves nothing behind).
+    :meth:`close` (which writes the file) or :meth:`abort` (which leaves nothing behind). The file is
+    written to a temporary name in ``temporary_folder`` (default: beside ``path``) and renamed on close.
     """
 
     def __init__(self, path: str | Path, *, width: int, height: int, scale: float | tuple[float, float],
-                 class_names: list[str], gzip: bool = False, min_area_px: int = 0, object_type: str = "detection"):
+                 class_names: list[str], gzip: bool = False, min_area_px: int = 0, object_type: str = "detection",
+                 temporary_folder: str | Path | None = None):
         if width < 1 or height < 1:
             raise ValueError(f"GeoJSONWriter: width and height must be positive, got {width}x{height}")
         scale_yx = (scale, scale) if np.isscalar(scale) else tuple(scale)  # type: ignore[arg-type]
@@ -221,9 +223,10 @@ class GeoJSONWriter:
         self._next_id = 0
         self._carried = tuple(np.zeros(0, np.int64) for _ in range(5))  # last row's runs: rows, x0, x1, class, id
         self._open = tuple(np.zeros(0, np.int64) for _ in range(5))  # runs of open objects: rows, x0, x1, class, id
-        self._atomic = AtomicFile(self.path)
+        self._atomic = AtomicFile(self.path, folder=temporary_folder)
         raw = open(self._atomic.temporary, "wb")
-        self._file = gzip_module.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip else raw
+        # filename="": the gzip header names no file (not the random temporary name), so reruns give the same bytes
+        self._file = gzip_module.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) if gzip else raw
         self._raw = raw
         self._file.write(b'{"type":"FeatureCollection","features":[')
 

@@ -32,9 +32,10 @@ def pyramid_levels(size: tuple[int, int]) -> int:
 
 def write_ome_tiff(path: str | Path, read_rows: Callable[[int, int, int], np.ndarray], *, size: tuple[int, int],
                    planes: int, mpp: tuple[float, float], uuid: str, channel_names: list[str] | None = None,
-                   on_rows: Callable[[int, np.ndarray], None] | None = None) -> None:
+                   on_rows: Callable[[int, np.ndarray], None] | None = None,
+                   temporary_folder: str | Path | None = None) -> None:
     """Write ``planes`` uint8 planes of ``size`` (height, width) to ``path`` (through a temporary name,
-    renamed once complete).
+    in ``temporary_folder`` when given, else beside ``path``; renamed once complete).
 
     ``read_rows(plane, first, stop)`` returns rows [first, stop) of one plane as (stop-first, width)
     uint8; ``on_rows(first, rows)`` (optional) sees plane 0's rows once, top to bottom, as they are
@@ -71,7 +72,8 @@ def write_ome_tiff(path: str | Path, read_rows: Callable[[int, int, int], np.nda
     if channel_names and planes > 1:
         metadata["Channel"] = {"Name": list(channel_names)}
     common = {"tile": (TILE, TILE), "compression": "zlib", "photometric": "minisblack", "resolutionunit": "CENTIMETER"}
-    with atomic_path(path) as temporary, tifffile.TiffWriter(temporary, bigtiff=True, ome=True) as writer:
+    with atomic_path(path, folder=temporary_folder) as temporary, \
+            tifffile.TiffWriter(temporary, bigtiff=True, ome=True) as writer:
         writer.write(tiles(), shape=shape, dtype=np.uint8, subifds=levels, metadata=metadata,
                      resolution=(1e4 / mpp[1], 1e4 / mpp[0]), **common)
         level = reduced

@@ -10,9 +10,10 @@ tiffslide parses it, then the TIFF resolution tags of that image; a level's mpp 
 the level's downsample along each axis (its size ratio, as OpenSlide). A slide without any, or
 whose only resolution is a desktop default (72/96/150/300 pixels per inch), whose recorded value is
 not a positive number, or finer than :data:`MIN_MPP` (a unit mix-up) is refused unless the caller
-gives ``mpp``: nothing runs at a guessed scale. Pixels other than 8-bit RGB or grey are refused
-when the slide is opened; a tile that fails to decode later is a :class:`SlideError` naming the
-level and the tile, whichever codec failed.
+gives ``mpp``: nothing runs at a guessed scale. The image's layout comes from tifffile's axes of it
+(:data:`READABLE_LAYOUTS`: grey, RGB(A) interleaved or planar-separate, three channel planes). Pixels
+other than 8-bit RGB or grey are refused when the slide is opened; a tile that fails to decode later
+is a :class:`SlideError` naming the level and the tile, whichever codec failed.
 
 Needs the ``slide`` extra (``pip install 'mrdl[slide]'``: tiffslide, tifffile, imagecodecs).
 """
@@ -96,31 +97,59 @@ def _recorded(value: object, name: str) -> float:
     return number
 
 
+def _ome_images(ome_xml: str) -> list[ElementTree.Element | None]:
+    """The ``Pixels`` element of each OME ``Image`` (None for an Image without one); [] for XML that does not parse."""
+    try:
+        root = ElementTree.fromstring(ome_xml)
+    except ElementTree.ParseError:
+        return []
+    return [next((child for child in element if child.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+            for element in root if element.tag.rsplit("}", 1)[-1] == "Image"]
+
+
+def _declared_size(pixels: ElementTree.Element) -> tuple[str | None, str | None]:
+    return pixels.get("SizeY"), pixels.get("SizeX")
+
+
 def _ome_pixels(ome_xml: str, image: int, size: tuple[int, int] | None) -> ElementTree.Element | None:
     """The ``Pixels`` element of OME ``Image`` number ``image`` (tifffile numbers its series in the XML's
     Image order), or None. With ``size`` (height, width), an Image of another size is not the one read
     (tifffile skips an Image it cannot map, shifting the numbers): the first Image of that size is taken."""
-    try:
-        root = ElementTree.fromstring(ome_xml)
-    except ElementTree.ParseError:
-        return None
-    found = [next((child for child in element if child.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-             for element in root if element.tag.rsplit("}", 1)[-1] == "Image"]
+    found = _ome_images(ome_xml)
     if size is None:
         return found[image] if image < len(found) else None
-
-    def same_size(element: ElementTree.Element) -> bool:
-        return (element.get("SizeY"), element.get("SizeX")) == (str(size[0]), str(size[1]))
-
-    if image < len(found) and found[image] is not None and same_size(found[image]):
+    wanted = (str(size[0]), str(size[1]))
+    if image < len(found) and found[image] is not None and _declared_size(found[image]) == wanted:
         return found[image]
-    return next((element for element in found if element is not None and same_size(element)), None)
+    return next((element for element in found if element is not None and _declared_size(element) == wanted), None)
+
+
+def ome_mpp_unused(ome_xml: str | None, image: int = 0, size: tuple[int, int] | None = None) -> str | None:
+    """Why an OME PhysicalSize that the file records is not the resolution of image ``image`` of level-0
+    ``size`` (height, width): recorded on one axis only, or for an Image whose declared size differs from
+    the pixels read; None when there is no PhysicalSize to explain (or it is used)."""
+    found = _ome_images(ome_xml) if ome_xml else []
+    pixels = _ome_pixels(ome_xml, image, size) if ome_xml else None
+    if pixels is not None:
+        recorded = [axis for axis in ("X", "Y") if pixels.get(f"PhysicalSize{axis}") is not None]
+        if len(recorded) == 1:
+            missing = "Y" if recorded == ["X"] else "X"
+            return (f"OME PhysicalSize{recorded[0]} = {pixels.get(f'PhysicalSize{recorded[0]}')} but no "
+                    f"PhysicalSize{missing}")
+        return None
+    declared = found[image] if image < len(found) else None
+    if size is None or declared is None or all(declared.get(f"PhysicalSize{axis}") is None for axis in "XY"):
+        return None
+    height, width = _declared_size(declared)
+    return (f"OME Image {image} records a PhysicalSize but declares {width}x{height} pixels (SizeX x SizeY), "
+            f"while the TIFF image holds {size[1]}x{size[0]}, so it is not this image's resolution")
 
 
 def ome_mpp(ome_xml: str | None, image: int = 0, size: tuple[int, int] | None = None) -> tuple[float, float] | None:
     """(y, x) microns per pixel from OME ``Image`` number ``image``'s PhysicalSizeY/X (with their units),
-    checked against the image's level-0 ``size`` (height, width) when given; None when not recorded.
-    A recorded size that is not a positive number is a :class:`SlideError`."""
+    checked against the image's level-0 ``size`` (height, width) when given; None when not recorded (or
+    not usable, :func:`ome_mpp_unused` says why). A recorded size that is not a positive number is a
+    :class:`SlideError`."""
     pixels = _ome_pixels(ome_xml, image, size) if ome_xml else None
     if pixels is None or pixels.get("PhysicalSizeX") is None or pixels.get("PhysicalSizeY") is None:
         return None
@@ -184,20 +213,49 @@ def _check_fine_enough_to_be_real(mpp: tuple[float, float], source: str) -> None
                          "as microns)? give the slide's microns per pixel with --mpp (e.g. --mpp 0.25 for a 40x scan)")
 
 
-def _rgb_able(series) -> bool:
-    """Whether tiffslide could read ``series`` as a slide: a 2-D grey or 3-D colour image."""
-    return series.ndim in (2, 3) and series.axes in ("YX", "YXS", "CYX")
+# The layouts read as a slide (tifffile's axes, length-1 axes dropped) and the channel counts each may hold:
+# Y rows, X columns, S a pixel's samples (interleaved YXS, or planar-separate SYX: RGB, RGBA whose alpha is
+# dropped), C channels stored as separate grey planes (an OME-TIFF's CYX: three are read as R, G, B).
+READABLE_LAYOUTS = {"YX": (1,), "YXS": (3, 4), "SYX": (3, 4), "CYX": (3,)}
 
 
-def _pixel_count(series) -> int:
-    shape = series.shape
-    return int(shape[1] * shape[2]) if series.axes.startswith("C") else int(shape[0] * shape[1])
+def _channels(series) -> int:
+    """The channels (samples, or channel planes) per pixel of ``series``: 1 without an S or C axis."""
+    axes = str(series.axes)
+    channel_axes = [index for index, axis in enumerate(axes) if axis in "SC"]
+    return int(np.prod([series.shape[index] for index in channel_axes])) if channel_axes else 1
+
+
+def _image_pixels(series) -> int:
+    """Level-0 pixels (rows x columns) of an image series; 0 for a series without both a Y and an X axis."""
+    axes = str(series.axes)
+    if "Y" not in axes or "X" not in axes:
+        return 0
+    return int(series.shape[axes.index("Y")] * series.shape[axes.index("X")])
+
+
+def layout_problem(series) -> str | None:
+    """Why ``series`` cannot be read as a brightfield slide (its axes or channel count), or None when it can.
+    Decided from tifffile's axes of the series, never guessed from its shape."""
+    axes, channels = str(series.axes), _channels(series)
+    expected = "expected an RGB, RGBA or grey brightfield image"
+    if axes not in READABLE_LAYOUTS:
+        return (f"the slide's image has axes {axes} (shape {tuple(series.shape)}), not one 2-D picture; {expected} "
+                f"(tifffile axes {', '.join(READABLE_LAYOUTS)}): save the plane to segment as its own RGB TIFF")
+    if channels not in READABLE_LAYOUTS[axes]:
+        kind = "channel planes" if "C" in axes else "samples per pixel"
+        return (f"the slide's image holds {channels} {kind} (axes {axes}), as a fluorescence or multiplex image does; "
+                f"{expected} ({' or '.join(map(str, READABLE_LAYOUTS[axes]))} {kind} in this layout): "
+                "convert the slide to RGB")
+    return None
 
 
 def largest_image(series_list, default: int) -> int:
-    """The index of the series with the most level-0 pixels among those readable as a slide (the first of
-    equals); ``default`` when none is. A label or overview image stored first is never the slide."""
-    candidates = [(index, _pixel_count(series)) for index, series in enumerate(series_list) if _rgb_able(series)]
+    """The index of the series with the most level-0 pixels (the first of equals), whatever its layout: a
+    label or overview image stored first is never taken for the slide, and a main image that cannot be read
+    is refused (:func:`layout_problem`), not replaced by a smaller one. ``default`` when no series is an image."""
+    candidates = [(index, _image_pixels(series)) for index, series in enumerate(series_list)]
+    candidates = [candidate for candidate in candidates if candidate[1] > 0]
     if not candidates:
         return default
     return max(candidates, key=lambda candidate: (candidate[1], -candidate[0]))[0]
@@ -219,15 +277,20 @@ class SlideReader:
             raise SlideError("no such slide file", slide=self.path)
         try:
             self._slide = tiffslide.TiffSlide(str(self.path))
+            self._properties = self._read_properties()
             self.image = self._choose_image()
             self._series = self._slide.ts_tifffile.series[self.image]
-            self._arrays = self._level_arrays()
+            self.axes = str(self._series.axes)
+            problem = layout_problem(self._series)
+            self._arrays = [] if problem else self._level_arrays()
         except Exception as exc:  # tifffile/tiffslide raise many types for a file that is not a slide
             if isinstance(exc, MemoryError):
                 raise
             raise SlideError(f"not a readable slide (SVS, pyramidal TIFF or OME-TIFF): {exc}", slide=self.path) from exc
-        self.axes = str(self._series.axes)
+        self._channels_first = self.axes[0] in "SC"  # (channels, rows, columns): SYX, CYX
         try:
+            if problem:
+                raise SlideError(problem)
             self._check_pixels()
             base_mpp, self.mpp_source = self._level0_mpp(mpp)
         except SlideError as exc:
@@ -243,11 +306,22 @@ class SlideReader:
         self._held: tuple[int, int, int, np.ndarray] | None = None  # (level, first row, stop row, rows) of rows()
         self.largest_read = 0  # the most pixels one region read has decoded (tests bound it)
 
+    def _read_properties(self) -> dict:
+        """tiffslide's properties; for a file whose first image tiffslide cannot describe (planar-separate
+        RGB, axes SYX, or a stack), only the format, from tifffile: this reader then reads the image itself."""
+        try:
+            return dict(self._slide.properties)
+        except NotImplementedError:
+            self._tiffslide_reads = False
+            return {"tiffslide.vendor": "aperio" if self._slide.ts_tifffile.is_svs else None}
+
+    _tiffslide_reads = True  # whether tiffslide describes the file's first image (its zarr group can be used)
+
     def _tiffslide_image(self) -> int:
-        return int(self._slide.properties.get("tiffslide.series-index") or 0)
+        return int(self._properties.get("tiffslide.series-index") or 0)
 
     def _picks_largest_image(self) -> bool:
-        return self._slide.properties.get("tiffslide.vendor") not in _VENDORS_WITH_THEIR_OWN_IMAGE
+        return self._properties.get("tiffslide.vendor") not in _VENDORS_WITH_THEIR_OWN_IMAGE
 
     def _choose_image(self) -> int:
         """The series to read. tiffslide reads series 0 of a generic or OME TIFF, which some converters fill
@@ -259,9 +333,10 @@ class SlideReader:
 
     def _level_arrays(self) -> list:
         """The zarr array of each level of the image read: tiffslide's when it reads that image; otherwise
-        (tiffslide cannot be told which series to read) tifffile's zarr store of the series, as tiffslide
-        opens it (a single-level series is one array, a pyramid a group of levels "0", "1", ...)."""
-        if self.image == self._tiffslide_image():
+        (tiffslide cannot be told which series to read, or cannot describe the file's first image)
+        tifffile's zarr store of the series, as tiffslide opens it (a single-level series is one array,
+        a pyramid a group of levels "0", "1", ...)."""
+        if self._tiffslide_reads and self.image == self._tiffslide_image():
             group = self._slide.zarr_group
             return [group[str(index)] for index in range(self._slide.level_count)]
         import zarr
@@ -285,19 +360,15 @@ class SlideReader:
                 raise SlideError(f"level {index} has photometric interpretation {photometric}; expected RGB "
                                  "(or YCbCr, or grey MINISBLACK) brightfield pixels: convert the slide to RGB",
                                  slide=self.path)
-            samples = getattr(keyframe, "samplesperpixel", 3)
-            if samples not in (1, 3, 4):
-                raise SlideError(f"level {index} has {samples} samples per pixel; expected 3 (RGB), 4 (RGBA) or "
-                                 "1 (grey)", slide=self.path)
 
     def tile_height(self, level: int) -> int:
         """The height of ``level``'s tiles (or strips): the rows one decode step yields."""
         chunks = self._arrays[level].chunks
-        return int(chunks[1] if self.axes.startswith("S") else chunks[0])
+        return int(chunks[1] if self._channels_first else chunks[0])
 
     def _shape(self, level: int) -> tuple[int, int]:
         shape = self._arrays[level].shape
-        return (shape[1], shape[2]) if self.axes.startswith("S") else (shape[0], shape[1])
+        return (shape[1], shape[2]) if self._channels_first else (shape[0], shape[1])
 
     def _level0_mpp(self, override: float | tuple[float, float] | None) -> tuple[tuple[float, float], str]:
         """Level 0's (y, x) mpp and where it came from: ``override`` (--mpp), else the file's metadata; a value
@@ -319,7 +390,7 @@ class SlideReader:
         """Level 0's mpp from the most trusted record the file has: Aperio's MPP (the scanner's own), OME
         PhysicalSize of the image read (a converter or editor may leave 72 dpi tags beside it), a vendor
         format's own record as tiffslide parses it (Philips, Leica), and last the image's TIFF tags."""
-        tiff, properties = self._slide.ts_tifffile, self._slide.properties
+        tiff, properties = self._slide.ts_tifffile, self._properties
         vendor = properties.get("tiffslide.vendor")
         if vendor == "aperio":
             aperio = aperio_mpp(self._series.keyframe.description)
@@ -335,9 +406,13 @@ class SlideReader:
         tags = tag_mpp(self._series.keyframe)
         if tags is not None:
             return tags, "TIFF resolution tags"
+        advice = "give it with --mpp MICRONS_PER_PIXEL (e.g. --mpp 0.25 for a 40x scan)"
+        unused = ome_mpp_unused(getattr(tiff, "ome_metadata", None), self.image, self._shape(0))
+        if unused is not None:
+            raise SlideError(f"the slide records no usable resolution: {unused} (and no Aperio MPP or TIFF "
+                             f"resolution tags); {advice}", slide=self.path)
         raise SlideError("the slide records no resolution (no Aperio MPP, OME PhysicalSize or TIFF resolution "
-                         "tags); give it with --mpp MICRONS_PER_PIXEL (e.g. --mpp 0.25 for a 40x scan)",
-                         slide=self.path)
+                         f"tags); {advice}", slide=self.path)
 
     def read(self, level: int, rows: tuple[int, int], columns: tuple[int, int]) -> np.ndarray:
         """Rows [r0, r1) and columns [c0, c1) of ``level`` (inside it) -> (r1-r0, c1-c0, 3) uint8 RGB;
@@ -349,8 +424,8 @@ class SlideReader:
                              slide=self.path)
         self.largest_read = max(self.largest_read, (r1 - r0) * (c1 - c0))
         region = self._decode(level, rows, columns)
-        if self.axes.startswith("S"):
-            region = region.transpose(1, 2, 0)
+        if self._channels_first:
+            region = region.transpose(1, 2, 0)  # (channels, rows, columns) -> (rows, columns, channels)
         if region.ndim == 2:
             region = region[:, :, None]
         if region.dtype != np.uint8:
@@ -379,13 +454,13 @@ class SlideReader:
         """The zarr selection of a region (decoded when turned into an array)."""
         (r0, r1), (c0, c1) = rows, columns
         array = self._arrays[level]
-        return array[:, r0:r1, c0:c1] if self.axes.startswith("S") else array[r0:r1, c0:c1]
+        return array[:, r0:r1, c0:c1] if self._channels_first else array[r0:r1, c0:c1]
 
     def _failing_tile(self, level: int, rows: tuple[int, int], columns: tuple[int, int]) -> tuple[int, int] | None:
         """The first tile of the region that fails to decode alone, as its (y, x) corner in level pixels;
         None when each decodes (the failure was elsewhere). Only run after a failure."""
         chunks = self._arrays[level].chunks
-        tile_h, tile_w = (chunks[1], chunks[2]) if self.axes.startswith("S") else (chunks[0], chunks[1])
+        tile_h, tile_w = (chunks[1], chunks[2]) if self._channels_first else (chunks[0], chunks[1])
         height, width = self.levels[level].size
         for top in range(rows[0] // tile_h * tile_h, rows[1], tile_h):
             for left in range(columns[0] // tile_w * tile_w, columns[1], tile_w):

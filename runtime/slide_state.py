@@ -6,6 +6,10 @@ output settings), how many bands are finished and the file holding the accumulat
 into the next band. The row files are fsynced before the state that counts their rows is written,
 so a crash never leaves a state claiming rows that are not on disk; a resumed run checks every file
 the state names (size, readability) and reads them back to continue with the same arithmetic.
+
+One run at a time writes a slide's outputs into a folder: :func:`writing_lock` holds an exclusive lock
+per output stem, and the files a run writes are made under temporary names inside its partial folder,
+so that what a killed run leaves behind is removed with that folder (or by the next run's resume).
 """
 
 from __future__ import annotations
@@ -13,14 +17,50 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, is_temporary_name
 from .errors import MrdlError
+from .slide_reader import SlideError
 
 STATE_VERSION = 1
+
+
+@contextmanager
+def writing_lock(out_dir: Path, stem: str) -> Iterator[None]:
+    """Hold, for the block, the right to write ``stem``'s outputs and partial folder in ``out_dir``: an
+    exclusive, non-blocking ``flock`` on ``out_dir/.<stem>.lock``. A second run writing the same stem there
+    fails at once with a :class:`SlideError`. The kernel releases a lock when its process dies, so a lock
+    file that a killed run leaves blocks nothing. The file is removed on exit while still locked; a run
+    that locked a file removed meanwhile (its inode no longer at the path) locks the new one instead."""
+    import fcntl
+
+    path = out_dir / f".{stem}.lock"
+    while True:
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise SlideError(f"another mrdl predict-slide is writing {stem} in {out_dir} (it holds {path.name}); "
+                             "wait for it to finish, or segment into another --out") from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(handle.fileno())
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
 
 
 class UnusableState(MrdlError):
@@ -47,6 +87,7 @@ class Intermediate:
         done = state.get("bands_done")
         if not isinstance(done, int) or done < 0:
             raise UnusableState(f"its state.json holds bands_done={done!r}, expected a count of bands")
+        self._remove_temporaries()
         expected = self.grid[0] * self.grid[1]
         for name in self.names:
             try:
@@ -76,7 +117,15 @@ class Intermediate:
                                 "(classes, rows, width) and (rows, width)")
         return num, den
 
+    def _remove_temporaries(self) -> None:
+        """Remove the temporary files (:func:`~mrdl_runtime.atomic.is_temporary_name`) a killed run left in
+        the folder: a state or carry file, an output being written. Only with the stem's lock held."""
+        for leftover in self.folder.iterdir():
+            if is_temporary_name(leftover.name) and leftover.is_file():
+                leftover.unlink(missing_ok=True)
+
     def create(self) -> None:
+        """Start over: an empty folder with zero-filled row files (what an earlier run left is removed)."""
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True)
         for name in self.names:
