@@ -1,7 +1,9 @@
 """``mrdl-export`` / ``mrdl export``: a thin click layer over :class:`mrdl_export.Exporter`.
 
 Its options are built from :class:`mrdl_export.ExportOptions`' fields (flag, help, choices, range
-and default, all written there once), plus ``--ckpt``, ``--out`` and ``--print``.
+and default, all written there once), plus ``--ckpt``, ``--out`` and ``--print``. An INT8-only
+option given without ``--int8`` is refused, even at its default value. The export's warnings
+(:attr:`mrdl_export.ExportResult.warnings`) go to stderr and into the ``--print`` summary.
 
 Exit codes: 0 exported and verified; 1 bad input or a failed step (parity gate, TensorRT
 check, an ``--out`` it must not replace); 2 usage error (click); 3 TensorRT or a CUDA GPU is
@@ -19,13 +21,14 @@ import click
 
 from mrdl_apps.extras import require_extra
 from mrdl_apps.options import CONTEXT_SETTINGS, field_options, version_option
-from mrdl_export.options import ExportOptions
+from mrdl_export.options import INT8_ONLY, ExportOptions, check_int8_only
 from mrdl_runtime.atomic import stop_on_sigterm_as_on_ctrl_c
 
 EXIT_FAILURE = 1
 EXIT_TENSORRT_MISSING = 3
 EXIT_INTERRUPTED = 130
 _PATH = click.Path(path_type=Path)
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)  # set by the user
 
 
 def export_options(function):
@@ -84,6 +87,7 @@ def format_summary(result) -> str:
                  f"deploy {folding['flops_deploy'] / 1e9:.3f} G "
                  f"(saved {folding['flops_saved'] / 1e6:.1f} M, {100 * saved:.2f}%)")
     lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    lines.extend(f"warning: {warning}" for warning in result.warnings)
     return "\n".join(lines)
 
 
@@ -97,8 +101,11 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None
 
     from mrdl_apps.errors import os_error_line
 
+    given = [name for name in INT8_ONLY if context.get_parameter_source(name) in _GIVEN]
     try:
-        result = Exporter(ExportOptions(progress=True, **options)).run(ckpt, out)
+        export_options = ExportOptions(progress=True, **options)
+        check_int8_only(export_options, given=given)
+        result = Exporter(export_options).run(ckpt, out)
     except TensorRTUnavailable as exc:
         click.echo(f"mrdl-export: {exc}", err=True)
         context.exit(EXIT_TENSORRT_MISSING)
@@ -116,6 +123,8 @@ def run_export(*, ckpt: Path, out: Path, print_summary: bool, **options) -> None
     fp32 = result.parity["fp32"]
     click.echo(f"exported {ckpt} -> {result.out_dir} ({files}); "
                f"FP32 parity max|d| {fp32.max_abs_diff:.2e}, Dice {fp32.dice_agreement:.4f}")
+    for warning in result.warnings:
+        click.echo(f"mrdl-export: warning: {warning}", err=True)
     if options.get("triton") is not None:
         click.echo(f"Triton model repository: {options['triton']} (tritonserver --model-repository {options['triton']})")
     if print_summary:

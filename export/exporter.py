@@ -5,7 +5,8 @@ then dispatches the steps, each a method:
 
 * :meth:`~Exporter.deploy_module`: the checkpoint (matmul phase) reduced to inference, constants folded;
 * :meth:`~Exporter.onnx`: the ONNX graph, its export-safety checks and the phase sign probe;
-* :meth:`~Exporter.gate`: parity against the checkpoint in PyTorch, and the drift from its trained phase;
+* :meth:`~Exporter.gate`: parity against the checkpoint in PyTorch, and the drift from its trained phase (with
+  a warning in :attr:`ExportResult.warnings` when the checkpoint's masks are one class everywhere);
 * :meth:`~Exporter.variants`: the INT8 and FP16 models, each compared with the same reference;
 * :meth:`~Exporter.tensorrt`: the TensorRT compatibility report and the optional engine;
 * :meth:`~Exporter.manifest`: the manifest, embedded into each ONNX file, then every artifact hashed
@@ -58,6 +59,7 @@ class ExportResult:
     phase_check: dict[str, float] = field(default_factory=dict)
     training_phase_parity: ParityResult | None = None  # FP32 ONNX vs the checkpoint's own (fft) phase
     int8: dict[str, Any] | None = None  # INT8 recipe, FP32 islands, sensitivity search and task-accuracy gate
+    warnings: list[str] = field(default_factory=list)  # what passed but proves less than it seems (mrdl-export prints)
 
 
 @dataclass
@@ -102,6 +104,7 @@ class _Job:
     int8: dict[str, Any] = field(default_factory=dict)  # INT8 recipe, search and accuracy (manifest int8_quantization)
     engine: dict[str, Any] | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Exporter:
@@ -164,7 +167,7 @@ class Exporter:
                             trt_report=job.report, int8_path=published("int8"), fp16_path=published("fp16"),
                             engine_path=published("tensorrt"), sizes=sizes, timings=job.timings,
                             phase_check=job.phase_check, training_phase_parity=job.phase_drift,
-                            int8=job.int8 or None)
+                            int8=job.int8 or None, warnings=job.warnings)
 
     def deploy_module(self, job: _Job) -> None:
         """``job.deploy``: the checkpoint reduced to what inference needs (:mod:`mrdl_export.deploy`)."""
@@ -198,10 +201,12 @@ class Exporter:
         differ by float rounding at near-zero DFT bins, where the phase is ill-conditioned: on a
         trained ``small`` model that alone moves a few probabilities by 1e-2 (masks agree to
         1e-5), while the export itself stays near 1e-6. That drift is measured too, gated on masks.
+        When the checkpoint's masks are one class on every parity image, the mask agreement is
+        trivially perfect and the gate proves little: that passes, with a warning in ``job.warnings``.
         """
         from mrdl.data.sources import EVALUATION_SPLITS
 
-        from .parity import compare, ground_truth, onnx_probabilities, reference_probabilities
+        from .parity import compare, constant_prediction, ground_truth, onnx_probabilities, reference_probabilities
 
         options, model = self.options, job.model
         trained_phase = job.config.model.phase  # the checkpoint's own phase implementation (usually fft)
@@ -209,6 +214,12 @@ class Exporter:
             mark = time.perf_counter()
             inputs, source, names = _model_inputs(job.config, data=options.data, count=options.parity_images)
             job.reference = _Reference(inputs, source, reference_probabilities(model, inputs))
+            constant = constant_prediction(job.reference.probabilities)
+            if constant:
+                job.warnings.append(f"{job.ckpt}: {constant} on all {len(inputs[0])} parity images ({source}), so the "
+                                    "parity gate compares constant masks and proves little. Untrained, or diverged "
+                                    "to huge weights? Check the checkpoint on its validation images (mrdl evaluate), "
+                                    "or give --data images it should segment")
             fp32_probabilities = onnx_probabilities(job.folder / job.artifacts["fp32"], inputs)
             job.reference.fp32_probabilities = fp32_probabilities
             if options.int8:

@@ -13,6 +13,12 @@ Exporter choice (compared on the ``tiny`` and ``base`` deploy modules with torch
   mean changing the model code for one exporter, so we keep the exporter that takes the model
   as written. ``exporter="torchscript"`` stays selectable to re-run the comparison.
 
+Opsets 18..20 only: the dynamo exporter emits opset-18 ops (Reduce*/Split take their axes as inputs)
+and reaches an older opset only through onnx's version converter, which fails on this graph
+(``axes_input_to_attribute``: "No initializer or constant input"). That converter's warnings, a
+full traceback among them, are muted during the export; :func:`check_export_safe` reports the
+opset the graph really imports in one line.
+
 Constant folding uses onnx's own tooling (the onnxscript optimiser behind
 ``ONNXProgram.optimize``), not onnxruntime's offline optimiser: the latter's saved graph adds
 nodes and imports onnxruntime-only domains that TensorRT does not parse (node counts in
@@ -21,15 +27,20 @@ docs/measurements.md).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Iterator
 
 from mrdl_runtime.errors import MrdlError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MIN_OPSET = 18  # the dynamo exporter's own opset; onnx's version converter cannot take this graph below it
 MAX_OPSET = 20  # TensorRT 10's ONNX parser covers opsets 9..20
 EXPORTERS = ("dynamo", "torchscript")
 FORBIDDEN_OPS = {"DFT", "STFT", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
@@ -50,15 +61,17 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path,
                 exporter: str = "dynamo") -> Path:
     """Export ``module`` to ``path`` (one file, dynamic batch axis), then check and infer shapes."""
     import onnx
+    import torch
 
-    if opset > MAX_OPSET:
-        raise ValueError(f"opset {opset} is above {MAX_OPSET}, the newest TensorRT 10 parses")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}: {MAX_OPSET} is the newest "
+                         f"TensorRT 10 parses, {MIN_OPSET} the oldest this model exports to")
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     names = input_names(len(inputs))
     path = Path(path)
     module = module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_version_converter():
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1)
             program = torch.onnx.export(module, inputs, input_names=names, output_names=["probabilities"],
@@ -76,6 +89,18 @@ def export_onnx(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path,
     onnx.save_model(model, str(path), save_as_external_data=False)
     check_export_safe(model, opset=opset)
     return path
+
+
+@contextmanager
+def _quiet_version_converter() -> Iterator[None]:
+    """Mute onnxscript's version converter, which logs a failed conversion as a warning with a traceback."""
+    logger = logging.getLogger("onnxscript.version_converter")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def opset_version(model) -> int:

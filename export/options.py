@@ -4,19 +4,23 @@
 them once. ``mrdl-export`` builds its command-line options from these fields: the flag, help,
 choices and range live in each field's metadata (:func:`mrdl_runtime.options.option`, the one field
 helper of every options dataclass), the default in the field, so neither is written twice. Fields
-marked ``cli=False`` are library-only.
+marked ``cli=False`` are library-only. The INT8-only fields (:data:`INT8_ONLY`) are refused without
+``int8`` when they differ from their defaults (``mrdl-export`` also when given on the command line
+at all): they would be ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Iterable
 
-from mrdl_runtime.manifest import PRECISIONS
-from mrdl_runtime.options import check_fields, option
+from mrdl_runtime.manifest import MAX_BATCH, PRECISIONS
+from mrdl_runtime.options import check_fields, command_line_flag, option
 
 from .errors import ExportError
 from .manifest import parse_source_mpp, parse_source_size
+from .onnx_export import MAX_OPSET, MIN_OPSET
 from .parity import DEFAULT_ATOL, DEFAULT_MAX_DICE_DROP, DEFAULT_MIN_DICE
 from .quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_INT8_TARGET, INT8_TARGETS, KEEP_CHOICES, KEEP_FP32
 from .tensorrt_build import EngineOptions
@@ -61,10 +65,11 @@ class ExportOptions:
         None, "Engine precision (default: int8 with --int8, else fp16 with --fp16, else fp32).", choices=PRECISIONS)
     min_batch: int = option(1, "TensorRT profile: smallest batch.")
     opt_batch: int | None = option(None, "TensorRT profile: batch to tune for (default: midpoint).")
-    max_batch: int = option(16, "Largest batch (TensorRT profile and manifest max_batch).", low=1)
+    max_batch: int = option(16, "Largest batch (TensorRT profile and manifest max_batch).", low=1, high=MAX_BATCH)
     workspace_mb: int = option(2048, "TensorRT workspace limit in MiB.", flag="--workspace")
     timing_cache: Path | None = option(None, "TensorRT timing cache file (read, then updated).")
-    opset: int = option(20, "ONNX opset (<= 20).", low=13, high=20)
+    opset: int = option(MAX_OPSET, f"ONNX opset: TensorRT 10 parses up to {MAX_OPSET}, the exporter reaches down to "
+                                   f"{MIN_OPSET} (mrdl_export.onnx_export).", low=MIN_OPSET, high=MAX_OPSET)
     force: bool = option(
         False, "Replace an existing deploy directory written by mrdl-export (never a folder with other files).")
     # Triton serving (issue 13): a model repository written from the published deploy directory.
@@ -102,6 +107,7 @@ class ExportOptions:
         from . import tensorrt_build
 
         check_fields(self, error=ExportError)
+        check_int8_only(self)
         try:
             self.engine_options().validate()
         except ValueError as exc:
@@ -132,3 +138,20 @@ class ExportOptions:
                 except FileNotFoundError as exc:
                     raise ExportError(str(exc)) from exc
         return self
+
+
+INT8_ONLY = ("calib_data", "calib_images", "calib_method", "int8_target", "int8_keep_fp32", "int8_max_dice_drop",
+             "int8_min_dice")  # the fields that set up the INT8 model, and do nothing without it
+
+
+def check_int8_only(options: ExportOptions, *, given: Iterable[str] = ()) -> None:
+    """Refuse, without ``int8``, an INT8-only field (:data:`INT8_ONLY`) that differs from its default or is
+    named in ``given`` (the fields a command line set explicitly, to its default value or not)."""
+    if options.int8:
+        return
+    given = set(given)
+    for option_field in fields(options):
+        if option_field.name in INT8_ONLY and (option_field.name in given
+                                               or getattr(options, option_field.name) != option_field.default):
+            raise ExportError(f"{command_line_flag(option_field)} needs --int8 (int8=True): it only sets up the "
+                              "INT8 model; add --int8 or drop it")

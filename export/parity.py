@@ -119,6 +119,18 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, source: str, thresh
                         images=len(reference), source=source)
 
 
+def constant_prediction(probabilities: np.ndarray, *, threshold: float = 0.5) -> str | None:
+    """What is constant about (B, K, H, W) probabilities whose masks are one class on every pixel of every image
+    (e.g. "every mask is class 0 (probabilities 0.46 to 0.47)"): a model that ignores its input, for which any two
+    runtimes' masks agree trivially; None when the masks vary."""
+    classes = np.unique(masks_of(probabilities, threshold=threshold))
+    if len(classes) > 1:
+        return None
+    low, high = float(np.min(probabilities)), float(np.max(probabilities))
+    spread = f"every probability {low:.3g}" if low == high else f"probabilities {low:.3g} to {high:.3g}"
+    return f"every mask is class {int(classes[0])} everywhere ({spread})"
+
+
 # ----------------------------------------------------------------------------- task accuracy (INT8 gate)
 
 DEFAULT_MAX_DICE_DROP = 0.5  # points of task Dice (x100) an INT8 model may lose against FP32

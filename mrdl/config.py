@@ -2,13 +2,19 @@
 
 A config file holds three sections, ``model``, ``loss`` and ``train``; any key left out takes
 the dataclass default. ``load_config("base")`` reads ``mrdl/configs/base.json``; a path to a
-JSON file works too.
+JSON file works too. A config also travels inside checkpoints, so every value is checked before a
+model is built: its type (JSON gives ``"64"`` or ``true`` as easily as ``64``) and its range, with
+upper bounds on every size (:data:`MODEL_LIMITS`, :data:`TEXT_LIMITS`) so an edited
+``image_size`` of 2**20 is refused by name instead of allocating 137 GB.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,19 @@ PHASE_MODES = ("fft", "matmul")
 
 class ConfigError(MrdlError, ValueError):
     """A config that cannot describe a valid model."""
+
+
+# Ranges [low, high] of the sizes (checked by :func:`check_section`): the upper bounds lie far above the named
+# configs (base: 224 px, base_width 64, 8 heads; text 77 x 512, 8 heads, 12 layers: open_clip's ViT-B-32) and
+# far below the sizes whose weights alone exhaust a machine's memory (the deepest width is 8 * base_width).
+MODEL_LIMITS = {"image_size": (32, 4096), "in_channels": (1, 64), "base_width": (2, 512),
+                "num_learnable": (2, 1024),  # K >= 2 to estimate a std
+                "n_classes": (1, 256),  # masks are uint8
+                "heads": (1, 64), "mlp_ratio": (0.25, 16.0), "variance_eps": (1e-12, 1.0),
+                "learnable_init_noise": (0.0, 100.0)}
+TEXT_LIMITS = {"context_length": (1, 1024), "vocab_size": (1, 1_000_000), "width": (1, 4096), "heads": (1, 64),
+               "layers": (1, 64)}
+TRAIN_LIMITS = {"batch_size": (1, 65536), "num_workers": (0, 1024)}
 
 
 @dataclass(frozen=True)
@@ -65,16 +84,17 @@ class ModelConfig:
         return self.grid_size**2
 
     def validate(self) -> None:
-        if self.image_size % 16 or self.image_size < 32:
-            raise ConfigError(f"image_size must be a multiple of 16 and >= 32, got {self.image_size}")
-        if self.base_width % 2 or self.base_width < 2:
-            raise ConfigError(f"base_width must be an even number >= 2, got {self.base_width}")
+        check_section(self.text, "model.text", TEXT_LIMITS)
+        check_section(self, "model", MODEL_LIMITS)
+        if self.text.width % self.text.heads:
+            raise ConfigError(f"model.text.width ({self.text.width}) must be divisible by model.text.heads "
+                              f"({self.text.heads})")
+        if self.image_size % 16:
+            raise ConfigError(f"model.image_size must be a multiple of 16, got {self.image_size}")
+        if self.base_width % 2:
+            raise ConfigError(f"model.base_width must be an even number, got {self.base_width}")
         if self.base_width % self.heads:
-            raise ConfigError(f"base_width ({self.base_width}) must be divisible by heads ({self.heads})")
-        if self.num_learnable < 2:
-            raise ConfigError(f"num_learnable (K) must be >= 2 to estimate a std, got {self.num_learnable}")
-        if self.n_classes < 1:
-            raise ConfigError(f"n_classes must be >= 1, got {self.n_classes}")
+            raise ConfigError(f"model.base_width ({self.base_width}) must be divisible by model.heads ({self.heads})")
         if self.fusion not in FUSION_MODES:
             raise ConfigError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
         if self.phase not in PHASE_MODES:
@@ -128,6 +148,7 @@ class TrainConfig:
     min_delta_mode: str = "absolute"
 
     def validate(self) -> None:
+        check_section(self, "train", TRAIN_LIMITS)
         if self.batch_size < 1 or self.epochs < 0 or self.patience < 1:
             raise ConfigError(f"train needs batch_size >= 1, epochs >= 0, patience >= 1; got {self.batch_size}, "
                               f"{self.epochs}, {self.patience}")
@@ -167,7 +188,31 @@ class MRDLConfig:
         return dataclasses.replace(self, model=model)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+@functools.cache
+def _field_types(cls: type) -> dict[str, type]:
+    return typing.get_type_hints(cls)
+
+
+def check_section(section: Any, where: str, limits: dict[str, tuple[float, float]]) -> None:
+    """Refuse a field of the config dataclass ``section`` whose value is not of the field's type (an int for
+    ``int``, a finite int or float for ``float``, text for ``str``; never a bool) or outside its ``limits``."""
+    for config_field in dataclasses.fields(section):
+        name, value = config_field.name, getattr(section, config_field.name)
+        kind = _field_types(type(section))[name]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{where}.{name} must be an integer, got {value!r}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise ConfigError(f"{where}.{name} must be a finite number, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise ConfigError(f"{where}.{name} must be a string, got {value!r}")
+        if name in limits and not limits[name][0] <= value <= limits[name][1]:
+            low, high = limits[name]
+            raise ConfigError(f"{where}.{name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a JSON object of settings, got {values!r:.80}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -176,10 +221,17 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> MRDLConfig:
-    """Build a validated config from a (possibly partial) nested dict."""
+    """Build a validated config from a (possibly partial) nested dict; :class:`ConfigError` names what is wrong."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object with sections model, loss, train; got {data!r:.80}")
     data = dict(data)
     name = data.pop("name", "custom")
-    model = dict(data.pop("model", {}))
+    if not isinstance(name, str):
+        raise ConfigError(f"a config's name must be a string, got {name!r:.80}")
+    model = data.pop("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError(f"model must be a JSON object of settings, got {model!r:.80}")
+    model = dict(model)
     text = _build(TextTowerConfig, model.pop("text", {}), "model.text")
     cfg = MRDLConfig(
         name=name,
@@ -190,6 +242,7 @@ def config_from_dict(data: dict[str, Any]) -> MRDLConfig:
     if data:
         raise ConfigError(f"unknown section(s) {sorted(data)}; expected model, loss, train")
     cfg.model.validate()
+    check_section(cfg.loss, "loss", {})
     cfg.train.validate()
     return cfg
 

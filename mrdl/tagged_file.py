@@ -46,6 +46,28 @@ def shape_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.T
             for name, tensor in expected.items() if name in given and given[name].shape != tensor.shape]
 
 
+def dtype_mismatches(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:
+    """One line per tensor present in both whose dtype cannot stand for the expected one: name, found and expected
+    dtype. A floating-point tensor may be given in any floating dtype (loading casts it); any other must match."""
+    return [f"tensor {name!r} has dtype {given[name].dtype}, expected {tensor.dtype}"
+            for name, tensor in expected.items() if name in given and given[name].dtype != tensor.dtype
+            and not (tensor.is_floating_point() and given[name].is_floating_point())]
+
+
+def non_finite_tensors(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> list[str]:
+    """One line per floating tensor of ``given`` holding inf or NaN once cast to its ``expected`` dtype (a float64
+    value beyond float32's range becomes inf): name and how many such values."""
+    problems = []
+    for name, tensor in given.items():
+        if tensor.is_floating_point():
+            cast = tensor.to(expected[name].dtype) if name in expected else tensor
+            bad = int((~torch.isfinite(cast)).sum())
+            if bad:
+                problems.append(f"tensor {name!r} holds {bad} inf or NaN value{'s' if bad > 1 else ''}"
+                                + (f" (as {cast.dtype})" if cast.dtype != tensor.dtype else ""))
+    return problems
+
+
 def write_tagged(path: str | Path, tensors: dict[str, torch.Tensor], *, file_format: str,
                  metadata: dict[str, str]) -> Path:
     """Write ``tensors`` (moved to the CPU, contiguous) with ``metadata``, the format tag and the digest, atomically."""

@@ -63,3 +63,90 @@ def test_phase_override_keeps_weights(tiny_model, tmp_path):
     with torch.no_grad():
         a, b = tiny_model.eval()(x).logits, model.eval()(x).logits
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def _rewritten(source, target, *, tensors=None, config=None):
+    """``source`` with some tensors replaced (None: removed) and/or its ``mrdl.config`` text replaced, re-signed."""
+    from safetensors import safe_open
+
+    from mrdl.tagged_file import write_tagged
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k in ("mrdl.config", "mrdl.provenance")}
+        state = {name: handle.get_tensor(name) for name in handle.keys()}
+    state.update(tensors or {})
+    if config is not None:
+        metadata["mrdl.config"] = config
+    return write_tagged(target, state, file_format="mrdl-checkpoint/1", metadata=metadata)
+
+
+@pytest.mark.parametrize("value, dtype, message", [
+    (float("inf"), torch.float32, "tensor 'decoder.head.weight' holds 1 inf or NaN value$"),
+    (float("nan"), torch.float32, "tensor 'decoder.head.weight' holds 1 inf or NaN value$"),
+    (1e300, torch.float64, r"tensor 'decoder.head.weight' holds 1 inf or NaN value \(as torch.float32\)$"),
+])
+def test_non_finite_weights_are_refused_by_name(tiny_model, tmp_path, value, dtype, message):
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
+    weight = tiny_model.decoder.head.weight.detach().to(dtype).clone()
+    weight.view(-1)[0] = value
+    bad = _rewritten(path, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
+    with pytest.raises(CheckpointError, match="is unusable: " + message.rstrip("$")) as caught:
+        load_checkpoint(bad)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.uint8, torch.int32])
+def test_non_floating_weights_are_refused_naming_the_expected_dtype(tiny_model, tmp_path, dtype):
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
+    weight = (tiny_model.decoder.head.weight.detach() * 100).to(dtype)
+    bad = _rewritten(path, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
+    with pytest.raises(CheckpointError, match=f"tensor 'decoder.head.weight' has dtype {dtype}, expected torch.float32"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_precisions_are_cast_to_float32(tiny_model, tmp_path, dtype):
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
+    state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tiny_model.state_dict().items()}
+    model, _ = load_checkpoint(_rewritten(path, tmp_path / "cast.safetensors", tensors=state))
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == tiny_model.state_dict()[name].dtype, name
+        assert torch.equal(tensor, state[name].to(tensor.dtype)), name
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"model": 5}', "model must be a JSON object of settings, got 5"),
+    ("[]", "a config must be a JSON object"),
+    ('"tiny"', "a config must be a JSON object"),
+    ('{"model": {"image_size": 1048576}}', r"model.image_size must be in \[32, 4096\], got 1048576"),
+    ('{"model": {"base_width": 100000, "heads": 2}}', r"model.base_width must be in \[2, 512\]"),
+    ('{"model": {"heads": 0}}', r"model.heads must be in \[1, 64\], got 0"),
+    ('{"model": {"image_size": "64"}}', "model.image_size must be an integer, got '64'"),
+    ('{"model": {"mlp_ratio": NaN}}', "model.mlp_ratio must be a finite number, got nan"),
+    ('{"model": {"text": {"layers": 100000}}}', r"model.text.layers must be in \[1, 64\]"),
+    ('{"model": {"text": []}}', "model.text must be a JSON object"),
+    ('{"loss": {"kl_weight": true}}', "loss.kl_weight must be a finite number, got True"),
+    ('{"train": null}', "train must be a JSON object"),
+    ('{"name": 7}', "name must be a string"),
+])
+def test_malformed_config_is_refused_in_one_line(tiny_model, tmp_path, config, message):
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
+    bad = _rewritten(path, tmp_path / "bad.safetensors", config=config)
+    with pytest.raises(CheckpointError, match="has an unreadable config: .*" + message) as caught:
+        read_checkpoint(bad)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_directory_is_not_a_checkpoint(tmp_path):
+    folder = tmp_path / "model.safetensors"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match="is a directory; expected a .safetensors file"):
+        read_checkpoint(folder)
+
+
+def test_named_configs_are_within_the_limits():
+    from mrdl.config import available_configs, load_config
+
+    assert {"tiny", "small", "base"} <= set(available_configs())
+    for name in available_configs():
+        load_config(name)

@@ -34,11 +34,13 @@ def test_cli_options_are_the_fields_of_export_options():
 @pytest.mark.parametrize("changes, message", [
     ({"parity_images": 0}, "parity_images must be a number >= 1, got 0$"),
     ({"min_dice": 1.5}, r"min_dice must be a number in \[0, 1\], got 1.5$"),
-    ({"opset": 21}, r"opset must be a number in \[13, 20\], got 21$"),
+    ({"opset": 21}, r"opset must be a number in \[18, 20\], got 21$"),
+    ({"opset": 17}, r"opset must be a number in \[18, 20\], got 17$"),  # below 18 onnx's converter fails
     ({"calib_method": "kl"}, "calib_method must be one of minmax, entropy, percentile, got 'kl'$"),
     ({"int8_keep_fp32": ("decoder", "head")}, "int8_keep_fp32 must be one of .*decoder, got 'head'$"),
     ({"trt_precision": "bf16"}, "trt_precision must be one of fp32, fp16, int8, got 'bf16'$"),
-    ({"max_batch": 0}, "max_batch must be a number >= 1, got 0$"),
+    ({"max_batch": 0}, r"max_batch must be a number in \[1, 4096\], got 0$"),
+    ({"max_batch": 4097}, r"max_batch must be a number in \[1, 4096\], got 4097$"),  # the runtime's MAX_BATCH
     ({"min_batch": 8, "max_batch": 4}, "min <= opt <= max"),
 ])
 def test_validate_refuses_a_bad_option_by_name(changes, message):
@@ -47,6 +49,53 @@ def test_validate_refuses_a_bad_option_by_name(changes, message):
     with pytest.raises(ExportError, match=message):
         ExportOptions(**changes).validate()
     assert ExportOptions().validate() == ExportOptions()
+
+
+@pytest.mark.parametrize("changes, flag", [
+    ({"int8_target": "tensorrt"}, "--int8-target"),
+    ({"int8_keep_fp32": ("decoder",)}, "--int8-keep-fp32"),
+    ({"int8_keep_fp32": ()}, "--int8-keep-fp32"),
+    ({"calib_images": 4}, "--calib-images"),
+    ({"calib_method": "entropy"}, "--calib-method"),
+    ({"int8_max_dice_drop": 2.0}, "--int8-max-dice-drop"),
+    ({"int8_min_dice": 0.9}, "--int8-min-dice"),
+])
+def test_int8_only_options_need_int8(tmp_path, changes, flag):
+    from mrdl_export import ExportError, ExportOptions, export_model
+
+    (tmp_path / "calib").mkdir()
+    with pytest.raises(ExportError, match=f"^{flag} needs --int8"):
+        ExportOptions(**changes).validate()
+    with pytest.raises(ExportError, match=f"^{flag} needs --int8"):  # before the checkpoint is read
+        export_model(tmp_path / "missing.safetensors", tmp_path / "out", **changes)
+    assert ExportOptions(int8=True, **changes).validate()
+    with pytest.raises(ExportError, match="^--calib-data needs --int8"):
+        ExportOptions(calib_data=tmp_path / "calib").validate()
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_onnx_refuses_an_opset_the_exporter_cannot_reach(tmp_path):
+    from mrdl_export.onnx_export import MIN_OPSET, export_onnx
+
+    assert MIN_OPSET == 18
+    with pytest.raises(ValueError, match=r"opset must be in \[18, 20\], got 17"):
+        export_onnx(torch.nn.Identity(), (torch.zeros(1, 3, 64, 64),), tmp_path / "m.onnx", opset=17)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_version_converter_warnings_stay_off_the_output_during_an_export(caplog):
+    """onnxscript logs a failed opset conversion as a warning with a traceback; the export reports it in one line."""
+    import logging
+
+    from mrdl_export.onnx_export import _quiet_version_converter
+
+    logger = logging.getLogger("onnxscript.version_converter._c_api_utils")
+    with caplog.at_level(logging.WARNING), _quiet_version_converter():
+        logger.warning("Failed to convert the model", exc_info=RuntimeError("axes_input_to_attribute"))
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        logger.warning("after the export")
+    assert [record.message for record in caplog.records] == ["after the export"]
 
 
 def test_export_model_keywords_are_export_options_fields(tmp_path):

@@ -312,6 +312,116 @@ def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_checkpoint, case, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
 
 
+def _rewritten(source: Path, target: Path, *, tensors: dict | None = None, config: str | None = None) -> Path:
+    """``source`` with some tensors replaced and/or its ``mrdl.config`` text replaced, both digests re-signed."""
+    from safetensors import safe_open
+
+    from mrdl.tagged_file import write_tagged
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = {k: v for k, v in handle.metadata().items() if k in ("mrdl.config", "mrdl.provenance")}
+        state = {name: handle.get_tensor(name) for name in handle.keys()}
+    state.update(tensors or {})
+    if config is not None:
+        metadata["mrdl.config"] = config
+    return write_tagged(target, state, file_format="mrdl-checkpoint/1", metadata=metadata)
+
+
+def _head_weight(ckpt: Path) -> torch.Tensor:
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), framework="pt") as handle:
+        return handle.get_tensor("decoder.head.weight").clone()
+
+
+def _one_error_line(result: Result, tmp_path: Path, *kept: str) -> str:
+    """The run's one ``mrdl-export: error:`` line, after checking exit 1, no traceback and nothing written."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.output.count("mrdl-export: error: ") == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    return next(line for line in result.output.splitlines() if line.startswith("mrdl-export: error: "))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("inf", "tensor 'decoder.head.weight' holds 1 inf or NaN value"),
+    ("nan", "tensor 'decoder.head.weight' holds 1 inf or NaN value"),
+    ("float64 beyond float32", "tensor 'decoder.head.weight' holds 1 inf or NaN value (as torch.float32)"),
+    ("bool", "tensor 'decoder.head.weight' has dtype torch.bool, expected torch.float32"),
+    ("int64", "tensor 'decoder.head.weight' has dtype torch.int64, expected torch.float32"),
+])
+def test_non_finite_or_non_float_weights_are_refused_by_name(tmp_path, tiny_checkpoint, case, message):
+    weight = _head_weight(tiny_checkpoint)
+    if case in ("inf", "nan"):
+        weight.view(-1)[0] = float(case)
+    elif case == "float64 beyond float32":
+        weight = weight.double()
+        weight.view(-1)[0] = 1e300
+    else:
+        weight = weight > 0 if case == "bool" else (weight * 100).long()
+    ckpt = _rewritten(tiny_checkpoint, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
+    result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy", "--parity-images", "2")
+    assert message in _one_error_line(result, tmp_path, "bad.safetensors")
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"model": 5}', "unreadable config: model must be a JSON object"),
+    ("[]", "unreadable config: a config must be a JSON object"),
+    ('{"model": {"image_size": 1048576}}', "unreadable config: model.image_size must be in [32, 4096], got 1048576"),
+    ('{"model": {"text": {"width": 1e9}}}', "unreadable config: model.text.width must be an integer, got 1000000000.0"),
+])
+def test_malformed_config_metadata_is_one_error_line(tmp_path, tiny_checkpoint, config, message):
+    ckpt = _rewritten(tiny_checkpoint, tmp_path / "bad.safetensors", config=config)
+    result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy")
+    assert message in _one_error_line(result, tmp_path, "bad.safetensors")
+
+
+def test_config_sizes_the_tensors_lack_are_refused_before_allocating(tmp_path, tiny_checkpoint, tiny_config):
+    """Sizes within the limits that the file's tensors do not have: 137 GB of learnable features, never allocated."""
+    config = tiny_config.to_dict()
+    config["model"].update(image_size=4096, base_width=512, heads=8, num_learnable=1024)
+    ckpt = _rewritten(tiny_checkpoint, tmp_path / "bad.safetensors", config=json.dumps(config))
+    result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy")
+    line = _one_error_line(result, tmp_path, "bad.safetensors")
+    assert "tensor 'learnable_features' has shape (4, 16, 8), expected (1024, 65536, 512)" in line
+
+
+def test_a_checkpoint_folder_is_called_a_directory(tmp_path):
+    (tmp_path / "best.safetensors").mkdir()
+    result = _export_cli("--ckpt", tmp_path / "best.safetensors", "--out", tmp_path / "deploy")
+    assert "is a directory; expected a .safetensors file" in _one_error_line(result, tmp_path, "best.safetensors")
+
+
+@pytest.mark.parametrize("option", [("--int8-target", "tensorrt"), ("--int8-target", "onnxruntime"),
+                                    ("--int8-keep-fp32", "decoder"), ("--calib-data", "."),
+                                    ("--calib-images", "32"), ("--calib-method", "minmax"),
+                                    ("--int8-max-dice-drop", "0.5"), ("--int8-min-dice", "0.9")])
+def test_int8_only_options_without_int8_are_refused_even_at_their_default(tmp_path, tiny_checkpoint, option):
+    result = _export_cli("--ckpt", tiny_checkpoint, "--out", tmp_path / "deploy", *option)
+    assert f"mrdl-export: error: {option[0]} needs --int8" in _one_error_line(result, tmp_path)
+
+
+@pytest.mark.parametrize("option, limit", [(("--max-batch", "4097"), "1<=x<=4096"), (("--opset", "17"), "18<=x<=20")])
+def test_out_of_range_options_are_refused_before_any_work(tmp_path, tiny_checkpoint, option, limit):
+    result = _export_cli("--ckpt", tiny_checkpoint, "--out", tmp_path / "deploy", *option)
+    assert result.exit_code == 2 and f"{option[1]} is not in the range {limit}" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_constant_masks_pass_the_gate_with_a_warning(tmp_path, tiny_checkpoint):
+    """A head bias of 1e30 makes every probability 1: the export passes, but says its gate proved little."""
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_checkpoint), framework="pt") as handle:
+        bias = handle.get_tensor("decoder.head.bias") + 1e30
+    ckpt = _rewritten(tiny_checkpoint, tmp_path / "huge.safetensors", tensors={"decoder.head.bias": bias})
+    result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy", "--parity-images", "2", "--print")
+    assert result.exit_code == 0, result.output
+    warning = "every mask is class 1 everywhere (every probability 1) on all 2 parity images (synthetic)"
+    assert f"mrdl-export: warning: {ckpt}: {warning}" in result.stderr
+    assert any(line.startswith("warning: ") and warning in line for line in result.stdout.splitlines())
+
+
 # ----------------------------------------------------------------------------- mrdl-bench on the wrong model
 
 @pytest.fixture(scope="module")
