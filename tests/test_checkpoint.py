@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mrdl.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from helpers.checkpoints import rewritten_checkpoint
 
 
 def test_round_trip_is_bit_exact(tiny_model, tmp_path):
@@ -65,19 +66,6 @@ def test_phase_override_keeps_weights(tiny_model, tmp_path):
     assert torch.allclose(a, b, atol=1e-4)
 
 
-def _rewritten(source, target, *, tensors=None, config=None):
-    """``source`` with some tensors replaced (None: removed) and/or its ``mrdl.config`` text replaced, re-signed."""
-    from safetensors import safe_open
-
-    from mrdl.tagged_file import write_tagged
-
-    with safe_open(str(source), framework="pt") as handle:
-        metadata = {k: v for k, v in handle.metadata().items() if k in ("mrdl.config", "mrdl.provenance")}
-        state = {name: handle.get_tensor(name) for name in handle.keys()}
-    state.update(tensors or {})
-    if config is not None:
-        metadata["mrdl.config"] = config
-    return write_tagged(target, state, file_format="mrdl-checkpoint/1", metadata=metadata)
 
 
 @pytest.mark.parametrize("value, dtype, message", [
@@ -89,7 +77,7 @@ def test_non_finite_weights_are_refused_by_name(tiny_model, tmp_path, value, dty
     path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
     weight = tiny_model.decoder.head.weight.detach().to(dtype).clone()
     weight.view(-1)[0] = value
-    bad = _rewritten(path, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
+    bad = rewritten_checkpoint(path, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
     with pytest.raises(CheckpointError, match="is unusable: " + message.rstrip("$")) as caught:
         load_checkpoint(bad)
     assert "\n" not in str(caught.value)
@@ -99,7 +87,7 @@ def test_non_finite_weights_are_refused_by_name(tiny_model, tmp_path, value, dty
 def test_non_floating_weights_are_refused_naming_the_expected_dtype(tiny_model, tmp_path, dtype):
     path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
     weight = (tiny_model.decoder.head.weight.detach() * 100).to(dtype)
-    bad = _rewritten(path, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
+    bad = rewritten_checkpoint(path, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
     with pytest.raises(CheckpointError, match=f"tensor 'decoder.head.weight' has dtype {dtype}, expected torch.float32"):
         load_checkpoint(bad)
 
@@ -108,7 +96,7 @@ def test_non_floating_weights_are_refused_naming_the_expected_dtype(tiny_model, 
 def test_other_float_precisions_are_cast_to_float32(tiny_model, tmp_path, dtype):
     path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
     state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in tiny_model.state_dict().items()}
-    model, _ = load_checkpoint(_rewritten(path, tmp_path / "cast.safetensors", tensors=state))
+    model, _ = load_checkpoint(rewritten_checkpoint(path, tmp_path / "cast.safetensors", tensors=state))
     for name, tensor in model.state_dict().items():
         assert tensor.dtype == tiny_model.state_dict()[name].dtype, name
         assert torch.equal(tensor, state[name].to(tensor.dtype)), name
@@ -131,7 +119,7 @@ def test_other_float_precisions_are_cast_to_float32(tiny_model, tmp_path, dtype)
 ])
 def test_malformed_config_is_refused_in_one_line(tiny_model, tmp_path, config, message):
     path = save_checkpoint(tmp_path / "m.safetensors", tiny_model)
-    bad = _rewritten(path, tmp_path / "bad.safetensors", config=config)
+    bad = rewritten_checkpoint(path, tmp_path / "bad.safetensors", config=config)
     with pytest.raises(CheckpointError, match="has an unreadable config: .*" + message) as caught:
         read_checkpoint(bad)
     assert "\n" not in str(caught.value)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from helpers.checkpoints import rewritten_checkpoint  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -312,19 +313,6 @@ def test_malformed_checkpoint_is_an_error_line(tmp_path, tiny_checkpoint, case, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
 
 
-def _rewritten(source: Path, target: Path, *, tensors: dict | None = None, config: str | None = None) -> Path:
-    """``source`` with some tensors replaced and/or its ``mrdl.config`` text replaced, both digests re-signed."""
-    from safetensors import safe_open
-
-    from mrdl.tagged_file import write_tagged
-
-    with safe_open(str(source), framework="pt") as handle:
-        metadata = {k: v for k, v in handle.metadata().items() if k in ("mrdl.config", "mrdl.provenance")}
-        state = {name: handle.get_tensor(name) for name in handle.keys()}
-    state.update(tensors or {})
-    if config is not None:
-        metadata["mrdl.config"] = config
-    return write_tagged(target, state, file_format="mrdl-checkpoint/1", metadata=metadata)
 
 
 def _head_weight(ckpt: Path) -> torch.Tensor:
@@ -359,7 +347,7 @@ def test_non_finite_or_non_float_weights_are_refused_by_name(tmp_path, tiny_chec
         weight.view(-1)[0] = 1e300
     else:
         weight = weight > 0 if case == "bool" else (weight * 100).long()
-    ckpt = _rewritten(tiny_checkpoint, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
+    ckpt = rewritten_checkpoint(tiny_checkpoint, tmp_path / "bad.safetensors", tensors={"decoder.head.weight": weight})
     result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy", "--parity-images", "2")
     assert message in _one_error_line(result, tmp_path, "bad.safetensors")
 
@@ -371,7 +359,7 @@ def test_non_finite_or_non_float_weights_are_refused_by_name(tmp_path, tiny_chec
     ('{"model": {"text": {"width": 1e9}}}', "unreadable config: model.text.width must be an integer, got 1000000000.0"),
 ])
 def test_malformed_config_metadata_is_one_error_line(tmp_path, tiny_checkpoint, config, message):
-    ckpt = _rewritten(tiny_checkpoint, tmp_path / "bad.safetensors", config=config)
+    ckpt = rewritten_checkpoint(tiny_checkpoint, tmp_path / "bad.safetensors", config=config)
     result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy")
     assert message in _one_error_line(result, tmp_path, "bad.safetensors")
 
@@ -380,7 +368,7 @@ def test_config_sizes_the_tensors_lack_are_refused_before_allocating(tmp_path, t
     """Sizes within the limits that the file's tensors do not have: 137 GB of learnable features, never allocated."""
     config = tiny_config.to_dict()
     config["model"].update(image_size=4096, base_width=512, heads=8, num_learnable=1024)
-    ckpt = _rewritten(tiny_checkpoint, tmp_path / "bad.safetensors", config=json.dumps(config))
+    ckpt = rewritten_checkpoint(tiny_checkpoint, tmp_path / "bad.safetensors", config=json.dumps(config))
     result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy")
     line = _one_error_line(result, tmp_path, "bad.safetensors")
     assert "tensor 'learnable_features' has shape (4, 16, 8), expected (1024, 65536, 512)" in line
@@ -414,7 +402,7 @@ def test_constant_masks_pass_the_gate_with_a_warning(tmp_path, tiny_checkpoint):
 
     with safe_open(str(tiny_checkpoint), framework="pt") as handle:
         bias = handle.get_tensor("decoder.head.bias") + 1e30
-    ckpt = _rewritten(tiny_checkpoint, tmp_path / "huge.safetensors", tensors={"decoder.head.bias": bias})
+    ckpt = rewritten_checkpoint(tiny_checkpoint, tmp_path / "huge.safetensors", tensors={"decoder.head.bias": bias})
     result = _export_cli("--ckpt", ckpt, "--out", tmp_path / "deploy", "--parity-images", "2", "--print")
     assert result.exit_code == 0, result.output
     warning = "every mask is class 1 everywhere (every probability 1) on all 2 parity images (synthetic)"
