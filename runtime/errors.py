@@ -4,7 +4,8 @@ Every exception class the project defines derives from :class:`MrdlError` and ke
 it had (``class ManifestError(MrdlError, ValueError)``), so ``except ValueError`` callers still
 work and a command catches ``MrdlError`` once to print one line. The errors of several modules
 live here: :class:`BackendUnavailableError` (every layer's "cannot run here"), :class:`OptionsError` (a
-setting outside its choices or range) and :class:`NotOpenError` (a runner or Segmenter used while closed).
+setting outside its choices or range), :class:`NotOpenError` (a runner or Segmenter used while closed) and
+:class:`SlideError` (a slide that cannot be segmented as asked).
 Nothing here imports anything.
 """
 
@@ -30,3 +31,15 @@ class OptionsError(MrdlError, ValueError):
 class NotOpenError(MrdlError, RuntimeError):
     """A runner used before ``open()`` or after ``close()``, or a :class:`mrdl_runtime.Segmenter` after ``close()``
     (the message says what to do: open the runner, load the model again)."""
+
+
+class SlideError(MrdlError, ValueError):
+    """A slide that cannot be segmented as asked: unreadable, no resolution, no level fine enough.
+
+    ``reason`` is the message without the slide's path; ``str()`` puts ``slide`` (when given) in
+    front, so a caller that prints the path itself (``failed: PATH: ...``) prints ``reason`` alone.
+    """
+
+    def __init__(self, reason: str, *, slide: object = None) -> None:  # slide: its path (str or Path)
+        self.reason, self.slide = reason, slide
+        super().__init__(reason if slide is None else f"{slide}: {reason}")

@@ -364,7 +364,7 @@ def test_invalid_ome_physical_size_is_named_as_invalid(tmp_path, value):
 def test_ome_resolution_is_that_of_the_image_of_the_size_read():
     """tifffile skips an OME Image it cannot map, so series numbers can run ahead of Image numbers: the
     Image whose size is the one read gives the resolution, not the one at the series' index."""
-    from mrdl_runtime.slide_reader import ome_mpp
+    from mrdl_runtime.slide_resolution import ome_mpp
 
     xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
            '<Image ID="Image:0"><Pixels SizeX="200" SizeY="100" PhysicalSizeX="10" PhysicalSizeY="10"/></Image>'
@@ -376,7 +376,7 @@ def test_ome_resolution_is_that_of_the_image_of_the_size_read():
 
 
 def test_ome_units_greek_mu_reads_as_microns_and_an_unknown_unit_is_named():
-    from mrdl_runtime.slide_reader import ome_mpp
+    from mrdl_runtime.slide_resolution import ome_mpp
 
     def xml(unit: str) -> str:
         return ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
