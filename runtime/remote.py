@@ -40,6 +40,7 @@ import numpy as np
 from .errors import BackendUnavailableError, MrdlError, OptionsError
 from .imaging import check_image
 from .options import OptionsBase, PredictOptions, check_fields, option
+from .front_model import model_name_problem
 from .segmenter import Prediction
 
 DEFAULT_MODEL = "mrdl"
@@ -69,6 +70,9 @@ class ClientOptions(OptionsBase):
 
     def __post_init__(self) -> None:
         check_fields(self)
+        problem = model_name_problem(self.model_name)  # a name Triton could never serve (e.g. "..", a hidden name)
+        if problem:
+            raise OptionsError(problem)
 
 
 class RemoteError(MrdlError, RuntimeError):

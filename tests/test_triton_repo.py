@@ -249,3 +249,13 @@ def test_stock_tritonserver_serves_the_front_model(model_dir, tmp_path):
     finally:
         code = server.stop()
     assert code == 0, server.output()
+
+
+def test_the_client_refuses_a_model_name_no_server_could_serve():
+    from mrdl_runtime.errors import OptionsError
+    from mrdl_runtime.remote import ClientOptions
+
+    for name in ("..", ".hidden", "a/b"):
+        with pytest.raises(OptionsError, match="model name"):
+            ClientOptions(model_name=name)
+    assert ClientOptions(model_name="mrdl.v2").model_name == "mrdl.v2"
