@@ -110,22 +110,16 @@ def check_fields(options: object, *, skip: Sequence[str] = (), error: type[Excep
 
 @functools.cache
 def _checked_kinds(options_class: type) -> dict[str, type]:
-    """The fields of ``options_class`` whose type :func:`check_fields` checks: ``bool`` for ``bool`` (or
-    ``bool | None``), ``int`` for ``int`` (or ``int | None``); unions such as ``str | bool`` (tile) are left to
-    their choices. Resolved from the type hints once per class; where a hint names a type imported only for
-    type checkers, from the fields spelled ``bool`` or ``int`` (``| None``)."""
+    """The fields of ``options_class`` whose type :func:`check_fields` checks, by :func:`field_kind`: ``bool``
+    for ``bool`` (or ``bool | None``), ``int`` for ``int`` (or ``int | None``); a text-or-flag union such as
+    ``str | bool`` (tile) is ``str``, left to its choices. Where a hint names a type imported only for type
+    checkers, from the fields spelled ``bool`` or ``int`` (``| None``)."""
     try:
-        hints = typing.get_type_hints(options_class)
+        kinds = {f.name: field_kind(options_class, f.name) for f in fields(options_class)}
     except NameError:
         spelled = {"bool": bool, "int": int}
-        hints = {f.name: spelled.get(str(f.type).removesuffix(" | None")) for f in fields(options_class)}
-    kinds = {}
-    for name, hint in hints.items():
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        args = set(typing.get_args(hint)) - {type(None)} if union else {hint}
-        if args in ({bool}, {int}):
-            kinds[name] = args.pop()
-    return kinds
+        kinds = {f.name: spelled.get(str(f.type).removesuffix(" | None")) for f in fields(options_class)}
+    return {name: kind for name, kind in kinds.items() if kind in (bool, int)}
 
 
 def to_text(value: Any) -> str:
